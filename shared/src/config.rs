@@ -1,0 +1,1877 @@
+//! The farm's TOML config (`conf/farm.toml` documents every key): types, loading, validation.
+//!
+//! One file describes the whole farm; every node reads the same file and picks its own
+//! `[[node]]` entry. Loading checks everything at once and reports every problem with the key
+//! that caused it (`jabberfarm check` prints them), so a config that loads is one the farm can
+//! run: one master, at least one slave, no two listeners on one address, a routing table that
+//! covers every user (see [`crate::routing`]), and certificate files that exist.
+//!
+//! Relative paths: `data_dir` is relative to the working directory; `secret_file` to the config
+//! file's directory; `tls.cert`, `tls.key` and `storage.path` to the data dir.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::routing::{LetterRange, RoutingMode, RoutingTable, SlaveWeight};
+
+/// The data dir when neither the config nor `--data-dir` names one.
+pub const DEFAULT_DATA_DIR: &str = "jabberfarm-data";
+
+/// A loaded, validated farm config.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FarmConfig {
+    /// The public XMPP domain the whole farm serves, normalised (nameprep).
+    pub domain: String,
+    /// The farm secret, resolved from `secret` or `secret_file`. Never logged.
+    pub secret: String,
+    pub data_dir: PathBuf,
+    pub tls: TlsConfig,
+    pub limits: Limits,
+    pub routing: RoutingTable,
+    pub storage: StorageConfig,
+    pub nodes: Vec<NodeConfig>,
+    /// The file this was loaded from, for messages.
+    pub source: PathBuf,
+}
+
+impl fmt::Debug for FarmConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FarmConfig")
+            .field("domain", &self.domain)
+            .field("secret", &"<redacted>")
+            .field("data_dir", &self.data_dir)
+            .field("tls", &self.tls)
+            .field("limits", &self.limits)
+            .field("routing", &self.routing)
+            .field("storage", &self.storage)
+            .field("nodes", &self.nodes)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+/// TLS for c2s (and s2s); paths already resolved against the data dir.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// `data_dir/tls/ca.pem`: where `generate` writes the demo CA for clients to trust.
+    pub ca: PathBuf,
+    /// Demo: generate a local CA and a certificate for the domain on first start.
+    pub generate: bool,
+    /// No login and no redirect before STARTTLS / direct TLS.
+    pub required: bool,
+}
+
+/// Bounds on what a peer may make a node do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest stanza in bytes before authentication (small, like ejabberd's pre-auth limit).
+    pub max_stanza_pre_auth: usize,
+    pub max_stanza: usize,
+    /// Deepest element nesting.
+    pub max_depth: usize,
+    /// Time a new connection may take to open its stream.
+    pub stream_open_timeout: Duration,
+    /// Time from connect to finished authentication.
+    pub login_timeout: Duration,
+    /// Per node.
+    pub max_connections: usize,
+    /// Time to wait for streams to close on stop.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_stanza_pre_auth: 10_240,
+            max_stanza: 262_144,
+            max_depth: 64,
+            stream_open_timeout: Duration::from_secs(30),
+            login_timeout: Duration::from_secs(60),
+            max_connections: 18_000,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageConfig {
+    pub backend: StorageBackend,
+    /// PBKDF2 iterations for new SCRAM credentials.
+    pub scram_iterations: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageBackend {
+    /// One SQLite file per node; `{node}` in the template is replaced by the node name.
+    Sqlite { path_template: String },
+}
+
+impl StorageConfig {
+    /// The SQLite file of `node`: the path template with `{node}` replaced, relative to
+    /// `data_dir` unless absolute.
+    pub fn sqlite_path(&self, data_dir: &Path, node: &str) -> PathBuf {
+        match &self.backend {
+            StorageBackend::Sqlite { path_template } => {
+                data_dir.join(path_template.replace("{node}", node))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Master,
+    Slave,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Master => "master",
+            Role::Slave => "slave",
+        })
+    }
+}
+
+/// One `[[node]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub name: String,
+    pub role: Role,
+    /// c2s bind address (plain, STARTTLS).
+    pub c2s: SocketAddr,
+    /// Direct-TLS c2s bind address (XEP-0368).
+    pub c2s_tls: Option<SocketAddr>,
+    /// `host:port` given to clients in redirects (IPv6 bracketed: `[::1]:5222`); may differ
+    /// from `c2s` behind NAT.
+    pub advertise: String,
+    /// Farm-link address: this node listens here and the other nodes connect to it.
+    pub farm: SocketAddr,
+    /// s2s bind address, master only.
+    pub s2s: Option<SocketAddr>,
+    /// Share of the users in hash mode (1 for the master, which owns none).
+    pub weight: u32,
+}
+
+/// One thing wrong with a config, and the key that caused it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// `node[2].c2s`, `routing.ranges`, `tls.cert`, … (empty for the file as a whole).
+    pub key: String,
+    pub message: String,
+}
+
+impl Problem {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Not TOML, or a value of the wrong type; the message has the line and column.
+    #[error("{}: {message}", path.display())]
+    Toml { path: PathBuf, message: String },
+    /// Every problem found, one per line in `Display`.
+    #[error("{}", list_problems(path, problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+fn list_problems(path: &Path, problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems
+        .iter()
+        .map(|p| format!("{}: {p}", path.display()))
+        .collect();
+    lines.join("\n")
+}
+
+impl FarmConfig {
+    /// Reads and validates `path`. `data_dir_override` (the CLI's `--data-dir`) wins over the
+    /// file's `data_dir`.
+    pub fn load(path: &Path, data_dir_override: Option<&Path>) -> Result<FarmConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        FarmConfig::from_str(&text, path, data_dir_override)
+    }
+
+    /// Validates a config text; `source` names it in messages and anchors `secret_file`.
+    /// Reads the secret file and checks that certificate files exist.
+    pub fn from_str(
+        text: &str,
+        source: &Path,
+        data_dir_override: Option<&Path>,
+    ) -> Result<FarmConfig, ConfigError> {
+        let toml_error = |e: toml::de::Error| ConfigError::Toml {
+            path: source.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        };
+        let doc: toml::Table = toml::from_str(text).map_err(toml_error)?;
+        let mut problems = unknown_keys(&doc);
+        let raw: RawConfig = toml::from_str(text).map_err(toml_error)?;
+        let built = build(raw, source, data_dir_override, &mut problems);
+        match built {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => Err(ConfigError::Invalid {
+                path: source.to_owned(),
+                problems,
+            }),
+        }
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeConfig> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The master node.
+    ///
+    /// # Panics
+    /// If `nodes` is empty, which a loaded config never is (it has exactly one master).
+    pub fn master(&self) -> &NodeConfig {
+        self.nodes
+            .iter()
+            .find(|n| n.role == Role::Master)
+            .unwrap_or(&self.nodes[0])
+    }
+
+    pub fn slaves(&self) -> impl Iterator<Item = &NodeConfig> {
+        self.nodes.iter().filter(|n| n.role == Role::Slave)
+    }
+
+    /// Checks what depends on the filesystem and may change after loading: the certificate
+    /// and key exist (unless `tls.generate`). [`load`](Self::load) already ran this once.
+    pub fn check_files(&self) -> Vec<Problem> {
+        tls_file_problems(&self.tls)
+    }
+}
+
+// ---- the file as written -------------------------------------------------------------------
+//
+// Everything optional, so that a missing key becomes a Problem next to all the others instead
+// of serde stopping at the first one. Unknown keys are found by `unknown_keys`, which reads the
+// field lists off these structs.
+
+#[derive(Deserialize)]
+struct RawConfig {
+    domain: Option<String>,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    tls: RawTls,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    routing: RawRouting,
+    #[serde(default)]
+    storage: RawStorage,
+    #[serde(default)]
+    node: Vec<RawNode>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawTls {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    generate: Option<bool>,
+    required: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawLimits {
+    max_stanza_pre_auth: Option<u64>,
+    max_stanza: Option<u64>,
+    max_depth: Option<u64>,
+    stream_open_timeout: Option<u64>,
+    login_timeout: Option<u64>,
+    max_connections: Option<u64>,
+    shutdown_grace: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawRouting {
+    mode: Option<String>,
+    hash_key: Option<String>,
+    other: Option<String>,
+    #[serde(default)]
+    ranges: Vec<RawRange>,
+}
+
+#[derive(Deserialize)]
+struct RawRange {
+    letters: Option<String>,
+    node: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawStorage {
+    backend: Option<String>,
+    path: Option<String>,
+    scram_iterations: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct RawNode {
+    name: Option<String>,
+    role: Option<String>,
+    c2s: Option<String>,
+    c2s_tls: Option<String>,
+    advertise: Option<String>,
+    farm: Option<String>,
+    s2s: Option<String>,
+    weight: Option<u32>,
+}
+
+// ---- validation ----------------------------------------------------------------------------
+
+fn build(
+    raw: RawConfig,
+    source: &Path,
+    data_dir_override: Option<&Path>,
+    problems: &mut Vec<Problem>,
+) -> Option<FarmConfig> {
+    let domain = domain(raw.domain, problems);
+    let secret = secret(raw.secret, raw.secret_file, source, problems);
+    let data_dir = match (data_dir_override, raw.data_dir) {
+        (Some(dir), _) => dir.to_owned(),
+        (None, Some(dir)) if dir.as_os_str().is_empty() => {
+            problems.push(Problem::new(
+                "data_dir",
+                "empty (leave it out for the default)",
+            ));
+            PathBuf::from(DEFAULT_DATA_DIR)
+        }
+        (None, Some(dir)) => dir,
+        (None, None) => PathBuf::from(DEFAULT_DATA_DIR),
+    };
+    let tls = tls(raw.tls, &data_dir, problems);
+    let limits = limits(raw.limits, problems);
+    let storage = storage(raw.storage, problems);
+    let declared: Vec<Declared> = raw
+        .node
+        .iter()
+        .map(|n| Declared {
+            name: n.name.clone(),
+            role: n.role.as_deref().and_then(parse_role),
+            weight: n.weight.unwrap_or(1).max(1),
+        })
+        .collect();
+    let nodes = nodes(raw.node, &declared, problems);
+    let routing = routing(raw.routing, &declared, problems);
+    Some(FarmConfig {
+        domain: domain?,
+        secret: secret?,
+        data_dir,
+        tls,
+        limits,
+        routing: routing?,
+        storage: storage?,
+        nodes: nodes.into_iter().collect::<Option<Vec<_>>>()?,
+        source: source.to_owned(),
+    })
+}
+
+fn domain(raw: Option<String>, problems: &mut Vec<Problem>) -> Option<String> {
+    let Some(raw) = raw else {
+        problems.push(Problem::new(
+            "domain",
+            "missing: the XMPP domain the farm serves",
+        ));
+        return None;
+    };
+    if raw.trim().is_empty() {
+        problems.push(Problem::new("domain", "empty"));
+        return None;
+    }
+    match jid::DomainPart::new(&raw) {
+        Ok(domain) if !raw.contains(['@', '/', ':']) => Some(domain.as_str().to_owned()),
+        _ => {
+            problems.push(Problem::new(
+                "domain",
+                format!("{raw:?} is not a valid domain name"),
+            ));
+            None
+        }
+    }
+}
+
+fn secret(
+    inline: Option<String>,
+    file: Option<PathBuf>,
+    source: &Path,
+    problems: &mut Vec<Problem>,
+) -> Option<String> {
+    let problem = |problems: &mut Vec<Problem>, key: &str, message: String| {
+        problems.push(Problem::new(key, message));
+        None
+    };
+    match (inline, file) {
+        (Some(_), Some(_)) => problem(
+            problems,
+            "secret",
+            "set either secret or secret_file, not both".to_owned(),
+        ),
+        (None, None) => problem(
+            problems,
+            "secret",
+            "missing: set secret_file (or secret, for a demo)".to_owned(),
+        ),
+        (Some(secret), None) if secret.trim().is_empty() => {
+            problem(problems, "secret", "empty".to_owned())
+        }
+        (Some(secret), None) => Some(secret),
+        (None, Some(file)) => {
+            let path = source.parent().unwrap_or(Path::new("")).join(file);
+            match std::fs::read_to_string(&path) {
+                Err(e) => problem(
+                    problems,
+                    "secret_file",
+                    format!("cannot read {}: {e}", path.display()),
+                ),
+                Ok(text) => match text.lines().next().map(str::trim) {
+                    Some(line) if !line.is_empty() => Some(line.to_owned()),
+                    _ => problem(
+                        problems,
+                        "secret_file",
+                        format!("the first line of {} is empty", path.display()),
+                    ),
+                },
+            }
+        }
+    }
+}
+
+fn tls(raw: RawTls, data_dir: &Path, problems: &mut Vec<Problem>) -> TlsConfig {
+    let mut path = |key: &str, value: Option<PathBuf>, default: &str| match value {
+        Some(p) if p.as_os_str().is_empty() => {
+            problems.push(Problem::new(key, "empty"));
+            data_dir.join(default)
+        }
+        Some(p) => data_dir.join(p),
+        None => data_dir.join(default),
+    };
+    let tls = TlsConfig {
+        cert: path("tls.cert", raw.cert, "tls/cert.pem"),
+        key: path("tls.key", raw.key, "tls/key.pem"),
+        ca: data_dir.join("tls/ca.pem"),
+        generate: raw.generate.unwrap_or(false),
+        required: raw.required.unwrap_or(true),
+    };
+    problems.extend(tls_file_problems(&tls));
+    tls
+}
+
+fn tls_file_problems(tls: &TlsConfig) -> Vec<Problem> {
+    if tls.generate {
+        return Vec::new();
+    }
+    let mut problems = Vec::new();
+    for (key, path) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+        let message = match std::fs::metadata(path) {
+            Ok(meta) if meta.is_file() => match std::fs::File::open(path) {
+                Ok(_) => continue,
+                Err(e) => format!("cannot read {}: {e}", path.display()),
+            },
+            Ok(_) => format!("{} is not a file", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!(
+                "{} does not exist (set tls.generate = true for a demo certificate)",
+                path.display()
+            ),
+            Err(e) => format!("cannot read {}: {e}", path.display()),
+        };
+        problems.push(Problem::new(key, message));
+    }
+    problems
+}
+
+fn limits(raw: RawLimits, problems: &mut Vec<Problem>) -> Limits {
+    let mut positive = |key: &str, value: Option<u64>, default: u64| match value {
+        Some(0) => {
+            problems.push(Problem::new(format!("limits.{key}"), "must be at least 1"));
+            default
+        }
+        Some(v) => v,
+        None => default,
+    };
+    let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    let d = Limits::default();
+    let max_stanza_pre_auth = positive(
+        "max_stanza_pre_auth",
+        raw.max_stanza_pre_auth,
+        d.max_stanza_pre_auth as u64,
+    );
+    let max_stanza = positive("max_stanza", raw.max_stanza, d.max_stanza as u64);
+    let max_depth = positive("max_depth", raw.max_depth, d.max_depth as u64);
+    let stream_open_timeout = positive(
+        "stream_open_timeout",
+        raw.stream_open_timeout,
+        d.stream_open_timeout.as_secs(),
+    );
+    let login_timeout = positive(
+        "login_timeout",
+        raw.login_timeout,
+        d.login_timeout.as_secs(),
+    );
+    let max_connections = positive(
+        "max_connections",
+        raw.max_connections,
+        d.max_connections as u64,
+    );
+    if max_stanza_pre_auth > max_stanza {
+        problems.push(Problem::new(
+            "limits.max_stanza_pre_auth",
+            format!(
+                "{max_stanza_pre_auth} bytes is more than limits.max_stanza ({max_stanza}); \
+                 the limit before authentication should be the smaller one"
+            ),
+        ));
+    }
+    if stream_open_timeout > login_timeout {
+        problems.push(Problem::new(
+            "limits.stream_open_timeout",
+            format!(
+                "{stream_open_timeout} s is longer than limits.login_timeout \
+                 ({login_timeout} s), which includes opening the stream"
+            ),
+        ));
+    }
+    Limits {
+        max_stanza_pre_auth: size(max_stanza_pre_auth),
+        max_stanza: size(max_stanza),
+        max_depth: size(max_depth),
+        stream_open_timeout: Duration::from_secs(stream_open_timeout),
+        login_timeout: Duration::from_secs(login_timeout),
+        max_connections: size(max_connections),
+        // 0 is fine: stop without waiting.
+        shutdown_grace: raw
+            .shutdown_grace
+            .map_or(d.shutdown_grace, Duration::from_secs),
+    }
+}
+
+fn storage(raw: RawStorage, problems: &mut Vec<Problem>) -> Option<StorageConfig> {
+    let scram_iterations = match raw.scram_iterations {
+        Some(0) => {
+            problems.push(Problem::new(
+                "storage.scram_iterations",
+                "must be at least 1 (RFC 5802 recommends 4096 or more)",
+            ));
+            None
+        }
+        Some(n) => Some(n),
+        None => Some(4096),
+    };
+    let path_template = match raw.path {
+        Some(p) if p.trim().is_empty() => {
+            problems.push(Problem::new("storage.path", "empty"));
+            None
+        }
+        Some(p) => Some(p),
+        None => Some("{node}.sqlite".to_owned()),
+    };
+    let backend = match raw.backend.as_deref() {
+        None | Some("sqlite") => Some(StorageBackend::Sqlite {
+            path_template: path_template?,
+        }),
+        Some(other) => {
+            problems.push(Problem::new(
+                "storage.backend",
+                format!("unknown backend {other:?}; known: \"sqlite\""),
+            ));
+            None
+        }
+    };
+    Some(StorageConfig {
+        backend: backend?,
+        scram_iterations: scram_iterations?,
+    })
+}
+
+/// What a `[[node]]` says about itself, read before validating it, so that one broken
+/// address does not also make its node vanish from the master/slave counts or the routing.
+struct Declared {
+    name: Option<String>,
+    role: Option<Role>,
+    weight: u32,
+}
+
+fn parse_role(text: &str) -> Option<Role> {
+    match text {
+        "master" => Some(Role::Master),
+        "slave" => Some(Role::Slave),
+        _ => None,
+    }
+}
+
+/// Every node, or `None` where it has a problem (reported), in file order.
+fn nodes(
+    raw: Vec<RawNode>,
+    declared: &[Declared],
+    problems: &mut Vec<Problem>,
+) -> Vec<Option<NodeConfig>> {
+    let (nodes, binds): (Vec<Option<NodeConfig>>, Vec<Binds>) = raw
+        .into_iter()
+        .enumerate()
+        .map(|(i, raw)| node(i, raw, problems))
+        .unzip();
+    let masters: Vec<usize> = (0..declared.len())
+        .filter(|&i| declared[i].role == Some(Role::Master))
+        .collect();
+    match masters.as_slice() {
+        [] => problems.push(Problem::new("node", "no node has role = \"master\"")),
+        [first, rest @ ..] => {
+            for &i in rest {
+                problems.push(Problem::new(
+                    format!("node[{i}].role"),
+                    format!("a second master (node[{first}] is the master already)"),
+                ));
+            }
+        }
+    }
+    if !declared.iter().any(|n| n.role == Some(Role::Slave)) {
+        problems.push(Problem::new("node", "no node has role = \"slave\""));
+    }
+    for (i, a) in declared.iter().enumerate() {
+        let Some(name) = &a.name else { continue };
+        if let Some(j) = declared[..i]
+            .iter()
+            .position(|b| b.name.as_ref() == Some(name))
+        {
+            problems.push(Problem::new(
+                format!("node[{i}].name"),
+                format!("{name:?} is also the name of node[{j}]"),
+            ));
+        }
+    }
+    address_conflicts(declared, &binds, problems);
+    nodes
+}
+
+/// The addresses a node binds, as far as they parsed: checked for clashes even when something
+/// else about the node is wrong.
+struct Binds {
+    c2s: Option<SocketAddr>,
+    c2s_tls: Option<SocketAddr>,
+    farm: Option<SocketAddr>,
+    s2s: Option<SocketAddr>,
+}
+
+fn node(i: usize, raw: RawNode, problems: &mut Vec<Problem>) -> (Option<NodeConfig>, Binds) {
+    let key = |field: &str| format!("node[{i}].{field}");
+    let mut ok = true;
+    let mut fail = |problems: &mut Vec<Problem>, field: &str, message: String| {
+        problems.push(Problem::new(key(field), message));
+        ok = false;
+    };
+
+    let name = raw.name.unwrap_or_default();
+    if name.is_empty() {
+        fail(problems, "name", "missing".to_owned());
+    } else if !valid_node_name(&name) {
+        fail(
+            problems,
+            "name",
+            format!("{name:?}: use lowercase letters, digits, '-', '_' and '.' (at most 63)"),
+        );
+    }
+
+    let role = match raw.role.as_deref() {
+        Some(text) if parse_role(text).is_some() => parse_role(text),
+        Some(other) => {
+            fail(
+                problems,
+                "role",
+                format!("{other:?}: must be \"master\" or \"slave\""),
+            );
+            None
+        }
+        None => {
+            fail(
+                problems,
+                "role",
+                "missing (\"master\" or \"slave\")".to_owned(),
+            );
+            None
+        }
+    };
+
+    let mut addr = |field: &str, value: Option<String>, required: bool| match value {
+        None if required => {
+            fail(problems, field, "missing (an IP:port address)".to_owned());
+            None
+        }
+        None => None,
+        Some(text) => match text.parse::<SocketAddr>() {
+            Ok(addr) if addr.port() == 0 => {
+                fail(problems, field, format!("{text}: port 0"));
+                None
+            }
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                fail(
+                    problems,
+                    field,
+                    format!("{text:?} is not an IP:port address (IPv6 as [::1]:5222)"),
+                );
+                None
+            }
+        },
+    };
+    let c2s = addr("c2s", raw.c2s, true);
+    let c2s_tls = addr("c2s_tls", raw.c2s_tls, false);
+    let farm = addr("farm", raw.farm, true);
+    let s2s = addr("s2s", raw.s2s, false);
+
+    if let Some(farm) = farm.filter(|f| f.ip().is_unspecified()) {
+        fail(
+            problems,
+            "farm",
+            format!("{farm}: the other nodes connect to this address, so it must be a real one"),
+        );
+    }
+    if s2s.is_some() && role == Some(Role::Slave) {
+        fail(
+            problems,
+            "s2s",
+            "only the master accepts s2s (slaves connect out)".to_owned(),
+        );
+    }
+    let weight = match (raw.weight, role) {
+        (Some(_), Some(Role::Master)) => {
+            fail(
+                problems,
+                "weight",
+                "the master owns no users; weight is for slaves".to_owned(),
+            );
+            1
+        }
+        (Some(0), _) => {
+            fail(
+                problems,
+                "weight",
+                "must be at least 1 (remove the slave to give it no users)".to_owned(),
+            );
+            1
+        }
+        (Some(w), _) => w,
+        (None, _) => 1,
+    };
+    let advertise = match (raw.advertise, c2s) {
+        (Some(text), _) => match normalize_host_port(&text) {
+            Ok(advertise) => Some(advertise),
+            Err(why) => {
+                fail(problems, "advertise", format!("{text:?}: {why}"));
+                None
+            }
+        },
+        (None, Some(c2s)) if c2s.ip().is_unspecified() => {
+            fail(
+                problems,
+                "advertise",
+                format!(
+                    "missing: c2s {c2s} binds every interface, so say which HOST:PORT \
+                     clients are sent to"
+                ),
+            );
+            None
+        }
+        (None, Some(c2s)) => Some(c2s.to_string()),
+        (None, None) => None,
+    };
+    let binds = Binds {
+        c2s,
+        c2s_tls,
+        farm,
+        s2s,
+    };
+    let config = match (ok, role, c2s, advertise, farm) {
+        (true, Some(role), Some(c2s), Some(advertise), Some(farm)) => Some(NodeConfig {
+            name,
+            role,
+            c2s,
+            c2s_tls,
+            advertise,
+            farm,
+            s2s,
+            weight,
+        }),
+        _ => None,
+    };
+    (config, binds)
+}
+
+/// Node names may end up in internal addresses, so they are kept to DNS-label characters.
+fn valid_node_name(name: &str) -> bool {
+    name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+}
+
+/// `host:port` as clients should see it: a DNS name or IPv4 address, or a bracketed IPv6
+/// address, and a port. IP addresses come back in their canonical form.
+fn normalize_host_port(text: &str) -> Result<String, &'static str> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        if addr.port() == 0 {
+            return Err("port 0");
+        }
+        return Ok(addr.to_string());
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err("not HOST:PORT");
+    };
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => return Err("not HOST:PORT (the port must be 1..65535)"),
+        Ok(_) => {}
+    }
+    if host.contains(':') || host.starts_with('[') {
+        return Err("an IPv6 address must be bracketed: [2001:db8::1]:5222");
+    }
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !valid {
+        return Err("not a host name or IP address");
+    }
+    Ok(text.to_ascii_lowercase())
+}
+
+/// Two listeners on one address: the same IP and port, or an unspecified IP (0.0.0.0, ::)
+/// and the same port on one machine (the same node, or nodes sharing a farm IP or loopback).
+fn address_conflicts(declared: &[Declared], binds: &[Binds], problems: &mut Vec<Problem>) {
+    struct Listener<'a> {
+        node: usize,
+        name: &'a str,
+        field: &'static str,
+        addr: SocketAddr,
+        /// The farm IP stands for the machine.
+        host: Option<IpAddr>,
+    }
+    let mut listeners = Vec::new();
+    for (i, (node, binds)) in declared.iter().zip(binds).enumerate() {
+        let fields = [
+            ("c2s", binds.c2s),
+            ("c2s_tls", binds.c2s_tls),
+            ("farm", binds.farm),
+            ("s2s", binds.s2s),
+        ];
+        for (field, addr) in fields {
+            if let Some(addr) = addr {
+                listeners.push(Listener {
+                    node: i,
+                    name: node.name.as_deref().unwrap_or("unnamed"),
+                    field,
+                    addr,
+                    host: binds.farm.map(|f| f.ip()),
+                });
+            }
+        }
+    }
+    let overlaps = |a: IpAddr, b: IpAddr| {
+        a == b
+            || (a.is_unspecified() && (a.is_ipv6() || b.is_ipv4()))
+            || (b.is_unspecified() && (b.is_ipv6() || a.is_ipv4()))
+    };
+    for (k, b) in listeners.iter().enumerate() {
+        let clash = listeners[..k].iter().find(|a| {
+            let same_machine = a.node == b.node
+                || match (a.host, b.host) {
+                    (Some(x), Some(y)) => x == y || (x.is_loopback() && y.is_loopback()),
+                    _ => false,
+                };
+            a.addr.port() == b.addr.port()
+                && ((a.addr.ip() == b.addr.ip() && !a.addr.ip().is_unspecified())
+                    || (same_machine && overlaps(a.addr.ip(), b.addr.ip())))
+        });
+        if let Some(a) = clash {
+            problems.push(Problem::new(
+                format!("node[{}].{}", b.node, b.field),
+                format!(
+                    "{} is also used by node[{}].{} ({})",
+                    b.addr, a.node, a.field, a.name
+                ),
+            ));
+        }
+    }
+}
+
+fn routing(
+    raw: RawRouting,
+    nodes: &[Declared],
+    problems: &mut Vec<Problem>,
+) -> Option<RoutingTable> {
+    let before = problems.len();
+    let key = match raw.hash_key {
+        Some(text) => match hex::decode(text.trim())
+            .ok()
+            .and_then(|b| <[u8; 16]>::try_from(b).ok())
+        {
+            Some(key) => Some(key),
+            None => {
+                problems.push(Problem::new(
+                    "routing.hash_key",
+                    "must be 32 hex digits (16 bytes; `openssl rand -hex 16` makes one)",
+                ));
+                None
+            }
+        },
+        None => None,
+    };
+    // Whether a name may own users: Err(message) if not.
+    let owner_check = |name: &str| -> Result<(), String> {
+        match nodes.iter().find(|n| n.name.as_deref() == Some(name)) {
+            Some(n) if n.role == Some(Role::Master) => Err(format!(
+                "{name:?} is the master, which owns no users; name a slave"
+            )),
+            Some(_) => Ok(()),
+            None => Err(format!("no [[node]] is named {name:?}")),
+        }
+    };
+    let mode = match raw.mode.as_deref() {
+        None | Some("hash") => {
+            let Some(key) = key else {
+                if problems.len() == before {
+                    problems.push(Problem::new(
+                        "routing.hash_key",
+                        "missing: hash mode needs a key (`openssl rand -hex 16` makes one)",
+                    ));
+                }
+                return None;
+            };
+            // Weights, duplicate names and "no slave" are reported against the nodes.
+            let mut slaves: Vec<SlaveWeight> = Vec::new();
+            for node in nodes.iter().filter(|n| n.role == Some(Role::Slave)) {
+                let Some(name) = &node.name else { continue };
+                if !slaves.iter().any(|s| &s.name == name) {
+                    slaves.push(SlaveWeight {
+                        name: name.clone(),
+                        weight: node.weight,
+                    });
+                }
+            }
+            if slaves.is_empty() {
+                return None;
+            }
+            RoutingMode::Hash { key, slaves }
+        }
+        Some("ranges") => {
+            let mut ranges = Vec::new();
+            let mut all_parsed = true;
+            for (i, range) in raw.ranges.into_iter().enumerate() {
+                let key = |field: &str| format!("routing.ranges[{i}].{field}");
+                let letters = match range.letters.as_deref().map(parse_letters) {
+                    Some(Ok(letters)) => Some(letters),
+                    Some(Err(message)) => {
+                        problems.push(Problem::new(key("letters"), message));
+                        None
+                    }
+                    None => {
+                        problems.push(Problem::new(key("letters"), "missing (like \"a-g\")"));
+                        None
+                    }
+                };
+                let node = match range.node {
+                    Some(node) => match owner_check(&node) {
+                        Ok(()) => Some(node),
+                        Err(message) => {
+                            problems.push(Problem::new(key("node"), message));
+                            Some(node)
+                        }
+                    },
+                    None => {
+                        problems.push(Problem::new(key("node"), "missing"));
+                        None
+                    }
+                };
+                match (letters, node) {
+                    (Some((first, last)), Some(node)) => {
+                        ranges.push(LetterRange { first, last, node })
+                    }
+                    (None, _) => all_parsed = false,
+                    (Some(_), None) => {}
+                }
+            }
+            let other = match raw.other {
+                Some(other) => {
+                    if let Err(message) = owner_check(&other) {
+                        problems.push(Problem::new("routing.other", message));
+                    }
+                    other
+                }
+                None => {
+                    problems.push(Problem::new(
+                        "routing.other",
+                        "missing: the node for usernames that do not start with a..z \
+                         (digits, non-ASCII)",
+                    ));
+                    String::new()
+                }
+            };
+            if !all_parsed {
+                return None; // gaps would only echo the broken range
+            }
+            RoutingMode::Ranges { ranges, other }
+        }
+        Some(other) => {
+            problems.push(Problem::new(
+                "routing.mode",
+                format!("{other:?}: must be \"hash\" or \"ranges\""),
+            ));
+            return None;
+        }
+    };
+    let ranges_mode = matches!(mode, RoutingMode::Ranges { .. });
+    match RoutingTable::new(mode) {
+        Ok(table) => Some(table),
+        Err(errors) => {
+            let key = if ranges_mode {
+                "routing.ranges"
+            } else {
+                "routing"
+            };
+            for message in errors {
+                // `other` missing is already reported against routing.other.
+                if !message.contains("(other)") {
+                    problems.push(Problem::new(key, message));
+                }
+            }
+            None
+        }
+    }
+}
+
+/// `"a-g"` → ('a', 'g'), `"x"` → ('x', 'x'); case-insensitive.
+fn parse_letters(text: &str) -> Result<(char, char), String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let letter = |s: &str| {
+        let mut chars = s.trim().chars();
+        match (chars.next(), chars.next()) {
+            (Some(c @ 'a'..='z'), None) => Some(c),
+            _ => None,
+        }
+    };
+    let parsed = match lower.split_once('-') {
+        Some((first, last)) => letter(first).zip(letter(last)),
+        None => letter(&lower).map(|c| (c, c)),
+    };
+    match parsed {
+        Some((first, last)) if first > last => Err(format!(
+            "{text:?} runs backwards (write \"{last}-{first}\")"
+        )),
+        Some(range) => Ok(range),
+        None => Err(format!(
+            "{text:?} is not a letter range like \"a-g\" or \"x\""
+        )),
+    }
+}
+
+// ---- unknown keys ----------------------------------------------------------------------------
+
+/// Every key the file has that no struct above knows, each with its full name.
+fn unknown_keys(doc: &toml::Table) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    check_keys(doc, "", fields_of::<RawConfig>(), &mut problems);
+    let sections = [
+        ("tls", fields_of::<RawTls>()),
+        ("limits", fields_of::<RawLimits>()),
+        ("routing", fields_of::<RawRouting>()),
+        ("storage", fields_of::<RawStorage>()),
+    ];
+    for (name, fields) in sections {
+        if let Some(toml::Value::Table(table)) = doc.get(name) {
+            check_keys(table, name, fields, &mut problems);
+        }
+    }
+    let arrays = [
+        (doc.get("node"), "node", fields_of::<RawNode>()),
+        (
+            doc.get("routing").and_then(|r| r.get("ranges")),
+            "routing.ranges",
+            fields_of::<RawRange>(),
+        ),
+    ];
+    for (value, name, fields) in arrays {
+        if let Some(toml::Value::Array(items)) = value {
+            for (i, item) in items.iter().enumerate() {
+                if let toml::Value::Table(table) = item {
+                    check_keys(table, &format!("{name}[{i}]"), fields, &mut problems);
+                }
+            }
+        }
+    }
+    problems
+}
+
+fn check_keys(table: &toml::Table, prefix: &str, known: &[&str], problems: &mut Vec<Problem>) {
+    for key in table.keys() {
+        if known.contains(&key.as_str()) {
+            continue;
+        }
+        let full = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        let hint = match known.iter().find(|k| edit_distance(k, key) <= 2) {
+            Some(near) => format!("did you mean {near:?}?"),
+            None => format!("known keys here: {}", known.join(", ")),
+        };
+        problems.push(Problem::new(full, format!("unknown key; {hint}")));
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let next = (diagonal + usize::from(ca != cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+/// The field names serde derived for `T`: a deserializer that only records what
+/// `deserialize_struct` is asked for. Keeps the list of known keys in one place.
+fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+
+    #[derive(Debug)]
+    struct Stop;
+    impl fmt::Display for Stop {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("field probe")
+        }
+    }
+    impl std::error::Error for Stop {}
+    impl de::Error for Stop {
+        fn custom<M: fmt::Display>(_: M) -> Self {
+            Stop
+        }
+    }
+
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+    impl<'de> de::Deserializer<'de> for Probe<'_> {
+        type Error = Stop;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+            Err(Stop)
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Stop> {
+            *self.0 = fields;
+            Err(Stop)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Probe(&mut fields));
+    fields
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// Everything but the nodes; TLS generated so that no file has to exist.
+    const HEAD: &str = r#"
+domain = "example.net"
+secret = "s3cret"
+[tls]
+generate = true
+[routing]
+mode = "hash"
+hash_key = "000102030405060708090a0b0c0d0e0f"
+"#;
+
+    const NODES: &str = r#"
+[[node]]
+name = "master"
+role = "master"
+c2s = "127.0.0.1:5222"
+farm = "127.0.0.1:7100"
+s2s = "127.0.0.1:5269"
+
+[[node]]
+name = "slave1"
+role = "slave"
+c2s = "127.0.0.1:5322"
+farm = "127.0.0.1:7101"
+
+[[node]]
+name = "slave2"
+role = "slave"
+weight = 2
+c2s = "127.0.0.1:5422"
+farm = "127.0.0.1:7102"
+"#;
+
+    fn parse(text: &str) -> Result<FarmConfig, ConfigError> {
+        FarmConfig::from_str(text, Path::new("config.toml"), None)
+    }
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match parse(text) {
+            Err(ConfigError::Invalid { problems, .. }) => problems,
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    /// Asserts that `text` has a problem at `key` whose message contains `fragment`.
+    #[track_caller]
+    fn assert_problem(text: &str, key: &str, fragment: &str) {
+        let problems = problems(text);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.key == key && p.message.contains(fragment)),
+            "no {key:?} problem containing {fragment:?} in {problems:#?}"
+        );
+    }
+
+    fn with_nodes(head: &str) -> String {
+        format!("{head}{NODES}")
+    }
+
+    /// HEAD + NODES with `from` replaced by `to` (exactly once).
+    fn changed(from: &str, to: &str) -> String {
+        let text = with_nodes(HEAD);
+        assert_eq!(text.matches(from).count(), 1, "{from:?}");
+        text.replacen(from, to, 1)
+    }
+
+    /// A scratch directory of our own under the system temp dir.
+    fn scratch_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "jabberfarm-config-test-{}-{name}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_good_config_loads_with_defaults() {
+        let config = parse(&with_nodes(HEAD)).unwrap();
+        assert_eq!(config.domain, "example.net");
+        assert_eq!(config.secret, "s3cret");
+        assert_eq!(config.data_dir, Path::new(DEFAULT_DATA_DIR));
+        assert_eq!(config.tls.cert, Path::new("jabberfarm-data/tls/cert.pem"));
+        assert_eq!(config.tls.key, Path::new("jabberfarm-data/tls/key.pem"));
+        assert_eq!(config.tls.ca, Path::new("jabberfarm-data/tls/ca.pem"));
+        assert!(config.tls.generate && config.tls.required);
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.storage.scram_iterations, 4096);
+        assert_eq!(
+            config.storage.sqlite_path(&config.data_dir, "slave1"),
+            Path::new("jabberfarm-data/slave1.sqlite")
+        );
+        assert_eq!(config.master().name, "master");
+        let slaves: Vec<&str> = config.slaves().map(|n| n.name.as_str()).collect();
+        assert_eq!(slaves, ["slave1", "slave2"]);
+        let slave2 = config.node("slave2").unwrap();
+        assert_eq!(slave2.weight, 2);
+        assert_eq!(slave2.advertise, "127.0.0.1:5422");
+        assert_eq!(slave2.c2s_tls, None);
+        assert!(config.node("nobody").is_none());
+        assert_eq!(
+            config.routing.nodes().collect::<Vec<_>>(),
+            ["slave1", "slave2"]
+        );
+        assert!(config.check_files().is_empty());
+        assert!(!format!("{config:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn data_dir_override_wins_and_paths_resolve_against_it() {
+        let text = with_nodes(&HEAD.replace(
+            "[tls]\n",
+            "data_dir = \"/srv/farm\"\n[tls]\ncert = \"c.pem\"\nkey = \"/etc/k.pem\"\n",
+        ));
+        let config = parse(&text).unwrap();
+        assert_eq!(config.data_dir, Path::new("/srv/farm"));
+        assert_eq!(config.tls.cert, Path::new("/srv/farm/c.pem"));
+        assert_eq!(config.tls.key, Path::new("/etc/k.pem"));
+        let config =
+            FarmConfig::from_str(&text, Path::new("x.toml"), Some(Path::new("/tmp/d"))).unwrap();
+        assert_eq!(config.data_dir, Path::new("/tmp/d"));
+        assert_eq!(config.tls.cert, Path::new("/tmp/d/c.pem"));
+        assert_eq!(config.tls.ca, Path::new("/tmp/d/tls/ca.pem"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_naming_its_key() {
+        let text = changed("c2s = \"127.0.0.1:5422\"", "c2s = \"127.0.0.1:5322\"")
+            .replace("domain = \"example.net\"", "domain = \"\"")
+            .replace("weight = 2", "weight = 0\nwieght = 3");
+        let err = parse(&text).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = &err else {
+            panic!("{err:?}")
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["node[2].wieght", "domain", "node[2].weight", "node[2].c2s"],
+            "{problems:#?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "config.toml: node[2].wieght: unknown key; did you mean \"weight\"?\n\
+             config.toml: domain: empty\n\
+             config.toml: node[2].weight: must be at least 1 (remove the slave to give it no users)\n\
+             config.toml: node[2].c2s: 127.0.0.1:5322 is also used by node[1].c2s (slave1)"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_everywhere() {
+        let text = with_nodes(HEAD)
+            .replace("[tls]\n", "colour = 1\n[tls]\ncertificate = \"x\"\n")
+            .replace("0e0f\"\n", "0e0f\"\n[[routing.ranges]]\nletter = \"a\"\n")
+            + "[limits]\nmax_stanzas = 1\n";
+        let problems = problems(&text);
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "colour",
+                "tls.certificate",
+                "limits.max_stanzas",
+                "routing.ranges[0].letter"
+            ]
+        );
+        assert!(
+            problems[0]
+                .message
+                .contains("known keys here: domain, secret")
+        );
+        assert!(problems[3].message.contains("did you mean \"letters\"?"));
+    }
+
+    #[test]
+    fn field_probe_reads_the_serde_field_names() {
+        assert_eq!(fields_of::<RawRange>(), ["letters", "node"],);
+        assert_eq!(
+            fields_of::<RawTls>(),
+            ["cert", "key", "generate", "required"],
+        );
+    }
+
+    #[test]
+    fn toml_errors_have_line_and_column() {
+        let err = parse("domain = \"x\"\nsecret = \n").unwrap_err();
+        assert!(matches!(err, ConfigError::Toml { .. }));
+        assert!(err.to_string().contains("line 2"), "{err}");
+        let err = parse(&changed("weight = 2", "weight = \"two\"")).unwrap_err();
+        assert!(matches!(err, ConfigError::Toml { .. }));
+        assert!(err.to_string().starts_with("config.toml: "), "{err}");
+        assert!(err.to_string().contains("line 26"), "{err}");
+    }
+
+    #[test]
+    fn domain_problems() {
+        assert_problem(
+            &changed("domain = \"example.net\"\n", ""),
+            "domain",
+            "missing",
+        );
+        assert_problem(&changed("\"example.net\"", "\"  \""), "domain", "empty");
+        for bad in [
+            "exa mple.net",
+            "user@example.net",
+            "example.net/x",
+            "example.net:5222",
+        ] {
+            assert_problem(
+                &changed("\"example.net\"", &format!("{bad:?}")),
+                "domain",
+                "is not a valid domain name",
+            );
+        }
+        let config = parse(&changed("\"example.net\"", "\"Example.NET\"")).unwrap();
+        assert_eq!(config.domain, "example.net");
+    }
+
+    #[test]
+    fn secret_problems() {
+        assert_problem(&changed("secret = \"s3cret\"\n", ""), "secret", "missing");
+        assert_problem(&changed("\"s3cret\"", "\" \""), "secret", "empty");
+        assert_problem(
+            &changed("secret = \"s3cret\"", "secret = \"a\"\nsecret_file = \"f\""),
+            "secret",
+            "not both",
+        );
+        assert_problem(
+            &changed(
+                "secret = \"s3cret\"",
+                "secret_file = \"/nonexistent/farm.secret\"",
+            ),
+            "secret_file",
+            "cannot read /nonexistent/farm.secret",
+        );
+    }
+
+    #[test]
+    fn secret_file_is_read_relative_to_the_config() {
+        let dir = scratch_dir("secret");
+        std::fs::write(dir.join("farm.secret"), "  from-file  \nsecond line\n").unwrap();
+        std::fs::write(dir.join("empty.secret"), "\n").unwrap();
+        let text = changed("secret = \"s3cret\"", "secret_file = \"farm.secret\"");
+        std::fs::write(dir.join("farm.toml"), &text).unwrap();
+        let config = FarmConfig::load(&dir.join("farm.toml"), None).unwrap();
+        assert_eq!(config.secret, "from-file");
+        let text = changed("secret = \"s3cret\"", "secret_file = \"empty.secret\"");
+        let err = FarmConfig::from_str(&text, &dir.join("farm.toml"), None).unwrap_err();
+        assert!(
+            err.to_string().contains("secret_file: the first line of"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn load_reports_a_missing_file() {
+        let err = FarmConfig::load(Path::new("/nonexistent/farm.toml"), None).unwrap_err();
+        assert!(matches!(err, ConfigError::Io { .. }));
+        assert!(
+            err.to_string().starts_with("/nonexistent/farm.toml: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn master_and_slave_counts() {
+        assert_problem(
+            &changed("role = \"master\"", "role = \"slave\""),
+            "node",
+            "no node has role = \"master\"",
+        );
+        assert_problem(
+            &changed(
+                "name = \"slave1\"\nrole = \"slave\"",
+                "name = \"slave1\"\nrole = \"master\"",
+            ),
+            "node[1].role",
+            "a second master (node[0] is the master already)",
+        );
+        assert_problem(
+            &format!(
+                "{HEAD}{}",
+                &NODES[..NODES.find("[[node]]\nname = \"slave1\"").unwrap()]
+            ),
+            "node",
+            "no node has role = \"slave\"",
+        );
+        assert_problem(HEAD, "node", "no node has role = \"master\"");
+        assert_problem(
+            &changed("role = \"master\"", "role = \"boss\""),
+            "node[0].role",
+            "\"boss\"",
+        );
+        // A slave with a broken address still counts as a slave.
+        let problems = problems(&changed("\"127.0.0.1:5322\"", "\"nowhere\""));
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert_eq!(problems[0].key, "node[1].c2s");
+        assert!(problems[0].message.contains("is not an IP:port address"));
+    }
+
+    #[test]
+    fn node_names() {
+        assert_problem(
+            &changed("name = \"slave2\"", "name = \"slave1\""),
+            "node[2].name",
+            "\"slave1\" is also the name of node[1]",
+        );
+        assert_problem(
+            &changed("name = \"slave2\"\n", ""),
+            "node[2].name",
+            "missing",
+        );
+        assert_problem(
+            &changed("name = \"slave2\"", "name = \"Slave 2\""),
+            "node[2].name",
+            "use lowercase letters",
+        );
+    }
+
+    #[test]
+    fn listeners_on_one_address() {
+        assert_problem(
+            &changed("farm = \"127.0.0.1:7102\"", "farm = \"127.0.0.1:7100\""),
+            "node[2].farm",
+            "127.0.0.1:7100 is also used by node[0].farm (master)",
+        );
+        // Two listeners of one node.
+        assert_problem(
+            &changed("s2s = \"127.0.0.1:5269\"", "s2s = \"127.0.0.1:5222\""),
+            "node[0].s2s",
+            "127.0.0.1:5222 is also used by node[0].c2s (master)",
+        );
+        // 0.0.0.0 covers 127.0.0.1 on the same machine…
+        assert_problem(
+            &changed(
+                "c2s = \"127.0.0.1:5422\"",
+                "c2s = \"0.0.0.0:5322\"\nadvertise = \"xmpp2.example.net:5322\"",
+            ),
+            "node[2].c2s",
+            "0.0.0.0:5322 is also used by node[1].c2s (slave1)",
+        );
+        // …but not on another machine (different farm address).
+        let text = changed(
+            "c2s = \"127.0.0.1:5422\"\nfarm = \"127.0.0.1:7102\"",
+            "c2s = \"0.0.0.0:5322\"\nadvertise = \"xmpp2.example.net:5322\"\n\
+             farm = \"10.0.0.12:7100\"",
+        );
+        parse(&text).unwrap();
+    }
+
+    #[test]
+    fn addresses_and_advertise() {
+        assert_problem(
+            &changed("c2s = \"127.0.0.1:5322\"\n", ""),
+            "node[1].c2s",
+            "missing",
+        );
+        assert_problem(
+            &changed("\"127.0.0.1:5322\"", "\"127.0.0.1:0\""),
+            "node[1].c2s",
+            "port 0",
+        );
+        assert_problem(
+            &changed("\"127.0.0.1:7101\"", "\"0.0.0.0:7101\""),
+            "node[1].farm",
+            "must be a real one",
+        );
+        assert_problem(
+            &changed("\"127.0.0.1:5322\"", "\"0.0.0.0:5322\""),
+            "node[1].advertise",
+            "missing: c2s 0.0.0.0:5322 binds every interface",
+        );
+        assert_problem(
+            &changed(
+                "farm = \"127.0.0.1:7101\"",
+                "farm = \"127.0.0.1:7101\"\ns2s = \"127.0.0.1:5270\"",
+            ),
+            "node[1].s2s",
+            "only the master",
+        );
+        for (advertise, why) in [
+            ("::1:5222", "must be bracketed"),
+            ("xmpp.example.net", "not HOST:PORT"),
+            ("xmpp.example.net:0", "port must be"),
+            ("bad_host:5222", "not a host name"),
+        ] {
+            assert_problem(
+                &changed(
+                    "farm = \"127.0.0.1:7101\"",
+                    &format!("farm = \"127.0.0.1:7101\"\nadvertise = {advertise:?}"),
+                ),
+                "node[1].advertise",
+                why,
+            );
+        }
+        let config = parse(&changed(
+            "c2s = \"127.0.0.1:5322\"",
+            "c2s = \"[::1]:5322\"\nc2s_tls = \"[::1]:5323\"",
+        ))
+        .unwrap();
+        let slave1 = config.node("slave1").unwrap();
+        assert_eq!(slave1.advertise, "[::1]:5322");
+        assert_eq!(slave1.c2s_tls, Some("[::1]:5323".parse().unwrap()));
+        let config = parse(&changed(
+            "farm = \"127.0.0.1:7101\"",
+            "farm = \"127.0.0.1:7101\"\nadvertise = \"XMPP1.example.net:5222\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            config.node("slave1").unwrap().advertise,
+            "xmpp1.example.net:5222"
+        );
+    }
+
+    #[test]
+    fn weights() {
+        assert_problem(
+            &changed("weight = 2", "weight = 0"),
+            "node[2].weight",
+            "at least 1",
+        );
+        assert_problem(
+            &changed("role = \"master\"", "role = \"master\"\nweight = 3"),
+            "node[0].weight",
+            "the master owns no users",
+        );
+    }
+
+    #[test]
+    fn hash_key_problems() {
+        assert_problem(
+            &changed("hash_key = \"000102030405060708090a0b0c0d0e0f\"\n", ""),
+            "routing.hash_key",
+            "missing",
+        );
+        for bad in [
+            "0001",
+            "zz0102030405060708090a0b0c0d0e0f",
+            "000102030405060708090a0b0c0d0e0f00",
+        ] {
+            assert_problem(
+                &changed("\"000102030405060708090a0b0c0d0e0f\"", &format!("{bad:?}")),
+                "routing.hash_key",
+                "must be 32 hex digits",
+            );
+        }
+        assert_problem(
+            &changed("mode = \"hash\"", "mode = \"modulo\""),
+            "routing.mode",
+            "\"modulo\"",
+        );
+    }
+
+    fn ranges(ranges: &[(&str, &str)], other: &str) -> String {
+        let mut routing = format!("mode = \"ranges\"\nother = {other:?}\n");
+        for (letters, node) in ranges {
+            routing.push_str(&format!(
+                "[[routing.ranges]]\nletters = {letters:?}\nnode = {node:?}\n"
+            ));
+        }
+        changed("mode = \"hash\"\n", "").replace("0e0f\"\n", &format!("0e0f\"\n{routing}"))
+    }
+
+    #[test]
+    fn ranges_mode_loads() {
+        let config = parse(&ranges(&[("A-M", "slave1"), ("n-z", "slave2")], "slave2")).unwrap();
+        assert_eq!(config.routing.owner_of("Nina").unwrap(), "slave2");
+        assert_eq!(config.routing.owner_of("mike").unwrap(), "slave1");
+        assert_eq!(config.routing.owner_of("42").unwrap(), "slave2");
+    }
+
+    #[test]
+    fn ranges_gap_overlap_and_unknown_nodes() {
+        let text = ranges(
+            &[("a-g", "slave1"), ("f-m", "slave2"), ("q-z", "slave2")],
+            "slave1",
+        );
+        assert_problem(
+            &text,
+            "routing.ranges",
+            "ranges a-g and f-m overlap on f..g",
+        );
+        assert_problem(
+            &text,
+            "routing.ranges",
+            "letters n..p are not covered by any range",
+        );
+        let text = ranges(&[("a-m", "slave9"), ("n-z", "master")], "ghost");
+        assert_problem(
+            &text,
+            "routing.ranges[0].node",
+            "no [[node]] is named \"slave9\"",
+        );
+        assert_problem(&text, "routing.ranges[1].node", "\"master\" is the master");
+        assert_problem(&text, "routing.other", "no [[node]] is named \"ghost\"");
+        let text = ranges(&[("a-m", "slave1"), ("n-", "slave2")], "slave1");
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert_eq!(found[0].key, "routing.ranges[1].letters");
+        assert!(found[0].message.contains("is not a letter range"));
+        assert_problem(
+            &ranges(&[("m-a", "slave1"), ("n-z", "slave2")], "slave1"),
+            "routing.ranges[0].letters",
+            "runs backwards (write \"a-m\")",
+        );
+        let text = ranges(&[("a-z", "slave1")], "slave1").replace("other = \"slave1\"\n", "");
+        assert_problem(&text, "routing.other", "missing");
+        assert_eq!(problems(&text).len(), 1);
+    }
+
+    #[test]
+    fn certificate_files_must_exist_unless_generated() {
+        let dir = scratch_dir("tls");
+        let text = with_nodes(&HEAD.replace("generate = true", "generate = false"));
+        let config = FarmConfig::from_str(&text, Path::new("c.toml"), Some(&dir));
+        let Err(ConfigError::Invalid { problems, .. }) = config else {
+            panic!("{config:?}")
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["tls.cert", "tls.key"]);
+        assert!(problems[0].message.contains("does not exist"));
+        std::fs::create_dir_all(dir.join("tls")).unwrap();
+        std::fs::write(dir.join("tls/cert.pem"), "").unwrap();
+        std::fs::write(dir.join("tls/key.pem"), "").unwrap();
+        let config = FarmConfig::from_str(&text, Path::new("c.toml"), Some(&dir)).unwrap();
+        assert!(config.check_files().is_empty());
+        std::fs::remove_file(dir.join("tls/key.pem")).unwrap();
+        let later = config.check_files();
+        assert_eq!(later.len(), 1);
+        assert_eq!(later[0].key, "tls.key");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn limits_that_make_no_sense() {
+        let text = |limits: &str| format!("{}[limits]\n{limits}\n", with_nodes(HEAD));
+        assert_problem(
+            &text("max_stanza_pre_auth = 300000"),
+            "limits.max_stanza_pre_auth",
+            "more than limits.max_stanza",
+        );
+        for key in [
+            "max_stanza",
+            "max_depth",
+            "login_timeout",
+            "max_connections",
+        ] {
+            assert_problem(
+                &text(&format!("{key} = 0")),
+                &format!("limits.{key}"),
+                "at least 1",
+            );
+        }
+        assert_problem(
+            &text("stream_open_timeout = 90"),
+            "limits.stream_open_timeout",
+            "longer than limits.login_timeout",
+        );
+        let config = parse(&text("shutdown_grace = 0\nmax_stanza = 1000000")).unwrap();
+        assert_eq!(config.limits.shutdown_grace, Duration::ZERO);
+        assert_eq!(config.limits.max_stanza, 1_000_000);
+    }
+
+    #[test]
+    fn storage_problems() {
+        let text = |storage: &str| format!("{}[storage]\n{storage}\n", with_nodes(HEAD));
+        assert_problem(
+            &text("backend = \"mysql\""),
+            "storage.backend",
+            "unknown backend",
+        );
+        assert_problem(
+            &text("scram_iterations = 0"),
+            "storage.scram_iterations",
+            "at least 1",
+        );
+        assert_problem(&text("path = \"\""), "storage.path", "empty");
+        let config = parse(&text("path = \"/var/db/{node}.db\"")).unwrap();
+        assert_eq!(
+            config.storage.sqlite_path(&config.data_dir, "slave2"),
+            Path::new("/var/db/slave2.db")
+        );
+    }
+
+    fn conf(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../conf")
+            .join(name)
+    }
+
+    #[test]
+    fn the_demo_farm_loads() {
+        let config = FarmConfig::load(&conf("farm.toml"), None).unwrap();
+        assert_eq!(config.domain, "localhost");
+        assert_eq!(config.master().c2s, "127.0.0.1:5222".parse().unwrap());
+        assert_eq!(config.master().s2s, Some("127.0.0.1:5269".parse().unwrap()));
+        let slaves: Vec<&str> = config.slaves().map(|n| n.advertise.as_str()).collect();
+        assert_eq!(slaves, ["127.0.0.1:5322", "127.0.0.1:5422"]);
+        assert!(config.tls.generate && !config.tls.required);
+        assert_eq!(config.data_dir, Path::new("jabberfarm-data"));
+    }
+
+    #[test]
+    fn the_production_sample_only_lacks_its_files() {
+        match FarmConfig::load(&conf("production.sample.toml"), None) {
+            Ok(config) => assert_eq!(config.domain, "example.net"), // files present here
+            Err(ConfigError::Invalid { problems, .. }) => {
+                for p in &problems {
+                    assert!(
+                        ["secret_file", "tls.cert", "tls.key"].contains(&p.key.as_str()),
+                        "{p}"
+                    );
+                }
+            }
+            Err(e) => panic!("{e}"),
+        }
+        // With the files in place, it loads.
+        let dir = scratch_dir("production");
+        std::fs::write(dir.join("farm.secret"), "x\n").unwrap();
+        std::fs::write(dir.join("cert.pem"), "").unwrap();
+        std::fs::write(dir.join("key.pem"), "").unwrap();
+        let text = std::fs::read_to_string(conf("production.sample.toml"))
+            .unwrap()
+            .replace("/etc/jabberfarm/farm.secret", "farm.secret")
+            .replace("/etc/jabberfarm/tls/fullchain.pem", "cert.pem")
+            .replace("/etc/jabberfarm/tls/privkey.pem", "key.pem");
+        let config = FarmConfig::from_str(&text, &dir.join("farm.toml"), Some(&dir)).unwrap();
+        assert_eq!(config.slaves().count(), 3);
+        assert_eq!(config.node("slave3").unwrap().weight, 2);
+        assert_eq!(
+            config.node("slave1").unwrap().advertise,
+            "xmpp1.example.net:5222"
+        );
+        // The commented ranges example is valid too.
+        let ranges = text
+            .replace("mode = \"hash\"", "# mode = \"hash\"")
+            .replace("# mode = \"ranges\"", "mode = \"ranges\"")
+            .replace("# other", "other")
+            .replace("# [[routing.ranges]]", "[[routing.ranges]]")
+            .replace("# letters", "letters")
+            .replace("# node", "node");
+        let config = FarmConfig::from_str(&ranges, &dir.join("farm.toml"), Some(&dir)).unwrap();
+        assert!(matches!(config.routing.mode(), RoutingMode::Ranges { .. }));
+        assert_eq!(config.routing.owner_of("zoe").unwrap(), "slave3");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

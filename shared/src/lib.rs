@@ -1,0 +1,28 @@
+//! What every jabberfarm node speaks, without sockets where it can be.
+//!
+//! - [`xml`]: restricted-XML stream parser (rxml) and the element type, serialization.
+//! - [`stream`]: an XML stream over any async byte stream, with STARTTLS upgrade.
+//! - [`routing`]: the routing rule `owner(localpart) -> node` (DESIGN.md D2) and its fingerprint.
+//! - [`config`]: the farm's TOML config, its validation (`jabberfarm check`).
+//! - [`tls`]: rustls server setup and the demo CA / certificate generator.
+//! - [`auth`]: SCRAM credentials and the account stores (embedded SQLite).
+//! - [`sasl`]: server side of SASL PLAIN and SCRAM-SHA-1/-256, sans-IO.
+//! - [`c2s`]: client stream negotiation up to authentication (STARTTLS, SASL, iq:auth, redirect).
+//! - [`stanza`]: stanza kinds, error replies.
+//! - [`listen`]: bounded accept loops and graceful shutdown.
+//! - [`ns`]: the XML namespaces we use.
+//!
+//! Data flow of a connection: socket → [`stream::XmlStream`] (bytes ↔ [`xml::Element`]) →
+//! the role crate's session state machine → router → feature handler.
+
+pub mod auth;
+pub mod c2s;
+pub mod config;
+pub mod listen;
+pub mod ns;
+pub mod routing;
+pub mod sasl;
+pub mod stanza;
+pub mod stream;
+pub mod tls;
+pub mod xml;

@@ -1,0 +1,331 @@
+//! An XML stream over any async byte stream: read one [`StreamEvent`] at a time, write
+//! elements, restart after STARTTLS/SASL, upgrade to TLS, close with a stream error.
+//!
+//! The transport is boxed (`Box<dyn Io>`) so a plain TCP stream and its TLS upgrade are one type.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::ns;
+use crate::xml::{
+    Condition, Element, ParserLimits, StreamError, StreamEvent, StreamHeader, StreamParser,
+    escape_into,
+};
+
+/// Anything a stream can run over: TCP, TLS, an in-memory duplex.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// How reading the next event ended, when it did not give an event.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The peer closed the connection (not an error on our side).
+    #[error("connection closed by peer")]
+    Eof,
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer broke the protocol; send this stream error and close.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+}
+
+/// Read chunk; the buffer is dropped when empty so an idle stream holds none.
+const READ_CHUNK: usize = 4096;
+
+pub struct XmlStream {
+    io: Box<dyn Io>,
+    parser: StreamParser,
+    /// Bytes read but not yet parsed (left over after an event).
+    pending: Vec<u8>,
+    pos: usize,
+    /// Default namespace of the stream content (`jabber:client` or `jabber:server`).
+    content_ns: &'static str,
+    /// Whether we have sent our stream header (a stream error must follow one).
+    header_sent: bool,
+    /// Whether the stream is encrypted.
+    pub secure: bool,
+}
+
+impl XmlStream {
+    pub fn new(io: Box<dyn Io>, content_ns: &'static str, limits: ParserLimits) -> Self {
+        XmlStream {
+            io,
+            parser: StreamParser::new(limits),
+            pending: Vec::new(),
+            pos: 0,
+            content_ns,
+            header_sent: false,
+            secure: false,
+        }
+    }
+
+    pub fn content_ns(&self) -> &'static str {
+        self.content_ns
+    }
+
+    /// Read until the next stream event.
+    pub async fn next(&mut self) -> Result<StreamEvent, ReadError> {
+        loop {
+            if self.pos < self.pending.len() {
+                let mut slice = &self.pending[self.pos..];
+                let before = slice.len();
+                let ev = self.parser.parse(&mut slice)?;
+                self.pos += before - slice.len();
+                if let Some(ev) = ev {
+                    return Ok(ev);
+                }
+            }
+            // Everything buffered was handed to the parser.
+            self.pending.clear();
+            self.pos = 0;
+            if self.pending.capacity() > READ_CHUNK {
+                self.pending.shrink_to(READ_CHUNK);
+            }
+            self.pending.reserve(READ_CHUNK);
+            let n = self.io.read_buf(&mut self.pending).await?;
+            if n == 0 {
+                self.pending = Vec::new();
+                return Err(ReadError::Eof);
+            }
+        }
+    }
+
+    /// [`Self::next`], bounded in time: `connection-timeout` when nothing complete arrives.
+    pub async fn next_within(&mut self, limit: Duration) -> Result<StreamEvent, ReadError> {
+        match tokio::time::timeout(limit, self.next()).await {
+            Ok(r) => r,
+            Err(_) => Err(ReadError::Stream(StreamError::new(
+                Condition::ConnectionTimeout,
+                format!("nothing complete received within {} s", limit.as_secs()),
+            ))),
+        }
+    }
+
+    /// Drop the parser state: the next thing the peer sends is a new stream header
+    /// (RFC 6120 §4.3.3: after STARTTLS and after SASL).
+    pub fn restart(&mut self, limits: ParserLimits) {
+        self.parser = StreamParser::new(limits);
+        self.header_sent = false;
+    }
+
+    /// New bounds without a restart (legacy iq:auth logins never restart the stream).
+    pub fn set_limits(&mut self, limits: ParserLimits) {
+        self.parser.set_limits(limits);
+    }
+
+    /// Our stream header in reply to the peer's (RFC 6120 §4.7).
+    pub async fn send_header(
+        &mut self,
+        from: &str,
+        to: Option<&str>,
+        id: &str,
+        version: bool,
+    ) -> std::io::Result<()> {
+        let mut s = String::with_capacity(256);
+        s.push_str("<?xml version='1.0'?><stream:stream xmlns='");
+        s.push_str(self.content_ns);
+        s.push_str("' xmlns:stream='");
+        s.push_str(ns::STREAM);
+        s.push_str("' id='");
+        escape_into(&mut s, id);
+        s.push_str("' from='");
+        escape_into(&mut s, from);
+        if let Some(to) = to {
+            s.push_str("' to='");
+            escape_into(&mut s, to);
+        }
+        if version {
+            s.push_str("' version='1.0");
+        }
+        s.push_str("' xml:lang='en'>");
+        self.header_sent = true;
+        self.send_raw(&s).await
+    }
+
+    pub fn header_sent(&self) -> bool {
+        self.header_sent
+    }
+
+    pub async fn send(&mut self, el: &Element) -> std::io::Result<()> {
+        let mut s = String::with_capacity(128);
+        el.write_to(&mut s, self.content_ns);
+        self.send_raw(&s).await
+    }
+
+    pub async fn send_raw(&mut self, s: &str) -> std::io::Result<()> {
+        self.io.write_all(s.as_bytes()).await?;
+        self.io.flush().await
+    }
+
+    /// Send a stream error and close the stream (RFC 6120 §4.9.1.1). If our header is not out
+    /// yet, it goes first, as §4.9.1.2 requires.
+    pub async fn fail(&mut self, err: &StreamError, domain: &str) {
+        if !self.header_sent {
+            let _ = self.send_header(domain, None, &new_id(), true).await;
+        }
+        let mut s = String::with_capacity(256);
+        err.to_element().write_to(&mut s, self.content_ns);
+        s.push_str("</stream:stream>");
+        let _ = self.send_raw(&s).await;
+        self.shutdown().await;
+    }
+
+    /// Close our side of the stream.
+    pub async fn close(&mut self) {
+        let _ = self.send_raw("</stream:stream>").await;
+        self.shutdown().await;
+    }
+
+    async fn shutdown(&mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.io.shutdown()).await;
+    }
+
+    /// Upgrade to TLS (after `<proceed/>`). Fails if the peer pipelined data after `<starttls/>`
+    /// (RFC 6120 §5.4.3.3: it must wait for `<proceed/>`).
+    pub async fn upgrade_tls(
+        self,
+        config: Arc<rustls::ServerConfig>,
+        limits: ParserLimits,
+    ) -> Result<XmlStream, ReadError> {
+        if self.pos < self.pending.len() {
+            return Err(ReadError::Stream(StreamError::new(
+                Condition::PolicyViolation,
+                "data sent before <proceed/>",
+            )));
+        }
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let tls = acceptor.accept(self.io).await?;
+        let mut s = XmlStream::new(Box::new(tls), self.content_ns, limits);
+        s.secure = true;
+        Ok(s)
+    }
+
+    /// A TLS handshake on a fresh connection (direct TLS, XEP-0368).
+    pub async fn accept_direct_tls(
+        io: Box<dyn Io>,
+        config: Arc<rustls::ServerConfig>,
+        content_ns: &'static str,
+        limits: ParserLimits,
+    ) -> std::io::Result<XmlStream> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let tls = acceptor.accept(io).await?;
+        let mut s = XmlStream::new(Box::new(tls), content_ns, limits);
+        s.secure = true;
+        Ok(s)
+    }
+}
+
+/// A fresh random stream / resource identifier (URL-safe, 16 random bytes).
+pub fn new_id() -> String {
+    use base64::Engine as _;
+    let bytes: [u8; 12] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The stream header check every listener does: right namespace, right version, our domain.
+pub fn check_header(h: &StreamHeader, domain: &str) -> Result<(), StreamError> {
+    match h.to.as_deref() {
+        Some(to) if to.eq_ignore_ascii_case(domain) => {}
+        Some(to) => {
+            return Err(StreamError::new(
+                Condition::HostUnknown,
+                format!("this server serves {domain}, not {to}"),
+            ));
+        }
+        None => {
+            return Err(StreamError::new(
+                Condition::HostUnknown,
+                "the stream header has no 'to'",
+            ));
+        }
+    }
+    if let Some(v) = h.version.as_deref() {
+        let major = v.split('.').next().and_then(|m| m.parse::<u32>().ok());
+        if major != Some(1) {
+            return Err(StreamError::new(
+                Condition::UnsupportedVersion,
+                format!("XMPP version {v} is not supported; use 1.0"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reads_elements_over_duplex_and_answers() {
+        let (client, server) = tokio::io::duplex(64);
+        let mut s = XmlStream::new(Box::new(server), ns::CLIENT, ParserLimits::PRE_AUTH);
+        let writer = tokio::spawn(async move {
+            let mut client = client;
+            client
+                .write_all(b"<?xml version='1.0'?><stream:stream to='localhost' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'><iq type='get' id='a'><ping xmlns='urn:xmpp:ping'/></iq>")
+                .await
+                .unwrap();
+            let mut buf = vec![0u8; 4096];
+            let mut got = String::new();
+            while !got.contains("</stream:stream>") {
+                let n = client.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+            }
+            got
+        });
+        let StreamEvent::Open(h) = s.next().await.unwrap() else {
+            panic!()
+        };
+        check_header(&h, "localhost").unwrap();
+        s.send_header("localhost", None, "id1", true).await.unwrap();
+        let StreamEvent::Element(iq) = s.next().await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(iq.attr("id"), Some("a"));
+        s.send(&Element::new("iq", ns::CLIENT).with_attr("type", "result"))
+            .await
+            .unwrap();
+        s.close().await;
+        let got = writer.await.unwrap();
+        assert!(got.starts_with("<?xml version='1.0'?><stream:stream xmlns='jabber:client'"));
+        assert!(got.contains("<iq type='result'/>"));
+        assert!(got.ends_with("</stream:stream>"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_never_opens_times_out() {
+        let (_client, server) = tokio::io::duplex(64);
+        let mut s = XmlStream::new(Box::new(server), ns::CLIENT, ParserLimits::PRE_AUTH);
+        let e = s.next_within(Duration::from_secs(10)).await.unwrap_err();
+        match e {
+            ReadError::Stream(e) => assert_eq!(e.condition, Condition::ConnectionTimeout),
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn header_checks() {
+        let mut h = StreamHeader {
+            to: Some("example.net".into()),
+            version: Some("1.0".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            check_header(&h, "localhost").unwrap_err().condition,
+            Condition::HostUnknown
+        );
+        h.to = Some("LOCALHOST".into());
+        check_header(&h, "localhost").unwrap();
+        h.version = Some("2.0".into());
+        assert_eq!(
+            check_header(&h, "localhost").unwrap_err().condition,
+            Condition::UnsupportedVersion
+        );
+    }
+}

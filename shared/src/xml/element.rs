@@ -1,0 +1,258 @@
+//! A small element tree for stanzas: name, namespace, attributes, children.
+//!
+//! Attributes without a namespace are keyed by their local name; `xml:lang` and friends by
+//! `xml:NAME`; attributes in any other namespace in Clark notation, `{NS}NAME`.
+
+use std::fmt::Write as _;
+
+use crate::ns;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Node {
+    Element(Element),
+    Text(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Element {
+    pub name: String,
+    pub ns: String,
+    pub attrs: Vec<(String, String)>,
+    pub children: Vec<Node>,
+}
+
+impl Element {
+    pub fn new(name: impl Into<String>, ns: impl Into<String>) -> Self {
+        Element {
+            name: name.into(),
+            ns: ns.into(),
+            attrs: Vec::new(),
+            children: Vec::new(),
+        }
+    }
+
+    /// Builder: add an attribute.
+    pub fn with_attr(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.set_attr(name, value);
+        self
+    }
+
+    /// Builder: add an attribute when the value is present.
+    pub fn with_opt_attr(self, name: &str, value: Option<impl Into<String>>) -> Self {
+        match value {
+            Some(v) => self.with_attr(name, v),
+            None => self,
+        }
+    }
+
+    /// Builder: append a child element.
+    pub fn with_child(mut self, child: Element) -> Self {
+        self.children.push(Node::Element(child));
+        self
+    }
+
+    /// Builder: append text.
+    pub fn with_text(mut self, text: impl Into<String>) -> Self {
+        let text = text.into();
+        if !text.is_empty() {
+            self.children.push(Node::Text(text));
+        }
+        self
+    }
+
+    pub fn is(&self, name: &str, ns: &str) -> bool {
+        self.name == name && self.ns == ns
+    }
+
+    pub fn attr(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn set_attr(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        let name = name.into();
+        let value = value.into();
+        match self.attrs.iter_mut().find(|(k, _)| *k == name) {
+            Some(slot) => slot.1 = value,
+            None => self.attrs.push((name, value)),
+        }
+    }
+
+    pub fn remove_attr(&mut self, name: &str) -> Option<String> {
+        let pos = self.attrs.iter().position(|(k, _)| k == name)?;
+        Some(self.attrs.remove(pos).1)
+    }
+
+    /// Child elements, in document order.
+    pub fn children(&self) -> impl Iterator<Item = &Element> {
+        self.children.iter().filter_map(|n| match n {
+            Node::Element(e) => Some(e),
+            Node::Text(_) => None,
+        })
+    }
+
+    pub fn child(&self, name: &str, ns: &str) -> Option<&Element> {
+        self.children().find(|e| e.is(name, ns))
+    }
+
+    /// The first child element, if any (the payload of an IQ).
+    pub fn first_child(&self) -> Option<&Element> {
+        self.children().next()
+    }
+
+    /// Concatenated direct text content.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        for n in &self.children {
+            if let Node::Text(t) = n {
+                out.push_str(t);
+            }
+        }
+        out
+    }
+
+    /// Serialize into `out`. `parent_ns` is the default namespace in scope, so a stanza in the
+    /// stream's own namespace carries no `xmlns`. Elements in the streams namespace use the
+    /// `stream:` prefix the stream header declares.
+    pub fn write_to(&self, out: &mut String, parent_ns: &str) {
+        let stream_prefixed = self.ns == ns::STREAM;
+        out.push('<');
+        if stream_prefixed {
+            out.push_str("stream:");
+        }
+        out.push_str(&self.name);
+        let inner_ns = if stream_prefixed {
+            parent_ns
+        } else {
+            if self.ns != parent_ns {
+                out.push_str(" xmlns='");
+                escape_into(out, &self.ns);
+                out.push('\'');
+            }
+            &self.ns
+        };
+        let mut extra_prefix = 0;
+        for (k, v) in &self.attrs {
+            out.push(' ');
+            if let Some(rest) = k.strip_prefix('{') {
+                // Clark notation: declare a prefix for this attribute's namespace.
+                let (ans, local) = rest.split_once('}').unwrap_or(("", rest));
+                extra_prefix += 1;
+                let _ = write!(out, "xmlns:a{extra_prefix}='");
+                escape_into(out, ans);
+                let _ = write!(out, "' a{extra_prefix}:{local}='");
+            } else {
+                out.push_str(k);
+                out.push_str("='");
+            }
+            escape_into(out, v);
+            out.push('\'');
+        }
+        if self.children.is_empty() {
+            out.push_str("/>");
+            return;
+        }
+        out.push('>');
+        for n in &self.children {
+            match n {
+                Node::Element(e) => e.write_to(out, inner_ns),
+                Node::Text(t) => escape_into(out, t),
+            }
+        }
+        out.push_str("</");
+        if stream_prefixed {
+            out.push_str("stream:");
+        }
+        out.push_str(&self.name);
+        out.push('>');
+    }
+
+    /// Serialize as a standalone document fragment (its namespace declared).
+    pub fn to_xml(&self) -> String {
+        let mut s = String::new();
+        self.write_to(&mut s, "");
+        s
+    }
+
+    /// Rough heap footprint, for queue accounting.
+    pub fn weight(&self) -> usize {
+        let mut w = self.name.len() + self.ns.len() + 32;
+        for (k, v) in &self.attrs {
+            w += k.len() + v.len() + 16;
+        }
+        for n in &self.children {
+            w += match n {
+                Node::Element(e) => e.weight(),
+                Node::Text(t) => t.len() + 8,
+            };
+        }
+        w
+    }
+}
+
+/// Escape text for use in character data or a single-quoted attribute value.
+pub fn escape_into(out: &mut String, s: &str) {
+    let mut last = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let rep = match b {
+            b'<' => "&lt;",
+            b'>' => "&gt;",
+            b'&' => "&amp;",
+            b'\'' => "&apos;",
+            b'"' => "&quot;",
+            _ => continue,
+        };
+        out.push_str(&s[last..i]);
+        out.push_str(rep);
+        last = i + 1;
+    }
+    out.push_str(&s[last..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serializes_with_inherited_namespace() {
+        let e = Element::new("message", ns::CLIENT)
+            .with_attr("to", "juliet@example.com")
+            .with_attr("type", "chat")
+            .with_child(Element::new("body", ns::CLIENT).with_text("Art thou <there>? & 'so'"));
+        assert_eq!(
+            {
+                let mut s = String::new();
+                e.write_to(&mut s, ns::CLIENT);
+                s
+            },
+            "<message to='juliet@example.com' type='chat'><body>Art thou &lt;there&gt;? &amp; &apos;so&apos;</body></message>"
+        );
+        assert_eq!(
+            Element::new("ping", ns::PING).to_xml(),
+            "<ping xmlns='urn:xmpp:ping'/>"
+        );
+    }
+
+    #[test]
+    fn stream_namespace_uses_prefix() {
+        let f = Element::new("features", ns::STREAM).with_child(Element::new("starttls", ns::TLS));
+        let mut s = String::new();
+        f.write_to(&mut s, ns::CLIENT);
+        assert_eq!(
+            s,
+            "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:features>"
+        );
+    }
+
+    #[test]
+    fn attribute_helpers() {
+        let mut e = Element::new("iq", ns::CLIENT).with_attr("id", "1");
+        e.set_attr("id", "2");
+        e.set_attr("type", "get");
+        assert_eq!(e.attr("id"), Some("2"));
+        assert_eq!(e.remove_attr("type").as_deref(), Some("get"));
+        assert_eq!(e.attr("type"), None);
+    }
+}

@@ -1,0 +1,9 @@
+//! XML for XMPP: the element type, the incremental stream parser, stream errors.
+
+mod element;
+pub mod parser;
+pub mod stream_error;
+
+pub use element::{Element, Node, escape_into};
+pub use parser::{ParserLimits, StreamEvent, StreamHeader, StreamParser};
+pub use stream_error::{Condition, StreamError};

@@ -1,0 +1,147 @@
+//! A slave: serves the sessions of the users the routing rule gives it (DESIGN.md D1, D2).
+//!
+//! Data path: socket → [`jabberfarm_shared::listen`] → [`jabberfarm_shared::c2s::negotiate`]
+//! (the same rule as the master: a login that belongs elsewhere is redirected; otherwise
+//! SASL/iq:auth against the account store) → [`session`] (bind, stanza loop) →
+//! [`router`] (local delivery; other nodes and other domains come with farm links and
+//! federation) → [`server`] (what the server itself answers).
+
+pub mod router;
+pub mod server;
+pub mod session;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jabberfarm_shared::auth::AccountStore;
+use jabberfarm_shared::c2s::{self, C2sSettings, LoginPolicy, LoginRoute};
+use jabberfarm_shared::config::{FarmConfig, NodeConfig};
+use jabberfarm_shared::listen::{self, BoundListener, ServeOptions};
+use jabberfarm_shared::ns;
+use jabberfarm_shared::xml::{Condition, StreamError};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::router::{Outgoing, Router};
+
+/// Everything a slave's connections share.
+pub struct Slave {
+    pub config: Arc<FarmConfig>,
+    pub router: Router,
+    pub store: AccountStore,
+    pub shutdown: CancellationToken,
+    /// How long a freshly authenticated client may take to bind.
+    pub login_timeout: Duration,
+}
+
+impl LoginPolicy for Slave {
+    fn route(&self, localpart: &str, direct_tls: bool) -> LoginRoute {
+        let table = self.router.table.load();
+        let owner = table.owner(localpart);
+        if owner == self.router.node {
+            return LoginRoute::Here;
+        }
+        match self.config.node(owner) {
+            Some(node) => LoginRoute::Redirect(c2s::redirect_address(node, direct_tls)),
+            None => LoginRoute::Here,
+        }
+    }
+
+    fn store(&self) -> Option<&AccountStore> {
+        Some(&self.store)
+    }
+}
+
+/// Run the slave node `node` until `shutdown` is cancelled.
+pub async fn run(
+    cfg: Arc<FarmConfig>,
+    node: NodeConfig,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: CancellationToken,
+) -> anyhow_like::Result<()> {
+    let db = cfg.storage.sqlite_path(&cfg.data_dir, &node.name);
+    let store = AccountStore::open_sqlite(&db)
+        .await
+        .map_err(|e| anyhow_like::Error(format!("node {}: {e}", node.name)))?;
+    let mut listeners = vec![BoundListener {
+        listener: listen::bind(node.c2s, "c2s").await?,
+        direct_tls: None,
+    }];
+    if let (Some(addr), Some(tls)) = (node.c2s_tls, &tls) {
+        listeners.push(BoundListener {
+            listener: listen::bind(addr, "direct-TLS c2s").await?,
+            direct_tls: Some(tls.clone()),
+        });
+    }
+    let settings = Arc::new(C2sSettings::from_config(&cfg, tls, shutdown.clone()));
+    let slave = Arc::new(Slave {
+        config: cfg.clone(),
+        router: Router::new(cfg.domain.clone(), node.name.clone(), cfg.routing.clone()),
+        store,
+        shutdown: shutdown.clone(),
+        login_timeout: cfg.limits.login_timeout,
+    });
+    let opts = Arc::new(ServeOptions {
+        domain: cfg.domain.clone(),
+        content_ns: ns::CLIENT,
+        limits: settings.pre_auth,
+        max_connections: cfg.limits.max_connections,
+        tls_handshake_timeout: cfg.limits.stream_open_timeout,
+    });
+    let tracker = TaskTracker::new();
+    info!(node = %node.name, "slave up (accounts in {})", db.display());
+    let s2 = slave.clone();
+    listen::serve(
+        listeners,
+        opts,
+        shutdown.clone(),
+        tracker.clone(),
+        move |stream, _peer| {
+            let (settings, slave) = (settings.clone(), s2.clone());
+            async move {
+                if let Some(auth) = c2s::negotiate(stream, &settings, slave.as_ref()).await {
+                    session::run(slave, auth).await;
+                }
+            }
+        },
+    )
+    .await;
+    shutdown.cancelled().await;
+    // Sessions see the token themselves; this also reaches any that are busy writing.
+    for tx in slave.router.all_sessions() {
+        let _ = tx.try_send(Outgoing::Close(StreamError::new(
+            Condition::SystemShutdown,
+            "the server is stopping",
+        )));
+    }
+    if !listen::drain(
+        &tracker,
+        cfg.limits.shutdown_grace.max(Duration::from_millis(100)),
+    )
+    .await
+    {
+        warn!(node = %node.name, "some sessions did not close in time");
+    }
+    slave.store.close().await;
+    info!(node = %node.name, "slave stopped");
+    Ok(())
+}
+
+/// A minimal error type for `run` (the binary prints it).
+pub mod anyhow_like {
+    #[derive(Debug)]
+    pub struct Error(pub String);
+    impl std::fmt::Display for Error {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+    impl std::error::Error for Error {}
+    impl From<std::io::Error> for Error {
+        fn from(e: std::io::Error) -> Self {
+            Error(e.to_string())
+        }
+    }
+    pub type Result<T> = std::result::Result<T, Error>;
+}

@@ -1,0 +1,279 @@
+//! One router per slave: every stanza addressed to the farm's domain goes to its owner
+//! (DESIGN.md D2). The rules are the table in `docs/routing.md`.
+//!
+//! A user owned by this slave is delivered to the bound resources here; a user owned by another
+//! node is one more [`Destination`] (the farm links of the IM issue carry it); another domain
+//! is federation's.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use jabberfarm_shared::routing::{RoutingTable, normalize_localpart};
+use jabberfarm_shared::stanza::{ErrorType, Kind, error_reply, is_error_or_result};
+use jabberfarm_shared::xml::{Element, StreamError};
+use jid::Jid;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+/// What a session's task is told to do.
+#[derive(Debug)]
+pub enum Outgoing {
+    Stanza(Element),
+    /// Close the stream with this error (replaced by a newer login, shutdown, …).
+    Close(StreamError),
+}
+
+/// Per-session queue bound; a full queue answers the sender with `resource-constraint`.
+pub const SESSION_QUEUE: usize = 256;
+
+struct Resource {
+    name: String,
+    conn: u64,
+    tx: mpsc::Sender<Outgoing>,
+    /// Sent initial presence (RFC 6121 §4.2) and not yet unavailable.
+    available: bool,
+    priority: i8,
+}
+
+/// Where a stanza addressed to `to` goes (see `docs/routing.md`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// The bare domain: the server answers.
+    Server,
+    /// A user this slave owns.
+    Local {
+        user: String,
+        resource: Option<String>,
+    },
+    /// A user of our domain owned by another node.
+    Node(String),
+    /// Another domain.
+    Remote(String),
+}
+
+pub struct Router {
+    pub domain: String,
+    pub node: String,
+    /// Swappable at run time for live rebalancing.
+    pub table: ArcSwap<RoutingTable>,
+    sessions: Mutex<HashMap<String, Vec<Resource>>>,
+    next_conn: AtomicU64,
+}
+
+impl Router {
+    pub fn new(domain: String, node: String, table: RoutingTable) -> Router {
+        Router {
+            domain,
+            node,
+            table: ArcSwap::from_pointee(table),
+            sessions: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+        }
+    }
+
+    pub fn destination(&self, to: &Jid) -> Destination {
+        if !to.domain().as_str().eq_ignore_ascii_case(&self.domain) {
+            return Destination::Remote(to.domain().as_str().to_owned());
+        }
+        let Some(node) = to.node() else {
+            return Destination::Server;
+        };
+        // jid has already applied nodeprep; normalising again is idempotent.
+        let user = normalize_localpart(node.as_str()).unwrap_or_else(|_| node.as_str().to_owned());
+        let table = self.table.load();
+        let owner = table.owner(&user);
+        if owner != self.node {
+            return Destination::Node(owner.to_owned());
+        }
+        Destination::Local {
+            user,
+            resource: to.resource().map(|r| r.as_str().to_owned()),
+        }
+    }
+
+    /// Bind `resource` for `user`. A resource already bound is replaced: its session is told to
+    /// close with `<conflict/>` (RFC 6120 §7.7.2.2).
+    pub fn bind(&self, user: &str, resource: &str, tx: mpsc::Sender<Outgoing>) -> u64 {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let list = sessions.entry(user.to_owned()).or_default();
+        if let Some(pos) = list.iter().position(|r| r.name == resource) {
+            let old = list.remove(pos);
+            let _ = old.tx.try_send(Outgoing::Close(StreamError::new(
+                jabberfarm_shared::xml::Condition::Conflict,
+                "replaced by a new login with the same resource",
+            )));
+        }
+        list.push(Resource {
+            name: resource.to_owned(),
+            conn,
+            tx,
+            available: false,
+            priority: 0,
+        });
+        conn
+    }
+
+    pub fn is_bound(&self, user: &str, resource: &str) -> bool {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions
+            .get(user)
+            .is_some_and(|l| l.iter().any(|r| r.name == resource))
+    }
+
+    /// Remove a session, unless a newer login took its resource over already.
+    pub fn unbind(&self, user: &str, resource: &str, conn: u64) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = sessions.get_mut(user) {
+            list.retain(|r| !(r.name == resource && r.conn == conn));
+            if list.is_empty() {
+                sessions.remove(user);
+            }
+        }
+    }
+
+    /// Record a session's availability and priority (RFC 6121 §4.7.2.3).
+    pub fn set_presence(&self, user: &str, resource: &str, available: bool, priority: i8) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = sessions
+            .get_mut(user)
+            .and_then(|l| l.iter_mut().find(|r| r.name == resource))
+        {
+            r.available = available;
+            r.priority = priority;
+        }
+    }
+
+    /// Number of bound sessions on this slave.
+    pub fn session_count(&self) -> usize {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.values().map(Vec::len).sum()
+    }
+
+    /// Every session's queue, to tell them all something (shutdown).
+    pub fn all_sessions(&self) -> Vec<mpsc::Sender<Outgoing>> {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions
+            .values()
+            .flat_map(|l| l.iter().map(|r| r.tx.clone()))
+            .collect()
+    }
+
+    /// Deliver a stanza to a user this slave owns (RFC 6121 §8.5). Returns the error reply to
+    /// send back to the sender, if any.
+    pub fn deliver_local(
+        &self,
+        stanza: Element,
+        user: &str,
+        resource: Option<&str>,
+    ) -> Option<Element> {
+        let kind = Kind::of(&stanza)?;
+        let targets: Vec<mpsc::Sender<Outgoing>> = {
+            let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            let list = sessions.get(user).map(Vec::as_slice).unwrap_or(&[]);
+            let full = resource.and_then(|res| list.iter().find(|r| r.name == res));
+            match (full, resource, kind) {
+                // A bound full JID gets everything addressed to it (§8.5.3.1).
+                (Some(r), _, _) => vec![r.tx.clone()],
+                // Full JID, no such resource: IQs fail, presence is dropped (§8.5.3.2.2,
+                // §8.5.3.2.3); messages fall back to the bare JID rules (§8.5.3.2.1).
+                (None, Some(_), Kind::Iq) => {
+                    return unavailable(&stanza, "no such resource");
+                }
+                (None, Some(_), Kind::Presence) => return None,
+                // §8.5.2.1.3: groupchat to a user's bare JID is an error.
+                (None, _, Kind::Message) if stanza.attr("type") == Some("groupchat") => {
+                    return unavailable(&stanza, "groupchat messages go to rooms");
+                }
+                (None, _, Kind::Message) => bare_message_targets(&stanza, list)?,
+                (None, None, Kind::Presence) => list
+                    .iter()
+                    .filter(|r| r.available)
+                    .map(|r| r.tx.clone())
+                    .collect(),
+                // IQ to the bare JID is answered by the server on the user's behalf; the
+                // session layer handles the ones we support before calling here.
+                (None, None, Kind::Iq) => return unavailable(&stanza, "not supported"),
+            }
+        };
+        if targets.is_empty() {
+            // TODO(IM issue): offline storage (XEP-0160) instead of an error for chat/normal.
+            return match kind {
+                Kind::Message
+                    if matches!(stanza.attr("type"), None | Some("normal") | Some("chat")) =>
+                {
+                    unavailable(&stanza, "the recipient is not online")
+                }
+                _ => None,
+            };
+        }
+        let mut reply = None;
+        let last = targets.len() - 1;
+        let mut stanza = Some(stanza);
+        for (i, tx) in targets.into_iter().enumerate() {
+            let el = if i == last {
+                stanza.take()
+            } else {
+                stanza.clone()
+            };
+            let Some(el) = el else { break };
+            if let Err(mpsc::error::TrySendError::Full(Outgoing::Stanza(el))) =
+                tx.try_send(Outgoing::Stanza(el))
+            {
+                debug!(user, "session queue full");
+                if reply.is_none() && !is_error_or_result(&el) {
+                    reply = Some(error_reply(
+                        &el,
+                        ErrorType::Wait,
+                        "resource-constraint",
+                        None,
+                        Some("the recipient's queue is full"),
+                        false,
+                    ));
+                }
+            }
+        }
+        reply
+    }
+}
+
+/// RFC 6121 §8.5.2.1: which resources a message to the bare JID goes to. `None` means drop.
+fn bare_message_targets(
+    stanza: &Element,
+    list: &[Resource],
+) -> Option<Vec<mpsc::Sender<Outgoing>>> {
+    let candidates = list.iter().filter(|r| r.available && r.priority >= 0);
+    match stanza.attr("type").unwrap_or("normal") {
+        // §8.5.2.1.1: the most available resource(s); we deliver to every resource that
+        // shares the highest priority.
+        "normal" | "chat" => {
+            let top = candidates.clone().map(|r| r.priority).max();
+            Some(
+                candidates
+                    .filter(|r| Some(r.priority) == top)
+                    .map(|r| r.tx.clone())
+                    .collect(),
+            )
+        }
+        // §8.5.2.1.2: all available resources with non-negative priority.
+        "headline" => Some(candidates.map(|r| r.tx.clone()).collect()),
+        // §8.5.2.1.4: errors are dropped; groupchat is answered by the caller.
+        _ => None,
+    }
+}
+
+fn unavailable(stanza: &Element, text: &str) -> Option<Element> {
+    if is_error_or_result(stanza) {
+        return None;
+    }
+    Some(error_reply(
+        stanza,
+        ErrorType::Cancel,
+        "service-unavailable",
+        None,
+        Some(text),
+        false,
+    ))
+}

@@ -1,0 +1,318 @@
+//! A client session after authentication: resource binding (RFC 6120 §7), the optional
+//! legacy session (RFC 3921 §3), then the stanza loop: input from the client is stamped with
+//! the session's full JID and routed; output from the router is written to the client.
+
+use std::sync::Arc;
+
+use jabberfarm_shared::c2s::Authenticated;
+use jabberfarm_shared::ns;
+use jabberfarm_shared::stanza::{ErrorType, Kind, error_reply, iq_result, is_error_or_result};
+use jabberfarm_shared::stream::{ReadError, XmlStream, new_id};
+use jabberfarm_shared::xml::{Condition, Element, StreamError, StreamEvent};
+use jid::{BareJid, FullJid, Jid, ResourcePart};
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+
+use crate::Slave;
+use crate::router::{Destination, Outgoing, SESSION_QUEUE};
+use crate::server;
+
+/// Serve one authenticated client until it leaves or the slave stops.
+pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
+    let Authenticated {
+        mut stream,
+        username,
+        legacy,
+    } = auth;
+    let domain = slave.router.domain.clone();
+    let Ok(bare) = BareJid::new(&format!("{username}@{domain}")) else {
+        stream
+            .fail(&StreamError::bare(Condition::InternalServerError), &domain)
+            .await;
+        return;
+    };
+    let (tx, mut rx) = mpsc::channel(SESSION_QUEUE);
+    // Bind a resource: from iq:auth directly, or wait for the client's bind request.
+    let (jid, conn) = match legacy {
+        Some(l) => match ResourcePart::new(&l.resource) {
+            Ok(res) => {
+                let jid = bare.with_resource(&res);
+                let conn = slave.router.bind(&username, res.as_str(), tx);
+                if stream.send(&iq_result(&l.iq, None)).await.is_err() {
+                    slave.router.unbind(&username, res.as_str(), conn);
+                    return;
+                }
+                (jid, conn)
+            }
+            Err(_) => {
+                let e = error_reply(
+                    &l.iq,
+                    ErrorType::Modify,
+                    "not-acceptable",
+                    None,
+                    Some("invalid resource"),
+                    true,
+                );
+                let _ = stream.send(&e).await;
+                stream.close().await;
+                return;
+            }
+        },
+        None => match bind(&slave, &mut stream, &bare, &username, tx).await {
+            Some(b) => b,
+            None => return,
+        },
+    };
+    info!(jid = %jid, "session started");
+    let mut session = Session {
+        slave: slave.clone(),
+        jid,
+        user: username,
+    };
+    let end = session.serve(&mut stream, &mut rx).await;
+    slave
+        .router
+        .unbind(&session.user, session.jid.resource().as_str(), conn);
+    match end {
+        End::PeerClosed => stream.close().await,
+        End::Error(e) => stream.fail(&e, &domain).await,
+        End::Gone => {}
+    }
+    info!(jid = %session.jid, "session ended");
+}
+
+/// RFC 6120 §7: wait for the bind request; only bind (and session) are allowed before it.
+async fn bind(
+    slave: &Slave,
+    stream: &mut XmlStream,
+    bare: &BareJid,
+    user: &str,
+    tx: mpsc::Sender<Outgoing>,
+) -> Option<(FullJid, u64)> {
+    let domain = &slave.router.domain;
+    loop {
+        let ev = tokio::select! {
+            r = stream.next_within(slave.login_timeout) => r,
+            _ = slave.shutdown.cancelled() => {
+                stream.fail(&StreamError::new(Condition::SystemShutdown, "the server is stopping"), domain).await;
+                return None;
+            }
+        };
+        let iq = match ev {
+            Ok(StreamEvent::Element(el)) if el.is("iq", ns::CLIENT) => el,
+            Ok(StreamEvent::Close) => {
+                stream.close().await;
+                return None;
+            }
+            Ok(_) => {
+                stream
+                    .fail(
+                        &StreamError::new(Condition::NotAuthorized, "bind a resource first"),
+                        domain,
+                    )
+                    .await;
+                return None;
+            }
+            Err(ReadError::Stream(e)) => {
+                stream.fail(&e, domain).await;
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let Some(req) = iq.child("bind", ns::BIND) else {
+            let reply = if iq.child("session", ns::SESSION).is_some() {
+                iq_result(&iq, None)
+            } else {
+                error_reply(
+                    &iq,
+                    ErrorType::Wait,
+                    "not-authorized",
+                    None,
+                    Some("bind a resource first"),
+                    false,
+                )
+            };
+            stream.send(&reply).await.ok()?;
+            continue;
+        };
+        if iq.attr("type") != Some("set") {
+            let e = error_reply(&iq, ErrorType::Modify, "bad-request", None, None, false);
+            stream.send(&e).await.ok()?;
+            continue;
+        }
+        let wanted = req
+            .child("resource", ns::BIND)
+            .map(|r| r.text())
+            .filter(|r| !r.is_empty());
+        let res = match wanted {
+            // RFC 6120 §7.6: a server-generated resource when none is asked.
+            None => ResourcePart::new(&new_id()).ok()?.into_owned(),
+            Some(w) => match ResourcePart::new(&w).map(|r| r.into_owned()) {
+                Ok(r) => r,
+                Err(_) => {
+                    // RFC 6120 §7.7.2.1
+                    let e = error_reply(
+                        &iq,
+                        ErrorType::Modify,
+                        "bad-request",
+                        None,
+                        Some("invalid resource"),
+                        false,
+                    );
+                    stream.send(&e).await.ok()?;
+                    continue;
+                }
+            },
+        };
+        let jid = bare.with_resource(&res);
+        let conn = slave.router.bind(user, res.as_str(), tx);
+        let payload = Element::new("bind", ns::BIND)
+            .with_child(Element::new("jid", ns::BIND).with_text(jid.to_string()));
+        if stream.send(&iq_result(&iq, Some(payload))).await.is_err() {
+            slave.router.unbind(user, res.as_str(), conn);
+            return None;
+        }
+        return Some((jid, conn));
+    }
+}
+
+enum End {
+    PeerClosed,
+    Error(StreamError),
+    /// The connection is gone; nothing more to send.
+    Gone,
+}
+
+struct Session {
+    slave: Arc<Slave>,
+    jid: FullJid,
+    user: String,
+}
+
+impl Session {
+    async fn serve(&mut self, stream: &mut XmlStream, rx: &mut mpsc::Receiver<Outgoing>) -> End {
+        loop {
+            tokio::select! {
+                ev = stream.next() => match ev {
+                    Ok(StreamEvent::Element(el)) => {
+                        if let Err(e) = self.handle_input(el, stream).await {
+                            return e;
+                        }
+                    }
+                    Ok(StreamEvent::Close) => return End::PeerClosed,
+                    Ok(StreamEvent::Open(_)) => return End::Error(StreamError::bare(Condition::NotWellFormed)),
+                    Err(ReadError::Stream(e)) => return End::Error(e),
+                    Err(_) => return End::Gone,
+                },
+                out = rx.recv() => match out {
+                    Some(Outgoing::Stanza(el)) => {
+                        if stream.send(&el).await.is_err() {
+                            return End::Gone;
+                        }
+                    }
+                    Some(Outgoing::Close(e)) => return End::Error(e),
+                    None => return End::Gone,
+                },
+                _ = self.slave.shutdown.cancelled() => {
+                    return End::Error(StreamError::new(Condition::SystemShutdown, "the server is stopping"));
+                }
+            }
+        }
+    }
+
+    /// One stanza from the client (RFC 6120 §8.1.2.1: `from` is always ours).
+    async fn handle_input(&mut self, mut el: Element, stream: &mut XmlStream) -> Result<(), End> {
+        let Some(kind) = Kind::of(&el) else {
+            if el.ns == ns::CLIENT {
+                return Err(End::Error(StreamError::new(
+                    Condition::UnsupportedStanzaType,
+                    format!("<{}/> is not a stanza", el.name),
+                )));
+            }
+            return Err(End::Error(StreamError::new(
+                Condition::InvalidNamespace,
+                format!("unexpected element in namespace {}", el.ns),
+            )));
+        };
+        el.set_attr("from", self.jid.to_string());
+        let to = match el.attr("to").map(Jid::new) {
+            None => None,
+            Some(Ok(j)) => Some(j),
+            Some(Err(_)) => {
+                if !is_error_or_result(&el) {
+                    let e = error_reply(&el, ErrorType::Modify, "jid-malformed", None, None, false);
+                    send_to_client(stream, e).await?;
+                }
+                return Ok(());
+            }
+        };
+        if kind == Kind::Presence && to.is_none() {
+            // Broadcast presence (RFC 6121 §4.2): remember availability and priority.
+            // TODO(IM issue): broadcast to contacts and probe them.
+            let available = el.attr("type").is_none();
+            let priority = el
+                .child("priority", ns::CLIENT)
+                .and_then(|p| p.text().trim().parse::<i8>().ok())
+                .unwrap_or(0);
+            self.slave.router.set_presence(
+                &self.user,
+                self.jid.resource().as_str(),
+                available,
+                priority,
+            );
+            return Ok(());
+        }
+        let to = match to {
+            Some(t) => t,
+            // RFC 6120 §10.3: no `to` means the user's own account.
+            None => Jid::from(self.jid.to_bare()),
+        };
+        let reply = match self.slave.router.destination(&to) {
+            Destination::Server => server::handle(&self.slave, el),
+            Destination::Local { user, resource } => {
+                if kind == Kind::Iq && resource.is_none() {
+                    server::handle_account_iq(&self.slave, el)
+                } else {
+                    self.slave
+                        .router
+                        .deliver_local(el, &user, resource.as_deref())
+                }
+            }
+            Destination::Node(node) => {
+                // TODO(IM issue): farm links carry this to `node`.
+                debug!(to = %to, node, "no farm link yet");
+                reject(
+                    &el,
+                    "service-unavailable",
+                    "the recipient's server is not reachable yet",
+                )
+            }
+            Destination::Remote(_) => {
+                // TODO(federation issue): outbound s2s from this slave.
+                reject(&el, "remote-server-not-found", "federation is not enabled")
+            }
+        };
+        if let Some(r) = reply {
+            send_to_client(stream, r).await?;
+        }
+        Ok(())
+    }
+}
+
+fn reject(el: &Element, condition: &str, text: &str) -> Option<Element> {
+    if is_error_or_result(el) {
+        return None;
+    }
+    Some(error_reply(
+        el,
+        ErrorType::Cancel,
+        condition,
+        None,
+        Some(text),
+        false,
+    ))
+}
+
+async fn send_to_client(stream: &mut XmlStream, el: Element) -> Result<(), End> {
+    stream.send(&el).await.map_err(|_| End::Gone)
+}

@@ -1,0 +1,449 @@
+//! `jabberfarm`: the one binary of the farm. See `jabberfarm --help` and README.md.
+
+use std::io::{BufRead, IsTerminal};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use jabberfarm_shared::auth::AccountStore;
+use jabberfarm_shared::config::{FarmConfig, NodeConfig, Role};
+use jabberfarm_shared::routing::normalize_localpart;
+use jabberfarm_shared::tls;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+const DEFAULT_CONFIG: &str = "conf/farm.toml";
+
+/// An XMPP server farm: one master redirects each login to the slave that owns the username;
+/// the slaves serve the sessions. One config file describes the whole farm.
+#[derive(Parser)]
+#[command(name = "jabberfarm", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every node of the config in this process (the demo / development farm).
+    ///
+    /// With the demo config: a master on 127.0.0.1:5222 and two slaves, SQLite accounts and a
+    /// local CA generated into the data dir on first start. Stop with Ctrl-C.
+    Up {
+        /// The farm config.
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Where nodes keep accounts and generated certificates (overrides `data_dir`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Run one node of the farm (production: one per machine).
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The `[[node]]` name to run.
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Manage accounts in the configured store (each user lives on the slave that owns it).
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+    /// Print the node that owns each user: `jabberfarm route -c conf/farm.toml alice bob@localhost`.
+    Route {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Usernames or JIDs.
+        #[arg(required = true)]
+        jids: Vec<String>,
+    },
+    /// Validate a config and explain every problem (exit status 1 if there is any).
+    Check {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Create an account. The password comes from --password or the first line of stdin.
+    Add {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// `name` or `name@domain`.
+        jid: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Delete an account.
+    Del {
+        #[command(flatten)]
+        store: StoreArgs,
+        jid: String,
+    },
+    /// Change a password (from --password or the first line of stdin).
+    Passwd {
+        #[command(flatten)]
+        store: StoreArgs,
+        jid: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// List accounts with the node that holds them.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct StoreArgs {
+    #[arg(long, short, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("JABBERFARM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("jabberfarm: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("jabberfarm: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cmd: Command) -> Result<ExitCode> {
+    match cmd {
+        Command::Up { config, data_dir } => {
+            let cfg = load(&config, data_dir.as_deref())?;
+            let names: Vec<String> = cfg.nodes.iter().map(|n| n.name.clone()).collect();
+            run_nodes(cfg, &names, true).await?;
+        }
+        Command::Run {
+            config,
+            node,
+            data_dir,
+        } => {
+            let cfg = load(&config, data_dir.as_deref())?;
+            if cfg.node(&node).is_none() {
+                let known: Vec<&str> = cfg.nodes.iter().map(|n| n.name.as_str()).collect();
+                bail!(
+                    "{}: no [[node]] named {node:?} (known: {})",
+                    config.display(),
+                    known.join(", ")
+                );
+            }
+            run_nodes(cfg, &[node], false).await?;
+        }
+        Command::User { action } => return user(action).await,
+        Command::Route { config, jids } => {
+            let cfg = load(&config, None)?;
+            let mut code = ExitCode::SUCCESS;
+            for j in jids {
+                match localpart_of(&cfg, &j) {
+                    Ok(l) => println!("{j}\t{}", cfg.routing.owner(&l)),
+                    Err(e) => {
+                        eprintln!("{j}: {e}");
+                        code = ExitCode::FAILURE;
+                    }
+                }
+            }
+            return Ok(code);
+        }
+        Command::Check { config } => {
+            return Ok(match FarmConfig::load(&config, None) {
+                Ok(cfg) => {
+                    let problems = cfg.check_files();
+                    if problems.is_empty() {
+                        println!(
+                            "{}: ok — domain {}, {} node(s), routing fingerprint {}",
+                            config.display(),
+                            cfg.domain,
+                            cfg.nodes.len(),
+                            cfg.routing.fingerprint()
+                        );
+                        ExitCode::SUCCESS
+                    } else {
+                        for p in problems {
+                            println!("{}: {p}", config.display());
+                        }
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    println!("{e}");
+                    ExitCode::FAILURE
+                }
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load(path: &Path, data_dir: Option<&Path>) -> Result<Arc<FarmConfig>> {
+    let cfg = FarmConfig::load(path, data_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Arc::new(cfg))
+}
+
+/// `name` or `name@domain` → the normalised localpart (the domain must be ours).
+fn localpart_of(cfg: &FarmConfig, jid: &str) -> Result<String> {
+    let (local, domain) = match jid.split_once('@') {
+        Some((l, d)) => (l, Some(d)),
+        None => (jid, None),
+    };
+    if let Some(d) = domain
+        && !d.eq_ignore_ascii_case(&cfg.domain)
+    {
+        bail!("{jid} is not in this farm's domain {}", cfg.domain);
+    }
+    normalize_localpart(local).map_err(|e| anyhow::anyhow!("invalid username {local:?}: {e}"))
+}
+
+/// TLS for every node: the demo CA and certificate when `tls.generate`, else the configured
+/// files.
+fn tls_setup(cfg: &FarmConfig) -> Result<(Arc<rustls::ServerConfig>, Option<PathBuf>)> {
+    if cfg.tls.generate {
+        let dir = cfg.tls.ca.parent().unwrap_or(Path::new("."));
+        let mut ips: Vec<IpAddr> = Vec::new();
+        for n in &cfg.nodes {
+            for a in [Some(n.c2s), n.c2s_tls].into_iter().flatten() {
+                if !a.ip().is_unspecified() && !ips.contains(&a.ip()) {
+                    ips.push(a.ip());
+                }
+            }
+        }
+        let certs = tls::ensure_dev_certs(dir, &cfg.domain, &ips)?;
+        Ok((tls::server_config(&certs.cert, &certs.key)?, Some(certs.ca)))
+    } else {
+        Ok((tls::server_config(&cfg.tls.cert, &cfg.tls.key)?, None))
+    }
+}
+
+async fn run_nodes(cfg: Arc<FarmConfig>, names: &[String], demo: bool) -> Result<()> {
+    let problems = cfg.check_files();
+    if !problems.is_empty() && !cfg.tls.generate {
+        for p in &problems {
+            error!("{p}");
+        }
+        bail!("the config has problems; see `jabberfarm check`");
+    }
+    let (tls, ca) = tls_setup(&cfg)?;
+    let shutdown = CancellationToken::new();
+    // Install the handlers before any listener exists, so a SIGTERM is never fatal.
+    let signals = Signals::install()?;
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        signals.wait().await;
+        info!("stopping: closing every stream with <system-shutdown/>");
+        stop.cancel();
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for name in names {
+        let Some(node) = cfg.node(name).cloned() else {
+            continue;
+        };
+        let (cfg, tls, shutdown) = (cfg.clone(), Some(tls.clone()), shutdown.clone());
+        tasks.spawn(async move {
+            let r = match node.role {
+                Role::Master => jabberfarm_master::run(cfg, node.clone(), tls, shutdown.clone())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}")),
+                Role::Slave => jabberfarm_slave::run(cfg, node.clone(), tls, shutdown.clone())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}")),
+            };
+            if r.is_err() {
+                // One node failing to start takes the others down: no half farms.
+                shutdown.cancel();
+            }
+            r.with_context(|| format!("node {}", node.name))
+        });
+    }
+    // Give the listeners a moment to bind before announcing them.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    if !shutdown.is_cancelled() {
+        print_banner(&cfg, names, ca.as_deref(), demo);
+    }
+    let mut result = Ok(());
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+            Err(e) => {
+                shutdown.cancel();
+                if result.is_ok() {
+                    result = Err(anyhow::anyhow!("a node crashed: {e}"));
+                }
+            }
+        }
+    }
+    result
+}
+
+/// SIGTERM and SIGINT (Ctrl-C) both mean "stop gracefully".
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+fn print_banner(cfg: &FarmConfig, names: &[String], ca: Option<&Path>, demo: bool) {
+    let nodes: Vec<&NodeConfig> = cfg
+        .nodes
+        .iter()
+        .filter(|n| names.contains(&n.name))
+        .collect();
+    println!(
+        "jabberfarm: serving {} (routing fingerprint {})",
+        cfg.domain,
+        cfg.routing.fingerprint()
+    );
+    for n in &nodes {
+        let tls = n
+            .c2s_tls
+            .map(|a| format!(", direct TLS {a}"))
+            .unwrap_or_default();
+        println!(
+            "  {:<8} {:<6} c2s {}{tls}, advertised as {}",
+            n.name,
+            n.role.to_string(),
+            n.c2s,
+            n.advertise
+        );
+    }
+    if nodes.iter().any(|n| n.role == Role::Master) {
+        let m = cfg.master();
+        println!(
+            "Connect your XMPP client to {} at {} (user@{}); it is redirected to its slave.",
+            cfg.domain, m.c2s, cfg.domain
+        );
+    }
+    if let Some(ca) = ca {
+        println!("TLS: trust the demo CA {} in your client.", ca.display());
+    }
+    if demo {
+        println!(
+            "Add a user:  jabberfarm user add --config {} --data-dir {} alice@{} --password secret",
+            cfg.source.display(),
+            cfg.data_dir.display(),
+            cfg.domain
+        );
+    }
+    println!("Stop with Ctrl-C (or SIGTERM).");
+}
+
+fn read_password(given: Option<String>) -> Result<String> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("password: ");
+    }
+    let mut line = String::new();
+    stdin.lock().read_line(&mut line)?;
+    let p = line.trim_end_matches(['\r', '\n']).to_owned();
+    if p.is_empty() {
+        bail!("empty password (give --password or a line on stdin)");
+    }
+    Ok(p)
+}
+
+async fn open_store(cfg: &FarmConfig, node: &str) -> Result<AccountStore> {
+    let path = cfg.storage.sqlite_path(&cfg.data_dir, node);
+    AccountStore::open_sqlite(&path)
+        .await
+        .with_context(|| format!("account store of {node}"))
+}
+
+async fn user(action: UserAction) -> Result<ExitCode> {
+    let (args, jid) = match &action {
+        UserAction::Add { store, jid, .. }
+        | UserAction::Del { store, jid }
+        | UserAction::Passwd { store, jid, .. } => (store, Some(jid.as_str())),
+        UserAction::List { store } => (store, None),
+    };
+    let cfg = load(&args.config, args.data_dir.as_deref())?;
+    let Some(jid) = jid else {
+        for node in cfg.slaves() {
+            let store = open_store(&cfg, &node.name).await?;
+            for u in store.list_users().await? {
+                println!("{u}@{}\t{}", cfg.domain, node.name);
+            }
+            store.close().await;
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let local = localpart_of(&cfg, jid)?;
+    let owner = cfg.routing.owner(&local).to_owned();
+    let store = open_store(&cfg, &owner).await?;
+    let iterations = cfg.storage.scram_iterations;
+    let r = match action {
+        UserAction::Add { password, .. } => {
+            let p = read_password(password)?;
+            store
+                .add_user(&local, &p, iterations)
+                .await
+                .map(|_| "added")
+        }
+        UserAction::Passwd { password, .. } => {
+            let p = read_password(password)?;
+            store
+                .set_password(&local, &p, iterations)
+                .await
+                .map(|_| "password changed")
+        }
+        UserAction::Del { .. } => store.delete_user(&local).await.map(|_| "deleted"),
+        UserAction::List { .. } => Ok(""),
+    };
+    store.close().await;
+    let done = r?;
+    println!("{local}@{}: {done} (on {owner})", cfg.domain);
+    Ok(ExitCode::SUCCESS)
+}

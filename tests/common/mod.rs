@@ -1,0 +1,324 @@
+//! Test farm: a real `jabberfarm up` process on free loopback ports with a temporary data
+//! directory, plus a raw-socket XMPP client for exact wire assertions.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_jabberfarm");
+
+pub struct Node {
+    pub name: String,
+    pub c2s: SocketAddr,
+    pub c2s_tls: SocketAddr,
+}
+
+pub struct TestFarm {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub master: Node,
+    pub slaves: Vec<Node>,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn node(name: &str) -> Node {
+    Node {
+        name: name.to_owned(),
+        c2s: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        c2s_tls: SocketAddr::from(([127, 0, 0, 1], free_port())),
+    }
+}
+
+impl TestFarm {
+    /// A master and `slaves` slaves in hash mode; `extra` is appended to the top-level config
+    /// (before any table) and `limits` replaces the [limits] table body.
+    pub fn start_with(slaves: usize, tls_required: bool, limits: &str) -> TestFarm {
+        let dir = tempfile::tempdir().unwrap();
+        let master = node("master");
+        let slaves: Vec<Node> = (1..=slaves).map(|i| node(&format!("slave{i}"))).collect();
+        let mut cfg = format!(
+            "domain = \"localhost\"\nsecret = \"test-secret\"\n\n[tls]\ngenerate = true\nrequired = {tls_required}\n\n[limits]\n{limits}\n\n[routing]\nmode = \"hash\"\nhash_key = \"000102030405060708090a0b0c0d0e0f\"\n\n[storage]\nscram_iterations = 4096\n\n"
+        );
+        let mut farm_port = |n: &Node, role: &str| {
+            cfg.push_str(&format!(
+                "[[node]]\nname = \"{}\"\nrole = \"{role}\"\nc2s = \"{}\"\nc2s_tls = \"{}\"\nfarm = \"127.0.0.1:{}\"\n\n",
+                n.name,
+                n.c2s,
+                n.c2s_tls,
+                free_port()
+            ));
+        };
+        farm_port(&master, "master");
+        for s in &slaves {
+            farm_port(s, "slave");
+        }
+        let config = dir.path().join("farm.toml");
+        std::fs::write(&config, cfg).unwrap();
+        let mut farm = TestFarm {
+            dir,
+            config,
+            master,
+            slaves,
+            child: None,
+        };
+        farm.spawn();
+        farm
+    }
+
+    pub fn start(slaves: usize) -> TestFarm {
+        TestFarm::start_with(
+            slaves,
+            false,
+            "stream_open_timeout = 3\nlogin_timeout = 10\nshutdown_grace = 2",
+        )
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.data_dir().join("tls").join("ca.pem")
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("farm.log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["up", "--config"])
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .env("JABBERFARM_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addrs: Vec<SocketAddr> = std::iter::once(&self.master)
+            .chain(&self.slaves)
+            .flat_map(|n| [n.c2s, n.c2s_tls])
+            .collect();
+        for a in addrs {
+            while TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "farm did not start:\n{}",
+                    self.log()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("farm.log")).unwrap_or_default()
+    }
+
+    /// `jabberfarm <args> --config <ours> --data-dir <ours>`; returns stdout, panics on failure.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "jabberfarm {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn add_user(&self, name: &str, password: &str) {
+        self.cli(&["user", "add", name, "--password", password]);
+    }
+
+    /// The slave that owns `user`, per `jabberfarm route`.
+    pub fn owner(&self, user: &str) -> &Node {
+        let out = Command::new(BIN)
+            .args(["route", "--config"])
+            .arg(&self.config)
+            .arg(user)
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let name = text.split('\t').nth(1).unwrap().trim().to_owned();
+        self.slaves.iter().find(|s| s.name == name).unwrap()
+    }
+
+    /// A slave that does not own `user`.
+    pub fn other_slave(&self, user: &str) -> &Node {
+        let owner = self.owner(user).name.clone();
+        self.slaves.iter().find(|s| s.name != owner).unwrap()
+    }
+
+    /// Usernames `prefix0..` until each slave owns at least `per_slave` of them.
+    pub fn users_on_every_slave(&self, prefix: &str, per_slave: usize) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut count = std::collections::HashMap::<String, usize>::new();
+        let mut i = 0;
+        while self
+            .slaves
+            .iter()
+            .any(|s| count.get(&s.name).copied().unwrap_or(0) < per_slave)
+        {
+            let u = format!("{prefix}{i}");
+            let o = self.owner(&u).name.clone();
+            if count.get(&o).copied().unwrap_or(0) < per_slave {
+                *count.entry(o.clone()).or_default() += 1;
+                out.push((u, o));
+            }
+            i += 1;
+        }
+        out
+    }
+
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for TestFarm {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub const HEADER: &str = "<?xml version='1.0'?><stream:stream to='localhost' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
+
+/// A raw-socket client: exact bytes out, text in.
+pub struct Raw {
+    pub sock: TcpStream,
+    pub got: String,
+}
+
+impl Raw {
+    pub fn connect(addr: SocketAddr) -> Raw {
+        let sock = TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        Raw {
+            sock,
+            got: String::new(),
+        }
+    }
+
+    pub fn send(&mut self, data: &str) {
+        self.send_bytes(data.as_bytes());
+    }
+
+    pub fn send_bytes(&mut self, data: &[u8]) {
+        self.sock.write_all(data).unwrap();
+    }
+
+    /// Read until `needle` appears in everything received so far (after `from`), or panic
+    /// after `secs`. Returns the text received since `from`.
+    pub fn wait_for(&mut self, needle: &str, secs: u64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let start = self.got.len();
+        loop {
+            if self.got[start..].contains(needle) {
+                return self.got[start..].to_owned();
+            }
+            if self.read_some() == Some(0) {
+                assert!(
+                    self.got[start..].contains(needle),
+                    "connection closed before {needle:?}; got {:?}",
+                    &self.got[start..]
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {needle:?}; got {:?}",
+                &self.got[start..]
+            );
+        }
+    }
+
+    /// Read what arrives; `Some(0)` on EOF, `None` on timeout.
+    fn read_some(&mut self) -> Option<usize> {
+        let mut buf = [0u8; 8192];
+        match self.sock.read(&mut buf) {
+            Ok(0) => Some(0),
+            Ok(n) => {
+                self.got.push_str(&String::from_utf8_lossy(&buf[..n]));
+                Some(n)
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Wait until the server closes the connection; returns all received text.
+    pub fn wait_closed(&mut self, secs: u64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while self.read_some() != Some(0) {
+            assert!(
+                Instant::now() < deadline,
+                "server did not close; got {:?}",
+                self.got
+            );
+        }
+        self.got.clone()
+    }
+
+    /// Open the stream and log in with SASL PLAIN, bind `resource`; panics on failure.
+    pub fn login(addr: SocketAddr, user: &str, password: &str, resource: &str) -> Raw {
+        let mut c = Raw::connect(addr);
+        c.send(HEADER);
+        c.wait_for("</stream:features>", 5);
+        c.send(&plain_auth(user, password));
+        let r = c.wait_for("urn:ietf:params:xml:ns:xmpp-sasl", 10);
+        assert!(r.contains("<success"), "login of {user} failed: {r}");
+        c.send(HEADER);
+        c.wait_for("</stream:features>", 5);
+        c.send(&format!("<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>"));
+        let r = c.wait_for("</iq>", 5);
+        assert!(
+            r.contains(&format!("<jid>{user}@localhost/{resource}</jid>")),
+            "{r}"
+        );
+        c
+    }
+}
+
+pub fn plain_auth(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let p = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+    format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{p}</auth>")
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}

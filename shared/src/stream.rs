@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::ns;
 use crate::xml::{
@@ -31,8 +31,26 @@ pub enum ReadError {
     Stream(#[from] StreamError),
 }
 
-/// Read chunk; the buffer is dropped when empty so an idle stream holds none.
+/// Read chunk. It lives on the stack only while a read is polled, so an idle stream (a pending
+/// read) holds no buffer at all.
 const READ_CHUNK: usize = 4096;
+
+fn poll_read_chunk(
+    io: &mut (dyn Io + '_),
+    cx: &mut std::task::Context<'_>,
+    out: &mut Vec<u8>,
+) -> std::task::Poll<std::io::Result<usize>> {
+    let mut chunk = [0u8; READ_CHUNK];
+    let mut rb = tokio::io::ReadBuf::new(&mut chunk);
+    match std::pin::Pin::new(io).poll_read(cx, &mut rb) {
+        std::task::Poll::Ready(Ok(())) => {
+            out.extend_from_slice(rb.filled());
+            std::task::Poll::Ready(Ok(rb.filled().len()))
+        }
+        std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+        std::task::Poll::Pending => std::task::Poll::Pending,
+    }
+}
 
 pub struct XmlStream {
     io: Box<dyn Io>,
@@ -77,16 +95,14 @@ impl XmlStream {
                     return Ok(ev);
                 }
             }
-            // Everything buffered was handed to the parser.
-            self.pending.clear();
+            // Everything buffered was handed to the parser (rxml keeps partial tokens itself):
+            // free the buffer, so an idle stream holds none.
+            self.pending = Vec::new();
             self.pos = 0;
-            if self.pending.capacity() > READ_CHUNK {
-                self.pending.shrink_to(READ_CHUNK);
-            }
-            self.pending.reserve(READ_CHUNK);
-            let n = self.io.read_buf(&mut self.pending).await?;
+            let io = &mut self.io;
+            let pending = &mut self.pending;
+            let n = std::future::poll_fn(|cx| poll_read_chunk(io.as_mut(), cx, pending)).await?;
             if n == 0 {
-                self.pending = Vec::new();
                 return Err(ReadError::Eof);
             }
         }
@@ -257,6 +273,7 @@ pub fn check_header(h: &StreamHeader, domain: &str) -> Result<(), StreamError> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     #[tokio::test]
     async fn reads_elements_over_duplex_and_answers() {

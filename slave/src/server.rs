@@ -31,6 +31,8 @@ pub fn handle(slave: &Slave, el: Element) -> Option<Element> {
     };
     match (kind, payload.name.as_str(), payload.ns.as_str()) {
         ("get", "ping", ns::PING) => Some(iq_result(&el, None)),
+        // RFC 3921 §3 session establishment: a no-op kept for old clients (RFC 6121 dropped it).
+        ("set", "session", ns::SESSION) => Some(iq_result(&el, None)),
         ("get", "query", ns::DISCO_INFO) if payload.attr("node").is_none() => {
             let mut q = Element::new("query", ns::DISCO_INFO).with_child(
                 Element::new("identity", ns::DISCO_INFO)
@@ -73,6 +75,9 @@ pub fn handle_account_iq(slave: &Slave, el: Element) -> Option<Element> {
     let _ = slave;
     match el.first_child() {
         Some(p) if el.attr("type") == Some("get") && p.is("ping", ns::PING) => {
+            Some(iq_result(&el, None))
+        }
+        Some(p) if el.attr("type") == Some("set") && p.is("session", ns::SESSION) => {
             Some(iq_result(&el, None))
         }
         // TODO(IM issue): roster, vCard.

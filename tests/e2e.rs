@@ -420,3 +420,18 @@ fn direct_tls_port_speaks_tls_first() {
     let got = c.wait_closed(5);
     assert!(!got.contains("<stream:stream"), "{got}");
 }
+
+#[test]
+fn a_stream_header_naming_the_user_is_redirected_before_sasl() {
+    let farm = TestFarm::start(2);
+    let owner = farm.owner("lady.capulet").c2s;
+    let mut c = Raw::connect(farm.master.c2s);
+    c.send("<?xml version='1.0'?><stream:stream from='Lady.Capulet@localhost' to='localhost' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>");
+    let got = c.wait_closed(5);
+    assert!(got.ends_with(&see_other_host(owner)), "{got}");
+    assert!(!got.contains("<stream:features>"), "{got}");
+    // At the owner the same header goes on to the normal negotiation.
+    let mut c = Raw::connect(owner);
+    c.send("<?xml version='1.0'?><stream:stream from='lady.capulet@localhost' to='localhost' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>");
+    assert!(c.wait_for("</stream:features>", 5).contains("<mechanisms"));
+}

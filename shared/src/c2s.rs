@@ -135,6 +135,17 @@ pub async fn negotiate(
                 legacy: None,
             });
         }
+        // RFC 6120 §4.7.1: after TLS a client names itself in `from`. The username decides
+        // (DESIGN.md D1), so redirect right away. COMPAT: xmpp.js 0.14 keeps its first SASL
+        // exchange listening after a redirect that arrives mid-SASL and then garbles the login
+        // at the slave; redirected here, before SASL, it reconnects cleanly.
+        if (stream.secure || !s.tls_required)
+            && let Some(user) = h.from.as_deref().and_then(|f| localpart_in(f, &s.domain))
+            && let LoginRoute::Redirect(addr) = policy.route(&user, direct_tls)
+        {
+            redirect(&mut stream, s, &user, &addr).await;
+            return None;
+        }
         if has_version {
             stream.send(&pre_auth_features(&stream, s)).await.ok()?;
         }
@@ -223,6 +234,16 @@ pub async fn negotiate(
             }
         }
     }
+}
+
+/// The normalised localpart of `jid` if it is `user@domain` (any resource ignored).
+fn localpart_in(jid: &str, domain: &str) -> Option<String> {
+    let (local, rest) = jid.split_once('@')?;
+    let host = rest.split('/').next().unwrap_or(rest);
+    if !host.eq_ignore_ascii_case(domain) {
+        return None;
+    }
+    normalize_localpart(local).ok()
 }
 
 fn pre_auth_features(stream: &XmlStream, s: &C2sSettings) -> Element {

@@ -266,15 +266,4 @@ mod tests {
         assert!(text.contains("<redacted>"));
         assert!(!text.contains(&format!("{:?}", creds.stored_key)));
     }
-
-    /// Not a timed test: prints the PBKDF2 cost (`cargo test ... pbkdf2_cost -- --nocapture`).
-    #[test]
-    fn pbkdf2_cost() {
-        for hash in [ScramHash::Sha1, ScramHash::Sha256] {
-            let start = std::time::Instant::now();
-            let creds = ScramCredentials::derive(hash, "pencil", b"0123456789abcdef", 4096);
-            println!("{hash:?}, 4096 iterations: {:?}", start.elapsed());
-            assert!(creds.verify_plain("pencil"));
-        }
-    }
 }

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use jabberfarm_shared::auth::AccountStore;
 use jabberfarm_shared::config::{FarmConfig, NodeConfig, Role};
+use jabberfarm_shared::farm::LinkTls;
 use jabberfarm_shared::routing::normalize_localpart;
 use jabberfarm_shared::tls;
 use tokio_util::sync::CancellationToken;
@@ -254,6 +255,20 @@ async fn run_nodes(cfg: Arc<FarmConfig>, names: &[String], demo: bool) -> Result
         bail!("the config has problems; see `jabberfarm check`");
     }
     let (tls, ca) = tls_setup(&cfg)?;
+    let link_tls = if cfg.farm.tls {
+        let ca = cfg
+            .farm
+            .ca
+            .as_deref()
+            .context("farm.tls needs farm.ca (see `jabberfarm check`)")?;
+        Some(LinkTls {
+            server: tls.clone(),
+            client: tls::client_config(ca)?,
+            domain: cfg.domain.clone(),
+        })
+    } else {
+        None
+    };
     let shutdown = CancellationToken::new();
     // Install the handlers before any listener exists, so a SIGTERM is never fatal.
     let signals = Signals::install()?;
@@ -268,15 +283,24 @@ async fn run_nodes(cfg: Arc<FarmConfig>, names: &[String], demo: bool) -> Result
         let Some(node) = cfg.node(name).cloned() else {
             continue;
         };
-        let (cfg, tls, shutdown) = (cfg.clone(), Some(tls.clone()), shutdown.clone());
+        let (cfg, tls, link_tls, shutdown) = (
+            cfg.clone(),
+            Some(tls.clone()),
+            link_tls.clone(),
+            shutdown.clone(),
+        );
         tasks.spawn(async move {
             let r = match node.role {
-                Role::Master => jabberfarm_master::run(cfg, node.clone(), tls, shutdown.clone())
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}")),
-                Role::Slave => jabberfarm_slave::run(cfg, node.clone(), tls, shutdown.clone())
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}")),
+                Role::Master => {
+                    jabberfarm_master::run(cfg, node.clone(), tls, link_tls, shutdown.clone())
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))
+                }
+                Role::Slave => {
+                    jabberfarm_slave::run(cfg, node.clone(), tls, link_tls, shutdown.clone())
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))
+                }
             };
             if r.is_err() {
                 // One node failing to start takes the others down: no half farms.
@@ -439,7 +463,14 @@ async fn user(action: UserAction) -> Result<ExitCode> {
                 .await
                 .map(|_| "password changed")
         }
-        UserAction::Del { .. } => store.delete_user(&local).await.map(|_| "deleted"),
+        UserAction::Del { .. } => match store.delete_user(&local).await {
+            // Roster, offline messages and vCard go with the account.
+            Ok(()) => jabberfarm_slave::store::ImStore::for_accounts(&store)
+                .delete_user(&local)
+                .await
+                .map(|_| "deleted"),
+            Err(e) => Err(e),
+        },
         UserAction::List { .. } => Ok(""),
     };
     store.close().await;

@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use jabberfarm_shared::auth::AccountStore;
 use jabberfarm_shared::c2s::{self, C2sSettings, LoginPolicy, LoginRoute};
 use jabberfarm_shared::config::{FarmConfig, NodeConfig};
+use jabberfarm_shared::farm::{FarmLinks, LinkEvent, LinkTls};
 use jabberfarm_shared::listen::{self, BoundListener, ServeOptions};
 use jabberfarm_shared::ns;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +23,8 @@ use tracing::{info, warn};
 pub struct Redirector {
     /// Swappable at run time (live rebalancing reloads it).
     pub config: ArcSwap<FarmConfig>,
+    /// Which slaves are alive (their farm link is up).
+    pub links: Arc<FarmLinks>,
 }
 
 impl LoginPolicy for Redirector {
@@ -29,6 +32,10 @@ impl LoginPolicy for Redirector {
         let cfg = self.config.load();
         let owner = cfg.routing.owner(localpart);
         match cfg.node(owner) {
+            // TODO(failover): the next live owner, once user data is central.
+            Some(_) if !self.links.is_up(owner) => LoginRoute::Unavailable(format!(
+                "the server for this account ({owner}) is not reachable right now; try again later"
+            )),
             Some(node) => LoginRoute::Redirect(c2s::redirect_address(node, direct_tls)),
             // Unreachable with a validated config; never redirect to ourselves.
             None => LoginRoute::Here,
@@ -45,6 +52,7 @@ pub async fn run(
     cfg: Arc<FarmConfig>,
     node: NodeConfig,
     tls: Option<Arc<rustls::ServerConfig>>,
+    link_tls: Option<LinkTls>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let mut listeners = vec![BoundListener {
@@ -57,9 +65,12 @@ pub async fn run(
             direct_tls: Some(tls.clone()),
         });
     }
+    let farm_listener = listen::bind(node.farm, "farm links").await?;
     let settings = Arc::new(C2sSettings::from_config(&cfg, tls, shutdown.clone()));
+    let (links, mut link_rx) = FarmLinks::new(&cfg, &node.name, link_tls);
     let policy = Arc::new(Redirector {
         config: ArcSwap::from(cfg.clone()),
+        links: links.clone(),
     });
     let opts = Arc::new(ServeOptions {
         domain: cfg.domain.clone(),
@@ -69,6 +80,19 @@ pub async fn run(
         tls_handshake_timeout: cfg.limits.stream_open_timeout,
     });
     let tracker = TaskTracker::new();
+    links.start(farm_listener, shutdown.clone(), &tracker);
+    tracker.spawn(async move {
+        while let Some(ev) = link_rx.recv().await {
+            match ev {
+                LinkEvent::Up(n) => info!("slave {n} is up"),
+                LinkEvent::Down(n) => warn!("slave {n} is down: its users cannot log in"),
+                // TODO(federation issue): stanzas for remote domains leave through here.
+                LinkEvent::Stanza { from_node, stanza } => {
+                    tracing::debug!(from_node, "stanza for the master dropped: {}", stanza.name)
+                }
+            }
+        }
+    });
     info!(node = %node.name, "master up: redirecting logins for {}", cfg.domain);
     listen::serve(
         listeners,

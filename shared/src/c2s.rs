@@ -47,6 +47,8 @@ pub enum LoginRoute {
     Here,
     /// `HOST:PORT` of the node that does.
     Redirect(String),
+    /// The node that serves the user is down; the text says so.
+    Unavailable(String),
 }
 
 pub trait LoginPolicy: Send + Sync {
@@ -141,10 +143,18 @@ pub async fn negotiate(
         // at the slave; redirected here, before SASL, it reconnects cleanly.
         if (stream.secure || !s.tls_required)
             && let Some(user) = h.from.as_deref().and_then(|f| localpart_in(f, &s.domain))
-            && let LoginRoute::Redirect(addr) = policy.route(&user, direct_tls)
         {
-            redirect(&mut stream, s, &user, &addr).await;
-            return None;
+            match policy.route(&user, direct_tls) {
+                LoginRoute::Redirect(addr) => {
+                    redirect(&mut stream, s, &user, &addr).await;
+                    return None;
+                }
+                LoginRoute::Unavailable(text) => {
+                    unavailable(&mut stream, s, &user, text).await;
+                    return None;
+                }
+                LoginRoute::Here => {}
+            }
         }
         if has_version {
             stream.send(&pre_auth_features(&stream, s)).await.ok()?;
@@ -320,6 +330,17 @@ async fn redirect(stream: &mut XmlStream, s: &C2sSettings, user: &str, addr: &st
     Step::Closed
 }
 
+async fn unavailable(stream: &mut XmlStream, s: &C2sSettings, user: &str, text: String) -> Step {
+    warn!(user, "login refused: {text}");
+    stream
+        .fail(
+            &StreamError::new(Condition::RemoteConnectionFailed, text),
+            &s.domain,
+        )
+        .await;
+    Step::Closed
+}
+
 async fn lookup(
     store: &AccountStore,
     user: &str,
@@ -371,8 +392,10 @@ async fn sasl_auth(
     let Ok(user) = normalize_localpart(&username) else {
         return sasl_failure(stream, "not-authorized", None).await;
     };
-    if let LoginRoute::Redirect(addr) = policy.route(&user, direct_tls) {
-        return redirect(stream, s, &user, &addr).await;
+    match policy.route(&user, direct_tls) {
+        LoginRoute::Redirect(addr) => return redirect(stream, s, &user, &addr).await,
+        LoginRoute::Unavailable(text) => return unavailable(stream, s, &user, text).await,
+        LoginRoute::Here => {}
     }
     let Some(store) = policy.store() else {
         return sasl_failure(stream, "temporary-auth-failure", None).await;
@@ -586,9 +609,13 @@ async fn legacy_auth(
         }
         None => None,
     };
-    if let Some(u) = &user
-        && let LoginRoute::Redirect(addr) = policy.route(u, direct_tls)
-    {
+    let route = user.as_deref().map(|u| policy.route(u, direct_tls));
+    if let (Some(u), Some(LoginRoute::Unavailable(text))) = (&user, &route) {
+        let e = reply_err("remote-server-timeout", ErrorType::Wait, text);
+        let _ = stream.send(&e).await;
+        return unavailable(stream, s, u, text.clone()).await;
+    }
+    if let (Some(u), Some(LoginRoute::Redirect(addr))) = (&user, route) {
         // DESIGN.md D1. COMPAT: RFC 6120 wants a URI in <redirect/>; the seed's clients
         // expect the bare HOST:PORT.
         let e = error_reply(

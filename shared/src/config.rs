@@ -35,6 +35,7 @@ pub struct FarmConfig {
     pub routing: RoutingTable,
     pub storage: StorageConfig,
     pub nodes: Vec<NodeConfig>,
+    pub farm: FarmLinkConfig,
     /// The file this was loaded from, for messages.
     pub source: PathBuf,
 }
@@ -66,6 +67,35 @@ pub struct TlsConfig {
     pub generate: bool,
     /// No login and no redirect before STARTTLS / direct TLS.
     pub required: bool,
+}
+
+/// The links between nodes (DESIGN.md D3), `[farm]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FarmLinkConfig {
+    /// TLS on farm links (with the domain's certificate; the peer must present one the farm's
+    /// CA signed). Off by default: links usually run on a private network.
+    pub tls: bool,
+    /// How often a link says it is alive.
+    pub heartbeat: Duration,
+    /// A link that has been silent this long is declared dead.
+    pub dead_after: Duration,
+    /// Frames queued per peer before senders get `resource-constraint`.
+    pub queue: usize,
+    /// The CA that signed the nodes' certificates, trusted on TLS links (`farm.ca`; with
+    /// `tls.generate`, the demo CA).
+    pub ca: Option<PathBuf>,
+}
+
+impl Default for FarmLinkConfig {
+    fn default() -> Self {
+        FarmLinkConfig {
+            tls: false,
+            heartbeat: Duration::from_secs(5),
+            dead_after: Duration::from_secs(15),
+            queue: 4096,
+            ca: None,
+        }
+    }
 }
 
 /// Bounds on what a peer may make a node do.
@@ -296,6 +326,17 @@ struct RawConfig {
     storage: RawStorage,
     #[serde(default)]
     node: Vec<RawNode>,
+    #[serde(default)]
+    farm: RawFarm,
+}
+
+#[derive(Deserialize, Default)]
+struct RawFarm {
+    tls: Option<bool>,
+    heartbeat: Option<u64>,
+    dead_after: Option<u64>,
+    queue: Option<u64>,
+    ca: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -376,6 +417,7 @@ fn build(
     let tls = tls(raw.tls, &data_dir, problems);
     let limits = limits(raw.limits, problems);
     let storage = storage(raw.storage, problems);
+    let farm = farm_links(raw.farm, &tls, &data_dir, problems);
     let declared: Vec<Declared> = raw
         .node
         .iter()
@@ -396,6 +438,7 @@ fn build(
         routing: routing?,
         storage: storage?,
         nodes: nodes.into_iter().collect::<Option<Vec<_>>>()?,
+        farm,
         source: source.to_owned(),
     })
 }
@@ -511,6 +554,54 @@ fn tls_file_problems(tls: &TlsConfig) -> Vec<Problem> {
         problems.push(Problem::new(key, message));
     }
     problems
+}
+
+fn farm_links(
+    raw: RawFarm,
+    tls: &TlsConfig,
+    data_dir: &Path,
+    problems: &mut Vec<Problem>,
+) -> FarmLinkConfig {
+    let d = FarmLinkConfig::default();
+    let mut positive = |key: &str, value: Option<u64>, default: u64| match value {
+        Some(0) => {
+            problems.push(Problem::new(format!("farm.{key}"), "must be at least 1"));
+            default
+        }
+        Some(v) => v,
+        None => default,
+    };
+    let heartbeat = positive("heartbeat", raw.heartbeat, d.heartbeat.as_secs());
+    let dead_after = positive("dead_after", raw.dead_after, d.dead_after.as_secs());
+    let queue = positive("queue", raw.queue, d.queue as u64);
+    if dead_after <= heartbeat {
+        problems.push(Problem::new(
+            "farm.dead_after",
+            format!(
+                "{dead_after} s must be longer than farm.heartbeat ({heartbeat} s), or every \
+                 link is declared dead between two heartbeats"
+            ),
+        ));
+    }
+    let link_tls = raw.tls.unwrap_or(d.tls);
+    let ca = match raw.ca {
+        Some(p) => Some(data_dir.join(p)),
+        None if tls.generate => Some(tls.ca.clone()),
+        None => None,
+    };
+    if link_tls && ca.is_none() {
+        problems.push(Problem::new(
+            "farm.ca",
+            "missing: with farm.tls = true, the CA that signed the nodes' certificates",
+        ));
+    }
+    FarmLinkConfig {
+        ca,
+        tls: link_tls,
+        heartbeat: Duration::from_secs(heartbeat),
+        dead_after: Duration::from_secs(dead_after),
+        queue: usize::try_from(queue).unwrap_or(usize::MAX),
+    }
 }
 
 fn limits(raw: RawLimits, problems: &mut Vec<Problem>) -> Limits {
@@ -1114,6 +1205,7 @@ fn unknown_keys(doc: &toml::Table) -> Vec<Problem> {
         ("limits", fields_of::<RawLimits>()),
         ("routing", fields_of::<RawRouting>()),
         ("storage", fields_of::<RawStorage>()),
+        ("farm", fields_of::<RawFarm>()),
     ];
     for (name, fields) in sections {
         if let Some(toml::Value::Table(table)) = doc.get(name) {

@@ -9,6 +9,7 @@
 //! - [`sasl`]: server side of SASL PLAIN and SCRAM-SHA-1/-256, sans-IO.
 //! - [`c2s`]: client stream negotiation up to authentication (STARTTLS, SASL, iq:auth, redirect).
 //! - [`stanza`]: stanza kinds, error replies.
+//! - [`farm`]: farm links between nodes: framing, mutual authentication, liveness.
 //! - [`listen`]: bounded accept loops and graceful shutdown.
 //! - [`ns`]: the XML namespaces we use.
 //!
@@ -18,6 +19,7 @@
 pub mod auth;
 pub mod c2s;
 pub mod config;
+pub mod farm;
 pub mod listen;
 pub mod ns;
 pub mod routing;

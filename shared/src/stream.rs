@@ -164,6 +164,12 @@ impl XmlStream {
         self.header_sent
     }
 
+    /// Serialize `el` into `buf` for a later [`Self::send_raw`] (batching several stanzas
+    /// into one write).
+    pub fn serialize_into(&self, el: &Element, buf: &mut String) {
+        el.write_to(buf, self.content_ns);
+    }
+
     pub async fn send(&mut self, el: &Element) -> std::io::Result<()> {
         let mut s = String::with_capacity(128);
         el.write_to(&mut s, self.content_ns);

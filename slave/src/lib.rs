@@ -6,9 +6,11 @@
 //! [`router`] (local delivery; other nodes and other domains come with farm links and
 //! federation) → [`server`] (what the server itself answers).
 
+pub mod dispatch;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod store;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +18,7 @@ use std::time::Duration;
 use jabberfarm_shared::auth::AccountStore;
 use jabberfarm_shared::c2s::{self, C2sSettings, LoginPolicy, LoginRoute};
 use jabberfarm_shared::config::{FarmConfig, NodeConfig};
+use jabberfarm_shared::farm::{FarmLinks, LinkTls};
 use jabberfarm_shared::listen::{self, BoundListener, ServeOptions};
 use jabberfarm_shared::ns;
 use jabberfarm_shared::xml::{Condition, StreamError};
@@ -29,7 +32,10 @@ use crate::router::{Outgoing, Router};
 pub struct Slave {
     pub config: Arc<FarmConfig>,
     pub router: Router,
+    pub links: Arc<FarmLinks>,
     pub store: AccountStore,
+    /// Roster, offline messages, vCards (same database as the accounts).
+    pub im: store::ImStore,
     pub shutdown: CancellationToken,
     /// How long a freshly authenticated client may take to bind.
     pub login_timeout: Duration,
@@ -58,6 +64,7 @@ pub async fn run(
     cfg: Arc<FarmConfig>,
     node: NodeConfig,
     tls: Option<Arc<rustls::ServerConfig>>,
+    link_tls: Option<LinkTls>,
     shutdown: CancellationToken,
 ) -> anyhow_like::Result<()> {
     let db = cfg.storage.sqlite_path(&cfg.data_dir, &node.name);
@@ -74,10 +81,14 @@ pub async fn run(
             direct_tls: Some(tls.clone()),
         });
     }
+    let farm_listener = listen::bind(node.farm, "farm links").await?;
     let settings = Arc::new(C2sSettings::from_config(&cfg, tls, shutdown.clone()));
+    let (links, link_rx) = FarmLinks::new(&cfg, &node.name, link_tls);
     let slave = Arc::new(Slave {
         config: cfg.clone(),
         router: Router::new(cfg.domain.clone(), node.name.clone(), cfg.routing.clone()),
+        links: links.clone(),
+        im: store::ImStore::for_accounts(&store),
         store,
         shutdown: shutdown.clone(),
         login_timeout: cfg.limits.login_timeout,
@@ -90,6 +101,9 @@ pub async fn run(
         tls_handshake_timeout: cfg.limits.stream_open_timeout,
     });
     let tracker = TaskTracker::new();
+    links.start(farm_listener, shutdown.clone(), &tracker);
+    let s3 = slave.clone();
+    tracker.spawn(async move { s3.link_events(link_rx).await });
     info!(node = %node.name, "slave up (accounts in {})", db.display());
     let s2 = slave.clone();
     listen::serve(

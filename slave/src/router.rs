@@ -26,7 +26,7 @@ pub enum Outgoing {
 }
 
 /// Per-session queue bound; a full queue answers the sender with `resource-constraint`.
-pub const SESSION_QUEUE: usize = 256;
+pub const SESSION_QUEUE: usize = 1024;
 
 struct Resource {
     name: String,

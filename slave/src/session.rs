@@ -11,11 +11,11 @@ use jabberfarm_shared::stream::{ReadError, XmlStream, new_id};
 use jabberfarm_shared::xml::{Condition, Element, StreamError, StreamEvent};
 use jid::{BareJid, FullJid, Jid, ResourcePart};
 use tokio::sync::mpsc;
-use tracing::{debug, info};
+use tracing::info;
 
 use crate::Slave;
-use crate::router::{Destination, Outgoing, SESSION_QUEUE};
-use crate::server;
+use crate::dispatch::Origin;
+use crate::router::{Outgoing, SESSION_QUEUE};
 
 /// Serve one authenticated client until it leaves or the slave stops.
 pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
@@ -206,8 +206,25 @@ impl Session {
                 },
                 out = rx.recv() => match out {
                     Some(Outgoing::Stanza(el)) => {
-                        if stream.send(&el).await.is_err() {
+                        // Write whatever else is queued in the same write.
+                        let mut buf = String::with_capacity(512);
+                        stream.serialize_into(&el, &mut buf);
+                        let mut close = None;
+                        while buf.len() < 64 * 1024 {
+                            match rx.try_recv() {
+                                Ok(Outgoing::Stanza(el)) => stream.serialize_into(&el, &mut buf),
+                                Ok(Outgoing::Close(e)) => {
+                                    close = Some(e);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        if stream.send_raw(&buf).await.is_err() {
                             return End::Gone;
+                        }
+                        if let Some(e) = close {
+                            return End::Error(e);
                         }
                     }
                     Some(Outgoing::Close(e)) => return End::Error(e),
@@ -262,55 +279,13 @@ impl Session {
             );
             return Ok(());
         }
-        let to = match to {
-            Some(t) => t,
+        if to.is_none() {
             // RFC 6120 §10.3: no `to` means the user's own account.
-            None => Jid::from(self.jid.to_bare()),
-        };
-        let reply = match self.slave.router.destination(&to) {
-            Destination::Server => server::handle(&self.slave, el),
-            Destination::Local { user, resource } => {
-                if kind == Kind::Iq && resource.is_none() {
-                    server::handle_account_iq(&self.slave, el)
-                } else {
-                    self.slave
-                        .router
-                        .deliver_local(el, &user, resource.as_deref())
-                }
-            }
-            Destination::Node(node) => {
-                // TODO(IM issue): farm links carry this to `node`.
-                debug!(to = %to, node, "no farm link yet");
-                reject(
-                    &el,
-                    "service-unavailable",
-                    "the recipient's server is not reachable yet",
-                )
-            }
-            Destination::Remote(_) => {
-                // TODO(federation issue): outbound s2s from this slave.
-                reject(&el, "remote-server-not-found", "federation is not enabled")
-            }
-        };
-        if let Some(r) = reply {
-            send_to_client(stream, r).await?;
+            el.set_attr("to", self.jid.to_bare().to_string());
         }
+        self.slave.route(el, Origin::Local).await;
         Ok(())
     }
-}
-
-fn reject(el: &Element, condition: &str, text: &str) -> Option<Element> {
-    if is_error_or_result(el) {
-        return None;
-    }
-    Some(error_reply(
-        el,
-        ErrorType::Cancel,
-        condition,
-        None,
-        Some(text),
-        false,
-    ))
 }
 
 async fn send_to_client(stream: &mut XmlStream, el: Element) -> Result<(), End> {

@@ -22,6 +22,8 @@ pub struct TestFarm {
     pub master: Node,
     pub slaves: Vec<Node>,
     child: Option<Child>,
+    /// One process per node (`start_processes`), by node name.
+    nodes: std::collections::HashMap<String, Child>,
 }
 
 fn free_port() -> u16 {
@@ -44,6 +46,15 @@ impl TestFarm {
     /// A master and `slaves` slaves in hash mode; `extra` is appended to the top-level config
     /// (before any table) and `limits` replaces the [limits] table body.
     pub fn start_with(slaves: usize, tls_required: bool, limits: &str) -> TestFarm {
+        TestFarm::start_with_mode(slaves, tls_required, limits, true)
+    }
+
+    fn start_with_mode(
+        slaves: usize,
+        tls_required: bool,
+        limits: &str,
+        one_process: bool,
+    ) -> TestFarm {
         let dir = tempfile::tempdir().unwrap();
         let master = node("master");
         let slaves: Vec<Node> = (1..=slaves).map(|i| node(&format!("slave{i}"))).collect();
@@ -71,9 +82,79 @@ impl TestFarm {
             master,
             slaves,
             child: None,
+            nodes: Default::default(),
         };
-        farm.spawn();
+        if one_process {
+            farm.spawn();
+        }
         farm
+    }
+
+    /// Like [`TestFarm::start`], but every node in its own `jabberfarm run --node` process,
+    /// so single nodes can be killed and restarted.
+    pub fn start_processes(slaves: usize) -> TestFarm {
+        let mut farm = TestFarm::start_with_mode(
+            slaves,
+            false,
+            "stream_open_timeout = 3\nlogin_timeout = 10\nshutdown_grace = 2",
+            false,
+        );
+        let names: Vec<String> = std::iter::once(&farm.master)
+            .chain(&farm.slaves)
+            .map(|n| n.name.clone())
+            .collect();
+        for n in names {
+            farm.start_node(&n);
+        }
+        farm.wait_links_up(Instant::now() + Duration::from_secs(20));
+        farm
+    }
+
+    fn node_by_name(&self, name: &str) -> &Node {
+        std::iter::once(&self.master)
+            .chain(&self.slaves)
+            .find(|n| n.name == name)
+            .unwrap()
+    }
+
+    /// Start (or restart) one node's process and wait for its listeners.
+    pub fn start_node(&mut self, name: &str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("node-{name}.log")))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "--node", name, "--config"])
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .env("JABBERFARM_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.nodes.insert(name.to_owned(), child);
+        let node = self.node_by_name(name);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for a in [node.c2s, node.c2s_tls] {
+            while TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "{name} did not start:\n{}",
+                    self.log()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// SIGKILL one node's process.
+    pub fn kill_node(&mut self, name: &str) {
+        if let Some(mut c) = self.nodes.remove(name) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     pub fn start(slaves: usize) -> TestFarm {
@@ -120,10 +201,47 @@ impl TestFarm {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+        self.wait_links_up(deadline);
     }
 
+    /// Every node's farm links are up (the log names each pair).
+    pub fn wait_links_up(&self, deadline: Instant) {
+        let mut names: Vec<&str> = std::iter::once(&self.master)
+            .chain(&self.slaves)
+            .map(|n| n.name.as_str())
+            .collect();
+        names.sort();
+        let mut pairs = Vec::new();
+        for (i, a) in names.iter().enumerate() {
+            for b in &names[i + 1..] {
+                pairs.push(format!("farm link {a} <-> {b} up"));
+            }
+        }
+        loop {
+            let log = self.log();
+            if pairs.iter().all(|p| log.contains(p.as_str())) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "farm links did not come up:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Everything the farm logged (one file per process).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("farm.log")).unwrap_or_default()
+        let mut names: Vec<_> = std::fs::read_dir(self.dir.path())
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        names.retain(|p: &PathBuf| p.extension().is_some_and(|e| e == "log"));
+        names.sort();
+        names
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// `jabberfarm <args> --config <ours> --data-dir <ours>`; returns stdout, panics on failure.
@@ -210,6 +328,10 @@ impl TestFarm {
 impl Drop for TestFarm {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for (_, mut c) in self.nodes.drain() {
             let _ = c.kill();
             let _ = c.wait();
         }

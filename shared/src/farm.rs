@@ -1,0 +1,686 @@
+//! Farm links (DESIGN.md D3): every node keeps one authenticated link to every other node.
+//!
+//! - **Mesh, one connection per pair**: the node whose name sorts first connects, the other
+//!   accepts; the link carries traffic both ways, so stanza order between any two users is the
+//!   order of one TCP stream.
+//! - **Frames**: a 4-byte big-endian length, then one XML element (a routed stanza or a
+//!   handshake element). A zero-length frame is a heartbeat. Frames are bounded in size.
+//! - **Handshake** (elements in [`LINK_NS`]): the connector sends `<hello node nonce
+//!   fingerprint/>`, the acceptor answers its own `<hello/>` with a proof, the connector
+//!   answers `<auth proof/>`, the acceptor says `<welcome/>` or `<refuse reason/>`. Proofs
+//!   are HMAC-SHA256 under the farm secret over both nonces and both names, with a different
+//!   label per direction: the secret never crosses the wire. A peer whose routing-table
+//!   fingerprint differs is refused (and logged loudly): it gets no traffic and no redirects.
+//! - **Liveness**: heartbeats every `farm.heartbeat`; a link silent for `farm.dead_after` is
+//!   dropped; the connector reconnects with backoff. [`FarmLinks::is_up`] is what the master
+//!   uses to know which slaves are alive.
+//! - **Bounded**: one queue of `farm.queue` frames per peer; [`FarmLinks::send`] waits a
+//!   little for room, then gives [`SendError::Full`] (the caller answers `resource-constraint`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use crate::auth::{ScramHash, hmac};
+use crate::config::FarmConfig;
+use crate::ns;
+use crate::stream::Io;
+use crate::xml::{Element, ParserLimits, StreamEvent, StreamParser};
+
+pub const LINK_NS: &str = "urn:jabberfarm:link:0";
+
+/// Bytes a frame may add to the largest stanza (addressing, namespace declarations).
+const FRAME_SLACK: usize = 4096;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long [`FarmLinks::send`] waits for room in a full queue.
+pub const SEND_WAIT: Duration = Duration::from_secs(2);
+
+/// What the links tell the node.
+#[derive(Debug)]
+pub enum LinkEvent {
+    Up(String),
+    Down(String),
+    /// A stanza routed to us by `from_node`.
+    Stanza {
+        from_node: String,
+        stanza: Element,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("the link to that node is down")]
+    Down,
+    #[error("the link to that node is congested")]
+    Full,
+    #[error("no such node")]
+    Unknown,
+}
+
+struct Peer {
+    addr: SocketAddr,
+    /// Frames for the current connection; `None` while down.
+    tx: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
+    up: AtomicBool,
+    /// Bumped per connection, so a stale connection's teardown does not clear a newer one.
+    generation: Mutex<u64>,
+}
+
+pub struct FarmLinks {
+    me: String,
+    key: Vec<u8>,
+    fingerprint: String,
+    peers: HashMap<String, Peer>,
+    events: mpsc::Sender<LinkEvent>,
+    heartbeat: Duration,
+    dead_after: Duration,
+    queue: usize,
+    max_frame: usize,
+    tls: Option<LinkTls>,
+}
+
+/// TLS on links: our server config for accepted links, a client config for the ones we open.
+#[derive(Clone)]
+pub struct LinkTls {
+    pub server: Arc<rustls::ServerConfig>,
+    pub client: Arc<rustls::ClientConfig>,
+    /// The name peers' certificates are checked against (the public domain).
+    pub domain: String,
+}
+
+impl FarmLinks {
+    /// Links for node `me` of `cfg`. Events (peers up/down, routed stanzas) arrive on the
+    /// returned receiver, bounded: a slow node slows its links down rather than growing.
+    pub fn new(
+        cfg: &FarmConfig,
+        me: &str,
+        tls: Option<LinkTls>,
+    ) -> (Arc<FarmLinks>, mpsc::Receiver<LinkEvent>) {
+        let (events, rx) = mpsc::channel(1024);
+        let peers = cfg
+            .nodes
+            .iter()
+            .filter(|n| n.name != me)
+            .map(|n| {
+                (
+                    n.name.clone(),
+                    Peer {
+                        addr: n.farm,
+                        tx: Mutex::new(None),
+                        up: AtomicBool::new(false),
+                        generation: Mutex::new(0),
+                    },
+                )
+            })
+            .collect();
+        let links = FarmLinks {
+            me: me.to_owned(),
+            key: link_key(&cfg.secret),
+            fingerprint: cfg.routing.fingerprint().to_owned(),
+            peers,
+            events,
+            heartbeat: cfg.farm.heartbeat,
+            dead_after: cfg.farm.dead_after,
+            queue: cfg.farm.queue,
+            max_frame: cfg.limits.max_stanza + FRAME_SLACK,
+            tls,
+        };
+        (Arc::new(links), rx)
+    }
+
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    pub fn is_up(&self, node: &str) -> bool {
+        self.peers
+            .get(node)
+            .is_some_and(|p| p.up.load(Ordering::Acquire))
+    }
+
+    /// Names of the peers whose link is up.
+    pub fn up_nodes(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.up.load(Ordering::Acquire))
+            .map(|(n, _)| n.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn all_up(&self) -> bool {
+        self.peers.values().all(|p| p.up.load(Ordering::Acquire))
+    }
+
+    /// Queue a stanza for `node`, waiting at most [`SEND_WAIT`] for room: a busy link slows
+    /// its senders down before it refuses them.
+    pub async fn send(&self, node: &str, stanza: &Element) -> Result<(), SendError> {
+        let peer = self.peers.get(node).ok_or(SendError::Unknown)?;
+        let tx = {
+            let guard = peer.tx.lock().unwrap_or_else(|p| p.into_inner());
+            guard.clone().ok_or(SendError::Down)?
+        };
+        let mut s = String::with_capacity(256);
+        stanza.write_to(&mut s, ns::SERVER);
+        tx.send_timeout(s.into_bytes(), SEND_WAIT)
+            .await
+            .map_err(|e| match e {
+                mpsc::error::SendTimeoutError::Timeout(_) => SendError::Full,
+                mpsc::error::SendTimeoutError::Closed(_) => SendError::Down,
+            })
+    }
+
+    /// Accept links on `listener` and keep links to the peers we connect to, until `shutdown`.
+    pub fn start(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) {
+        let me = self.clone();
+        let (sd, tr) = (shutdown.clone(), tracker.clone());
+        tracker.spawn(async move { me.accept_loop(listener, sd, tr).await });
+        for (name, peer) in &self.peers {
+            if self.me.as_str() < name.as_str() {
+                let me = self.clone();
+                let (name, addr, sd) = (name.clone(), peer.addr, shutdown.clone());
+                tracker.spawn(async move { me.connect_loop(name, addr, sd).await });
+            }
+        }
+    }
+
+    async fn accept_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        loop {
+            let (sock, peer_addr) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        warn!("farm link accept failed: {e}");
+                        tokio::time::sleep(BACKOFF_MIN).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = sock.set_nodelay(true);
+            let me = self.clone();
+            let sd = shutdown.clone();
+            tracker.spawn(async move {
+                let io: Box<dyn Io> = match &me.tls {
+                    None => Box::new(sock),
+                    Some(t) => {
+                        let acceptor = tokio_rustls::TlsAcceptor::from(t.server.clone());
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
+                            Ok(Ok(s)) => Box::new(s),
+                            _ => {
+                                warn!(%peer_addr, "farm link: TLS handshake failed");
+                                return;
+                            }
+                        }
+                    }
+                };
+                let mut link = Framed::new(io, me.max_frame);
+                let hs = tokio::time::timeout(HANDSHAKE_TIMEOUT, me.handshake_accept(&mut link));
+                match hs.await {
+                    Ok(Ok(peer)) => me.serve(peer, link, sd).await,
+                    Ok(Err(e)) => warn!(%peer_addr, "farm link refused: {e}"),
+                    Err(_) => warn!(%peer_addr, "farm link: handshake timed out"),
+                }
+            });
+        }
+    }
+
+    async fn connect_loop(
+        self: Arc<Self>,
+        name: String,
+        addr: SocketAddr,
+        shutdown: CancellationToken,
+    ) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            match self.connect_once(&name, addr).await {
+                Ok(link) => {
+                    backoff = BACKOFF_MIN;
+                    self.serve(name.clone(), link, shutdown.clone()).await;
+                }
+                Err(e) => debug!(peer = %name, %addr, "farm link: {e}"),
+            }
+            let jitter = Duration::from_millis(u64::from(rand::random::<u8>()));
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff + jitter) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    async fn connect_once(&self, name: &str, addr: SocketAddr) -> Result<Framed, String> {
+        let sock = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| "connect timed out".to_owned())?
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = sock.set_nodelay(true);
+        let io: Box<dyn Io> = match &self.tls {
+            None => Box::new(sock),
+            Some(t) => {
+                let server_name = rustls_pki_types::ServerName::try_from(t.domain.clone())
+                    .map_err(|e| format!("TLS name: {e}"))?;
+                let c = tokio_rustls::TlsConnector::from(t.client.clone());
+                Box::new(
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, c.connect(server_name, sock))
+                        .await
+                        .map_err(|_| "TLS handshake timed out".to_owned())?
+                        .map_err(|e| format!("TLS: {e}"))?,
+                )
+            }
+        };
+        let mut link = Framed::new(io, self.max_frame);
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake_connect(&mut link, name))
+            .await
+            .map_err(|_| "handshake timed out".to_owned())??;
+        Ok(link)
+    }
+
+    /// Connector side of the handshake.
+    async fn handshake_connect(&self, link: &mut Framed, peer: &str) -> Result<(), String> {
+        let nonce = new_nonce();
+        link.send_el(
+            &Element::new("hello", LINK_NS)
+                .with_attr("node", &self.me)
+                .with_attr("nonce", &nonce)
+                .with_attr("fingerprint", &self.fingerprint),
+        )
+        .await?;
+        let hello = link.recv_el().await?;
+        if hello.is("refuse", LINK_NS) {
+            let reason = hello.attr("reason").unwrap_or("no reason given");
+            error!(peer, "farm link refused by {peer}: {reason}");
+            return Err(format!("refused: {reason}"));
+        }
+        if !hello.is("hello", LINK_NS) || hello.attr("node") != Some(peer) {
+            return Err("unexpected answer to hello".to_owned());
+        }
+        let their_nonce = hello.attr("nonce").unwrap_or("");
+        let expected = self.proof("acceptor", &nonce, their_nonce, &self.me, peer);
+        if !proof_matches(hello.attr("proof"), &expected) {
+            error!(
+                peer,
+                "farm link to {peer}: it does not know the farm secret"
+            );
+            let reason = "authentication failed: the farm secret differs";
+            let _ = link.send_el(&refuse(reason)).await;
+            return Err(reason.to_owned());
+        }
+        let fp = hello.attr("fingerprint").unwrap_or("");
+        if fp != self.fingerprint {
+            let reason = format!(
+                "routing table fingerprint {} on {} differs from {fp} on {peer}",
+                self.fingerprint, self.me
+            );
+            error!(
+                peer,
+                "farm link to {peer}: {reason}; no traffic until the configs agree"
+            );
+            let _ = link.send_el(&refuse(&reason)).await;
+            return Err(reason);
+        }
+        let proof = self.proof("connector", their_nonce, &nonce, peer, &self.me);
+        link.send_el(&Element::new("auth", LINK_NS).with_attr("proof", proof))
+            .await?;
+        let answer = link.recv_el().await?;
+        if answer.is("welcome", LINK_NS) {
+            Ok(())
+        } else {
+            let reason = answer
+                .attr("reason")
+                .unwrap_or("no reason given")
+                .to_owned();
+            error!(peer, "farm link refused by {peer}: {reason}");
+            Err(format!("refused: {reason}"))
+        }
+    }
+
+    /// Acceptor side of the handshake; returns the authenticated peer's name.
+    async fn handshake_accept(&self, link: &mut Framed) -> Result<String, String> {
+        let hello = link.recv_el().await?;
+        let (Some(peer), Some(their_nonce)) = (hello.attr("node"), hello.attr("nonce")) else {
+            return Err("no hello".to_owned());
+        };
+        let peer = peer.to_owned();
+        if !hello.is("hello", LINK_NS)
+            || !self.peers.contains_key(&peer)
+            || peer.as_str() >= self.me.as_str()
+        {
+            let reason = format!("{peer:?} is not a node that connects to {}", self.me);
+            let _ = link
+                .send_el(&Element::new("refuse", LINK_NS).with_attr("reason", &reason))
+                .await;
+            return Err(reason);
+        }
+        let nonce = new_nonce();
+        let proof = self.proof("acceptor", their_nonce, &nonce, &peer, &self.me);
+        link.send_el(
+            &Element::new("hello", LINK_NS)
+                .with_attr("node", &self.me)
+                .with_attr("nonce", &nonce)
+                .with_attr("fingerprint", &self.fingerprint)
+                .with_attr("proof", proof),
+        )
+        .await?;
+        let auth = link.recv_el().await?;
+        if auth.is("refuse", LINK_NS) {
+            let reason = auth.attr("reason").unwrap_or("no reason given");
+            error!(peer, "farm link from {peer} refused by {peer}: {reason}");
+            return Err(format!("{peer} refused: {reason}"));
+        }
+        let expected = self.proof("connector", &nonce, their_nonce, &self.me, &peer);
+        if !auth.is("auth", LINK_NS) || !proof_matches(auth.attr("proof"), &expected) {
+            let _ = link
+                .send_el(
+                    &Element::new("refuse", LINK_NS)
+                        .with_attr("reason", "authentication failed: the farm secret differs"),
+                )
+                .await;
+            error!(peer, "farm link from {peer} refused: wrong farm secret");
+            return Err("wrong farm secret".to_owned());
+        }
+        let fp = hello.attr("fingerprint").unwrap_or("");
+        if fp != self.fingerprint {
+            let reason = format!(
+                "routing table fingerprint {fp} differs from {} on {}",
+                self.fingerprint, self.me
+            );
+            let _ = link
+                .send_el(&Element::new("refuse", LINK_NS).with_attr("reason", &reason))
+                .await;
+            error!(
+                peer,
+                "farm link from {peer} refused: {reason}; no traffic until the configs agree"
+            );
+            return Err(reason);
+        }
+        link.send_el(&Element::new("welcome", LINK_NS)).await?;
+        Ok(peer)
+    }
+
+    fn proof(&self, label: &str, n1: &str, n2: &str, a: &str, b: &str) -> String {
+        let msg = format!("{label}\0{n1}\0{n2}\0{a}\0{b}");
+        hex::encode(hmac(ScramHash::Sha256, &self.key, msg.as_bytes()))
+    }
+
+    /// Run an authenticated link until it fails or we stop.
+    async fn serve(&self, peer_name: String, link: Framed, shutdown: CancellationToken) {
+        let Some(peer) = self.peers.get(&peer_name) else {
+            return;
+        };
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(self.queue);
+        let generation = {
+            let mut g = peer.generation.lock().unwrap_or_else(|p| p.into_inner());
+            *g += 1;
+            *g
+        };
+        *peer.tx.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        peer.up.store(true, Ordering::Release);
+        let (a, b) = if self.me < peer_name {
+            (self.me.as_str(), peer_name.as_str())
+        } else {
+            (peer_name.as_str(), self.me.as_str())
+        };
+        info!("farm link {a} <-> {b} up");
+        let _ = self.events.send(LinkEvent::Up(peer_name.clone())).await;
+
+        let Framed {
+            io,
+            mut parser,
+            max_frame,
+        } = link;
+        let (mut rd, mut wr) = tokio::io::split(io);
+        let heartbeat = self.heartbeat;
+        let writer = async move {
+            let mut buf = Vec::with_capacity(16 * 1024);
+            loop {
+                let first = tokio::time::timeout(heartbeat, rx.recv()).await;
+                buf.clear();
+                match first {
+                    Err(_) => buf.extend_from_slice(&0u32.to_be_bytes()),
+                    Ok(None) => return,
+                    Ok(Some(frame)) => {
+                        push_frame(&mut buf, &frame);
+                        // Batch whatever else is queued into one write.
+                        while buf.len() < 64 * 1024 {
+                            match rx.try_recv() {
+                                Ok(f) => push_frame(&mut buf, &f),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                }
+                if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let events = self.events.clone();
+        let dead_after = self.dead_after;
+        let name = peer_name.clone();
+        let reader = async move {
+            loop {
+                let frame = match tokio::time::timeout(dead_after, read_frame(&mut rd, max_frame))
+                    .await
+                {
+                    Err(_) => {
+                        warn!(peer = %name, "farm link to {name}: silent for {} s, dropping it", dead_after.as_secs());
+                        return;
+                    }
+                    Ok(Err(e)) => {
+                        debug!(peer = %name, "farm link to {name} closed: {e}");
+                        return;
+                    }
+                    Ok(Ok(f)) => f,
+                };
+                if frame.is_empty() {
+                    continue; // heartbeat
+                }
+                match parse_one(&mut parser, &frame) {
+                    Ok(stanza) => {
+                        if events
+                            .send(LinkEvent::Stanza {
+                                from_node: name.clone(),
+                                stanza,
+                            })
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(peer = %name, "farm link to {name}: bad frame ({e}), dropping the link");
+                        return;
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            _ = writer => {}
+            _ = reader => {}
+            _ = shutdown.cancelled() => {}
+        }
+        let current = *peer.generation.lock().unwrap_or_else(|p| p.into_inner()) == generation;
+        if current {
+            *peer.tx.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            peer.up.store(false, Ordering::Release);
+            if !shutdown.is_cancelled() {
+                warn!(peer = %peer_name, "farm link to {peer_name} down");
+            }
+            let _ = self.events.try_send(LinkEvent::Down(peer_name));
+        }
+    }
+}
+
+fn push_frame(buf: &mut Vec<u8>, frame: &[u8]) {
+    let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(frame);
+}
+
+async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
+    rd: &mut R,
+    max: usize,
+) -> Result<Vec<u8>, String> {
+    let mut len = [0u8; 4];
+    rd.read_exact(&mut len).await.map_err(|e| e.to_string())?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(format!("frame of {len} bytes exceeds {max}"));
+    }
+    let mut frame = vec![0u8; len];
+    rd.read_exact(&mut frame).await.map_err(|e| e.to_string())?;
+    Ok(frame)
+}
+
+/// A frame must hold exactly one complete element.
+fn parse_one(parser: &mut StreamParser, frame: &[u8]) -> Result<Element, String> {
+    let mut data = frame;
+    match parser.parse(&mut data) {
+        Ok(Some(StreamEvent::Element(el))) if data.is_empty() => Ok(el),
+        Ok(Some(_)) => Err("more or other than one element".to_owned()),
+        Ok(None) => Err("incomplete element".to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A link before it is split: framing plus the element parser.
+struct Framed {
+    io: Box<dyn Io>,
+    parser: StreamParser,
+    max_frame: usize,
+}
+
+impl Framed {
+    fn new(io: Box<dyn Io>, max_frame: usize) -> Framed {
+        let mut parser = StreamParser::new(ParserLimits {
+            max_stanza: max_frame,
+            max_depth: ParserLimits::POST_AUTH.max_depth,
+        });
+        // Frames are elements of one implicit stream in jabber:server.
+        let mut header: &[u8] = b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'>";
+        let _ = parser.parse(&mut header);
+        Framed {
+            io,
+            parser,
+            max_frame,
+        }
+    }
+
+    async fn send_el(&mut self, el: &Element) -> Result<(), String> {
+        let mut s = String::new();
+        el.write_to(&mut s, ns::SERVER);
+        let mut buf = Vec::with_capacity(s.len() + 4);
+        push_frame(&mut buf, s.as_bytes());
+        self.io.write_all(&buf).await.map_err(|e| e.to_string())?;
+        self.io.flush().await.map_err(|e| e.to_string())
+    }
+
+    async fn recv_el(&mut self) -> Result<Element, String> {
+        loop {
+            let frame = read_frame(&mut self.io, self.max_frame).await?;
+            if !frame.is_empty() {
+                return parse_one(&mut self.parser, &frame);
+            }
+        }
+    }
+}
+
+fn refuse(reason: &str) -> Element {
+    Element::new("refuse", LINK_NS).with_attr("reason", reason)
+}
+
+fn link_key(secret: &str) -> Vec<u8> {
+    hmac(
+        ScramHash::Sha256,
+        b"jabberfarm farm link key",
+        secret.as_bytes(),
+    )
+}
+
+fn new_nonce() -> String {
+    let bytes: [u8; 18] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn proof_matches(given: Option<&str>, expected: &str) -> bool {
+    given.is_some_and(|g| {
+        g.len() == expected.len() && bool::from(g.as_bytes().ct_eq(expected.as_bytes()))
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_one_element_each() {
+        let mut buf = Vec::new();
+        let el = Element::new("message", ns::CLIENT)
+            .with_attr("to", "b@localhost")
+            .with_child(Element::new("body", ns::CLIENT).with_text("hi & <bye>"));
+        let mut s = String::new();
+        el.write_to(&mut s, ns::SERVER);
+        push_frame(&mut buf, s.as_bytes());
+        assert_eq!(&buf[..4], &(s.len() as u32).to_be_bytes());
+        let f = Framed::new(Box::new(tokio::io::duplex(64).0), 1024);
+        let mut parser = f.parser;
+        let back = parse_one(&mut parser, &buf[4..]).unwrap();
+        assert_eq!(back, el);
+        // Two elements in one frame, or half of one, are refused.
+        assert!(parse_one(&mut parser, b"<a/><b/>").is_err());
+        assert!(parse_one(&mut parser, b"<a>").is_err());
+    }
+
+    #[test]
+    fn proofs_differ_by_direction_and_secret() {
+        let k1 = link_key("one");
+        let k2 = link_key("two");
+        assert_ne!(k1, k2);
+        let p = |k: &[u8], label: &str| {
+            hex::encode(hmac(
+                ScramHash::Sha256,
+                k,
+                format!("{label}\0a\0b\0x\0y").as_bytes(),
+            ))
+        };
+        assert_ne!(p(&k1, "acceptor"), p(&k1, "connector"));
+        assert_ne!(p(&k1, "acceptor"), p(&k2, "acceptor"));
+        assert!(proof_matches(
+            Some(&p(&k1, "acceptor")),
+            &p(&k1, "acceptor")
+        ));
+        assert!(!proof_matches(Some("00"), &p(&k1, "acceptor")));
+        assert!(!proof_matches(None, &p(&k1, "acceptor")));
+    }
+}

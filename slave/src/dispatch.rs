@@ -1,0 +1,111 @@
+//! Where a stanza goes once it is stamped: the rules of `docs/routing.md`, applied to stanzas
+//! from local sessions and from farm links alike. Error replies are routed the same way (and
+//! are never answered themselves).
+
+use jabberfarm_shared::farm::{LinkEvent, SendError};
+use jabberfarm_shared::stanza::{ErrorType, Kind, error_reply, is_error_or_result};
+use jabberfarm_shared::xml::Element;
+use jid::Jid;
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+
+use crate::Slave;
+use crate::router::Destination;
+use crate::server;
+
+/// Where a stanza entered this slave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A session on this slave (its `from` was stamped by the session).
+    Local,
+    /// A farm link from another node (trusted: the link is authenticated).
+    Link,
+}
+
+impl Slave {
+    /// Route `el` (with `from` and `to` set) to its destination; error replies go back the
+    /// same way.
+    pub async fn route(&self, el: Element, origin: Origin) {
+        if let Some(reply) = self.route_once(el, origin).await {
+            // A reply is an error or a result: it is never answered, so one more hop ends it.
+            let _ = self.route_once(reply, Origin::Local).await;
+        }
+    }
+
+    async fn route_once(&self, el: Element, origin: Origin) -> Option<Element> {
+        let to = match el.attr("to").map(Jid::new) {
+            Some(Ok(j)) => j,
+            Some(Err(_)) => return reject(&el, ErrorType::Modify, "jid-malformed", "invalid 'to'"),
+            None => return None,
+        };
+        match self.router.destination(&to) {
+            Destination::Server => server::handle(self, el),
+            Destination::Local { user, resource } => {
+                if Kind::of(&el) == Some(Kind::Iq) && resource.is_none() {
+                    server::handle_account_iq(self, el)
+                } else {
+                    self.router.deliver_local(el, &user, resource.as_deref())
+                }
+            }
+            Destination::Node(node) if origin == Origin::Local => {
+                match self.links.send(&node, &el).await {
+                    Ok(()) => None,
+                    Err(SendError::Full) => reject(
+                        &el,
+                        ErrorType::Wait,
+                        "resource-constraint",
+                        "the farm link to the recipient's server is congested",
+                    ),
+                    Err(e) => {
+                        debug!(to = %to, node, "cannot route: {e}");
+                        reject(
+                            &el,
+                            ErrorType::Wait,
+                            "service-unavailable",
+                            "the recipient's server is not reachable",
+                        )
+                    }
+                }
+            }
+            // A peer thinks we own this user and we think someone else does: the routing tables
+            // disagree (links check fingerprints, so only during a table change). Never bounce
+            // stanzas between nodes.
+            Destination::Node(node) => {
+                info!(to = %to, node, "stanza from a link for a user we do not own");
+                reject(
+                    &el,
+                    ErrorType::Wait,
+                    "service-unavailable",
+                    "the farm's routing is changing; try again",
+                )
+            }
+            Destination::Remote(_) => {
+                // TODO(federation issue): outbound s2s from this slave.
+                reject(
+                    &el,
+                    ErrorType::Cancel,
+                    "remote-server-not-found",
+                    "federation is not enabled",
+                )
+            }
+        }
+    }
+
+    /// Consume the farm links' events until they stop.
+    pub async fn link_events(&self, mut rx: mpsc::Receiver<LinkEvent>) {
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                LinkEvent::Stanza { stanza, .. } => self.route(stanza, Origin::Link).await,
+                // TODO(IM issue): presence of users behind a link that went down.
+                LinkEvent::Up(_) | LinkEvent::Down(_) => {}
+            }
+        }
+    }
+}
+
+pub fn reject(el: &Element, etype: ErrorType, condition: &str, text: &str) -> Option<Element> {
+    if is_error_or_result(el) {
+        return None;
+    }
+    Some(error_reply(el, etype, condition, None, Some(text), false))
+}

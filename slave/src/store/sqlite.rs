@@ -1,0 +1,90 @@
+//! The embedded backend: the IM tables live in the node's SQLite file next to the accounts
+//! (`shared/migrations/sqlite/0002_im.sql`, applied when the account store opens). One file per
+//! feature implements its trait: `roster_sqlite.rs`, `offline_sqlite.rs`, `vcard_sqlite.rs`.
+
+use std::path::PathBuf;
+
+use jabberfarm_shared::auth::StoreError;
+use sqlx::Transaction;
+use sqlx::sqlite::{Sqlite, SqlitePool};
+
+const BACKEND: &str = "sqlite";
+
+#[derive(Clone, Debug)]
+pub struct SqliteIm {
+    pub(super) pool: SqlitePool,
+    /// For error messages: which file failed.
+    path: PathBuf,
+}
+
+impl SqliteIm {
+    /// Uses `pool`, whose schema must already be migrated (as `SqliteStore::open` does).
+    pub fn new(pool: SqlitePool) -> Self {
+        let path = pool.connect_options().get_filename().to_owned();
+        Self { pool, path }
+    }
+
+    /// Removes all of the user's IM data in one transaction. The roster version counter stays,
+    /// so an account created again under the same name never reuses a version a client of the
+    /// old account may have cached (RFC 6121 §2.6).
+    pub async fn delete_user(&self, user: &str) -> Result<(), StoreError> {
+        let doing = "deleting IM data";
+        let mut tx = self.write(user, doing).await?;
+        for sql in [
+            "DELETE FROM roster_groups WHERE username = ?1",
+            "DELETE FROM roster_items WHERE username = ?1",
+            "DELETE FROM pending_in WHERE username = ?1",
+            "DELETE FROM offline_messages WHERE username = ?1",
+            "DELETE FROM vcards WHERE username = ?1",
+        ] {
+            sqlx::query(sql)
+                .bind(user)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.error(doing, user, e))?;
+        }
+        tx.commit().await.map_err(|e| self.error(doing, user, e))
+    }
+
+    /// A transaction that takes the write lock at once (`BEGIN IMMEDIATE`), so it never fails
+    /// half-way trying to upgrade a read lock; waits up to the pool's busy timeout.
+    pub(super) async fn write(
+        &self,
+        user: &str,
+        doing: &str,
+    ) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| self.error(doing, user, e))
+    }
+
+    /// A read transaction: its queries see one snapshot (WAL).
+    pub(super) async fn read(
+        &self,
+        user: &str,
+        doing: &str,
+    ) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        self.pool
+            .begin()
+            .await
+            .map_err(|e| self.error(doing, user, e))
+    }
+
+    pub(super) fn error(&self, doing: &str, user: &str, e: sqlx::Error) -> StoreError {
+        self.corrupt(doing, user, e.to_string())
+    }
+
+    pub(super) fn corrupt(&self, doing: &str, user: &str, detail: String) -> StoreError {
+        StoreError::Unavailable {
+            backend: BACKEND,
+            detail: format!("{doing} of {user:?} in {}: {detail}", self.path.display()),
+        }
+    }
+}
+
+/// SQLite integers are `i64`; counts and limits are `usize` (saturating: a limit past
+/// `i64::MAX` means no limit).
+pub(super) fn to_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,256 @@
+//! Farm links end to end: users on different slaves talk; a node with the wrong secret or a
+//! different routing table is refused; the master knows which slaves are alive.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{BIN, HEADER, Raw, TestFarm, plain_auth};
+
+/// One user on slave1 and one on slave2, both logged in at their slaves.
+fn pair(farm: &TestFarm) -> ((String, Raw), (String, Raw)) {
+    let users = farm.users_on_every_slave("link", 1);
+    let a = users.iter().find(|(_, o)| o == "slave1").unwrap().0.clone();
+    let b = users.iter().find(|(_, o)| o == "slave2").unwrap().0.clone();
+    farm.add_user(&a, "pw-a");
+    farm.add_user(&b, "pw-b");
+    let ca = Raw::login(farm.owner(&a).c2s, &a, "pw-a", "r");
+    let cb = Raw::login(farm.owner(&b).c2s, &b, "pw-b", "r");
+    ((a, ca), (b, cb))
+}
+
+#[test]
+fn users_on_different_slaves_exchange_messages() {
+    let farm = TestFarm::start(2);
+    let ((a, mut ca), (b, mut cb)) = pair(&farm);
+    cb.send("<presence/>");
+    ca.send("<presence/>");
+    // Give the presences a moment to be recorded before bare-JID messages.
+    std::thread::sleep(Duration::from_millis(200));
+    ca.send(&format!(
+        "<message to='{b}@localhost/r' type='chat' id='x1'><body>across the farm</body></message>"
+    ));
+    let r = cb.wait_for("across the farm", 5);
+    assert!(r.contains(&format!("from='{a}@localhost/r'")), "{r}");
+    cb.send(&format!(
+        "<message to='{a}@localhost' type='chat' id='x2'><body>and back</body></message>"
+    ));
+    let r = ca.wait_for("and back", 5);
+    assert!(r.contains(&format!("from='{b}@localhost/r'")), "{r}");
+    // An IQ across the farm to a resource that does not exist: the error comes back.
+    ca.send(&format!(
+        "<iq to='{b}@localhost/none' type='get' id='q1'><ping xmlns='urn:xmpp:ping'/></iq>"
+    ));
+    let r = ca.wait_for("id='q1'", 5);
+    assert!(
+        r.contains("type='error'") && r.contains("service-unavailable"),
+        "{r}"
+    );
+}
+
+#[test]
+fn ten_thousand_messages_across_slaves_arrive_all_in_order() {
+    let farm = TestFarm::start(2);
+    let ((_, mut ca), (b, mut cb)) = pair(&farm);
+    const N: usize = 10_000;
+    let reader = std::thread::spawn(move || {
+        cb.sock
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut next = 0usize;
+        let mut text = String::new();
+        let mut buf = vec![0u8; 65536];
+        use std::io::Read;
+        while next < N {
+            let n = cb.sock.read(&mut buf).unwrap();
+            assert!(n > 0, "connection closed after {next} messages");
+            text.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+            while let Some(start) = text.find("<body>m") {
+                let Some(end) = text[start..].find("</body>") else {
+                    break;
+                };
+                let num: usize = text[start + 7..start + end].parse().unwrap();
+                assert_eq!(num, next, "message out of order");
+                next += 1;
+                text.drain(..start + end);
+            }
+            assert!(!text.contains("type='error'"), "an error arrived: {text}");
+        }
+        next
+    });
+    let mut batch = String::new();
+    for i in 0..N {
+        batch.push_str(&format!(
+            "<message to='{b}@localhost/r' type='chat'><body>m{i}</body></message>"
+        ));
+        if batch.len() > 32 * 1024 {
+            ca.send(&batch);
+            batch.clear();
+        }
+    }
+    ca.send(&batch);
+    assert_eq!(reader.join().unwrap(), N);
+    // Nothing bounced back to the sender.
+    ca.sock
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    use std::io::Read;
+    if let Ok(n) = ca.sock.read(&mut buf) {
+        let s = String::from_utf8_lossy(&buf[..n]);
+        assert!(!s.contains("type='error'"), "{s}");
+    }
+}
+
+/// A second process that runs node `node` of a modified copy of the farm's config.
+fn rogue(
+    farm: &TestFarm,
+    node: &str,
+    edit: impl Fn(String) -> String,
+) -> (std::process::Child, std::path::PathBuf) {
+    let text = std::fs::read_to_string(&farm.config).unwrap();
+    let mut text = edit(text);
+    // Its own client ports, so it does not collide with the real node.
+    let real = if node == "master" {
+        &farm.master
+    } else {
+        farm.slaves.iter().find(|s| s.name == node).unwrap()
+    };
+    for addr in [real.c2s, real.c2s_tls] {
+        let free = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        text = text.replace(&addr.to_string(), &free.to_string());
+    }
+    let dir = farm.dir.path().join(format!("rogue-{node}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("rogue.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let log = dir.join("rogue.log");
+    // It listens on the real node's farm address only if that is free: keep the real one.
+    let child = Command::new(BIN)
+        .args(["run", "--node", node, "--config"])
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    (child, log)
+}
+
+fn wait_log(path: &std::path::Path, needle: &str, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} never appeared in {}:\n{text}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_link_with_the_wrong_secret_is_refused() {
+    let farm = TestFarm::start(2);
+    // A "master" (it connects to the slaves) that does not know the secret.
+    let (mut child, log) = rogue(&farm, "master", |t| {
+        t.replace("secret = \"test-secret\"", "secret = \"not-the-secret\"")
+            .replace(
+                &format!("farm = \"{}\"", farm_addr(&t, "master")),
+                &format!("farm = \"127.0.0.1:{}\"", free_port()),
+            )
+    });
+    let farm_log = farm.dir.path().join("farm.log");
+    wait_log(&farm_log, "the farm secret differs", 15);
+    wait_log(&log, "does not know the farm secret", 15);
+    assert!(
+        !std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("<-> slave1 up")
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn a_node_with_a_different_routing_table_is_refused() {
+    let farm = TestFarm::start(2);
+    let (mut child, log) = rogue(&farm, "master", |t| {
+        t.replace(
+            "hash_key = \"000102030405060708090a0b0c0d0e0f\"",
+            "hash_key = \"ffffffffffffffffffffffffffffffff\"",
+        )
+        .replace(
+            &format!("farm = \"{}\"", farm_addr(&t, "master")),
+            &format!("farm = \"127.0.0.1:{}\"", free_port()),
+        )
+    });
+    let farm_log = farm.dir.path().join("farm.log");
+    wait_log(&farm_log, "routing table fingerprint", 15);
+    wait_log(&log, "routing table fingerprint", 15);
+    assert!(
+        !std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("<-> slave1 up")
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The farm address of `node` in a config text.
+fn farm_addr(text: &str, node: &str) -> String {
+    let start = text.find(&format!("name = \"{node}\"")).unwrap();
+    let rest = &text[start..];
+    let f = rest.find("farm = \"").unwrap();
+    let addr = &rest[f + 8..];
+    addr[..addr.find('"').unwrap()].to_owned()
+}
+
+#[test]
+fn the_master_refuses_logins_for_a_slave_that_is_down() {
+    let mut farm = TestFarm::start_processes(2);
+    let user = farm
+        .users_on_every_slave("down", 1)
+        .into_iter()
+        .find(|(_, o)| o == "slave2")
+        .unwrap()
+        .0;
+    farm.kill_node("slave2");
+    // The master notices within farm.dead_after or at once when the socket closes.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut c = Raw::connect(farm.master.c2s);
+        c.send(HEADER);
+        c.wait_for("</stream:features>", 5);
+        c.send(&plain_auth(&user, "pw"));
+        let got = c.wait_closed(5);
+        if got.contains("<remote-connection-failed") {
+            assert!(got.contains("slave2"), "{got}");
+            break;
+        }
+        assert!(got.contains("see-other-host"), "{got}");
+        assert!(
+            Instant::now() < deadline,
+            "the master never noticed slave2 is down"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

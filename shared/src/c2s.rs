@@ -125,6 +125,7 @@ pub async fn negotiate(
             if has_version {
                 let features = Element::new("features", ns::STREAM)
                     .with_child(Element::new("bind", ns::BIND))
+                    .with_child(Element::new("ver", ns::ROSTER_VER_FEATURE))
                     .with_child(
                         Element::new("session", ns::SESSION)
                             .with_child(Element::new("optional", ns::SESSION)),

@@ -114,6 +114,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Time to wait for streams to close on stop.
     pub shutdown_grace: Duration,
+    /// Offline messages kept per user (XEP-0160); more are refused.
+    pub offline_quota: usize,
 }
 
 impl Default for Limits {
@@ -126,6 +128,7 @@ impl Default for Limits {
             login_timeout: Duration::from_secs(60),
             max_connections: 18_000,
             shutdown_grace: Duration::from_secs(5),
+            offline_quota: 1000,
         }
     }
 }
@@ -356,6 +359,7 @@ struct RawLimits {
     login_timeout: Option<u64>,
     max_connections: Option<u64>,
     shutdown_grace: Option<u64>,
+    offline_quota: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -666,6 +670,10 @@ fn limits(raw: RawLimits, problems: &mut Vec<Problem>) -> Limits {
         shutdown_grace: raw
             .shutdown_grace
             .map_or(d.shutdown_grace, Duration::from_secs),
+        // 0 is fine: no offline storage.
+        offline_quota: raw.offline_quota.map_or(d.offline_quota, |q| {
+            usize::try_from(q).unwrap_or(usize::MAX)
+        }),
     }
 }
 

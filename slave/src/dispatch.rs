@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use crate::Slave;
+use crate::im;
 use crate::router::Destination;
 use crate::server;
 
@@ -25,11 +26,20 @@ pub enum Origin {
 impl Slave {
     /// Route `el` (with `from` and `to` set) to its destination; error replies go back the
     /// same way.
-    pub async fn route(&self, el: Element, origin: Origin) {
-        if let Some(reply) = self.route_once(el, origin).await {
-            // A reply is an error or a result: it is never answered, so one more hop ends it.
-            let _ = self.route_once(reply, Origin::Local).await;
-        }
+    ///
+    /// Boxed: the IM rules route further stanzas while handling one (an automatic
+    /// `subscribed`, answers to probes), each a finite chain by the RFC's state machine.
+    pub fn route(
+        &self,
+        el: Element,
+        origin: Origin,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            if let Some(reply) = self.route_once(el, origin).await {
+                // A reply is an error or a result: it is never answered, so one more hop ends it.
+                let _ = self.route_once(reply, Origin::Local).await;
+            }
+        })
     }
 
     async fn route_once(&self, el: Element, origin: Origin) -> Option<Element> {
@@ -40,13 +50,21 @@ impl Slave {
         };
         match self.router.destination(&to) {
             Destination::Server => server::handle(self, el),
-            Destination::Local { user, resource } => {
-                if Kind::of(&el) == Some(Kind::Iq) && resource.is_none() {
-                    server::handle_account_iq(self, el)
-                } else {
-                    self.router.deliver_local(el, &user, resource.as_deref())
+            Destination::Local { user, resource } => match Kind::of(&el) {
+                Some(Kind::Iq) if resource.is_none() => {
+                    server::handle_account_iq(self, el, &user).await
                 }
-            }
+                Some(Kind::Presence) => {
+                    im::presence::inbound(self, el, &user, resource.as_deref()).await
+                }
+                Some(Kind::Message)
+                    if im::offline::wants_storage(&el)
+                        && !self.router.can_deliver_message(&user, resource.as_deref()) =>
+                {
+                    im::offline::store(self, &user, el).await
+                }
+                _ => self.router.deliver_local(el, &user, resource.as_deref()),
+            },
             Destination::Node(node) if origin == Origin::Local => {
                 match self.links.send(&node, &el).await {
                     Ok(()) => None,
@@ -96,8 +114,8 @@ impl Slave {
         while let Some(ev) = rx.recv().await {
             match ev {
                 LinkEvent::Stanza { stanza, .. } => self.route(stanza, Origin::Link).await,
-                // TODO(IM issue): presence of users behind a link that went down.
-                LinkEvent::Up(_) | LinkEvent::Down(_) => {}
+                LinkEvent::Down(node) => im::presence::node_down(self, &node),
+                LinkEvent::Up(_) => {}
             }
         }
     }

@@ -7,6 +7,7 @@
 //! federation) → [`server`] (what the server itself answers).
 
 pub mod dispatch;
+pub mod im;
 pub mod router;
 pub mod server;
 pub mod session;

@@ -5,7 +5,7 @@
 //! node is one more [`Destination`] (the farm links of the IM issue carry it); another domain
 //! is federation's.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -35,6 +35,23 @@ struct Resource {
     /// Sent initial presence (RFC 6121 §4.2) and not yet unavailable.
     available: bool,
     priority: i8,
+    /// The last available presence it broadcast (answers probes, RFC 6121 §4.3.2).
+    presence: Option<Element>,
+    /// Asked for the roster: gets roster pushes (RFC 6121 §2.1.6).
+    interested: bool,
+    /// Full JIDs whose available presence this resource has seen, so it can be told they are
+    /// gone when their node's link drops.
+    seen: HashSet<String>,
+    /// Where it sent directed presence (RFC 6121 §4.6): told when it goes unavailable.
+    directed: HashSet<String>,
+}
+
+/// One of a user's sessions, as the IM code sees it.
+#[derive(Clone)]
+pub struct SessionRef {
+    pub resource: String,
+    pub tx: mpsc::Sender<Outgoing>,
+    pub presence: Option<Element>,
 }
 
 /// Where a stanza addressed to `to` goes (see `docs/routing.md`).
@@ -112,6 +129,10 @@ impl Router {
             tx,
             available: false,
             priority: 0,
+            presence: None,
+            interested: false,
+            seen: HashSet::new(),
+            directed: HashSet::new(),
         });
         conn
     }
@@ -134,16 +155,123 @@ impl Router {
         }
     }
 
-    /// Record a session's availability and priority (RFC 6121 §4.7.2.3).
-    pub fn set_presence(&self, user: &str, resource: &str, available: bool, priority: i8) {
+    /// Record a broadcast presence (RFC 6121 §4.2, §4.5): `Some(presence)` for available,
+    /// `None` for unavailable. Returns whether it was the session's initial presence.
+    pub fn set_presence(&self, user: &str, resource: &str, presence: Option<Element>) -> bool {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(r) = sessions
+            .get_mut(user)
+            .and_then(|l| l.iter_mut().find(|r| r.name == resource))
+        else {
+            return false;
+        };
+        let initial = !r.available && presence.is_some();
+        r.priority = presence.as_ref().map(priority_of).unwrap_or(0);
+        r.available = presence.is_some();
+        r.presence = presence;
+        if !r.available {
+            r.seen.clear();
+        }
+        initial
+    }
+
+    pub fn set_interested(&self, user: &str, resource: &str) {
+        self.with_resource(user, resource, |r| r.interested = true);
+    }
+
+    /// Remember (or forget, for unavailable) a directed presence; returns the targets to tell
+    /// when the session goes unavailable, if `take`.
+    pub fn note_directed(&self, user: &str, resource: &str, to: &str, available: bool) {
+        self.with_resource(user, resource, |r| {
+            if available {
+                r.directed.insert(to.to_owned());
+            } else {
+                r.directed.remove(to);
+            }
+        });
+    }
+
+    pub fn take_directed(&self, user: &str, resource: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        self.with_resource(user, resource, |r| out = r.directed.drain().collect());
+        out
+    }
+
+    fn with_resource(&self, user: &str, resource: &str, f: impl FnOnce(&mut Resource)) {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(r) = sessions
             .get_mut(user)
             .and_then(|l| l.iter_mut().find(|r| r.name == resource))
         {
-            r.available = available;
-            r.priority = priority;
+            f(r);
         }
+    }
+
+    /// The user's available sessions with their last presence.
+    pub fn available(&self, user: &str) -> Vec<SessionRef> {
+        self.sessions_where(user, |r| r.available)
+    }
+
+    /// The user's sessions that asked for the roster.
+    pub fn interested(&self, user: &str) -> Vec<SessionRef> {
+        self.sessions_where(user, |r| r.interested)
+    }
+
+    fn sessions_where(&self, user: &str, keep: impl Fn(&Resource) -> bool) -> Vec<SessionRef> {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions
+            .get(user)
+            .map(|l| {
+                l.iter()
+                    .filter(|r| keep(r))
+                    .map(|r| SessionRef {
+                        resource: r.name.clone(),
+                        tx: r.tx.clone(),
+                        presence: r.presence.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Local available sessions that have seen presence from a full JID owned by `node`, with
+    /// those JIDs (forgotten here): they are to be told the contacts went unavailable.
+    pub fn forget_seen_on(&self, node: &str) -> Vec<(mpsc::Sender<Outgoing>, String, Vec<String>)> {
+        let table = self.table.load();
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for (user, list) in sessions.iter_mut() {
+            for r in list.iter_mut() {
+                let gone: Vec<String> = r
+                    .seen
+                    .iter()
+                    .filter(|j| j.split('@').next().is_some_and(|l| table.owner(l) == node))
+                    .cloned()
+                    .collect();
+                for g in &gone {
+                    r.seen.remove(g);
+                }
+                if !gone.is_empty() {
+                    out.push((
+                        r.tx.clone(),
+                        format!("{user}@{}/{}", self.domain, r.name),
+                        gone,
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether a message to `user` (at `resource`, if given) reaches a session now: a bound
+    /// full JID, or an available resource with non-negative priority (RFC 6121 §8.5.2.1).
+    pub fn can_deliver_message(&self, user: &str, resource: Option<&str>) -> bool {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(list) = sessions.get(user) else {
+            return false;
+        };
+        resource.is_some_and(|res| list.iter().any(|r| r.name == res))
+            || list.iter().any(|r| r.available && r.priority >= 0)
     }
 
     /// Number of bound sessions on this slave.
@@ -199,7 +327,7 @@ impl Router {
             }
         };
         if targets.is_empty() {
-            // TODO(IM issue): offline storage (XEP-0160) instead of an error for chat/normal.
+            // Offline storage (XEP-0160) is decided by the caller before delivery.
             return match kind {
                 Kind::Message
                     if matches!(stanza.attr("type"), None | Some("normal") | Some("chat")) =>
@@ -208,6 +336,24 @@ impl Router {
                 }
                 _ => None,
             };
+        }
+        if kind == Kind::Presence
+            && let Some(from) = stanza.attr("from")
+        {
+            let available = stanza.attr("type").is_none();
+            let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(list) = sessions.get_mut(user) {
+                for r in list
+                    .iter_mut()
+                    .filter(|r| targets.iter().any(|t| t.same_channel(&r.tx)))
+                {
+                    if available {
+                        r.seen.insert(from.to_owned());
+                    } else {
+                        r.seen.remove(from);
+                    }
+                }
+            }
         }
         let mut reply = None;
         let last = targets.len() - 1;
@@ -262,6 +408,15 @@ fn bare_message_targets(
         // §8.5.2.1.4: errors are dropped; groupchat is answered by the caller.
         _ => None,
     }
+}
+
+/// RFC 6121 §4.7.2.3: `<priority/>`, default 0.
+pub fn priority_of(presence: &Element) -> i8 {
+    presence
+        .children()
+        .find(|c| c.name == "priority")
+        .and_then(|p| p.text().trim().parse::<i8>().ok())
+        .unwrap_or(0)
 }
 
 fn unavailable(stanza: &Element, text: &str) -> Option<Element> {

@@ -6,6 +6,7 @@ use jabberfarm_shared::stanza::{ErrorType, Kind, error_reply, iq_result, is_erro
 use jabberfarm_shared::xml::Element;
 
 use crate::Slave;
+use crate::im;
 
 /// Features in disco#info: exactly what this server supports.
 pub const FEATURES: &[&str] = &[ns::DISCO_INFO, ns::DISCO_ITEMS, ns::PING, ns::IQ_AUTH];
@@ -67,27 +68,48 @@ pub fn handle(slave: &Slave, el: Element) -> Option<Element> {
     }
 }
 
-/// An IQ to a local user's bare JID (RFC 6121 §8.5.2.1: handled by the server for the user).
-pub fn handle_account_iq(slave: &Slave, el: Element) -> Option<Element> {
+/// An IQ to local user `user`'s bare JID (RFC 6121 §8.5.2.1: the server answers for the
+/// account): ping, roster (the user's own sessions only), vCard.
+pub async fn handle_account_iq(slave: &Slave, el: Element, user: &str) -> Option<Element> {
     if is_error_or_result(&el) {
         return None;
     }
-    let _ = slave;
-    match el.first_child() {
-        Some(p) if el.attr("type") == Some("get") && p.is("ping", ns::PING) => {
-            Some(iq_result(&el, None))
+    let own = format!("{user}@{}", slave.router.domain);
+    // The sender's resource when the sender is this very account.
+    let own_resource = el
+        .attr("from")
+        .and_then(|f| f.strip_prefix(own.as_str()))
+        .and_then(|r| r.strip_prefix('/'))
+        .map(str::to_owned);
+    let kind = el.attr("type");
+    let Some(p) = el.first_child() else {
+        return Some(error_reply(
+            &el,
+            ErrorType::Modify,
+            "bad-request",
+            None,
+            None,
+            false,
+        ));
+    };
+    Some(match (kind, p.name.as_str(), p.ns.as_str()) {
+        (Some("get"), "ping", ns::PING) => iq_result(&el, None),
+        (Some("set"), "session", ns::SESSION) => iq_result(&el, None),
+        (_, "query", ns::ROSTER) => match own_resource {
+            Some(res) => im::roster::handle(slave, &el, user, &res).await,
+            // RFC 6121 §2.1.5: nobody else may see or change the roster.
+            None => error_reply(&el, ErrorType::Auth, "forbidden", None, None, false),
+        },
+        (_, "vCard", ns::VCARD) => {
+            im::vcard::handle(slave, &el, user, own_resource.is_some()).await
         }
-        Some(p) if el.attr("type") == Some("set") && p.is("session", ns::SESSION) => {
-            Some(iq_result(&el, None))
-        }
-        // TODO(IM issue): roster, vCard.
-        _ => Some(error_reply(
+        _ => error_reply(
             &el,
             ErrorType::Cancel,
             "service-unavailable",
             None,
             None,
             false,
-        )),
-    }
+        ),
+    })
 }

@@ -70,6 +70,8 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
         user: username,
     };
     let end = session.serve(&mut stream, &mut rx).await;
+    // Contacts see the session go, however it ended (RFC 6121 §4.5.2).
+    crate::im::presence::gone(&slave, &session.jid, &session.user).await;
     slave
         .router
         .unbind(&session.user, session.jid.resource().as_str(), conn);
@@ -263,20 +265,17 @@ impl Session {
                 return Ok(());
             }
         };
-        if kind == Kind::Presence && to.is_none() {
-            // Broadcast presence (RFC 6121 §4.2): remember availability and priority.
-            // TODO(IM issue): broadcast to contacts and probe them.
-            let available = el.attr("type").is_none();
-            let priority = el
-                .child("priority", ns::CLIENT)
-                .and_then(|p| p.text().trim().parse::<i8>().ok())
-                .unwrap_or(0);
-            self.slave.router.set_presence(
-                &self.user,
-                self.jid.resource().as_str(),
-                available,
-                priority,
-            );
+        if kind == Kind::Presence {
+            // RFC 6121 §4: broadcast, directed and subscription presence.
+            let for_me =
+                crate::im::presence::outbound(&self.slave, &self.jid, &self.user, el).await;
+            if !for_me.is_empty() {
+                let mut buf = String::new();
+                for m in &for_me {
+                    stream.serialize_into(m, &mut buf);
+                }
+                stream.send_raw(&buf).await.map_err(|_| End::Gone)?;
+            }
             return Ok(());
         }
         if to.is_none() {

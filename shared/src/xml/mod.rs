@@ -5,5 +5,5 @@ pub mod parser;
 pub mod stream_error;
 
 pub use element::{Element, Node, escape_into};
-pub use parser::{ParserLimits, StreamEvent, StreamHeader, StreamParser};
+pub use parser::{ParserLimits, StreamEvent, StreamHeader, StreamParser, parse_element};
 pub use stream_error::{Condition, StreamError};

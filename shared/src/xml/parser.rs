@@ -408,3 +408,43 @@ mod tests {
         assert_eq!(e.condition, Condition::BadFormat);
     }
 }
+
+/// Parse one element from text (a stored stanza). Unprefixed elements get `default_ns`.
+pub fn parse_element(xml: &str, default_ns: &str) -> Result<Element, StreamError> {
+    let mut p = StreamParser::new(ParserLimits {
+        max_stanza: xml.len() + 64,
+        max_depth: ParserLimits::POST_AUTH.max_depth,
+    });
+    let header = format!(
+        "<stream:stream xmlns='{default_ns}' xmlns:stream='{}'>",
+        ns::STREAM
+    );
+    let mut h = header.as_bytes();
+    p.parse(&mut h)?;
+    let mut data = xml.as_bytes();
+    match p.parse(&mut data)? {
+        Some(StreamEvent::Element(el)) => Ok(el),
+        _ => Err(StreamError::new(
+            Condition::NotWellFormed,
+            "not one complete element",
+        )),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod fragment_tests {
+    use super::*;
+
+    #[test]
+    fn stored_stanza_round_trip() {
+        let el = Element::new("message", ns::CLIENT)
+            .with_attr("to", "a@b")
+            .with_child(Element::new("body", ns::CLIENT).with_text("x < y"))
+            .with_child(Element::new("delay", "urn:xmpp:delay").with_attr("stamp", "2026"));
+        let mut s = String::new();
+        el.write_to(&mut s, ns::CLIENT);
+        assert_eq!(parse_element(&s, ns::CLIENT).unwrap(), el);
+        assert!(parse_element("<a>", ns::CLIENT).is_err());
+    }
+}

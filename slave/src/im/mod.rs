@@ -1,0 +1,30 @@
+//! Instant messaging on a slave (RFC 6121 and friends), one feature per file:
+//!
+//! - [`roster`]: roster get/set/remove, pushes, versioning (RFC 6121 §2).
+//! - [`presence`]: broadcast, probes, directed presence, the subscription state machine
+//!   (RFC 6121 §3, §4), for contacts on this slave, on other slaves, and later remote ones.
+//! - [`offline`]: messages kept while a user has no available resource (XEP-0160), delivered
+//!   with `<delay/>` (XEP-0203) at the next initial presence.
+//! - [`vcard`]: vCard-temp (XEP-0054).
+//!
+//! Stanzas between users always pass through the owning slave's [`crate::dispatch`]: the
+//! sender's slave does the outbound half of a rule, the recipient's slave the inbound half.
+
+pub mod offline;
+pub mod presence;
+pub mod roster;
+pub mod vcard;
+
+use jabberfarm_shared::xml::Element;
+
+use crate::router::Outgoing;
+
+/// Send to one session's queue; a full queue drops it (the session is hopelessly behind).
+pub(crate) fn push(tx: &tokio::sync::mpsc::Sender<Outgoing>, el: Element) {
+    let _ = tx.try_send(Outgoing::Stanza(el));
+}
+
+/// `user@domain` for a normalised localpart.
+pub(crate) fn bare(user: &str, domain: &str) -> String {
+    format!("{user}@{domain}")
+}

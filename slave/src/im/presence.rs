@@ -1,0 +1,355 @@
+//! Presence (RFC 6121 §4) and subscriptions (§3).
+//!
+//! Outbound (the sender's slave, [`outbound`]): broadcast to contacts with a `from`
+//! subscription and to the user's other resources, probes on initial presence, directed
+//! presence, and the user's side of the subscription state machine.
+//! Inbound (the recipient's slave, [`inbound`]): the contact's side of the state machine,
+//! answers to probes, delivery.
+
+use jabberfarm_shared::ns;
+use jabberfarm_shared::xml::Element;
+use jid::{BareJid, FullJid, Jid};
+use tracing::warn;
+
+use super::roster::{push_item, subscription};
+use super::{bare, push};
+use crate::Slave;
+use crate::dispatch::Origin;
+use crate::store::{RosterItem, RosterStore, Subscription};
+
+/// A presence stanza from a local session, already stamped with its full JID.
+/// Returns stanzas for the session itself (offline messages, pending subscription requests)
+/// after an initial presence.
+pub async fn outbound(slave: &Slave, me: &FullJid, user: &str, mut el: Element) -> Vec<Element> {
+    let kind = el.attr("type").unwrap_or("available").to_owned();
+    let to = el.attr("to").map(str::to_owned);
+    match (kind.as_str(), to) {
+        ("available" | "unavailable", None) => broadcast(slave, me, user, el).await,
+        ("available" | "unavailable", Some(to)) => {
+            // Directed presence (§4.6): remembered so unavailable follows it.
+            slave
+                .router
+                .note_directed(user, me.resource().as_str(), &to, kind == "available");
+            slave.route(el, Origin::Local).await;
+            Vec::new()
+        }
+        ("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed", Some(to)) => {
+            let Ok(contact) = Jid::new(&to).map(|j| j.to_bare()) else {
+                return Vec::new();
+            };
+            // §3.1.2: subscription stanzas go from bare JID to bare JID.
+            let from = bare(user, &slave.router.domain);
+            el.set_attr("from", &from);
+            el.set_attr("to", contact.to_string());
+            subscription_out(slave, user, &from, &contact, &kind, el).await;
+            Vec::new()
+        }
+        // Clients do not probe (§4.3); anything else is not presence we know.
+        _ => Vec::new(),
+    }
+}
+
+/// §4.2 / §4.4 / §4.5: broadcast presence.
+async fn broadcast(slave: &Slave, me: &FullJid, user: &str, el: Element) -> Vec<Element> {
+    let available = el.attr("type").is_none();
+    let resource = me.resource().as_str();
+    let initial = slave
+        .router
+        .set_presence(user, resource, available.then(|| el.clone()));
+    let own_bare = bare(user, &slave.router.domain);
+    let roster = match slave.im.roster(user).await {
+        Ok((_, items)) => items,
+        Err(e) => {
+            warn!(
+                user,
+                "roster unavailable, presence goes to own resources only: {e}"
+            );
+            Vec::new()
+        }
+    };
+    for item in roster.iter().filter(|i| i.subscription.has_from()) {
+        let mut p = el.clone();
+        p.set_attr("to", &item.jid);
+        slave.route(p, Origin::Local).await;
+    }
+    if !available {
+        for to in slave.router.take_directed(user, resource) {
+            let mut p = el.clone();
+            p.set_attr("to", to);
+            slave.route(p, Origin::Local).await;
+        }
+    }
+    // The user's other resources see it, and a new one sees theirs (§4.2.2).
+    let mut for_me = Vec::new();
+    for s in slave.router.available(user) {
+        if s.resource == resource {
+            continue;
+        }
+        let mut p = el.clone();
+        p.set_attr("to", format!("{own_bare}/{}", s.resource));
+        push(&s.tx, p);
+        if initial && let Some(mut theirs) = s.presence {
+            theirs.set_attr("to", me.to_string());
+            for_me.push(theirs);
+        }
+    }
+    if initial {
+        // §4.3: probe the contacts we are subscribed to.
+        for item in roster.iter().filter(|i| i.subscription.has_to()) {
+            let probe = Element::new("presence", ns::CLIENT)
+                .with_attr("type", "probe")
+                .with_attr("from", &own_bare)
+                .with_attr("to", &item.jid);
+            slave.route(probe, Origin::Local).await;
+        }
+        // §3.1.3: subscription requests that waited for us.
+        if let Ok(pending) = slave.im.pending_in(user).await {
+            for (_, xml) in pending {
+                if let Ok(p) = jabberfarm_shared::xml::parse_element(&xml, ns::CLIENT) {
+                    for_me.push(p);
+                }
+            }
+        }
+        if crate::router::priority_of(&el) >= 0 {
+            for_me.extend(super::offline::take(slave, user, me).await);
+        }
+    }
+    for_me
+}
+
+/// The user's half of the subscription state machine (§3.1.2, §3.2.2, §3.3.2, §3.4).
+async fn subscription_out(
+    slave: &Slave,
+    user: &str,
+    from: &str,
+    contact: &BareJid,
+    kind: &str,
+    el: Element,
+) {
+    let c = contact.to_string();
+    let item = match slave.im.item(user, &c).await {
+        Ok(i) => i,
+        Err(e) => {
+            warn!(user, "roster unavailable: {e}");
+            return;
+        }
+    };
+    let had_item = item.is_some();
+    let mut item = item.unwrap_or_else(|| RosterItem::new(&c));
+    let before = item.clone();
+    let mut forward = true;
+    match kind {
+        "subscribe" => {
+            if !item.subscription.has_to() {
+                item.ask = true;
+            }
+        }
+        "subscribed" => {
+            let pending = slave.im.remove_pending_in(user, &c).await.unwrap_or(false);
+            if item.subscription.has_from() {
+                forward = false;
+            } else if pending {
+                item.subscription = Subscription::from_parts(item.subscription.has_to(), true);
+                item.approved = false;
+            } else {
+                // §3.4: pre-approval; nothing goes out.
+                item.approved = true;
+                forward = false;
+            }
+        }
+        "unsubscribe" => {
+            item.subscription = Subscription::from_parts(false, item.subscription.has_from());
+            item.ask = false;
+        }
+        "unsubscribed" => {
+            let _ = slave.im.remove_pending_in(user, &c).await;
+            item.subscription = Subscription::from_parts(item.subscription.has_to(), false);
+            item.approved = false;
+        }
+        _ => return,
+    }
+    if item != before || (!had_item && kind != "unsubscribe" && kind != "unsubscribed") {
+        match slave.im.put_item(user, &item).await {
+            Ok(ver) => push_item(slave, user, &item, ver, false),
+            Err(e) => warn!(user, "roster unavailable: {e}"),
+        }
+    }
+    if forward {
+        slave.route(el, Origin::Local).await;
+    }
+    match kind {
+        // §3.1.5: once subscribed, the contact gets our current presence.
+        "subscribed" if forward => {
+            for s in slave.router.available(user) {
+                if let Some(mut p) = s.presence {
+                    p.set_attr("to", &c);
+                    slave.route(p, Origin::Local).await;
+                }
+            }
+        }
+        // §3.2.2: and on cancelling, unavailable from each resource.
+        "unsubscribed" => {
+            for s in slave.router.available(user) {
+                let p = Element::new("presence", ns::CLIENT)
+                    .with_attr("type", "unavailable")
+                    .with_attr("from", format!("{from}/{}", s.resource))
+                    .with_attr("to", &c);
+                slave.route(p, Origin::Local).await;
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A presence stanza for local user `user` (any origin). Returns the error/answer to route
+/// back, if any; delivers what is to be delivered.
+pub async fn inbound(
+    slave: &Slave,
+    el: Element,
+    user: &str,
+    resource: Option<&str>,
+) -> Option<Element> {
+    let kind = el.attr("type").unwrap_or("available");
+    let from = el.attr("from").and_then(|f| Jid::new(f).ok())?;
+    let contact = from.to_bare().to_string();
+    match kind {
+        "subscribe" | "subscribed" | "unsubscribe" | "unsubscribed" => {
+            subscription_in(slave, el.clone(), user, &contact, kind).await;
+            None
+        }
+        "probe" => {
+            probe(slave, user, &contact, &from).await;
+            None
+        }
+        _ => slave.router.deliver_local(el, user, resource),
+    }
+}
+
+/// The contact's half of the state machine (§3.1.3, §3.1.6, §3.2.3, §3.3.3).
+async fn subscription_in(slave: &Slave, el: Element, user: &str, contact: &str, kind: &str) {
+    let item = match slave.im.item(user, contact).await {
+        Ok(i) => i,
+        Err(e) => {
+            warn!(user, "roster unavailable: {e}");
+            return;
+        }
+    };
+    let own = bare(user, &slave.router.domain);
+    let deliver = |el: Element| slave.router.deliver_local(el, user, None);
+    match (kind, item) {
+        ("subscribe", Some(i)) if i.subscription.has_from() => {
+            // Already subscribed: answer for the user (§3.1.3).
+            slave
+                .route(subscription(&own, contact, "subscribed"), Origin::Local)
+                .await;
+        }
+        ("subscribe", Some(mut i)) if i.approved => {
+            i.subscription = Subscription::from_parts(i.subscription.has_to(), true);
+            i.approved = false;
+            if let Ok(ver) = slave.im.put_item(user, &i).await {
+                push_item(slave, user, &i, ver, false);
+            }
+            slave
+                .route(subscription(&own, contact, "subscribed"), Origin::Local)
+                .await;
+            for s in slave.router.available(user) {
+                if let Some(mut p) = s.presence {
+                    p.set_attr("to", contact);
+                    slave.route(p, Origin::Local).await;
+                }
+            }
+        }
+        ("subscribe", _) => {
+            // Kept until answered, delivered now to whoever is online (§3.1.3).
+            let mut xml = String::new();
+            el.write_to(&mut xml, ns::CLIENT);
+            if let Err(e) = slave.im.add_pending_in(user, contact, &xml).await {
+                warn!(user, "cannot keep a subscription request: {e}");
+            }
+            let _ = deliver(el);
+        }
+        ("subscribed", Some(mut i)) if i.ask => {
+            i.subscription = Subscription::from_parts(true, i.subscription.has_from());
+            i.ask = false;
+            if let Ok(ver) = slave.im.put_item(user, &i).await {
+                push_item(slave, user, &i, ver, false);
+            }
+            let _ = deliver(el);
+        }
+        ("unsubscribe", Some(mut i)) if i.subscription.has_from() => {
+            i.subscription = Subscription::from_parts(i.subscription.has_to(), false);
+            if let Ok(ver) = slave.im.put_item(user, &i).await {
+                push_item(slave, user, &i, ver, false);
+            }
+            let _ = deliver(el);
+        }
+        ("unsubscribe", _) => {
+            // A request withdrawn before it was answered.
+            let _ = slave.im.remove_pending_in(user, contact).await;
+        }
+        ("unsubscribed", Some(mut i)) if i.subscription.has_to() || i.ask => {
+            i.subscription = Subscription::from_parts(false, i.subscription.has_from());
+            i.ask = false;
+            if let Ok(ver) = slave.im.put_item(user, &i).await {
+                push_item(slave, user, &i, ver, false);
+            }
+            let _ = deliver(el);
+        }
+        // Anything else changes nothing and is not delivered (§3.1.6, §3.2.3, §3.3.3).
+        _ => {}
+    }
+}
+
+/// §4.3.2: answer a probe with the last presence of each available resource, or unavailable.
+async fn probe(slave: &Slave, user: &str, contact: &str, from: &Jid) {
+    let subscribed =
+        matches!(slave.im.item(user, contact).await, Ok(Some(i)) if i.subscription.has_from());
+    if !subscribed {
+        return;
+    }
+    let to = from.to_string();
+    let available = slave.router.available(user);
+    if available.is_empty() {
+        let p = Element::new("presence", ns::CLIENT)
+            .with_attr("type", "unavailable")
+            .with_attr("from", bare(user, &slave.router.domain))
+            .with_attr("to", &to);
+        slave.route(p, Origin::Local).await;
+        return;
+    }
+    for s in available {
+        if let Some(mut p) = s.presence {
+            p.set_attr("to", &to);
+            slave.route(p, Origin::Local).await;
+        }
+    }
+}
+
+/// The session of `me` ended (closed, dropped, replaced): if it was available, everyone who
+/// saw it gets unavailable (§4.5.2).
+pub async fn gone(slave: &Slave, me: &FullJid, user: &str) {
+    let was_available = slave
+        .router
+        .available(user)
+        .iter()
+        .any(|s| s.resource == me.resource().as_str());
+    if was_available {
+        let p = Element::new("presence", ns::CLIENT)
+            .with_attr("type", "unavailable")
+            .with_attr("from", me.to_string());
+        let _ = broadcast(slave, me, user, p).await;
+    }
+}
+
+/// A farm link dropped: local sessions are told that the contacts they saw there are gone.
+pub fn node_down(slave: &Slave, node: &str) {
+    for (tx, to, gone) in slave.router.forget_seen_on(node) {
+        for from in gone {
+            let p = Element::new("presence", ns::CLIENT)
+                .with_attr("type", "unavailable")
+                .with_attr("from", from)
+                .with_attr("to", &to);
+            push(&tx, p);
+        }
+    }
+}

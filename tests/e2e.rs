@@ -197,6 +197,7 @@ fn legacy_iq_auth_login_at_the_owner() {
         "{r}"
     );
     c.send("<iq type='set' id='a2'><query xmlns='jabber:iq:auth'><username>tybalt</username><password>dogs</password><resource>home</resource></query></iq>");
+    c.wait_for("id='a2'", 10);
     let r = c.wait_for("</iq>", 10);
     assert!(
         r.contains("code='401'") && r.contains("<not-authorized"),

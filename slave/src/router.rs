@@ -212,6 +212,14 @@ impl Router {
         self.sessions_where(user, |r| r.available)
     }
 
+    /// Deliver a subscription-related presence to every session that is available or asked
+    /// for the roster (RFC 6121 §3.1.3, §3.1.6: available / interested resources).
+    pub fn deliver_subscription(&self, user: &str, el: Element) {
+        for s in self.sessions_where(user, |r| r.available || r.interested) {
+            let _ = s.tx.try_send(Outgoing::Stanza(el.clone()));
+        }
+    }
+
     /// The user's sessions that asked for the roster.
     pub fn interested(&self, user: &str) -> Vec<SessionRef> {
         self.sessions_where(user, |r| r.interested)

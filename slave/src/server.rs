@@ -9,7 +9,15 @@ use crate::Slave;
 use crate::im;
 
 /// Features in disco#info: exactly what this server supports.
-pub const FEATURES: &[&str] = &[ns::DISCO_INFO, ns::DISCO_ITEMS, ns::PING, ns::IQ_AUTH];
+pub const FEATURES: &[&str] = &[
+    ns::DISCO_INFO,
+    ns::DISCO_ITEMS,
+    ns::PING,
+    ns::IQ_AUTH,
+    ns::VCARD,
+    ns::MSGOFFLINE,
+    ns::DELAY,
+];
 
 /// A stanza addressed to the bare domain. Returns the reply, if any.
 pub fn handle(slave: &Slave, el: Element) -> Option<Element> {

@@ -344,6 +344,8 @@ pub const HEADER: &str = "<?xml version='1.0'?><stream:stream to='localhost' ver
 pub struct Raw {
     pub sock: TcpStream,
     pub got: String,
+    /// Where the next `wait_for` starts looking: just after the last match.
+    pub pos: usize,
 }
 
 impl Raw {
@@ -354,6 +356,7 @@ impl Raw {
         Raw {
             sock,
             got: String::new(),
+            pos: 0,
         }
     }
 
@@ -365,13 +368,15 @@ impl Raw {
         self.sock.write_all(data).unwrap();
     }
 
-    /// Read until `needle` appears in everything received so far (after `from`), or panic
-    /// after `secs`. Returns the text received since `from`.
+    /// Read until `needle` appears after the previous match (text that arrived earlier but
+    /// was not matched yet counts), or panic after `secs`. Returns everything received from
+    /// the previous match on, and moves the cursor past this match.
     pub fn wait_for(&mut self, needle: &str, secs: u64) -> String {
         let deadline = Instant::now() + Duration::from_secs(secs);
-        let start = self.got.len();
+        let start = self.pos;
         loop {
-            if self.got[start..].contains(needle) {
+            if let Some(i) = self.got[start..].find(needle) {
+                self.pos = start + i + needle.len();
                 return self.got[start..].to_owned();
             }
             if self.read_some() == Some(0) {

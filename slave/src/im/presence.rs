@@ -235,7 +235,7 @@ async fn subscription_in(slave: &Slave, el: Element, user: &str, contact: &str, 
         }
     };
     let own = bare(user, &slave.router.domain);
-    let deliver = |el: Element| slave.router.deliver_local(el, user, None);
+    let deliver = |el: Element| slave.router.deliver_subscription(user, el);
     match (kind, item) {
         ("subscribe", Some(i)) if i.subscription.has_from() => {
             // Already subscribed: answer for the user (§3.1.3).
@@ -266,7 +266,7 @@ async fn subscription_in(slave: &Slave, el: Element, user: &str, contact: &str, 
             if let Err(e) = slave.im.add_pending_in(user, contact, &xml).await {
                 warn!(user, "cannot keep a subscription request: {e}");
             }
-            let _ = deliver(el);
+            deliver(el);
         }
         ("subscribed", Some(mut i)) if i.ask => {
             i.subscription = Subscription::from_parts(true, i.subscription.has_from());
@@ -274,14 +274,14 @@ async fn subscription_in(slave: &Slave, el: Element, user: &str, contact: &str, 
             if let Ok(ver) = slave.im.put_item(user, &i).await {
                 push_item(slave, user, &i, ver, false);
             }
-            let _ = deliver(el);
+            deliver(el);
         }
         ("unsubscribe", Some(mut i)) if i.subscription.has_from() => {
             i.subscription = Subscription::from_parts(i.subscription.has_to(), false);
             if let Ok(ver) = slave.im.put_item(user, &i).await {
                 push_item(slave, user, &i, ver, false);
             }
-            let _ = deliver(el);
+            deliver(el);
         }
         ("unsubscribe", _) => {
             // A request withdrawn before it was answered.
@@ -293,7 +293,7 @@ async fn subscription_in(slave: &Slave, el: Element, user: &str, contact: &str, 
             if let Ok(ver) = slave.im.put_item(user, &i).await {
                 push_item(slave, user, &i, ver, false);
             }
-            let _ = deliver(el);
+            deliver(el);
         }
         // Anything else changes nothing and is not delivered (§3.1.6, §3.2.3, §3.3.3).
         _ => {}

@@ -1477,6 +1477,29 @@ farm = "127.0.0.1:7102"
     }
 
     #[test]
+    fn farm_links_section() {
+        let config = parse(&with_nodes(HEAD)).unwrap();
+        assert_eq!(config.farm.heartbeat, Duration::from_secs(5));
+        assert_eq!(config.farm.dead_after, Duration::from_secs(15));
+        // With generated certificates the demo CA is the links' CA.
+        assert_eq!(config.farm.ca.as_deref(), Some(config.tls.ca.as_path()));
+        let farm = |body: &str| with_nodes(&format!("{HEAD}[farm]\n{body}\n"));
+        assert_problem(
+            &farm("heartbeat = 10\ndead_after = 10"),
+            "farm.dead_after",
+            "longer than farm.heartbeat",
+        );
+        assert_problem(&farm("queue = 0"), "farm.queue", "at least 1");
+        let no_ca =
+            with_nodes(&HEAD.replace("generate = true", "generate = true\n[farm]\ntls = true"))
+                .replace(
+                    "generate = true",
+                    "generate = false\ncert = \"/dev/null\"\nkey = \"/dev/null\"",
+                );
+        assert_problem(&no_ca, "farm.ca", "missing");
+    }
+
+    #[test]
     fn unknown_keys_everywhere() {
         let text = with_nodes(HEAD)
             .replace("[tls]\n", "colour = 1\n[tls]\ncertificate = \"x\"\n")

@@ -8,6 +8,18 @@ export CARGO_TERM_COLOR=never
 
 step() { printf '\n== %s\n' "$*"; }
 
+# apt_install WHAT PACKAGE...: install Debian packages (root only), never leaving a service
+# running: the tests start their own throwaway servers.
+apt_install() {
+  local what=$1; shift
+  if [ "$(id -u)" != 0 ]; then
+    echo "$what is needed for the tests: apt-get install $* (as root)"; exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+  for svc in "$@"; do service "$svc" stop >/dev/null 2>&1 || true; done
+}
+
 step "tools"
 command -v cargo >/dev/null || { echo "cargo is missing: install Rust (rustup)"; exit 1; }
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
@@ -25,6 +37,33 @@ if [ ! -f tests/js/node_modules/.package-lock.json ] \
   npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
   cp tests/js/package-lock.json tests/js/node_modules/.lock-copy
 fi
+
+step "slixmpp (tests/py)"
+# Debian's package, for Debian's /usr/bin/python3 (a pyenv python3 on PATH does not see it).
+if ! /usr/bin/python3 -c 'import slixmpp' 2>/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-slixmpp
+  else
+    echo "slixmpp is needed for the slixmpp tests: apt-get install python3-slixmpp"; exit 1
+  fi
+fi
+/usr/bin/python3 -c 'import slixmpp; print("slixmpp", slixmpp.__version__)'
+
+step "Prosody (federation tests)"
+if ! command -v prosody >/dev/null || ! dpkg -s lua-unbound >/dev/null 2>&1; then
+  apt_install Prosody prosody lua-unbound openssl
+fi
+dpkg -s prosody | grep '^Version'
+
+step "MariaDB and OpenLDAP (central backend tests)"
+# Only the programs: the tests start throwaway servers of their own (tests/servers/).
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+if ! have mariadbd || ! have mariadb-install-db || ! have slapd || ! have slapadd \
+   || ! have slappasswd || ! have ldapsearch || ! have openssl; then
+  apt_install "MariaDB and OpenLDAP" mariadb-server slapd ldap-utils openssl
+fi
+"$(command -v mariadbd || echo /usr/sbin/mariadbd)" --version
+"$(command -v slapd || echo /usr/sbin/slapd)" -VV 2>&1 | head -1
 
 step "format"
 cargo fmt --all --check

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use jabberfarm_shared::auth::AccountStore;
-use jabberfarm_shared::config::{FarmConfig, NodeConfig, Role};
+use jabberfarm_shared::config::{FarmConfig, NodeConfig, Role, StorageBackend};
 use jabberfarm_shared::farm::LinkTls;
 use jabberfarm_shared::routing::normalize_localpart;
 use jabberfarm_shared::tls;
@@ -419,9 +419,10 @@ fn read_password(given: Option<String>) -> Result<String> {
     Ok(p)
 }
 
+/// The account store of `node` as configured: its SQLite file, or the farm's central
+/// database or directory (the same for every node).
 async fn open_store(cfg: &FarmConfig, node: &str) -> Result<AccountStore> {
-    let path = cfg.storage.sqlite_path(&cfg.data_dir, node);
-    AccountStore::open_sqlite(&path)
+    AccountStore::open(&cfg.storage, &cfg.data_dir, node)
         .await
         .with_context(|| format!("account store of {node}"))
 }
@@ -434,47 +435,72 @@ async fn user(action: UserAction) -> Result<ExitCode> {
         UserAction::List { store } => (store, None),
     };
     let cfg = load(&args.config, args.data_dir.as_deref())?;
+    // A directory or an existing user table: jabberfarm reads accounts there, never writes.
+    let elsewhere = cfg.storage.accounts_managed_elsewhere();
+    if let (Some(why), false) = (elsewhere, matches!(action, UserAction::Del { .. })) {
+        bail!("{why}; `jabberfarm user del` only removes a user's IM data here");
+    }
+    // One SQLite file per slave, or one central database for all.
+    let per_node = matches!(cfg.storage.backend, StorageBackend::Sqlite { .. });
     let Some(jid) = jid else {
-        for node in cfg.slaves() {
-            let store = open_store(&cfg, &node.name).await?;
-            for u in store.list_users().await? {
-                println!("{u}@{}\t{}", cfg.domain, node.name);
-            }
+        let nodes: Vec<&str> = cfg.slaves().map(|n| n.name.as_str()).collect();
+        let files = if per_node {
+            &nodes[..]
+        } else {
+            &nodes[..1.min(nodes.len())]
+        };
+        for node in files {
+            let store = open_store(&cfg, node).await?;
+            let users = store.list_users().await;
             store.close().await;
+            for u in users? {
+                // Per-node files: where it is; central: who serves it now.
+                let at = if per_node {
+                    node
+                } else {
+                    cfg.routing.owner(&u)
+                };
+                println!("{u}@{}\t{at}", cfg.domain);
+            }
         }
         return Ok(ExitCode::SUCCESS);
     };
     let local = localpart_of(&cfg, jid)?;
+    let new_password = match &action {
+        UserAction::Add { password, .. } | UserAction::Passwd { password, .. } => {
+            read_password(password.clone())?
+        }
+        UserAction::Del { .. } | UserAction::List { .. } => String::new(),
+    };
     let owner = cfg.routing.owner(&local).to_owned();
     let store = open_store(&cfg, &owner).await?;
     let iterations = cfg.storage.scram_iterations;
+    let im = jabberfarm_slave::store::ImStore::for_accounts(&store);
     let r = match action {
-        UserAction::Add { password, .. } => {
-            let p = read_password(password)?;
-            store
-                .add_user(&local, &p, iterations)
-                .await
-                .map(|_| "added")
-        }
-        UserAction::Passwd { password, .. } => {
-            let p = read_password(password)?;
-            store
-                .set_password(&local, &p, iterations)
-                .await
-                .map(|_| "password changed")
-        }
-        UserAction::Del { .. } => match store.delete_user(&local).await {
-            // Roster, offline messages and vCard go with the account.
-            Ok(()) => jabberfarm_slave::store::ImStore::for_accounts(&store)
+        UserAction::Add { .. } => store
+            .add_user(&local, &new_password, iterations)
+            .await
+            .map(|_| "added".to_owned()),
+        UserAction::Passwd { .. } => store
+            .set_password(&local, &new_password, iterations)
+            .await
+            .map(|_| "password changed".to_owned()),
+        UserAction::Del { .. } => match elsewhere {
+            Some(why) => im
                 .delete_user(&local)
                 .await
-                .map(|_| "deleted"),
-            Err(e) => Err(e),
+                .map(|_| format!("roster, offline messages and vCard deleted; the account: {why}")),
+            // Roster, offline messages and vCard go with the account.
+            None => match store.delete_user(&local).await {
+                Ok(()) => im.delete_user(&local).await.map(|_| "deleted".to_owned()),
+                Err(e) => Err(e),
+            },
         },
-        UserAction::List { .. } => Ok(""),
+        UserAction::List { .. } => Ok(String::new()),
     };
     store.close().await;
     let done = r?;
-    println!("{local}@{}: {done} (on {owner})", cfg.domain);
+    let at = if per_node { "on" } else { "served by" };
+    println!("{local}@{}: {done} ({at} {owner})", cfg.domain);
     Ok(ExitCode::SUCCESS)
 }

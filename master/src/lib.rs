@@ -3,7 +3,10 @@
 //!
 //! Data path: socket → [`jabberfarm_shared::listen`] → [`jabberfarm_shared::c2s::negotiate`]
 //! with [`Redirector`] as the policy → `<see-other-host/>` (or the iq:auth 302).
-//! Inbound s2s relay and the dialback authority arrive with federation.
+//! Inbound s2s ([`s2s`]): dialback, the dialback authority for keys the slaves hand out, and
+//! the relay of remote stanzas to the owning slave over its farm link.
+
+pub mod s2s;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,9 +18,21 @@ use jabberfarm_shared::config::{FarmConfig, NodeConfig};
 use jabberfarm_shared::farm::{FarmLinks, LinkEvent, LinkTls};
 use jabberfarm_shared::listen::{self, BoundListener, ServeOptions};
 use jabberfarm_shared::ns;
+use jabberfarm_shared::s2s::outbound::{Outbound, S2sSettings};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
+
+/// What the master's connections share.
+pub struct Master {
+    pub config: Arc<FarmConfig>,
+    pub links: Arc<FarmLinks>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub s2s_settings: Arc<S2sSettings>,
+    /// The master's own outbound s2s (answers for the bare domain, errors).
+    pub outbound: Arc<Outbound>,
+    pub shutdown: CancellationToken,
+}
 
 /// The login policy of the master: always "go to the owner".
 pub struct Redirector {
@@ -66,7 +81,15 @@ pub async fn run(
         });
     }
     let farm_listener = listen::bind(node.farm, "farm links").await?;
-    let settings = Arc::new(C2sSettings::from_config(&cfg, tls, shutdown.clone()));
+    let s2s_listener = match node.s2s {
+        Some(addr) => Some(listen::bind(addr, "s2s").await?),
+        None => None,
+    };
+    let settings = Arc::new(C2sSettings::from_config(
+        &cfg,
+        tls.clone(),
+        shutdown.clone(),
+    ));
     let (links, mut link_rx) = FarmLinks::new(&cfg, &node.name, link_tls);
     let policy = Arc::new(Redirector {
         config: ArcSwap::from(cfg.clone()),
@@ -81,8 +104,62 @@ pub async fn run(
     });
     let tracker = TaskTracker::new();
     links.start(farm_listener, shutdown.clone(), &tracker);
+    let s2s_settings = Arc::new(S2sSettings::from_config(&cfg));
+    let (bounce_tx, mut bounce_rx) = tokio::sync::mpsc::channel(256);
+    // Servers offer the ALPN protocol "xmpp-server" (XEP-0368); rustls refuses a client whose
+    // protocols it does not list, so the s2s listener gets its own list.
+    let s2s_tls = tls.as_ref().map(|t| {
+        let mut c = (**t).clone();
+        c.alpn_protocols = vec![b"xmpp-server".to_vec()];
+        Arc::new(c)
+    });
+    let master = Arc::new(Master {
+        config: cfg.clone(),
+        links: links.clone(),
+        tls: s2s_tls,
+        outbound: Outbound::new(s2s_settings.clone(), bounce_tx),
+        s2s_settings,
+        shutdown: shutdown.clone(),
+    });
+    // The master's own replies that could not be delivered are not answered again.
+    let sd = shutdown.clone();
     tracker.spawn(async move {
-        while let Some(ev) = link_rx.recv().await {
+        loop {
+            tokio::select! {
+                b = bounce_rx.recv() => if b.is_none() { break },
+                _ = sd.cancelled() => break,
+            }
+        }
+    });
+    if let Some(l) = s2s_listener {
+        let s2s_opts = Arc::new(ServeOptions {
+            domain: cfg.domain.clone(),
+            content_ns: ns::SERVER,
+            limits: master.s2s_settings.limits,
+            max_connections: cfg.limits.max_connections,
+            tls_handshake_timeout: cfg.limits.stream_open_timeout,
+        });
+        let m = master.clone();
+        listen::serve(
+            vec![BoundListener {
+                listener: l,
+                direct_tls: None,
+            }],
+            s2s_opts,
+            shutdown.clone(),
+            tracker.clone(),
+            move |stream, _peer| s2s::serve(m.clone(), stream),
+        )
+        .await;
+    }
+    let sd = shutdown.clone();
+    tracker.spawn(async move {
+        loop {
+            let ev = tokio::select! {
+                ev = link_rx.recv() => ev,
+                _ = sd.cancelled() => None,
+            };
+            let Some(ev) = ev else { break };
             match ev {
                 LinkEvent::Up(n) => info!("slave {n} is up"),
                 LinkEvent::Down(n) => warn!("slave {n} is down: its users cannot log in"),

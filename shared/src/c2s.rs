@@ -37,6 +37,10 @@ pub struct C2sSettings {
     pub fake_key: [u8; 32],
     /// Failed authentication attempts before the stream is closed.
     pub max_auth_failures: u32,
+    /// The account backend keeps no SCRAM keys (LDAP, a legacy password table): offer only
+    /// PLAIN (and iq:auth), and only over TLS, so the password never crosses the wire in clear
+    /// (`docs/backends.md`).
+    pub plain_only: bool,
     /// Cancelled when the node stops: streams still negotiating get `<system-shutdown/>`.
     pub shutdown: CancellationToken,
 }
@@ -259,16 +263,21 @@ fn localpart_in(jid: &str, domain: &str) -> Option<String> {
 
 fn pre_auth_features(stream: &XmlStream, s: &C2sSettings) -> Element {
     let mut f = Element::new("features", ns::STREAM);
+    // A PLAIN-only backend offers nothing to log in with before TLS.
+    let tls_first = s.tls_required || s.plain_only;
     if s.tls.is_some() && !stream.secure {
         let mut st = Element::new("starttls", ns::TLS);
-        if s.tls_required {
+        if tls_first {
             st = st.with_child(Element::new("required", ns::TLS));
         }
         f = f.with_child(st);
     }
-    if stream.secure || !s.tls_required {
+    if stream.secure || !tls_first {
         let mut mechs = Element::new("mechanisms", ns::SASL);
-        for m in Mechanism::ALL {
+        for m in Mechanism::ALL
+            .iter()
+            .filter(|m| !s.plain_only || m.scram_hash().is_none())
+        {
             mechs = mechs.with_child(Element::new("mechanism", ns::SASL).with_text(m.name()));
         }
         f = f
@@ -362,9 +371,16 @@ async fn sasl_auth(
     if s.tls_required && !stream.secure {
         return sasl_failure(stream, "encryption-required", Some("use STARTTLS first")).await;
     }
-    let Some(mech) = auth.attr("mechanism").and_then(Mechanism::from_name) else {
+    let Some(mech) = auth
+        .attr("mechanism")
+        .and_then(Mechanism::from_name)
+        .filter(|m| !s.plain_only || m.scram_hash().is_none())
+    else {
         return sasl_failure(stream, "invalid-mechanism", None).await;
     };
+    if s.plain_only && !stream.secure {
+        return sasl_failure(stream, "encryption-required", Some("use STARTTLS first")).await;
+    }
     let text = auth.text();
     let initial = if text.trim().is_empty() {
         // No initial response: ask for it with an empty challenge (RFC 6120 §6.4.2).
@@ -456,6 +472,14 @@ async fn check_password(
     password: String,
     s: &C2sSettings,
 ) -> Result<bool, AuthFail> {
+    if store.plain_only() {
+        // The backend checks the password itself (a directory bind, a legacy hash) and makes
+        // an unknown user cost what a wrong password costs.
+        return store
+            .verify_password(user, &password)
+            .await
+            .map_err(AuthFail::Backend);
+    }
     let creds = lookup(store, user, ScramHash::Sha256)
         .await
         .map_err(AuthFail::Backend)?;
@@ -592,7 +616,7 @@ async fn legacy_auth(
             .filter(|t| !t.is_empty())
     };
     let kind = iq.attr("type").unwrap_or("");
-    if s.tls_required && !stream.secure {
+    if (s.tls_required || s.plain_only) && !stream.secure {
         let e = reply_err("policy-violation", ErrorType::Auth, "use STARTTLS first");
         return if stream.send(&e).await.is_ok() {
             Step::Continue
@@ -731,6 +755,7 @@ impl C2sSettings {
             scram_iterations: cfg.storage.scram_iterations,
             fake_key: rand::random(),
             max_auth_failures: 3,
+            plain_only: cfg.storage.plain_only(),
             shutdown,
         }
     }

@@ -36,6 +36,7 @@ pub struct FarmConfig {
     pub storage: StorageConfig,
     pub nodes: Vec<NodeConfig>,
     pub farm: FarmLinkConfig,
+    pub s2s: S2sConfig,
     /// The file this was loaded from, for messages.
     pub source: PathBuf,
 }
@@ -98,6 +99,30 @@ impl Default for FarmLinkConfig {
     }
 }
 
+/// Server-to-server settings (DESIGN.md D4), `[s2s]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S2sConfig {
+    /// Pinned addresses of remote domains (`[s2s.routes]`), tried before DNS.
+    pub routes: std::collections::HashMap<String, SocketAddr>,
+    /// Time to connect and set up a stream (each address).
+    pub connect_timeout: Duration,
+    /// An outbound stream with nothing to send closes after this long.
+    pub idle_timeout: Duration,
+    /// Stanzas queued per remote domain while its stream is being set up.
+    pub queue: usize,
+}
+
+impl Default for S2sConfig {
+    fn default() -> Self {
+        S2sConfig {
+            routes: Default::default(),
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(600),
+            queue: 512,
+        }
+    }
+}
+
 /// Bounds on what a peer may make a node do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -140,21 +165,239 @@ pub struct StorageConfig {
     pub scram_iterations: u32,
 }
 
+/// Where accounts and per-user IM data live, `storage.backend` (DESIGN.md D6;
+/// `docs/backends.md`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageBackend {
     /// One SQLite file per node; `{node}` in the template is replaced by the node name.
     Sqlite { path_template: String },
+    /// One MySQL/MariaDB database for the whole farm: accounts and IM data.
+    Mysql(MysqlConfig),
+    /// Accounts in an LDAP directory; IM data where `storage.ldap.data` says.
+    Ldap(LdapConfig),
+}
+
+/// Where per-user IM data lives when the accounts are in LDAP (`storage.ldap.data`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImDataConfig {
+    /// One SQLite file per node, `storage.path`.
+    Sqlite { path_template: String },
+    /// The database of `[storage.mysql]`.
+    Mysql(MysqlConfig),
+}
+
+/// `[storage.mysql]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MysqlConfig {
+    /// `mysql://user[:password]@host[:port]/database[?options]`, checked by sqlx.
+    pub url: String,
+    /// From `password_file`; overrides a password in the URL (there is none: config refuses both).
+    pub password: Option<String>,
+    /// Connections in the node's pool.
+    pub max_connections: u32,
+    /// How long an operation waits for a pooled connection (or a new one) before the
+    /// database counts as unavailable: a login then fails with `temporary-auth-failure`.
+    pub acquire_timeout: Duration,
+    /// The longest any single store operation may take, connection wait included.
+    pub query_timeout: Duration,
+    /// Apply schema migrations on start; `false`: only check them and explain what is missing.
+    pub migrate: bool,
+    pub accounts: MysqlAccounts,
+}
+
+impl fmt::Debug for MysqlConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MysqlConfig")
+            .field("url", &redact_url_password(&self.url))
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("query_timeout", &self.query_timeout)
+            .field("migrate", &self.migrate)
+            .field("accounts", &self.accounts)
+            .finish()
+    }
+}
+
+/// Which accounts table the MySQL backend reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MysqlAccounts {
+    /// jabberfarm's own `accounts` table with SCRAM keys (`shared/migrations/mysql/`).
+    Scram,
+    /// An existing user table: `login_query` takes the username as its one `?` parameter and
+    /// returns the stored hash in its first column. PLAIN over TLS only.
+    Legacy {
+        login_query: String,
+        format: PasswordFormat,
+    },
+}
+
+/// How a legacy user table stores passwords (`storage.mysql.password_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordFormat {
+    /// Our own SCRAM keys (the default).
+    Scram,
+    /// PHC string `$argon2id$v=19$m=...,t=...,p=...$salt$hash` (also argon2i, argon2d).
+    Argon2,
+    /// `$2a$`, `$2b$`, `$2y$` bcrypt strings.
+    Bcrypt,
+    /// LDAP-style `{SSHA}base64(SHA-1(password ‖ salt) ‖ salt)`; also `{SSHA256}`, `{SSHA512}`.
+    Ssha,
+}
+
+impl PasswordFormat {
+    pub const NAMES: &[&str] = &["scram", "argon2", "bcrypt", "ssha"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Scram => "scram",
+            Self::Argon2 => "argon2",
+            Self::Bcrypt => "bcrypt",
+            Self::Ssha => "ssha",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "scram" => Some(Self::Scram),
+            "argon2" => Some(Self::Argon2),
+            "bcrypt" => Some(Self::Bcrypt),
+            "ssha" => Some(Self::Ssha),
+            _ => None,
+        }
+    }
+}
+
+/// `[storage.ldap]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LdapConfig {
+    /// `ldaps://host[:port]`, `ldap://host[:port]` (with `starttls`) or `ldapi://` (a local
+    /// socket).
+    pub url: String,
+    /// StartTLS (RFC 4513 §3) on an `ldap://` URL.
+    pub starttls: bool,
+    /// CA certificates (PEM) trusted for the directory's certificate.
+    pub ca: PathBuf,
+    pub auth: LdapAuth,
+    /// Connections in the node's pool.
+    pub max_connections: u32,
+    /// The longest connecting or any one operation may take before the directory counts as
+    /// unavailable.
+    pub timeout: Duration,
+    pub data: ImDataConfig,
+}
+
+impl fmt::Debug for LdapConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LdapConfig")
+            .field("url", &self.url)
+            .field("starttls", &self.starttls)
+            .field("ca", &self.ca)
+            .field("auth", &self.auth)
+            .field("max_connections", &self.max_connections)
+            .field("timeout", &self.timeout)
+            .field("data", &self.data)
+            .finish()
+    }
+}
+
+/// How a login is checked against the directory.
+#[derive(Clone, PartialEq, Eq)]
+pub enum LdapAuth {
+    /// Bind as the DN made from the template (`{user}` replaced by the DN-escaped username).
+    Bind { dn_template: String },
+    /// Search `base` (subtree) with the filter (`{user}` replaced by the filter-escaped
+    /// username) as the service account (anonymously without one); exactly one entry must
+    /// match; then bind as that entry.
+    Search {
+        base: String,
+        filter_template: String,
+        /// `(dn, password)` of the service account.
+        service: Option<(String, String)>,
+    },
+}
+
+impl fmt::Debug for LdapAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Bind { dn_template } => f
+                .debug_struct("Bind")
+                .field("dn_template", dn_template)
+                .finish(),
+            Self::Search {
+                base,
+                filter_template,
+                service,
+            } => f
+                .debug_struct("Search")
+                .field("base", base)
+                .field("filter_template", filter_template)
+                .field("service_dn", &service.as_ref().map(|(dn, _)| dn))
+                .finish(),
+        }
+    }
 }
 
 impl StorageConfig {
-    /// The SQLite file of `node`: the path template with `{node}` replaced, relative to
-    /// `data_dir` unless absolute.
-    pub fn sqlite_path(&self, data_dir: &Path, node: &str) -> PathBuf {
+    /// The SQLite file of `node` (for the SQLite backend, or LDAP with its IM data in SQLite):
+    /// the path template with `{node}` replaced, relative to `data_dir` unless absolute.
+    /// `None` when no SQLite file is used.
+    pub fn sqlite_path(&self, data_dir: &Path, node: &str) -> Option<PathBuf> {
+        let template = match &self.backend {
+            StorageBackend::Sqlite { path_template }
+            | StorageBackend::Ldap(LdapConfig {
+                data: ImDataConfig::Sqlite { path_template },
+                ..
+            }) => path_template,
+            _ => return None,
+        };
+        Some(data_dir.join(template.replace("{node}", node)))
+    }
+
+    /// Whether the backend can only check a password given in clear: there are no SCRAM keys
+    /// (LDAP, or a legacy password table). Such a farm offers PLAIN, over TLS only.
+    pub fn plain_only(&self) -> bool {
         match &self.backend {
-            StorageBackend::Sqlite { path_template } => {
-                data_dir.join(path_template.replace("{node}", node))
-            }
+            StorageBackend::Sqlite { .. } => false,
+            StorageBackend::Mysql(m) => m.accounts != MysqlAccounts::Scram,
+            StorageBackend::Ldap(_) => true,
         }
+    }
+
+    /// Whether accounts live outside jabberfarm's own tables (and `jabberfarm user` cannot
+    /// manage them): a directory or an existing user table.
+    pub fn accounts_managed_elsewhere(&self) -> Option<&'static str> {
+        match &self.backend {
+            StorageBackend::Sqlite { .. }
+            | StorageBackend::Mysql(MysqlConfig {
+                accounts: MysqlAccounts::Scram,
+                ..
+            }) => None,
+            StorageBackend::Mysql(_) => Some(
+                "accounts live in the existing user table of storage.mysql.login_query; \
+                 manage them there",
+            ),
+            StorageBackend::Ldap(_) => Some(
+                "accounts live in the LDAP directory (storage.ldap); manage them there \
+                 (ldapadd, ldappasswd, ldapdelete)",
+            ),
+        }
+    }
+}
+
+/// `mysql://user:secret@host/db` → `mysql://user:<redacted>@host/db`, for logs and `Debug`.
+pub fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
     }
 }
 
@@ -331,6 +574,17 @@ struct RawConfig {
     node: Vec<RawNode>,
     #[serde(default)]
     farm: RawFarm,
+    #[serde(default)]
+    s2s: RawS2s,
+}
+
+#[derive(Deserialize, Default)]
+struct RawS2s {
+    #[serde(default)]
+    routes: std::collections::BTreeMap<String, String>,
+    connect_timeout: Option<u64>,
+    idle_timeout: Option<u64>,
+    queue: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -382,6 +636,36 @@ struct RawStorage {
     backend: Option<String>,
     path: Option<String>,
     scram_iterations: Option<u32>,
+    mysql: Option<RawMysql>,
+    ldap: Option<RawLdap>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawMysql {
+    url: Option<String>,
+    password_file: Option<PathBuf>,
+    max_connections: Option<u32>,
+    acquire_timeout: Option<u64>,
+    query_timeout: Option<u64>,
+    migrate: Option<bool>,
+    login_query: Option<String>,
+    password_format: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawLdap {
+    url: Option<String>,
+    starttls: Option<bool>,
+    ca: Option<PathBuf>,
+    bind_dn: Option<String>,
+    base: Option<String>,
+    filter: Option<String>,
+    service_dn: Option<String>,
+    service_password: Option<String>,
+    service_password_file: Option<PathBuf>,
+    max_connections: Option<u32>,
+    timeout: Option<u64>,
+    data: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -420,8 +704,9 @@ fn build(
     };
     let tls = tls(raw.tls, &data_dir, problems);
     let limits = limits(raw.limits, problems);
-    let storage = storage(raw.storage, problems);
+    let storage = storage(raw.storage, source, problems);
     let farm = farm_links(raw.farm, &tls, &data_dir, problems);
+    let s2s = s2s(raw.s2s, problems);
     let declared: Vec<Declared> = raw
         .node
         .iter()
@@ -443,6 +728,7 @@ fn build(
         storage: storage?,
         nodes: nodes.into_iter().collect::<Option<Vec<_>>>()?,
         farm,
+        s2s,
         source: source.to_owned(),
     })
 }
@@ -558,6 +844,44 @@ fn tls_file_problems(tls: &TlsConfig) -> Vec<Problem> {
         problems.push(Problem::new(key, message));
     }
     problems
+}
+
+fn s2s(raw: RawS2s, problems: &mut Vec<Problem>) -> S2sConfig {
+    let d = S2sConfig::default();
+    let mut routes = std::collections::HashMap::new();
+    for (domain, addr) in raw.routes {
+        match addr.parse::<SocketAddr>() {
+            Ok(a) => {
+                routes.insert(domain.to_ascii_lowercase(), a);
+            }
+            Err(_) => problems.push(Problem::new(
+                format!("s2s.routes.{domain}"),
+                format!("{addr:?} is not an IP:PORT address"),
+            )),
+        }
+    }
+    let mut positive = |key: &str, value: Option<u64>, default: u64| match value {
+        Some(0) => {
+            problems.push(Problem::new(format!("s2s.{key}"), "must be at least 1"));
+            default
+        }
+        Some(v) => v,
+        None => default,
+    };
+    S2sConfig {
+        routes,
+        connect_timeout: Duration::from_secs(positive(
+            "connect_timeout",
+            raw.connect_timeout,
+            d.connect_timeout.as_secs(),
+        )),
+        idle_timeout: Duration::from_secs(positive(
+            "idle_timeout",
+            raw.idle_timeout,
+            d.idle_timeout.as_secs(),
+        )),
+        queue: usize::try_from(positive("queue", raw.queue, d.queue as u64)).unwrap_or(usize::MAX),
+    }
 }
 
 fn farm_links(
@@ -677,7 +1001,7 @@ fn limits(raw: RawLimits, problems: &mut Vec<Problem>) -> Limits {
     }
 }
 
-fn storage(raw: RawStorage, problems: &mut Vec<Problem>) -> Option<StorageConfig> {
+fn storage(raw: RawStorage, source: &Path, problems: &mut Vec<Problem>) -> Option<StorageConfig> {
     let scram_iterations = match raw.scram_iterations {
         Some(0) => {
             problems.push(Problem::new(
@@ -689,6 +1013,7 @@ fn storage(raw: RawStorage, problems: &mut Vec<Problem>) -> Option<StorageConfig
         Some(n) => Some(n),
         None => Some(4096),
     };
+    let path_given = raw.path.is_some();
     let path_template = match raw.path {
         Some(p) if p.trim().is_empty() => {
             problems.push(Problem::new("storage.path", "empty"));
@@ -697,14 +1022,74 @@ fn storage(raw: RawStorage, problems: &mut Vec<Problem>) -> Option<StorageConfig
         Some(p) => Some(p),
         None => Some("{node}.sqlite".to_owned()),
     };
-    let backend = match raw.backend.as_deref() {
-        None | Some("sqlite") => Some(StorageBackend::Sqlite {
-            path_template: path_template?,
-        }),
-        Some(other) => {
+    let backend_name = raw.backend.as_deref().unwrap_or("sqlite");
+    let uses_sqlite = match backend_name {
+        "sqlite" => true,
+        "ldap" => raw
+            .ldap
+            .as_ref()
+            .is_none_or(|l| l.data.as_deref().is_none_or(|d| d == "sqlite")),
+        _ => false,
+    };
+    if !uses_sqlite && path_given {
+        problems.push(Problem::new(
+            "storage.path",
+            "not used: no SQLite file with this backend",
+        ));
+    }
+    // A section that the chosen backend does not read is a mistake worth naming.
+    let unused = |problems: &mut Vec<Problem>, section: &str| {
+        problems.push(Problem::new(
+            format!("storage.{section}"),
+            format!("not used with storage.backend = {backend_name:?}"),
+        ));
+    };
+    let backend = match backend_name {
+        "sqlite" => {
+            if raw.mysql.is_some() {
+                unused(problems, "mysql");
+            }
+            if raw.ldap.is_some() {
+                unused(problems, "ldap");
+            }
+            path_template.map(|path_template| StorageBackend::Sqlite { path_template })
+        }
+        "mysql" => {
+            if raw.ldap.is_some() {
+                unused(problems, "ldap");
+            }
+            mysql(raw.mysql, source, true, problems).map(StorageBackend::Mysql)
+        }
+        "ldap" => {
+            let data = raw.ldap.as_ref().and_then(|l| l.data.clone());
+            let data = match data.as_deref() {
+                None | Some("sqlite") => {
+                    if raw.mysql.is_some() {
+                        problems.push(Problem::new(
+                            "storage.mysql",
+                            "not used: storage.ldap.data is \"sqlite\" (set it to \"mysql\" to \
+                             keep IM data there)",
+                        ));
+                    }
+                    path_template.map(|path_template| ImDataConfig::Sqlite { path_template })
+                }
+                Some("mysql") => mysql(raw.mysql, source, false, problems).map(ImDataConfig::Mysql),
+                Some(other) => {
+                    problems.push(Problem::new(
+                        "storage.ldap.data",
+                        format!("unknown {other:?}; known: \"sqlite\", \"mysql\""),
+                    ));
+                    None
+                }
+            };
+            let ldap = ldap(raw.ldap, source, problems);
+            ldap.zip(data)
+                .map(|(ldap, data)| StorageBackend::Ldap(LdapConfig { data, ..ldap }))
+        }
+        other => {
             problems.push(Problem::new(
                 "storage.backend",
-                format!("unknown backend {other:?}; known: \"sqlite\""),
+                format!("unknown backend {other:?}; known: \"sqlite\", \"mysql\", \"ldap\""),
             ));
             None
         }
@@ -713,6 +1098,428 @@ fn storage(raw: RawStorage, problems: &mut Vec<Problem>) -> Option<StorageConfig
         backend: backend?,
         scram_iterations: scram_iterations?,
     })
+}
+
+/// A whole number of seconds, at least 1; `default` when absent.
+fn storage_seconds(
+    key: &str,
+    value: Option<u64>,
+    default: u64,
+    problems: &mut Vec<Problem>,
+) -> Duration {
+    match value {
+        Some(0) => {
+            problems.push(Problem::new(key, "must be at least 1 (seconds)"));
+            Duration::from_secs(default)
+        }
+        Some(n) => Duration::from_secs(n),
+        None => Duration::from_secs(default),
+    }
+}
+
+/// A pool size, at least 1; `default` when absent.
+fn storage_pool_size(
+    key: &str,
+    value: Option<u32>,
+    default: u32,
+    problems: &mut Vec<Problem>,
+) -> u32 {
+    match value {
+        Some(0) => {
+            problems.push(Problem::new(key, "must be at least 1"));
+            default
+        }
+        Some(n) => n,
+        None => default,
+    }
+}
+
+/// The first line of a password file, relative to the config file's directory.
+fn storage_password_file(
+    key: &str,
+    file: &Path,
+    source: &Path,
+    problems: &mut Vec<Problem>,
+) -> Option<String> {
+    let path = source.parent().unwrap_or(Path::new("")).join(file);
+    match std::fs::read_to_string(&path) {
+        Err(e) => {
+            problems.push(Problem::new(
+                key,
+                format!("cannot read {}: {e}", path.display()),
+            ));
+            None
+        }
+        Ok(text) => match text.lines().next().map(str::trim) {
+            Some(line) if !line.is_empty() => Some(line.to_owned()),
+            _ => {
+                problems.push(Problem::new(
+                    key,
+                    format!("the first line of {} is empty", path.display()),
+                ));
+                None
+            }
+        },
+    }
+}
+
+/// `[storage.mysql]`; `accounts`: whether the accounts live there too (not for LDAP's data).
+fn mysql(
+    raw: Option<RawMysql>,
+    source: &Path,
+    accounts: bool,
+    problems: &mut Vec<Problem>,
+) -> Option<MysqlConfig> {
+    let Some(raw) = raw else {
+        problems.push(Problem::new(
+            "storage.mysql",
+            "missing: a [storage.mysql] section with at least url = \"mysql://user@host/db\"",
+        ));
+        return None;
+    };
+    let url = match raw.url {
+        None => {
+            problems.push(Problem::new(
+                "storage.mysql.url",
+                "missing, e.g. \"mysql://jabberfarm@db.example.net:3306/jabberfarm\"",
+            ));
+            None
+        }
+        Some(url) if !url.starts_with("mysql://") && !url.starts_with("mariadb://") => {
+            problems.push(Problem::new(
+                "storage.mysql.url",
+                format!(
+                    "{:?} is not a MySQL URL (mysql://user@host:port/database)",
+                    redact_url_password(&url)
+                ),
+            ));
+            None
+        }
+        Some(url) => match url.parse::<sqlx::mysql::MySqlConnectOptions>() {
+            Err(e) => {
+                problems.push(Problem::new(
+                    "storage.mysql.url",
+                    format!("{:?} is not a MySQL URL: {e}", redact_url_password(&url)),
+                ));
+                None
+            }
+            Ok(options) if options.get_database().is_none_or(str::is_empty) => {
+                problems.push(Problem::new(
+                    "storage.mysql.url",
+                    "names no database (mysql://user@host/DATABASE)",
+                ));
+                None
+            }
+            Ok(_) => Some(url),
+        },
+    };
+    let password = match (&raw.password_file, &url) {
+        (Some(_), Some(url)) if url_has_password(url) => {
+            problems.push(Problem::new(
+                "storage.mysql.password_file",
+                "the url has a password already; give it in one place only",
+            ));
+            None
+        }
+        (Some(file), _) => {
+            storage_password_file("storage.mysql.password_file", file, source, problems)
+        }
+        (None, _) => None,
+    };
+    let format = match raw.password_format.as_deref() {
+        None => PasswordFormat::Scram,
+        Some(name) => PasswordFormat::parse(name).unwrap_or_else(|| {
+            problems.push(Problem::new(
+                "storage.mysql.password_format",
+                format!(
+                    "unknown {name:?}; known: {}",
+                    PasswordFormat::NAMES.join(", ")
+                ),
+            ));
+            PasswordFormat::Scram
+        }),
+    };
+    let accounts_cfg = match (raw.login_query, format) {
+        (None, PasswordFormat::Scram) => Some(MysqlAccounts::Scram),
+        (Some(_), PasswordFormat::Scram) => {
+            problems.push(Problem::new(
+                "storage.mysql.login_query",
+                "needs a legacy password_format (argon2, bcrypt or ssha); SCRAM keys live in \
+                 jabberfarm's own accounts table",
+            ));
+            None
+        }
+        (None, format) => {
+            problems.push(Problem::new(
+                "storage.mysql.password_format",
+                format!(
+                    "{:?} needs login_query (the SELECT that returns a user's stored hash)",
+                    format.name()
+                ),
+            ));
+            None
+        }
+        (Some(query), format) => {
+            let placeholders = query.matches('?').count();
+            if placeholders != 1 {
+                problems.push(Problem::new(
+                    "storage.mysql.login_query",
+                    format!(
+                        "must have exactly one ? (the username, bound as a parameter); it has \
+                         {placeholders}"
+                    ),
+                ));
+                None
+            } else {
+                Some(MysqlAccounts::Legacy {
+                    login_query: query,
+                    format,
+                })
+            }
+        }
+    };
+    if !accounts && accounts_cfg != Some(MysqlAccounts::Scram) {
+        problems.push(Problem::new(
+            "storage.mysql.login_query",
+            "not used: with storage.backend = \"ldap\" the accounts are in the directory",
+        ));
+    }
+    let max_connections = storage_pool_size(
+        "storage.mysql.max_connections",
+        raw.max_connections,
+        10,
+        problems,
+    );
+    let acquire_timeout = storage_seconds(
+        "storage.mysql.acquire_timeout",
+        raw.acquire_timeout,
+        5,
+        problems,
+    );
+    let query_timeout = storage_seconds(
+        "storage.mysql.query_timeout",
+        raw.query_timeout,
+        10,
+        problems,
+    );
+    Some(MysqlConfig {
+        url: url?,
+        password: match raw.password_file {
+            Some(_) => Some(password?),
+            None => None,
+        },
+        max_connections,
+        acquire_timeout,
+        query_timeout,
+        migrate: raw.migrate.unwrap_or(true),
+        accounts: accounts_cfg?,
+    })
+}
+
+fn url_has_password(url: &str) -> bool {
+    redact_url_password(url) != url
+}
+
+/// `[storage.ldap]` (its `data` is decided by the caller; `Sqlite` here is a placeholder).
+fn ldap(raw: Option<RawLdap>, source: &Path, problems: &mut Vec<Problem>) -> Option<LdapConfig> {
+    let Some(raw) = raw else {
+        problems.push(Problem::new(
+            "storage.ldap",
+            "missing: a [storage.ldap] section with url and bind_dn (or base and filter)",
+        ));
+        return None;
+    };
+    let starttls = raw.starttls.unwrap_or(false);
+    let url = match raw.url {
+        None => {
+            problems.push(Problem::new(
+                "storage.ldap.url",
+                "missing, e.g. \"ldaps://ldap.example.net\"",
+            ));
+            None
+        }
+        Some(url) => {
+            let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+            match (scheme.as_deref(), starttls) {
+                (Some("ldaps"), true) => {
+                    problems.push(Problem::new(
+                        "storage.ldap.starttls",
+                        "an ldaps:// URL is TLS already; StartTLS is for ldap:// URLs",
+                    ));
+                    None
+                }
+                (Some("ldap"), false) => {
+                    problems.push(Problem::new(
+                        "storage.ldap.url",
+                        "ldap:// without starttls = true would send passwords in clear; use \
+                         ldaps:// or set starttls = true",
+                    ));
+                    None
+                }
+                (Some("ldapi"), true) => {
+                    problems.push(Problem::new(
+                        "storage.ldap.starttls",
+                        "not for ldapi:// (a local socket)",
+                    ));
+                    None
+                }
+                (Some("ldap" | "ldaps" | "ldapi"), _) => Some(url),
+                _ => {
+                    problems.push(Problem::new(
+                        "storage.ldap.url",
+                        format!("{url:?} is not an ldaps://, ldap:// or ldapi:// URL"),
+                    ));
+                    None
+                }
+            }
+        }
+    };
+    let ca = raw
+        .ca
+        .map(|ca| source.parent().unwrap_or(Path::new("")).join(ca))
+        .unwrap_or_else(|| PathBuf::from("/etc/ssl/certs/ca-certificates.crt"));
+    let tls = url.as_deref().is_some_and(|u| !u.starts_with("ldapi"));
+    if tls && !ca.is_file() {
+        problems.push(Problem::new(
+            "storage.ldap.ca",
+            format!(
+                "{} is not a file (the CA certificates, PEM, that signed the directory's \
+                 certificate)",
+                ca.display()
+            ),
+        ));
+    }
+    let template = |key: &str, value: &str, problems: &mut Vec<Problem>| {
+        if value.contains("{user}") {
+            true
+        } else {
+            problems.push(Problem::new(key, "must contain {user}"));
+            false
+        }
+    };
+    // A password given but unusable was reported already; do not also call it missing.
+    let password_given = raw.service_password.is_some() || raw.service_password_file.is_some();
+    let service_password = match (raw.service_password, raw.service_password_file) {
+        (Some(_), Some(_)) => {
+            problems.push(Problem::new(
+                "storage.ldap.service_password",
+                "set either service_password or service_password_file, not both",
+            ));
+            None
+        }
+        (Some(p), None) if p.is_empty() => {
+            problems.push(Problem::new(
+                "storage.ldap.service_password",
+                "empty (an empty simple bind is an anonymous bind)",
+            ));
+            None
+        }
+        (Some(p), None) => Some(p),
+        (None, Some(file)) => storage_password_file(
+            "storage.ldap.service_password_file",
+            &file,
+            source,
+            problems,
+        ),
+        (None, None) => None,
+    };
+    let auth = match (raw.bind_dn, raw.base) {
+        (Some(_), Some(_)) => {
+            problems.push(Problem::new(
+                "storage.ldap.bind_dn",
+                "set either bind_dn (bind) or base and filter (search-then-bind), not both",
+            ));
+            None
+        }
+        (None, None) => {
+            problems.push(Problem::new(
+                "storage.ldap.bind_dn",
+                "missing: set bind_dn = \"uid={user},ou=people,...\" (bind), or base and \
+                 filter (search-then-bind)",
+            ));
+            None
+        }
+        (Some(dn), None) => {
+            let search_only = [
+                ("filter", raw.filter.is_some()),
+                (
+                    "service_dn",
+                    raw.service_dn.is_some() || service_password.is_some(),
+                ),
+            ];
+            for (key, _) in search_only.iter().filter(|(_, set)| *set) {
+                problems.push(Problem::new(
+                    format!("storage.ldap.{key}"),
+                    "only for search-then-bind (base); bind_dn binds directly",
+                ));
+            }
+            template("storage.ldap.bind_dn", &dn, problems)
+                .then_some(LdapAuth::Bind { dn_template: dn })
+        }
+        (None, Some(base)) => {
+            let filter = raw.filter.unwrap_or_else(|| "(uid={user})".to_owned());
+            let filter_ok = template("storage.ldap.filter", &filter, problems);
+            let service = match (raw.service_dn, service_password) {
+                (Some(dn), Some(pw)) => Some(Some((dn, pw))),
+                (None, None) => Some(None),
+                (Some(_), None) => {
+                    if !password_given {
+                        problems.push(Problem::new(
+                            "storage.ldap.service_password",
+                            "missing: service_dn needs service_password or service_password_file",
+                        ));
+                    }
+                    None
+                }
+                (None, Some(_)) => {
+                    problems.push(Problem::new(
+                        "storage.ldap.service_dn",
+                        "missing: a service password is set but no service_dn",
+                    ));
+                    None
+                }
+            };
+            match service {
+                Some(service) if filter_ok => Some(LdapAuth::Search {
+                    base,
+                    filter_template: filter,
+                    service,
+                }),
+                _ => None,
+            }
+        }
+    };
+    let max_connections = storage_pool_size(
+        "storage.ldap.max_connections",
+        raw.max_connections,
+        8,
+        problems,
+    );
+    let timeout = storage_seconds("storage.ldap.timeout", raw.timeout, 5, problems);
+    Some(LdapConfig {
+        url: url?,
+        starttls,
+        ca,
+        auth: auth?,
+        max_connections,
+        timeout,
+        data: ImDataConfig::Sqlite {
+            path_template: String::new(),
+        },
+    })
+}
+
+/// Unknown keys inside `[storage.mysql]` and `[storage.ldap]`.
+fn storage_unknown_keys(doc: &toml::Table, problems: &mut Vec<Problem>) {
+    let storage = doc.get("storage");
+    for (name, fields) in [
+        ("mysql", fields_of::<RawMysql>()),
+        ("ldap", fields_of::<RawLdap>()),
+    ] {
+        if let Some(toml::Value::Table(table)) = storage.and_then(|s| s.get(name)) {
+            check_keys(table, &format!("storage.{name}"), fields, problems);
+        }
+    }
 }
 
 /// What a `[[node]]` says about itself, read before validating it, so that one broken
@@ -1214,12 +2021,14 @@ fn unknown_keys(doc: &toml::Table) -> Vec<Problem> {
         ("routing", fields_of::<RawRouting>()),
         ("storage", fields_of::<RawStorage>()),
         ("farm", fields_of::<RawFarm>()),
+        ("s2s", fields_of::<RawS2s>()),
     ];
     for (name, fields) in sections {
         if let Some(toml::Value::Table(table)) = doc.get(name) {
             check_keys(table, name, fields, &mut problems);
         }
     }
+    storage_unknown_keys(doc, &mut problems);
     let arrays = [
         (doc.get("node"), "node", fields_of::<RawNode>()),
         (
@@ -1417,7 +2226,7 @@ farm = "127.0.0.1:7102"
         assert_eq!(config.storage.scram_iterations, 4096);
         assert_eq!(
             config.storage.sqlite_path(&config.data_dir, "slave1"),
-            Path::new("jabberfarm-data/slave1.sqlite")
+            Some(PathBuf::from("jabberfarm-data/slave1.sqlite"))
         );
         assert_eq!(config.master().name, "master");
         let slaves: Vec<&str> = config.slaves().map(|n| n.name.as_str()).collect();
@@ -1918,7 +2727,7 @@ farm = "127.0.0.1:7102"
     fn storage_problems() {
         let text = |storage: &str| format!("{}[storage]\n{storage}\n", with_nodes(HEAD));
         assert_problem(
-            &text("backend = \"mysql\""),
+            &text("backend = \"postgres\""),
             "storage.backend",
             "unknown backend",
         );
@@ -1931,8 +2740,472 @@ farm = "127.0.0.1:7102"
         let config = parse(&text("path = \"/var/db/{node}.db\"")).unwrap();
         assert_eq!(
             config.storage.sqlite_path(&config.data_dir, "slave2"),
-            Path::new("/var/db/slave2.db")
+            Some(PathBuf::from("/var/db/slave2.db"))
         );
+        assert!(!config.storage.plain_only());
+        assert_eq!(config.storage.accounts_managed_elsewhere(), None);
+        assert_problem(
+            &text("[storage.mysql]\nurl = \"mysql://u@h/db\""),
+            "storage.mysql",
+            "not used with storage.backend = \"sqlite\"",
+        );
+    }
+
+    #[test]
+    fn storage_mysql() {
+        let text = |mysql: &str| {
+            format!(
+                "{}[storage]\nbackend = \"mysql\"\n[storage.mysql]\n{mysql}\n",
+                with_nodes(HEAD)
+            )
+        };
+        let config = parse(&text("url = \"mysql://jf:pw@db.example.net/farm\"")).unwrap();
+        let StorageBackend::Mysql(m) = &config.storage.backend else {
+            panic!("{:?}", config.storage);
+        };
+        assert_eq!(m.url, "mysql://jf:pw@db.example.net/farm");
+        assert_eq!(m.password, None);
+        assert_eq!(
+            (
+                m.max_connections,
+                m.acquire_timeout,
+                m.query_timeout,
+                m.migrate
+            ),
+            (10, Duration::from_secs(5), Duration::from_secs(10), true)
+        );
+        assert_eq!(m.accounts, MysqlAccounts::Scram);
+        assert!(!config.storage.plain_only());
+        assert_eq!(config.storage.sqlite_path(&config.data_dir, "slave1"), None);
+        // The password never shows in Debug.
+        let debug = format!("{config:?}");
+        assert!(!debug.contains(":pw@"), "{debug}");
+        assert!(
+            debug.contains("mysql://jf:<redacted>@db.example.net/farm"),
+            "{debug}"
+        );
+
+        let legacy = parse(&text(
+            "url = \"mysql://jf@db/farm\"\nlogin_query = \"SELECT pw FROM users WHERE login = ?\"\n\
+             password_format = \"bcrypt\"\nmigrate = false\nacquire_timeout = 1",
+        ))
+        .unwrap();
+        let StorageBackend::Mysql(m) = &legacy.storage.backend else {
+            panic!();
+        };
+        assert_eq!(
+            m.accounts,
+            MysqlAccounts::Legacy {
+                login_query: "SELECT pw FROM users WHERE login = ?".into(),
+                format: PasswordFormat::Bcrypt
+            }
+        );
+        assert!(!m.migrate);
+        assert_eq!(m.acquire_timeout, Duration::from_secs(1));
+        assert!(legacy.storage.plain_only());
+        assert!(legacy.storage.accounts_managed_elsewhere().is_some());
+
+        assert_problem(
+            &format!("{}[storage]\nbackend = \"mysql\"\n", with_nodes(HEAD)),
+            "storage.mysql",
+            "missing",
+        );
+        assert_problem(&text("max_connections = 3"), "storage.mysql.url", "missing");
+        assert_problem(
+            &format!(
+                "{}[storage]\nbackend = \"mysql\"\npath = \"x.db\"\n[storage.mysql]\n\
+                 url = \"mysql://u@h/db\"\n",
+                with_nodes(HEAD)
+            ),
+            "storage.path",
+            "not used",
+        );
+        assert_problem(
+            &text("url = \"postgres://h/db\""),
+            "storage.mysql.url",
+            "not a MySQL URL",
+        );
+        assert_problem(
+            &text("url = \"mysql://u@h\""),
+            "storage.mysql.url",
+            "names no database",
+        );
+        assert_problem(
+            &text("url = \"mysql://u:x@h/db\"\npassword_file = \"pw\""),
+            "storage.mysql.password_file",
+            "one place only",
+        );
+        assert_problem(
+            &text("url = \"mysql://u@h/db\"\npassword_file = \"/nonexistent/pw\""),
+            "storage.mysql.password_file",
+            "cannot read /nonexistent/pw",
+        );
+        assert_problem(
+            &text("url = \"mysql://u@h/db\"\npassword_format = \"md5\""),
+            "storage.mysql.password_format",
+            "unknown \"md5\"",
+        );
+        assert_problem(
+            &text("url = \"mysql://u@h/db\"\npassword_format = \"argon2\""),
+            "storage.mysql.password_format",
+            "needs login_query",
+        );
+        assert_problem(
+            &text("url = \"mysql://u@h/db\"\nlogin_query = \"SELECT 1\""),
+            "storage.mysql.login_query",
+            "legacy password_format",
+        );
+        assert_problem(
+            &text(
+                "url = \"mysql://u@h/db\"\nlogin_query = \"SELECT p FROM t WHERE a = ? OR b = ?\"\n\
+                 password_format = \"ssha\"",
+            ),
+            "storage.mysql.login_query",
+            "exactly one ?",
+        );
+        for key in ["acquire_timeout", "query_timeout", "max_connections"] {
+            assert_problem(
+                &text(&format!("url = \"mysql://u@h/db\"\n{key} = 0")),
+                &format!("storage.mysql.{key}"),
+                "at least 1",
+            );
+        }
+        assert_problem(
+            &text("url = \"mysql://u@h/db\"\nurl_typo = 1"),
+            "storage.mysql.url_typo",
+            "unknown key",
+        );
+
+        // A password file, relative to the config file.
+        let dir = scratch_dir("mysql-password");
+        std::fs::write(dir.join("db.pw"), "s3cr3t\n").unwrap();
+        let config = FarmConfig::from_str(
+            &text("url = \"mysql://jf@db/farm\"\npassword_file = \"db.pw\""),
+            &dir.join("farm.toml"),
+            None,
+        )
+        .unwrap();
+        let StorageBackend::Mysql(m) = &config.storage.backend else {
+            panic!();
+        };
+        assert_eq!(m.password.as_deref(), Some("s3cr3t"));
+        assert!(!format!("{config:?}").contains("s3cr3t"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn storage_ldap() {
+        let dir = scratch_dir("ldap");
+        std::fs::write(dir.join("ca.pem"), "").unwrap();
+        std::fs::write(dir.join("service.pw"), "svc-secret\n").unwrap();
+        let load = |ldap: &str, extra: &str| {
+            let ca = if ldap.contains("ca =") {
+                ""
+            } else {
+                "ca = \"ca.pem\"\n"
+            };
+            FarmConfig::from_str(
+                &format!(
+                    "{}[storage]\nbackend = \"ldap\"\n{extra}\n[storage.ldap]\n{ca}{ldap}\n",
+                    with_nodes(HEAD)
+                ),
+                &dir.join("farm.toml"),
+                None,
+            )
+        };
+        let problems_of = |ldap: &str, extra: &str| match load(ldap, extra) {
+            Err(ConfigError::Invalid { problems, .. }) => problems,
+            other => panic!("expected problems, got {other:?}"),
+        };
+        let has = |problems: &[Problem], key: &str, fragment: &str| {
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.key == key && p.message.contains(fragment)),
+                "no {key:?} problem containing {fragment:?} in {problems:#?}"
+            );
+        };
+
+        let config = load(
+            "url = \"ldaps://ldap.example.net\"\nbind_dn = \"uid={user},ou=people,dc=example,dc=net\"",
+            "",
+        )
+        .unwrap();
+        let StorageBackend::Ldap(l) = &config.storage.backend else {
+            panic!("{:?}", config.storage);
+        };
+        assert_eq!(l.url, "ldaps://ldap.example.net");
+        assert!(!l.starttls);
+        assert_eq!(l.ca, dir.join("ca.pem"));
+        assert_eq!(
+            l.auth,
+            LdapAuth::Bind {
+                dn_template: "uid={user},ou=people,dc=example,dc=net".into()
+            }
+        );
+        assert_eq!((l.max_connections, l.timeout), (8, Duration::from_secs(5)));
+        assert!(config.storage.plain_only());
+        assert!(
+            config
+                .storage
+                .accounts_managed_elsewhere()
+                .unwrap()
+                .contains("LDAP directory")
+        );
+        // IM data in SQLite by default.
+        assert_eq!(
+            config.storage.sqlite_path(Path::new("/d"), "slave1"),
+            Some(PathBuf::from("/d/slave1.sqlite"))
+        );
+
+        let config = load(
+            "url = \"ldap://ldap.example.net:389\"\nstarttls = true\nbase = \"ou=people,dc=example,dc=net\"\n\
+             filter = \"(&(objectClass=inetOrgPerson)(uid={user}))\"\n\
+             service_dn = \"cn=jf,dc=example,dc=net\"\nservice_password_file = \"service.pw\"\n\
+             data = \"mysql\"",
+            "[storage.mysql]\nurl = \"mysql://jf@db/farm\"",
+        )
+        .unwrap();
+        let StorageBackend::Ldap(l) = &config.storage.backend else {
+            panic!();
+        };
+        assert!(l.starttls);
+        assert_eq!(
+            l.auth,
+            LdapAuth::Search {
+                base: "ou=people,dc=example,dc=net".into(),
+                filter_template: "(&(objectClass=inetOrgPerson)(uid={user}))".into(),
+                service: Some(("cn=jf,dc=example,dc=net".into(), "svc-secret".into())),
+            }
+        );
+        assert!(matches!(&l.data, ImDataConfig::Mysql(m) if m.url == "mysql://jf@db/farm"));
+        assert!(!format!("{config:?}").contains("svc-secret"));
+        assert_eq!(config.storage.sqlite_path(&config.data_dir, "slave1"), None);
+
+        let bind = "bind_dn = \"uid={user},dc=x\"";
+        has(
+            &problems_of(&format!("url = \"ldap://h\"\n{bind}"), ""),
+            "storage.ldap.url",
+            "in clear",
+        );
+        has(
+            &problems_of(&format!("url = \"ldaps://h\"\nstarttls = true\n{bind}"), ""),
+            "storage.ldap.starttls",
+            "TLS already",
+        );
+        has(
+            &problems_of(&format!("url = \"http://h\"\n{bind}"), ""),
+            "storage.ldap.url",
+            "not an ldaps://",
+        );
+        has(
+            &problems_of("url = \"ldaps://h\"\nbind_dn = \"dc=x\"", ""),
+            "storage.ldap.bind_dn",
+            "{user}",
+        );
+        has(
+            &problems_of("url = \"ldaps://h\"", ""),
+            "storage.ldap.bind_dn",
+            "missing",
+        );
+        has(
+            &problems_of(&format!("url = \"ldaps://h\"\n{bind}\nbase = \"dc=x\""), ""),
+            "storage.ldap.bind_dn",
+            "not both",
+        );
+        has(
+            &problems_of(
+                &format!("url = \"ldaps://h\"\n{bind}\nfilter = \"(uid={{user}})\""),
+                "",
+            ),
+            "storage.ldap.filter",
+            "only for search-then-bind",
+        );
+        has(
+            &problems_of(
+                "url = \"ldaps://h\"\nbase = \"dc=x\"\nfilter = \"(uid=x)\"",
+                "",
+            ),
+            "storage.ldap.filter",
+            "{user}",
+        );
+        has(
+            &problems_of(
+                "url = \"ldaps://h\"\nbase = \"dc=x\"\nservice_dn = \"cn=s\"",
+                "",
+            ),
+            "storage.ldap.service_password",
+            "missing",
+        );
+        has(
+            &problems_of(
+                "url = \"ldaps://h\"\nbase = \"dc=x\"\nservice_dn = \"cn=s\"\nservice_password = \"\"",
+                "",
+            ),
+            "storage.ldap.service_password",
+            "anonymous bind",
+        );
+        has(
+            &problems_of(
+                &format!("url = \"ldaps://h\"\n{bind}\ndata = \"mysql\""),
+                "",
+            ),
+            "storage.mysql",
+            "missing",
+        );
+        has(
+            &problems_of(
+                &format!("url = \"ldaps://h\"\n{bind}\ndata = \"redis\""),
+                "",
+            ),
+            "storage.ldap.data",
+            "unknown \"redis\"",
+        );
+        has(
+            &problems_of(
+                &format!("url = \"ldaps://h\"\n{bind}"),
+                "[storage.mysql]\nurl = \"mysql://u@h/db\"",
+            ),
+            "storage.mysql",
+            "not used",
+        );
+        has(
+            &problems_of(
+                &format!("url = \"ldaps://h\"\n{bind}\nca = \"missing.pem\""),
+                "",
+            ),
+            "storage.ldap.ca",
+            "is not a file",
+        );
+        has(
+            &problems_of(&format!("url = \"ldaps://h\"\n{bind}\ntimeout = 0"), ""),
+            "storage.ldap.timeout",
+            "at least 1",
+        );
+        has(
+            &problems_of(&format!("url = \"ldaps://h\"\n{bind}\nbindd_dn = 1"), ""),
+            "storage.ldap.bindd_dn",
+            "did you mean \"bind_dn\"",
+        );
+        // A local socket needs no TLS (and no CA).
+        assert!(
+            load(
+                "url = \"ldapi://%2Frun%2Fslapd%2Fldapi\"\nbind_dn = \"uid={user},dc=x\"",
+                ""
+            )
+            .is_ok()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_backend_samples_only_lack_their_files() {
+        let files = [
+            "secret_file",
+            "tls.cert",
+            "tls.key",
+            "storage.mysql.password_file",
+            "storage.ldap.ca",
+            "storage.ldap.service_password_file",
+        ];
+        for name in ["mysql.sample.toml", "ldap.sample.toml"] {
+            match FarmConfig::load(&conf(name), None) {
+                Ok(_) => {} // files present here
+                Err(ConfigError::Invalid { problems, .. }) => {
+                    for p in &problems {
+                        assert!(files.contains(&p.key.as_str()), "{name}: {p}");
+                    }
+                }
+                Err(e) => panic!("{name}: {e}"),
+            }
+            // With the files in place, it loads; so do its commented alternatives.
+            let dir = scratch_dir(name);
+            for file in [
+                "farm.secret",
+                "mysql.password",
+                "ldap.password",
+                "cert.pem",
+                "key.pem",
+                "ldap-ca.pem",
+            ] {
+                std::fs::write(dir.join(file), "x\n").unwrap();
+            }
+            let text = std::fs::read_to_string(conf(name))
+                .unwrap()
+                .replace("/etc/jabberfarm/tls/fullchain.pem", "cert.pem")
+                .replace("/etc/jabberfarm/tls/privkey.pem", "key.pem")
+                .replace("/etc/jabberfarm/", "");
+            let load = |text: &str| {
+                FarmConfig::from_str(text, &dir.join("farm.toml"), Some(&dir))
+                    .unwrap_or_else(|e| panic!("{name}: {e}"))
+            };
+            let config = load(&text);
+            assert_eq!(config.slaves().count(), 3);
+            match &config.storage.backend {
+                StorageBackend::Mysql(m) => {
+                    assert_eq!(m.password.as_deref(), Some("x"));
+                    assert_eq!(m.accounts, MysqlAccounts::Scram);
+                    assert!(!config.storage.plain_only());
+                    let legacy = load(
+                        &text
+                            .replace("# login_query", "login_query")
+                            .replace("# password_format", "password_format"),
+                    );
+                    let StorageBackend::Mysql(m) = &legacy.storage.backend else {
+                        panic!();
+                    };
+                    assert!(matches!(
+                        m.accounts,
+                        MysqlAccounts::Legacy {
+                            format: PasswordFormat::Bcrypt,
+                            ..
+                        }
+                    ));
+                }
+                StorageBackend::Ldap(l) => {
+                    assert!(matches!(
+                        l.auth,
+                        LdapAuth::Search {
+                            service: Some(_),
+                            ..
+                        }
+                    ));
+                    assert!(matches!(l.data, ImDataConfig::Mysql(_)));
+                    let bind = load(
+                        &text
+                            .replace("url = \"ldaps", "# url = \"ldaps")
+                            .replace("# url = \"ldap:", "url = \"ldap:")
+                            .replace("# starttls", "starttls")
+                            .replace("\nbase =", "\n# base =")
+                            .replace("\nfilter =", "\n# filter =")
+                            .replace("\nservice_", "\n# service_")
+                            .replace("# bind_dn", "bind_dn"),
+                    );
+                    let StorageBackend::Ldap(l) = &bind.storage.backend else {
+                        panic!();
+                    };
+                    assert!(l.starttls && matches!(l.auth, LdapAuth::Bind { .. }));
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn redacting_url_passwords() {
+        for (url, shown) in [
+            ("mysql://u:p@h/db", "mysql://u:<redacted>@h/db"),
+            (
+                "mysql://u:p:q@h:3306/db?x=1",
+                "mysql://u:<redacted>@h:3306/db?x=1",
+            ),
+            ("mysql://u@h/db", "mysql://u@h/db"),
+            ("mysql://h/db", "mysql://h/db"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redact_url_password(url), shown, "{url}");
+        }
     }
 
     fn conf(name: &str) -> PathBuf {

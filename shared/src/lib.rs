@@ -6,6 +6,7 @@
 //! - [`config`]: the farm's TOML config, its validation (`jabberfarm check`).
 //! - [`tls`]: rustls server setup and the demo CA / certificate generator.
 //! - [`auth`]: SCRAM credentials and the account stores (embedded SQLite).
+//! - [`s2s`]: server-to-server: dialback keys, from-rewrite, resolution, outbound streams.
 //! - [`sasl`]: server side of SASL PLAIN and SCRAM-SHA-1/-256, sans-IO.
 //! - [`c2s`]: client stream negotiation up to authentication (STARTTLS, SASL, iq:auth, redirect).
 //! - [`stanza`]: stanza kinds, error replies.
@@ -23,6 +24,7 @@ pub mod farm;
 pub mod listen;
 pub mod ns;
 pub mod routing;
+pub mod s2s;
 pub mod sasl;
 pub mod stanza;
 pub mod stream;

@@ -20,3 +20,5 @@ pub const ROSTER_VER_FEATURE: &str = "urn:xmpp:features:rosterver";
 pub const VCARD: &str = "vcard-temp";
 pub const DELAY: &str = "urn:xmpp:delay";
 pub const MSGOFFLINE: &str = "msgoffline";
+pub const DIALBACK: &str = "jabber:server:dialback";
+pub const DIALBACK_FEATURE: &str = "urn:xmpp:features:dialback";

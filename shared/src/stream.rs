@@ -139,25 +139,48 @@ impl XmlStream {
         id: &str,
         version: bool,
     ) -> std::io::Result<()> {
+        let s = self.header(Some(from), to, Some(id), version);
+        self.header_sent = true;
+        self.send_raw(&s).await
+    }
+
+    /// The initiating entity's stream header (no id; RFC 6120 §4.7.3).
+    pub async fn send_initial_header(&mut self, from: &str, to: &str) -> std::io::Result<()> {
+        let s = self.header(Some(from), Some(to), None, true);
+        self.header_sent = true;
+        self.send_raw(&s).await
+    }
+
+    fn header(
+        &self,
+        from: Option<&str>,
+        to: Option<&str>,
+        id: Option<&str>,
+        version: bool,
+    ) -> String {
         let mut s = String::with_capacity(256);
         s.push_str("<?xml version='1.0'?><stream:stream xmlns='");
         s.push_str(self.content_ns);
         s.push_str("' xmlns:stream='");
         s.push_str(ns::STREAM);
-        s.push_str("' id='");
-        escape_into(&mut s, id);
-        s.push_str("' from='");
-        escape_into(&mut s, from);
-        if let Some(to) = to {
-            s.push_str("' to='");
-            escape_into(&mut s, to);
+        if self.content_ns == ns::SERVER {
+            // Server dialback (XEP-0220) elements use the db: prefix declared here.
+            s.push_str("' xmlns:db='");
+            s.push_str(ns::DIALBACK);
+        }
+        for (name, value) in [("id", id), ("from", from), ("to", to)] {
+            if let Some(v) = value {
+                s.push_str("' ");
+                s.push_str(name);
+                s.push_str("='");
+                escape_into(&mut s, v);
+            }
         }
         if version {
             s.push_str("' version='1.0");
         }
         s.push_str("' xml:lang='en'>");
-        self.header_sent = true;
-        self.send_raw(&s).await
+        s
     }
 
     pub fn header_sent(&self) -> bool {
@@ -219,6 +242,26 @@ impl XmlStream {
         }
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let tls = acceptor.accept(self.io).await?;
+        let mut s = XmlStream::new(Box::new(tls), self.content_ns, limits);
+        s.secure = true;
+        Ok(s)
+    }
+
+    /// Client side of STARTTLS (after `<proceed/>`), for streams we initiate (s2s).
+    pub async fn upgrade_tls_client(
+        self,
+        config: Arc<rustls::ClientConfig>,
+        server_name: rustls_pki_types::ServerName<'static>,
+        limits: ParserLimits,
+    ) -> Result<XmlStream, ReadError> {
+        if self.pos < self.pending.len() {
+            return Err(ReadError::Stream(StreamError::new(
+                Condition::PolicyViolation,
+                "data sent after <proceed/>",
+            )));
+        }
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let tls = connector.connect(server_name, self.io).await?;
         let mut s = XmlStream::new(Box::new(tls), self.content_ns, limits);
         s.secure = true;
         Ok(s)

@@ -3,6 +3,8 @@
 //! are never answered themselves).
 
 use jabberfarm_shared::farm::{LinkEvent, SendError};
+use jabberfarm_shared::ns;
+use jabberfarm_shared::s2s::set_stanza_ns;
 use jabberfarm_shared::stanza::{ErrorType, Kind, error_reply, is_error_or_result};
 use jabberfarm_shared::xml::Element;
 use jid::Jid;
@@ -97,23 +99,25 @@ impl Slave {
                     "the farm's routing is changing; try again",
                 )
             }
-            Destination::Remote(_) => {
-                // TODO(federation issue): outbound s2s from this slave.
-                reject(
-                    &el,
-                    ErrorType::Cancel,
-                    "remote-server-not-found",
-                    "federation is not enabled",
-                )
-            }
+            // DESIGN.md D4: out from this slave, in the public domain's name.
+            Destination::Remote(_) => self.outbound.send(el),
         }
     }
 
     /// Consume the farm links' events until they stop.
     pub async fn link_events(&self, mut rx: mpsc::Receiver<LinkEvent>) {
-        while let Some(ev) = rx.recv().await {
+        loop {
+            let ev = tokio::select! {
+                ev = rx.recv() => ev,
+                _ = self.shutdown.cancelled() => None,
+            };
+            let Some(ev) = ev else { break };
             match ev {
-                LinkEvent::Stanza { stanza, .. } => self.route(stanza, Origin::Link).await,
+                LinkEvent::Stanza { mut stanza, .. } => {
+                    // Relayed from another server by the master: our sessions speak jabber:client.
+                    set_stanza_ns(&mut stanza, ns::SERVER, ns::CLIENT);
+                    self.route(stanza, Origin::Link).await
+                }
                 LinkEvent::Down(node) => im::presence::node_down(self, &node),
                 LinkEvent::Up(_) => {}
             }

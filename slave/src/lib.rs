@@ -22,6 +22,7 @@ use jabberfarm_shared::config::{FarmConfig, NodeConfig};
 use jabberfarm_shared::farm::{FarmLinks, LinkTls};
 use jabberfarm_shared::listen::{self, BoundListener, ServeOptions};
 use jabberfarm_shared::ns;
+use jabberfarm_shared::s2s::outbound::{Outbound, S2sSettings};
 use jabberfarm_shared::xml::{Condition, StreamError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -34,6 +35,8 @@ pub struct Slave {
     pub config: Arc<FarmConfig>,
     pub router: Router,
     pub links: Arc<FarmLinks>,
+    /// Streams to other domains, opened by this slave in the public domain's name (D4).
+    pub outbound: Arc<Outbound>,
     pub store: AccountStore,
     /// Roster, offline messages, vCards (same database as the accounts).
     pub im: store::ImStore,
@@ -68,8 +71,7 @@ pub async fn run(
     link_tls: Option<LinkTls>,
     shutdown: CancellationToken,
 ) -> anyhow_like::Result<()> {
-    let db = cfg.storage.sqlite_path(&cfg.data_dir, &node.name);
-    let store = AccountStore::open_sqlite(&db)
+    let store = AccountStore::open(&cfg.storage, &cfg.data_dir, &node.name)
         .await
         .map_err(|e| anyhow_like::Error(format!("node {}: {e}", node.name)))?;
     let mut listeners = vec![BoundListener {
@@ -85,10 +87,13 @@ pub async fn run(
     let farm_listener = listen::bind(node.farm, "farm links").await?;
     let settings = Arc::new(C2sSettings::from_config(&cfg, tls, shutdown.clone()));
     let (links, link_rx) = FarmLinks::new(&cfg, &node.name, link_tls);
+    let (bounce_tx, mut bounce_rx) = tokio::sync::mpsc::channel(256);
+    let outbound = Outbound::new(Arc::new(S2sSettings::from_config(&cfg)), bounce_tx);
     let slave = Arc::new(Slave {
         config: cfg.clone(),
         router: Router::new(cfg.domain.clone(), node.name.clone(), cfg.routing.clone()),
         links: links.clone(),
+        outbound,
         im: store::ImStore::for_accounts(&store),
         store,
         shutdown: shutdown.clone(),
@@ -105,7 +110,19 @@ pub async fn run(
     links.start(farm_listener, shutdown.clone(), &tracker);
     let s3 = slave.clone();
     tracker.spawn(async move { s3.link_events(link_rx).await });
-    info!(node = %node.name, "slave up (accounts in {})", db.display());
+    // Stanzas that could not leave the farm come back to their senders as errors.
+    let s4 = slave.clone();
+    tracker.spawn(async move {
+        loop {
+            let b = tokio::select! {
+                b = bounce_rx.recv() => b,
+                _ = s4.shutdown.cancelled() => None,
+            };
+            let Some(b) = b else { break };
+            s4.route(b, dispatch::Origin::Local).await;
+        }
+    });
+    info!(node = %node.name, "slave up (accounts: {})", store_description(&cfg, &node.name));
     let s2 = slave.clone();
     listen::serve(
         listeners,
@@ -141,6 +158,19 @@ pub async fn run(
     slave.store.close().await;
     info!(node = %node.name, "slave stopped");
     Ok(())
+}
+
+/// Where this node's accounts are, for the start-up log line (never a password).
+fn store_description(cfg: &FarmConfig, node: &str) -> String {
+    use jabberfarm_shared::config::{StorageBackend, redact_url_password};
+    match &cfg.storage.backend {
+        StorageBackend::Mysql(m) => format!("mysql {}", redact_url_password(&m.url)),
+        StorageBackend::Ldap(l) => format!("ldap {}", l.url),
+        StorageBackend::Sqlite { .. } => match cfg.storage.sqlite_path(&cfg.data_dir, node) {
+            Some(path) => format!("sqlite {}", path.display()),
+            None => "sqlite".to_owned(),
+        },
+    }
 }
 
 /// A minimal error type for `run` (the binary prints it).

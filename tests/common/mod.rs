@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_jabberfarm");
@@ -26,12 +27,22 @@ pub struct TestFarm {
     nodes: std::collections::HashMap<String, Child>,
 }
 
+/// A port nobody listens on, never the same twice in this process (the OS may hand out a
+/// just-released ephemeral port again before the farm binds it).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 fn node(name: &str) -> Node {
@@ -47,6 +58,20 @@ impl TestFarm {
     /// (before any table) and `limits` replaces the [limits] table body.
     pub fn start_with(slaves: usize, tls_required: bool, limits: &str) -> TestFarm {
         TestFarm::start_with_mode(slaves, tls_required, limits, true)
+    }
+
+    /// A farm whose generated config text is passed through `edit` before it starts.
+    pub fn start_edited(slaves: usize, edit: impl Fn(String) -> String) -> TestFarm {
+        let mut farm = TestFarm::start_with_mode(
+            slaves,
+            false,
+            "stream_open_timeout = 3\nlogin_timeout = 10\nshutdown_grace = 2",
+            false,
+        );
+        let text = std::fs::read_to_string(&farm.config).unwrap();
+        std::fs::write(&farm.config, edit(text)).unwrap();
+        farm.spawn();
+        farm
     }
 
     fn start_with_mode(
@@ -155,6 +180,42 @@ impl TestFarm {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Like [`TestFarm::start`] (one process, TLS offered), with `storage` as the body of the
+    /// `[storage]` table instead of the default SQLite; sub-tables (`[storage.mysql]`,
+    /// `[storage.ldap]`) may follow in it.
+    pub fn start_with_storage(slaves: usize, storage: &str) -> TestFarm {
+        let mut farm = TestFarm::start_with_mode(
+            slaves,
+            false,
+            "stream_open_timeout = 3\nlogin_timeout = 10\nshutdown_grace = 2",
+            false,
+        );
+        farm.edit_config(|text| {
+            let default = "[storage]\nscram_iterations = 4096\n\n";
+            assert!(text.contains(default), "{text}");
+            text.replacen(default, &format!("[storage]\n{storage}\n\n"), 1)
+        });
+        farm.spawn();
+        farm
+    }
+
+    /// Rewrites the config file (the farm reads it at its next start).
+    pub fn edit_config(&mut self, edit: impl FnOnce(&str) -> String) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(&self.config, edit(&text)).unwrap();
+    }
+
+    /// Stops the farm (SIGTERM), applies `edit` to its config and starts it again on the same
+    /// ports and data dir. The earlier log is kept as `farm.log.before-restart` (not a `.log`,
+    /// so that waiting for the new farm's links never matches the old lines).
+    pub fn restart_with_config(&mut self, edit: impl FnOnce(&str) -> String) {
+        self.stop();
+        let log = self.dir.path().join("farm.log");
+        let _ = std::fs::rename(&log, self.dir.path().join("farm.log.before-restart"));
+        self.edit_config(edit);
+        self.spawn();
     }
 
     pub fn start(slaves: usize) -> TestFarm {
@@ -422,18 +483,30 @@ impl Raw {
 
     /// Open the stream and log in with SASL PLAIN, bind `resource`; panics on failure.
     pub fn login(addr: SocketAddr, user: &str, password: &str, resource: &str) -> Raw {
+        Raw::login_at(addr, "localhost", user, password, resource)
+    }
+
+    /// [`Raw::login`] for a server of another domain.
+    pub fn login_at(
+        addr: SocketAddr,
+        domain: &str,
+        user: &str,
+        password: &str,
+        resource: &str,
+    ) -> Raw {
+        let header = HEADER.replace("to='localhost'", &format!("to='{domain}'"));
         let mut c = Raw::connect(addr);
-        c.send(HEADER);
+        c.send(&header);
         c.wait_for("</stream:features>", 5);
         c.send(&plain_auth(user, password));
         let r = c.wait_for("urn:ietf:params:xml:ns:xmpp-sasl", 10);
         assert!(r.contains("<success"), "login of {user} failed: {r}");
-        c.send(HEADER);
+        c.send(&header);
         c.wait_for("</stream:features>", 5);
         c.send(&format!("<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>"));
         let r = c.wait_for("</iq>", 5);
         assert!(
-            r.contains(&format!("<jid>{user}@localhost/{resource}</jid>")),
+            r.contains(&format!("<jid>{user}@{domain}/{resource}</jid>")),
             "{r}"
         );
         c

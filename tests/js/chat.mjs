@@ -16,7 +16,7 @@
 // connected to, in order) and then one JSON object per line for every message, presence and
 // roster push it receives. Commands arrive as JSON lines on stdin, each with an "id", and are
 // answered in order by {"event":"done","id":ID,"ok":true|false,...}:
-//   roster_get, roster_add {jid,name}, presence {show,status,priority},
+//   roster_get {ver}, roster_add {jid,name}, presence {show,status,priority},
 //   subscribe|subscribed|unsubscribe|unsubscribed {jid}, message {to,body,type}, ping {to},
 //   disconnect (closes the stream cleanly, waits for the server's close, exits 0).
 // A failure to come online prints {"event":"fatal","message":...} and exits 1. With --verbose
@@ -161,11 +161,14 @@ function request(stanza) {
 async function run(cmd) {
   switch (cmd.cmd) {
     case "roster_get": {
-      const res = await request(xml("iq", { type: "get" }, xml("query", { xmlns: NS_ROSTER, ver: "" })));
+      const res = await request(
+        xml("iq", { type: "get" }, xml("query", { xmlns: NS_ROSTER, ver: cmd.ver ?? "" })),
+      );
+      // A known version may get an empty result when nothing changed (RFC 6121 §2.6.3).
       const query = res.getChild("query", NS_ROSTER);
       const items = rosterItems(query);
       for (const item of items) emit("roster_item", item);
-      return { count: items.length, ver: query?.attrs.ver ?? null };
+      return { count: items.length, ver: query?.attrs.ver ?? null, unchanged: !query };
     }
     case "roster_add":
       await request(

@@ -26,8 +26,8 @@ anything; every wait is bounded by a 10 s timeout):
 Commands are JSON objects on stdin, one per line, each with an "id"; every command is answered by
 {"event": "done", "id": ID, "ok": true|false, ...} ("error" says what went wrong):
 
-    {"cmd": "roster_get"}              one {"event": "roster_item", ...} per item first; done has
-                                       "count" and "ver"
+    {"cmd": "roster_get", ["ver": V]} one {"event": "roster_item", ...} per item first; done has
+                                       "count", "ver" and "unchanged" (empty result for ver V)
     {"cmd": "roster_add", "jid": J, "name": N}     roster set; done when the server answered
     {"cmd": "presence", ["show": S, "status": T, "priority": P]}   available broadcast presence
     {"cmd": "subscribe"|"subscribed"|"unsubscribe"|"unsubscribed", "jid": J}
@@ -189,11 +189,18 @@ class Agent(slixmpp.ClientXMPP):
     async def run_command(self, cmd):
         name = cmd.get("cmd")
         if name == "roster_get":
-            resp = await self.get_roster(timeout=TIMEOUT)
+            # ver="" asks for the whole roster (RFC 6121 §2.6.2); a known version may get an
+            # empty result instead when nothing changed since (§2.6.3): "unchanged".
+            iq = self.Iq()
+            iq["type"] = "get"
+            iq.enable("roster")
+            iq.xml.find(f"{{{NS_ROSTER}}}query").set("ver", cmd.get("ver", ""))
+            resp = await iq.send(timeout=TIMEOUT)
+            unchanged = resp.xml.find(f"{{{NS_ROSTER}}}query") is None
             ver, items = roster_items(resp.xml)
             for item in items:
                 emit("roster_item", **item)
-            return {"count": len(items), "ver": ver}
+            return {"count": len(items), "ver": ver, "unchanged": unchanged}
         if name == "roster_add":
             iq = self.Iq()
             iq["type"] = "set"

@@ -1,21 +1,37 @@
-//! Accounts: SCRAM credentials ([`scram`]) and the stores that keep them (DESIGN.md D6).
+//! Accounts: SCRAM credentials ([`scram`]) and the stores that keep them (DESIGN.md D6;
+//! `docs/backends.md`).
 //!
 //! [`AccountStore`] is a closed enum over the backends with a narrow async API. A wrong password
 //! is never an error here: [`AccountStore::credentials`] returns the keys (or `None` for an
-//! unknown user) and the caller checks the proof; [`StoreError::Unavailable`] means the backend
-//! itself failed, so a login answers `temporary-auth-failure`, not `not-authorized`.
-//! Passwords are never stored: only salted SCRAM keys for SHA-1 and SHA-256.
+//! unknown user) and the caller checks the proof, [`AccountStore::verify_password`] answers
+//! `false`; [`StoreError::Unavailable`] means the backend itself failed, so a login answers
+//! `temporary-auth-failure`, not `not-authorized`. Passwords are never stored: only salted SCRAM
+//! keys for SHA-1 and SHA-256 (or, read-only, an existing table's hashes or a directory).
 //!
 //! - [`scram`]: key derivation and proof checks (RFC 5802, RFC 7677), sans-IO.
 //! - [`sqlite`]: the embedded store, one file per node.
+//! - [`mysql`]: the central store on MySQL/MariaDB: our SCRAM table, or an existing user table.
+//! - [`ldap`]: accounts in an LDAP directory (bind, or search-then-bind).
+//! - [`legacy`]: argon2, bcrypt and `{SSHA}` hashes of existing user tables.
 
+pub mod ldap;
+pub mod legacy;
+pub mod mysql;
 pub mod scram;
 pub mod sqlite;
 
+/// The MySQL and LDAP stores against real servers.
+#[cfg(test)]
+mod server_tests;
+
 use std::path::Path;
 
+pub use ldap::LdapStore;
+pub use mysql::MysqlStore;
 pub use scram::{ScramCredentials, ScramHash, h, hmac};
 pub use sqlite::SqliteStore;
+
+use crate::config::{ImDataConfig, StorageBackend, StorageConfig};
 
 /// Lowest PBKDF2 iteration count accepted for new credentials (RFC 7677 §4: "at least 4096").
 pub const MIN_ITERATIONS: u32 = 4096;
@@ -23,10 +39,33 @@ pub const MIN_ITERATIONS: u32 = 4096;
 /// Longest localpart in bytes (RFC 7622 §3.3.1).
 const MAX_USERNAME_BYTES: usize = 1023;
 
-/// An account backend. MySQL/MariaDB and LDAP come later as more variants.
+/// An account backend (`storage.backend`).
 #[derive(Clone, Debug)]
 pub enum AccountStore {
+    /// One SQLite file per node, accounts and IM data.
     Sqlite(SqliteStore),
+    /// One MySQL/MariaDB database for the farm, accounts (SCRAM keys or an existing user table)
+    /// and IM data.
+    Mysql(MysqlStore),
+    /// Accounts in the directory; IM data in the database beside it (`storage.ldap.data`).
+    Ldap(LdapStore, ImDatabase),
+}
+
+/// The database that keeps the per-user IM data (`slave/src/store/`) beside the accounts: the
+/// account store's own, or for LDAP the one `storage.ldap.data` names. Its schema is migrated.
+#[derive(Clone, Debug)]
+pub enum ImDatabase {
+    Sqlite(SqliteStore),
+    Mysql(MysqlStore),
+}
+
+impl ImDatabase {
+    async fn close(&self) {
+        match self {
+            Self::Sqlite(s) => s.close().await,
+            Self::Mysql(s) => s.close().await,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,18 +87,76 @@ pub enum StoreError {
     InvalidUsername(String),
     #[error("{0} PBKDF2 iterations are too few: at least {MIN_ITERATIONS} (RFC 7677 §4)")]
     TooFewIterations(u32),
+    /// The accounts live where jabberfarm only reads them (a directory, an existing table).
+    #[error("{0}")]
+    ManagedElsewhere(&'static str),
 }
 
 impl AccountStore {
+    /// Opens the configured store for `node` (for SQLite: the node's file under `data_dir`,
+    /// created on first start), bringing its schema up to date.
+    pub async fn open(
+        storage: &StorageConfig,
+        data_dir: &Path,
+        node: &str,
+    ) -> Result<Self, StoreError> {
+        let sqlite = || {
+            storage
+                .sqlite_path(data_dir, node)
+                .ok_or_else(|| StoreError::Unavailable {
+                    backend: sqlite::BACKEND,
+                    detail: "no SQLite file configured (storage.path)".to_owned(),
+                })
+        };
+        match &storage.backend {
+            StorageBackend::Sqlite { .. } => Self::open_sqlite(&sqlite()?).await,
+            StorageBackend::Mysql(cfg) => MysqlStore::open(cfg).await.map(Self::Mysql),
+            StorageBackend::Ldap(cfg) => {
+                let data = match &cfg.data {
+                    ImDataConfig::Sqlite { .. } => {
+                        ImDatabase::Sqlite(SqliteStore::open(&sqlite()?).await?)
+                    }
+                    ImDataConfig::Mysql(m) => ImDatabase::Mysql(MysqlStore::open(m).await?),
+                };
+                match LdapStore::open(cfg).await {
+                    Ok(directory) => Ok(Self::Ldap(directory, data)),
+                    Err(e) => {
+                        data.close().await;
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
     /// Opens (and on first start creates, with its parent directory) the SQLite store at `path`
     /// and brings its schema up to date.
     pub async fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
         SqliteStore::open(path).await.map(Self::Sqlite)
     }
 
-    /// The user's keys for `hash`; `None` if there is no such user. `username` is the
-    /// normalised localpart. A name that no account can have (see [`StoreError::InvalidUsername`])
-    /// is simply not found.
+    /// Where the per-user IM data lives.
+    pub fn im_database(&self) -> ImDatabase {
+        match self {
+            Self::Sqlite(s) => ImDatabase::Sqlite(s.clone()),
+            Self::Mysql(s) => ImDatabase::Mysql(s.clone()),
+            Self::Ldap(_, data) => data.clone(),
+        }
+    }
+
+    /// No SCRAM keys: only a password in clear can be checked ([`Self::verify_password`]), so
+    /// logins are SASL PLAIN (over TLS) only.
+    pub fn plain_only(&self) -> bool {
+        match self {
+            Self::Sqlite(_) => false,
+            Self::Mysql(s) => s.is_legacy(),
+            Self::Ldap(..) => true,
+        }
+    }
+
+    /// The user's keys for `hash`; `None` if there is no such user (and always on a
+    /// [`Self::plain_only`] backend). `username` is the normalised localpart. A name that no
+    /// account can have (see [`StoreError::InvalidUsername`]) is simply not found.
     pub async fn credentials(
         &self,
         username: &str,
@@ -70,6 +167,40 @@ impl AccountStore {
         }
         match self {
             Self::Sqlite(store) => store.credentials(username, hash).await,
+            Self::Mysql(store) => store.credentials(username, hash).await,
+            Self::Ldap(..) => Ok(None),
+        }
+    }
+
+    /// Whether `password` is the user's password: `false` for a wrong password and for an
+    /// unknown or impossible username alike. With SCRAM keys this derives a key (PBKDF2) on the
+    /// blocking pool; with a legacy hash it checks the hash (an unknown user costs as much);
+    /// with LDAP it binds (an empty password never reaches the directory).
+    pub async fn verify_password(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<bool, StoreError> {
+        if check_username(username).is_err() {
+            return Ok(false);
+        }
+        match self {
+            Self::Mysql(store) if store.is_legacy() => {
+                store.verify_legacy(username, password).await
+            }
+            Self::Ldap(directory, _) => directory.verify(username, password).await,
+            Self::Sqlite(_) | Self::Mysql(_) => {
+                let Some(creds) = self.credentials(username, ScramHash::Sha256).await? else {
+                    return Ok(false);
+                };
+                let password = password.to_owned();
+                tokio::task::spawn_blocking(move || creds.verify_plain(&password))
+                    .await
+                    .map_err(|e| StoreError::Unavailable {
+                        backend: self.backend_name(),
+                        detail: format!("password check task failed: {e}"),
+                    })
+            }
         }
     }
 
@@ -81,9 +212,12 @@ impl AccountStore {
         iterations: u32,
     ) -> Result<(), StoreError> {
         check_username(username)?;
+        self.managed_here()?;
         let keys = derive_keys(self.backend_name(), password, iterations).await?;
         match self {
             Self::Sqlite(store) => store.add_user(username, &keys).await,
+            Self::Mysql(store) => store.add_user(username, &keys).await,
+            Self::Ldap(..) => Err(self.elsewhere()),
         }
     }
 
@@ -95,23 +229,32 @@ impl AccountStore {
         iterations: u32,
     ) -> Result<(), StoreError> {
         check_username(username)?;
+        self.managed_here()?;
         let keys = derive_keys(self.backend_name(), password, iterations).await?;
         match self {
             Self::Sqlite(store) => store.set_keys(username, &keys).await,
+            Self::Mysql(store) => store.set_keys(username, &keys).await,
+            Self::Ldap(..) => Err(self.elsewhere()),
         }
     }
 
     pub async fn delete_user(&self, username: &str) -> Result<(), StoreError> {
         check_username(username)?;
+        self.managed_here()?;
         match self {
             Self::Sqlite(store) => store.delete_user(username).await,
+            Self::Mysql(store) => store.delete_user(username).await,
+            Self::Ldap(..) => Err(self.elsewhere()),
         }
     }
 
     /// All usernames, sorted (byte order of their UTF-8).
     pub async fn list_users(&self) -> Result<Vec<String>, StoreError> {
+        self.managed_here()?;
         match self {
             Self::Sqlite(store) => store.list_users().await,
+            Self::Mysql(store) => store.list_users().await,
+            Self::Ldap(..) => Err(self.elsewhere()),
         }
     }
 
@@ -119,6 +262,8 @@ impl AccountStore {
     pub fn backend_name(&self) -> &'static str {
         match self {
             Self::Sqlite(_) => sqlite::BACKEND,
+            Self::Mysql(_) => mysql::BACKEND,
+            Self::Ldap(..) => ldap::BACKEND,
         }
     }
 
@@ -126,7 +271,34 @@ impl AccountStore {
     pub async fn close(&self) {
         match self {
             Self::Sqlite(store) => store.close().await,
+            Self::Mysql(store) => store.close().await,
+            Self::Ldap(directory, data) => {
+                directory.close().await;
+                data.close().await;
+            }
         }
+    }
+
+    /// [`StoreError::ManagedElsewhere`] for a directory or an existing user table.
+    fn managed_here(&self) -> Result<(), StoreError> {
+        if self.plain_only() {
+            Err(self.elsewhere())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn elsewhere(&self) -> StoreError {
+        StoreError::ManagedElsewhere(match self {
+            Self::Ldap(..) => {
+                "accounts live in the LDAP directory (storage.ldap); manage them there \
+                 (ldapadd, ldappasswd, ldapdelete)"
+            }
+            _ => {
+                "accounts live in the existing user table that storage.mysql.login_query \
+                 reads; manage them there"
+            }
+        })
     }
 }
 

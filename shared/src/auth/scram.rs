@@ -73,6 +73,32 @@ impl ScramCredentials {
         }
     }
 
+    /// Keys as a store keeps them, checked: an iteration count in `1..=u32::MAX` and keys of
+    /// the hash's length. `Err` says what is wrong (a corrupt row).
+    pub fn from_stored(
+        hash: ScramHash,
+        salt: Vec<u8>,
+        iterations: i64,
+        stored_key: Vec<u8>,
+        server_key: Vec<u8>,
+    ) -> Result<Self, String> {
+        let iterations = u32::try_from(iterations)
+            .ok()
+            .filter(|&i| i > 0)
+            .ok_or_else(|| format!("iteration count {iterations} out of range"))?;
+        let len = hash.output_len();
+        if stored_key.len() != len || server_key.len() != len {
+            return Err(format!("{hash:?} keys are not {len} bytes long"));
+        }
+        Ok(Self {
+            hash,
+            salt,
+            iterations,
+            stored_key,
+            server_key,
+        })
+    }
+
     /// Whether `password` yields these keys (for SASL PLAIN and `jabber:iq:auth`).
     /// Constant-time comparison. CPU-heavy: call it from `spawn_blocking`.
     pub fn verify_plain(&self, password: &str) -> bool {

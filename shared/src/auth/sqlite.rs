@@ -200,25 +200,13 @@ fn unavailable(detail: String) -> StoreError {
 }
 
 fn credentials_from_row(row: &SqliteRow, hash: ScramHash) -> Result<ScramCredentials, String> {
-    let salt: Vec<u8> = row.try_get("salt").map_err(|e| e.to_string())?;
-    let iterations: i64 = row.try_get("iterations").map_err(|e| e.to_string())?;
-    let iterations = u32::try_from(iterations)
-        .ok()
-        .filter(|&i| i > 0)
-        .ok_or_else(|| format!("iteration count {iterations} out of range"))?;
-    let stored_key: Vec<u8> = row.try_get("stored").map_err(|e| e.to_string())?;
-    let server_key: Vec<u8> = row.try_get("server").map_err(|e| e.to_string())?;
-    let len = hash.output_len();
-    if stored_key.len() != len || server_key.len() != len {
-        return Err(format!("{hash:?} keys are not {len} bytes long"));
-    }
-    Ok(ScramCredentials {
+    ScramCredentials::from_stored(
         hash,
-        salt,
-        iterations,
-        stored_key,
-        server_key,
-    })
+        row.try_get("salt").map_err(|e| e.to_string())?,
+        row.try_get("iterations").map_err(|e| e.to_string())?,
+        row.try_get("stored").map_err(|e| e.to_string())?,
+        row.try_get("server").map_err(|e| e.to_string())?,
+    )
 }
 
 /// Creates an empty database file readable by its owner only; SQLite gives its `-wal` and

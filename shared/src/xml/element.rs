@@ -117,10 +117,16 @@ impl Element {
     /// stream's own namespace carries no `xmlns`. Elements in the streams namespace use the
     /// `stream:` prefix the stream header declares.
     pub fn write_to(&self, out: &mut String, parent_ns: &str) {
-        let stream_prefixed = self.ns == ns::STREAM;
+        // Namespaces the stream header declares with a prefix (RFC 6120 §4.8.5; XEP-0220).
+        let prefix = match self.ns.as_str() {
+            ns::STREAM => Some("stream:"),
+            ns::DIALBACK if parent_ns == ns::SERVER => Some("db:"),
+            _ => None,
+        };
+        let stream_prefixed = prefix.is_some();
         out.push('<');
-        if stream_prefixed {
-            out.push_str("stream:");
+        if let Some(p) = prefix {
+            out.push_str(p);
         }
         out.push_str(&self.name);
         let inner_ns = if stream_prefixed {
@@ -162,8 +168,8 @@ impl Element {
             }
         }
         out.push_str("</");
-        if stream_prefixed {
-            out.push_str("stream:");
+        if let Some(p) = prefix {
+            out.push_str(p);
         }
         out.push_str(&self.name);
         out.push('>');

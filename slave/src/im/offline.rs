@@ -156,6 +156,7 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         // XEP-0203's example instant: 2002-09-10T23:08:25Z
         assert_eq!(rfc3339(1_031_699_305_000), "2002-09-10T23:08:25.000Z");
-        assert_eq!(rfc3339(1_795_000_000_123), "2026-11-18T09:06:40.123Z");
+        // Checked with Python: datetime.fromtimestamp(1795000000.123, timezone.utc)
+        assert_eq!(rfc3339(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
     }
 }

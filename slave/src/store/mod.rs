@@ -7,83 +7,92 @@
 //! - [`vcard`]: [`VcardStore`], vCard-temp (XEP-0054).
 //! - [`sqlite`]: [`SqliteIm`], the embedded backend (`roster_sqlite.rs`, `offline_sqlite.rs`,
 //!   `vcard_sqlite.rs`), in the same file as the node's accounts.
+//! - [`mysql`]: [`MysqlIm`], the central backend (`roster_mysql.rs`, `offline_mysql.rs`,
+//!   `vcard_mysql.rs`), in the farm's MySQL/MariaDB database: every slave sees the same data.
 //!
 //! [`ImStore`] is the configured backend, a closed enum that implements every trait by
 //! delegation. The traits take and return plain strings (normalised localparts, bare JIDs,
 //! stanza XML), so a central backend can implement them too. Every failure of the backend is
 //! [`StoreError::Unavailable`].
 
+pub mod mysql;
 pub mod offline;
+mod offline_mysql;
 mod offline_sqlite;
 pub mod roster;
+mod roster_mysql;
 mod roster_sqlite;
 pub mod sqlite;
 pub mod vcard;
+mod vcard_mysql;
 mod vcard_sqlite;
 
 #[cfg(test)]
 mod tests;
 
-use jabberfarm_shared::auth::{AccountStore, StoreError};
+use jabberfarm_shared::auth::{AccountStore, ImDatabase, StoreError};
 
+pub use mysql::MysqlIm;
 pub use offline::{OfflineMessage, OfflineStore, Stored};
 pub use roster::{RosterItem, RosterStore, Subscription};
 pub use sqlite::SqliteIm;
 pub use vcard::VcardStore;
 
-/// The configured IM backend. MySQL/MariaDB comes later as another variant.
+/// The configured IM backend: the database beside the accounts
+/// ([`AccountStore::im_database`]).
 #[derive(Clone, Debug)]
 pub enum ImStore {
     Sqlite(SqliteIm),
+    Mysql(MysqlIm),
+}
+
+/// `each!(self, s => s.method(..).await)`: the same call on whichever backend this is.
+macro_rules! each {
+    ($store:expr, $s:ident => $call:expr) => {
+        match $store {
+            ImStore::Sqlite($s) => $call,
+            ImStore::Mysql($s) => $call,
+        }
+    };
 }
 
 impl ImStore {
-    /// The IM store that lives beside `accounts`: the same SQLite file (and pool), whose schema
-    /// the account store has already migrated.
+    /// The IM store that lives beside `accounts`: the same database (and pool), whose schema
+    /// the account store has already migrated; for LDAP accounts, the database that
+    /// `storage.ldap.data` names.
     pub fn for_accounts(accounts: &AccountStore) -> ImStore {
-        match accounts {
-            AccountStore::Sqlite(store) => Self::Sqlite(SqliteIm::new(store.pool().clone())),
+        match accounts.im_database() {
+            ImDatabase::Sqlite(store) => Self::Sqlite(SqliteIm::new(store.pool().clone())),
+            ImDatabase::Mysql(store) => Self::Mysql(MysqlIm::new(&store)),
         }
     }
 
     /// Removes everything kept for `user` (when the account is deleted), atomically. Not an
     /// error if there was nothing.
     pub async fn delete_user(&self, user: &str) -> Result<(), StoreError> {
-        match self {
-            Self::Sqlite(s) => s.delete_user(user).await,
-        }
+        each!(self, s => s.delete_user(user).await)
     }
 }
 
 impl RosterStore for ImStore {
     async fn roster(&self, user: &str) -> Result<(u64, Vec<RosterItem>), StoreError> {
-        match self {
-            Self::Sqlite(s) => s.roster(user).await,
-        }
+        each!(self, s => s.roster(user).await)
     }
 
     async fn item(&self, user: &str, contact: &str) -> Result<Option<RosterItem>, StoreError> {
-        match self {
-            Self::Sqlite(s) => s.item(user, contact).await,
-        }
+        each!(self, s => s.item(user, contact).await)
     }
 
     async fn put_item(&self, user: &str, item: &RosterItem) -> Result<u64, StoreError> {
-        match self {
-            Self::Sqlite(s) => s.put_item(user, item).await,
-        }
+        each!(self, s => s.put_item(user, item).await)
     }
 
     async fn remove_item(&self, user: &str, contact: &str) -> Result<Option<u64>, StoreError> {
-        match self {
-            Self::Sqlite(s) => s.remove_item(user, contact).await,
-        }
+        each!(self, s => s.remove_item(user, contact).await)
     }
 
     async fn version(&self, user: &str) -> Result<u64, StoreError> {
-        match self {
-            Self::Sqlite(s) => s.version(user).await,
-        }
+        each!(self, s => s.version(user).await)
     }
 
     async fn add_pending_in(
@@ -92,21 +101,15 @@ impl RosterStore for ImStore {
         contact: &str,
         stanza_xml: &str,
     ) -> Result<(), StoreError> {
-        match self {
-            Self::Sqlite(s) => s.add_pending_in(user, contact, stanza_xml).await,
-        }
+        each!(self, s => s.add_pending_in(user, contact, stanza_xml).await)
     }
 
     async fn remove_pending_in(&self, user: &str, contact: &str) -> Result<bool, StoreError> {
-        match self {
-            Self::Sqlite(s) => s.remove_pending_in(user, contact).await,
-        }
+        each!(self, s => s.remove_pending_in(user, contact).await)
     }
 
     async fn pending_in(&self, user: &str) -> Result<Vec<(String, String)>, StoreError> {
-        match self {
-            Self::Sqlite(s) => s.pending_in(user).await,
-        }
+        each!(self, s => s.pending_in(user).await)
     }
 }
 
@@ -118,40 +121,28 @@ impl OfflineStore for ImStore {
         stamp_ms: i64,
         quota: usize,
     ) -> Result<Stored, StoreError> {
-        match self {
-            Self::Sqlite(s) => s.store(user, stanza_xml, stamp_ms, quota).await,
-        }
+        each!(self, s => s.store(user, stanza_xml, stamp_ms, quota).await)
     }
 
     async fn peek(&self, user: &str, limit: usize) -> Result<Vec<OfflineMessage>, StoreError> {
-        match self {
-            Self::Sqlite(s) => s.peek(user, limit).await,
-        }
+        each!(self, s => s.peek(user, limit).await)
     }
 
     async fn delete_up_to(&self, user: &str, up_to: i64) -> Result<u64, StoreError> {
-        match self {
-            Self::Sqlite(s) => s.delete_up_to(user, up_to).await,
-        }
+        each!(self, s => s.delete_up_to(user, up_to).await)
     }
 
     async fn count(&self, user: &str) -> Result<usize, StoreError> {
-        match self {
-            Self::Sqlite(s) => s.count(user).await,
-        }
+        each!(self, s => s.count(user).await)
     }
 }
 
 impl VcardStore for ImStore {
     async fn vcard(&self, user: &str) -> Result<Option<String>, StoreError> {
-        match self {
-            Self::Sqlite(s) => s.vcard(user).await,
-        }
+        each!(self, s => s.vcard(user).await)
     }
 
     async fn set_vcard(&self, user: &str, xml: &str) -> Result<(), StoreError> {
-        match self {
-            Self::Sqlite(s) => s.set_vcard(user, xml).await,
-        }
+        each!(self, s => s.set_vcard(user, xml).await)
     }
 }

@@ -1,19 +1,108 @@
-//! The store on a real SQLite file, through [`ImStore`] (later backends run the same bodies).
+//! The store contract, one body per behaviour, run through [`ImStore`] against every backend:
+//! a real SQLite file, and a real MariaDB (a throwaway server from `tests/servers/`, one per
+//! test binary, a new database per test).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use jabberfarm_shared::auth::{AccountStore, StoreError};
+use jabberfarm_shared::config::{MysqlAccounts, MysqlConfig, StorageBackend, StorageConfig};
 
 use super::*;
 
-async fn open(dir: &Path) -> (AccountStore, ImStore, PathBuf) {
-    let path = dir.join("data").join("node.sqlite");
-    let accounts = AccountStore::open_sqlite(&path).await.unwrap();
-    let im = ImStore::for_accounts(&accounts);
-    (accounts, im, path)
+#[path = "../../../tests/servers/servers.rs"]
+mod servers;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Mysql,
 }
+
+/// Where one test's data lives; [`Place::open`] again is a restart.
+enum Place {
+    Sqlite(tempfile::TempDir),
+    Mysql(Arc<servers::MariaDb>, String),
+}
+
+impl Place {
+    fn new(backend: Backend) -> Place {
+        match backend {
+            Backend::Sqlite => Place::Sqlite(tempfile::tempdir().unwrap()),
+            Backend::Mysql => {
+                let server = servers::shared_mariadb();
+                let url = server.create_database("store");
+                Place::Mysql(server, url)
+            }
+        }
+    }
+
+    async fn open(&self) -> (AccountStore, ImStore) {
+        let accounts = match self {
+            Place::Sqlite(dir) => AccountStore::open_sqlite(&self.sqlite_path(dir))
+                .await
+                .unwrap(),
+            Place::Mysql(_, url) => {
+                let storage = StorageConfig {
+                    backend: StorageBackend::Mysql(MysqlConfig {
+                        url: url.clone(),
+                        password: None,
+                        max_connections: 8,
+                        acquire_timeout: Duration::from_secs(5),
+                        query_timeout: Duration::from_secs(20),
+                        migrate: true,
+                        accounts: MysqlAccounts::Scram,
+                    }),
+                    scram_iterations: 4096,
+                };
+                AccountStore::open(&storage, std::path::Path::new("unused"), "slave1")
+                    .await
+                    .unwrap()
+            }
+        };
+        let im = ImStore::for_accounts(&accounts);
+        (accounts, im)
+    }
+
+    fn sqlite_path(&self, dir: &tempfile::TempDir) -> std::path::PathBuf {
+        dir.path().join("data").join("node.sqlite")
+    }
+}
+
+/// `#[tokio::test]`s `sqlite::NAME` and `mysql::NAME` for each body `NAME(Backend)`.
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod mysql {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Mysql).await
+                }
+            )*
+        }
+    };
+}
+
+on_every_backend!(
+    roster_put_get_update_remove_with_versions,
+    groups_with_commas_unicode_order_and_duplicates,
+    pending_in_add_replace_remove_order,
+    offline_order_quota_delete_up_to,
+    concurrent_writes_are_atomic_and_futures_are_send,
+    vcard_set_get_replace,
+    users_never_mix_survive_restart_and_delete_user,
+    closed_database_is_unavailable,
+);
 
 fn item(jid: &str, name: Option<&str>, sub: Subscription, groups: &[&str]) -> RosterItem {
     RosterItem {
@@ -33,10 +122,9 @@ fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-#[tokio::test]
-async fn roster_put_get_update_remove_with_versions() {
-    let dir = tempfile::tempdir().unwrap();
-    let (accounts, im, _) = open(dir.path()).await;
+async fn roster_put_get_update_remove_with_versions(backend: Backend) {
+    let place = Place::new(backend);
+    let (accounts, im) = place.open().await;
 
     assert_eq!(im.roster("juliet").await.unwrap(), (0, vec![]));
     assert_eq!(im.version("juliet").await.unwrap(), 0);
@@ -105,10 +193,9 @@ async fn roster_put_get_update_remove_with_versions() {
     accounts.close().await;
 }
 
-#[tokio::test]
-async fn groups_with_commas_unicode_order_and_duplicates() {
-    let dir = tempfile::tempdir().unwrap();
-    let (accounts, im, _) = open(dir.path()).await;
+async fn groups_with_commas_unicode_order_and_duplicates(backend: Backend) {
+    let place = Place::new(backend);
+    let (accounts, im) = place.open().await;
     let groups = [
         "Montague, House of",
         "日本語 グループ",
@@ -143,10 +230,9 @@ async fn groups_with_commas_unicode_order_and_duplicates() {
     accounts.close().await;
 }
 
-#[tokio::test]
-async fn pending_in_add_replace_remove_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let (accounts, im, _) = open(dir.path()).await;
+async fn pending_in_add_replace_remove_order(backend: Backend) {
+    let place = Place::new(backend);
+    let (accounts, im) = place.open().await;
     let sub = |from: &str, n: u32| format!("<presence from='{from}' type='subscribe' id='{n}'/>");
     assert!(im.pending_in("juliet").await.unwrap().is_empty());
 
@@ -212,10 +298,9 @@ async fn pending_in_add_replace_remove_order() {
     accounts.close().await;
 }
 
-#[tokio::test]
-async fn offline_order_quota_delete_up_to() {
-    let dir = tempfile::tempdir().unwrap();
-    let (accounts, im, _) = open(dir.path()).await;
+async fn offline_order_quota_delete_up_to(backend: Backend) {
+    let place = Place::new(backend);
+    let (accounts, im) = place.open().await;
     let msg =
         |n: i64| format!("<message to='juliet@localhost' id='m{n}'><body>{n}</body></message>");
 
@@ -270,10 +355,9 @@ async fn offline_order_quota_delete_up_to() {
     accounts.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_writes_are_atomic_and_futures_are_send() {
-    let dir = tempfile::tempdir().unwrap();
-    let (accounts, im, _) = open(dir.path()).await;
+async fn concurrent_writes_are_atomic_and_futures_are_send(backend: Backend) {
+    let place = Place::new(backend);
+    let (accounts, im) = place.open().await;
     let mut tasks = Vec::new();
     for n in 0..40 {
         let im = im.clone();
@@ -305,10 +389,9 @@ async fn concurrent_writes_are_atomic_and_futures_are_send() {
     accounts.close().await;
 }
 
-#[tokio::test]
-async fn vcard_set_get_replace() {
-    let dir = tempfile::tempdir().unwrap();
-    let (accounts, im, _) = open(dir.path()).await;
+async fn vcard_set_get_replace(backend: Backend) {
+    let place = Place::new(backend);
+    let (accounts, im) = place.open().await;
     assert_eq!(im.vcard("juliet").await.unwrap(), None);
     let v1 = "<vCard xmlns='vcard-temp'><FN>Juliet Capulet</FN></vCard>";
     let v2 = "<vCard xmlns='vcard-temp'><FN>Джульетта 🌹</FN><NICKNAME>J, C</NICKNAME></vCard>";
@@ -385,10 +468,9 @@ async fn check_filled(im: &ImStore, user: &str) {
     );
 }
 
-#[tokio::test]
-async fn users_never_mix_survive_restart_and_delete_user() {
-    let dir = tempfile::tempdir().unwrap();
-    let (accounts, im, path) = open(dir.path()).await;
+async fn users_never_mix_survive_restart_and_delete_user(backend: Backend) {
+    let place = Place::new(backend);
+    let (accounts, im) = place.open().await;
     fill(&im, "juliet").await;
     fill(&im, "romeo").await;
     check_filled(&im, "juliet").await;
@@ -416,8 +498,7 @@ async fn users_never_mix_survive_restart_and_delete_user() {
     accounts.close().await;
 
     // Restart: everything is still there.
-    let accounts = AccountStore::open_sqlite(&path).await.unwrap();
-    let im = ImStore::for_accounts(&accounts);
+    let (accounts, im) = place.open().await;
     check_filled(&im, "juliet").await;
     check_filled(&im, "romeo").await;
 
@@ -433,8 +514,7 @@ async fn users_never_mix_survive_restart_and_delete_user() {
 
     // Still gone after a restart; a new account of the same name never reuses a roster
     // version a client may have cached for the old one.
-    let accounts = AccountStore::open_sqlite(&path).await.unwrap();
-    let im = ImStore::for_accounts(&accounts);
+    let (accounts, im) = place.open().await;
     assert_eq!(im.count("juliet").await.unwrap(), 0);
     assert!(im.roster("juliet").await.unwrap().1.is_empty());
     assert_eq!(
@@ -447,25 +527,23 @@ async fn users_never_mix_survive_restart_and_delete_user() {
     accounts.close().await;
 }
 
-#[tokio::test]
-async fn closed_database_is_unavailable() {
-    let dir = tempfile::tempdir().unwrap();
-    let (accounts, im, path) = open(dir.path()).await;
+async fn closed_database_is_unavailable(backend: Backend) {
+    let place = Place::new(backend);
+    let (accounts, im) = place.open().await;
     accounts.close().await;
     let err = im.roster("juliet").await.unwrap_err();
     let text = err.to_string();
-    assert!(
-        matches!(
-            err,
-            StoreError::Unavailable {
-                backend: "sqlite",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    let StoreError::Unavailable { backend: name, .. } = err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(name, accounts.backend_name());
     assert!(text.contains("reading the roster of \"juliet\""), "{text}");
-    assert!(text.contains(&path.display().to_string()), "{text}");
+    // The message names the file or the server.
+    let where_ = match &place {
+        Place::Sqlite(dir) => place.sqlite_path(dir).display().to_string(),
+        Place::Mysql(server, _) => format!("127.0.0.1:{}/jf_store_", server.port),
+    };
+    assert!(text.contains(&where_), "{text}");
     let err = im.store("juliet", "<message/>", 0, 10).await.unwrap_err();
     assert!(
         err.to_string().contains("storing an offline message"),

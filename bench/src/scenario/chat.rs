@@ -1,0 +1,422 @@
+//! `chat`: P pairs of logged-in users exchange messages; both users of a pair are served by
+//! the same server, or with `--across` by different ones (farm slaves: over a farm link).
+//!
+//! - closed loop (no `--rate`): the two users of a pair bounce one message back and forth;
+//!   each is sent the moment the previous one arrived, so P messages are in flight and the
+//!   rate is the most the server (and this client) can carry with that many.
+//! - open loop (`--rate R`): in each pair one user sends to the other on a fixed schedule,
+//!   R/P per second, whatever the server does; the latency at a given offered rate.
+//!
+//! Each body starts with the send time (nanoseconds since the run started), so latency is
+//! measured by the receiver from the message alone, whatever the server.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jabberfarm_shared::ns;
+use jabberfarm_shared::xml::{Element, StreamEvent, escape_into};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::Ctx;
+use crate::client::{self, Conn, Session};
+use crate::error::{BenchError, Result};
+use crate::measure::{SelfCpu, nanos, summarize};
+use crate::report::{ChatFigures, Report};
+use crate::runner::run_pool;
+
+/// How long messages still in flight at the end of the measured phase may take to arrive.
+const GRACE: Duration = Duration::from_secs(2);
+
+pub struct ChatArgs {
+    pub pairs: usize,
+    /// Messages per second over all pairs (open loop); `None`: closed loop.
+    pub rate: Option<f64>,
+    /// At most this many messages are sent.
+    pub count: u64,
+    /// Body length in bytes (the timestamp, a space, padding).
+    pub body_size: usize,
+    /// Logins at a time while setting up.
+    pub concurrency: usize,
+    /// Pair users served by different servers (messages cross a farm link).
+    pub across: bool,
+}
+
+struct Shared {
+    /// Set at the end of the measured phase: no more sends.
+    stop: AtomicBool,
+    sent: AtomicU64,
+    received: AtomicU64,
+    bounced: AtomicU64,
+    count: u64,
+    epoch: std::time::Instant,
+    pad: String,
+}
+
+impl Shared {
+    fn now_ns(&self) -> u64 {
+        nanos(self.epoch.elapsed())
+    }
+
+    /// Send the next message to `to` unless the run is over. Returns whether it was sent.
+    async fn send(&self, conn: &mut Conn, to: &str, out: &mut String) -> Result<bool> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let seq = self.sent.fetch_add(1, Ordering::Relaxed);
+        if seq >= self.count {
+            self.sent.fetch_sub(1, Ordering::Relaxed);
+            self.stop.store(true, Ordering::Relaxed);
+            return Ok(false);
+        }
+        out.clear();
+        out.push_str("<message type='chat' to='");
+        out.push_str(to);
+        out.push_str("' id='m");
+        out.push_str(&seq.to_string());
+        out.push_str("'><body>");
+        out.push_str(&self.now_ns().to_string());
+        out.push(' ');
+        out.push_str(&self.pad);
+        out.push_str("</body></message>");
+        conn.send(out).await?;
+        Ok(true)
+    }
+
+    /// A message from the partner: its latency. Bounces are counted.
+    fn receive(&self, el: &Element) -> Option<u64> {
+        if !el.is("message", ns::CLIENT) {
+            return None;
+        }
+        if el.attr("type") == Some("error") {
+            self.bounced.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let body = el.child("body", ns::CLIENT)?.text();
+        let sent: u64 = body.split(' ').next()?.parse().ok()?;
+        self.received.fetch_add(1, Ordering::Relaxed);
+        Some(self.now_ns().saturating_sub(sent))
+    }
+}
+
+pub async fn run(ctx: &Ctx, a: ChatArgs) -> Result<Report> {
+    let mut rep = ctx.report("chat", "message");
+    let mode = if a.rate.is_some() { "open" } else { "closed" };
+    rep.param("pairs", a.pairs);
+    rep.param("mode", mode);
+    rep.param("pairing", if a.across { "across" } else { "same" });
+    if let Some(r) = a.rate {
+        rep.param("rate", r);
+    }
+    rep.param("count", a.count);
+    rep.param("body_size", a.body_size);
+
+    // Users that share a server, paired in user order.
+    let candidates = ctx.users.count.min(4 * a.pairs as u64 + 8);
+    let routes = ctx.discover(candidates, a.concurrency).await?;
+    let mut waiting: HashMap<SocketAddr, Vec<String>> = HashMap::new();
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for i in 0..candidates {
+        if pairs.len() == a.pairs {
+            break;
+        }
+        let user = ctx.users.name(i);
+        let Some(addr) = routes.get(&user).copied() else {
+            continue;
+        };
+        // Same server: a user waiting at this address; across: one waiting at another.
+        let partner = waiting
+            .iter_mut()
+            .find(|(k, v)| (**k != addr) == a.across && !v.is_empty())
+            .and_then(|(_, v)| v.pop());
+        match partner {
+            Some(other) => pairs.push((other, user)),
+            None => waiting.entry(addr).or_default().push(user),
+        }
+    }
+    if pairs.len() < a.pairs {
+        let how = if a.across {
+            "on different servers"
+        } else {
+            "on the same server"
+        };
+        return Err(BenchError::Setup(format!(
+            "only {} pairs of users {how} among the first {candidates} users; \
+             raise --user-count",
+            pairs.len()
+        )));
+    }
+    let sessions = login_all(ctx, &pairs, &routes, a.concurrency).await?;
+
+    let sh = Arc::new(Shared {
+        stop: AtomicBool::new(false),
+        sent: AtomicU64::new(0),
+        received: AtomicU64::new(0),
+        bounced: AtomicU64::new(0),
+        count: a.count,
+        epoch: std::time::Instant::now(),
+        pad: "x".repeat(a.body_size.saturating_sub(20)),
+    });
+    let done = CancellationToken::new();
+    let mut receivers = Vec::new();
+    let mut senders = Vec::new();
+    let me = SelfCpu::start();
+    let cpu0 = ctx.cpu()?;
+    let t0 = Instant::now();
+    let deadline = t0 + ctx.duration;
+    let period = a
+        .rate
+        .map(|r| Duration::from_secs_f64(a.pairs as f64 / r.max(1e-3)));
+    for (k, (sa, sb)) in sessions.into_iter().enumerate() {
+        let (ja, jb) = (esc(&sa.jid), esc(&sb.jid));
+        match period {
+            None => {
+                receivers.push(tokio::spawn(peer(
+                    sa,
+                    jb,
+                    true,
+                    true,
+                    sh.clone(),
+                    done.clone(),
+                )));
+                receivers.push(tokio::spawn(peer(
+                    sb,
+                    ja,
+                    false,
+                    true,
+                    sh.clone(),
+                    done.clone(),
+                )));
+            }
+            Some(p) => {
+                // Spread the senders over one period.
+                let offset = p.mul_f64(k as f64 / a.pairs as f64);
+                senders.push(tokio::spawn(open_sender(
+                    sa,
+                    jb,
+                    t0 + offset,
+                    p,
+                    sh.clone(),
+                    done.clone(),
+                )));
+                receivers.push(tokio::spawn(peer(
+                    sb,
+                    ja,
+                    false,
+                    false,
+                    sh.clone(),
+                    done.clone(),
+                )));
+            }
+        }
+    }
+    while Instant::now() < deadline && !sh.stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sh.stop.store(true, Ordering::Relaxed);
+    let window = t0.elapsed();
+    let delivered = sh.received.load(Ordering::Relaxed);
+    let sent = sh.sent.load(Ordering::Relaxed);
+    rep.server = ctx.server_figures(cpu0.as_ref(), delivered)?;
+    rep.set_cpu(&me);
+    if let Some(s) = rep.server.as_mut() {
+        s.cpu_s_per_100k_messages = Some(s.cpu_us_per_op / 10.0);
+    }
+    let grace_end = Instant::now() + GRACE;
+    while Instant::now() < grace_end && sh.received.load(Ordering::Relaxed) < sent {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    done.cancel();
+    let mut lags = Vec::new();
+    for t in senders {
+        match t.await {
+            Ok(l) => lags.extend(l),
+            Err(e) => rep.count_error(&BenchError::Setup(format!("sender task: {e}"))),
+        }
+    }
+    let mut lats = Vec::new();
+    let mut closed_early = 0u64;
+    for t in receivers {
+        match t.await {
+            Ok((l, early)) => {
+                lats.extend(l);
+                closed_early += u64::from(early);
+            }
+            Err(e) => rep.count_error(&BenchError::Setup(format!("receiver task: {e}"))),
+        }
+    }
+    let received_total = sh.received.load(Ordering::Relaxed);
+    let bounced = sh.bounced.load(Ordering::Relaxed);
+    if bounced > 0 {
+        rep.error_kinds.insert("message bounced".into(), bounced);
+        rep.errors += bounced;
+    }
+    if closed_early > 0 {
+        rep.error_kinds
+            .insert("session closed by server".into(), closed_early);
+        rep.errors += closed_early;
+    }
+    super::redirect::fill(&mut rep, delivered, window);
+    rep.latency_us = summarize(lats);
+    let secs = window.as_secs_f64().max(1e-9);
+    rep.chat = Some(ChatFigures {
+        mode: mode.into(),
+        pairs: a.pairs as u64,
+        offered_per_s: a.rate,
+        sent,
+        delivered: received_total,
+        lost: sent.saturating_sub(received_total),
+        sent_per_s: sent as f64 / secs,
+        send_lag_us: period.map(|_| summarize(lags)),
+    });
+    Ok(rep)
+}
+
+/// Log in both users of every pair (bounded concurrency).
+async fn login_all(
+    ctx: &Ctx,
+    pairs: &[(String, String)],
+    routes: &HashMap<String, SocketAddr>,
+    concurrency: usize,
+) -> Result<Vec<(Session, Session)>> {
+    let names: Arc<Vec<(String, SocketAddr)>> = Arc::new(
+        pairs
+            .iter()
+            .flat_map(|(a, b)| [a, b])
+            .map(|u| (u.clone(), routes.get(u).copied().unwrap_or(ctx.start)))
+            .collect(),
+    );
+    let slots: Arc<Mutex<Vec<Option<Session>>>> =
+        Arc::new(Mutex::new((0..names.len()).map(|_| None).collect()));
+    let (cfg, n, s) = (ctx.cfg.clone(), names.clone(), slots.clone());
+    let deadline = Instant::now() + Duration::from_secs(crate::MAX_SETUP_SECS);
+    let pool = run_pool(concurrency, names.len() as u64, deadline, move |i, _| {
+        let (cfg, n, s) = (cfg.clone(), n.clone(), s.clone());
+        async move {
+            let idx = usize::try_from(i).unwrap_or(usize::MAX);
+            let Some((user, addr)) = n.get(idx) else {
+                return Err(BenchError::Setup("no such user slot".into()));
+            };
+            let session = client::login(&cfg, *addr, user, "chat").await?;
+            if let Ok(mut slots) = s.lock()
+                && let Some(slot) = slots.get_mut(idx)
+            {
+                *slot = Some(session);
+            }
+            Ok(Duration::ZERO)
+        }
+    })
+    .await;
+    if pool.errors() > 0 {
+        return Err(BenchError::Setup(format!(
+            "{} of {} chat users could not log in; first error: {}",
+            pool.errors(),
+            names.len(),
+            pool.first_error.unwrap_or_default()
+        )));
+    }
+    let all: Vec<Option<Session>> = slots
+        .lock()
+        .map(|mut s| s.drain(..).collect())
+        .unwrap_or_default();
+    let mut it = all.into_iter();
+    let mut out = Vec::new();
+    while let (Some(Some(a)), Some(Some(b))) = (it.next(), it.next()) {
+        out.push((a, b));
+    }
+    if out.len() != pairs.len() {
+        return Err(BenchError::Setup("a chat session went missing".into()));
+    }
+    Ok(out)
+}
+
+/// A user that answers every message from its partner with the next one (closed loop,
+/// `reply`), or only receives (open loop). `first`: sends the pair's first message.
+/// Returns the latencies it measured and whether the server closed the session early.
+async fn peer(
+    mut s: Session,
+    to: String,
+    first: bool,
+    reply: bool,
+    sh: Arc<Shared>,
+    done: CancellationToken,
+) -> (Vec<u64>, bool) {
+    let mut lats = Vec::new();
+    let mut out = String::with_capacity(256);
+    let mut early = false;
+    if first && sh.send(&mut s.conn, &to, &mut out).await.is_err() {
+        return (lats, true);
+    }
+    loop {
+        tokio::select! {
+            ev = s.conn.next() => match ev {
+                Ok(StreamEvent::Element(el)) => {
+                    if let Some(lat) = sh.receive(&el) {
+                        lats.push(lat);
+                        if reply && sh.send(&mut s.conn, &to, &mut out).await.is_err() {
+                            early = true;
+                            break;
+                        }
+                    }
+                }
+                Ok(_) | Err(_) => {
+                    early = true;
+                    break;
+                }
+            },
+            _ = done.cancelled() => break,
+        }
+    }
+    if !early {
+        s.conn.close().await;
+    }
+    (lats, early)
+}
+
+/// Open loop: send on schedule (period `period`, from `start`) until the run stops; drain
+/// whatever the server sends. Returns how late each send was against its schedule.
+async fn open_sender(
+    mut s: Session,
+    to: String,
+    start: Instant,
+    period: Duration,
+    sh: Arc<Shared>,
+    done: CancellationToken,
+) -> Vec<u64> {
+    let mut lags = Vec::new();
+    let mut out = String::with_capacity(256);
+    let mut iv = tokio::time::interval_at(start, period);
+    // Catch up after a stall: the offered rate stays what was asked.
+    iv.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    let mut sending = true;
+    loop {
+        tokio::select! {
+            t = iv.tick(), if sending => {
+                lags.push(nanos(t.elapsed()));
+                match sh.send(&mut s.conn, &to, &mut out).await {
+                    Ok(true) => {}
+                    Ok(false) => sending = false,
+                    Err(_) => return lags,
+                }
+            }
+            ev = s.conn.next() => match ev {
+                Ok(StreamEvent::Element(el)) => {
+                    sh.receive(&el);
+                }
+                Ok(_) | Err(_) => return lags,
+            },
+            _ = done.cancelled() => break,
+        }
+    }
+    s.conn.close().await;
+    lags
+}
+
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    escape_into(&mut out, s);
+    out
+}

@@ -1,0 +1,300 @@
+//! Inbound server-to-server at the master (DESIGN.md D4): remote servers connect here for the
+//! public domain. The master
+//!
+//! - offers STARTTLS with the domain's certificate, then server dialback (XEP-0220);
+//! - verifies a remote's `<db:result/>` by asking the remote's authoritative server
+//!   (`<db:verify/>` on a stream of its own);
+//! - answers `<db:verify/>` for keys any node of the farm handed out, from the farm secret
+//!   (XEP-0185), without per-stream state;
+//! - accepts a stanza only when its `from` domain was authenticated on this stream and its
+//!   `to` is the public domain, and relays it over the farm link to the slave that owns the
+//!   user (DESIGN.md D2); stanzas for the bare domain it answers itself.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use jabberfarm_shared::ns;
+use jabberfarm_shared::routing::normalize_localpart;
+use jabberfarm_shared::s2s::{dialback_key, domain_of, key_matches, outbound};
+use jabberfarm_shared::stanza::{ErrorType, Kind, error_reply, iq_result, is_error_or_result};
+use jabberfarm_shared::stream::{ReadError, XmlStream, new_id};
+use jabberfarm_shared::xml::{Condition, Element, StreamError, StreamEvent};
+use tracing::{debug, info, warn};
+
+use crate::Master;
+
+/// Serve one inbound s2s connection until it closes.
+pub async fn serve(m: Arc<Master>, mut stream: XmlStream) {
+    let domain = m.config.domain.clone();
+    // Remote domains authenticated by dialback on this stream.
+    let mut authenticated: HashSet<String> = HashSet::new();
+    loop {
+        let h = match read(&m, &mut stream, true).await {
+            Some(StreamEvent::Open(h)) => h,
+            _ => return,
+        };
+        if !h
+            .to
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case(&domain))
+        {
+            let e = StreamError::new(
+                Condition::HostUnknown,
+                format!("this server serves {domain}"),
+            );
+            stream.fail(&e, &domain).await;
+            return;
+        }
+        let id = new_id();
+        if stream
+            .send_header(&domain, h.from.as_deref(), &id, h.version.is_some())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let mut features = Element::new("features", ns::STREAM);
+        if m.tls.is_some() && !stream.secure {
+            features = features.with_child(Element::new("starttls", ns::TLS));
+        }
+        features = features.with_child(
+            Element::new("dialback", ns::DIALBACK_FEATURE)
+                .with_child(Element::new("errors", ns::DIALBACK_FEATURE)),
+        );
+        if h.version.is_some() && stream.send(&features).await.is_err() {
+            return;
+        }
+        loop {
+            let el = match read(&m, &mut stream, false).await {
+                Some(StreamEvent::Element(el)) => el,
+                Some(StreamEvent::Close) => {
+                    stream.close().await;
+                    return;
+                }
+                _ => return,
+            };
+            if el.is("starttls", ns::TLS) {
+                let Some(tls) = m.tls.clone().filter(|_| !stream.secure) else {
+                    let _ = stream.send(&Element::new("failure", ns::TLS)).await;
+                    stream.close().await;
+                    return;
+                };
+                if stream
+                    .send(&Element::new("proceed", ns::TLS))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                match stream.upgrade_tls(tls, m.s2s_settings.limits).await {
+                    Ok(s) => stream = s,
+                    Err(e) => {
+                        debug!("s2s STARTTLS failed: {e}");
+                        return;
+                    }
+                }
+                break; // the stream restarts
+            } else if el.is("result", ns::DIALBACK) {
+                if let Some(remote) = dialback_result(&m, &mut stream, &el, &id).await {
+                    authenticated.insert(remote);
+                }
+            } else if el.is("verify", ns::DIALBACK) {
+                dialback_verify(&m, &mut stream, &el).await;
+            } else if Kind::of(&el).is_some() {
+                if let Err(e) = stanza(&m, el, &authenticated).await {
+                    stream.fail(&e, &domain).await;
+                    return;
+                }
+            } else {
+                let e = StreamError::new(
+                    Condition::UnsupportedStanzaType,
+                    format!("<{}/> is not expected here", el.name),
+                );
+                stream.fail(&e, &domain).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn read(m: &Master, stream: &mut XmlStream, header: bool) -> Option<StreamEvent> {
+    let domain = &m.config.domain;
+    let wait = if header {
+        m.config.limits.stream_open_timeout
+    } else {
+        // Idle inbound streams: the remote closes them itself; bound the wait anyway.
+        m.s2s_settings.idle_timeout * 2
+    };
+    let r = tokio::select! {
+        r = stream.next_within(wait) => r,
+        _ = m.shutdown.cancelled() => {
+            stream.fail(&StreamError::new(Condition::SystemShutdown, "the server is stopping"), domain).await;
+            return None;
+        }
+    };
+    match r {
+        Ok(ev) => Some(ev),
+        Err(ReadError::Stream(e)) => {
+            stream.fail(&e, domain).await;
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// XEP-0220 §2.1.2–2.1.4: the remote wants to send as `from`; ask its authoritative server.
+async fn dialback_result(
+    m: &Master,
+    stream: &mut XmlStream,
+    el: &Element,
+    stream_id: &str,
+) -> Option<String> {
+    let domain = &m.config.domain;
+    let (Some(remote), Some(to)) = (el.attr("from"), el.attr("to")) else {
+        return None;
+    };
+    let remote = remote.to_ascii_lowercase();
+    let key = el.text();
+    let answer = |valid: bool| {
+        Element::new("result", ns::DIALBACK)
+            .with_attr("from", to)
+            .with_attr("to", &remote)
+            .with_attr("type", if valid { "valid" } else { "invalid" })
+    };
+    if !to.eq_ignore_ascii_case(domain) || remote.eq_ignore_ascii_case(domain) || key.is_empty() {
+        let _ = stream.send(&answer(false)).await;
+        return None;
+    }
+    let valid = match outbound::verify(&m.s2s_settings, &remote, stream_id, key.trim()).await {
+        Ok(v) => v,
+        Err(e) => {
+            warn!(remote, "dialback: cannot verify {remote}: {e}");
+            false
+        }
+    };
+    if valid {
+        info!(remote, "s2s from {remote} authenticated (dialback)");
+    } else {
+        warn!(remote, "s2s from {remote}: dialback key refused");
+    }
+    let _ = stream.send(&answer(valid)).await;
+    valid.then_some(remote)
+}
+
+/// XEP-0220 §2.1.3: a remote checks a key one of our nodes gave it. Every node computes keys
+/// from the farm secret (XEP-0185), so the master knows the answer for all of them.
+async fn dialback_verify(m: &Master, stream: &mut XmlStream, el: &Element) {
+    let (Some(receiving), Some(originating), Some(id)) =
+        (el.attr("from"), el.attr("to"), el.attr("id"))
+    else {
+        return;
+    };
+    let ours = originating.eq_ignore_ascii_case(&m.config.domain);
+    let expected = dialback_key(&m.config.secret, receiving, originating, id);
+    let valid = ours && key_matches(el.text().trim(), &expected);
+    debug!(receiving, valid, "dialback verify");
+    let answer = Element::new("verify", ns::DIALBACK)
+        .with_attr("from", originating)
+        .with_attr("to", receiving)
+        .with_attr("id", id)
+        .with_attr("type", if valid { "valid" } else { "invalid" });
+    let _ = stream.send(&answer).await;
+}
+
+/// A stanza on an inbound stream (RFC 6120 §8.1.1.2, §13.7.1.3 on `from`).
+async fn stanza(
+    m: &Master,
+    el: Element,
+    authenticated: &HashSet<String>,
+) -> Result<(), StreamError> {
+    let domain = &m.config.domain;
+    let (Some(from), Some(to)) = (el.attr("from"), el.attr("to")) else {
+        return Err(StreamError::new(
+            Condition::ImproperAddressing,
+            "stanzas between servers need from and to",
+        ));
+    };
+    if !authenticated.contains(&domain_of(from).to_ascii_lowercase()) {
+        return Err(StreamError::new(
+            Condition::InvalidFrom,
+            format!("{} is not authenticated on this stream", domain_of(from)),
+        ));
+    }
+    if !domain_of(to).eq_ignore_ascii_case(domain) {
+        return Err(StreamError::new(
+            Condition::HostUnknown,
+            format!("this server serves {domain}"),
+        ));
+    }
+    let localpart = to.split_once('@').map(|(l, _)| l);
+    let reply = match localpart {
+        Some(l) => match normalize_localpart(l) {
+            Ok(user) => {
+                let owner = m.config.routing.owner(&user).to_owned();
+                match m.links.send(&owner, &el).await {
+                    Ok(()) => None,
+                    Err(e) => {
+                        warn!(to, owner, "cannot relay to {owner}: {e}");
+                        reject(
+                            &el,
+                            ErrorType::Wait,
+                            "service-unavailable",
+                            "the recipient's server is not reachable",
+                        )
+                    }
+                }
+            }
+            Err(_) => reject(&el, ErrorType::Modify, "jid-malformed", "invalid recipient"),
+        },
+        None => answer_for_domain(&el),
+    };
+    if let Some(r) = reply {
+        m.outbound.send(r);
+    }
+    Ok(())
+}
+
+/// What the master answers for the bare domain (XEP-0030, XEP-0199).
+fn answer_for_domain(el: &Element) -> Option<Element> {
+    if Kind::of(el) != Some(Kind::Iq) || is_error_or_result(el) {
+        return None;
+    }
+    let p = el.first_child()?;
+    Some(match (el.attr("type"), p.name.as_str(), p.ns.as_str()) {
+        (Some("get"), "ping", ns::PING) => iq_result(el, None),
+        (Some("get"), "query", ns::DISCO_INFO) => iq_result(
+            el,
+            Some(
+                Element::new("query", ns::DISCO_INFO)
+                    .with_child(
+                        Element::new("identity", ns::DISCO_INFO)
+                            .with_attr("category", "server")
+                            .with_attr("type", "im")
+                            .with_attr("name", "jabberfarm"),
+                    )
+                    .with_child(
+                        Element::new("feature", ns::DISCO_INFO).with_attr("var", ns::DISCO_INFO),
+                    )
+                    .with_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", ns::PING)),
+            ),
+        ),
+        (Some("get"), "query", ns::DISCO_ITEMS) => {
+            iq_result(el, Some(Element::new("query", ns::DISCO_ITEMS)))
+        }
+        _ => error_reply(
+            el,
+            ErrorType::Cancel,
+            "service-unavailable",
+            None,
+            None,
+            false,
+        ),
+    })
+}
+
+fn reject(el: &Element, etype: ErrorType, condition: &str, text: &str) -> Option<Element> {
+    if is_error_or_result(el) {
+        return None;
+    }
+    Some(error_reply(el, etype, condition, None, Some(text), false))
+}

@@ -1,0 +1,1022 @@
+//! Central user data (DESIGN.md D6, `docs/backends.md`), end to end against real servers.
+//!
+//! - The same login body against SQLite, MariaDB (jabberfarm's SCRAM table, and an existing
+//!   user table with `{SSHA}` hashes), and OpenLDAP (bind over StartTLS, search-then-bind with a
+//!   service account over LDAPS): login works, a wrong password and an unknown user get the same
+//!   `<not-authorized/>`, SCRAM-SHA-256 and PLAIN where the backend allows them (PLAIN over TLS
+//!   only where it keeps no SCRAM keys), the user commands work or say where accounts live.
+//! - Hostile usernames neither authenticate (not even with a real user's password) nor break
+//!   anything.
+//! - With MariaDB, roster, vCard and offline messages written through one slave are read
+//!   through the other after the routing moved the user.
+//! - The backend stopped mid-run: logins get `<temporary-auth-failure/>` within a bound,
+//!   sessions keep working, logins work again once it is back.
+//!
+//! The servers are throwaway MariaDB and slapd instances from Debian (`tests/servers/`), on
+//! loopback ports with temporary data directories, seeded here. `scripts/test.sh` installs them;
+//! a server that cannot start fails the test with its log.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+#[path = "servers/servers.rs"]
+mod servers;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::{BIN, HEADER, TestFarm};
+use jabberfarm_shared::auth::{ScramHash, h, hmac};
+use servers::{MariaDb, Slapd};
+
+const SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+/// Every backend knows these users (LDIF, SQL, `jabberfarm user add`).
+const USERS: &[&str] = &["alice", "bob", "carol", "admin"];
+const SERVICE_PASSWORD: &str = "service-Secret-9";
+
+fn password(user: &str) -> String {
+    format!("{user}-pw-Secret1")
+}
+
+// ---- a small XMPP client: plain TCP or STARTTLS, exact wire text --------------------------
+
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+    Gone,
+}
+
+struct Client {
+    io: Io,
+    got: String,
+    /// Where the next wait starts looking: just after the last match.
+    pos: usize,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        let sock = TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        Client {
+            io: Io::Plain(sock),
+            got: String::new(),
+            pos: 0,
+        }
+    }
+
+    fn send(&mut self, data: &str) {
+        match &mut self.io {
+            Io::Plain(s) => s.write_all(data.as_bytes()).unwrap(),
+            Io::Tls(s) => s.write_all(data.as_bytes()).unwrap(),
+            Io::Gone => unreachable!(),
+        }
+    }
+
+    /// `Some(0)` at the end of the stream, `None` when nothing arrived in 100 ms.
+    fn read_some(&mut self) -> Option<usize> {
+        let mut buf = [0u8; 8192];
+        let r = match &mut self.io {
+            Io::Plain(s) => s.read(&mut buf),
+            Io::Tls(s) => s.read(&mut buf),
+            Io::Gone => unreachable!(),
+        };
+        match r {
+            Ok(n) => {
+                self.got.push_str(&String::from_utf8_lossy(&buf[..n]));
+                Some(n)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                Some(0)
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Reads until `done` holds for the text after the previous match (or the stream ends, or
+    /// `secs` pass: then it panics); returns that text and moves the cursor past it.
+    fn wait_until(&mut self, what: &str, secs: u64, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let text = &self.got[self.pos..];
+            if done(text) {
+                let text = text.to_owned();
+                self.pos = self.got.len();
+                return text;
+            }
+            let eof = self.read_some() == Some(0);
+            assert!(
+                !eof || done(&self.got[self.pos..]),
+                "connection closed while waiting for {what}; got {:?}",
+                &self.got[self.pos..]
+            );
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; got {:?}",
+                &self.got[self.pos..]
+            );
+        }
+    }
+
+    fn wait_for(&mut self, needle: &str, secs: u64) -> String {
+        self.wait_until(needle, secs, |t| t.contains(needle))
+    }
+
+    /// Everything up to the end of the `<iq/>` with this id.
+    fn wait_iq(&mut self, id: &str) -> String {
+        let needle = format!("id='{id}'");
+        self.wait_until(&needle.clone(), 10, |t| {
+            t.find(&needle).is_some_and(|i| {
+                let tag_end = t[i..].find('>').map(|e| i + e);
+                // `<iq … id='x'/>`, or `<iq … id='x'>…</iq>`.
+                tag_end.is_some_and(|e| t[..e].ends_with('/') || t[e..].contains("</iq>"))
+            })
+        })
+    }
+
+    /// The outcome of a SASL exchange: `<success…>` or `<failure…>…</failure>` (or a stream
+    /// error that ended the stream).
+    fn wait_sasl_result(&mut self, secs: u64) -> String {
+        self.wait_until("a SASL outcome", secs, |t| {
+            t.contains("</failure>")
+                || t.contains("</stream:stream>")
+                || t.find("<success")
+                    .is_some_and(|i| t[i..].contains("/>") || t[i..].contains("</success>"))
+        })
+    }
+
+    /// Opens (or restarts) the stream; returns the features.
+    fn open(&mut self) -> String {
+        self.send(HEADER);
+        self.wait_for("</stream:features>", 10)
+    }
+
+    /// STARTTLS, trusting the farm's demo CA for `localhost`; returns the new features.
+    fn starttls(&mut self, ca: &Path) -> String {
+        self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+        self.wait_until("<proceed/>", 10, |t| {
+            t.find("<proceed").is_some_and(|i| t[i..].contains('>'))
+        });
+        let Io::Plain(mut sock) = std::mem::replace(&mut self.io, Io::Gone) else {
+            panic!("STARTTLS twice");
+        };
+        let config = jabberfarm_shared::tls::client_config(ca).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut conn = rustls::ClientConnection::new(config, name).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock).unwrap();
+        }
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        self.io = Io::Tls(Box::new(rustls::StreamOwned::new(conn, sock)));
+        self.got.clear();
+        self.pos = 0;
+        self.open()
+    }
+
+    /// Restart after `<success/>`, bind `resource`, send initial presence.
+    fn bind(&mut self, user: &str, resource: &str) {
+        self.open();
+        self.send(&format!(
+            "<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
+             <resource>{resource}</resource></bind></iq>"
+        ));
+        let r = self.wait_for("</iq>", 10);
+        assert!(
+            r.contains(&format!("<jid>{user}@localhost/{resource}</jid>")),
+            "{r}"
+        );
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mech {
+    Plain,
+    ScramSha256,
+}
+
+/// Connects to `addr`, upgrades to TLS when `tls`, runs one SASL exchange: the client and the
+/// outcome text.
+fn attempt(
+    farm: &TestFarm,
+    addr: SocketAddr,
+    tls: bool,
+    mech: Mech,
+    user: &str,
+    pw: &str,
+) -> (Client, String) {
+    let mut c = Client::connect(addr);
+    c.open();
+    if tls {
+        c.starttls(&farm.ca());
+    }
+    let out = match mech {
+        Mech::Plain => {
+            c.send(&common::plain_auth(user, pw));
+            c.wait_sasl_result(20)
+        }
+        Mech::ScramSha256 => scram_sha256(&mut c, user, pw),
+    };
+    (c, out)
+}
+
+/// A logged-in session (TLS, PLAIN) at the owner of `user`, bound to `resource`.
+fn login(farm: &TestFarm, user: &str, resource: &str) -> Client {
+    let (mut c, out) = attempt(
+        farm,
+        farm.owner(user).c2s,
+        true,
+        Mech::Plain,
+        user,
+        &password(user),
+    );
+    assert!(out.contains("<success"), "login of {user}: {out}");
+    c.bind(user, resource);
+    c
+}
+
+/// SCRAM-SHA-256 (RFC 5802, RFC 7677) as a client; checks the server's signature on success.
+fn scram_sha256(c: &mut Client, user: &str, pw: &str) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let bare = format!("n={user},r=clientnonce0123456789");
+    c.send(&format!(
+        "<auth xmlns='{SASL}' mechanism='SCRAM-SHA-256'>{}</auth>",
+        b64.encode(format!("n,,{bare}"))
+    ));
+    let r = c.wait_until("a SCRAM challenge", 20, |t| {
+        t.contains("</challenge>") || t.contains("</failure>")
+    });
+    if r.contains("</failure>") {
+        return r;
+    }
+    let payload = between(&r, &format!("<challenge xmlns='{SASL}'>"), "</challenge>");
+    let server_first = String::from_utf8(b64.decode(payload).unwrap()).unwrap();
+    let (mut nonce, mut salt, mut iterations) = ("", Vec::new(), 0);
+    for a in server_first.split(',') {
+        if let Some(v) = a.strip_prefix("r=") {
+            nonce = v;
+        } else if let Some(v) = a.strip_prefix("s=") {
+            salt = b64.decode(v).unwrap();
+        } else if let Some(v) = a.strip_prefix("i=") {
+            iterations = v.parse().unwrap();
+        }
+    }
+    let mut salted = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<sha2::Sha256>(pw.as_bytes(), &salt, iterations, &mut salted);
+    let client_key = hmac(ScramHash::Sha256, &salted, b"Client Key");
+    let stored = h(ScramHash::Sha256, &client_key);
+    let without_proof = format!("c=biws,r={nonce}");
+    let auth_message = format!("{bare},{server_first},{without_proof}");
+    let signature = hmac(ScramHash::Sha256, &stored, auth_message.as_bytes());
+    let proof: Vec<u8> = client_key
+        .iter()
+        .zip(&signature)
+        .map(|(a, b)| a ^ b)
+        .collect();
+    c.send(&format!(
+        "<response xmlns='{SASL}'>{}</response>",
+        b64.encode(format!("{without_proof},p={}", b64.encode(proof)))
+    ));
+    let out = c.wait_sasl_result(20);
+    if out.contains("<success") {
+        let server_key = hmac(ScramHash::Sha256, &salted, b"Server Key");
+        let expected = hmac(ScramHash::Sha256, &server_key, auth_message.as_bytes());
+        let v = between(&out, &format!("<success xmlns='{SASL}'>"), "</success>");
+        assert_eq!(
+            String::from_utf8(b64.decode(v).unwrap()).unwrap(),
+            format!("v={}", b64.encode(expected)),
+            "server signature"
+        );
+    }
+    out
+}
+
+fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
+    let from = text
+        .find(start)
+        .unwrap_or_else(|| panic!("{start:?} not in {text:?}"))
+        + start.len();
+    let len = text[from..].find(end).unwrap();
+    &text[from..from + len]
+}
+
+/// `out` and whatever follows up to the end of the stream.
+fn rest_of_stream(c: &mut Client, out: String) -> String {
+    if out.contains("</stream:stream>") {
+        out
+    } else {
+        out + &c.wait_for("</stream:stream>", 10)
+    }
+}
+
+/// The `<failure>…</failure>` element of a SASL outcome.
+fn failure(out: &str) -> &str {
+    let start = out
+        .find("<failure")
+        .unwrap_or_else(|| panic!("no <failure> in {out:?}"));
+    let end = out[start..].find("</failure>").unwrap() + "</failure>".len();
+    &out[start..start + end]
+}
+
+// ---- backends ------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    /// jabberfarm's own schema with SCRAM keys.
+    Mysql,
+    /// An existing user table with `{SSHA}` hashes (PLAIN only).
+    MysqlLegacy,
+    /// Bind with a DN template, StartTLS to the directory.
+    LdapBind,
+    /// Search-then-bind with a service account, LDAPS.
+    LdapSearch,
+}
+
+impl Backend {
+    /// Keeps SCRAM keys: SCRAM is offered, and PLAIN also without TLS.
+    fn scram(self) -> bool {
+        matches!(self, Backend::Sqlite | Backend::Mysql)
+    }
+}
+
+/// A farm of two slaves on one backend, its users in place.
+struct Setup {
+    backend: Backend,
+    farm: TestFarm,
+    /// The MariaDB server and database name.
+    mysql: Option<(Arc<MariaDb>, String)>,
+    /// Holds the directory server for as long as the farm uses it.
+    _ldap: Option<Arc<Slapd>>,
+}
+
+/// The directory: ou=people with [`USERS`] (and a second `alice` elsewhere that must never
+/// matter), ou=services with the account for search-then-bind.
+fn ldif() -> String {
+    let mut out = String::from(
+        "dn: dc=example,dc=net\nobjectClass: dcObject\nobjectClass: organization\no: Example\n\
+         dc: example\n\n\
+         dn: ou=people,dc=example,dc=net\nobjectClass: organizationalUnit\nou: people\n\n\
+         dn: ou=services,dc=example,dc=net\nobjectClass: organizationalUnit\nou: services\n\n",
+    );
+    out.push_str(&format!(
+        "dn: cn=jabberfarm,ou=services,dc=example,dc=net\nobjectClass: organizationalRole\n\
+         objectClass: simpleSecurityObject\ncn: jabberfarm\nuserPassword: {}\n\n",
+        Slapd::hash(SERVICE_PASSWORD)
+    ));
+    for user in USERS {
+        out.push_str(&format!(
+            "dn: uid={user},ou=people,dc=example,dc=net\nobjectClass: inetOrgPerson\n\
+             uid: {user}\ncn: {user}\nsn: {user}\nuserPassword: {}\n\n",
+            Slapd::hash(&password(user))
+        ));
+    }
+    out
+}
+
+fn shared_slapd() -> Arc<Slapd> {
+    servers::shared_slapd(ldif)
+}
+
+fn db_name(url: &str) -> String {
+    url.rsplit('/').next().unwrap().to_owned()
+}
+
+/// The `[storage]` body for `backend`; `extra` goes into its backend's sub-table.
+fn storage_toml(
+    backend: Backend,
+    mysql_url: Option<&str>,
+    ldap: Option<&Slapd>,
+    extra: &str,
+) -> String {
+    let mysql = |more: &str| {
+        format!(
+            "backend = \"mysql\"\n[storage.mysql]\nurl = \"{}\"\nmax_connections = 4\n\
+             acquire_timeout = 2\nquery_timeout = 4\n{more}{extra}",
+            mysql_url.unwrap()
+        )
+    };
+    match backend {
+        Backend::Sqlite => "scram_iterations = 4096".to_owned(),
+        Backend::Mysql => mysql(""),
+        Backend::MysqlLegacy => mysql(
+            "login_query = \"SELECT pw FROM legacy_users WHERE login = ?\"\n\
+             password_format = \"ssha\"\n",
+        ),
+        Backend::LdapBind => {
+            let l = ldap.unwrap();
+            format!(
+                "backend = \"ldap\"\n[storage.ldap]\nurl = \"{}\"\nstarttls = true\n\
+                 ca = \"{}\"\nbind_dn = \"uid={{user}},ou=people,dc=example,dc=net\"\n\
+                 timeout = 2\n{extra}",
+                l.ldap_url,
+                l.ca.display()
+            )
+        }
+        Backend::LdapSearch => {
+            let l = ldap.unwrap();
+            format!(
+                "backend = \"ldap\"\n[storage.ldap]\nurl = \"{}\"\nca = \"{}\"\n\
+                 base = \"ou=people,dc=example,dc=net\"\n\
+                 filter = \"(&(objectClass=inetOrgPerson)(uid={{user}}))\"\n\
+                 service_dn = \"cn=jabberfarm,ou=services,dc=example,dc=net\"\n\
+                 service_password = \"{SERVICE_PASSWORD}\"\ntimeout = 2\n{extra}",
+                l.ldaps_url,
+                l.ca.display()
+            )
+        }
+    }
+}
+
+/// Starts what `backend` needs (the shared servers unless given), a farm of two slaves on it,
+/// and puts the users in.
+fn setup_on(
+    backend: Backend,
+    db: Option<Arc<MariaDb>>,
+    ldap: Option<Arc<Slapd>>,
+    extra: &str,
+) -> Setup {
+    let needs_db = matches!(backend, Backend::Mysql | Backend::MysqlLegacy);
+    let needs_ldap = matches!(backend, Backend::LdapBind | Backend::LdapSearch);
+    let mysql = needs_db.then(|| {
+        let server = db.unwrap_or_else(servers::shared_mariadb);
+        let url = server.create_database("farm");
+        (server, url)
+    });
+    let ldap = needs_ldap.then(|| ldap.unwrap_or_else(shared_slapd));
+    if let (Backend::MysqlLegacy, Some((server, url))) = (backend, &mysql) {
+        // An ISP's existing table: its own names, hashes written by another tool.
+        let db = db_name(url);
+        let mut sql = format!(
+            "CREATE TABLE `{db}`.legacy_users (login VARCHAR(64) PRIMARY KEY, \
+             pw VARCHAR(255) NOT NULL, active TINYINT NOT NULL DEFAULT 1);"
+        );
+        for user in USERS {
+            sql.push_str(&format!(
+                "INSERT INTO `{db}`.legacy_users (login, pw) VALUES ('{user}', '{}');",
+                Slapd::hash(&password(user))
+            ));
+        }
+        server.sql(&sql);
+    }
+    let storage = storage_toml(
+        backend,
+        mysql.as_ref().map(|(_, url)| url.as_str()),
+        ldap.as_deref(),
+        extra,
+    );
+    let farm = TestFarm::start_with_storage(2, &storage);
+    if backend.scram() {
+        for user in USERS {
+            farm.add_user(user, &password(user));
+        }
+    }
+    Setup {
+        backend,
+        farm,
+        mysql,
+        _ldap: ldap,
+    }
+}
+
+fn setup(backend: Backend) -> Setup {
+    setup_on(backend, None, None, "")
+}
+
+/// `jabberfarm <args> --config <farm's>`: (success, stdout + stderr).
+fn cli(farm: &TestFarm, args: &[&str]) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(&farm.config)
+        .arg("--data-dir")
+        .arg(farm.data_dir())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The c2s address of the slave that owns `name`, if `jabberfarm route` accepts the name.
+fn route(farm: &TestFarm, name: &str) -> Option<SocketAddr> {
+    if name.contains('\0') {
+        return None; // cannot be an argument; no slave owns it anyway
+    }
+    let out = Command::new(BIN)
+        .args(["route", "--config"])
+        .arg(&farm.config)
+        .arg("--")
+        .arg(name)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8(out.stdout).unwrap();
+    let node = text.rsplit('\t').next()?.trim().to_owned();
+    farm.slaves.iter().find(|s| s.name == node).map(|s| s.c2s)
+}
+
+// ---- the test bodies -----------------------------------------------------------------------
+
+/// Login works; wrong password and unknown user are refused alike; SCRAM-SHA-256 and PLAIN
+/// where the backend allows them.
+fn login_contract(s: &Setup) {
+    let farm = &s.farm;
+    let alice = farm.owner("alice").c2s;
+    let pw = password("alice");
+
+    // What is offered before and after TLS.
+    let mut c = Client::connect(alice);
+    let before = c.open();
+    if s.backend.scram() {
+        assert!(
+            before.contains("<mechanism>SCRAM-SHA-256</mechanism>"),
+            "{before}"
+        );
+        assert!(before.contains("<mechanism>PLAIN</mechanism>"), "{before}");
+    } else {
+        // Nothing to log in with before TLS, and STARTTLS is required.
+        assert!(!before.contains("<mechanisms"), "{before}");
+        assert!(before.contains("<required/></starttls>"), "{before}");
+        c.send(&common::plain_auth("alice", &pw));
+        let out = c.wait_sasl_result(10);
+        assert!(failure(&out).contains("<encryption-required/>"), "{out}");
+    }
+    drop(c);
+    let mut c = Client::connect(alice);
+    c.open();
+    let after = c.starttls(&farm.ca());
+    assert!(after.contains("<mechanism>PLAIN</mechanism>"), "{after}");
+    assert_eq!(
+        after.contains("SCRAM-SHA-256"),
+        s.backend.scram(),
+        "{:?}: {after}",
+        s.backend
+    );
+    drop(c);
+
+    // PLAIN over TLS: in, bound, and the IM store answers.
+    let mut session = login(farm, "alice", "desk");
+    session.send("<iq type='get' id='roster1'><query xmlns='jabber:iq:roster'/></iq>");
+    let r = session.wait_for("</iq>", 10);
+    assert!(
+        r.contains("type='result'") && r.contains("id='roster1'"),
+        "{r}"
+    );
+    drop(session);
+
+    // Wrong password and unknown user: the same answer, word for word.
+    let nobody = farm.owner("nobody").c2s;
+    let mechs: &[Mech] = if s.backend.scram() {
+        &[Mech::Plain, Mech::ScramSha256]
+    } else {
+        &[Mech::Plain]
+    };
+    for &mech in mechs {
+        let (_, wrong) = attempt(farm, alice, true, mech, "alice", "wrong-password");
+        let (_, unknown) = attempt(farm, nobody, true, mech, "nobody", &pw);
+        let (_, empty) = attempt(farm, alice, true, mech, "alice", "");
+        assert!(
+            failure(&wrong).contains("<not-authorized/>"),
+            "{mech:?}: {wrong}"
+        );
+        assert_eq!(failure(&wrong), failure(&unknown), "{mech:?}");
+        assert_eq!(failure(&wrong), failure(&empty), "{mech:?}: empty password");
+    }
+
+    // SCRAM-SHA-256 (with the server's signature checked) where there are keys; elsewhere it
+    // is not a mechanism at all.
+    let (_, out) = attempt(farm, alice, true, Mech::ScramSha256, "alice", &pw);
+    if s.backend.scram() {
+        assert!(out.contains("<success"), "{out}");
+        // And PLAIN without TLS (the demo farm allows it).
+        let (_, out) = attempt(farm, alice, false, Mech::Plain, "alice", &pw);
+        assert!(out.contains("<success"), "{out}");
+    } else {
+        assert!(failure(&out).contains("<invalid-mechanism/>"), "{out}");
+    }
+
+    // The master sends alice to her slave, whatever the backend.
+    let (mut c, out) = attempt(farm, farm.master.c2s, true, Mech::Plain, "alice", &pw);
+    let all = rest_of_stream(&mut c, out);
+    let owner = farm.owner("alice");
+    assert!(
+        all.contains(&format!(
+            "<see-other-host xmlns='urn:ietf:params:xml:ns:xmpp-streams'>{}</see-other-host>",
+            owner.c2s
+        )),
+        "{all}"
+    );
+}
+
+/// Names built to break a filter, a DN or a query get `<not-authorized/>`, even with a real
+/// user's password, and everything works afterwards.
+fn hostile_usernames(s: &Setup) {
+    let farm = &s.farm;
+    let long = "a".repeat(2048);
+    let names = [
+        "*",
+        ")(uid=*",
+        "admin)(|(uid=*",
+        "alice)(uid=*",
+        "alice*",
+        "*)(userPassword=*",
+        "al*ce",
+        "alice\\",
+        "\\2a",
+        "uid=alice,ou=people,dc=example,dc=net",
+        "alice,ou=people",
+        "\"alice\"",
+        "'alice'",
+        "'; DROP TABLE accounts; --",
+        "alice'; DROP TABLE accounts; --",
+        "alice' OR '1'='1",
+        "%",
+        "al_ce",
+        "al\0ice",
+        "alice\0",
+        long.as_str(),
+    ];
+    for name in names {
+        for who in ["alice", "admin"] {
+            let addr = route(farm, name).unwrap_or(farm.slaves[0].c2s);
+            let (_, out) = attempt(farm, addr, true, Mech::Plain, name, &password(who));
+            assert!(!out.contains("<success"), "{name:?} logged in: {out}");
+            if name.contains('\0') {
+                // PLAIN separates its fields with NUL: not even a well-formed request.
+                assert!(out.contains("<failure"), "{name:?}: {out}");
+            } else {
+                assert!(
+                    failure(&out).contains("<not-authorized/>"),
+                    "{name:?} with {who}'s password: {out}"
+                );
+            }
+        }
+    }
+    // Nothing broke: the users still log in and their data is there.
+    for user in ["alice", "admin"] {
+        let mut c = login(farm, user, "after");
+        c.send("<iq type='get' id='roster2'><query xmlns='jabber:iq:roster'/></iq>");
+        let r = c.wait_for("</iq>", 10);
+        assert!(r.contains("type='result'"), "{r}");
+    }
+    if let Some((server, url)) = &s.mysql {
+        let db = db_name(url);
+        let tables = server.sql(&format!("SHOW TABLES FROM `{db}`"));
+        for table in [
+            "accounts",
+            "im_users",
+            "roster_items",
+            "offline_messages",
+            "vcards",
+        ] {
+            assert!(tables.contains(table), "{table} gone: {tables}");
+        }
+    }
+    if s.backend.scram() {
+        let (ok, list) = cli(farm, &["user", "list"]);
+        assert!(ok, "{list}");
+        for user in USERS {
+            assert!(list.contains(&format!("{user}@localhost\t")), "{list}");
+        }
+    }
+}
+
+/// `jabberfarm user` against the backend: it manages accounts in our own tables and says
+/// clearly where else they live.
+fn user_commands(s: &Setup) {
+    let farm = &s.farm;
+    match s.backend {
+        Backend::Sqlite => {} // tests/cli.rs
+        Backend::Mysql => {
+            let (ok, out) = cli(farm, &["user", "list"]);
+            assert!(ok, "{out}");
+            // One central table: each user once, with the slave that serves them now.
+            for user in USERS {
+                let owner = &farm.owner(user).name;
+                assert_eq!(
+                    out.matches(&format!("{user}@localhost\t{owner}\n")).count(),
+                    1,
+                    "{out}"
+                );
+            }
+            let (ok, out) = cli(farm, &["user", "add", "dave", "--password", "dave-1"]);
+            assert!(
+                ok && out.contains("dave@localhost: added (served by slave"),
+                "{out}"
+            );
+            let (ok, out) = cli(farm, &["user", "add", "dave", "--password", "other"]);
+            assert!(!ok && out.contains("user dave already exists"), "{out}");
+            let (ok, out) = cli(farm, &["user", "passwd", "dave", "--password", "dave-2"]);
+            assert!(ok && out.contains("password changed"), "{out}");
+            let (_, out) = attempt(
+                farm,
+                farm.owner("dave").c2s,
+                true,
+                Mech::ScramSha256,
+                "dave",
+                "dave-2",
+            );
+            assert!(out.contains("<success"), "{out}");
+            let (ok, out) = cli(farm, &["user", "del", "dave"]);
+            assert!(ok && out.contains("deleted"), "{out}");
+            let (ok, out) = cli(farm, &["user", "del", "dave"]);
+            assert!(!ok && out.contains("no such user dave"), "{out}");
+        }
+        Backend::MysqlLegacy | Backend::LdapBind | Backend::LdapSearch => {
+            let place = if s.backend == Backend::MysqlLegacy {
+                "existing user table"
+            } else {
+                "LDAP directory"
+            };
+            for args in [
+                &["user", "add", "erin", "--password", "x"][..],
+                &["user", "passwd", "alice", "--password", "x"][..],
+                &["user", "list"][..],
+            ] {
+                let (ok, out) = cli(farm, args);
+                assert!(!ok, "{args:?}: {out}");
+                assert!(out.contains(place), "{args:?}: {out}");
+            }
+            // del removes what the farm keeps (roster, offline messages, vCard) and says the
+            // account itself is elsewhere.
+            let (ok, out) = cli(farm, &["user", "del", "alice"]);
+            assert!(ok, "{out}");
+            assert!(
+                out.contains("roster, offline messages and vCard deleted") && out.contains(place),
+                "{out}"
+            );
+            let mut c = login(farm, "alice", "still-here");
+            c.send("<iq type='get' id='r3'><query xmlns='jabber:iq:roster'/></iq>");
+            assert!(c.wait_for("</iq>", 10).contains("type='result'"));
+        }
+    }
+}
+
+fn every_contract(backend: Backend) {
+    let s = setup(backend);
+    login_contract(&s);
+    hostile_usernames(&s);
+    user_commands(&s);
+}
+
+#[test]
+fn sqlite_logins_hostile_names_and_user_commands() {
+    every_contract(Backend::Sqlite);
+}
+
+#[test]
+fn mariadb_logins_hostile_names_and_user_commands() {
+    every_contract(Backend::Mysql);
+}
+
+#[test]
+fn mariadb_legacy_table_logins_hostile_names_and_user_commands() {
+    every_contract(Backend::MysqlLegacy);
+}
+
+#[test]
+fn ldap_bind_logins_hostile_names_and_user_commands() {
+    every_contract(Backend::LdapBind);
+}
+
+#[test]
+fn ldap_search_then_bind_logins_hostile_names_and_user_commands() {
+    every_contract(Backend::LdapSearch);
+}
+
+// ---- central data follows the user ---------------------------------------------------------
+
+/// The routing key of the test farm (`tests/common`), and another one.
+const KEY: &str = "000102030405060708090a0b0c0d0e0f";
+const OTHER_KEY: &str = "f0e1d2c3b4a5968778695a4b3c2d1e0f";
+
+/// The owner of `user` if the farm's hash key were `key`.
+fn owner_with_key(farm: &TestFarm, key: &str, user: &str) -> String {
+    let text = std::fs::read_to_string(&farm.config)
+        .unwrap()
+        .replace(KEY, key);
+    let path = farm.dir.path().join("other-key.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["route", "--config"])
+        .arg(&path)
+        .arg(user)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .rsplit('\t')
+        .next()
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn mariadb_data_follows_the_user_to_another_slave() {
+    let mut s = setup(Backend::Mysql);
+    let (server, url) = s.mysql.clone().unwrap();
+    let db = db_name(&url);
+    // A user the new key moves to the other slave.
+    let user = (0..200)
+        .map(|i| format!("mover{i}"))
+        .find(|u| s.farm.owner(u).name != owner_with_key(&s.farm, OTHER_KEY, u))
+        .expect("no user moves with the other key");
+    let before = s.farm.owner(&user).name.clone();
+    s.farm.add_user(&user, &password(&user));
+
+    // Through the first slave: a roster item with a group, a vCard; then offline.
+    let mut c = login(&s.farm, &user, "phone");
+    c.send(
+        "<iq type='set' id='r1'><query xmlns='jabber:iq:roster'><item jid='nurse@localhost' \
+         name='The Nurse'><group>Verona</group><group>Capulets, house of</group></item></query></iq>",
+    );
+    assert!(c.wait_for("id='r1'", 10).contains("type='result'"));
+    c.send("<iq type='set' id='v1'><vCard xmlns='vcard-temp'><FN>Moving Person</FN></vCard></iq>");
+    assert!(c.wait_for("id='v1'", 10).contains("type='result'"));
+    c.send("</stream:stream>");
+    c.wait_until("the stream to close", 10, |t| {
+        t.contains("</stream:stream>")
+    });
+    drop(c);
+
+    // A message while the user is offline: stored by the user's slave, in the database.
+    let mut alice = login(&s.farm, "alice", "desk");
+    alice.send(&format!(
+        "<message to='{user}@localhost' type='chat' id='m1'><body>kept for you</body></message>"
+    ));
+    let count = format!(
+        "SELECT COUNT(*) FROM `{db}`.offline_messages \
+         WHERE username = CAST('{user}' AS BINARY)"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.sql(&count).contains("\n1\n") {
+        assert!(
+            Instant::now() < deadline,
+            "the offline message was not stored:\n{}",
+            s.farm.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(alice);
+
+    // The routing changes: the user now belongs to the other slave.
+    s.farm
+        .restart_with_config(|text| text.replace(KEY, OTHER_KEY));
+    let after = s.farm.owner(&user).name.clone();
+    assert_ne!(before, after);
+
+    // The old slave sends the user away; the new one has everything.
+    let old = s.farm.slaves.iter().find(|n| n.name == before).unwrap().c2s;
+    let (mut c, out) = attempt(&s.farm, old, true, Mech::Plain, &user, &password(&user));
+    let redirect = rest_of_stream(&mut c, out);
+    assert!(
+        redirect.contains(&format!("{}</see-other-host>", s.farm.owner(&user).c2s)),
+        "{redirect}"
+    );
+    let mut c = login(&s.farm, &user, "laptop");
+    c.send("<iq type='get' id='r2'><query xmlns='jabber:iq:roster'/></iq>");
+    let roster = c.wait_iq("r2");
+    for part in [
+        "jid='nurse@localhost'",
+        "name='The Nurse'",
+        "<group>Verona</group>",
+        "<group>Capulets, house of</group>",
+    ] {
+        assert!(roster.contains(part), "{part} not in {roster}");
+    }
+    c.send("<iq type='get' id='v2'><vCard xmlns='vcard-temp'/></iq>");
+    let vcard = c.wait_iq("v2");
+    assert!(vcard.contains("<FN>Moving Person</FN>"), "{vcard}");
+    c.send("<presence/>");
+    let msg = c.wait_for("kept for you", 10);
+    assert!(msg.contains("from='alice@localhost/desk'"), "{msg}");
+    // Delivered, so gone from the database.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.sql(&count).contains("\n0\n") {
+        assert!(Instant::now() < deadline, "still stored after delivery");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ---- the backend goes away and comes back -------------------------------------------------
+
+/// Sessions logged in before the outage keep working; new logins get
+/// `<temporary-auth-failure/>` quickly; after the backend is back they work again.
+fn outage(s: &Setup, stop: impl FnOnce(), start: impl FnOnce(), log: impl Fn() -> String) {
+    let farm = &s.farm;
+    let mut alice = login(farm, "alice", "desk");
+    let mut bob = login(farm, "bob", "desk");
+    bob.send("<presence/>");
+    alice.send("<presence/>");
+    std::thread::sleep(Duration::from_millis(300));
+
+    stop();
+
+    let carol = farm.owner("carol").c2s;
+    let mechs: &[Mech] = if s.backend.scram() {
+        &[Mech::Plain, Mech::ScramSha256]
+    } else {
+        &[Mech::Plain]
+    };
+    for &mech in mechs {
+        let started = Instant::now();
+        let (_, out) = attempt(farm, carol, true, mech, "carol", &password("carol"));
+        let took = started.elapsed();
+        assert!(
+            failure(&out).contains("<temporary-auth-failure/>"),
+            "{mech:?} during the outage: {out}\n{}",
+            farm.log()
+        );
+        // acquire_timeout = 2 / timeout = 2 in the test configs; never a hang.
+        assert!(took < Duration::from_secs(9), "{mech:?} took {took:?}");
+    }
+    assert!(
+        farm.log().contains("account store failure"),
+        "no log line names the backend:\n{}",
+        farm.log()
+    );
+
+    // Logged-in sessions carry on.
+    alice.send(
+        "<message to='bob@localhost/desk' type='chat' id='during'><body>still here</body></message>",
+    );
+    let got = bob.wait_for("still here", 10);
+    assert!(got.contains("from='alice@localhost/desk'"), "{got}");
+    alice.send("<iq type='get' to='localhost' id='ping1'><ping xmlns='urn:xmpp:ping'/></iq>");
+    assert!(alice.wait_for("id='ping1'", 10).contains("type='result'"));
+
+    start();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, out) = attempt(farm, carol, true, Mech::Plain, "carol", &password("carol"));
+        if out.contains("<success") {
+            break;
+        }
+        assert!(
+            failure(&out).contains("<temporary-auth-failure/>"),
+            "after the restart: {out}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "logins did not recover:\n{}\n{}",
+            farm.log(),
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    if s.backend.scram() {
+        let (_, out) = attempt(
+            farm,
+            carol,
+            true,
+            Mech::ScramSha256,
+            "carol",
+            &password("carol"),
+        );
+        assert!(out.contains("<success"), "{out}");
+    }
+    // The old sessions never noticed.
+    bob.send(
+        "<message to='alice@localhost/desk' type='chat' id='after'><body>welcome back</body></message>",
+    );
+    assert!(
+        alice
+            .wait_for("welcome back", 10)
+            .contains("from='bob@localhost/desk'")
+    );
+}
+
+#[test]
+fn mariadb_outage_gives_temporary_auth_failure_and_recovers() {
+    // Its own server: stopping the shared one would fail the other tests.
+    let server = Arc::new(MariaDb::start());
+    let s = setup_on(Backend::Mysql, Some(server.clone()), None, "");
+    outage(&s, || server.stop(), || server.restart(), || server.log());
+}
+
+#[test]
+fn ldap_outage_gives_temporary_auth_failure_and_recovers() {
+    let slapd = Arc::new(Slapd::start(&ldif()));
+    let s = setup_on(Backend::LdapSearch, None, Some(slapd.clone()), "");
+    outage(&s, || slapd.stop(), || slapd.restart(), || slapd.log());
+}

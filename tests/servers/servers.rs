@@ -1,0 +1,257 @@
+//! Throwaway MariaDB and OpenLDAP servers for tests: Rust handles on `mariadb.sh` and
+//! `slapd.sh` beside this file. Included with `#[path]` by `tests/backends.rs` and by the slave
+//! crate's store tests, so both start servers the same way.
+//!
+//! Each server lives in its own temporary directory on free loopback ports and is stopped when
+//! its handle drops (the scripts' watchdog also stops it if the test process dies). A server
+//! that cannot start fails the test with its log; nothing is skipped. [`shared_mariadb`] and
+//! [`shared_slapd`] give every test of one binary the same instance while any test holds it.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+/// `tests/servers/NAME`, found from the crate that includes this file (the workspace root or a
+/// member below it).
+fn script(name: &str) -> PathBuf {
+    let mut dir = Some(Path::new(env!("CARGO_MANIFEST_DIR")));
+    while let Some(d) = dir {
+        let candidate = d.join("tests").join("servers").join(name);
+        if candidate.is_file() {
+            return candidate;
+        }
+        dir = d.parent();
+    }
+    panic!(
+        "tests/servers/{name} not found above {}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn run(script_name: &str, args: &[&str]) -> Output {
+    Command::new("bash")
+        .arg(script(script_name))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {script_name}: {e}"))
+}
+
+fn value<'a>(stdout: &'a str, key: &str) -> &'a str {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key}= in {stdout:?}"))
+}
+
+/// A MariaDB server; the user `jabberfarm` may create and use databases named `jf_*`.
+pub struct MariaDb {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    /// `mysql://jabberfarm:PASSWORD@127.0.0.1:PORT` (no database).
+    base_url: String,
+}
+
+impl MariaDb {
+    pub fn start() -> MariaDb {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut db = MariaDb {
+            dir,
+            port,
+            base_url: String::new(),
+        };
+        db.base_url = db.launch();
+        db
+    }
+
+    fn launch(&self) -> String {
+        let out = run(
+            "mariadb.sh",
+            &[
+                "start",
+                self.dir_str(),
+                &self.port.to_string(),
+                &std::process::id().to_string(),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "MariaDB did not start (tests/servers/mariadb.sh):\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        value(&String::from_utf8_lossy(&out.stdout), "url").to_owned()
+    }
+
+    fn dir_str(&self) -> &str {
+        self.dir.path().to_str().unwrap()
+    }
+
+    /// The URL of database `name`.
+    pub fn url(&self, name: &str) -> String {
+        format!("{}/{name}", self.base_url)
+    }
+
+    /// Creates a new, empty database `jf_<prefix>_<pid>_<n>` and returns its URL.
+    pub fn create_database(&self, prefix: &str) -> String {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "jf_{prefix}_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        self.sql(&format!("CREATE DATABASE `{name}`"));
+        self.url(&name)
+    }
+
+    /// Runs SQL as root (over the socket); panics with the server's answer if it fails.
+    pub fn sql(&self, sql: &str) -> String {
+        let out = run("mariadb.sh", &["sql", self.dir_str(), sql]);
+        assert!(
+            out.status.success(),
+            "SQL failed: {sql}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Stops the server (as an outage would); [`Self::restart`] brings it back on the same port
+    /// with the same data.
+    pub fn stop(&self) {
+        let out = run("mariadb.sh", &["stop", self.dir_str()]);
+        assert!(out.status.success(), "{out:?}");
+    }
+
+    pub fn restart(&self) {
+        self.launch();
+    }
+
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&run("mariadb.sh", &["log", self.dir_str()]).stdout).into_owned()
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        let _ = run("mariadb.sh", &["stop", self.dir_str()]);
+    }
+}
+
+/// The binary's MariaDB, started by the first test that asks and stopped when the last one
+/// holding it is done.
+pub fn shared_mariadb() -> Arc<MariaDb> {
+    static SHARED: Mutex<Weak<MariaDb>> = Mutex::new(Weak::new());
+    let mut slot = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(db) = slot.upgrade() {
+        return db;
+    }
+    let db = Arc::new(MariaDb::start());
+    *slot = Arc::downgrade(&db);
+    db
+}
+
+/// An OpenLDAP slapd with suffix `dc=example,dc=net`, seeded from LDIF, speaking StartTLS on
+/// `ldap_url` and TLS on `ldaps_url` with a certificate from the CA in `ca`.
+pub struct Slapd {
+    pub dir: tempfile::TempDir,
+    pub ldap_url: String,
+    pub ldaps_url: String,
+    pub ca: PathBuf,
+    ports: (u16, u16),
+}
+
+impl Slapd {
+    /// `seed`: LDIF for `slapadd` (the suffix entry first).
+    pub fn start(seed: &str) -> Slapd {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("seed.ldif"), seed).unwrap();
+        let mut s = Slapd {
+            dir,
+            ldap_url: String::new(),
+            ldaps_url: String::new(),
+            ca: PathBuf::new(),
+            ports: (free_port(), free_port()),
+        };
+        let out = s.launch();
+        s.ldap_url = value(&out, "ldap").to_owned();
+        s.ldaps_url = value(&out, "ldaps").to_owned();
+        s.ca = PathBuf::from(value(&out, "ca"));
+        s
+    }
+
+    fn launch(&self) -> String {
+        let root = self.dir.path();
+        let seed = root.join("seed.ldif");
+        let out = run(
+            "slapd.sh",
+            &[
+                "start",
+                root.join("server").to_str().unwrap(),
+                &self.ports.0.to_string(),
+                &self.ports.1.to_string(),
+                &std::process::id().to_string(),
+                seed.to_str().unwrap(),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "slapd did not start (tests/servers/slapd.sh):\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn stop(&self) {
+        let server = self.dir.path().join("server");
+        let out = run("slapd.sh", &["stop", server.to_str().unwrap()]);
+        assert!(out.status.success(), "{out:?}");
+    }
+
+    pub fn restart(&self) {
+        self.launch();
+    }
+
+    pub fn log(&self) -> String {
+        let server = self.dir.path().join("server");
+        String::from_utf8_lossy(&run("slapd.sh", &["log", server.to_str().unwrap()]).stdout)
+            .into_owned()
+    }
+
+    /// An `{SSHA}` userPassword value for `password` (slappasswd).
+    pub fn hash(password: &str) -> String {
+        let out = run("slapd.sh", &["hash", password]);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for Slapd {
+    fn drop(&mut self) {
+        let server = self.dir.path().join("server");
+        let _ = run("slapd.sh", &["stop", server.to_str().unwrap()]);
+    }
+}
+
+/// The binary's slapd (see [`shared_mariadb`]); every caller must pass the same seed.
+pub fn shared_slapd(seed: impl FnOnce() -> String) -> Arc<Slapd> {
+    static SHARED: Mutex<Weak<Slapd>> = Mutex::new(Weak::new());
+    let mut slot = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(s) = slot.upgrade() {
+        return s;
+    }
+    let s = Arc::new(Slapd::start(&seed()));
+    *slot = Arc::downgrade(&s);
+    s
+}

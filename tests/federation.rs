@@ -224,7 +224,7 @@ fn federated_farm() -> TestFarm {
             "name = \"master\"\nrole = \"master\"\n",
             &format!("name = \"master\"\nrole = \"master\"\ns2s = \"{FARM_S2S_IP}:5269\"\n"),
         ) + &format!(
-            "\n[s2s]\nconnect_timeout = 3\n\n[s2s.routes]\n\"{REMOTE_DOMAIN}\" = \"{REMOTE_IP}:5269\"\n"
+            "\n[s2s]\nconnect_timeout = 3\nidle_timeout = 3\n\n[s2s.routes]\n\"{REMOTE_DOMAIN}\" = \"{REMOTE_IP}:5269\"\n"
         )
     })
 }
@@ -285,6 +285,15 @@ fn chat_and_presence_with_a_prosody_user() {
     let m = j.wait_for("I take thee at thy word", 20);
     assert!(m.contains(&format!("from='{rj}/garden'")), "{m}");
 
+    // Romeo comes back in a new session: Prosody probes Juliet through the master, and the
+    // slave that owns her answers with her presence.
+    r.send("</stream:stream>");
+    r.wait_closed(5);
+    let mut r = Raw::login_at(prosody.c2s, REMOTE_DOMAIN, "romeo", "pw", "orchard");
+    r.send("<presence/>");
+    let p = r.wait_for("on the balcony", 20);
+    assert!(p.contains(&format!("from='{jj}/balcony'")), "{p}");
+
     // The master answers for the bare domain, through its own outbound stream.
     r.send(&format!(
         "<iq type='get' id='d1' to='{FARM_DOMAIN}'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
@@ -311,6 +320,12 @@ fn chat_and_presence_with_a_prosody_user() {
     // logged the established stream, the master verified the key.
     let flog = farm.log();
     assert!(flog.contains("s2s to remote.test established"), "{flog}");
+    // Idle outbound streams close by themselves (s2s.idle_timeout = 3 s here).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !farm.log().contains("s2s to remote.test idle, closing") {
+        assert!(Instant::now() < deadline, "no idle close:\n{}", farm.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // Prosody asked the master about the key the slave gave it, and was told valid.
     assert!(
         log.lines().any(|l| l.contains("Received[s2sout]: <verify")

@@ -6,10 +6,13 @@
 #                                         until it answers; prints `url=mysql://...` (the
 #                                         test user `jabberfarm` with its password)
 #   mariadb.sh stop DIR                   stop the server (SIGTERM, wait for the process)
+#   mariadb.sh kill DIR                   stop it at once (SIGKILL), for a server being discarded
 #   mariadb.sh sql DIR 'SQL'              run SQL as root over the socket
 #   mariadb.sh log DIR                    print the server's error log
 #
 # The test user may create and use databases named jf_*; root logs in over the socket only.
+# The system tables are made once per machine and server version (mariadb-install-db) into
+# $TMPDIR/jabberfarm-mariadb-template-UID-VERSION and copied for each new server.
 # A watchdog stops the server when OWNER_PID (the test process) is gone, so a killed test run
 # leaves no server behind. Exit status 1 with the server's log when it does not come up.
 set -euo pipefail
@@ -55,14 +58,27 @@ start)
     exit 1
   fi
   if [ ! -d "$dir/data/mysql" ]; then
-    mkdir -p "$dir/data"
-    if ! "$(find_bin mariadb-install-db mysql_install_db)" --no-defaults "${as_root_user[@]}" \
-        --datadir="$dir/data" --auth-root-authentication-method=normal \
-        --skip-test-db >"$dir/install.log" 2>&1; then
-      echo "mariadb.sh: mariadb-install-db failed:" >&2
-      cat "$dir/install.log" >&2
-      exit 1
-    fi
+    # mariadb-install-db takes seconds; do it once per machine and server version into a
+    # template (under a lock: test processes start in parallel), then copy the template.
+    version=$("$server" --version | cksum | cut -d' ' -f1)
+    template="${TMPDIR:-/tmp}/jabberfarm-mariadb-template-$(id -u)-$version"
+    (
+      flock 9
+      if [ ! -d "$template/mysql" ]; then
+        rm -rf "$template.tmp"
+        mkdir -p "$template.tmp"
+        if ! "$(find_bin mariadb-install-db mysql_install_db)" --no-defaults \
+            "${as_root_user[@]}" --datadir="$template.tmp" \
+            --auth-root-authentication-method=normal --skip-test-db \
+            >"$dir/install.log" 2>&1; then
+          echo "mariadb.sh: mariadb-install-db failed:" >&2
+          cat "$dir/install.log" >&2
+          exit 1
+        fi
+        mv "$template.tmp" "$template"
+      fi
+    ) 9>"$template.lock"
+    cp -a "$template" "$dir/data"
     fresh=1
   else
     fresh=0
@@ -104,6 +120,17 @@ stop)
     if kill -0 "$pid" 2>/dev/null; then
       kill -KILL "$pid" 2>/dev/null || true
     fi
+  fi
+  ;;
+kill)
+  # The end of a test: no clean shutdown needed, the data directory is thrown away.
+  if running; then
+    pid=$(cat "$pidfile")
+    kill -KILL "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.05
+    done
   fi
   ;;
 sql)

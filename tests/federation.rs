@@ -229,20 +229,47 @@ fn federated_farm() -> TestFarm {
     })
 }
 
+/// Everything a federation test needs, torn down in reverse order when dropped: a farm for
+/// `farm.test` with user `juliet`, a Prosody for `remote.test` with user `romeo`, the
+/// /etc/hosts lines that let Prosody find the farm, and the lock that keeps tests apart.
+struct Fed {
+    farm: TestFarm,
+    prosody: Prosody,
+    _hosts: Hosts,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Fed {
+    fn start() -> Fed {
+        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let hosts = Hosts::add(&[
+            format!("{FARM_S2S_IP} {FARM_DOMAIN}"),
+            format!("{REMOTE_IP} {REMOTE_DOMAIN}"),
+        ]);
+        let prosody = Prosody::start(&[("romeo", "pw")]);
+        let farm = federated_farm();
+        farm.add_user("juliet", "pw");
+        Fed {
+            farm,
+            prosody,
+            _hosts: hosts,
+            _serial: serial,
+        }
+    }
+}
+
 fn farm_login(farm: &TestFarm, user: &str, res: &str) -> Raw {
     Raw::login_at(farm.owner(user).c2s, FARM_DOMAIN, user, "pw", res)
 }
 
 #[test]
 fn chat_and_presence_with_a_prosody_user() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let _hosts = Hosts::add(&[
-        format!("{FARM_S2S_IP} {FARM_DOMAIN}"),
-        format!("{REMOTE_IP} {REMOTE_DOMAIN}"),
-    ]);
-    let prosody = Prosody::start(&[("romeo", "pw")]);
-    let farm = federated_farm();
-    farm.add_user("juliet", "pw");
+    let Fed {
+        _serial,
+        _hosts,
+        prosody,
+        farm,
+    } = Fed::start();
     let mut j = farm_login(&farm, "juliet", "balcony");
     let mut r = Raw::login_at(prosody.c2s, REMOTE_DOMAIN, "romeo", "pw", "garden");
     let rj = format!("romeo@{REMOTE_DOMAIN}");
@@ -343,14 +370,12 @@ fn chat_and_presence_with_a_prosody_user() {
 
 #[test]
 fn unauthenticated_streams_cannot_deliver_and_wrong_keys_are_refused() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let _hosts = Hosts::add(&[
-        format!("{FARM_S2S_IP} {FARM_DOMAIN}"),
-        format!("{REMOTE_IP} {REMOTE_DOMAIN}"),
-    ]);
-    let prosody = Prosody::start(&[("romeo", "pw")]);
-    let farm = federated_farm();
-    farm.add_user("juliet", "pw");
+    let Fed {
+        _serial,
+        _hosts,
+        prosody,
+        farm,
+    } = Fed::start();
     let mut j = farm_login(&farm, "juliet", "balcony");
     j.send("<presence/>");
     let s2s: SocketAddr = format!("{FARM_S2S_IP}:5269").parse().unwrap();
@@ -406,14 +431,12 @@ fn unauthenticated_streams_cannot_deliver_and_wrong_keys_are_refused() {
 
 #[test]
 fn messages_for_a_server_that_went_away_bounce() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let _hosts = Hosts::add(&[
-        format!("{FARM_S2S_IP} {FARM_DOMAIN}"),
-        format!("{REMOTE_IP} {REMOTE_DOMAIN}"),
-    ]);
-    let mut prosody = Prosody::start(&[("romeo", "pw")]);
-    let farm = federated_farm();
-    farm.add_user("juliet", "pw");
+    let Fed {
+        _serial,
+        _hosts,
+        mut prosody,
+        farm,
+    } = Fed::start();
     farm.add_user("nurse", "pw");
     let mut j = farm_login(&farm, "juliet", "balcony");
     j.send("<presence/>");

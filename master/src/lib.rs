@@ -70,11 +70,19 @@ pub async fn run(
     link_tls: Option<LinkTls>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    // The master closes every client stream right after the handshake (a redirect), so TLS
+    // 1.3 session tickets (rustls sends 2 by default) would be wasted work: resumption is for
+    // the slaves. s2s keeps the default.
+    let c2s_tls = tls.as_ref().map(|t| {
+        let mut c = (**t).clone();
+        c.send_tls13_tickets = 0;
+        Arc::new(c)
+    });
     let mut listeners = vec![BoundListener {
         listener: listen::bind(node.c2s, "c2s").await?,
         direct_tls: None,
     }];
-    if let (Some(addr), Some(tls)) = (node.c2s_tls, &tls) {
+    if let (Some(addr), Some(tls)) = (node.c2s_tls, &c2s_tls) {
         listeners.push(BoundListener {
             listener: listen::bind(addr, "direct-TLS c2s").await?,
             direct_tls: Some(tls.clone()),
@@ -85,11 +93,7 @@ pub async fn run(
         Some(addr) => Some(listen::bind(addr, "s2s").await?),
         None => None,
     };
-    let settings = Arc::new(C2sSettings::from_config(
-        &cfg,
-        tls.clone(),
-        shutdown.clone(),
-    ));
+    let settings = Arc::new(C2sSettings::from_config(&cfg, c2s_tls, shutdown.clone()));
     let (links, mut link_rx) = FarmLinks::new(&cfg, &node.name, link_tls);
     let policy = Arc::new(Redirector {
         config: ArcSwap::from(cfg.clone()),

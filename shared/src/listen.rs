@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -23,9 +23,26 @@ pub struct BoundListener {
     pub direct_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
+/// Pending connections the kernel queues before `accept` (capped by `net.core.somaxconn`).
+/// Tokio's `TcpListener::bind` uses 128, which a burst of reconnecting clients (after a
+/// master restart) overflows: they then wait for SYN retransmits (1 s, 3 s, …).
+const LISTEN_BACKLOG: u32 = 4096;
+
 /// Bind `addr`, naming it in the error (two nodes on one port is the usual mistake).
 pub async fn bind(addr: SocketAddr, what: &str) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| {
+    let listen = || {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        // As `TcpListener::bind` does (mio): a restarted node can bind at once.
+        #[cfg(unix)]
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().map_err(|e| {
         std::io::Error::new(e.kind(), format!("cannot listen for {what} on {addr}: {e}"))
     })
 }

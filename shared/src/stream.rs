@@ -40,8 +40,9 @@ fn poll_read_chunk(
     cx: &mut std::task::Context<'_>,
     out: &mut Vec<u8>,
 ) -> std::task::Poll<std::io::Result<usize>> {
-    let mut chunk = [0u8; READ_CHUNK];
-    let mut rb = tokio::io::ReadBuf::new(&mut chunk);
+    // Uninitialised: zeroing 4 KiB on every poll (most of them find nothing) is measurable.
+    let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+    let mut rb = tokio::io::ReadBuf::uninit(&mut chunk);
     match std::pin::Pin::new(io).poll_read(cx, &mut rb) {
         std::task::Poll::Ready(Ok(())) => {
             out.extend_from_slice(rb.filled());
@@ -62,6 +63,9 @@ pub struct XmlStream {
     content_ns: &'static str,
     /// Whether we have sent our stream header (a stream error must follow one).
     header_sent: bool,
+    /// Our stream header, not yet written: it goes out with the next write (header and
+    /// features in one segment), or before the next read at the latest.
+    unsent: String,
     /// Whether the stream is encrypted.
     pub secure: bool,
 }
@@ -75,6 +79,7 @@ impl XmlStream {
             pos: 0,
             content_ns,
             header_sent: false,
+            unsent: String::new(),
             secure: false,
         }
     }
@@ -85,6 +90,7 @@ impl XmlStream {
 
     /// Read until the next stream event.
     pub async fn next(&mut self) -> Result<StreamEvent, ReadError> {
+        self.flush_unsent().await?;
         loop {
             if self.pos < self.pending.len() {
                 let mut slice = &self.pending[self.pos..];
@@ -101,7 +107,19 @@ impl XmlStream {
             self.pos = 0;
             let io = &mut self.io;
             let pending = &mut self.pending;
-            let n = std::future::poll_fn(|cx| poll_read_chunk(io.as_mut(), cx, pending)).await?;
+            let parser = &mut self.parser;
+            let mut idle = false;
+            let n = std::future::poll_fn(|cx| {
+                let r = poll_read_chunk(io.as_mut(), cx, pending);
+                if r.is_pending() && !idle {
+                    // Nothing to read: the parser's buffers go too (allocated again, untouched,
+                    // on the next token).
+                    parser.release_buffers();
+                    idle = true;
+                }
+                r
+            })
+            .await?;
             if n == 0 {
                 return Err(ReadError::Eof);
             }
@@ -141,7 +159,10 @@ impl XmlStream {
     ) -> std::io::Result<()> {
         let s = self.header(Some(from), to, Some(id), version);
         self.header_sent = true;
-        self.send_raw(&s).await
+        // Written with what follows (the features, a stream error), saving a system call
+        // and a segment; `next` writes it if nothing follows before the peer must answer.
+        self.unsent.push_str(&s);
+        Ok(())
     }
 
     /// The initiating entity's stream header (no id; RFC 6120 §4.7.3).
@@ -200,7 +221,30 @@ impl XmlStream {
     }
 
     pub async fn send_raw(&mut self, s: &str) -> std::io::Result<()> {
-        self.io.write_all(s.as_bytes()).await?;
+        if self.unsent.is_empty() {
+            self.io.write_all(s.as_bytes()).await?;
+        } else {
+            let mut all = std::mem::take(&mut self.unsent);
+            all.push_str(s);
+            self.io.write_all(all.as_bytes()).await?;
+        }
+        self.io.flush().await
+    }
+
+    /// Write the queued header. Cancel-safe (it is polled inside `select!` through `next`):
+    /// what was written is removed from the queue as it goes.
+    async fn flush_unsent(&mut self) -> std::io::Result<()> {
+        if self.unsent.is_empty() {
+            return Ok(());
+        }
+        while !self.unsent.is_empty() {
+            let n = self.io.write(self.unsent.as_bytes()).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            self.unsent.drain(..n);
+        }
+        self.unsent = String::new();
         self.io.flush().await
     }
 
@@ -230,10 +274,11 @@ impl XmlStream {
     /// Upgrade to TLS (after `<proceed/>`). Fails if the peer pipelined data after `<starttls/>`
     /// (RFC 6120 §5.4.3.3: it must wait for `<proceed/>`).
     pub async fn upgrade_tls(
-        self,
+        mut self,
         config: Arc<rustls::ServerConfig>,
         limits: ParserLimits,
     ) -> Result<XmlStream, ReadError> {
+        self.flush_unsent().await?;
         if self.pos < self.pending.len() {
             return Err(ReadError::Stream(StreamError::new(
                 Condition::PolicyViolation,
@@ -249,11 +294,12 @@ impl XmlStream {
 
     /// Client side of STARTTLS (after `<proceed/>`), for streams we initiate (s2s).
     pub async fn upgrade_tls_client(
-        self,
+        mut self,
         config: Arc<rustls::ClientConfig>,
         server_name: rustls_pki_types::ServerName<'static>,
         limits: ParserLimits,
     ) -> Result<XmlStream, ReadError> {
+        self.flush_unsent().await?;
         if self.pos < self.pending.len() {
             return Err(ReadError::Stream(StreamError::new(
                 Condition::PolicyViolation,

@@ -96,6 +96,27 @@ pub fn ensure_dev_certs(
     domain: &str,
     extra_ips: &[IpAddr],
 ) -> Result<DevCerts, TlsError> {
+    // Nodes started together as separate processes on a fresh data dir would otherwise each
+    // generate a CA and overwrite the others' files: one at a time, under a lock file.
+    fs::create_dir_all(dir).map_err(|source| io_error(dir, source))?;
+    let lock_path = dir.join(".generate.lock");
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|source| io_error(&lock_path, source))?;
+    lock.lock().map_err(|source| io_error(&lock_path, source))?;
+    let result = ensure_dev_certs_locked(dir, domain, extra_ips);
+    let _ = lock.unlock();
+    result
+}
+
+fn ensure_dev_certs_locked(
+    dir: &Path,
+    domain: &str,
+    extra_ips: &[IpAddr],
+) -> Result<DevCerts, TlsError> {
     let out = DevCerts {
         ca: dir.join("ca.pem"),
         cert: dir.join("cert.pem"),
@@ -538,6 +559,34 @@ mod tests {
                 rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature)
             ),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn nodes_starting_together_share_one_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_owned();
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let p = path.clone();
+                std::thread::spawn(move || ensure_dev_certs(&p, "localhost", &[]).unwrap())
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let certs = ensure_dev_certs(&path, "localhost", &[]).unwrap();
+        // Whatever each thread did, the files on disk form one working chain.
+        server_config(&certs.cert, &certs.key).unwrap();
+        client_config(&certs.ca).unwrap();
+        assert!(
+            verify_chain(
+                &certs.ca,
+                &load_certs(&certs.cert).unwrap()[0],
+                &[],
+                &[server_name("localhost").unwrap()]
+            )
+            .is_ok()
         );
     }
 

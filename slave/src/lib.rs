@@ -74,6 +74,13 @@ pub async fn run(
     let store = AccountStore::open(&cfg.storage, &cfg.data_dir, &node.name)
         .await
         .map_err(|e| anyhow_like::Error(format!("node {}: {e}", node.name)))?;
+    // One TLS 1.3 session ticket per handshake (rustls sends 2 by default): a client resumes
+    // with the newest one, a second is only work.
+    let tls = tls.map(|t| {
+        let mut c = (*t).clone();
+        c.send_tls13_tickets = 1;
+        Arc::new(c)
+    });
     let mut listeners = vec![BoundListener {
         listener: listen::bind(node.c2s, "c2s").await?,
         direct_tls: None,
@@ -132,7 +139,10 @@ pub async fn run(
         move |stream, _peer| {
             let (settings, slave) = (settings.clone(), s2.clone());
             async move {
-                if let Some(auth) = c2s::negotiate(stream, &settings, slave.as_ref()).await {
+                // Boxed: a task is as large as its largest state, and the login's (SASL,
+                // store lookups) would otherwise stay allocated for the whole session.
+                let auth = Box::pin(c2s::negotiate(stream, &settings, slave.as_ref())).await;
+                if let Some(auth) = auth {
                     session::run(slave, auth).await;
                 }
             }
@@ -142,10 +152,10 @@ pub async fn run(
     shutdown.cancelled().await;
     // Sessions see the token themselves; this also reaches any that are busy writing.
     for tx in slave.router.all_sessions() {
-        let _ = tx.try_send(Outgoing::Close(StreamError::new(
+        let _ = tx.try_send(Outgoing::Close(Box::new(StreamError::new(
             Condition::SystemShutdown,
             "the server is stopping",
-        )));
+        ))));
     }
     if !listen::drain(
         &tracker,

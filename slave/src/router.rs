@@ -20,9 +20,11 @@ use tracing::debug;
 /// What a session's task is told to do.
 #[derive(Debug)]
 pub enum Outgoing {
-    Stanza(Element),
+    /// Boxed (as is the error), so a queue slot is 16 bytes: tokio's channel allocates its
+    /// slots 32 at a time, at creation, for every session.
+    Stanza(Box<Element>),
     /// Close the stream with this error (replaced by a newer login, shutdown, …).
-    Close(StreamError),
+    Close(Box<StreamError>),
 }
 
 /// Per-session queue bound; a full queue answers the sender with `resource-constraint`.
@@ -97,8 +99,18 @@ impl Router {
         let Some(node) = to.node() else {
             return Destination::Server;
         };
-        // jid has already applied nodeprep; normalising again is idempotent.
-        let user = normalize_localpart(node.as_str()).unwrap_or_else(|_| node.as_str().to_owned());
+        // jid has already applied nodeprep; normalising again is idempotent. ASCII without
+        // capitals is left as it is by nodeprep (or refused, which keeps it as it is too), so
+        // the common case skips the second pass.
+        let node = node.as_str();
+        let user = if node
+            .bytes()
+            .all(|b| b.is_ascii() && !b.is_ascii_uppercase())
+        {
+            node.to_owned()
+        } else {
+            normalize_localpart(node).unwrap_or_else(|_| node.to_owned())
+        };
         let table = self.table.load();
         let owner = table.owner(&user);
         if owner != self.node {
@@ -115,13 +127,16 @@ impl Router {
     pub fn bind(&self, user: &str, resource: &str, tx: mpsc::Sender<Outgoing>) -> u64 {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        let list = sessions.entry(user.to_owned()).or_default();
+        // Most users have one resource: room for one (a first push would make room for 4).
+        let list = sessions
+            .entry(user.to_owned())
+            .or_insert_with(|| Vec::with_capacity(1));
         if let Some(pos) = list.iter().position(|r| r.name == resource) {
             let old = list.remove(pos);
-            let _ = old.tx.try_send(Outgoing::Close(StreamError::new(
+            let _ = old.tx.try_send(Outgoing::Close(Box::new(StreamError::new(
                 jabberfarm_shared::xml::Condition::Conflict,
                 "replaced by a new login with the same resource",
-            )));
+            ))));
         }
         list.push(Resource {
             name: resource.to_owned(),
@@ -216,7 +231,7 @@ impl Router {
     /// for the roster (RFC 6121 §3.1.3, §3.1.6: available / interested resources).
     pub fn deliver_subscription(&self, user: &str, el: Element) {
         for s in self.sessions_where(user, |r| r.available || r.interested) {
-            let _ = s.tx.try_send(Outgoing::Stanza(el.clone()));
+            let _ = s.tx.try_send(Outgoing::Stanza(Box::new(el.clone())));
         }
     }
 
@@ -374,7 +389,7 @@ impl Router {
             };
             let Some(el) = el else { break };
             if let Err(mpsc::error::TrySendError::Full(Outgoing::Stanza(el))) =
-                tx.try_send(Outgoing::Stanza(el))
+                tx.try_send(Outgoing::Stanza(Box::new(el)))
             {
                 debug!(user, "session queue full");
                 if reply.is_none() && !is_error_or_result(&el) {

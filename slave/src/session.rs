@@ -58,7 +58,9 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
                 return;
             }
         },
-        None => match bind(&slave, &mut stream, &bare, &username, tx).await {
+        // Boxed, like the other rare steps below: an idle session's task keeps only the size
+        // of its stanza loop.
+        None => match Box::pin(bind(&slave, &mut stream, &bare, &username, tx)).await {
             Some(b) => b,
             None => return,
         },
@@ -66,12 +68,18 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
     info!(jid = %jid, "session started");
     let mut session = Session {
         slave: slave.clone(),
+        from: jid.to_string(),
         jid,
         user: username,
     };
     let end = session.serve(&mut stream, &mut rx).await;
     // Contacts see the session go, however it ended (RFC 6121 §4.5.2).
-    crate::im::presence::gone(&slave, &session.jid, &session.user).await;
+    Box::pin(crate::im::presence::gone(
+        &slave,
+        &session.jid,
+        &session.user,
+    ))
+    .await;
     slave
         .router
         .unbind(&session.user, session.jid.resource().as_str(), conn);
@@ -188,6 +196,8 @@ enum End {
 struct Session {
     slave: Arc<Slave>,
     jid: FullJid,
+    /// `jid` as a string, stamped on every stanza the client sends.
+    from: String,
     user: String,
 }
 
@@ -197,7 +207,7 @@ impl Session {
             tokio::select! {
                 ev = stream.next() => match ev {
                     Ok(StreamEvent::Element(el)) => {
-                        if let Err(e) = self.handle_input(el, stream).await {
+                        if let Err(e) = Box::pin(self.handle_input(el, stream)).await {
                             return e;
                         }
                     }
@@ -216,7 +226,7 @@ impl Session {
                             match rx.try_recv() {
                                 Ok(Outgoing::Stanza(el)) => stream.serialize_into(&el, &mut buf),
                                 Ok(Outgoing::Close(e)) => {
-                                    close = Some(e);
+                                    close = Some(*e);
                                     break;
                                 }
                                 Err(_) => break,
@@ -229,7 +239,7 @@ impl Session {
                             return End::Error(e);
                         }
                     }
-                    Some(Outgoing::Close(e)) => return End::Error(e),
+                    Some(Outgoing::Close(e)) => return End::Error(*e),
                     None => return End::Gone,
                 },
                 _ = self.slave.shutdown.cancelled() => {
@@ -253,7 +263,7 @@ impl Session {
                 format!("unexpected element in namespace {}", el.ns),
             )));
         };
-        el.set_attr("from", self.jid.to_string());
+        el.set_attr("from", self.from.as_str());
         let to = match el.attr("to").map(Jid::new) {
             None => None,
             Some(Ok(j)) => Some(j),

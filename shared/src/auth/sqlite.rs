@@ -58,10 +58,19 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            // A file in this process cannot drop a connection the way a server can; the ping
+            // before every acquire cost a round trip to the connection's worker thread, one
+            // per store call (a fifth of a login's store work).
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
-        if let Err(e) = MIGRATOR.run(&pool).await {
+        // Two processes opening a fresh file together (two `jabberfarm user add`, or a node and
+        // a `user add`) must not both create the schema: one migrates, the other then finds it.
+        let lock = migration_lock(path).await?;
+        let migrated = MIGRATOR.run(&pool).await;
+        drop(lock);
+        if let Err(e) = migrated {
             pool.close().await;
             return Err(unavailable(format!(
                 "cannot migrate the schema of {}: {e}",
@@ -226,6 +235,26 @@ async fn create_private_file(path: &Path) -> Result<(), StoreError> {
     }
 }
 
+/// An exclusive lock on `<db>.lock`, held while the schema is migrated (released on drop).
+async fn migration_lock(db: &Path) -> Result<std::fs::File, StoreError> {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".lock");
+    let path = std::path::PathBuf::from(name);
+    tokio::task::spawn_blocking(move || {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
+        f.lock()
+            .map_err(|e| unavailable(format!("cannot lock {}: {e}", path.display())))?;
+        Ok(f)
+    })
+    .await
+    .map_err(|e| unavailable(format!("migration lock: {e}")))?
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -237,6 +266,29 @@ mod tests {
     async fn open(dir: &Path) -> (AccountStore, PathBuf) {
         let path = dir.join("data").join("accounts.sqlite");
         (AccountStore::open_sqlite(&path).await.unwrap(), path)
+    }
+
+    /// Separate opens of a fresh file at once (as separate `jabberfarm user add` processes
+    /// do) all succeed, and every user added through them is there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_first_opens_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fresh.sqlite");
+        let tasks: Vec<_> = (0..6)
+            .map(|i| {
+                let p = path.clone();
+                tokio::spawn(async move {
+                    let store = AccountStore::open_sqlite(&p).await.unwrap();
+                    store.add_user(&format!("u{i}"), "pw", I).await.unwrap();
+                    store.close().await;
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let store = AccountStore::open_sqlite(&path).await.unwrap();
+        assert_eq!(store.list_users().await.unwrap().len(), 6);
     }
 
     async fn check_password(store: &AccountStore, user: &str, password: &str) -> bool {

@@ -85,6 +85,12 @@ impl StreamParser {
         self.limits = limits;
     }
 
+    /// Free the lexer's token buffers (rxml reserves `max_token_length` bytes for each, and
+    /// keeps them): for a stream that waits for input, which an idle session does for hours.
+    pub fn release_buffers(&mut self) {
+        self.inner.release_temporaries();
+    }
+
     pub fn limits(&self) -> ParserLimits {
         self.limits
     }

@@ -15,7 +15,7 @@ use super::roster::{push_item, subscription};
 use super::{bare, push};
 use crate::Slave;
 use crate::dispatch::Origin;
-use crate::store::{RosterItem, RosterStore, Subscription};
+use crate::store::{LoginState, RosterItem, RosterStore, Subscription};
 
 /// A presence stanza from a local session, already stamped with its full JID.
 /// Returns stanzas for the session itself (offline messages, pending subscription requests)
@@ -57,14 +57,25 @@ async fn broadcast(slave: &Slave, me: &FullJid, user: &str, el: Element) -> Vec<
         .router
         .set_presence(user, resource, available.then(|| el.clone()));
     let own_bare = bare(user, &slave.router.domain);
-    let roster = match slave.im.roster(user).await {
-        Ok((_, items)) => items,
-        Err(e) => {
-            warn!(
-                user,
-                "roster unavailable, presence goes to own resources only: {e}"
-            );
-            Vec::new()
+    // After `set_presence`: whatever is stored from now on is delivered live instead.
+    let stored = if initial {
+        slave.im.login_state(user).await.ok().flatten()
+    } else {
+        None
+    };
+    let has = |what: fn(&LoginState) -> bool| stored.as_ref().is_none_or(what);
+    let roster = if !has(|s| s.roster) {
+        Vec::new()
+    } else {
+        match slave.im.roster(user).await {
+            Ok((_, items)) => items,
+            Err(e) => {
+                warn!(
+                    user,
+                    "roster unavailable, presence goes to own resources only: {e}"
+                );
+                Vec::new()
+            }
         }
     };
     for item in roster.iter().filter(|i| i.subscription.has_from()) {
@@ -103,14 +114,16 @@ async fn broadcast(slave: &Slave, me: &FullJid, user: &str, el: Element) -> Vec<
             slave.route(probe, Origin::Local).await;
         }
         // §3.1.3: subscription requests that waited for us.
-        if let Ok(pending) = slave.im.pending_in(user).await {
+        if has(|s| s.pending_in)
+            && let Ok(pending) = slave.im.pending_in(user).await
+        {
             for (_, xml) in pending {
                 if let Ok(p) = jabberfarm_shared::xml::parse_element(&xml, ns::CLIENT) {
                     for_me.push(p);
                 }
             }
         }
-        if crate::router::priority_of(&el) >= 0 {
+        if crate::router::priority_of(&el) >= 0 && has(|s| s.offline) {
             for_me.extend(super::offline::take(slave, user, me).await);
         }
     }

@@ -38,6 +38,14 @@ pub use roster::{RosterItem, RosterStore, Subscription};
 pub use sqlite::SqliteIm;
 pub use vcard::VcardStore;
 
+/// Which of a user's IM tables have rows (see [`ImStore::login_state`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoginState {
+    pub roster: bool,
+    pub pending_in: bool,
+    pub offline: bool,
+}
+
 /// The configured IM backend: the database beside the accounts
 /// ([`AccountStore::im_database`]).
 #[derive(Clone, Debug)]
@@ -64,6 +72,16 @@ impl ImStore {
         match accounts.im_database() {
             ImDatabase::Sqlite(store) => Self::Sqlite(SqliteIm::new(store.pool().clone())),
             ImDatabase::Mysql(store) => Self::Mysql(MysqlIm::new(&store)),
+        }
+    }
+
+    /// What `user` has stored, in one query where the backend has one (SQLite: a round trip
+    /// to its worker thread each): most logins find nothing, and skip the three reads.
+    /// `None` when the backend cannot tell cheaply; read everything then.
+    pub async fn login_state(&self, user: &str) -> Result<Option<LoginState>, StoreError> {
+        match self {
+            ImStore::Sqlite(s) => s.login_state(user).await.map(Some),
+            ImStore::Mysql(_) => Ok(None),
         }
     }
 

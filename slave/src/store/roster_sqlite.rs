@@ -19,6 +19,10 @@ const SELECT_ITEM: &str = "SELECT jid, name, subscription, ask, approved FROM ro
 const SELECT_ITEM_GROUPS: &str =
     "SELECT name FROM roster_groups WHERE username = ?1 AND jid = ?2 ORDER BY position";
 const SELECT_VERSION: &str = "SELECT version FROM roster_versions WHERE username = ?1";
+/// The version and whether there is any item, in one statement (one snapshot): most users
+/// logging in have no roster, and this spares them the read transaction.
+const SELECT_VERSION_ANY: &str = "SELECT (SELECT version FROM roster_versions WHERE username = ?1), \
+                                  EXISTS (SELECT 1 FROM roster_items WHERE username = ?1)";
 const BUMP_VERSION: &str = "INSERT INTO roster_versions (username, version) VALUES (?1, 1) \
                             ON CONFLICT (username) DO UPDATE SET version = version + 1 \
                             RETURNING version";
@@ -27,6 +31,17 @@ impl RosterStore for SqliteIm {
     async fn roster(&self, user: &str) -> Result<(u64, Vec<RosterItem>), StoreError> {
         let doing = "reading the roster";
         let err = |e| self.error(doing, user, e);
+        let (version, any): (Option<i64>, bool) = sqlx::query_as(SELECT_VERSION_ANY)
+            .bind(user)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err)?;
+        if !any {
+            return Ok((
+                self.check_version(version.unwrap_or(0), user, doing)?,
+                Vec::new(),
+            ));
+        }
         let mut tx = self.read(user, doing).await?;
         let version = self.read_version(&mut tx, user, doing).await?;
         let items = sqlx::query(SELECT_ITEMS)

@@ -46,6 +46,25 @@ impl SqliteIm {
         tx.commit().await.map_err(|e| self.error(doing, user, e))
     }
 
+    /// Whether the user has roster items, pending subscription requests, offline messages:
+    /// one statement, one snapshot.
+    pub async fn login_state(&self, user: &str) -> Result<super::LoginState, StoreError> {
+        let (roster, pending_in, offline): (bool, bool, bool) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM roster_items WHERE username = ?1), \
+             EXISTS (SELECT 1 FROM pending_in WHERE username = ?1), \
+             EXISTS (SELECT 1 FROM offline_messages WHERE username = ?1)",
+        )
+        .bind(user)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.error("reading what is stored", user, e))?;
+        Ok(super::LoginState {
+            roster,
+            pending_in,
+            offline,
+        })
+    }
+
     /// A transaction that takes the write lock at once (`BEGIN IMMEDIATE`), so it never fails
     /// half-way trying to upgrade a read lock; waits up to the pool's busy timeout.
     pub(super) async fn write(

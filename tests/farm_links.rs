@@ -159,52 +159,43 @@ fn wait_log(path: &std::path::Path, needle: &str, secs: u64) -> String {
     }
 }
 
-#[test]
-fn a_link_with_the_wrong_secret_is_refused() {
+/// A second "master" (it connects to the slaves) from the farm's config changed by `from` →
+/// `to`, on a farm address of its own: the slaves must refuse it, both ends logging `why`.
+fn rogue_master_is_refused(from: &str, to: &str, farm_says: &str, rogue_says: &str) {
     let farm = TestFarm::start(2);
-    // A "master" (it connects to the slaves) that does not know the secret.
     let (mut child, log) = rogue(&farm, "master", |t| {
-        t.replace("secret = \"test-secret\"", "secret = \"not-the-secret\"")
-            .replace(
-                &format!("farm = \"{}\"", farm_addr(&t, "master")),
-                &format!("farm = \"127.0.0.1:{}\"", free_port()),
-            )
+        assert!(t.contains(from), "{from:?} is not in the config");
+        t.replace(from, to).replace(
+            &format!("farm = \"{}\"", farm_addr(&t, "master")),
+            &format!("farm = \"127.0.0.1:{}\"", free_port()),
+        )
     });
-    let farm_log = farm.dir.path().join("farm.log");
-    wait_log(&farm_log, "the farm secret differs", 15);
-    wait_log(&log, "does not know the farm secret", 15);
-    assert!(
-        !std::fs::read_to_string(&log)
-            .unwrap()
-            .contains("<-> slave1 up")
-    );
+    wait_log(&farm.dir.path().join("farm.log"), farm_says, 15);
+    wait_log(&log, rogue_says, 15);
+    let rogue_log = std::fs::read_to_string(&log).unwrap();
+    assert!(!rogue_log.contains("<-> slave1 up"), "{rogue_log}");
     let _ = child.kill();
     let _ = child.wait();
 }
 
 #[test]
-fn a_node_with_a_different_routing_table_is_refused() {
-    let farm = TestFarm::start(2);
-    let (mut child, log) = rogue(&farm, "master", |t| {
-        t.replace(
-            "hash_key = \"000102030405060708090a0b0c0d0e0f\"",
-            "hash_key = \"ffffffffffffffffffffffffffffffff\"",
-        )
-        .replace(
-            &format!("farm = \"{}\"", farm_addr(&t, "master")),
-            &format!("farm = \"127.0.0.1:{}\"", free_port()),
-        )
-    });
-    let farm_log = farm.dir.path().join("farm.log");
-    wait_log(&farm_log, "routing table fingerprint", 15);
-    wait_log(&log, "routing table fingerprint", 15);
-    assert!(
-        !std::fs::read_to_string(&log)
-            .unwrap()
-            .contains("<-> slave1 up")
+fn a_link_with_the_wrong_secret_is_refused() {
+    rogue_master_is_refused(
+        "secret = \"test-secret\"",
+        "secret = \"not-the-secret\"",
+        "the farm secret differs",
+        "does not know the farm secret",
     );
-    let _ = child.kill();
-    let _ = child.wait();
+}
+
+#[test]
+fn a_node_with_a_different_routing_table_is_refused() {
+    rogue_master_is_refused(
+        "hash_key = \"000102030405060708090a0b0c0d0e0f\"",
+        "hash_key = \"ffffffffffffffffffffffffffffffff\"",
+        "routing table fingerprint",
+        "routing table fingerprint",
+    );
 }
 
 fn free_port() -> u16 {

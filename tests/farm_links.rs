@@ -109,7 +109,7 @@ fn rogue(
     farm: &TestFarm,
     node: &str,
     edit: impl Fn(String) -> String,
-) -> (std::process::Child, std::path::PathBuf) {
+) -> (KillOnDrop, std::path::PathBuf) {
     let text = std::fs::read_to_string(&farm.config).unwrap();
     let mut text = edit(text);
     // Its own client ports, so it does not collide with the real node.
@@ -140,7 +140,7 @@ fn rogue(
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    (child, log)
+    (KillOnDrop(child), log)
 }
 
 fn wait_log(path: &std::path::Path, needle: &str, secs: u64) -> String {
@@ -163,7 +163,7 @@ fn wait_log(path: &std::path::Path, needle: &str, secs: u64) -> String {
 /// `to`, on a farm address of its own: the slaves must refuse it, both ends logging `why`.
 fn rogue_master_is_refused(from: &str, to: &str, farm_says: &str, rogue_says: &str) {
     let farm = TestFarm::start(2);
-    let (mut child, log) = rogue(&farm, "master", |t| {
+    let (child, log) = rogue(&farm, "master", |t| {
         assert!(t.contains(from), "{from:?} is not in the config");
         t.replace(from, to).replace(
             &format!("farm = \"{}\"", farm_addr(&t, "master")),
@@ -174,8 +174,17 @@ fn rogue_master_is_refused(from: &str, to: &str, farm_says: &str, rogue_says: &s
     wait_log(&log, rogue_says, 15);
     let rogue_log = std::fs::read_to_string(&log).unwrap();
     assert!(!rogue_log.contains("<-> slave1 up"), "{rogue_log}");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
+}
+
+/// A child process that is killed when the test ends, also when it fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]

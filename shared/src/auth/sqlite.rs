@@ -47,6 +47,10 @@ impl SqliteStore {
                 unavailable(format!("cannot create directory {}: {e}", parent.display()))
             })?;
         }
+        // Processes opening a fresh file together (two `jabberfarm user add`, or a node and a
+        // `user add`) take turns: switching to WAL and creating the schema are not covered by
+        // SQLite's busy timeout, so one opens and migrates, the next then finds it done.
+        let lock = migration_lock(path).await?;
         create_private_file(path).await?;
         let options = SqliteConnectOptions::new()
             .filename(path)
@@ -65,9 +69,6 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
-        // Two processes opening a fresh file together (two `jabberfarm user add`, or a node and
-        // a `user add`) must not both create the schema: one migrates, the other then finds it.
-        let lock = migration_lock(path).await?;
         let migrated = MIGRATOR.run(&pool).await;
         drop(lock);
         if let Err(e) = migrated {
@@ -235,7 +236,8 @@ async fn create_private_file(path: &Path) -> Result<(), StoreError> {
     }
 }
 
-/// An exclusive lock on `<db>.lock`, held while the schema is migrated (released on drop).
+/// An exclusive lock on `<db>.lock`, held while the file is opened and its schema migrated
+/// (released on drop).
 async fn migration_lock(db: &Path) -> Result<std::fs::File, StoreError> {
     let mut name = db.as_os_str().to_owned();
     name.push(".lock");

@@ -149,8 +149,18 @@ impl TestFarm {
             .append(true)
             .open(self.dir.path().join(format!("node-{name}.log")))
             .unwrap();
-        let child = Command::new(BIN)
-            .args(["run", "--node", name, "--config"])
+        let child = self.jabberfarm(&["run", "--node", name], log);
+        self.nodes.insert(name.to_owned(), child);
+        let node = self.node_by_name(name);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        self.wait_listening(&[node.c2s, node.c2s_tls], deadline, name);
+    }
+
+    /// `jabberfarm ARGS --config <ours> --data-dir <ours>`, debug log to `log`.
+    fn jabberfarm(&self, args: &[&str], log: std::fs::File) -> Child {
+        Command::new(BIN)
+            .args(args)
+            .arg("--config")
             .arg(&self.config)
             .arg("--data-dir")
             .arg(self.data_dir())
@@ -158,15 +168,16 @@ impl TestFarm {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap();
-        self.nodes.insert(name.to_owned(), child);
-        let node = self.node_by_name(name);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for a in [node.c2s, node.c2s_tls] {
-            while TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_err() {
+            .unwrap()
+    }
+
+    /// Wait until every address accepts connections; `what` names it in the failure.
+    fn wait_listening(&self, addrs: &[SocketAddr], deadline: Instant, what: &str) {
+        for a in addrs {
+            while TcpStream::connect_timeout(a, Duration::from_millis(200)).is_err() {
                 assert!(
                     Instant::now() < deadline,
-                    "{name} did not start:\n{}",
+                    "{what} did not start:\n{}",
                     self.log()
                 );
                 std::thread::sleep(Duration::from_millis(50));
@@ -236,32 +247,14 @@ impl TestFarm {
 
     fn spawn(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("farm.log")).unwrap();
-        let child = Command::new(BIN)
-            .args(["up", "--config"])
-            .arg(&self.config)
-            .arg("--data-dir")
-            .arg(self.data_dir())
-            .env("JABBERFARM_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = self.jabberfarm(&["up"], log);
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         let addrs: Vec<SocketAddr> = std::iter::once(&self.master)
             .chain(&self.slaves)
             .flat_map(|n| [n.c2s, n.c2s_tls])
             .collect();
-        for a in addrs {
-            while TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "farm did not start:\n{}",
-                    self.log()
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+        self.wait_listening(&addrs, deadline, "farm");
         self.wait_links_up(deadline);
     }
 

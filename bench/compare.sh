@@ -234,11 +234,9 @@ farm_stop() {
 farm_setup() {
   local d="$out/farm"
   mkdir -p "$d/data"
-  # bench0 alone first: two `user add` racing on a new SQLite store can lose one user (the loser's
-  # "table … already exists" passes setup-users.sh's "already exists" check).
   echo "# farm users: JABBERFARM=jabberfarm CONFIG=$farm_config DATA_DIR=$d/data bash bench/setup-users.sh $users" >>"$out/commands.txt"
   JABBERFARM="$bin/jabberfarm" CONFIG="$farm_config" DATA_DIR="$d/data" \
-    flock "$lock" bash -c "bash bench/setup-users.sh 1 && bash bench/setup-users.sh $users" >"$d/register.log" 2>&1 ||
+    flock "$lock" bash bench/setup-users.sh "$users" >"$d/register.log" 2>&1 ||
     { log "farm: user creation failed: $(tail -3 "$d/register.log")"; exit 1; }
   log "farm: $(tail -1 "$d/register.log")"
 }

@@ -16,6 +16,8 @@ use jabberfarm_shared::tls;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+mod import;
+
 const DEFAULT_CONFIG: &str = "conf/farm.toml";
 
 /// An XMPP server farm: one master redirects each login to the slave that owns the username;
@@ -95,6 +97,21 @@ enum UserAction {
         jid: String,
         #[arg(long)]
         password: Option<String>,
+    },
+    /// Create many accounts at once from a file (or - for stdin): one `name:password` per
+    /// line, '#' comments allowed. Every line is checked first; a bad line imports nothing.
+    /// Accounts that exist are left alone unless --update.
+    Import {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The file, or - for stdin.
+        file: PathBuf,
+        /// Set the password of accounts that already exist.
+        #[arg(long)]
+        update: bool,
+        /// Key derivations at a time (default: the number of cores).
+        #[arg(long)]
+        jobs: Option<usize>,
     },
     /// List accounts with the node that holds them.
     List {
@@ -213,7 +230,7 @@ fn load(path: &Path, data_dir: Option<&Path>) -> Result<Arc<FarmConfig>> {
 }
 
 /// `name` or `name@domain` → the normalised localpart (the domain must be ours).
-fn localpart_of(cfg: &FarmConfig, jid: &str) -> Result<String> {
+pub(crate) fn localpart_of(cfg: &FarmConfig, jid: &str) -> Result<String> {
     let (local, domain) = match jid.split_once('@') {
         Some((l, d)) => (l, Some(d)),
         None => (jid, None),
@@ -421,7 +438,7 @@ fn read_password(given: Option<String>) -> Result<String> {
 
 /// The account store of `node` as configured: its SQLite file, or the farm's central
 /// database or directory (the same for every node).
-async fn open_store(cfg: &FarmConfig, node: &str) -> Result<AccountStore> {
+pub(crate) async fn open_store(cfg: &FarmConfig, node: &str) -> Result<AccountStore> {
     AccountStore::open(&cfg.storage, &cfg.data_dir, node)
         .await
         .with_context(|| format!("account store of {node}"))
@@ -432,7 +449,7 @@ async fn user(action: UserAction) -> Result<ExitCode> {
         UserAction::Add { store, jid, .. }
         | UserAction::Del { store, jid }
         | UserAction::Passwd { store, jid, .. } => (store, Some(jid.as_str())),
-        UserAction::List { store } => (store, None),
+        UserAction::List { store } | UserAction::Import { store, .. } => (store, None),
     };
     let cfg = load(&args.config, args.data_dir.as_deref())?;
     // A directory or an existing user table: jabberfarm reads accounts there, never writes.
@@ -442,6 +459,15 @@ async fn user(action: UserAction) -> Result<ExitCode> {
     }
     // One SQLite file per slave, or one central database for all.
     let per_node = matches!(cfg.storage.backend, StorageBackend::Sqlite { .. });
+    if let UserAction::Import {
+        file, update, jobs, ..
+    } = &action
+    {
+        let jobs = jobs.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
+        });
+        return import::import(&cfg, file, *update, jobs).await;
+    }
     let Some(jid) = jid else {
         let nodes: Vec<&str> = cfg.slaves().map(|n| n.name.as_str()).collect();
         let files = if per_node {
@@ -470,7 +496,9 @@ async fn user(action: UserAction) -> Result<ExitCode> {
         UserAction::Add { password, .. } | UserAction::Passwd { password, .. } => {
             read_password(password.clone())?
         }
-        UserAction::Del { .. } | UserAction::List { .. } => String::new(),
+        UserAction::Del { .. } | UserAction::List { .. } | UserAction::Import { .. } => {
+            String::new()
+        }
     };
     let owner = cfg.routing.owner(&local).to_owned();
     let store = open_store(&cfg, &owner).await?;
@@ -496,7 +524,7 @@ async fn user(action: UserAction) -> Result<ExitCode> {
                 Err(e) => Err(e),
             },
         },
-        UserAction::List { .. } => Ok(String::new()),
+        UserAction::List { .. } | UserAction::Import { .. } => Ok(String::new()),
     };
     store.close().await;
     let done = r?;

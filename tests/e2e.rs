@@ -436,3 +436,46 @@ fn a_stream_header_naming_the_user_is_redirected_before_sasl() {
     c.send("<?xml version='1.0'?><stream:stream from='lady.capulet@localhost' to='localhost' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>");
     assert!(c.wait_for("</stream:features>", 5).contains("<mechanisms"));
 }
+
+#[test]
+fn imported_accounts_log_in_at_their_slave() {
+    let farm = TestFarm::start(2);
+    farm.add_user("already", "old-password");
+    let users = farm.users_on_every_slave("imp", 3);
+    let mut file = String::from("# migrated from the old server\n\n");
+    for (i, (user, _)) in users.iter().enumerate() {
+        // Passwords may hold colons; the first one after the name ends it.
+        file.push_str(&format!("{user}@localhost:pw:{i}\n"));
+    }
+    file.push_str("already:new-password\n");
+    let path = farm.data_dir().join("accounts.txt");
+    std::fs::write(&path, &file).unwrap();
+    let out = farm.cli(&["user", "import", common::path_str(&path)]);
+    assert!(out.contains("imported: 6 added, 0 updated, 1 already there"), "{out}");
+    for (i, (user, _)) in users.iter().enumerate() {
+        let mut c = Raw::login(farm.owner(user).c2s, user, &format!("pw:{i}"), "r");
+        c.send("<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>");
+        c.wait_for("id='p1'", 5);
+    }
+    // Left alone without --update: the old password still works.
+    Raw::login(farm.owner("already").c2s, "already", "old-password", "r");
+    let out = farm.cli(&["user", "import", "--update", common::path_str(&path)]);
+    assert!(out.contains("0 added, 7 updated"), "{out}");
+    Raw::login(farm.owner("already").c2s, "already", "new-password", "r");
+
+    // One bad line: nothing is imported, and the error names the line, not the password.
+    std::fs::write(&path, "fresh1:secret-one\nbad user:secret-two\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jabberfarm"))
+        .args(["user", "import", common::path_str(&path), "--config"])
+        .arg(&farm.config)
+        .arg("--data-dir")
+        .arg(farm.data_dir())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("accounts.txt:2") && err.contains("nothing imported"), "{err}");
+    assert!(!err.contains("secret"), "a password was printed: {err}");
+    let list = farm.cli(&["user", "list"]);
+    assert!(!list.contains("fresh1"), "{list}");
+}

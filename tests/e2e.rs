@@ -451,7 +451,10 @@ fn imported_accounts_log_in_at_their_slave() {
     let path = farm.data_dir().join("accounts.txt");
     std::fs::write(&path, &file).unwrap();
     let out = farm.cli(&["user", "import", common::path_str(&path)]);
-    assert!(out.contains("imported: 6 added, 0 updated, 1 already there"), "{out}");
+    assert!(
+        out.contains("imported: 6 added, 0 updated, 1 already there"),
+        "{out}"
+    );
     for (i, (user, _)) in users.iter().enumerate() {
         let mut c = Raw::login(farm.owner(user).c2s, user, &format!("pw:{i}"), "r");
         c.send("<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>");
@@ -474,7 +477,10 @@ fn imported_accounts_log_in_at_their_slave() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
-    assert!(err.contains("accounts.txt:2") && err.contains("nothing imported"), "{err}");
+    assert!(
+        err.contains("accounts.txt:2") && err.contains("nothing imported"),
+        "{err}"
+    );
     assert!(!err.contains("secret"), "a password was printed: {err}");
     let list = farm.cli(&["user", "list"]);
     assert!(!list.contains("fresh1"), "{list}");

@@ -99,6 +99,11 @@ enum Scenario {
         /// Seconds to keep the sessions open once all are in.
         #[arg(long, default_value_t = 5)]
         hold: u64,
+        /// Once every session is in, write how many are open to FILE; then SIGUSR1 ends the
+        /// hold early. Lines up several bench processes that load one farm together
+        /// (bench/scale.sh).
+        #[arg(long, value_name = "FILE")]
+        ready_file: Option<PathBuf>,
     },
     /// Pairs of users on the same server exchanging messages: closed loop (default) or open
     /// loop at --rate: delivered/s, latency, CPU per message.
@@ -342,14 +347,20 @@ async fn run(s: Scenario) -> Result<Option<(Report, Option<PathBuf>)>> {
             count,
             concurrency,
             hold,
+            ready_file,
         } => {
             check_cap("--count", count, MAX_CONNECTIONS)?;
             check_cap("--concurrency", concurrency, MAX_CONNECTIONS)?;
             check_cap("--hold", hold, MAX_DURATION_SECS)?;
             let c = ctx(&t).await?;
-            let r =
-                scenario::idle::run(&c, usize_of(concurrency), count, Duration::from_secs(hold))
-                    .await?;
+            let r = scenario::idle::run(
+                &c,
+                usize_of(concurrency),
+                count,
+                Duration::from_secs(hold),
+                ready_file.as_deref(),
+            )
+            .await?;
             (r, t.json)
         }
         Scenario::Chat {

@@ -3,11 +3,13 @@
 //! on a freshly started server: memory freed by earlier runs stays in the process's heap and
 //! would hide what new sessions take.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jabberfarm_shared::ns;
 use jabberfarm_shared::xml::{Element, StreamEvent};
+use tokio::signal::unix::SignalKind;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -22,7 +24,13 @@ use crate::runner::run_pool;
 /// Time for the server to settle before RSS is read.
 const SETTLE: Duration = Duration::from_secs(1);
 
-pub async fn run(ctx: &Ctx, concurrency: usize, count: u64, hold: Duration) -> Result<Report> {
+pub async fn run(
+    ctx: &Ctx,
+    concurrency: usize,
+    count: u64,
+    hold: Duration,
+    ready_file: Option<&Path>,
+) -> Result<Report> {
     let mut rep = ctx.report("idle", "login");
     rep.param("concurrency", concurrency);
     rep.param("sessions", count);
@@ -75,11 +83,23 @@ pub async fn run(ctx: &Ctx, concurrency: usize, count: u64, hold: Duration) -> R
     tokio::time::sleep(SETTLE).await;
     let rss_after = rss(ctx)?;
     let held_since = Instant::now();
-    tokio::time::sleep(hold).await;
-    let alive = holders
-        .lock()
-        .map(|h| h.iter().filter(|t| !t.is_finished()).count())
-        .unwrap_or(0);
+    match ready_file {
+        Some(path) => {
+            // Ask for SIGUSR1 before saying we are ready, so an early signal is not lost.
+            let mut release = tokio::signal::unix::signal(SignalKind::user_defined1())
+                .map_err(|e| BenchError::Setup(format!("SIGUSR1: {e}")))?;
+            let open = open_count(&holders);
+            std::fs::write(path, format!("{open}\n"))
+                .map_err(|e| BenchError::Setup(format!("{}: {e}", path.display())))?;
+            let released = tokio::select! {
+                _ = release.recv() => true,
+                () = tokio::time::sleep(hold) => false,
+            };
+            rep.param("released_by_signal", u64::from(released));
+        }
+        None => tokio::time::sleep(hold).await,
+    }
+    let alive = open_count(&holders);
     let hold_s = held_since.elapsed().as_secs_f64();
     rep.param("still_open_after_hold", alive as u64);
     done.cancel();
@@ -104,6 +124,14 @@ pub async fn run(ctx: &Ctx, concurrency: usize, count: u64, hold: Duration) -> R
         });
     }
     Ok(rep)
+}
+
+/// Sessions whose holder still runs (the server has not closed them).
+fn open_count(holders: &Mutex<Vec<tokio::task::JoinHandle<()>>>) -> usize {
+    holders
+        .lock()
+        .map(|h| h.iter().filter(|t| !t.is_finished()).count())
+        .unwrap_or(0)
 }
 
 fn rss(ctx: &Ctx) -> Result<Option<u64>> {

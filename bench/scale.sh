@@ -21,7 +21,7 @@
 #   6. releases the clients (SIGUSR1), stops the farm, and writes OUT/summary.md.
 #
 # Environment: SLAVES (default: one per 16,000 sessions, rounded up), CLIENTS (default: one per
-# 17,000), CONCURRENCY (logins at a time per client, default 50), MECHANISM (default
+# 19,000), CONCURRENCY (logins at a time per client, default 50), MECHANISM (default
 # SCRAM-SHA-256), SKIP_BUILD=1 (use the release binaries already built).
 # Every phase is bounded: logins by the clients' --duration, the wait for them by READY_TIMEOUT
 # (default 900 s). Takes about 2 minutes for 19,000 sessions and 6–8 minutes for 100,000.
@@ -34,7 +34,7 @@ case "$sessions" in
 esac
 out="${2:-${TMPDIR:-/tmp}/jabberfarm-scale/$(date +%Y%m%d-%H%M%S)}"
 slaves="${SLAVES:-$(( (sessions + 15999) / 16000 ))}"
-clients="${CLIENTS:-$(( (sessions + 16999) / 17000 ))}"
+clients="${CLIENTS:-$(( (sessions + 18999) / 19000 ))}"
 concurrency="${CONCURRENCY:-50}"
 mechanism="${MECHANISM:-SCRAM-SHA-256}"
 ready_timeout="${READY_TIMEOUT:-900}"
@@ -93,8 +93,7 @@ EOF
       "$i" $((27300 + i)) $((27500 + i))
   done
 } >"$cfg"
-"$bin/jabberfarm" check --config "$cfg" --data-dir "$data" >/dev/null 2>&1 ||
-  "$bin/jabberfarm" check --config "$cfg"
+"$bin/jabberfarm" check --config "$cfg" >/dev/null
 
 {
   echo "machine:  $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), open files per process: $fd_limit"
@@ -130,7 +129,7 @@ established() { ss -Htn state established "( sport = :$1 )" | wc -l; }
 names=(master)
 for ((i = 1; i <= slaves; i++)); do names+=("slave$i"); done
 for n in "${names[@]}"; do
-  "$bin/jabberfarm" run --config "$cfg" --data-dir "$data" --node "$n" 2>"$out/$n.log" &
+  "$bin/jabberfarm" run --config "$cfg" --data-dir "$data" --node "$n" >"$out/$n.out" 2>"$out/$n.log" &
   node_pids+=($!)
 done
 wait_port 27222
@@ -147,6 +146,12 @@ declare -A rss_before
 for ((i = 1; i <= slaves; i++)); do rss_before[$i]=$(rss_kib "${node_pids[$i]}"); done
 master_rss_before=$(rss_kib "${node_pids[0]}")
 
+# One client: it reads the slaves' RSS itself after its discovery pass (which warms the
+# stores' caches), so its figure is the sessions' alone.
+pid_args=()
+if (( clients == 1 )); then
+  for ((i = 1; i <= slaves; i++)); do pid_args+=(--server-pid "${node_pids[$i]}"); done
+fi
 echo "--- logging in $sessions sessions: $clients clients × $per_client, $concurrency at a time each"
 t0=$(date +%s)
 for ((k = 0; k < clients; k++)); do
@@ -156,7 +161,7 @@ for ((k = 0; k < clients; k++)); do
     --mechanism "$mechanism" --first "$first" --user-count "$count" --count "$count" \
     --concurrency "$concurrency" --duration "$ready_timeout" --timeout 60 \
     --hold "$(( ready_timeout + 300 ))" --ready-file "$out/ready.$k" \
-    --json "$out/client.$k.json" >"$out/client.$k.txt" 2>&1 &
+    "${pid_args[@]}" --json "$out/client.$k.json" >"$out/client.$k.txt" 2>&1 &
   client_pids+=($!)
 done
 
@@ -200,6 +205,18 @@ done
 per_total=$(awk -v a="$total_after" -v b="$total_before" -v s="$total_sessions" \
   'BEGIN { printf "%.1f", s ? (a - b) / s : 0 }')
 master_rss=$(rss_kib "${node_pids[0]}")
+
+# What the farm burns doing nothing with every session open.
+cpu_ticks() {
+  local t=0 p
+  for p in "${node_pids[@]}"; do t=$(( t + $(awk '{print $14 + $15}' "/proc/$p/stat") )); done
+  echo "$t"
+}
+idle_s=10
+c0=$(cpu_ticks)
+sleep "$idle_s"
+idle_pct=$(awk -v t="$(( $(cpu_ticks) - c0 ))" -v hz="$(getconf CLK_TCK)" -v s="$idle_s" \
+  'BEGIN { printf "%.1f", 100 * t / hz / s }')
 
 echo "--- $total_sessions sessions open; chat across slaves between probe users meanwhile"
 slave_pid_args=()
@@ -246,6 +263,14 @@ errors=$(grep -hE "errors [1-9]|first error" "$out"/client.*.txt | head -5 || tr
   printf '%s' "$table"
   echo "| **all** | **$total_sessions** | $(( total_before / 1024 )) | $(( total_after / 1024 )) | **$per_total** |"
   echo
+  if (( clients == 1 )); then
+    echo "The client's own figure, slaves' RSS read after its discovery pass (the stores' caches"
+    echo "warm), so the sessions alone:"
+    echo
+    grep -E "server RSS|per session" "$out/client.0.txt" | sed 's/^ */    /'
+    echo
+  fi
+  echo "All nodes together, every session open and idle: ${idle_pct}% of one core over ${idle_s} s."
   echo "Master RSS: $(( master_rss_before / 1024 )) → $(( master_rss / 1024 )) MiB. After the clients left:"
   echo "$left connections open, slaves' RSS $(( after_close / 1024 )) MiB. SIGTERM to every node stopped the farm in ${stop_ms} ms."
   echo

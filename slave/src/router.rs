@@ -46,6 +46,9 @@ struct Resource {
     seen: HashSet<String>,
     /// Where it sent directed presence (RFC 6121 §4.6): told when it goes unavailable.
     directed: HashSet<String>,
+    /// The user's roster was empty when this session's initial presence asked the store, and
+    /// nothing was written to it since: later broadcasts skip reading it.
+    roster_empty: bool,
 }
 
 /// One of a user's sessions, as the IM code sees it.
@@ -79,6 +82,9 @@ pub struct Router {
     pub table: ArcSwap<RoutingTable>,
     sessions: Mutex<HashMap<String, Vec<Resource>>>,
     next_conn: AtomicU64,
+    /// Bumped (under the sessions lock) before every roster write, so a reader that saw an
+    /// empty roster can tell whether a write raced it.
+    roster_writes: AtomicU64,
 }
 
 impl Router {
@@ -89,6 +95,7 @@ impl Router {
             table: ArcSwap::from_pointee(table),
             sessions: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
+            roster_writes: AtomicU64::new(0),
         }
     }
 
@@ -148,6 +155,7 @@ impl Router {
             interested: false,
             seen: HashSet::new(),
             directed: HashSet::new(),
+            roster_empty: false,
         });
         conn
     }
@@ -188,6 +196,47 @@ impl Router {
             r.seen.clear();
         }
         initial
+    }
+
+    /// Call before reading the roster to learn whether it is empty; pass the result to
+    /// [`Router::note_roster_empty`].
+    pub fn roster_mark(&self) -> u64 {
+        self.roster_writes.load(Ordering::Acquire)
+    }
+
+    /// The store said `user`'s roster is empty, as of `mark`: remember it for this session
+    /// unless a roster write started since.
+    pub fn note_roster_empty(&self, user: &str, resource: &str, mark: u64) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if self.roster_writes.load(Ordering::Acquire) != mark {
+            return;
+        }
+        if let Some(r) = sessions
+            .get_mut(user)
+            .and_then(|l| l.iter_mut().find(|r| r.name == resource))
+        {
+            r.roster_empty = true;
+        }
+    }
+
+    /// Whether this session knows `user`'s roster to be empty (no store read needed).
+    pub fn roster_known_empty(&self, user: &str, resource: &str) -> bool {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions
+            .get(user)
+            .and_then(|l| l.iter().find(|r| r.name == resource))
+            .is_some_and(|r| r.roster_empty)
+    }
+
+    /// Call before writing `user`'s roster: sessions forget that it was empty.
+    pub fn roster_changed(&self, user: &str) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        self.roster_writes.fetch_add(1, Ordering::AcqRel);
+        if let Some(l) = sessions.get_mut(user) {
+            for r in l {
+                r.roster_empty = false;
+            }
+        }
     }
 
     pub fn set_interested(&self, user: &str, resource: &str) {

@@ -4,14 +4,17 @@
 //! applied on open), so later tables (roster, offline messages) land in the same file.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::Row;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
+use sqlx::{ConnectOptions, Row};
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
 use super::{DerivedKeys, ScramCredentials, ScramHash, StoreError};
 
@@ -25,6 +28,8 @@ const MAX_CONNECTIONS: u32 = 4;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a statement waits for another connection's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Dedicated connections for the hot single-statement reads (see [`Readers`]).
+const READERS: usize = 2;
 
 const SELECT_SHA1: &str = "SELECT salt, iterations, sha1_stored AS stored, sha1_server AS server \
                            FROM accounts WHERE username = ?1";
@@ -34,6 +39,7 @@ const SELECT_SHA256: &str = "SELECT salt, iterations, sha256_stored AS stored, \
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    readers: Readers,
     /// For error messages: which file failed.
     path: PathBuf,
 }
@@ -66,7 +72,7 @@ impl SqliteStore {
             // before every acquire cost a round trip to the connection's worker thread, one
             // per store call (a fifth of a login's store work).
             .test_before_acquire(false)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
         let migrated = MIGRATOR.run(&pool).await;
@@ -78,8 +84,16 @@ impl SqliteStore {
                 path.display()
             )));
         }
+        let readers = match Readers::open(&options, READERS).await {
+            Ok(r) => r,
+            Err(e) => {
+                pool.close().await;
+                return Err(unavailable(format!("cannot open {}: {e}", path.display())));
+            }
+        };
         Ok(Self {
             pool,
+            readers,
             path: path.to_owned(),
         })
     }
@@ -87,6 +101,11 @@ impl SqliteStore {
     /// The connection pool, for other tables kept in the same file.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// Connections for single-statement reads of other tables in the same file.
+    pub fn readers(&self) -> &Readers {
+        &self.readers
     }
 
     pub(crate) async fn credentials(
@@ -98,11 +117,17 @@ impl SqliteStore {
             ScramHash::Sha1 => SELECT_SHA1,
             ScramHash::Sha256 => SELECT_SHA256,
         };
-        let row = sqlx::query(sql)
-            .bind(username)
-            .fetch_optional(&self.pool)
+        let mut conn = self
+            .readers
+            .get()
             .await
             .map_err(|e| self.db_error("reading credentials", e))?;
+        let row = sqlx::query(sql)
+            .bind(username)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| self.db_error("reading credentials", e))?;
+        drop(conn);
         row.map(|row| {
             credentials_from_row(&row, hash).map_err(|detail| {
                 unavailable(format!(
@@ -194,6 +219,7 @@ impl SqliteStore {
     }
 
     pub(crate) async fn close(&self) {
+        self.readers.close().await;
         self.pool.close().await;
     }
 
@@ -206,6 +232,56 @@ fn unavailable(detail: String) -> StoreError {
     StoreError::Unavailable {
         backend: BACKEND,
         detail,
+    }
+}
+
+/// Connections of their own for the hot single-statement reads: a login's credentials, what
+/// a user has stored. Every query through sqlx's pool costs two round trips to the
+/// connection's worker thread, because the pool pings each connection it takes back; these
+/// are never given back, so a read is one round trip. Only autocommit SELECTs run here (each
+/// sees one snapshot); transactions and writes use the pool.
+#[derive(Clone, Debug)]
+pub struct Readers {
+    /// `None` once closed.
+    conns: Arc<[Mutex<Option<SqliteConnection>>]>,
+    next: Arc<AtomicUsize>,
+}
+
+impl Readers {
+    async fn open(options: &SqliteConnectOptions, n: usize) -> Result<Self, sqlx::Error> {
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..n.max(1) {
+            conns.push(Mutex::new(Some(options.connect().await?)));
+        }
+        Ok(Self {
+            conns: conns.into(),
+            next: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// A free connection, else the next in turn once it is free (at most the pool's acquire
+    /// timeout).
+    pub async fn get(&self) -> Result<MappedMutexGuard<'_, SqliteConnection>, sqlx::Error> {
+        let free = self.conns.iter().find_map(|c| c.try_lock().ok());
+        let guard = match free {
+            Some(g) => g,
+            None => {
+                let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+                tokio::time::timeout(ACQUIRE_TIMEOUT, self.conns[i].lock())
+                    .await
+                    .map_err(|_| sqlx::Error::PoolTimedOut)?
+            }
+        };
+        MutexGuard::try_map(guard, Option::as_mut).map_err(|_| sqlx::Error::PoolClosed)
+    }
+
+    /// Waits for running reads, then closes every connection.
+    async fn close(&self) {
+        for c in self.conns.iter() {
+            if let Some(conn) = c.lock().await.take() {
+                let _ = sqlx::Connection::close(conn).await;
+            }
+        }
     }
 }
 

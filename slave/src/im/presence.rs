@@ -59,12 +59,18 @@ async fn broadcast(slave: &Slave, me: &FullJid, user: &str, el: Element) -> Vec<
     let own_bare = bare(user, &slave.router.domain);
     // After `set_presence`: whatever is stored from now on is delivered live instead.
     let stored = if initial {
-        slave.im.login_state(user).await.ok().flatten()
+        let mark = slave.router.roster_mark();
+        let state = slave.im.login_state(user).await.ok().flatten();
+        if state.as_ref().is_some_and(|s| !s.roster) {
+            slave.router.note_roster_empty(user, resource, mark);
+        }
+        state
     } else {
         None
     };
     let has = |what: fn(&LoginState) -> bool| stored.as_ref().is_none_or(what);
-    let roster = if !has(|s| s.roster) {
+    let known_empty = !initial && slave.router.roster_known_empty(user, resource);
+    let roster = if !has(|s| s.roster) || known_empty {
         Vec::new()
     } else {
         match slave.im.roster(user).await {
@@ -182,7 +188,7 @@ async fn subscription_out(
         _ => return,
     }
     if item != before || (!had_item && kind != "unsubscribe" && kind != "unsubscribed") {
-        match slave.im.put_item(user, &item).await {
+        match super::roster::store_item(slave, user, &item).await {
             Ok(ver) => push_item(slave, user, &item, ver, false),
             Err(e) => warn!(user, "roster unavailable: {e}"),
         }
@@ -259,7 +265,7 @@ async fn subscription_in(slave: &Slave, el: Element, user: &str, contact: &str, 
         ("subscribe", Some(mut i)) if i.approved => {
             i.subscription = Subscription::from_parts(i.subscription.has_to(), true);
             i.approved = false;
-            if let Ok(ver) = slave.im.put_item(user, &i).await {
+            if let Ok(ver) = super::roster::store_item(slave, user, &i).await {
                 push_item(slave, user, &i, ver, false);
             }
             slave
@@ -284,14 +290,14 @@ async fn subscription_in(slave: &Slave, el: Element, user: &str, contact: &str, 
         ("subscribed", Some(mut i)) if i.ask => {
             i.subscription = Subscription::from_parts(true, i.subscription.has_from());
             i.ask = false;
-            if let Ok(ver) = slave.im.put_item(user, &i).await {
+            if let Ok(ver) = super::roster::store_item(slave, user, &i).await {
                 push_item(slave, user, &i, ver, false);
             }
             deliver(el);
         }
         ("unsubscribe", Some(mut i)) if i.subscription.has_from() => {
             i.subscription = Subscription::from_parts(i.subscription.has_to(), false);
-            if let Ok(ver) = slave.im.put_item(user, &i).await {
+            if let Ok(ver) = super::roster::store_item(slave, user, &i).await {
                 push_item(slave, user, &i, ver, false);
             }
             deliver(el);
@@ -303,7 +309,7 @@ async fn subscription_in(slave: &Slave, el: Element, user: &str, contact: &str, 
         ("unsubscribed", Some(mut i)) if i.subscription.has_to() || i.ask => {
             i.subscription = Subscription::from_parts(false, i.subscription.has_from());
             i.ask = false;
-            if let Ok(ver) = slave.im.put_item(user, &i).await {
+            if let Ok(ver) = super::roster::store_item(slave, user, &i).await {
                 push_item(slave, user, &i, ver, false);
             }
             deliver(el);

@@ -1,6 +1,7 @@
 //! Roster management (RFC 6121 §2): get (with versioning, §2.6), set, remove, and pushes to
 //! every interested resource.
 
+use jabberfarm_shared::auth::StoreError;
 use jabberfarm_shared::ns;
 use jabberfarm_shared::stanza::{ErrorType, error_reply, iq_result};
 use jabberfarm_shared::stream::new_id;
@@ -187,7 +188,7 @@ async fn set(slave: &Slave, iq: &Element, query: &Element, user: &str) -> Elemen
     // The client sets name and groups only; subscription state is the server's (§2.1.2.5).
     new.name = name;
     new.groups = groups;
-    match slave.im.put_item(user, &new).await {
+    match store_item(slave, user, &new).await {
         Ok(ver) => {
             push_item(slave, user, &new, ver, false);
             iq_result(iq, None)
@@ -225,4 +226,15 @@ pub fn subscription(from: &str, to: &str, kind: &str) -> Element {
         .with_attr("from", from)
         .with_attr("to", to)
         .with_attr("type", kind)
+}
+
+/// Writes a roster item, after telling the router (sessions that knew the roster to be empty
+/// must read it again). Every roster write goes through here.
+pub(crate) async fn store_item(
+    slave: &Slave,
+    user: &str,
+    item: &RosterItem,
+) -> Result<u64, StoreError> {
+    slave.router.roster_changed(user);
+    slave.im.put_item(user, item).await
 }

@@ -70,13 +70,15 @@ impl ImStore {
     /// `storage.ldap.data` names.
     pub fn for_accounts(accounts: &AccountStore) -> ImStore {
         match accounts.im_database() {
-            ImDatabase::Sqlite(store) => Self::Sqlite(SqliteIm::new(store.pool().clone())),
+            ImDatabase::Sqlite(store) => {
+                Self::Sqlite(SqliteIm::new(store.pool().clone(), store.readers().clone()))
+            }
             ImDatabase::Mysql(store) => Self::Mysql(MysqlIm::new(&store)),
         }
     }
 
-    /// What `user` has stored, in one query where the backend has one (SQLite: a round trip
-    /// to its worker thread each): most logins find nothing, and skip the three reads.
+    /// What `user` has stored, in one query where the backend has one (SQLite: one round trip
+    /// to a reader's worker thread): most logins find nothing, and skip the three reads.
     /// `None` when the backend cannot tell cheaply; read everything then.
     pub async fn login_state(&self, user: &str) -> Result<Option<LoginState>, StoreError> {
         match self {

@@ -35,13 +35,14 @@ impl OfflineStore for SqliteIm {
 
     async fn peek(&self, user: &str, limit: usize) -> Result<Vec<OfflineMessage>, StoreError> {
         let err = |e| self.error("reading offline messages", user, e);
+        let mut conn = self.reader(user, "reading offline messages").await?;
         sqlx::query(
             "SELECT id, stanza, stamp_ms FROM offline_messages WHERE username = ?1 \
              ORDER BY id LIMIT ?2",
         )
         .bind(user)
         .bind(to_i64(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await
         .map_err(err)?
         .iter()
@@ -68,10 +69,11 @@ impl OfflineStore for SqliteIm {
 
     async fn count(&self, user: &str) -> Result<usize, StoreError> {
         let doing = "counting offline messages";
+        let mut conn = self.reader(user, doing).await?;
         let n: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM offline_messages WHERE username = ?1")
                 .bind(user)
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *conn)
                 .await
                 .map_err(|e| self.error(doing, user, e))?;
         usize::try_from(n).map_err(|_| self.corrupt(doing, user, format!("count {n}")))

@@ -31,11 +31,13 @@ impl RosterStore for SqliteIm {
     async fn roster(&self, user: &str) -> Result<(u64, Vec<RosterItem>), StoreError> {
         let doing = "reading the roster";
         let err = |e| self.error(doing, user, e);
+        let mut conn = self.reader(user, doing).await?;
         let (version, any): (Option<i64>, bool) = sqlx::query_as(SELECT_VERSION_ANY)
             .bind(user)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *conn)
             .await
             .map_err(err)?;
+        drop(conn);
         if !any {
             return Ok((
                 self.check_version(version.unwrap_or(0), user, doing)?,
@@ -212,9 +214,10 @@ impl RosterStore for SqliteIm {
 
     async fn pending_in(&self, user: &str) -> Result<Vec<(String, String)>, StoreError> {
         let err = |e| self.error("reading subscription requests", user, e);
+        let mut conn = self.reader(user, "reading subscription requests").await?;
         sqlx::query("SELECT contact, stanza FROM pending_in WHERE username = ?1 ORDER BY id")
             .bind(user)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await
             .map_err(err)?
             .iter()

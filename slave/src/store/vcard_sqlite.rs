@@ -7,9 +7,10 @@ use super::vcard::VcardStore;
 
 impl VcardStore for SqliteIm {
     async fn vcard(&self, user: &str) -> Result<Option<String>, StoreError> {
+        let mut conn = self.reader(user, "reading the vCard").await?;
         sqlx::query_scalar("SELECT xml FROM vcards WHERE username = ?1")
             .bind(user)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *conn)
             .await
             .map_err(|e| self.error("reading the vCard", user, e))
     }

@@ -128,6 +128,8 @@ enum Scenario {
         /// message crosses a farm link); needs --follow-redirects from the master.
         #[arg(long)]
         across: bool,
+        #[command(flatten)]
+        peer: PeerArgs,
     },
     /// Client of the bare-TCP floor (see floor-server): exchanges/s and server CPU per
     /// exchange, the yardstick for `redirect`.
@@ -236,6 +238,26 @@ struct TargetArgs {
     /// Write the figures as JSON here.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+}
+
+/// Federation: each pair is a user of the target and a user of another server (another
+/// domain), so every message crosses server-to-server streams.
+#[derive(clap::Args, Clone)]
+struct PeerArgs {
+    /// The other server's c2s host (loopback only). Turns federated pairing on.
+    #[arg(long, value_name = "HOST", requires = "peer_domain")]
+    peer_host: Option<String>,
+    #[arg(long, default_value_t = 5222)]
+    peer_port: u16,
+    /// The other server's domain.
+    #[arg(long, value_name = "DOMAIN")]
+    peer_domain: Option<String>,
+    /// Its users (same placeholder as --users; same --password and --mechanism).
+    #[arg(long, default_value = "bench{n}")]
+    peer_users: String,
+    /// STARTTLS to the other server, trusting this CA; default plain.
+    #[arg(long, value_name = "FILE")]
+    peer_ca: Option<PathBuf>,
 }
 
 fn parse_mechanism(s: &str) -> std::result::Result<Mechanism, String> {
@@ -371,6 +393,7 @@ async fn run(s: Scenario) -> Result<Option<(Report, Option<PathBuf>)>> {
             body_size,
             concurrency,
             across,
+            peer,
         } => {
             check_cap("--pairs", pairs.saturating_mul(2), MAX_CONNECTIONS)?;
             check_cap("--count", count, MAX_COUNT)?;
@@ -387,6 +410,41 @@ async fn run(s: Scenario) -> Result<Option<(Report, Option<PathBuf>)>> {
                 )));
             }
             let c = ctx(&t).await?;
+            let peer = match (&peer.peer_host, &peer.peer_domain) {
+                (Some(host), Some(domain)) => {
+                    if across {
+                        return Err(BenchError::Setup(
+                            "--across and --peer-host pair users differently; give one".into(),
+                        ));
+                    }
+                    if !peer.peer_users.contains("{n}") && pairs > 1 {
+                        return Err(BenchError::Setup(format!(
+                            "--peer-users {:?} has no {{n}}",
+                            peer.peer_users
+                        )));
+                    }
+                    let cfg = ClientConfig::new(
+                        domain,
+                        &t.password,
+                        t.mechanism,
+                        peer.peer_ca.as_deref(),
+                        false,
+                        false,
+                        Duration::from_secs(t.timeout.max(1)),
+                    )?;
+                    let addr = cfg.resolver.resolve(host, peer.peer_port).await?;
+                    Some(scenario::chat::Peer {
+                        cfg: Arc::new(cfg),
+                        addr,
+                        users: scenario::Users {
+                            pattern: peer.peer_users.clone(),
+                            first: 0,
+                            count: pairs,
+                        },
+                    })
+                }
+                _ => None,
+            };
             let args = scenario::chat::ChatArgs {
                 pairs: usize_of(pairs),
                 rate,
@@ -394,6 +452,7 @@ async fn run(s: Scenario) -> Result<Option<(Report, Option<PathBuf>)>> {
                 body_size: usize_of(body_size),
                 concurrency: usize_of(concurrency),
                 across,
+                peer,
             };
             (scenario::chat::run(&c, args).await?, t.json)
         }

@@ -1,5 +1,7 @@
 //! `chat`: P pairs of logged-in users exchange messages; both users of a pair are served by
-//! the same server, or with `--across` by different ones (farm slaves: over a farm link).
+//! the same server, or with `--across` by different ones (farm slaves: over a farm link), or
+//! with `--peer-host` one by the target and one by another server of another domain
+//! (federation: every message crosses server-to-server streams).
 //!
 //! - closed loop (no `--rate`): the two users of a pair bounce one message back and forth;
 //!   each is sent the moment the previous one arrived, so P messages are in flight and the
@@ -22,7 +24,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
-use crate::client::{self, Conn, Session};
+use crate::client::{self, ClientConfig, Conn, Session};
 use crate::error::{BenchError, Result};
 use crate::measure::{SelfCpu, nanos, summarize};
 use crate::report::{ChatFigures, Report};
@@ -43,6 +45,15 @@ pub struct ChatArgs {
     pub concurrency: usize,
     /// Pair users served by different servers (messages cross a farm link).
     pub across: bool,
+    /// Pair each user with one of another server (federation).
+    pub peer: Option<Peer>,
+}
+
+/// The other server of federated pairs.
+pub struct Peer {
+    pub cfg: Arc<ClientConfig>,
+    pub addr: SocketAddr,
+    pub users: super::Users,
 }
 
 struct Shared {
@@ -107,49 +118,26 @@ pub async fn run(ctx: &Ctx, a: ChatArgs) -> Result<Report> {
     let mode = if a.rate.is_some() { "open" } else { "closed" };
     rep.param("pairs", a.pairs);
     rep.param("mode", mode);
-    rep.param("pairing", if a.across { "across" } else { "same" });
+    let pairing = match (&a.peer, a.across) {
+        (Some(_), _) => "federated",
+        (None, true) => "across",
+        (None, false) => "same",
+    };
+    rep.param("pairing", pairing);
+    if let Some(p) = &a.peer {
+        rep.param("peer", format!("{} ({})", p.addr, p.cfg.domain));
+    }
     if let Some(r) = a.rate {
         rep.param("rate", r);
     }
     rep.param("count", a.count);
     rep.param("body_size", a.body_size);
 
-    // Users that share a server, paired in user order.
-    let candidates = ctx.users.count.min(4 * a.pairs as u64 + 8);
-    let routes = ctx.discover(candidates, a.concurrency).await?;
-    let mut waiting: HashMap<SocketAddr, Vec<String>> = HashMap::new();
-    let mut pairs: Vec<(String, String)> = Vec::new();
-    for i in 0..candidates {
-        if pairs.len() == a.pairs {
-            break;
-        }
-        let user = ctx.users.name(i);
-        let Some(addr) = routes.get(&user).copied() else {
-            continue;
-        };
-        // Same server: a user waiting at this address; across: one waiting at another.
-        let partner = waiting
-            .iter_mut()
-            .find(|(k, v)| (**k != addr) == a.across && !v.is_empty())
-            .and_then(|(_, v)| v.pop());
-        match partner {
-            Some(other) => pairs.push((other, user)),
-            None => waiting.entry(addr).or_default().push(user),
-        }
-    }
-    if pairs.len() < a.pairs {
-        let how = if a.across {
-            "on different servers"
-        } else {
-            "on the same server"
-        };
-        return Err(BenchError::Setup(format!(
-            "only {} pairs of users {how} among the first {candidates} users; \
-             raise --user-count",
-            pairs.len()
-        )));
-    }
-    let sessions = login_all(ctx, &pairs, &routes, a.concurrency).await?;
+    let pairs = match &a.peer {
+        Some(peer) => federated_pairs(ctx, peer, a.pairs, a.concurrency).await?,
+        None => local_pairs(ctx, &a).await?,
+    };
+    let sessions = login_all(&pairs, a.concurrency).await?;
 
     let sh = Arc::new(Shared {
         stop: AtomicBool::new(false),
@@ -275,32 +263,97 @@ pub async fn run(ctx: &Ctx, a: ChatArgs) -> Result<Report> {
     Ok(rep)
 }
 
+/// Where each user of a pair logs in, and with which settings.
+type Login = (String, SocketAddr, Arc<ClientConfig>);
+
+/// Pairs of the target's users on the same server (or, `across`, on different ones).
+async fn local_pairs(ctx: &Ctx, a: &ChatArgs) -> Result<Vec<(Login, Login)>> {
+    // Users that share a server, paired in user order.
+    let candidates = ctx.users.count.min(4 * a.pairs as u64 + 8);
+    let routes = ctx.discover(candidates, a.concurrency).await?;
+    let mut waiting: HashMap<SocketAddr, Vec<String>> = HashMap::new();
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for i in 0..candidates {
+        if pairs.len() == a.pairs {
+            break;
+        }
+        let user = ctx.users.name(i);
+        let Some(addr) = routes.get(&user).copied() else {
+            continue;
+        };
+        // Same server: a user waiting at this address; across: one waiting at another.
+        let partner = waiting
+            .iter_mut()
+            .find(|(k, v)| (**k != addr) == a.across && !v.is_empty())
+            .and_then(|(_, v)| v.pop());
+        match partner {
+            Some(other) => pairs.push((other, user)),
+            None => waiting.entry(addr).or_default().push(user),
+        }
+    }
+    if pairs.len() < a.pairs {
+        let how = if a.across {
+            "on different servers"
+        } else {
+            "on the same server"
+        };
+        return Err(BenchError::Setup(format!(
+            "only {} pairs of users {how} among the first {candidates} users; \
+             raise --user-count",
+            pairs.len()
+        )));
+    }
+    let at = |u: String| {
+        let addr = routes.get(&u).copied().unwrap_or(ctx.start);
+        (u, addr, ctx.cfg.clone())
+    };
+    Ok(pairs.into_iter().map(|(x, y)| (at(x), at(y))).collect())
+}
+
+/// Pairs of a target user and a user of the peer server.
+async fn federated_pairs(
+    ctx: &Ctx,
+    peer: &Peer,
+    n: usize,
+    concurrency: usize,
+) -> Result<Vec<(Login, Login)>> {
+    let routes = ctx.discover(n as u64, concurrency).await?;
+    let pairs = (0..n as u64)
+        .map(|i| {
+            let u = ctx.users.name(i);
+            let addr = routes.get(&u).copied().unwrap_or(ctx.start);
+            (
+                (u, addr, ctx.cfg.clone()),
+                (peer.users.name(i), peer.addr, peer.cfg.clone()),
+            )
+        })
+        .collect();
+    Ok(pairs)
+}
+
 /// Log in both users of every pair (bounded concurrency).
 async fn login_all(
-    ctx: &Ctx,
-    pairs: &[(String, String)],
-    routes: &HashMap<String, SocketAddr>,
+    pairs: &[(Login, Login)],
     concurrency: usize,
 ) -> Result<Vec<(Session, Session)>> {
-    let names: Arc<Vec<(String, SocketAddr)>> = Arc::new(
+    let names: Arc<Vec<Login>> = Arc::new(
         pairs
             .iter()
-            .flat_map(|(a, b)| [a, b])
-            .map(|u| (u.clone(), routes.get(u).copied().unwrap_or(ctx.start)))
+            .flat_map(|(a, b)| [a.clone(), b.clone()])
             .collect(),
     );
     let slots: Arc<Mutex<Vec<Option<Session>>>> =
         Arc::new(Mutex::new((0..names.len()).map(|_| None).collect()));
-    let (cfg, n, s) = (ctx.cfg.clone(), names.clone(), slots.clone());
+    let (n, s) = (names.clone(), slots.clone());
     let deadline = Instant::now() + Duration::from_secs(crate::MAX_SETUP_SECS);
     let pool = run_pool(concurrency, names.len() as u64, deadline, move |i, _| {
-        let (cfg, n, s) = (cfg.clone(), n.clone(), s.clone());
+        let (n, s) = (n.clone(), s.clone());
         async move {
             let idx = usize::try_from(i).unwrap_or(usize::MAX);
-            let Some((user, addr)) = n.get(idx) else {
+            let Some((user, addr, cfg)) = n.get(idx) else {
                 return Err(BenchError::Setup("no such user slot".into()));
             };
-            let session = client::login(&cfg, *addr, user, "chat").await?;
+            let session = client::login(cfg, *addr, user, "chat").await?;
             if let Ok(mut slots) = s.lock()
                 && let Some(slot) = slots.get_mut(idx)
             {

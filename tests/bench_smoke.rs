@@ -274,3 +274,108 @@ fn the_tcp_floor_runs() {
     assert!(num(&j, "cpu_us_per_op") >= 0.0, "{j}");
     assert!(Path::new(&b.dir).join("floor.json").exists());
 }
+
+/// A farm for `domain` whose master accepts s2s on `s2s_port` and that reaches `peer` (the
+/// other farm's domain) at `peer_port` through a static route: two farms federate on loopback
+/// without DNS.
+fn federating_farm(domain: &str, s2s_port: u16, peer: &str, peer_port: u16) -> TestFarm {
+    let farm = TestFarm::start_edited(1, |text| {
+        text.replace("domain = \"localhost\"", &format!("domain = \"{domain}\""))
+            .replace(
+                "name = \"master\"\nrole = \"master\"\n",
+                &format!("name = \"master\"\nrole = \"master\"\ns2s = \"127.0.0.1:{s2s_port}\"\n"),
+            )
+            + &format!(
+                "\n[s2s]\nconnect_timeout = 5\n\n[s2s.routes]\n\"{peer}\" = \"127.0.0.1:{peer_port}\"\n"
+            )
+    });
+    for i in 0..2 {
+        farm.add_user(&format!("fed{i}"), "pw");
+    }
+    farm
+}
+
+#[test]
+fn chat_through_federation_and_idle_released_by_signal() {
+    let bin = bench_bin();
+    let (pa, pb) = (common::free_port(), common::free_port());
+    let a = federating_farm("a.test", pa, "b.test", pb);
+    let b = federating_farm("b.test", pb, "a.test", pa);
+    let bench = Bench {
+        bin: bin.clone(),
+        dir: a.dir.path().to_owned(),
+    };
+    let pid = farm_pid(&a).to_string();
+    let (ma, mb) = (port(a.master.c2s), port(b.master.c2s));
+    let user_args = ["--users", "fed{n}", "--user-count", "2", "--password", "pw"];
+    // Each pair: a user of a.test and one of b.test; every message crosses s2s both ways.
+    let mut args = vec![
+        "chat",
+        "--port",
+        &ma,
+        "--domain",
+        "a.test",
+        "--follow-redirects",
+        "--pairs",
+        "2",
+        "--count",
+        "100",
+        "--duration",
+        "120",
+        "--server-pid",
+        &pid,
+        "--peer-host",
+        "127.0.0.1",
+        "--peer-port",
+        &mb,
+        "--peer-domain",
+        "b.test",
+        "--peer-users",
+        "fed{n}",
+    ];
+    args.extend_from_slice(&user_args);
+    let j = bench.run("chat-federated", &args);
+    assert!(j.contains("\"pairing\": \"federated\""), "{j}");
+    assert_eq!(num(&j, "errors"), 0.0, "{j}");
+    assert_eq!(num(&j, "delivered"), num(&j, "sent"), "{j}");
+    assert!(num(&j, "delivered") >= 100.0, "{j}");
+
+    // idle --ready-file: the file says how many sessions are open; SIGUSR1 ends the hold.
+    let ready = a.dir.path().join("ready");
+    let json = a.dir.path().join("idle.json");
+    let mut child = Reap(
+        Command::new(&bin)
+            .args(["idle", "--port", &ma, "--domain", "a.test", "--follow-redirects"])
+            .args(user_args)
+            .args(["--count", "2", "--hold", "120", "--duration", "60", "--ready-file"])
+            .arg(&ready)
+            .arg("--json")
+            .arg(&json)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(&ready).map_or(true, |s| s.trim().is_empty()) {
+        assert!(Instant::now() < deadline, "no ready file");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(std::fs::read_to_string(&ready).unwrap().trim(), "2");
+    let st = Command::new("kill")
+        .args(["-USR1", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "SIGUSR1 did not end the hold");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+    let j = std::fs::read_to_string(&json).unwrap();
+    assert_eq!(num(&j, "released_by_signal"), 1.0, "{j}");
+    assert_eq!(num(&j, "still_open_after_hold"), 2.0, "{j}");
+}

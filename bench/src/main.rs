@@ -252,7 +252,8 @@ struct PeerArgs {
     /// The other server's domain.
     #[arg(long, value_name = "DOMAIN")]
     peer_domain: Option<String>,
-    /// Its users (same placeholder as --users; same --password and --mechanism).
+    /// Its users (same placeholder as --users; same --password, --mechanism and
+    /// --follow-redirects).
     #[arg(long, default_value = "bench{n}")]
     peer_users: String,
     /// STARTTLS to the other server, trusting this CA; default plain.
@@ -429,7 +430,7 @@ async fn run(s: Scenario) -> Result<Option<(Report, Option<PathBuf>)>> {
                         t.mechanism,
                         peer.peer_ca.as_deref(),
                         false,
-                        false,
+                        t.follow_redirects,
                         Duration::from_secs(t.timeout.max(1)),
                     )?;
                     let addr = cfg.resolver.resolve(host, peer.peer_port).await?;

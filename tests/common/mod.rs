@@ -29,7 +29,7 @@ pub struct TestFarm {
 
 /// A port nobody listens on, never the same twice in this process (the OS may hand out a
 /// just-released ephemeral port again before the farm binds it).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
     loop {

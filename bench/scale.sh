@@ -3,7 +3,7 @@
 # this machine, and what they cost in memory.
 #
 #   bash bench/scale.sh SESSIONS [OUT_DIR]
-#       SESSIONS   e.g. 19000 (one slave process) or 100000 (a farm)
+#       SESSIONS   e.g. 19000 (one slave process) or 100000 (a farm: 6 slaves, 6 clients)
 #       OUT_DIR    default /tmp/jabberfarm-scale/<date-time>
 #
 # A process may hold at most `ulimit -n` (here 20,000) files, so one slave process tops out
@@ -20,7 +20,7 @@
 #      farm still delivers, and what a message costs with all those sessions open);
 #   6. releases the clients (SIGUSR1), stops the farm, and writes OUT/summary.md.
 #
-# Environment: SLAVES (default: one per 16,000 sessions, rounded up), CLIENTS (default: one per
+# Environment: SLAVES (default: one per 19,000 sessions, rounded up), CLIENTS (default: one per
 # 19,000), CONCURRENCY (logins at a time per client, default 50), MECHANISM (default
 # SCRAM-SHA-256), SKIP_BUILD=1 (use the release binaries already built).
 # Every phase is bounded: logins by the clients' --duration, the wait for them by READY_TIMEOUT
@@ -33,7 +33,7 @@ case "$sessions" in
   ''|*[!0-9]*) echo "SESSIONS must be a number, got '$sessions'" >&2; exit 2 ;;
 esac
 out="${2:-${TMPDIR:-/tmp}/jabberfarm-scale/$(date +%Y%m%d-%H%M%S)}"
-slaves="${SLAVES:-$(( (sessions + 15999) / 16000 ))}"
+slaves="${SLAVES:-$(( (sessions + 18999) / 19000 ))}"
 clients="${CLIENTS:-$(( (sessions + 18999) / 19000 ))}"
 concurrency="${CONCURRENCY:-50}"
 mechanism="${MECHANISM:-SCRAM-SHA-256}"

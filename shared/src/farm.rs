@@ -457,7 +457,10 @@ impl FarmLinks {
             mut parser,
             max_frame,
         } = link;
-        let (mut rd, mut wr) = tokio::io::split(io);
+        let (rd, mut wr) = tokio::io::split(io);
+        // The writer batches frames into one write; buffered, the reader takes a batch in one
+        // read too (instead of two reads per frame: its length, then its bytes).
+        let mut rd = tokio::io::BufReader::with_capacity(64 * 1024, rd);
         let heartbeat = self.heartbeat;
         let writer = async move {
             let mut buf = Vec::with_capacity(16 * 1024);

@@ -70,6 +70,8 @@ cargo fmt --all --check
 
 step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The optional allocator build must keep compiling too.
+cargo clippy -p jabberfarm --bins --locked --features mimalloc -- -D warnings
 
 step "tests"
 if cargo nextest --version >/dev/null 2>&1; then

@@ -18,6 +18,12 @@ use tracing::{error, info};
 
 mod import;
 
+/// `--features mimalloc`: 10–20 % less CPU per login and per message, 1.5–3 KiB more per idle
+/// session than the system allocator (docs/benchmarks.md).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DEFAULT_CONFIG: &str = "conf/farm.toml";
 
 /// An XMPP server farm: one master redirects each login to the slave that owns the username;

@@ -345,9 +345,24 @@ fn chat_through_federation_and_idle_released_by_signal() {
     let json = a.dir.path().join("idle.json");
     let mut child = Reap(
         Command::new(&bin)
-            .args(["idle", "--port", &ma, "--domain", "a.test", "--follow-redirects"])
+            .args([
+                "idle",
+                "--port",
+                &ma,
+                "--domain",
+                "a.test",
+                "--follow-redirects",
+            ])
             .args(user_args)
-            .args(["--count", "2", "--hold", "120", "--duration", "60", "--ready-file"])
+            .args([
+                "--count",
+                "2",
+                "--hold",
+                "120",
+                "--duration",
+                "60",
+                "--ready-file",
+            ])
             .arg(&ready)
             .arg("--json")
             .arg(&json)

@@ -262,7 +262,7 @@ fn check_stream_error(el: Element) -> Result<Element> {
                 .child("text", ns::STREAMS)
                 .map(|t| format!(": {}", t.text()))
                 .unwrap_or_default();
-            Err(BenchError::StreamError(c.name.clone(), text))
+            Err(BenchError::StreamError(c.name.to_string(), text))
         }
         None => Err(BenchError::StreamError(
             "undefined-condition".into(),
@@ -378,7 +378,7 @@ fn sasl_failure(el: &Element, user: &str) -> BenchError {
     let cond = el
         .children()
         .find(|c| c.ns == ns::SASL && c.name != "text")
-        .map(|c| c.name.clone())
+        .map(|c| c.name.to_string())
         .unwrap_or_else(|| "unknown".into());
     BenchError::Auth(cond, user.to_owned())
 }

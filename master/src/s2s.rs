@@ -260,7 +260,7 @@ fn answer_for_domain(el: &Element) -> Option<Element> {
         return None;
     }
     let p = el.first_child()?;
-    Some(match (el.attr("type"), p.name.as_str(), p.ns.as_str()) {
+    Some(match (el.attr("type"), &*p.name, &*p.ns) {
         (Some("get"), "ping", ns::PING) => iq_result(el, None),
         (Some("get"), "query", ns::DISCO_INFO) => iq_result(
             el,

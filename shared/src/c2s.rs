@@ -318,7 +318,8 @@ async fn read(
 }
 
 async fn sasl_failure(stream: &mut XmlStream, condition: &str, text: Option<&str>) -> Step {
-    let mut f = Element::new("failure", ns::SASL).with_child(Element::new(condition, ns::SASL));
+    let mut f =
+        Element::new("failure", ns::SASL).with_child(Element::new(condition.to_owned(), ns::SASL));
     if let Some(t) = text {
         f = f.with_child(
             Element::new("text", ns::SASL)

@@ -16,7 +16,7 @@ impl Kind {
         if el.ns != ns::CLIENT && el.ns != ns::SERVER {
             return None;
         }
-        match el.name.as_str() {
+        match &*el.name {
             "message" => Some(Kind::Message),
             "presence" => Some(Kind::Presence),
             "iq" => Some(Kind::Iq),
@@ -93,7 +93,9 @@ pub fn error_reply(
         err.set_attr("code", code);
     }
     err.set_attr("type", etype.name());
-    err = err.with_child(Element::new(condition, ns::STANZAS).with_text(content.unwrap_or("")));
+    err = err.with_child(
+        Element::new(condition.to_owned(), ns::STANZAS).with_text(content.unwrap_or("")),
+    );
     if let Some(t) = text {
         err = err.with_child(
             Element::new("text", ns::STANZAS)

@@ -38,7 +38,7 @@ pub fn handle(slave: &Slave, el: Element) -> Option<Element> {
             false,
         ));
     };
-    match (kind, payload.name.as_str(), payload.ns.as_str()) {
+    match (kind, &*payload.name, &*payload.ns) {
         ("get", "ping", ns::PING) => Some(iq_result(&el, None)),
         // RFC 3921 §3 session establishment: a no-op kept for old clients (RFC 6121 dropped it).
         ("set", "session", ns::SESSION) => Some(iq_result(&el, None)),
@@ -100,7 +100,7 @@ pub async fn handle_account_iq(slave: &Slave, el: Element, user: &str) -> Option
             false,
         ));
     };
-    Some(match (kind, p.name.as_str(), p.ns.as_str()) {
+    Some(match (kind, &*p.name, &*p.ns) {
         (Some("get"), "ping", ns::PING) => iq_result(&el, None),
         (Some("set"), "session", ns::SESSION) => iq_result(&el, None),
         (_, "query", ns::ROSTER) => match own_resource {

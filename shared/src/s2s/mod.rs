@@ -18,7 +18,7 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 use crate::auth::{ScramHash, h, hmac};
-use crate::xml::{Element, Node};
+use crate::xml::{Element, Node, intern};
 
 /// XEP-0185 §3: `HMAC-SHA256(hex(SHA256(secret)), receiving ' ' originating ' ' stream_id)`,
 /// hex-encoded.
@@ -38,7 +38,7 @@ pub fn key_matches(given: &str, expected: &str) -> bool {
 /// nested elements, such as a bounce's original stanza).
 pub fn rewrite_internal(el: &mut Element, internal: &[String], public: &str) {
     for (k, v) in el.attrs.iter_mut() {
-        if matches!(k.as_str(), "from" | "to" | "jid")
+        if matches!(&**k, "from" | "to" | "jid")
             && let Some(new) = rewrite_address(v, internal, public)
         {
             *v = new;
@@ -80,7 +80,7 @@ fn rewrite_address(addr: &str, internal: &[String], public: &str) -> Option<Stri
 /// `to_ns` (a `jabber:client` stanza going out on a `jabber:server` stream and back).
 pub fn set_stanza_ns(el: &mut Element, from_ns: &str, to_ns: &str) {
     if el.ns == from_ns {
-        el.ns = to_ns.to_owned();
+        el.ns = intern(to_ns);
         for n in el.children.iter_mut() {
             if let Node::Element(c) = n {
                 set_stanza_ns(c, from_ns, to_ns);

@@ -3,9 +3,74 @@
 //! Attributes without a namespace are keyed by their local name; `xml:lang` and friends by
 //! `xml:NAME`; attributes in any other namespace in Clark notation, `{NS}NAME`.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use crate::ns;
+
+/// Element and attribute names and namespaces: the usual ones are static strings, so parsing
+/// or cloning a stanza allocates only for its values and its unusual names.
+pub type Name = Cow<'static, str>;
+
+/// Names and namespaces a stanza carries most: [`intern`] returns the static copy.
+const COMMON: &[&str] = &[
+    ns::CLIENT,
+    ns::SERVER,
+    ns::STREAM,
+    ns::STREAMS,
+    ns::STANZAS,
+    ns::SASL,
+    ns::BIND,
+    ns::SESSION,
+    ns::PING,
+    ns::ROSTER,
+    ns::DELAY,
+    ns::DIALBACK,
+    ns::DISCO_INFO,
+    ns::DISCO_ITEMS,
+    ns::VCARD,
+    "http://jabber.org/protocol/chatstates",
+    "urn:xmpp:receipts",
+    "message",
+    "presence",
+    "iq",
+    "body",
+    "subject",
+    "thread",
+    "show",
+    "status",
+    "priority",
+    "error",
+    "query",
+    "item",
+    "group",
+    "ping",
+    "delay",
+    "active",
+    "composing",
+    "paused",
+    "request",
+    "received",
+    "to",
+    "from",
+    "type",
+    "id",
+    "xml:lang",
+    "jid",
+    "name",
+    "subscription",
+    "ask",
+    "stamp",
+    "ver",
+];
+
+/// `s` as a [`Name`]: the static copy when it is a usual name, else an owned one.
+pub fn intern(s: &str) -> Name {
+    match COMMON.iter().find(|c| **c == s) {
+        Some(c) => Cow::Borrowed(c),
+        None => Cow::Owned(s.to_owned()),
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Node {
@@ -15,14 +80,14 @@ pub enum Node {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Element {
-    pub name: String,
-    pub ns: String,
-    pub attrs: Vec<(String, String)>,
+    pub name: Name,
+    pub ns: Name,
+    pub attrs: Vec<(Name, String)>,
     pub children: Vec<Node>,
 }
 
 impl Element {
-    pub fn new(name: impl Into<String>, ns: impl Into<String>) -> Self {
+    pub fn new(name: impl Into<Name>, ns: impl Into<Name>) -> Self {
         Element {
             name: name.into(),
             ns: ns.into(),
@@ -32,13 +97,13 @@ impl Element {
     }
 
     /// Builder: add an attribute.
-    pub fn with_attr(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn with_attr(mut self, name: impl Into<Name>, value: impl Into<String>) -> Self {
         self.set_attr(name, value);
         self
     }
 
     /// Builder: add an attribute when the value is present.
-    pub fn with_opt_attr(self, name: &str, value: Option<impl Into<String>>) -> Self {
+    pub fn with_opt_attr(self, name: &'static str, value: Option<impl Into<String>>) -> Self {
         match value {
             Some(v) => self.with_attr(name, v),
             None => self,
@@ -71,7 +136,7 @@ impl Element {
             .map(|(_, v)| v.as_str())
     }
 
-    pub fn set_attr(&mut self, name: impl Into<String>, value: impl Into<String>) {
+    pub fn set_attr(&mut self, name: impl Into<Name>, value: impl Into<String>) {
         let name = name.into();
         let value = value.into();
         match self.attrs.iter_mut().find(|(k, _)| *k == name) {
@@ -118,7 +183,7 @@ impl Element {
     /// `stream:` prefix the stream header declares.
     pub fn write_to(&self, out: &mut String, parent_ns: &str) {
         // Namespaces the stream header declares with a prefix (RFC 6120 §4.8.5; XEP-0220).
-        let prefix = match self.ns.as_str() {
+        let prefix = match &*self.ns {
             ns::STREAM => Some("stream:"),
             ns::DIALBACK if parent_ns == ns::SERVER => Some("db:"),
             _ => None,

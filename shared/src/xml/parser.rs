@@ -9,7 +9,7 @@ use rxml::error::EndOrError;
 use rxml::{Event, Parse, Parser, WithOptions};
 
 use super::stream_error::{Condition, StreamError};
-use super::{Element, Node};
+use super::{Element, Node, intern};
 use crate::ns;
 
 /// Bounds for one stream (RFC 6120 §13.12: a server may limit stanza size).
@@ -160,13 +160,13 @@ impl StreamParser {
                         format!("elements nested deeper than {}", self.limits.max_depth),
                     ));
                 }
-                let mut el = Element::new(name.as_str(), qns.as_str());
+                let mut el = Element::new(intern(name.as_str()), intern(qns.as_str()));
                 el.attrs.reserve_exact(attrs.len());
                 for ((ans, aname), value) in attrs.into_iter() {
                     let key = match ans.as_str() {
-                        "" => aname.as_str().to_owned(),
-                        ns::XML => format!("xml:{}", aname.as_str()),
-                        other => format!("{{{other}}}{}", aname.as_str()),
+                        "" => intern(aname.as_str()),
+                        ns::XML => intern(&format!("xml:{}", aname.as_str())),
+                        other => format!("{{{other}}}{}", aname.as_str()).into(),
                     };
                     el.attrs.push((key, value));
                 }

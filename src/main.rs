@@ -183,6 +183,7 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
                     known.join(", ")
                 );
             }
+            warn_if_files_short(&cfg);
             run_nodes(cfg, &[node], false).await?;
         }
         Command::User { action } => return user(action).await,
@@ -267,6 +268,40 @@ fn tls_setup(cfg: &FarmConfig) -> Result<(Arc<rustls::ServerConfig>, Option<Path
     } else {
         Ok((tls::server_config(&cfg.tls.cert, &cfg.tls.key)?, None))
     }
+}
+
+/// Files a node needs besides its client connections: listeners, farm links, s2s streams,
+/// SQLite, logs.
+const FILES_RESERVE: u64 = 256;
+
+/// A node whose `limits.max_connections` does not fit under the process's open-file limit
+/// fails accepts ("too many open files") before it reaches it: say so at start, with the fix.
+fn warn_if_files_short(cfg: &FarmConfig) {
+    let Some(soft) = open_files_limit() else {
+        return;
+    };
+    let wanted = cfg.limits.max_connections as u64 + FILES_RESERVE;
+    if wanted > soft {
+        tracing::warn!(
+            "limits.max_connections is {} but this process may open only {soft} files (ulimit -n): \
+             connections beyond about {} will fail; raise the limit (systemd: LimitNOFILE={wanted}) \
+             or lower max_connections",
+            cfg.limits.max_connections,
+            soft.saturating_sub(FILES_RESERVE)
+        );
+    }
+}
+
+/// The soft limit on open files, from /proc/self/limits (Linux); `None` elsewhere or when
+/// unlimited.
+fn open_files_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 async fn run_nodes(cfg: Arc<FarmConfig>, names: &[String], demo: bool) -> Result<()> {

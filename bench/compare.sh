@@ -48,6 +48,8 @@ server_core=0
 client_core=1
 
 log() { echo "compare: $*" >&2; }
+# shellcheck source=bench/apt-install.sh
+source bench/apt-install.sh
 
 # --- 1. Prosody and ejabberd ----------------------------------------------------------------
 install_servers() {
@@ -57,17 +59,8 @@ install_servers() {
   if [ ${#missing[@]} -gt 0 ]; then
     [ "$(id -u)" = 0 ] || { log "need root to install ${missing[*]}"; exit 1; }
     log "installing ${missing[*]} from Debian"
-    # Keep the packages' init scripts from starting system-wide servers on 5222/5269.
-    local made_policy=""
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-      chmod +x /usr/sbin/policy-rc.d
-      made_policy=1
-    fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >"$out/apt.log" 2>&1 ||
-      { apt-get update -q >>"$out/apt.log" 2>&1 &&
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >>"$out/apt.log" 2>&1; }
-    [ -z "$made_policy" ] || rm -f /usr/sbin/policy-rc.d
+    # Without system-wide servers on 5222/5269 (bench/apt-install.sh).
+    install_quietly "$out/apt.log" "${missing[@]}"
   fi
   # A system instance left running (e.g. installed elsewhere with services allowed) would
   # hold 5222/5269, which other tests here need: stop it. Only the packaged instances are

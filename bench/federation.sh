@@ -41,17 +41,11 @@ dpkg -s lua-unbound >/dev/null 2>&1 || missing+=(lua-unbound)
 command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} from Debian"
-  made_policy=""
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    # Keep the package's init script from starting a system-wide Prosody.
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-    chmod +x /usr/sbin/policy-rc.d
-    made_policy=1
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 ||
-    { apt-get update -q >/dev/null 2>&1 &&
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null; }
-  [ -z "$made_policy" ] || rm -f /usr/sbin/policy-rc.d
+  # shellcheck source=bench/apt-install.sh
+  source bench/apt-install.sh
+  mkdir -p "$out"
+  install_quietly "$out/apt.log" "${missing[@]}" ||
+    { echo "apt-get failed (see $out/apt.log)" >&2; exit 1; }
 fi
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release -p jabberfarm -p jabberfarm-bench
 

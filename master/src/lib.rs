@@ -1,11 +1,14 @@
 //! The master: every login starts here and is redirected to the slave that owns the username
-//! (DESIGN.md D1). The master never sees a password and serves no sessions.
+//! (DESIGN.md D1), or relayed to it for clients that do not follow redirects (D1b). The master
+//! never checks a password and serves no sessions.
 //!
 //! Data path: socket → [`jabberfarm_shared::listen`] → [`jabberfarm_shared::c2s::negotiate`]
-//! with [`Redirector`] as the policy → `<see-other-host/>` (or the iq:auth 302).
+//! with [`Redirector`] as the policy → `<see-other-host/>` (or the iq:auth 302), or
+//! [`relay::Relayer`]: handoff to the slave, then bytes both ways.
 //! Inbound s2s ([`s2s`]): dialback, the dialback authority for keys the slaves hand out, and
 //! the relay of remote stanzas to the owning slave over its farm link.
 
+pub mod relay;
 pub mod s2s;
 
 use std::sync::Arc;
@@ -13,11 +16,12 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use jabberfarm_shared::auth::AccountStore;
-use jabberfarm_shared::c2s::{self, C2sSettings, LoginPolicy, LoginRoute};
-use jabberfarm_shared::config::{FarmConfig, NodeConfig};
-use jabberfarm_shared::farm::{FarmLinks, LinkEvent, LinkTls};
+use jabberfarm_shared::c2s::{self, C2sSettings, LoginPolicy, LoginRoute, Negotiated};
+use jabberfarm_shared::config::{FarmConfig, NodeConfig, RedirectMode};
+use jabberfarm_shared::farm::{FarmLinks, LINK_NS, LinkEvent, LinkTls};
 use jabberfarm_shared::listen::{self, BoundListener, ServeOptions};
 use jabberfarm_shared::ns;
+use jabberfarm_shared::relay::RelayReason;
 use jabberfarm_shared::s2s::outbound::{Outbound, S2sSettings};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -34,27 +38,51 @@ pub struct Master {
     pub shutdown: CancellationToken,
 }
 
-/// The login policy of the master: always "go to the owner".
+/// The login policy of the master: "go to the owner", or "stay, and I relay you there".
 pub struct Redirector {
     /// Swappable at run time (live rebalancing reloads it).
     pub config: ArcSwap<FarmConfig>,
+    /// This master's node name (its listeners' redirect modes).
+    pub me: String,
     /// Which slaves are alive (their farm link is up).
     pub links: Arc<FarmLinks>,
+    /// `redirect = "auto"`: who did not follow a redirect.
+    pub memory: relay::RelayMemory,
 }
 
 impl LoginPolicy for Redirector {
     fn route(&self, localpart: &str, direct_tls: bool) -> LoginRoute {
         let cfg = self.config.load();
         let owner = cfg.routing.owner(localpart);
-        match cfg.node(owner) {
-            // TODO(failover): the next live owner, once user data is central.
-            Some(_) if !self.links.is_up(owner) => LoginRoute::Unavailable(format!(
-                "the server for this account ({owner}) is not reachable right now; try again later"
-            )),
-            Some(node) => LoginRoute::Redirect(c2s::redirect_address(node, direct_tls)),
+        let Some(node) = cfg.node(owner) else {
             // Unreachable with a validated config; never redirect to ourselves.
-            None => LoginRoute::Here,
+            return LoginRoute::Here;
+        };
+        if !self.links.is_up(owner) {
+            // TODO(failover): the next live owner, once user data is central.
+            return LoginRoute::Unavailable(format!(
+                "the server for this account ({owner}) is not reachable right now; try again later"
+            ));
         }
+        let mode = cfg.node(&self.me).map_or(cfg.relay.redirect, |me| {
+            me.redirect_mode(&cfg.relay, direct_tls)
+        });
+        let relay = |reason| LoginRoute::Relay {
+            node: owner.to_owned(),
+            reason,
+        };
+        match mode {
+            RedirectMode::Always => {}
+            RedirectMode::Never => return relay(RelayReason::Never),
+            RedirectMode::Auto => {
+                let now = std::time::Instant::now();
+                if let Some(reason) = self.memory.relay_reason(localpart, now) {
+                    return relay(reason);
+                }
+                self.memory.redirected(localpart, now);
+            }
+        }
+        LoginRoute::Redirect(c2s::redirect_address(node, direct_tls))
     }
 
     fn store(&self) -> Option<&AccountStore> {
@@ -97,13 +125,27 @@ pub async fn run(
     let (links, mut link_rx) = FarmLinks::new(&cfg, &node.name, link_tls);
     let policy = Arc::new(Redirector {
         config: ArcSwap::from(cfg.clone()),
+        me: node.name.clone(),
         links: links.clone(),
+        memory: relay::RelayMemory::new(
+            cfg.relay.window,
+            cfg.relay.remember,
+            cfg.relay.max_remembered,
+        ),
+    });
+    let relayer = Arc::new(relay::Relayer {
+        links: links.clone(),
+        domain: cfg.domain.clone(),
+        slots: Arc::new(tokio::sync::Semaphore::new(cfg.relay.max_sessions)),
+        stats: relay::RelayStats::default(),
+        stop: shutdown.clone(),
+        grace: cfg.limits.shutdown_grace.max(Duration::from_secs(1)),
     });
     let opts = Arc::new(ServeOptions {
         domain: cfg.domain.clone(),
         content_ns: ns::CLIENT,
         limits: settings.pre_auth,
-        max_connections: cfg.limits.max_connections,
+        slots: Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_connections)),
         tls_handshake_timeout: cfg.limits.stream_open_timeout,
     });
     let tracker = TaskTracker::new();
@@ -140,7 +182,7 @@ pub async fn run(
             domain: cfg.domain.clone(),
             content_ns: ns::SERVER,
             limits: master.s2s_settings.limits,
-            max_connections: cfg.limits.max_connections,
+            slots: Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_connections)),
             tls_handshake_timeout: cfg.limits.stream_open_timeout,
         });
         let m = master.clone();
@@ -157,6 +199,7 @@ pub async fn run(
         .await;
     }
     let sd = shutdown.clone();
+    let p2 = policy.clone();
     tracker.spawn(async move {
         loop {
             let ev = tokio::select! {
@@ -167,33 +210,57 @@ pub async fn run(
             match ev {
                 LinkEvent::Up(n) => info!("slave {n} is up"),
                 LinkEvent::Down(n) => warn!("slave {n} is down: its users cannot log in"),
-                // TODO(federation issue): stanzas for remote domains leave through here.
+                // A slave saw a login: the redirect worked, or the relay did.
+                LinkEvent::Stanza { stanza, .. } if stanza.is("login", LINK_NS) => {
+                    if let Some(user) = stanza.attr("user") {
+                        let relayed = stanza.attr("relayed") == Some("true");
+                        tracing::debug!(user, relayed, "a slave saw a login");
+                        if relayed {
+                            p2.memory.relayed_login(user, std::time::Instant::now());
+                        } else {
+                            p2.memory.logged_in_at_slave(user);
+                        }
+                    }
+                }
                 LinkEvent::Stanza { from_node, stanza } => {
                     tracing::debug!(from_node, "stanza for the master dropped: {}", stanza.name)
                 }
             }
         }
     });
-    info!(node = %node.name, "master up: redirecting logins for {}", cfg.domain);
+    let mode = |tls| node.redirect_mode(&cfg.relay, tls).name();
+    info!(
+        node = %node.name,
+        "master up: logins for {} (redirect = {:?}{})",
+        cfg.domain,
+        mode(false),
+        if node.c2s_tls.is_some() { format!(", direct TLS {:?}", mode(true)) } else { String::new() }
+    );
+    let r2 = relayer.clone();
+    let p3 = policy.clone();
     listen::serve(
         listeners,
         opts,
         shutdown.clone(),
         tracker.clone(),
         move |stream, _peer| {
-            let (settings, policy) = (settings.clone(), policy.clone());
+            let (settings, policy, relayer) = (settings.clone(), policy.clone(), r2.clone());
             async move {
-                if let Some(mut a) = c2s::negotiate(stream, &settings, policy.as_ref()).await {
+                match c2s::negotiate(stream, &settings, policy.as_ref()).await {
+                    None => {}
+                    Some(Negotiated::Relay(login)) => Box::pin(relayer.run(login)).await,
                     // Only possible if the routing table named the master as an owner.
-                    a.stream
-                        .fail(
-                            &jabberfarm_shared::xml::StreamError::new(
-                                jabberfarm_shared::xml::Condition::InternalServerError,
-                                "the master serves no sessions",
-                            ),
-                            &settings.domain,
-                        )
-                        .await;
+                    Some(Negotiated::Authenticated(mut a)) => {
+                        a.stream
+                            .fail(
+                                &jabberfarm_shared::xml::StreamError::new(
+                                    jabberfarm_shared::xml::Condition::InternalServerError,
+                                    "the master serves no sessions",
+                                ),
+                                &settings.domain,
+                            )
+                            .await
+                    }
                 }
             }
         },
@@ -208,6 +275,12 @@ pub async fn run(
     {
         warn!(node = %node.name, "some connections did not close in time");
     }
+    let (noted, remembered) = p3.memory.sizes();
+    info!(
+        node = %node.name,
+        "{}; users redirected and not yet seen at their slave {noted}, remembered as relayed {remembered}",
+        relayer.stats.summary(relayer.open(cfg.relay.max_sessions))
+    );
     info!(node = %node.name, "master stopped");
     Ok(())
 }

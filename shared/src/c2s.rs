@@ -1,9 +1,11 @@
 //! Client stream negotiation up to authentication, the part master and slave share
 //! (RFC 6120 §4–§6, XEP-0078): stream header, STARTTLS, SASL or legacy iq:auth.
 //!
-//! The moment the username is known, the [`LoginPolicy`] says whether this node serves it or
-//! where the client must go instead (DESIGN.md D1). The master always redirects; a slave
-//! redirects what it does not own and authenticates the rest against its account store.
+//! The moment the username is known, the [`LoginPolicy`] says whether this node serves it,
+//! where the client must go instead (DESIGN.md D1), or which node the stream is relayed to
+//! (D1b). The master redirects or relays; a slave redirects what it does not own and
+//! authenticates the rest against its account store — also when the master relays the client
+//! ([`negotiate_relayed`] picks the stream up at the first SASL message).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::auth::{AccountStore, ScramCredentials, ScramHash, StoreError};
 use crate::ns;
+use crate::relay::RelayReason;
 use crate::routing::normalize_localpart;
 use crate::sasl::{self, Mechanism, SaslError, ScramServer};
 use crate::stanza::{ErrorType, error_reply, iq_result};
@@ -53,6 +56,30 @@ pub enum LoginRoute {
     Redirect(String),
     /// The node that serves the user is down; the text says so.
     Unavailable(String),
+    /// Keep the client and relay its stream to `node` from the first SASL message on.
+    Relay { node: String, reason: RelayReason },
+}
+
+/// How a negotiation that did not simply end came out.
+pub enum Negotiated {
+    /// The client proved who it is here.
+    Authenticated(Authenticated),
+    /// The client stays connected here and its stream goes on at another node.
+    Relay(RelayLogin),
+}
+
+/// A login to relay: the stream as far as this node read it.
+pub struct RelayLogin {
+    pub stream: XmlStream,
+    pub node: String,
+    /// Normalised localpart.
+    pub user: String,
+    pub reason: RelayReason,
+    /// The element the other node starts from (the SASL `<auth/>` with its initial
+    /// response, or the iq:auth iq).
+    pub first: Element,
+    /// The client came in on the direct-TLS port.
+    pub direct_tls: bool,
 }
 
 pub trait LoginPolicy: Send + Sync {
@@ -89,94 +116,91 @@ enum Step {
     Restart(String),
     /// Legacy iq:auth succeeded: no restart.
     Legacy(String, LegacyLogin),
+    /// Relay this login: (node, user, reason, first element).
+    Relay(String, String, RelayReason, Element),
 }
 
-/// Negotiate until the client is authenticated (`Some`) or the stream is over (`None`).
+/// Negotiate until the client is authenticated or relayed (`Some`) or the stream is over
+/// (`None`).
 pub async fn negotiate(
+    stream: XmlStream,
+    s: &C2sSettings,
+    policy: &dyn LoginPolicy,
+) -> Option<Negotiated> {
+    let direct_tls = stream.secure;
+    negotiate_from(stream, s, policy, None, direct_tls).await
+}
+
+/// Negotiate a stream the master relays (DESIGN.md D1b): its header exchange, STARTTLS and
+/// features happened at the master; `first` is the element the master read last (the first
+/// SASL message, or the iq:auth iq), and the negotiation goes on from there.
+pub async fn negotiate_relayed(
+    stream: XmlStream,
+    s: &C2sSettings,
+    policy: &dyn LoginPolicy,
+    first: Element,
+    direct_tls: bool,
+) -> Option<Authenticated> {
+    match negotiate_from(stream, s, policy, Some(first), direct_tls).await? {
+        Negotiated::Authenticated(a) => Some(a),
+        Negotiated::Relay(mut r) => {
+            // A node that is relayed to never relays further.
+            warn!(
+                user = r.user,
+                "a relayed login would be relayed again; refused"
+            );
+            r.stream
+                .fail(
+                    &StreamError::bare(Condition::InternalServerError),
+                    &s.domain,
+                )
+                .await;
+            None
+        }
+    }
+}
+
+async fn negotiate_from(
     mut stream: XmlStream,
     s: &C2sSettings,
     policy: &dyn LoginPolicy,
-) -> Option<Authenticated> {
+    mut first: Option<Element>,
+    direct_tls: bool,
+) -> Option<Negotiated> {
     let deadline = Instant::now() + s.login_timeout;
-    let direct_tls = stream.secure;
     let mut user: Option<String> = None;
     let mut failures = 0u32;
+    let mut resumed = first.is_some();
     loop {
-        // (Re)start: the peer's stream header first (RFC 6120 §4.2, §4.3.3).
-        let h = match read(&mut stream, s, deadline, Some(s.stream_open_timeout)).await? {
-            StreamEvent::Open(h) => h,
-            _ => {
-                stream
-                    .fail(&StreamError::bare(Condition::NotWellFormed), &s.domain)
-                    .await;
-                return None;
-            }
-        };
-        if let Err(e) = check_header(&h, &s.domain) {
-            stream.fail(&e, &s.domain).await;
-            return None;
-        }
-        let has_version = h.version.is_some();
-        let to = h.from.as_deref().filter(|f| f.len() <= 3071);
-        if stream
-            .send_header(&s.domain, to, &new_id(), has_version)
-            .await
-            .is_err()
-        {
-            return None;
-        }
-        if let Some(username) = user.take() {
-            if has_version {
-                let features = Element::new("features", ns::STREAM)
-                    .with_child(Element::new("bind", ns::BIND))
-                    .with_child(Element::new("ver", ns::ROSTER_VER_FEATURE))
-                    .with_child(
-                        Element::new("session", ns::SESSION)
-                            .with_child(Element::new("optional", ns::SESSION)),
-                    );
-                stream.send(&features).await.ok()?;
-            }
-            return Some(Authenticated {
-                stream,
-                username,
-                legacy: None,
-            });
-        }
-        // RFC 6120 §4.7.1: after TLS a client names itself in `from`. The username decides
-        // (DESIGN.md D1), so redirect right away. COMPAT: xmpp.js 0.14 keeps its first SASL
-        // exchange listening after a redirect that arrives mid-SASL and then garbles the login
-        // at the slave; redirected here, before SASL, it reconnects cleanly.
-        if (stream.secure || !s.tls_required)
-            && let Some(user) = h.from.as_deref().and_then(|f| localpart_in(f, &s.domain))
-        {
-            match policy.route(&user, direct_tls) {
-                LoginRoute::Redirect(addr) => {
-                    redirect(&mut stream, s, &user, &addr).await;
-                    return None;
+        if !resumed {
+            match open(&mut stream, s, policy, deadline, direct_tls, &mut user).await? {
+                Opened::Features => {}
+                Opened::Authenticated(username) => {
+                    return Some(Negotiated::Authenticated(Authenticated {
+                        stream,
+                        username,
+                        legacy: None,
+                    }));
                 }
-                LoginRoute::Unavailable(text) => {
-                    unavailable(&mut stream, s, &user, text).await;
-                    return None;
-                }
-                LoginRoute::Here => {}
             }
         }
-        if has_version {
-            stream.send(&pre_auth_features(&stream, s)).await.ok()?;
-        }
+        resumed = false;
         loop {
-            let el = match read(&mut stream, s, deadline, None).await? {
-                StreamEvent::Element(el) => el,
-                StreamEvent::Close => {
-                    stream.close().await;
-                    return None;
-                }
-                StreamEvent::Open(_) => {
-                    stream
-                        .fail(&StreamError::bare(Condition::NotWellFormed), &s.domain)
-                        .await;
-                    return None;
-                }
+            let el = match first.take() {
+                Some(el) => el,
+                None => match read(&mut stream, s, deadline, None).await? {
+                    StreamEvent::Element(el) => el,
+                    StreamEvent::Close => {
+                        stream.close().await;
+                        return None;
+                    }
+                    StreamEvent::Open(_) => {
+                        stream
+                            .fail(&StreamError::bare(Condition::NotWellFormed), &s.domain)
+                            .await;
+                        return None;
+                    }
+                },
             };
             let step = if el.is("starttls", ns::TLS) {
                 match (&s.tls, stream.secure) {
@@ -240,15 +264,103 @@ pub async fn negotiate(
                 }
                 Step::Legacy(username, legacy) => {
                     stream.set_limits(s.post_auth);
-                    return Some(Authenticated {
+                    return Some(Negotiated::Authenticated(Authenticated {
                         stream,
                         username,
                         legacy: Some(legacy),
-                    });
+                    }));
+                }
+                Step::Relay(node, user, reason, first) => {
+                    return Some(Negotiated::Relay(RelayLogin {
+                        stream,
+                        node,
+                        user,
+                        reason,
+                        first,
+                        direct_tls,
+                    }));
                 }
             }
         }
     }
+}
+
+enum Opened {
+    /// Our header and the pre-authentication features are out: read what the client does.
+    Features,
+    /// The stream restarted after SASL: the client is this user.
+    Authenticated(String),
+}
+
+/// A (re)started stream: the peer's header, ours, and what follows it.
+async fn open(
+    stream: &mut XmlStream,
+    s: &C2sSettings,
+    policy: &dyn LoginPolicy,
+    deadline: Instant,
+    direct_tls: bool,
+    user: &mut Option<String>,
+) -> Option<Opened> {
+    // (Re)start: the peer's stream header first (RFC 6120 §4.2, §4.3.3).
+    let h = match read(stream, s, deadline, Some(s.stream_open_timeout)).await? {
+        StreamEvent::Open(h) => h,
+        _ => {
+            stream
+                .fail(&StreamError::bare(Condition::NotWellFormed), &s.domain)
+                .await;
+            return None;
+        }
+    };
+    if let Err(e) = check_header(&h, &s.domain) {
+        stream.fail(&e, &s.domain).await;
+        return None;
+    }
+    let has_version = h.version.is_some();
+    let to = h.from.as_deref().filter(|f| f.len() <= 3071);
+    if stream
+        .send_header(&s.domain, to, &new_id(), has_version)
+        .await
+        .is_err()
+    {
+        return None;
+    }
+    if let Some(username) = user.take() {
+        if has_version {
+            let features = Element::new("features", ns::STREAM)
+                .with_child(Element::new("bind", ns::BIND))
+                .with_child(Element::new("ver", ns::ROSTER_VER_FEATURE))
+                .with_child(
+                    Element::new("session", ns::SESSION)
+                        .with_child(Element::new("optional", ns::SESSION)),
+                );
+            stream.send(&features).await.ok()?;
+        }
+        return Some(Opened::Authenticated(username));
+    }
+    // RFC 6120 §4.7.1: after TLS a client names itself in `from`. The username decides
+    // (DESIGN.md D1), so redirect right away. COMPAT: xmpp.js 0.14 keeps its first SASL
+    // exchange listening after a redirect that arrives mid-SASL and then garbles the login
+    // at the slave; redirected here, before SASL, it reconnects cleanly. A login to relay
+    // goes on to its first SASL message, where the relay starts.
+    if (stream.secure || !s.tls_required)
+        && let Some(user) = h.from.as_deref().and_then(|f| localpart_in(f, &s.domain))
+    {
+        match policy.route(&user, direct_tls) {
+            LoginRoute::Redirect(addr) => {
+                redirect(stream, s, &user, &addr).await;
+                return None;
+            }
+            LoginRoute::Unavailable(text) => {
+                unavailable(stream, s, &user, text).await;
+                return None;
+            }
+            LoginRoute::Here | LoginRoute::Relay { .. } => {}
+        }
+    }
+    if has_version {
+        stream.send(&pre_auth_features(stream, s)).await.ok()?;
+    }
+    Some(Opened::Features)
 }
 
 /// The normalised localpart of `jid` if it is `user@domain` (any resource ignored).
@@ -308,6 +420,12 @@ async fn read(
     };
     match r {
         Ok(ev) => Some(ev),
+        Err(ReadError::Eof) if stream.relayed => {
+            // The master stopped (or the client left): the client reads this through it.
+            let e = StreamError::new(Condition::SystemShutdown, "the server is stopping");
+            stream.fail(&e, &s.domain).await;
+            None
+        }
         Err(ReadError::Eof) | Err(ReadError::Io(_)) => None,
         Err(ReadError::Stream(e)) => {
             debug!("closing client stream: {e}");
@@ -334,7 +452,7 @@ async fn sasl_failure(stream: &mut XmlStream, condition: &str, text: Option<&str
 }
 
 async fn redirect(stream: &mut XmlStream, s: &C2sSettings, user: &str, addr: &str) -> Step {
-    info!(user, to = addr, "redirecting login");
+    info!(user, to = addr, peer = ?stream.peer, "redirecting login");
     stream
         .fail(&StreamError::see_other_host(addr), &s.domain)
         .await;
@@ -413,6 +531,14 @@ async fn sasl_auth(
     match policy.route(&user, direct_tls) {
         LoginRoute::Redirect(addr) => return redirect(stream, s, &user, &addr).await,
         LoginRoute::Unavailable(text) => return unavailable(stream, s, &user, text).await,
+        LoginRoute::Relay { node, reason } => {
+            // The other node starts from this message, initial response included (asked for
+            // with an empty challenge above if the client sent none).
+            let first = Element::new("auth", ns::SASL)
+                .with_attr("mechanism", mech.name())
+                .with_text(sasl::encode_payload(&initial));
+            return Step::Relay(node, user, reason, first);
+        }
         LoginRoute::Here => {}
     }
     let Some(store) = policy.store() else {
@@ -433,7 +559,7 @@ async fn sasl_auth(
             if stream.send(&ok).await.is_err() {
                 return Step::Closed;
             }
-            info!(user, mechanism = mech.name(), "authenticated");
+            info!(user, mechanism = mech.name(), peer = ?stream.peer, relayed = stream.relayed, "authenticated");
             Step::Restart(user)
         }
         Ok(None) => Step::Closed,
@@ -636,6 +762,9 @@ async fn legacy_auth(
         None => None,
     };
     let route = user.as_deref().map(|u| policy.route(u, direct_tls));
+    if let (Some(u), Some(LoginRoute::Relay { node, reason })) = (&user, &route) {
+        return Step::Relay(node.clone(), u.clone(), *reason, iq.clone());
+    }
     if let (Some(u), Some(LoginRoute::Unavailable(text))) = (&user, &route) {
         let e = reply_err("remote-server-timeout", ErrorType::Wait, text);
         let _ = stream.send(&e).await;
@@ -691,7 +820,7 @@ async fn legacy_auth(
             };
             match check_password(store, &user, password, s).await {
                 Ok(true) => {
-                    info!(user, "authenticated (iq:auth)");
+                    info!(user, peer = ?stream.peer, relayed = stream.relayed, "authenticated (iq:auth)");
                     Step::Legacy(
                         user,
                         LegacyLogin {
@@ -789,6 +918,8 @@ mod tests {
             farm: "[::1]:7101".parse().unwrap_or_else(|_| unreachable!()),
             s2s: None,
             weight: 1,
+            redirect: None,
+            redirect_tls: None,
         };
         assert_eq!(redirect_address(&node, false), "[2001:db8::1]:5322");
         assert_eq!(redirect_address(&node, true), "[2001:db8::1]:5323");

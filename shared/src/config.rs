@@ -37,6 +37,7 @@ pub struct FarmConfig {
     pub nodes: Vec<NodeConfig>,
     pub farm: FarmLinkConfig,
     pub s2s: S2sConfig,
+    pub relay: RelayConfig,
     /// The file this was loaded from, for messages.
     pub source: PathBuf,
 }
@@ -52,6 +53,7 @@ impl fmt::Debug for FarmConfig {
             .field("routing", &self.routing)
             .field("storage", &self.storage)
             .field("nodes", &self.nodes)
+            .field("relay", &self.relay)
             .field("source", &self.source)
             .finish()
     }
@@ -95,6 +97,68 @@ impl Default for FarmLinkConfig {
             dead_after: Duration::from_secs(15),
             queue: 4096,
             ca: None,
+        }
+    }
+}
+
+/// What the master does with a login (DESIGN.md D1, D1b): per c2s listener, with a farm-wide
+/// default in `[relay]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedirectMode {
+    /// Redirect; relay a user whose client came back without reaching its slave.
+    Auto,
+    /// Always redirect (`<see-other-host/>`, the iq:auth 302).
+    Always,
+    /// Never redirect: relay every login to its slave (slaves unreachable by clients).
+    Never,
+}
+
+impl RedirectMode {
+    pub fn parse(text: &str) -> Option<RedirectMode> {
+        match text {
+            "auto" => Some(RedirectMode::Auto),
+            "always" => Some(RedirectMode::Always),
+            "never" => Some(RedirectMode::Never),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RedirectMode::Auto => "auto",
+            RedirectMode::Always => "always",
+            RedirectMode::Never => "never",
+        }
+    }
+}
+
+/// The master's relay of clients that do not follow redirects, `[relay]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// Default for the master's c2s listeners (a `[[node]]` may override it).
+    pub redirect: RedirectMode,
+    /// `auto`: a login at the master this soon after a redirect, with no login at the slave
+    /// in between, means the client did not follow it.
+    pub window: Duration,
+    /// `auto`: how long a user who needed the relay keeps being relayed (since its last
+    /// relayed login).
+    pub remember: Duration,
+    /// Relayed sessions one master carries at once; more are redirected (`auto`, `always`)
+    /// or refused with `resource-constraint` (`never`).
+    pub max_sessions: usize,
+    /// Users remembered (`remember`) and recently redirected (`window`), each; beyond this
+    /// the oldest are forgotten.
+    pub max_remembered: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            redirect: RedirectMode::Auto,
+            window: Duration::from_secs(600),
+            remember: Duration::from_secs(30 * 24 * 3600),
+            max_sessions: 10_000,
+            max_remembered: 1_000_000,
         }
     }
 }
@@ -434,6 +498,22 @@ pub struct NodeConfig {
     pub s2s: Option<SocketAddr>,
     /// Share of the users in hash mode (1 for the master, which owns none).
     pub weight: u32,
+    /// Master: redirect mode of the c2s listener (`None`: `[relay] redirect`).
+    pub redirect: Option<RedirectMode>,
+    /// Master: redirect mode of the direct-TLS listener (`None`: as `redirect`).
+    pub redirect_tls: Option<RedirectMode>,
+}
+
+impl NodeConfig {
+    /// What this node's c2s listener (`direct_tls`: the direct-TLS one) does with logins.
+    pub fn redirect_mode(&self, relay: &RelayConfig, direct_tls: bool) -> RedirectMode {
+        let plain = self.redirect.unwrap_or(relay.redirect);
+        if direct_tls {
+            self.redirect_tls.unwrap_or(plain)
+        } else {
+            plain
+        }
+    }
 }
 
 /// One thing wrong with a config, and the key that caused it.
@@ -576,6 +656,17 @@ struct RawConfig {
     farm: RawFarm,
     #[serde(default)]
     s2s: RawS2s,
+    #[serde(default)]
+    relay: RawRelay,
+}
+
+#[derive(Deserialize, Default)]
+struct RawRelay {
+    redirect: Option<String>,
+    window: Option<u64>,
+    remember: Option<u64>,
+    max_sessions: Option<u64>,
+    max_remembered: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -678,6 +769,8 @@ struct RawNode {
     farm: Option<String>,
     s2s: Option<String>,
     weight: Option<u32>,
+    redirect: Option<String>,
+    redirect_tls: Option<String>,
 }
 
 // ---- validation ----------------------------------------------------------------------------
@@ -707,6 +800,7 @@ fn build(
     let storage = storage(raw.storage, source, problems);
     let farm = farm_links(raw.farm, &tls, &data_dir, problems);
     let s2s = s2s(raw.s2s, problems);
+    let relay = relay(raw.relay, problems);
     let declared: Vec<Declared> = raw
         .node
         .iter()
@@ -729,6 +823,7 @@ fn build(
         nodes: nodes.into_iter().collect::<Option<Vec<_>>>()?,
         farm,
         s2s,
+        relay,
         source: source.to_owned(),
     })
 }
@@ -929,6 +1024,49 @@ fn farm_links(
         heartbeat: Duration::from_secs(heartbeat),
         dead_after: Duration::from_secs(dead_after),
         queue: usize::try_from(queue).unwrap_or(usize::MAX),
+    }
+}
+
+fn redirect_mode(key: String, text: &str, problems: &mut Vec<Problem>) -> Option<RedirectMode> {
+    let mode = RedirectMode::parse(text);
+    if mode.is_none() {
+        problems.push(Problem::new(
+            key,
+            format!("{text:?}: must be \"auto\", \"always\" or \"never\""),
+        ));
+    }
+    mode
+}
+
+fn relay(raw: RawRelay, problems: &mut Vec<Problem>) -> RelayConfig {
+    let d = RelayConfig::default();
+    let mut positive = |key: &str, value: Option<u64>, default: u64| match value {
+        Some(0) => {
+            problems.push(Problem::new(format!("relay.{key}"), "must be at least 1"));
+            default
+        }
+        Some(v) => v,
+        None => default,
+    };
+    let window = positive("window", raw.window, d.window.as_secs());
+    // Days in the file: the time a user's "needs the relay" is kept.
+    let remember = positive("remember", raw.remember, 30);
+    let max_sessions = positive("max_sessions", raw.max_sessions, d.max_sessions as u64);
+    let max_remembered = positive(
+        "max_remembered",
+        raw.max_remembered,
+        d.max_remembered as u64,
+    );
+    let redirect = raw
+        .redirect
+        .and_then(|t| redirect_mode("relay.redirect".to_owned(), &t, problems))
+        .unwrap_or(d.redirect);
+    RelayConfig {
+        redirect,
+        window: Duration::from_secs(window),
+        remember: Duration::from_secs(remember.saturating_mul(24 * 3600)),
+        max_sessions: usize::try_from(max_sessions).unwrap_or(usize::MAX),
+        max_remembered: usize::try_from(max_remembered).unwrap_or(usize::MAX),
     }
 }
 
@@ -1713,6 +1851,32 @@ fn node(i: usize, raw: RawNode, problems: &mut Vec<Problem>) -> (Option<NodeConf
         (None, Some(c2s)) => Some(c2s.to_string()),
         (None, None) => None,
     };
+    let mut mode = |field: &str, value: Option<String>| {
+        let text = value?;
+        if role == Some(Role::Slave) {
+            problems.push(Problem::new(
+                key(field),
+                "only the master redirects or relays logins (slaves always redirect what \
+                 is not theirs)",
+            ));
+            ok = false;
+            return None;
+        }
+        let m = redirect_mode(key(field), &text, problems);
+        if m.is_none() {
+            ok = false;
+        }
+        m
+    };
+    let redirect = mode("redirect", raw.redirect);
+    let redirect_tls = mode("redirect_tls", raw.redirect_tls);
+    if redirect_tls.is_some() && c2s_tls.is_none() {
+        problems.push(Problem::new(
+            key("redirect_tls"),
+            "set, but this node has no c2s_tls listener",
+        ));
+        ok = false;
+    }
     let binds = Binds {
         c2s,
         c2s_tls,
@@ -1729,6 +1893,8 @@ fn node(i: usize, raw: RawNode, problems: &mut Vec<Problem>) -> (Option<NodeConf
             farm,
             s2s,
             weight,
+            redirect,
+            redirect_tls,
         }),
         _ => None,
     };
@@ -2022,6 +2188,7 @@ fn unknown_keys(doc: &toml::Table) -> Vec<Problem> {
         ("storage", fields_of::<RawStorage>()),
         ("farm", fields_of::<RawFarm>()),
         ("s2s", fields_of::<RawS2s>()),
+        ("relay", fields_of::<RawRelay>()),
     ];
     for (name, fields) in sections {
         if let Some(toml::Value::Table(table)) = doc.get(name) {

@@ -14,13 +14,18 @@
 //! - **Liveness**: heartbeats every `farm.heartbeat`; a link silent for `farm.dead_after` is
 //!   dropped; the connector reconnects with backoff. [`FarmLinks::is_up`] is what the master
 //!   uses to know which slaves are alive.
+//! - **Relayed clients** (DESIGN.md D1b): the master also opens short-lived connections to
+//!   a slave's farm port with `purpose='relay'` in its hello (proofs under their own labels);
+//!   after the handshake one `<relay/>` frame ([`crate::relay::Handoff`]) follows, and the
+//!   connection becomes the client's stream, raw bytes both ways. Only a master may open one,
+//!   and only to a node that takes relayed clients ([`FarmLinks::accept_relays`]).
 //! - **Bounded**: one queue of `farm.queue` frames per peer; [`FarmLinks::send`] waits a
 //!   little for room, then gives [`SendError::Full`] (the caller answers `resource-constraint`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -33,8 +38,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::auth::{ScramHash, hmac};
-use crate::config::FarmConfig;
+use crate::config::{FarmConfig, Role};
 use crate::ns;
+use crate::relay::Handoff;
 use crate::stream::Io;
 use crate::xml::{Element, ParserLimits, StreamEvent, StreamParser};
 
@@ -70,6 +76,38 @@ pub enum SendError {
     Unknown,
 }
 
+/// A client the master relays to this node: its stream, right after the handoff.
+pub struct RelayedClient {
+    pub io: Box<dyn Io>,
+    /// The master that relays it.
+    pub from_node: String,
+    pub handoff: Handoff,
+}
+
+/// What a node does with a relayed client (a slave: negotiate, then the session).
+pub type RelayHandler = Arc<
+    dyn Fn(RelayedClient) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Why a connection is opened: a link, or one relayed client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Link,
+    Relay,
+}
+
+impl Purpose {
+    /// Proof labels differ by purpose: a proof for one is worth nothing for the other.
+    fn label(self, side: &str) -> String {
+        match self {
+            Purpose::Link => side.to_owned(),
+            Purpose::Relay => format!("relay-{side}"),
+        }
+    }
+}
+
 struct Peer {
     addr: SocketAddr,
     /// Frames for the current connection; `None` while down.
@@ -90,6 +128,9 @@ pub struct FarmLinks {
     queue: usize,
     max_frame: usize,
     tls: Option<LinkTls>,
+    /// Nodes that may relay clients to us.
+    masters: Vec<String>,
+    relay_handler: OnceLock<RelayHandler>,
 }
 
 /// TLS on links: our server config for accepted links, a client config for the ones we open.
@@ -137,6 +178,13 @@ impl FarmLinks {
             queue: cfg.farm.queue,
             max_frame: cfg.limits.max_stanza + FRAME_SLACK,
             tls,
+            masters: cfg
+                .nodes
+                .iter()
+                .filter(|n| n.role == Role::Master && n.name != me)
+                .map(|n| n.name.clone())
+                .collect(),
+            relay_handler: OnceLock::new(),
         };
         (Arc::new(links), rx)
     }
@@ -165,6 +213,34 @@ impl FarmLinks {
 
     pub fn all_up(&self) -> bool {
         self.peers.values().all(|p| p.up.load(Ordering::Acquire))
+    }
+
+    /// Take clients relayed by a master (a slave calls this before [`Self::start`]).
+    pub fn accept_relays(&self, handler: RelayHandler) {
+        let _ = self.relay_handler.set(handler);
+    }
+
+    /// Queue an element for `node` if there is room right now (for notices that may be
+    /// lost: nobody waits for them).
+    pub fn try_send(&self, node: &str, el: &Element) -> Result<(), SendError> {
+        let peer = self.peers.get(node).ok_or(SendError::Unknown)?;
+        let guard = peer.tx.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = guard.as_ref().ok_or(SendError::Down)?;
+        let mut s = String::with_capacity(128);
+        el.write_to(&mut s, ns::SERVER);
+        tx.try_send(s.into_bytes()).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::Full,
+            mpsc::error::TrySendError::Closed(_) => SendError::Down,
+        })
+    }
+
+    /// Open a relay connection to `node` for one client and hand it over: on success the
+    /// returned connection is the client's stream at the slave.
+    pub async fn open_relay(&self, node: &str, handoff: &Handoff) -> Result<Box<dyn Io>, String> {
+        let peer = self.peers.get(node).ok_or("no such node")?;
+        let mut link = self.connect_once(node, peer.addr, Purpose::Relay).await?;
+        link.send_el(&handoff.to_element()).await?;
+        Ok(link.io)
     }
 
     /// Queue a stanza for `node`, waiting at most [`SEND_WAIT`] for room: a busy link slows
@@ -242,7 +318,8 @@ impl FarmLinks {
                 let mut link = Framed::new(io, me.max_frame);
                 let hs = tokio::time::timeout(HANDSHAKE_TIMEOUT, me.handshake_accept(&mut link));
                 match hs.await {
-                    Ok(Ok(peer)) => me.serve(peer, link, sd).await,
+                    Ok(Ok((peer, Purpose::Link))) => me.serve(peer, link, sd).await,
+                    Ok(Ok((peer, Purpose::Relay))) => me.take_relay(peer, link).await,
                     Ok(Err(e)) => warn!(%peer_addr, "farm link refused: {e}"),
                     Err(_) => warn!(%peer_addr, "farm link: handshake timed out"),
                 }
@@ -261,7 +338,7 @@ impl FarmLinks {
             if shutdown.is_cancelled() {
                 return;
             }
-            match self.connect_once(&name, addr).await {
+            match self.connect_once(&name, addr, Purpose::Link).await {
                 Ok(link) => {
                     backoff = BACKOFF_MIN;
                     self.serve(name.clone(), link, shutdown.clone()).await;
@@ -277,7 +354,12 @@ impl FarmLinks {
         }
     }
 
-    async fn connect_once(&self, name: &str, addr: SocketAddr) -> Result<Framed, String> {
+    async fn connect_once(
+        &self,
+        name: &str,
+        addr: SocketAddr,
+        purpose: Purpose,
+    ) -> Result<Framed, String> {
         let sock = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| "connect timed out".to_owned())?
@@ -298,22 +380,31 @@ impl FarmLinks {
             }
         };
         let mut link = Framed::new(io, self.max_frame);
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake_connect(&mut link, name))
-            .await
-            .map_err(|_| "handshake timed out".to_owned())??;
+        tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            self.handshake_connect(&mut link, name, purpose),
+        )
+        .await
+        .map_err(|_| "handshake timed out".to_owned())??;
         Ok(link)
     }
 
     /// Connector side of the handshake.
-    async fn handshake_connect(&self, link: &mut Framed, peer: &str) -> Result<(), String> {
+    async fn handshake_connect(
+        &self,
+        link: &mut Framed,
+        peer: &str,
+        purpose: Purpose,
+    ) -> Result<(), String> {
         let nonce = new_nonce();
-        link.send_el(
-            &Element::new("hello", LINK_NS)
-                .with_attr("node", &self.me)
-                .with_attr("nonce", &nonce)
-                .with_attr("fingerprint", &self.fingerprint),
-        )
-        .await?;
+        let mut hello = Element::new("hello", LINK_NS)
+            .with_attr("node", &self.me)
+            .with_attr("nonce", &nonce)
+            .with_attr("fingerprint", &self.fingerprint);
+        if purpose == Purpose::Relay {
+            hello = hello.with_attr("purpose", "relay");
+        }
+        link.send_el(&hello).await?;
         let hello = link.recv_el().await?;
         if hello.is("refuse", LINK_NS) {
             let reason = hello.attr("reason").unwrap_or("no reason given");
@@ -324,7 +415,13 @@ impl FarmLinks {
             return Err("unexpected answer to hello".to_owned());
         }
         let their_nonce = hello.attr("nonce").unwrap_or("");
-        let expected = self.proof("acceptor", &nonce, their_nonce, &self.me, peer);
+        let expected = self.proof(
+            &purpose.label("acceptor"),
+            &nonce,
+            their_nonce,
+            &self.me,
+            peer,
+        );
         if !proof_matches(hello.attr("proof"), &expected) {
             error!(
                 peer,
@@ -347,7 +444,13 @@ impl FarmLinks {
             let _ = link.send_el(&refuse(&reason)).await;
             return Err(reason);
         }
-        let proof = self.proof("connector", their_nonce, &nonce, peer, &self.me);
+        let proof = self.proof(
+            &purpose.label("connector"),
+            their_nonce,
+            &nonce,
+            peer,
+            &self.me,
+        );
         link.send_el(&Element::new("auth", LINK_NS).with_attr("proof", proof))
             .await?;
         let answer = link.recv_el().await?;
@@ -363,25 +466,47 @@ impl FarmLinks {
         }
     }
 
-    /// Acceptor side of the handshake; returns the authenticated peer's name.
-    async fn handshake_accept(&self, link: &mut Framed) -> Result<String, String> {
+    /// Acceptor side of the handshake; returns the authenticated peer's name and what it
+    /// connected for.
+    async fn handshake_accept(&self, link: &mut Framed) -> Result<(String, Purpose), String> {
         let hello = link.recv_el().await?;
         let (Some(peer), Some(their_nonce)) = (hello.attr("node"), hello.attr("nonce")) else {
             return Err("no hello".to_owned());
         };
         let peer = peer.to_owned();
-        if !hello.is("hello", LINK_NS)
-            || !self.peers.contains_key(&peer)
-            || peer.as_str() >= self.me.as_str()
-        {
-            let reason = format!("{peer:?} is not a node that connects to {}", self.me);
+        let purpose = match hello.attr("purpose") {
+            None => Purpose::Link,
+            Some("relay") => Purpose::Relay,
+            Some(other) => {
+                let reason = format!("unknown purpose {other:?}");
+                let _ = link.send_el(&refuse(&reason)).await;
+                return Err(reason);
+            }
+        };
+        let allowed = match purpose {
+            Purpose::Link => peer.as_str() < self.me.as_str(),
+            Purpose::Relay => self.masters.contains(&peer) && self.relay_handler.get().is_some(),
+        };
+        if !hello.is("hello", LINK_NS) || !self.peers.contains_key(&peer) || !allowed {
+            let reason = match purpose {
+                Purpose::Link => format!("{peer:?} is not a node that connects to {}", self.me),
+                Purpose::Relay => {
+                    format!("{} takes no clients relayed by {peer:?}", self.me)
+                }
+            };
             let _ = link
                 .send_el(&Element::new("refuse", LINK_NS).with_attr("reason", &reason))
                 .await;
             return Err(reason);
         }
         let nonce = new_nonce();
-        let proof = self.proof("acceptor", their_nonce, &nonce, &peer, &self.me);
+        let proof = self.proof(
+            &purpose.label("acceptor"),
+            their_nonce,
+            &nonce,
+            &peer,
+            &self.me,
+        );
         link.send_el(
             &Element::new("hello", LINK_NS)
                 .with_attr("node", &self.me)
@@ -396,7 +521,13 @@ impl FarmLinks {
             error!(peer, "farm link from {peer} refused by {peer}: {reason}");
             return Err(format!("{peer} refused: {reason}"));
         }
-        let expected = self.proof("connector", &nonce, their_nonce, &self.me, &peer);
+        let expected = self.proof(
+            &purpose.label("connector"),
+            &nonce,
+            their_nonce,
+            &self.me,
+            &peer,
+        );
         if !auth.is("auth", LINK_NS) || !proof_matches(auth.attr("proof"), &expected) {
             let _ = link
                 .send_el(
@@ -423,7 +554,37 @@ impl FarmLinks {
             return Err(reason);
         }
         link.send_el(&Element::new("welcome", LINK_NS)).await?;
-        Ok(peer)
+        Ok((peer, purpose))
+    }
+
+    /// An authenticated relay connection: read the handoff, give the client to the handler.
+    async fn take_relay(&self, peer: String, mut link: Framed) {
+        let Some(handler) = self.relay_handler.get() else {
+            return;
+        };
+        let handoff = match tokio::time::timeout(HANDSHAKE_TIMEOUT, link.recv_el()).await {
+            Ok(Ok(el)) => match Handoff::from_element(&el) {
+                Ok(h) => h,
+                Err(e) => {
+                    warn!(peer = %peer, "relay from {peer}: {e}");
+                    return;
+                }
+            },
+            Ok(Err(e)) => {
+                debug!(peer = %peer, "relay from {peer}: {e}");
+                return;
+            }
+            Err(_) => {
+                warn!(peer = %peer, "relay from {peer}: no handoff in time");
+                return;
+            }
+        };
+        handler(RelayedClient {
+            io: link.io,
+            from_node: peer,
+            handoff,
+        })
+        .await;
     }
 
     fn proof(&self, label: &str, n1: &str, n2: &str, a: &str, b: &str) -> String {

@@ -12,6 +12,7 @@
 //! - [`stanza`]: stanza kinds, error replies.
 //! - [`farm`]: farm links between nodes: framing, mutual authentication, liveness.
 //! - [`listen`]: bounded accept loops and graceful shutdown.
+//! - [`relay`]: the master relaying a client stream to its slave: the handoff, the byte pump.
 //! - [`ns`]: the XML namespaces we use.
 //!
 //! Data flow of a connection: socket → [`stream::XmlStream`] (bytes ↔ [`xml::Element`]) →
@@ -23,6 +24,7 @@ pub mod config;
 pub mod farm;
 pub mod listen;
 pub mod ns;
+pub mod relay;
 pub mod routing;
 pub mod s2s;
 pub mod sasl;

@@ -51,7 +51,9 @@ pub struct ServeOptions {
     pub domain: String,
     pub content_ns: &'static str,
     pub limits: ParserLimits,
-    pub max_connections: usize,
+    /// One permit per open connection (`limits.max_connections`); a node may share it with
+    /// connections that arrive another way (relayed clients on a slave).
+    pub slots: Arc<Semaphore>,
     pub tls_handshake_timeout: Duration,
 }
 
@@ -66,7 +68,7 @@ pub async fn serve<F, Fut>(
     F: Fn(XmlStream, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(opts.max_connections));
+    let slots = opts.slots.clone();
     for l in listeners {
         let (shutdown, tracker2, handler, opts, slots) = (
             shutdown.clone(),
@@ -139,6 +141,8 @@ pub async fn serve<F, Fut>(
                             .await;
                         return;
                     };
+                    let mut stream = stream;
+                    stream.peer = Some(peer);
                     handler(stream, peer).await;
                 });
             }

@@ -66,8 +66,14 @@ pub struct XmlStream {
     /// Our stream header, not yet written: it goes out with the next write (header and
     /// features in one segment), or before the next read at the latest.
     unsent: String,
-    /// Whether the stream is encrypted.
+    /// Whether the stream is encrypted (for a relayed stream: the client's leg to the master).
     pub secure: bool,
+    /// The peer's address (for a relayed stream: the client's, as the master saw it).
+    pub peer: Option<std::net::SocketAddr>,
+    /// The master relays this stream (DESIGN.md D1b): end-of-file means the client left or
+    /// the master is stopping, and is answered with `<system-shutdown/>` (the client still
+    /// reads what we write through the master).
+    pub relayed: bool,
 }
 
 impl XmlStream {
@@ -81,7 +87,31 @@ impl XmlStream {
             header_sent: false,
             unsent: String::new(),
             secure: false,
+            peer: None,
+            relayed: false,
         }
+    }
+
+    /// A stream picked up in the middle (a relayed client, DESIGN.md D1b): the peer's header
+    /// was read and ours sent by the master, so the next thing to arrive is a top-level
+    /// element.
+    pub fn resumed(io: Box<dyn Io>, content_ns: &'static str, limits: ParserLimits) -> Self {
+        let mut s = XmlStream::new(io, content_ns, limits);
+        let header = format!(
+            "<stream:stream xmlns='{content_ns}' xmlns:stream='{}'>",
+            ns::STREAM
+        );
+        let _ = s.parser.parse(&mut header.as_bytes());
+        s.header_sent = true;
+        s
+    }
+
+    /// Give up the stream for relaying: the connection, and the bytes read from it that were
+    /// not parsed yet. Whatever we queued is written first.
+    pub async fn into_relay_parts(mut self) -> std::io::Result<(Box<dyn Io>, Vec<u8>)> {
+        self.flush_unsent().await?;
+        let rest = self.pending.split_off(self.pos.min(self.pending.len()));
+        Ok((self.io, rest))
     }
 
     pub fn content_ns(&self) -> &'static str {
@@ -285,10 +315,12 @@ impl XmlStream {
                 "data sent before <proceed/>",
             )));
         }
+        let peer = self.peer;
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let tls = acceptor.accept(self.io).await?;
         let mut s = XmlStream::new(Box::new(tls), self.content_ns, limits);
         s.secure = true;
+        s.peer = peer;
         Ok(s)
     }
 

@@ -3,6 +3,9 @@
 //! Data path: socket → [`jabberfarm_shared::listen`] → [`jabberfarm_shared::c2s::negotiate`]
 //! (the same rule as the master: a login that belongs elsewhere is redirected; otherwise
 //! SASL/iq:auth against the account store) → [`session`] (bind, stanza loop) →
+//! A client the master relays (DESIGN.md D1b) arrives on the farm port instead
+//! ([`FarmLinks::accept_relays`]) and joins at [`jabberfarm_shared::c2s::negotiate_relayed`].
+//! →
 //! [`router`] (local delivery; other nodes and other domains come with farm links and
 //! federation) → [`server`] (what the server itself answers).
 
@@ -17,12 +20,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jabberfarm_shared::auth::AccountStore;
-use jabberfarm_shared::c2s::{self, C2sSettings, LoginPolicy, LoginRoute};
-use jabberfarm_shared::config::{FarmConfig, NodeConfig};
-use jabberfarm_shared::farm::{FarmLinks, LinkTls};
+use jabberfarm_shared::c2s::{
+    self, Authenticated, C2sSettings, LoginPolicy, LoginRoute, Negotiated,
+};
+use jabberfarm_shared::config::{FarmConfig, NodeConfig, RedirectMode, Role};
+use jabberfarm_shared::farm::{FarmLinks, LINK_NS, LinkTls, RelayedClient};
 use jabberfarm_shared::listen::{self, BoundListener, ServeOptions};
 use jabberfarm_shared::ns;
 use jabberfarm_shared::s2s::outbound::{Outbound, S2sSettings};
+use jabberfarm_shared::stream::XmlStream;
+use jabberfarm_shared::xml::Element;
 use jabberfarm_shared::xml::{Condition, StreamError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -43,6 +50,28 @@ pub struct Slave {
     pub shutdown: CancellationToken,
     /// How long a freshly authenticated client may take to bind.
     pub login_timeout: Duration,
+    /// Masters with a listener in `redirect = "auto"`: they hear of every direct login here
+    /// (so they know their redirect was followed).
+    pub auto_masters: Vec<String>,
+}
+
+impl Slave {
+    /// Tell the masters that need to know that `user` logged in here (best effort: a notice
+    /// lost only means one more relayed login).
+    fn login_notice(&self, user: &str, relayed_by: Option<&str>) {
+        let mut notice = Element::new("login", LINK_NS).with_attr("user", user);
+        match relayed_by {
+            Some(master) => {
+                notice = notice.with_attr("relayed", "true");
+                let _ = self.links.try_send(master, &notice);
+            }
+            None => {
+                for m in &self.auto_masters {
+                    let _ = self.links.try_send(m, &notice);
+                }
+            }
+        }
+    }
 }
 
 impl LoginPolicy for Slave {
@@ -105,12 +134,31 @@ pub async fn run(
         store,
         shutdown: shutdown.clone(),
         login_timeout: cfg.limits.login_timeout,
+        auto_masters: cfg
+            .nodes
+            .iter()
+            .filter(|n| {
+                n.role == Role::Master
+                    && [false, true]
+                        .iter()
+                        .any(|&tls| n.redirect_mode(&cfg.relay, tls) == RedirectMode::Auto)
+            })
+            .map(|n| n.name.clone())
+            .collect(),
     });
+    // Direct and relayed clients share one connection limit.
+    let slots = Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_connections));
+    let (s5, set5) = (slave.clone(), settings.clone());
+    let relay_slots = slots.clone();
+    links.accept_relays(Arc::new(move |client: RelayedClient| {
+        let (slave, settings, slots) = (s5.clone(), set5.clone(), relay_slots.clone());
+        Box::pin(async move { serve_relayed(slave, settings, slots, client).await })
+    }));
     let opts = Arc::new(ServeOptions {
         domain: cfg.domain.clone(),
         content_ns: ns::CLIENT,
         limits: settings.pre_auth,
-        max_connections: cfg.limits.max_connections,
+        slots,
         tls_handshake_timeout: cfg.limits.stream_open_timeout,
     });
     let tracker = TaskTracker::new();
@@ -142,8 +190,21 @@ pub async fn run(
                 // Boxed: a task is as large as its largest state, and the login's (SASL,
                 // store lookups) would otherwise stay allocated for the whole session.
                 let auth = Box::pin(c2s::negotiate(stream, &settings, slave.as_ref())).await;
-                if let Some(auth) = auth {
-                    session::run(slave, auth).await;
+                match auth {
+                    Some(Negotiated::Authenticated(auth)) => {
+                        slave.login_notice(&auth.username, None);
+                        session::run(slave, auth).await;
+                    }
+                    Some(Negotiated::Relay(mut r)) => {
+                        // A slave's policy never relays.
+                        r.stream
+                            .fail(
+                                &StreamError::bare(Condition::InternalServerError),
+                                &settings.domain,
+                            )
+                            .await;
+                    }
+                    None => {}
                 }
             }
         },
@@ -168,6 +229,46 @@ pub async fn run(
     slave.store.close().await;
     info!(node = %node.name, "slave stopped");
     Ok(())
+}
+
+/// A client the master relays: pick its stream up at the handoff, then serve it as any other.
+async fn serve_relayed(
+    slave: Arc<Slave>,
+    settings: Arc<C2sSettings>,
+    slots: Arc<tokio::sync::Semaphore>,
+    client: RelayedClient,
+) {
+    let RelayedClient {
+        io,
+        from_node,
+        handoff,
+    } = client;
+    let mut stream = XmlStream::resumed(io, ns::CLIENT, settings.pre_auth);
+    stream.secure = handoff.secure;
+    stream.peer = Some(handoff.client);
+    stream.relayed = true;
+    let Ok(_permit) = slots.try_acquire_owned() else {
+        warn!(peer = %handoff.client, "connection limit reached (relayed client)");
+        let e = StreamError::new(
+            Condition::ResourceConstraint,
+            "this server is full; try again later",
+        );
+        stream.fail(&e, &settings.domain).await;
+        return;
+    };
+    tracing::debug!(user = handoff.user, peer = %handoff.client, master = from_node, "relayed client");
+    let auth: Option<Authenticated> = Box::pin(c2s::negotiate_relayed(
+        stream,
+        &settings,
+        slave.as_ref(),
+        handoff.first,
+        handoff.direct_tls,
+    ))
+    .await;
+    if let Some(auth) = auth {
+        slave.login_notice(&auth.username, Some(&from_node));
+        session::run(slave, auth).await;
+    }
 }
 
 /// Where this node's accounts are, for the start-up log line (never a password).

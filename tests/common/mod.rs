@@ -118,12 +118,19 @@ impl TestFarm {
     /// Like [`TestFarm::start`], but every node in its own `jabberfarm run --node` process,
     /// so single nodes can be killed and restarted.
     pub fn start_processes(slaves: usize) -> TestFarm {
+        TestFarm::start_processes_edited(slaves, |t| t)
+    }
+
+    /// [`TestFarm::start_processes`] with the config text passed through `edit` first.
+    pub fn start_processes_edited(slaves: usize, edit: impl Fn(String) -> String) -> TestFarm {
         let mut farm = TestFarm::start_with_mode(
             slaves,
             false,
             "stream_open_timeout = 3\nlogin_timeout = 10\nshutdown_grace = 2",
             false,
         );
+        let text = std::fs::read_to_string(&farm.config).unwrap();
+        std::fs::write(&farm.config, edit(text)).unwrap();
         let names: Vec<String> = std::iter::once(&farm.master)
             .chain(&farm.slaves)
             .map(|n| n.name.clone())
@@ -182,6 +189,34 @@ impl TestFarm {
                 );
                 std::thread::sleep(Duration::from_millis(50));
             }
+        }
+    }
+
+    /// SIGTERM one node's process and wait (at most 10 s) for it to exit.
+    pub fn term_node(&mut self, name: &str) {
+        if let Some(mut c) = self.nodes.remove(name) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Wait until the farm's log contains `needle` (at most `secs`).
+    pub fn wait_log(&self, needle: &str, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "the farm never logged {needle:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

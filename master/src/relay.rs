@@ -1,0 +1,302 @@
+//! The master as a connection manager for clients that do not follow redirects (DESIGN.md
+//! D1b): which logins are relayed ([`RelayMemory`] for `redirect = "auto"`), and the relay
+//! itself (handoff to the slave over its farm port, then [`jabberfarm_shared::relay::pump`]).
+//!
+//! `auto`: every login is redirected, and the redirect is noted. The owning slave tells the
+//! master (a `<login/>` notice on its farm link) when a user logs in there directly, which
+//! clears the note. A user who comes back to the master while the note stands — within
+//! `relay.window` — did not reach its slave: that login is relayed, and once a relayed login
+//! succeeds (the slave's `<login relayed='true'/>`), the user is relayed on every login for
+//! `relay.remember`. A redirect-following client therefore stays redirected, and one that does
+//! not follow needs its own retry once.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use jabberfarm_shared::c2s::RelayLogin;
+use jabberfarm_shared::farm::FarmLinks;
+use jabberfarm_shared::relay::{self, Handoff, RelayReason};
+use jabberfarm_shared::xml::{Condition, StreamError};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// What the master remembers about users in `auto` mode. Both maps are bounded: when one is
+/// full, expired entries are swept, and if it is still full, new users are not noted (they
+/// are redirected as usual; at worst a non-following client needs one more retry).
+pub struct RelayMemory {
+    window: Duration,
+    remember: Duration,
+    max: usize,
+    inner: Mutex<Maps>,
+}
+
+#[derive(Default)]
+struct Maps {
+    /// Redirected, not yet seen logging in at the slave: when.
+    redirected: HashMap<String, Instant>,
+    /// Needed the relay: the last relayed login.
+    relayed: HashMap<String, Instant>,
+}
+
+impl RelayMemory {
+    pub fn new(window: Duration, remember: Duration, max: usize) -> RelayMemory {
+        RelayMemory {
+            window,
+            remember,
+            max,
+            inner: Mutex::new(Maps::default()),
+        }
+    }
+
+    fn maps(&self) -> std::sync::MutexGuard<'_, Maps> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `user`'s login is relayed (and why); `None`: redirect it.
+    pub fn relay_reason(&self, user: &str, now: Instant) -> Option<RelayReason> {
+        let m = self.maps();
+        if m.relayed
+            .get(user)
+            .is_some_and(|t| now.duration_since(*t) < self.remember)
+        {
+            return Some(RelayReason::Remembered);
+        }
+        if m.redirected
+            .get(user)
+            .is_some_and(|t| now.duration_since(*t) < self.window)
+        {
+            return Some(RelayReason::CameBack);
+        }
+        None
+    }
+
+    /// `user` is being redirected now.
+    pub fn redirected(&self, user: &str, now: Instant) {
+        let window = self.window;
+        let mut m = self.maps();
+        insert_bounded(&mut m.redirected, user, now, self.max, |t| {
+            now.duration_since(t) >= window
+        });
+    }
+
+    /// The owning slave saw `user` log in directly: the redirect worked.
+    pub fn logged_in_at_slave(&self, user: &str) {
+        self.maps().redirected.remove(user);
+    }
+
+    /// A relayed login of `user` succeeded: keep relaying it.
+    pub fn relayed_login(&self, user: &str, now: Instant) {
+        let remember = self.remember;
+        let mut m = self.maps();
+        m.redirected.remove(user);
+        insert_bounded(&mut m.relayed, user, now, self.max, |t| {
+            now.duration_since(t) >= remember
+        });
+    }
+
+    /// (recently redirected, remembered as needing the relay)
+    pub fn sizes(&self) -> (usize, usize) {
+        let m = self.maps();
+        (m.redirected.len(), m.relayed.len())
+    }
+}
+
+fn insert_bounded(
+    map: &mut HashMap<String, Instant>,
+    user: &str,
+    now: Instant,
+    max: usize,
+    expired: impl Fn(Instant) -> bool,
+) {
+    if let Some(t) = map.get_mut(user) {
+        *t = now;
+        return;
+    }
+    if map.len() >= max {
+        map.retain(|_, t| !expired(*t));
+        if map.len() >= max {
+            return;
+        }
+    }
+    map.insert(user.to_owned(), now);
+}
+
+/// Counters for the log (and, with the metrics issue, for Prometheus).
+#[derive(Default)]
+pub struct RelayStats {
+    pub started: [AtomicU64; 3],
+    pub failed: AtomicU64,
+    pub refused_full: AtomicU64,
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
+}
+
+fn reason_index(r: RelayReason) -> usize {
+    match r {
+        RelayReason::Never => 0,
+        RelayReason::CameBack => 1,
+        RelayReason::Remembered => 2,
+    }
+}
+
+impl RelayStats {
+    pub fn summary(&self, open: usize) -> String {
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        format!(
+            "relayed sessions open {open}; started: never-redirect {}, came-back {}, \
+             remembered {}; failed {}; refused (limit) {}; bytes up {} down {}",
+            n(&self.started[0]),
+            n(&self.started[1]),
+            n(&self.started[2]),
+            n(&self.failed),
+            n(&self.refused_full),
+            n(&self.bytes_up),
+            n(&self.bytes_down),
+        )
+    }
+}
+
+/// Everything a relay needs from the master.
+pub struct Relayer {
+    pub links: std::sync::Arc<FarmLinks>,
+    pub domain: String,
+    /// One permit per relayed session (`relay.max_sessions`).
+    pub slots: std::sync::Arc<Semaphore>,
+    pub stats: RelayStats,
+    /// Cancelled when the master stops: relayed streams end with the slave's
+    /// `<system-shutdown/>`.
+    pub stop: CancellationToken,
+    /// How long a relayed stream's other direction may take to finish after one ended.
+    pub grace: Duration,
+}
+
+impl Relayer {
+    /// Hand `login` over to its slave and carry the stream until it ends.
+    pub async fn run(&self, login: RelayLogin) {
+        let RelayLogin {
+            mut stream,
+            node,
+            user,
+            reason,
+            first,
+            direct_tls,
+        } = login;
+        let Ok(_permit) = self.slots.clone().try_acquire_owned() else {
+            self.stats.refused_full.fetch_add(1, Ordering::Relaxed);
+            warn!(user, "relay refused: relay.max_sessions reached");
+            let e = StreamError::new(
+                Condition::ResourceConstraint,
+                "this server is full; try again later",
+            );
+            stream.fail(&e, &self.domain).await;
+            return;
+        };
+        let Some(client) = stream.peer else {
+            stream
+                .fail(
+                    &StreamError::bare(Condition::InternalServerError),
+                    &self.domain,
+                )
+                .await;
+            return;
+        };
+        let handoff = Handoff {
+            client,
+            secure: stream.secure,
+            direct_tls,
+            user: user.clone(),
+            first,
+        };
+        let slave = match self.links.open_relay(&node, &handoff).await {
+            Ok(io) => io,
+            Err(e) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                warn!(user, node, "relay to {node} failed: {e}");
+                let e = StreamError::new(
+                    Condition::RemoteConnectionFailed,
+                    format!(
+                        "the server for this account ({node}) is not reachable right now; \
+                         try again later"
+                    ),
+                );
+                stream.fail(&e, &self.domain).await;
+                return;
+            }
+        };
+        self.stats.started[reason_index(reason)].fetch_add(1, Ordering::Relaxed);
+        info!(user, node, %client, reason = reason.name(), "relaying login");
+        let Ok((io, pending)) = stream.into_relay_parts().await else {
+            return;
+        };
+        match relay::pump(io, pending, slave, self.stop.clone(), self.grace).await {
+            Ok(st) => {
+                self.stats.bytes_up.fetch_add(st.up, Ordering::Relaxed);
+                self.stats.bytes_down.fetch_add(st.down, Ordering::Relaxed);
+                debug!(
+                    user,
+                    node,
+                    up = st.up,
+                    down = st.down,
+                    "relayed stream ended"
+                );
+            }
+            Err(e) => debug!(user, node, "relayed stream ended: {e}"),
+        }
+    }
+
+    pub fn open(&self, max: usize) -> usize {
+        max - self.slots.available_permits()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_relays_who_came_back_and_remembers_after_success() {
+        let m = RelayMemory::new(Duration::from_secs(600), Duration::from_secs(3600), 10);
+        let t0 = Instant::now();
+        assert_eq!(m.relay_reason("alice", t0), None);
+        m.redirected("alice", t0);
+        // A follower logs in at its slave: the note goes, the next login is redirected.
+        m.logged_in_at_slave("alice");
+        assert_eq!(m.relay_reason("alice", t0), None);
+        // A non-follower comes back: relayed; after its relayed login, remembered.
+        m.redirected("bob", t0);
+        let t1 = t0 + Duration::from_secs(5);
+        assert_eq!(m.relay_reason("bob", t1), Some(RelayReason::CameBack));
+        m.relayed_login("bob", t1);
+        let t2 = t1 + Duration::from_secs(1800);
+        assert_eq!(m.relay_reason("bob", t2), Some(RelayReason::Remembered));
+        // A direct login elsewhere does not undo it (the user has a client that needs it).
+        m.logged_in_at_slave("bob");
+        assert_eq!(m.relay_reason("bob", t2), Some(RelayReason::Remembered));
+        // Forgotten after `remember` without a relayed login.
+        assert_eq!(m.relay_reason("bob", t1 + Duration::from_secs(3600)), None);
+        // Coming back after the window is a new login, redirected.
+        m.redirected("carol", t0);
+        assert_eq!(m.relay_reason("carol", t0 + Duration::from_secs(600)), None);
+    }
+
+    #[test]
+    fn memory_is_bounded_and_sweeps_expired_entries() {
+        let m = RelayMemory::new(Duration::from_secs(10), Duration::from_secs(10), 3);
+        let t0 = Instant::now();
+        for u in ["a", "b", "c", "d"] {
+            m.redirected(u, t0);
+        }
+        assert_eq!(m.sizes().0, 3);
+        assert_eq!(m.relay_reason("d", t0), None);
+        // Once the old ones expired, a new user fits again.
+        m.redirected("e", t0 + Duration::from_secs(11));
+        assert_eq!(m.sizes().0, 1);
+        assert_eq!(
+            m.relay_reason("e", t0 + Duration::from_secs(12)),
+            Some(RelayReason::CameBack)
+        );
+    }
+}

@@ -49,6 +49,13 @@ if ! /usr/bin/python3 -c 'import slixmpp' 2>/dev/null; then
 fi
 /usr/bin/python3 -c 'import slixmpp; print("slixmpp", slixmpp.__version__)'
 
+step "nbxmpp, sendxmpp, go-sendxmpp (tests/clients.rs: clients that do not follow redirects)"
+if ! /usr/bin/python3 -c 'import nbxmpp' 2>/dev/null || ! command -v sendxmpp >/dev/null \
+   || ! command -v go-sendxmpp >/dev/null; then
+  apt_install "nbxmpp, sendxmpp and go-sendxmpp" python3-nbxmpp sendxmpp go-sendxmpp
+fi
+/usr/bin/python3 -c 'import nbxmpp; print("nbxmpp", nbxmpp.__version__)'
+
 step "Prosody (federation tests)"
 if ! command -v prosody >/dev/null || ! dpkg -s lua-unbound >/dev/null 2>&1; then
   apt_install Prosody prosody lua-unbound openssl

@@ -125,9 +125,15 @@ enum Scenario {
         #[arg(long, default_value_t = 50)]
         concurrency: u64,
         /// Pair users that different servers serve (jabberfarm: different slaves, so every
-        /// message crosses a farm link); needs --follow-redirects from the master.
+        /// message crosses a farm link); needs --follow-redirects from the master, or
+        /// --farm-config when the master relays.
         #[arg(long)]
         across: bool,
+        /// A jabberfarm config: with --across, pair users by the slave its routing table
+        /// gives them instead of by the address that served them (a master that relays
+        /// serves everyone at its own address).
+        #[arg(long, value_name = "FILE")]
+        farm_config: Option<PathBuf>,
         #[command(flatten)]
         peer: PeerArgs,
     },
@@ -394,6 +400,7 @@ async fn run(s: Scenario) -> Result<Option<(Report, Option<PathBuf>)>> {
             body_size,
             concurrency,
             across,
+            farm_config,
             peer,
         } => {
             check_cap("--pairs", pairs.saturating_mul(2), MAX_CONNECTIONS)?;
@@ -453,6 +460,14 @@ async fn run(s: Scenario) -> Result<Option<(Report, Option<PathBuf>)>> {
                 body_size: usize_of(body_size),
                 concurrency: usize_of(concurrency),
                 across,
+                owners: match farm_config {
+                    None => None,
+                    Some(path) => Some(
+                        jabberfarm_shared::config::FarmConfig::load(&path, None)
+                            .map_err(|e| BenchError::Setup(e.to_string()))?
+                            .routing,
+                    ),
+                },
                 peer,
             };
             (scenario::chat::run(&c, args).await?, t.json)

@@ -90,6 +90,28 @@ impl LoginPolicy for Redirector {
     }
 }
 
+/// What follows a negotiation at the master, as its own (boxed) future.
+fn after_login(
+    outcome: Option<Negotiated>,
+    relayer: Arc<relay::Relayer>,
+    settings: Arc<C2sSettings>,
+) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+    match outcome? {
+        Negotiated::Relay(login) => {
+            relayer.start(login);
+            None
+        }
+        // Only possible if the routing table named the master as an owner.
+        Negotiated::Authenticated(mut a) => Some(Box::pin(async move {
+            let e = jabberfarm_shared::xml::StreamError::new(
+                jabberfarm_shared::xml::Condition::InternalServerError,
+                "the master serves no sessions",
+            );
+            a.stream.fail(&e, &settings.domain).await;
+        })),
+    }
+}
+
 /// Run the master node until `shutdown` is cancelled.
 pub async fn run(
     cfg: Arc<FarmConfig>,
@@ -123,6 +145,7 @@ pub async fn run(
     };
     let settings = Arc::new(C2sSettings::from_config(&cfg, c2s_tls, shutdown.clone()));
     let (links, mut link_rx) = FarmLinks::new(&cfg, &node.name, link_tls);
+    let tracker = TaskTracker::new();
     let policy = Arc::new(Redirector {
         config: ArcSwap::from(cfg.clone()),
         me: node.name.clone(),
@@ -140,6 +163,7 @@ pub async fn run(
         stats: relay::RelayStats::default(),
         stop: shutdown.clone(),
         grace: cfg.limits.shutdown_grace.max(Duration::from_secs(1)),
+        tracker: tracker.clone(),
     });
     let opts = Arc::new(ServeOptions {
         domain: cfg.domain.clone(),
@@ -148,7 +172,6 @@ pub async fn run(
         slots: Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_connections)),
         tls_handshake_timeout: cfg.limits.stream_open_timeout,
     });
-    let tracker = TaskTracker::new();
     links.start(farm_listener, shutdown.clone(), &tracker);
     let s2s_settings = Arc::new(S2sSettings::from_config(&cfg));
     let (bounce_tx, mut bounce_rx) = tokio::sync::mpsc::channel(256);
@@ -246,21 +269,15 @@ pub async fn run(
         move |stream, _peer| {
             let (settings, policy, relayer) = (settings.clone(), policy.clone(), r2.clone());
             async move {
-                match c2s::negotiate(stream, &settings, policy.as_ref()).await {
-                    None => {}
-                    Some(Negotiated::Relay(login)) => Box::pin(relayer.run(login)).await,
-                    // Only possible if the routing table named the master as an owner.
-                    Some(Negotiated::Authenticated(mut a)) => {
-                        a.stream
-                            .fail(
-                                &jabberfarm_shared::xml::StreamError::new(
-                                    jabberfarm_shared::xml::Condition::InternalServerError,
-                                    "the master serves no sessions",
-                                ),
-                                &settings.domain,
-                            )
-                            .await
-                    }
+                // The login is boxed and its outcome consumed inside this block, so a relayed
+                // session's task keeps only the relay's state, not the login's.
+                let next = {
+                    let outcome =
+                        Box::pin(c2s::negotiate(stream, &settings, policy.as_ref())).await;
+                    after_login(outcome, relayer, settings.clone())
+                };
+                if let Some(next) = next {
+                    next.await;
                 }
             }
         },

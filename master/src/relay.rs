@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use jabberfarm_shared::c2s::RelayLogin;
 use jabberfarm_shared::farm::FarmLinks;
 use jabberfarm_shared::relay::{self, Handoff, RelayReason};
+use jabberfarm_shared::stream::{Io, RelayParts};
 use jabberfarm_shared::xml::{Condition, StreamError};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -171,67 +172,51 @@ pub struct Relayer {
     pub stop: CancellationToken,
     /// How long a relayed stream's other direction may take to finish after one ended.
     pub grace: Duration,
+    /// The node's tasks: each relayed stream runs as its own, small task.
+    pub tracker: tokio_util::task::TaskTracker,
 }
 
 impl Relayer {
+    /// Relay `login` on a task of its own: the login's task ends, and what stays for the
+    /// session is only the relay's state (the pump, the two connections).
+    pub fn start(self: &std::sync::Arc<Self>, login: RelayLogin) {
+        let me = self.clone();
+        self.tracker.spawn(async move { me.run(login).await });
+    }
+
     /// Hand `login` over to its slave and carry the stream until it ends.
     pub async fn run(&self, login: RelayLogin) {
-        let RelayLogin {
-            mut stream,
-            node,
-            user,
-            reason,
-            first,
-            direct_tls,
-        } = login;
         let Ok(_permit) = self.slots.clone().try_acquire_owned() else {
             self.stats.refused_full.fetch_add(1, Ordering::Relaxed);
-            warn!(user, "relay refused: relay.max_sessions reached");
+            warn!(
+                user = login.user,
+                "relay refused: relay.max_sessions reached"
+            );
             let e = StreamError::new(
                 Condition::ResourceConstraint,
                 "this server is full; try again later",
             );
+            let mut stream = login.stream;
             stream.fail(&e, &self.domain).await;
             return;
         };
-        let Some(client) = stream.peer else {
-            stream
-                .fail(
-                    &StreamError::bare(Condition::InternalServerError),
-                    &self.domain,
-                )
-                .await;
+        let (user, node) = (login.user.clone(), login.node.clone());
+        // Boxed: what the handoff needs (the stream, the first element) is freed before the
+        // long part, so an idle relayed session keeps only the pump's state.
+        let Some((client, slave)) = Box::pin(self.hand_over(login)).await else {
             return;
         };
-        let handoff = Handoff {
-            client,
-            secure: stream.secure,
-            direct_tls,
-            user: user.clone(),
-            first,
-        };
-        let slave = match self.links.open_relay(&node, &handoff).await {
-            Ok(io) => io,
-            Err(e) => {
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                warn!(user, node, "relay to {node} failed: {e}");
-                let e = StreamError::new(
-                    Condition::RemoteConnectionFailed,
-                    format!(
-                        "the server for this account ({node}) is not reachable right now; \
-                         try again later"
-                    ),
-                );
-                stream.fail(&e, &self.domain).await;
-                return;
-            }
-        };
-        self.stats.started[reason_index(reason)].fetch_add(1, Ordering::Relaxed);
-        info!(user, node, %client, reason = reason.name(), "relaying login");
-        let Ok((io, pending)) = stream.into_relay_parts().await else {
-            return;
-        };
-        match relay::pump(io, pending, slave, self.stop.clone(), self.grace).await {
+        // Held until the stream ends: a relayed client is a connection of this node.
+        let _slot = client.slot;
+        match relay::pump(
+            client.io,
+            client.pending,
+            slave,
+            self.stop.clone(),
+            self.grace,
+        )
+        .await
+        {
             Ok(st) => {
                 self.stats.bytes_up.fetch_add(st.up, Ordering::Relaxed);
                 self.stats.bytes_down.fetch_add(st.down, Ordering::Relaxed);
@@ -245,6 +230,55 @@ impl Relayer {
             }
             Err(e) => debug!(user, node, "relayed stream ended: {e}"),
         }
+    }
+
+    /// Open the relay connection and send the handoff; returns the client's connection, the
+    /// bytes it sent that were read but not parsed, and the slave's connection.
+    async fn hand_over(&self, login: RelayLogin) -> Option<(RelayParts, Box<dyn Io>)> {
+        let RelayLogin {
+            mut stream,
+            node,
+            user,
+            reason,
+            first,
+            direct_tls,
+        } = login;
+        let Some(client) = stream.peer else {
+            stream
+                .fail(
+                    &StreamError::bare(Condition::InternalServerError),
+                    &self.domain,
+                )
+                .await;
+            return None;
+        };
+        let handoff = Handoff {
+            client,
+            secure: stream.secure,
+            direct_tls,
+            user,
+            first,
+        };
+        let slave = match self.links.open_relay(&node, &handoff).await {
+            Ok(io) => io,
+            Err(e) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                warn!(user = handoff.user, node, "relay to {node} failed: {e}");
+                let e = StreamError::new(
+                    Condition::RemoteConnectionFailed,
+                    format!(
+                        "the server for this account ({node}) is not reachable right now; \
+                         try again later"
+                    ),
+                );
+                stream.fail(&e, &self.domain).await;
+                return None;
+            }
+        };
+        self.stats.started[reason_index(reason)].fetch_add(1, Ordering::Relaxed);
+        info!(user = handoff.user, node, %client, reason = reason.name(), "relaying login");
+        let client = stream.into_relay_parts().await.ok()?;
+        Some((client, slave))
     }
 
     pub fn open(&self, max: usize) -> usize {

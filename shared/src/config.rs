@@ -2358,6 +2358,60 @@ farm = "127.0.0.1:7102"
         );
     }
 
+    #[test]
+    fn relay_defaults_modes_per_listener_and_mistakes() {
+        let c = parse(&with_nodes(HEAD)).unwrap();
+        assert_eq!(c.relay, RelayConfig::default());
+        assert_eq!(c.relay.redirect, RedirectMode::Auto);
+        assert_eq!(c.relay.remember, Duration::from_secs(30 * 86400));
+        let master = c.master().clone();
+        assert_eq!(master.redirect_mode(&c.relay, false), RedirectMode::Auto);
+
+        // Farm-wide default, a listener's own, and the direct-TLS listener's own.
+        let text = with_nodes(&format!(
+            "{HEAD}[relay]\nredirect = \"always\"\nremember = 2\n"
+        ))
+        .replace(
+            "s2s = \"127.0.0.1:5269\"",
+            "s2s = \"127.0.0.1:5269\"\nc2s_tls = \"127.0.0.1:5223\"\nredirect_tls = \"never\"",
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.relay.remember, Duration::from_secs(2 * 86400));
+        let m = c.master();
+        assert_eq!(m.redirect_mode(&c.relay, false), RedirectMode::Always);
+        assert_eq!(m.redirect_mode(&c.relay, true), RedirectMode::Never);
+
+        assert_problem(
+            &with_nodes(&format!("{HEAD}[relay]\nredirect = \"sometimes\"\n")),
+            "relay.redirect",
+            "\"auto\", \"always\" or \"never\"",
+        );
+        assert_problem(
+            &with_nodes(&format!("{HEAD}[relay]\nmax_sessions = 0\n")),
+            "relay.max_sessions",
+            "at least 1",
+        );
+        assert_problem(
+            &with_nodes(&format!("{HEAD}[relay]\nredirects = \"never\"\n")),
+            "relay.redirects",
+            "did you mean \"redirect\"",
+        );
+        // Slaves do not relay; redirect_tls needs the listener it is for.
+        assert_problem(
+            &with_nodes(HEAD).replace("weight = 2", "weight = 2\nredirect = \"never\""),
+            "node[2].redirect",
+            "only the master",
+        );
+        assert_problem(
+            &with_nodes(HEAD).replace(
+                "s2s = \"127.0.0.1:5269\"",
+                "s2s = \"127.0.0.1:5269\"\nredirect_tls = \"never\"",
+            ),
+            "node[0].redirect_tls",
+            "no c2s_tls",
+        );
+    }
+
     fn with_nodes(head: &str) -> String {
         format!("{head}{NODES}")
     }

@@ -108,12 +108,14 @@ pub async fn serve<F, Fut>(
                     let stream = match tls {
                         None => XmlStream::new(Box::new(sock), opts.content_ns, opts.limits),
                         Some(cfg) => {
-                            let hs = XmlStream::accept_direct_tls(
+                            // Boxed: the handshake's state is freed once it is done,
+                            // instead of staying in the connection's task for its lifetime.
+                            let hs = Box::pin(XmlStream::accept_direct_tls(
                                 Box::new(sock),
                                 cfg,
                                 opts.content_ns,
                                 opts.limits,
-                            );
+                            ));
                             match tokio::time::timeout(opts.tls_handshake_timeout, hs).await {
                                 Ok(Ok(s)) => s,
                                 Ok(Err(e)) => {
@@ -127,7 +129,7 @@ pub async fn serve<F, Fut>(
                             }
                         }
                     };
-                    let Ok(_permit) = permit else {
+                    let Ok(permit) = permit else {
                         let mut stream = stream;
                         warn!(%peer, "connection limit reached");
                         stream
@@ -143,6 +145,9 @@ pub async fn serve<F, Fut>(
                     };
                     let mut stream = stream;
                     stream.peer = Some(peer);
+                    // The connection's slot travels with its stream (a relayed client's
+                    // outlives this task).
+                    stream.slot = Some(permit);
                     handler(stream, peer).await;
                 });
             }

@@ -53,6 +53,13 @@ fn poll_read_chunk(
     }
 }
 
+/// What a relay carries on with: see [`XmlStream::into_relay_parts`].
+pub struct RelayParts {
+    pub io: Box<dyn Io>,
+    pub pending: Vec<u8>,
+    pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
 pub struct XmlStream {
     io: Box<dyn Io>,
     parser: StreamParser,
@@ -74,6 +81,8 @@ pub struct XmlStream {
     /// the master is stopping, and is answered with `<system-shutdown/>` (the client still
     /// reads what we write through the master).
     pub relayed: bool,
+    /// The connection slot this stream holds (`limits.max_connections`), freed with it.
+    pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl XmlStream {
@@ -89,6 +98,7 @@ impl XmlStream {
             secure: false,
             peer: None,
             relayed: false,
+            slot: None,
         }
     }
 
@@ -106,12 +116,16 @@ impl XmlStream {
         s
     }
 
-    /// Give up the stream for relaying: the connection, and the bytes read from it that were
-    /// not parsed yet. Whatever we queued is written first.
-    pub async fn into_relay_parts(mut self) -> std::io::Result<(Box<dyn Io>, Vec<u8>)> {
+    /// Give up the stream for relaying: the connection, the bytes read from it that were not
+    /// parsed yet, and its connection slot. Whatever we queued is written first.
+    pub async fn into_relay_parts(mut self) -> std::io::Result<RelayParts> {
         self.flush_unsent().await?;
-        let rest = self.pending.split_off(self.pos.min(self.pending.len()));
-        Ok((self.io, rest))
+        let pending = self.pending.split_off(self.pos.min(self.pending.len()));
+        Ok(RelayParts {
+            io: self.io,
+            pending,
+            slot: self.slot,
+        })
     }
 
     pub fn content_ns(&self) -> &'static str {
@@ -315,12 +329,13 @@ impl XmlStream {
                 "data sent before <proceed/>",
             )));
         }
-        let peer = self.peer;
+        let (peer, slot) = (self.peer, self.slot.take());
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let tls = acceptor.accept(self.io).await?;
         let mut s = XmlStream::new(Box::new(tls), self.content_ns, limits);
         s.secure = true;
         s.peer = peer;
+        s.slot = slot;
         Ok(s)
     }
 

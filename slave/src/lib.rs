@@ -247,7 +247,7 @@ async fn serve_relayed(
     stream.secure = handoff.secure;
     stream.peer = Some(handoff.client);
     stream.relayed = true;
-    let Ok(_permit) = slots.try_acquire_owned() else {
+    let Ok(permit) = slots.try_acquire_owned() else {
         warn!(peer = %handoff.client, "connection limit reached (relayed client)");
         let e = StreamError::new(
             Condition::ResourceConstraint,
@@ -256,6 +256,7 @@ async fn serve_relayed(
         stream.fail(&e, &settings.domain).await;
         return;
     };
+    stream.slot = Some(permit);
     tracing::debug!(user = handoff.user, peer = %handoff.client, master = from_node, "relayed client");
     let auth: Option<Authenticated> = Box::pin(c2s::negotiate_relayed(
         stream,

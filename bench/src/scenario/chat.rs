@@ -45,6 +45,9 @@ pub struct ChatArgs {
     pub concurrency: usize,
     /// Pair users served by different servers (messages cross a farm link).
     pub across: bool,
+    /// Tell servers apart by this routing table's owner instead of by address (a jabberfarm
+    /// master that relays serves every user at its own address).
+    pub owners: Option<jabberfarm_shared::routing::RoutingTable>,
     /// Pair each user with one of another server (federation).
     pub peer: Option<Peer>,
 }
@@ -271,7 +274,7 @@ async fn local_pairs(ctx: &Ctx, a: &ChatArgs) -> Result<Vec<(Login, Login)>> {
     // Users that share a server, paired in user order.
     let candidates = ctx.users.count.min(4 * a.pairs as u64 + 8);
     let routes = ctx.discover(candidates, a.concurrency).await?;
-    let mut waiting: HashMap<SocketAddr, Vec<String>> = HashMap::new();
+    let mut waiting: HashMap<String, Vec<String>> = HashMap::new();
     let mut pairs: Vec<(String, String)> = Vec::new();
     for i in 0..candidates {
         if pairs.len() == a.pairs {
@@ -281,14 +284,18 @@ async fn local_pairs(ctx: &Ctx, a: &ChatArgs) -> Result<Vec<(Login, Login)>> {
         let Some(addr) = routes.get(&user).copied() else {
             continue;
         };
+        let server = match &a.owners {
+            Some(table) => table.owner(&user).to_owned(),
+            None => addr.to_string(),
+        };
         // Same server: a user waiting at this address; across: one waiting at another.
         let partner = waiting
             .iter_mut()
-            .find(|(k, v)| (**k != addr) == a.across && !v.is_empty())
+            .find(|(k, v)| (**k != server) == a.across && !v.is_empty())
             .and_then(|(_, v)| v.pop());
         match partner {
             Some(other) => pairs.push((other, user)),
-            None => waiting.entry(addr).or_default().push(user),
+            None => waiting.entry(server).or_default().push(user),
         }
     }
     if pairs.len() < a.pairs {

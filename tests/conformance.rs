@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{Raw, TestFarm};
 
 fn login(farm: &TestFarm, user: &str, res: &str) -> Raw {
@@ -34,6 +36,68 @@ fn sync(c: &mut Raw, id: &str) -> String {
         "<iq type='get' id='{id}' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>"
     ));
     c.wait_for(&format!("id='{id}'"), 5)
+}
+
+/// `trials` times: a new session of `rcpt` binds, then `sender` messages `rcpt`'s bare JID
+/// while that session sends initial presence (in both orders). Each message is delivered to
+/// that session exactly once, right away, and nothing is left in storage.
+fn message_races_initial_presence(farm: &TestFarm, sender: &str, rcpt: &str, trials: usize) {
+    let mut cs = login(farm, sender, "s");
+    for i in 0..trials {
+        let mut cr = login(farm, rcpt, &format!("t{i}"));
+        let msg = format!(
+            "<message to='{rcpt}@localhost' type='chat' id='m{i}'><body>race {i}</body></message>"
+        );
+        match i % 3 {
+            0 => {
+                cs.send(&msg);
+                cr.send("<presence/>");
+            }
+            1 => {
+                cr.send("<presence/>");
+                cs.send(&msg);
+            }
+            _ => {
+                cs.send(&msg);
+                std::thread::sleep(Duration::from_millis(1));
+                cr.send("<presence/>");
+            }
+        }
+        cr.wait_for(&format!("race {i}</body>"), 5);
+        sync(&mut cr, "sync");
+        let got = &cr.got;
+        assert_eq!(
+            got.matches(&format!(">race {i}</body>")).count(),
+            1,
+            "trial {i}: {got}"
+        );
+        // Nothing from an earlier trial turned up late (stored although delivered, or left
+        // in storage).
+        assert_eq!(got.matches(">race ").count(), 1, "trial {i}: {got}");
+        cr.send("</stream:stream>");
+        cr.wait_closed(5);
+    }
+    // Storage is empty.
+    let mut cr = login(farm, rcpt, "last");
+    cr.send("<presence/>");
+    let r = sync(&mut cr, "end");
+    assert!(!r.contains(">race "), "{r}");
+    let r = sync(&mut cs, "end");
+    assert!(!cs.got.contains("type='error'"), "{r}");
+}
+
+#[test]
+fn a_message_racing_initial_presence_is_delivered_once_on_one_slave() {
+    let farm = TestFarm::start(2);
+    let (here, _) = users(&farm, "raceone", 2);
+    message_races_initial_presence(&farm, &here[0], &here[1], 30);
+}
+
+#[test]
+fn a_message_racing_initial_presence_is_delivered_once_across_slaves() {
+    let farm = TestFarm::start(2);
+    let (here, there) = users(&farm, "raceacross", 1);
+    message_races_initial_presence(&farm, &there, &here[0], 30);
 }
 
 #[test]

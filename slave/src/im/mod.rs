@@ -28,3 +28,11 @@ pub(crate) fn push(tx: &tokio::sync::mpsc::Sender<Outgoing>, el: Element) {
 pub(crate) fn bare(user: &str, domain: &str) -> String {
     format!("{user}@{domain}")
 }
+
+/// Now, in unix milliseconds (0 before 1970).
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

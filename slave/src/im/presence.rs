@@ -15,6 +15,7 @@ use super::roster::{push_item, subscription};
 use super::{bare, push};
 use crate::Slave;
 use crate::dispatch::Origin;
+use crate::router::PresenceChange;
 use crate::store::{LoginState, RosterItem, RosterStore, Subscription};
 
 /// A presence stanza from a local session, already stamped with its full JID.
@@ -53,9 +54,15 @@ pub async fn outbound(slave: &Slave, me: &FullJid, user: &str, mut el: Element) 
 async fn broadcast(slave: &Slave, me: &FullJid, user: &str, el: Element) -> Vec<Element> {
     let available = el.attr("type").is_none();
     let resource = me.resource().as_str();
-    let initial = slave
-        .router
-        .set_presence(user, resource, available.then(|| el.clone()));
+    let change = {
+        // Messages decided for offline storage before this point are stored by now, so the
+        // initial presence below finds them; from here on they are delivered live.
+        let _order = slave.router.offline_lock(user).await;
+        slave
+            .router
+            .set_presence(user, resource, available.then(|| el.clone()))
+    };
+    let initial = change == PresenceChange::Initial;
     let own_bare = bare(user, &slave.router.domain);
     // After `set_presence`: whatever is stored from now on is delivered live instead.
     let stored = if initial {

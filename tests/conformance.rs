@@ -38,6 +38,71 @@ fn sync(c: &mut Raw, id: &str) -> String {
     c.wait_for(&format!("id='{id}'"), 5)
 }
 
+#[test]
+fn presence_goes_to_the_sender_and_the_other_resources() {
+    let farm = TestFarm::start(2);
+    let (here, _) = users(&farm, "echo", 1);
+    let u = &here[0];
+    let mut r1 = login(&farm, u, "r1");
+    let mut r2 = login(&farm, u, "r2");
+    // RFC 6121 §4.2.2: initial presence reaches the sending resource too (Prosody: the full
+    // presence, from the full JID).
+    r1.send("<presence><priority>5</priority></presence>");
+    let p = r1.wait_for(&format!("to='{u}@localhost/r1'"), 5);
+    assert!(
+        p.contains(&format!(
+            "<presence from='{u}@localhost/r1' to='{u}@localhost/r1'><priority>5</priority></presence>"
+        )),
+        "{p}"
+    );
+    // r2 is not available yet: it gets nothing of r1's.
+    let r = sync(&mut r2, "s1");
+    assert!(!r.contains("<presence"), "{r}");
+    // r2's initial presence: its own echo, r1's presence for r2, and r1 is told.
+    r2.send("<presence/>");
+    r2.wait_for(
+        &format!("<presence from='{u}@localhost/r2' to='{u}@localhost/r2'/>"),
+        5,
+    );
+    r2.wait_for(
+        &format!("<presence from='{u}@localhost/r1' to='{u}@localhost/r2'>"),
+        5,
+    );
+    r1.wait_for(
+        &format!("<presence from='{u}@localhost/r2' to='{u}@localhost/r1'/>"),
+        5,
+    );
+    // §4.4.2: a later broadcast, to both.
+    r1.send("<presence><show>away</show></presence>");
+    r1.wait_for(
+        &format!("<presence from='{u}@localhost/r1' to='{u}@localhost/r1'><show>away</show>"),
+        5,
+    );
+    r2.wait_for(
+        &format!("<presence from='{u}@localhost/r1' to='{u}@localhost/r2'><show>away</show>"),
+        5,
+    );
+    // §4.5.2: unavailable reaches the other available resource (and, as in Prosody, the
+    // sender, whose stream is still open).
+    r1.send("<presence type='unavailable'/>");
+    r2.wait_for(
+        &format!("<presence type='unavailable' from='{u}@localhost/r1' to='{u}@localhost/r2'/>"),
+        5,
+    );
+    r1.wait_for(
+        &format!("<presence type='unavailable' from='{u}@localhost/r1' to='{u}@localhost/r1'/>"),
+        5,
+    );
+    // Each echo came once.
+    let all = r1.got.clone();
+    assert_eq!(
+        all.matches(&format!("to='{u}@localhost/r1'><show>away"))
+            .count(),
+        1,
+        "{all}"
+    );
+}
+
 /// `trials` times: a new session of `rcpt` binds, then `sender` messages `rcpt`'s bare JID
 /// while that session sends initial presence (in both orders). Each message is delivered to
 /// that session exactly once, right away, and nothing is left in storage.

@@ -50,7 +50,10 @@ pub async fn outbound(slave: &Slave, me: &FullJid, user: &str, mut el: Element) 
     }
 }
 
-/// §4.2 / §4.4 / §4.5: broadcast presence.
+/// §4.2 / §4.4 / §4.5: broadcast presence. Returns what goes to the session itself: its own
+/// presence first (§4.2.2, §4.4.2: the user's available resources include the sender), then,
+/// after initial presence, the other resources' presence, waiting subscription requests and
+/// offline messages.
 async fn broadcast(slave: &Slave, me: &FullJid, user: &str, el: Element) -> Vec<Element> {
     let available = el.attr("type").is_none();
     let resource = me.resource().as_str();
@@ -64,6 +67,11 @@ async fn broadcast(slave: &Slave, me: &FullJid, user: &str, el: Element) -> Vec<
     };
     let initial = change == PresenceChange::Initial;
     let own_bare = bare(user, &slave.router.domain);
+    let mut for_me = Vec::new();
+    // Prosody does the same; clients (slixmpp, scansion scripts) wait for it.
+    let mut echo = el.clone();
+    echo.set_attr("to", me.to_string());
+    for_me.push(echo);
     // After `set_presence`: whatever is stored from now on is delivered live instead.
     let stored = if initial {
         let mark = slave.router.roster_mark();
@@ -104,7 +112,6 @@ async fn broadcast(slave: &Slave, me: &FullJid, user: &str, el: Element) -> Vec<
         }
     }
     // The user's other resources see it, and a new one sees theirs (§4.2.2).
-    let mut for_me = Vec::new();
     for s in slave.router.available(user) {
         if s.resource == resource {
             continue;

@@ -38,6 +38,30 @@ fn sync(c: &mut Raw, id: &str) -> String {
     c.wait_for(&format!("id='{id}'"), 5)
 }
 
+/// The reply to IQ `id`, from its `id` to its end.
+fn reply(c: &mut Raw, id: &str) -> String {
+    let start = c.pos;
+    c.wait_for(&format!("id='{id}'"), 5);
+    let got = c.got[start..].to_owned();
+    let at = got.find(&format!("id='{id}'")).unwrap();
+    if !got[at..].contains("</iq>") && !got[at..].split('>').next().unwrap().ends_with('/') {
+        c.wait_for("</iq>", 5);
+    }
+    let got = c.got[start..].to_owned();
+    let tail = &got[at..];
+    let end = tail.find("</iq>").map(|e| e + 5).unwrap_or(tail.len());
+    tail[..end].to_owned()
+}
+
+/// The `seconds` attribute of the last `<query xmlns='jabber:iq:last'` in `text`.
+fn seconds(text: &str) -> u64 {
+    let at = text
+        .rfind("<query xmlns='jabber:iq:last' seconds='")
+        .unwrap();
+    let rest = &text[at + "<query xmlns='jabber:iq:last' seconds='".len()..];
+    rest[..rest.find('\'').unwrap()].parse().unwrap()
+}
+
 #[test]
 fn presence_goes_to_the_sender_and_the_other_resources() {
     let farm = TestFarm::start(2);
@@ -226,4 +250,102 @@ fn iq_shape_errors_where_client_stanzas_enter() {
     // A well-formed IQ still works.
     c.send("<iq type='get' id='fine'><ping xmlns='urn:xmpp:ping'/></iq>");
     assert!(c.wait_for("id='fine'", 5).contains("type='result'"));
+}
+
+#[test]
+fn disco_version_and_last_activity() {
+    let farm = TestFarm::start(2);
+    let (here, b) = users(&farm, "last", 2);
+    let (a, c) = (&here[0], &here[1]);
+    let mut ca = login(&farm, a, "r");
+    let mut cb = login(&farm, &b, "r");
+    let mut cc = login(&farm, c, "r");
+    // The server: disco#info names version and last activity; XEP-0092; XEP-0012 uptime.
+    ca.send("<iq type='get' id='d1' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>");
+    let r = reply(&mut ca, "d1");
+    for f in ["jabber:iq:version", "jabber:iq:last"] {
+        assert!(r.contains(&format!("<feature var='{f}'/>")), "{f}: {r}");
+    }
+    ca.send("<iq type='get' id='v1' to='localhost'><query xmlns='jabber:iq:version'/></iq>");
+    let r = reply(&mut ca, "v1");
+    assert!(
+        r.contains(&format!(
+            "<query xmlns='jabber:iq:version'><name>jabberfarm</name><version>{}</version></query>",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{r}"
+    );
+    ca.send("<iq type='get' id='u1' to='localhost'><query xmlns='jabber:iq:last'/></iq>");
+    let r = reply(&mut ca, "u1");
+    assert!(seconds(&r) < 600, "{r}");
+
+    // The account itself, no 'to': identity account/registered.
+    ca.send("<iq type='get' id='o1'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>");
+    let r = reply(&mut ca, "o1");
+    assert!(r.contains(&format!("from='{a}@localhost'")), "{r}");
+    assert!(
+        r.contains("<identity category='account' type='registered'/>")
+            && r.contains("<feature var='http://jabber.org/protocol/disco#info'/>")
+            && r.contains("<feature var='jabber:iq:last'/>"),
+        "{r}"
+    );
+
+    // A subscribes to B (on the other slave); B approves. C has no subscription.
+    // (Available, so that the approval is delivered: RFC 6121 §3.1.6.)
+    ca.send("<presence/>");
+    cb.send("<presence/>");
+    ca.send(&format!("<presence to='{b}@localhost' type='subscribe'/>"));
+    cb.wait_for("type='subscribe'", 5);
+    cb.send(&format!("<presence to='{a}@localhost' type='subscribed'/>"));
+    ca.wait_for("type='subscribed'", 5);
+
+    let last_of_b = |c: &mut Raw, id: &str| {
+        c.send(&format!(
+            "<iq type='get' id='{id}' to='{b}@localhost'><query xmlns='jabber:iq:last'/></iq>"
+        ));
+        reply(c, id)
+    };
+    // XEP-0012 §4: B is online: 0 seconds.
+    let r = last_of_b(&mut ca, "l1");
+    assert!(
+        r.contains("<query xmlns='jabber:iq:last' seconds='0'/>"),
+        "{r}"
+    );
+    // Not subscribed: forbidden, and disco#info does not tell the account exists.
+    let r = last_of_b(&mut cc, "l2");
+    assert!(
+        r.contains("type='error'") && r.contains("<forbidden"),
+        "{r}"
+    );
+    cc.send(&format!(
+        "<iq type='get' id='d2' to='{b}@localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
+    ));
+    let r = reply(&mut cc, "d2");
+    assert!(r.contains("<service-unavailable"), "{r}");
+    ca.send(&format!(
+        "<iq type='get' id='d3' to='{b}@localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
+    ));
+    let r = reply(&mut ca, "d3");
+    assert!(
+        r.contains("<identity category='account' type='registered'/>"),
+        "{r}"
+    );
+
+    // B logs out with a status: the seconds since, and the status.
+    cb.send("<presence type='unavailable'><status>gone fishing</status></presence>");
+    cb.send("</stream:stream>");
+    cb.wait_closed(5);
+    std::thread::sleep(Duration::from_millis(2100));
+    let r = last_of_b(&mut ca, "l3");
+    assert!(r.contains("'>gone fishing</query>"), "{r}");
+    let s = seconds(&r);
+    assert!((2..60).contains(&s), "{r}");
+    let r = last_of_b(&mut cc, "l4");
+    assert!(r.contains("<forbidden"), "{r}");
+    // Back online: 0 again.
+    let mut cb = login(&farm, &b, "again");
+    cb.send("<presence/>");
+    sync(&mut cb, "s");
+    let r = last_of_b(&mut ca, "l5");
+    assert!(r.contains("seconds='0'/>"), "{r}");
 }

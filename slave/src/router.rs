@@ -101,6 +101,8 @@ pub struct Router {
     roster_writes: AtomicU64,
     /// See [`Router::offline_lock`].
     offline_locks: Box<[tokio::sync::Mutex<()>]>,
+    /// When this node started: its uptime is the server's XEP-0012 last activity.
+    pub started: std::time::Instant,
 }
 
 impl Router {
@@ -115,6 +117,7 @@ impl Router {
             offline_locks: (0..OFFLINE_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            started: std::time::Instant::now(),
         }
     }
 

@@ -6,10 +6,12 @@
 //! - [`offline`]: messages kept while a user has no available resource (XEP-0160), delivered
 //!   with `<delay/>` (XEP-0203) at the next initial presence.
 //! - [`vcard`]: vCard-temp (XEP-0054).
+//! - [`last`]: last activity of a user (XEP-0012 §4), from the logouts [`presence`] records.
 //!
 //! Stanzas between users always pass through the owning slave's [`crate::dispatch`]: the
 //! sender's slave does the outbound half of a rule, the recipient's slave the inbound half.
 
+pub mod last;
 pub mod offline;
 pub mod presence;
 pub mod roster;

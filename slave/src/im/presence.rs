@@ -16,7 +16,7 @@ use super::{bare, push};
 use crate::Slave;
 use crate::dispatch::Origin;
 use crate::router::PresenceChange;
-use crate::store::{LoginState, RosterItem, RosterStore, Subscription};
+use crate::store::{LastLogout, LastStore, LoginState, RosterItem, RosterStore, Subscription};
 
 /// A presence stanza from a local session, already stamped with its full JID.
 /// Returns stanzas for the session itself (offline messages, pending subscription requests)
@@ -66,6 +66,9 @@ async fn broadcast(slave: &Slave, me: &FullJid, user: &str, el: Element) -> Vec<
             .set_presence(user, resource, available.then(|| el.clone()))
     };
     let initial = change == PresenceChange::Initial;
+    if change == PresenceChange::Unavailable {
+        record_logout(slave, user, &el).await;
+    }
     let own_bare = bare(user, &slave.router.domain);
     let mut for_me = Vec::new();
     // Prosody does the same; clients (slixmpp, scansion scripts) wait for it.
@@ -148,6 +151,22 @@ async fn broadcast(slave: &Slave, me: &FullJid, user: &str, el: Element) -> Vec<
         }
     }
     for_me
+}
+
+/// XEP-0012 §4: when `user` logged out, with the status of the unavailable presence.
+async fn record_logout(slave: &Slave, user: &str, unavailable: &Element) {
+    let status = unavailable
+        .children()
+        .find(|c| c.name == "status")
+        .map(|c| c.text())
+        .unwrap_or_default();
+    let logout = LastLogout {
+        stamp_ms: super::now_ms(),
+        status,
+    };
+    if let Err(e) = slave.im.set_last_logout(user, &logout).await {
+        warn!(user, "cannot record the logout: {e}");
+    }
 }
 
 /// The user's half of the subscription state machine (§3.1.2, §3.2.2, §3.3.2, §3.4).

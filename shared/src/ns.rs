@@ -20,5 +20,7 @@ pub const ROSTER_VER_FEATURE: &str = "urn:xmpp:features:rosterver";
 pub const VCARD: &str = "vcard-temp";
 pub const DELAY: &str = "urn:xmpp:delay";
 pub const MSGOFFLINE: &str = "msgoffline";
+pub const VERSION: &str = "jabber:iq:version";
+pub const LAST: &str = "jabber:iq:last";
 pub const DIALBACK: &str = "jabber:server:dialback";
 pub const DIALBACK_FEATURE: &str = "urn:xmpp:features:dialback";

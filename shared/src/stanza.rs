@@ -107,6 +107,38 @@ pub fn error_reply(
     reply
 }
 
+/// What RFC 6120 §8.1.3 and §8.2.3 make of an IQ's shape, before anyone routes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IqShape {
+    Valid,
+    /// A result or error without `id`: it answers nothing we could find, and errors and results
+    /// are never answered (no loops). Dropped.
+    Drop,
+    /// Answered with `bad-request` (type `modify`) and this text.
+    BadRequest(&'static str),
+}
+
+/// The shape rules for an IQ: `type` is one of the four (§8.2.3), `id` is there (§8.1.3), a get
+/// or set carries exactly one payload element (§8.2.3).
+pub fn iq_shape(iq: &Element) -> IqShape {
+    let kind = iq.attr("type");
+    if !matches!(kind, Some("get" | "set" | "result" | "error")) {
+        return IqShape::BadRequest("an IQ's type is get, set, result or error");
+    }
+    let request = matches!(kind, Some("get" | "set"));
+    if iq.attr("id").is_none() {
+        return if request {
+            IqShape::BadRequest("an IQ needs an id attribute")
+        } else {
+            IqShape::Drop
+        };
+    }
+    if request && iq.children().count() != 1 {
+        return IqShape::BadRequest("a get or set IQ carries exactly one payload element");
+    }
+    IqShape::Valid
+}
+
 /// An empty IQ result for `iq`, optionally carrying a payload.
 pub fn iq_result(iq: &Element, payload: Option<Element>) -> Element {
     let mut r = Element::new("iq", iq.ns.clone())
@@ -146,6 +178,44 @@ mod tests {
             s,
             "<iq type='error' id='rg1' to='juliet@im.example.com/balcony' from='im.example.com'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
         );
+    }
+
+    fn iq(attrs: &[(&'static str, &str)], payloads: usize) -> Element {
+        let mut iq = Element::new("iq", ns::CLIENT);
+        for (k, v) in attrs {
+            iq.set_attr(*k, *v);
+        }
+        for _ in 0..payloads {
+            iq = iq.with_child(Element::new("ping", ns::PING));
+        }
+        iq
+    }
+
+    #[test]
+    fn iq_shapes_rfc6120_8_1_3_and_8_2_3() {
+        use IqShape::*;
+        let bad = |i: &Element| matches!(iq_shape(i), BadRequest(_));
+        assert_eq!(iq_shape(&iq(&[("type", "get"), ("id", "a")], 1)), Valid);
+        assert_eq!(iq_shape(&iq(&[("type", "set"), ("id", "")], 1)), Valid);
+        // Results and errors may carry nothing, or more than one element (an error and the
+        // request's payload).
+        assert_eq!(iq_shape(&iq(&[("type", "result"), ("id", "a")], 0)), Valid);
+        assert_eq!(iq_shape(&iq(&[("type", "error"), ("id", "a")], 2)), Valid);
+        // No id.
+        assert!(bad(&iq(&[("type", "get")], 1)));
+        assert!(bad(&iq(&[("type", "set")], 1)));
+        assert_eq!(iq_shape(&iq(&[("type", "result")], 0)), Drop);
+        assert_eq!(iq_shape(&iq(&[("type", "error")], 1)), Drop);
+        // Zero or two payloads in a request.
+        assert!(bad(&iq(&[("type", "get"), ("id", "a")], 0)));
+        assert!(bad(&iq(&[("type", "set"), ("id", "a")], 2)));
+        // Text is not a payload.
+        let text_only = iq(&[("type", "get"), ("id", "a")], 0).with_text("ping");
+        assert!(bad(&text_only));
+        // Unknown or missing type, with or without an id.
+        assert!(bad(&iq(&[("type", "fetch"), ("id", "a")], 1)));
+        assert!(bad(&iq(&[("type", "fetch")], 1)));
+        assert!(bad(&iq(&[("id", "a")], 1)));
     }
 
     #[test]

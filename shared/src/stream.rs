@@ -316,14 +316,15 @@ impl XmlStream {
     }
 
     /// Upgrade to TLS (after `<proceed/>`). Fails if the peer pipelined data after `<starttls/>`
-    /// (RFC 6120 §5.4.3.3: it must wait for `<proceed/>`).
+    /// (RFC 6120 §5.4.3.3: it must wait for `<proceed/>`); whitespace between top-level
+    /// elements is allowed there as anywhere (go-sendxmpp sends `<starttls/>\n`).
     pub async fn upgrade_tls(
         mut self,
         config: Arc<rustls::ServerConfig>,
         limits: ParserLimits,
     ) -> Result<XmlStream, ReadError> {
         self.flush_unsent().await?;
-        if self.pos < self.pending.len() {
+        if !self.only_whitespace_pending() {
             return Err(ReadError::Stream(StreamError::new(
                 Condition::PolicyViolation,
                 "data sent before <proceed/>",
@@ -347,7 +348,7 @@ impl XmlStream {
         limits: ParserLimits,
     ) -> Result<XmlStream, ReadError> {
         self.flush_unsent().await?;
-        if self.pos < self.pending.len() {
+        if !self.only_whitespace_pending() {
             return Err(ReadError::Stream(StreamError::new(
                 Condition::PolicyViolation,
                 "data sent after <proceed/>",
@@ -358,6 +359,14 @@ impl XmlStream {
         let mut s = XmlStream::new(Box::new(tls), self.content_ns, limits);
         s.secure = true;
         Ok(s)
+    }
+
+    /// Whether what was read but not parsed yet is nothing but XML whitespace (RFC 6120 §11.7:
+    /// allowed between top-level elements), so dropping it at a TLS upgrade loses nothing.
+    fn only_whitespace_pending(&self) -> bool {
+        self.pending[self.pos.min(self.pending.len())..]
+            .iter()
+            .all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
     }
 
     /// A TLS handshake on a fresh connection (direct TLS, XEP-0368).
@@ -455,6 +464,122 @@ mod tests {
         assert!(got.starts_with("<?xml version='1.0'?><stream:stream xmlns='jabber:client'"));
         assert!(got.contains("<iq type='result'/>"));
         assert!(got.ends_with("</stream:stream>"));
+    }
+
+    const HEADER: &str = "<?xml version='1.0'?><stream:stream to='localhost' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
+
+    async fn read_until(io: &mut (impl AsyncReadExt + Unpin), needle: &str) -> String {
+        let mut buf = vec![0u8; 4096];
+        let mut got = String::new();
+        while !got.contains(needle) {
+            let n = io.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before {needle:?}: {got:?}");
+            got.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+        }
+        got
+    }
+
+    /// Server side of STARTTLS over a duplex, the client writing `<starttls/>` and `after` in
+    /// one write. On success the client opens a stream over TLS and the server reads it.
+    async fn starttls_followed_by(after: &str) -> Result<(), ReadError> {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = crate::tls::ensure_dev_certs(dir.path(), "localhost", &[]).unwrap();
+        let server_cfg = crate::tls::server_config(&certs.cert, &certs.key).unwrap();
+        let client_cfg = crate::tls::client_config(&certs.ca).unwrap();
+        let (mut client, server) = tokio::io::duplex(65536);
+        client
+            .write_all(format!("{HEADER}<starttls xmlns='{}'/>{after}", ns::TLS).as_bytes())
+            .await
+            .unwrap();
+        let mut s = XmlStream::new(Box::new(server), ns::CLIENT, ParserLimits::PRE_AUTH);
+        assert!(matches!(s.next().await.unwrap(), StreamEvent::Open(_)));
+        let StreamEvent::Element(el) = s.next().await.unwrap() else {
+            panic!()
+        };
+        assert!(el.is("starttls", ns::TLS));
+        s.send(&Element::new("proceed", ns::TLS)).await.unwrap();
+        read_until(&mut client, "<proceed").await;
+        let client_side = tokio::spawn(async move {
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let connector = tokio_rustls::TlsConnector::from(client_cfg);
+            let mut tls = connector.connect(name, client).await.unwrap();
+            tls.write_all(HEADER.as_bytes()).await.unwrap();
+            tls.flush().await.unwrap();
+            tls
+        });
+        let server_side = async move {
+            let mut s = s.upgrade_tls(server_cfg, ParserLimits::PRE_AUTH).await?;
+            assert!(s.secure);
+            assert!(matches!(s.next().await?, StreamEvent::Open(_)));
+            Ok(())
+        };
+        let result: Result<(), ReadError> = server_side.await;
+        if result.is_ok() {
+            drop(client_side.await.unwrap());
+        } else {
+            // Refused before the handshake: the client waits for a ServerHello forever.
+            client_side.abort();
+        }
+        result
+    }
+
+    #[tokio::test]
+    async fn whitespace_after_starttls_is_allowed() {
+        // go-sendxmpp writes `<starttls/>\n`: RFC 6120 §11.7 whitespace, not data.
+        starttls_followed_by("\n").await.unwrap();
+        starttls_followed_by(" \r\n\t ").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn data_after_starttls_is_a_policy_violation() {
+        // RFC 6120 §5.4.3.3: the client waits for <proceed/>.
+        for after in ["<presence/>", "\n<presence/>", "\nx"] {
+            match starttls_followed_by(after).await {
+                Err(ReadError::Stream(e)) => {
+                    assert_eq!(e.condition, Condition::PolicyViolation, "{after:?}")
+                }
+                other => panic!("{after:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn whitespace_after_proceed_is_allowed_client_side() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = crate::tls::ensure_dev_certs(dir.path(), "localhost", &[]).unwrap();
+        let server_cfg = crate::tls::server_config(&certs.cert, &certs.key).unwrap();
+        let client_cfg = crate::tls::client_config(&certs.ca).unwrap();
+        let (client, mut server) = tokio::io::duplex(65536);
+        let server_side = async move {
+            read_until(&mut server, "<starttls").await;
+            server
+                .write_all(format!("{HEADER}<proceed xmlns='{}'/>\n", ns::TLS).as_bytes())
+                .await
+                .unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(server_cfg);
+            let mut tls = acceptor.accept(server).await.unwrap();
+            read_until(&mut tls, "<stream:stream").await
+        };
+        let client_side = async move {
+            let mut s = XmlStream::new(Box::new(client), ns::CLIENT, ParserLimits::PRE_AUTH);
+            s.send_raw(&format!("<starttls xmlns='{}'/>", ns::TLS))
+                .await
+                .unwrap();
+            assert!(matches!(s.next().await.unwrap(), StreamEvent::Open(_)));
+            let StreamEvent::Element(el) = s.next().await.unwrap() else {
+                panic!()
+            };
+            assert!(el.is("proceed", ns::TLS));
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let mut s = s
+                .upgrade_tls_client(client_cfg, name, ParserLimits::PRE_AUTH)
+                .await
+                .unwrap();
+            s.send_raw(HEADER).await.unwrap();
+            s
+        };
+        let (got, _client) = tokio::join!(server_side, client_side);
+        assert!(got.contains("<stream:stream"), "{got}");
     }
 
     #[tokio::test(start_paused = true)]

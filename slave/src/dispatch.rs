@@ -59,11 +59,8 @@ impl Slave {
                 Some(Kind::Presence) => {
                     im::presence::inbound(self, el, &user, resource.as_deref()).await
                 }
-                Some(Kind::Message)
-                    if im::offline::wants_storage(&el)
-                        && !self.router.can_deliver_message(&user, resource.as_deref()) =>
-                {
-                    im::offline::store(self, &user, el).await
+                Some(Kind::Message) if im::offline::wants_storage(&el) => {
+                    im::offline::deliver_or_store(self, &user, resource.as_deref(), el).await
                 }
                 _ => self.router.deliver_local(el, &user, resource.as_deref()),
             },

@@ -51,6 +51,20 @@ struct Resource {
     roster_empty: bool,
 }
 
+/// What [`Router::set_presence`] changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PresenceChange {
+    /// The session's initial presence (RFC 6121 §4.2).
+    Initial,
+    /// An available session went unavailable (§4.5).
+    Unavailable,
+    /// An update of an available session (§4.4), or nothing (unavailable again, no session).
+    Other,
+}
+
+/// Stripes of [`Router::offline_lock`].
+const OFFLINE_LOCKS: usize = 64;
+
 /// One of a user's sessions, as the IM code sees it.
 #[derive(Clone)]
 pub struct SessionRef {
@@ -85,6 +99,10 @@ pub struct Router {
     /// Bumped (under the sessions lock) before every roster write, so a reader that saw an
     /// empty roster can tell whether a write raced it.
     roster_writes: AtomicU64,
+    /// See [`Router::offline_lock`].
+    offline_locks: Box<[tokio::sync::Mutex<()>]>,
+    /// When this node started: its uptime is the server's XEP-0012 last activity.
+    pub started: std::time::Instant,
 }
 
 impl Router {
@@ -96,6 +114,10 @@ impl Router {
             sessions: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             roster_writes: AtomicU64::new(0),
+            offline_locks: (0..OFFLINE_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            started: std::time::Instant::now(),
         }
     }
 
@@ -179,23 +201,48 @@ impl Router {
     }
 
     /// Record a broadcast presence (RFC 6121 §4.2, §4.5): `Some(presence)` for available,
-    /// `None` for unavailable. Returns whether it was the session's initial presence.
-    pub fn set_presence(&self, user: &str, resource: &str, presence: Option<Element>) -> bool {
+    /// `None` for unavailable. Returns what it changed for the session.
+    ///
+    /// Call it under [`Router::offline_lock`]: it changes whether messages reach the user.
+    pub fn set_presence(
+        &self,
+        user: &str,
+        resource: &str,
+        presence: Option<Element>,
+    ) -> PresenceChange {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let Some(r) = sessions
             .get_mut(user)
             .and_then(|l| l.iter_mut().find(|r| r.name == resource))
         else {
-            return false;
+            return PresenceChange::Other;
         };
-        let initial = !r.available && presence.is_some();
+        let change = match (r.available, presence.is_some()) {
+            (false, true) => PresenceChange::Initial,
+            (true, false) => PresenceChange::Unavailable,
+            _ => PresenceChange::Other,
+        };
         r.priority = presence.as_ref().map(priority_of).unwrap_or(0);
         r.available = presence.is_some();
         r.presence = presence;
         if !r.available {
             r.seen.clear();
         }
-        initial
+        change
+    }
+
+    /// The lock that orders, for one user, deciding a message's fate (a session takes it, or
+    /// offline storage) against the changes that would alter that decision (a resource turns
+    /// available or unavailable) and against taking the stored messages. Without it a message
+    /// stored while the initial presence was looking for stored ones stayed there until the
+    /// next login. Striped: users that share a stripe only wait for each other's brief
+    /// sections.
+    pub async fn offline_lock(&self, user: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        user.hash(&mut h);
+        let stripe = (h.finish() % self.offline_locks.len() as u64) as usize;
+        self.offline_locks[stripe].lock().await
     }
 
     /// Call before reading the roster to learn whether it is empty; pass the result to

@@ -1,12 +1,15 @@
 //! What the server itself answers: stanzas to the bare domain (XEP-0199 ping, XEP-0030
-//! disco), and IQs to a user's bare JID that the server handles on the user's behalf.
+//! disco, XEP-0092 version, XEP-0012 uptime), and IQs to a user's bare JID that the server
+//! handles on the user's behalf (disco#info, roster, vCard, last activity).
 
 use jabberfarm_shared::ns;
 use jabberfarm_shared::stanza::{ErrorType, Kind, error_reply, iq_result, is_error_or_result};
 use jabberfarm_shared::xml::Element;
+use jid::Jid;
 
 use crate::Slave;
 use crate::im;
+use crate::store::RosterStore;
 
 /// Features in disco#info: exactly what this server supports.
 pub const FEATURES: &[&str] = &[
@@ -17,7 +20,12 @@ pub const FEATURES: &[&str] = &[
     ns::VCARD,
     ns::MSGOFFLINE,
     ns::DELAY,
+    ns::VERSION,
+    ns::LAST,
 ];
+
+/// Features in the disco#info of an account (its bare JID), answered by the server.
+pub const ACCOUNT_FEATURES: &[&str] = &[ns::DISCO_INFO, ns::LAST, ns::VCARD];
 
 /// A stanza addressed to the bare domain. Returns the reply, if any.
 pub fn handle(slave: &Slave, el: Element) -> Option<Element> {
@@ -26,7 +34,6 @@ pub fn handle(slave: &Slave, el: Element) -> Option<Element> {
         // the server handles them; we have nothing to do with them yet).
         return None;
     }
-    let _ = slave;
     let kind = el.attr("type").unwrap_or("");
     let Some(payload) = el.first_child() else {
         return Some(error_reply(
@@ -42,21 +49,32 @@ pub fn handle(slave: &Slave, el: Element) -> Option<Element> {
         ("get", "ping", ns::PING) => Some(iq_result(&el, None)),
         // RFC 3921 §3 session establishment: a no-op kept for old clients (RFC 6121 dropped it).
         ("set", "session", ns::SESSION) => Some(iq_result(&el, None)),
-        ("get", "query", ns::DISCO_INFO) if payload.attr("node").is_none() => {
-            let mut q = Element::new("query", ns::DISCO_INFO).with_child(
-                Element::new("identity", ns::DISCO_INFO)
-                    .with_attr("category", "server")
-                    .with_attr("type", "im")
-                    .with_attr("name", "jabberfarm"),
-            );
-            for f in FEATURES {
-                q = q.with_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", *f));
-            }
-            Some(iq_result(&el, Some(q)))
-        }
+        ("get", "query", ns::DISCO_INFO) if payload.attr("node").is_none() => Some(iq_result(
+            &el,
+            Some(disco_info("server", "im", Some("jabberfarm"), FEATURES)),
+        )),
         ("get", "query", ns::DISCO_ITEMS) => {
             Some(iq_result(&el, Some(Element::new("query", ns::DISCO_ITEMS))))
         }
+        // XEP-0092
+        ("get", "query", ns::VERSION) => Some(iq_result(
+            &el,
+            Some(
+                Element::new("query", ns::VERSION)
+                    .with_child(Element::new("name", ns::VERSION).with_text("jabberfarm"))
+                    .with_child(
+                        Element::new("version", ns::VERSION).with_text(env!("CARGO_PKG_VERSION")),
+                    ),
+            ),
+        )),
+        // XEP-0012 §5: a server's last activity is its uptime.
+        ("get", "query", ns::LAST) => Some(iq_result(
+            &el,
+            Some(im::last::query(
+                slave.router.started.elapsed().as_secs(),
+                "",
+            )),
+        )),
         ("get" | "set", ..) => Some(error_reply(
             &el,
             ErrorType::Cancel,
@@ -76,8 +94,35 @@ pub fn handle(slave: &Slave, el: Element) -> Option<Element> {
     }
 }
 
+/// `<query xmlns='disco#info'>` with one identity and `features`.
+fn disco_info(category: &str, kind: &str, name: Option<&str>, features: &[&str]) -> Element {
+    let mut q = Element::new("query", ns::DISCO_INFO).with_child(
+        Element::new("identity", ns::DISCO_INFO)
+            .with_attr("category", category)
+            .with_attr("type", kind)
+            .with_opt_attr("name", name),
+    );
+    for f in features {
+        q = q.with_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", *f));
+    }
+    q
+}
+
+/// Whether the sender of `iq` may see `user`'s presence: the user, or a contact the user's
+/// roster has with a `from`/`both` subscription (RFC 6121 §3).
+async fn may_see_presence(slave: &Slave, iq: &Element, user: &str, own: bool) -> bool {
+    if own {
+        return true;
+    }
+    let Some(from) = iq.attr("from").and_then(|f| Jid::new(f).ok()) else {
+        return false;
+    };
+    let contact = from.to_bare().to_string();
+    matches!(slave.im.item(user, &contact).await, Ok(Some(i)) if i.subscription.has_from())
+}
+
 /// An IQ to local user `user`'s bare JID (RFC 6121 §8.5.2.1: the server answers for the
-/// account): ping, roster (the user's own sessions only), vCard.
+/// account): ping, disco#info, roster (the user's own sessions only), vCard, last activity.
 pub async fn handle_account_iq(slave: &Slave, el: Element, user: &str) -> Option<Element> {
     if is_error_or_result(&el) {
         return None;
@@ -103,6 +148,21 @@ pub async fn handle_account_iq(slave: &Slave, el: Element, user: &str) -> Option
     Some(match (kind, &*p.name, &*p.ns) {
         (Some("get"), "ping", ns::PING) => iq_result(&el, None),
         (Some("set"), "session", ns::SESSION) => iq_result(&el, None),
+        // XEP-0030 for an account, as Prosody answers it: to the user and to contacts who see
+        // the user's presence; to others as if there were no such account.
+        (Some("get"), "query", ns::DISCO_INFO)
+            if p.attr("node").is_none()
+                && may_see_presence(slave, &el, user, own_resource.is_some()).await =>
+        {
+            iq_result(
+                &el,
+                Some(disco_info("account", "registered", None, ACCOUNT_FEATURES)),
+            )
+        }
+        (Some("get"), "query", ns::LAST) => {
+            let may_see = may_see_presence(slave, &el, user, own_resource.is_some()).await;
+            im::last::handle(slave, &el, user, may_see).await
+        }
         (_, "query", ns::ROSTER) => match own_resource {
             Some(res) => im::roster::handle(slave, &el, user, &res).await,
             // RFC 6121 §2.1.5: nobody else may see or change the roster.

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use jabberfarm_shared::c2s::Authenticated;
 use jabberfarm_shared::ns;
-use jabberfarm_shared::stanza::{ErrorType, Kind, error_reply, iq_result, is_error_or_result};
+use jabberfarm_shared::stanza::{
+    ErrorType, IqShape, Kind, error_reply, iq_result, iq_shape, is_error_or_result,
+};
 use jabberfarm_shared::stream::{ReadError, XmlStream, new_id};
 use jabberfarm_shared::xml::{Condition, Element, StreamError, StreamEvent};
 use jid::{BareJid, FullJid, Jid, ResourcePart};
@@ -285,6 +287,24 @@ impl Session {
                 return Ok(());
             }
         };
+        if kind == Kind::Iq {
+            // RFC 6120 §8.1.3, §8.2.3, here where client stanzas enter: for IQs to anyone.
+            match iq_shape(&el) {
+                IqShape::Valid => {}
+                IqShape::Drop => return Ok(()),
+                IqShape::BadRequest(text) => {
+                    let e = error_reply(
+                        &el,
+                        ErrorType::Modify,
+                        "bad-request",
+                        None,
+                        Some(text),
+                        false,
+                    );
+                    return send_to_client(stream, e).await;
+                }
+            }
+        }
         if kind == Kind::Presence {
             // RFC 6121 §4: broadcast, directed and subscription presence.
             let for_me =

@@ -42,6 +42,7 @@ const SCHEMA_PROBES: &[(&str, &str)] = &[
     ("pending_in", "id, username, contact, stanza"),
     ("offline_messages", "id, username, stanza, stamp_ms"),
     ("vcards", "username, xml"),
+    ("last_activity", "username, stamp_ms, status"),
 ];
 
 const SELECT_SHA1: &str = "SELECT salt, iterations, sha1_stored AS stored, sha1_server AS server \

@@ -6,10 +6,12 @@
 //! - [`offline`]: messages kept while a user has no available resource (XEP-0160), delivered
 //!   with `<delay/>` (XEP-0203) at the next initial presence.
 //! - [`vcard`]: vCard-temp (XEP-0054).
+//! - [`last`]: last activity of a user (XEP-0012 §4), from the logouts [`presence`] records.
 //!
 //! Stanzas between users always pass through the owning slave's [`crate::dispatch`]: the
 //! sender's slave does the outbound half of a rule, the recipient's slave the inbound half.
 
+pub mod last;
 pub mod offline;
 pub mod presence;
 pub mod roster;
@@ -27,4 +29,12 @@ pub(crate) fn push(tx: &tokio::sync::mpsc::Sender<Outgoing>, el: Element) {
 /// `user@domain` for a normalised localpart.
 pub(crate) fn bare(user: &str, domain: &str) -> String {
     format!("{user}@{domain}")
+}
+
+/// Now, in unix milliseconds (0 before 1970).
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

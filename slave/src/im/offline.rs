@@ -3,8 +3,6 @@
 //! a XEP-0203 `<delay/>`, when the user next sends initial presence with non-negative
 //! priority.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use jabberfarm_shared::ns;
 use jabberfarm_shared::stanza::{ErrorType, error_reply};
 use jabberfarm_shared::xml::{Element, parse_element};
@@ -26,8 +24,27 @@ pub fn wants_storage(msg: &Element) -> bool {
             .any(|c| c.name == "body" || c.name == "subject")
 }
 
+/// A message that [`wants_storage`], for local user `user` (at `resource`, if given): to the
+/// sessions that take it, else into storage. Returns the error reply for the sender, if any.
+///
+/// Under the user's [`crate::router::Router::offline_lock`]: a resource that turns available
+/// meanwhile waits until the message is stored, then finds it with the others; one that turned
+/// available before gets it live. Either way exactly once.
+pub async fn deliver_or_store(
+    slave: &Slave,
+    user: &str,
+    resource: Option<&str>,
+    msg: Element,
+) -> Option<Element> {
+    let _order = slave.router.offline_lock(user).await;
+    if slave.router.can_deliver_message(user, resource) {
+        return slave.router.deliver_local(msg, user, resource);
+    }
+    store(slave, user, msg).await
+}
+
 /// Keep `msg` for `user`. Returns the error reply for the sender, if any.
-pub async fn store(slave: &Slave, user: &str, msg: Element) -> Option<Element> {
+async fn store(slave: &Slave, user: &str, msg: Element) -> Option<Element> {
     // No enumeration through offline storage either: an unknown user is service-unavailable,
     // as for a user who is merely offline with storage full.
     match slave
@@ -60,13 +77,14 @@ pub async fn store(slave: &Slave, user: &str, msg: Element) -> Option<Element> {
     }
     let mut xml = String::new();
     msg.write_to(&mut xml, ns::CLIENT);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
     match slave
         .im
-        .store(user, &xml, now, slave.config.limits.offline_quota)
+        .store(
+            user,
+            &xml,
+            super::now_ms(),
+            slave.config.limits.offline_quota,
+        )
         .await
     {
         Ok(Stored::Stored) => None,
@@ -92,8 +110,10 @@ pub async fn store(slave: &Slave, user: &str, msg: Element) -> Option<Element> {
     }
 }
 
-/// The user's stored messages, with `<delay/>`, addressed to `me`; removed from storage.
+/// The user's stored messages, with `<delay/>`, addressed to `me`; removed from storage. Under
+/// the user's offline lock, so two resources logging in at once never both get them.
 pub async fn take(slave: &Slave, user: &str, me: &FullJid) -> Vec<Element> {
+    let _order = slave.router.offline_lock(user).await;
     let msgs = match slave.im.peek(user, DELIVER_MAX).await {
         Ok(m) => m,
         Err(e) => {

@@ -15,7 +15,8 @@ use super::roster::{push_item, subscription};
 use super::{bare, push};
 use crate::Slave;
 use crate::dispatch::Origin;
-use crate::store::{LoginState, RosterItem, RosterStore, Subscription};
+use crate::router::PresenceChange;
+use crate::store::{LastLogout, LastStore, LoginState, RosterItem, RosterStore, Subscription};
 
 /// A presence stanza from a local session, already stamped with its full JID.
 /// Returns stanzas for the session itself (offline messages, pending subscription requests)
@@ -49,14 +50,31 @@ pub async fn outbound(slave: &Slave, me: &FullJid, user: &str, mut el: Element) 
     }
 }
 
-/// §4.2 / §4.4 / §4.5: broadcast presence.
+/// §4.2 / §4.4 / §4.5: broadcast presence. Returns what goes to the session itself: its own
+/// presence first (§4.2.2, §4.4.2: the user's available resources include the sender), then,
+/// after initial presence, the other resources' presence, waiting subscription requests and
+/// offline messages.
 async fn broadcast(slave: &Slave, me: &FullJid, user: &str, el: Element) -> Vec<Element> {
     let available = el.attr("type").is_none();
     let resource = me.resource().as_str();
-    let initial = slave
-        .router
-        .set_presence(user, resource, available.then(|| el.clone()));
+    let change = {
+        // Messages decided for offline storage before this point are stored by now, so the
+        // initial presence below finds them; from here on they are delivered live.
+        let _order = slave.router.offline_lock(user).await;
+        slave
+            .router
+            .set_presence(user, resource, available.then(|| el.clone()))
+    };
+    let initial = change == PresenceChange::Initial;
+    if change == PresenceChange::Unavailable {
+        record_logout(slave, user, &el).await;
+    }
     let own_bare = bare(user, &slave.router.domain);
+    let mut for_me = Vec::new();
+    // Prosody does the same; clients (slixmpp, scansion scripts) wait for it.
+    let mut echo = el.clone();
+    echo.set_attr("to", me.to_string());
+    for_me.push(echo);
     // After `set_presence`: whatever is stored from now on is delivered live instead.
     let stored = if initial {
         let mark = slave.router.roster_mark();
@@ -97,7 +115,6 @@ async fn broadcast(slave: &Slave, me: &FullJid, user: &str, el: Element) -> Vec<
         }
     }
     // The user's other resources see it, and a new one sees theirs (§4.2.2).
-    let mut for_me = Vec::new();
     for s in slave.router.available(user) {
         if s.resource == resource {
             continue;
@@ -134,6 +151,22 @@ async fn broadcast(slave: &Slave, me: &FullJid, user: &str, el: Element) -> Vec<
         }
     }
     for_me
+}
+
+/// XEP-0012 §4: when `user` logged out, with the status of the unavailable presence.
+async fn record_logout(slave: &Slave, user: &str, unavailable: &Element) {
+    let status = unavailable
+        .children()
+        .find(|c| c.name == "status")
+        .map(|c| c.text())
+        .unwrap_or_default();
+    let logout = LastLogout {
+        stamp_ms: super::now_ms(),
+        status,
+    };
+    if let Err(e) = slave.im.set_last_logout(user, &logout).await {
+        warn!(user, "cannot record the logout: {e}");
+    }
 }
 
 /// The user's half of the subscription state machine (§3.1.2, §3.2.2, §3.3.2, §3.4).

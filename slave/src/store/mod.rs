@@ -5,16 +5,21 @@
 //! - [`offline`]: [`OfflineStore`], messages kept for users with no available resource
 //!   (XEP-0160).
 //! - [`vcard`]: [`VcardStore`], vCard-temp (XEP-0054).
+//! - [`last`]: [`LastStore`], each user's last logout (XEP-0012).
 //! - [`sqlite`]: [`SqliteIm`], the embedded backend (`roster_sqlite.rs`, `offline_sqlite.rs`,
-//!   `vcard_sqlite.rs`), in the same file as the node's accounts.
+//!   `vcard_sqlite.rs`, `last_sqlite.rs`), in the same file as the node's accounts.
 //! - [`mysql`]: [`MysqlIm`], the central backend (`roster_mysql.rs`, `offline_mysql.rs`,
-//!   `vcard_mysql.rs`), in the farm's MySQL/MariaDB database: every slave sees the same data.
+//!   `vcard_mysql.rs`, `last_mysql.rs`), in the farm's MySQL/MariaDB database: every slave sees
+//!   the same data.
 //!
 //! [`ImStore`] is the configured backend, a closed enum that implements every trait by
 //! delegation. The traits take and return plain strings (normalised localparts, bare JIDs,
 //! stanza XML), so a central backend can implement them too. Every failure of the backend is
 //! [`StoreError::Unavailable`].
 
+pub mod last;
+mod last_mysql;
+mod last_sqlite;
 pub mod mysql;
 pub mod offline;
 mod offline_mysql;
@@ -32,6 +37,7 @@ mod tests;
 
 use jabberfarm_shared::auth::{AccountStore, ImDatabase, StoreError};
 
+pub use last::{LastLogout, LastStore};
 pub use mysql::MysqlIm;
 pub use offline::{OfflineMessage, OfflineStore, Stored};
 pub use roster::{RosterItem, RosterStore, Subscription};
@@ -164,5 +170,15 @@ impl VcardStore for ImStore {
 
     async fn set_vcard(&self, user: &str, xml: &str) -> Result<(), StoreError> {
         each!(self, s => s.set_vcard(user, xml).await)
+    }
+}
+
+impl LastStore for ImStore {
+    async fn last_logout(&self, user: &str) -> Result<Option<LastLogout>, StoreError> {
+        each!(self, s => s.last_logout(user).await)
+    }
+
+    async fn set_last_logout(&self, user: &str, logout: &LastLogout) -> Result<(), StoreError> {
+        each!(self, s => s.set_last_logout(user, logout).await)
     }
 }

@@ -1,8 +1,8 @@
 //! The central backend: the IM tables in the farm's MySQL/MariaDB database
-//! (`shared/migrations/mysql/0002_im.sql`, applied when the account store opens), shared by every
-//! slave, so a user's roster and offline messages follow the user to whichever slave owns them.
-//! One file per feature implements its trait: `roster_mysql.rs`, `offline_mysql.rs`,
-//! `vcard_mysql.rs`.
+//! (`shared/migrations/mysql/0002_im.sql`, `0003_last_activity.sql`, applied when the account
+//! store opens), shared by every slave, so a user's roster and offline messages follow the user
+//! to whichever slave owns them. One file per feature implements its trait: `roster_mysql.rs`,
+//! `offline_mysql.rs`, `vcard_mysql.rs`, `last_mysql.rs`.
 //!
 //! Concurrency: connections run at READ COMMITTED (no gap locks); every write transaction first
 //! locks the user's `im_users` row ([`MysqlIm::write`]), so one user's writes are serialised
@@ -66,6 +66,7 @@ impl MysqlIm {
                 "DELETE FROM pending_in WHERE username = ?",
                 "DELETE FROM offline_messages WHERE username = ?",
                 "DELETE FROM vcards WHERE username = ?",
+                "DELETE FROM last_activity WHERE username = ?",
             ] {
                 sqlx::query(sql).bind(user).execute(&mut *tx).await?;
             }

@@ -1,6 +1,7 @@
 //! The embedded backend: the IM tables live in the node's SQLite file next to the accounts
-//! (`shared/migrations/sqlite/0002_im.sql`, applied when the account store opens). One file per
-//! feature implements its trait: `roster_sqlite.rs`, `offline_sqlite.rs`, `vcard_sqlite.rs`.
+//! (`shared/migrations/sqlite/0002_im.sql`, `0003_last_activity.sql`, applied when the account
+//! store opens). One file per feature implements its trait: `roster_sqlite.rs`,
+//! `offline_sqlite.rs`, `vcard_sqlite.rs`, `last_sqlite.rs`.
 
 use std::path::PathBuf;
 
@@ -57,6 +58,7 @@ impl SqliteIm {
             "DELETE FROM pending_in WHERE username = ?1",
             "DELETE FROM offline_messages WHERE username = ?1",
             "DELETE FROM vcards WHERE username = ?1",
+            "DELETE FROM last_activity WHERE username = ?1",
         ] {
             sqlx::query(sql)
                 .bind(user)

@@ -100,6 +100,7 @@ on_every_backend!(
     offline_order_quota_delete_up_to,
     concurrent_writes_are_atomic_and_futures_are_send,
     vcard_set_get_replace,
+    last_logout_set_replace,
     users_never_mix_survive_restart_and_delete_user,
     closed_database_is_unavailable,
 );
@@ -403,6 +404,33 @@ async fn vcard_set_get_replace(backend: Backend) {
     accounts.close().await;
 }
 
+async fn last_logout_set_replace(backend: Backend) {
+    let place = Place::new(backend);
+    let (accounts, im) = place.open().await;
+    assert_eq!(im.last_logout("juliet").await.unwrap(), None);
+    let first = LastLogout {
+        stamp_ms: 1_031_699_305_000,
+        status: "Heading home".to_owned(),
+    };
+    let second = LastLogout {
+        stamp_ms: 1_795_000_000_123,
+        status: "Ушла 🌙, back at 9".to_owned(),
+    };
+    im.set_last_logout("juliet", &first).await.unwrap();
+    assert_eq!(im.last_logout("juliet").await.unwrap(), Some(first));
+    im.set_last_logout("juliet", &second).await.unwrap();
+    assert_eq!(
+        im.last_logout("juliet").await.unwrap(),
+        Some(second.clone())
+    );
+    assert_eq!(im.last_logout("romeo").await.unwrap(), None);
+    accounts.close().await;
+    // Kept across a restart.
+    let (accounts, im) = place.open().await;
+    assert_eq!(im.last_logout("juliet").await.unwrap(), Some(second));
+    accounts.close().await;
+}
+
 /// Fills every table for `user`, each value naming the user.
 async fn fill(im: &ImStore, user: &str) {
     let contact = format!("friend-of-{user}@example.net");
@@ -429,6 +457,15 @@ async fn fill(im: &ImStore, user: &str) {
     im.set_vcard(
         user,
         &format!("<vCard xmlns='vcard-temp'><FN>{user}</FN></vCard>"),
+    )
+    .await
+    .unwrap();
+    im.set_last_logout(
+        user,
+        &LastLogout {
+            stamp_ms: 7,
+            status: user.to_owned(),
+        },
     )
     .await
     .unwrap();
@@ -465,6 +502,13 @@ async fn check_filled(im: &ImStore, user: &str) {
     assert_eq!(
         im.vcard(user).await.unwrap(),
         Some(format!("<vCard xmlns='vcard-temp'><FN>{user}</FN></vCard>"))
+    );
+    assert_eq!(
+        im.last_logout(user).await.unwrap(),
+        Some(LastLogout {
+            stamp_ms: 7,
+            status: user.to_owned()
+        })
     );
 }
 
@@ -507,6 +551,7 @@ async fn users_never_mix_survive_restart_and_delete_user(backend: Backend) {
     assert!(im.pending_in("juliet").await.unwrap().is_empty());
     assert_eq!(im.count("juliet").await.unwrap(), 0);
     assert_eq!(im.vcard("juliet").await.unwrap(), None);
+    assert_eq!(im.last_logout("juliet").await.unwrap(), None);
     // Deleting again is fine; the other user is untouched.
     im.delete_user("juliet").await.unwrap();
     check_filled(&im, "romeo").await;

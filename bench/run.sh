@@ -29,6 +29,12 @@ for p in 5222 5322 5422 5999; do
 done
 mkdir -p "$out"
 data="$out/data"
+# The demo config, redirecting only: the redirect scenario logs the same users in again and
+# again without following, which `redirect = "auto"` would answer by relaying them
+# (bench/relay.sh measures that).
+config="$out/farm.toml"
+sed -e 's/^redirect = "auto" /redirect = "always" /' conf/farm.toml >"$config"
+grep -q '^redirect = "always"' "$config" || { echo "conf/farm.toml: no [relay] redirect line" >&2; exit 1; }
 bench() { taskset -c 1 "$bin/jabberfarm-bench" "$@"; }
 
 farm_pid=""
@@ -49,7 +55,7 @@ wait_port() {
 }
 
 start_farm() {
-  taskset -c 0 "$bin/jabberfarm" up --config conf/farm.toml --data-dir "$data" \
+  taskset -c 0 "$bin/jabberfarm" up --config "$config" --data-dir "$data" \
     >"$out/farm.out" 2>>"$out/farm.log" &
   farm_pid=$!
   for p in 5222 5322 5422; do wait_port "$p"; done
@@ -78,7 +84,7 @@ run() { # NAME SCENARIO ARGS… : one run, its table to OUT/NAME.txt, its JSON t
   echo "date:    $(date -u +%Y-%m-%dT%H:%MZ)"
 } | tee "$out/machine.txt"
 
-JABBERFARM="$bin/jabberfarm" CONFIG=conf/farm.toml DATA_DIR="$data" bash bench/setup-users.sh "$users"
+JABBERFARM="$bin/jabberfarm" CONFIG="$config" DATA_DIR="$data" bash bench/setup-users.sh "$users"
 
 run pbkdf2 pbkdf2 --iterations 4096
 

@@ -61,6 +61,8 @@ pub struct StreamParser {
     size: usize,
     opened: bool,
     failed: bool,
+    /// Something other than whitespace arrived: the document has begun.
+    begun: bool,
 }
 
 impl StreamParser {
@@ -77,6 +79,7 @@ impl StreamParser {
             size: 0,
             opened: false,
             failed: false,
+            begun: false,
         }
     }
 
@@ -100,6 +103,21 @@ impl StreamParser {
     pub fn parse(&mut self, buf: &mut &[u8]) -> Result<Option<StreamEvent>, StreamError> {
         if self.failed {
             return Err(StreamError::bare(Condition::NotWellFormed));
+        }
+        if !self.begun {
+            // Whitespace before the header is what followed the previous stream's last
+            // element (a restart after STARTTLS or SASL; go-sendxmpp writes a newline after
+            // each element): RFC 6120 allows it between elements, XML not before the
+            // declaration, so it is skipped here.
+            let ws = buf
+                .iter()
+                .take_while(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+                .count();
+            *buf = &buf[ws..];
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            self.begun = true;
         }
         let r = self.parse_inner(buf);
         if r.is_err() {
@@ -299,6 +317,22 @@ mod tests {
             "Art thou not Romeo, and a Montague?"
         );
         assert_eq!(evs[2], StreamEvent::Close);
+    }
+
+    #[test]
+    fn whitespace_left_over_from_the_previous_stream_is_skipped_before_the_header() {
+        // After a restart the newline a client wrote after its last element (go-sendxmpp:
+        // `</auth>` then `\n`) comes first, in one piece or byte by byte.
+        let mut p = StreamParser::new(ParserLimits::POST_AUTH);
+        let evs = parse_all(&mut p, format!("\n \r\n{HEADER}").as_bytes()).unwrap();
+        assert!(matches!(evs.as_slice(), [StreamEvent::Open(_)]), "{evs:?}");
+        let mut p = StreamParser::new(ParserLimits::POST_AUTH);
+        assert_eq!(p.parse(&mut &b"\n"[..]).unwrap(), None);
+        let evs = parse_all(&mut p, HEADER.as_bytes()).unwrap();
+        assert!(matches!(evs.as_slice(), [StreamEvent::Open(_)]), "{evs:?}");
+        // Anything else before the header is still not XML.
+        let mut p = StreamParser::new(ParserLimits::POST_AUTH);
+        assert!(parse_all(&mut p, format!("x{HEADER}").as_bytes()).is_err());
     }
 
     #[test]

@@ -56,6 +56,33 @@ if ! /usr/bin/python3 -c 'import nbxmpp' 2>/dev/null || ! command -v sendxmpp >/
 fi
 /usr/bin/python3 -c 'import nbxmpp; print("nbxmpp", nbxmpp.__version__)'
 
+step "slixmpp from PyPI and its integration tests (tests/clients.rs)"
+# The itests ship in the sdist only; the library comes as a wheel of the same version, into a
+# venv of its own (Debian's slixmpp, 1.8, stays for the other tests).
+slix_version=1.9.1
+py_venv="$HOME/.cache/jabberfarm-py"
+slix_dir="$HOME/.cache/jabberfarm-slixmpp"
+if ! "$py_venv/bin/python" -c "import slixmpp, sys; sys.exit(slixmpp.__version__ != '$slix_version')" 2>/dev/null; then
+  rm -rf "$py_venv"
+  made=""
+  for py in python3 /usr/bin/python3; do
+    if "$py" -m venv "$py_venv" 2>/dev/null; then made=1; break; fi
+  done
+  if [ -z "$made" ]; then
+    [ "$(id -u)" = 0 ] || { echo "python3 -m venv is needed: apt-get install python3-venv"; exit 1; }
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+    /usr/bin/python3 -m venv "$py_venv"
+  fi
+  "$py_venv/bin/pip" install -q --disable-pip-version-check --only-binary :all: "slixmpp==$slix_version"
+fi
+if [ ! -d "$slix_dir/slixmpp-$slix_version/itests" ]; then
+  mkdir -p "$slix_dir"
+  "$py_venv/bin/pip" download -q --disable-pip-version-check --no-deps --no-binary :all: \
+    -d "$slix_dir" "slixmpp==$slix_version"
+  tar xzf "$slix_dir/slixmpp-$slix_version.tar.gz" -C "$slix_dir"
+fi
+"$py_venv/bin/python" -c 'import slixmpp; print("slixmpp (PyPI, itests)", slixmpp.__version__)'
+
 step "Prosody (federation tests)"
 if ! command -v prosody >/dev/null || ! dpkg -s lua-unbound >/dev/null 2>&1; then
   apt_install Prosody prosody lua-unbound openssl

@@ -7,6 +7,8 @@
 //! - sendxmpp (Debian, Perl Net::XMPP) and go-sendxmpp (Debian): one-shot tools; the first run
 //!   is redirected and fails, the second is relayed.
 //!
+//! - slixmpp's own integration tests (its PyPI sdist's `itests/`), the subset the farm serves.
+//!
 //! In `redirect = "auto"` (the default) each gets a session within its own retry (or on the
 //! second run of a one-shot tool); with `redirect = "never"` at once. Every client logs in over
 //! STARTTLS and checks the certificate against the domain with the farm's demo CA (go-sendxmpp
@@ -304,4 +306,104 @@ fn with_redirect_never_every_client_gets_in_at_once() {
     one_shot(&farm, &mut p, sendxmpp, "sendxmpp", "never");
     one_shot(&farm, &mut p, go_sendxmpp, "go-sendxmpp", "never");
     assert!(!farm.log().contains("redirecting login"), "{}", farm.log());
+}
+
+/// slixmpp's integration tests, from its PyPI sdist (`itests/`), with that slixmpp version
+/// from PyPI (scripts/test.sh installs both under ~/.cache): the RFC 6120/6121 and vCard
+/// subset, and the extensions that only need the server to route between clients. All
+/// through the master, with its default `redirect = "auto"`; the two accounts on different
+/// slaves. Not run: what the farm does not offer yet (MAM, PEP and avatars on it, MUC,
+/// blocking, private XML storage, HTTP upload, moderation).
+const ITESTS: &[&str] = &[
+    "test_basic_connect_and_message",
+    "test_bob",
+    "test_chatmarkers",
+    "test_disco",
+    "test_ibb",
+    "test_last_activity",
+    "test_ping",
+    "test_quickresponse",
+    "test_reactions",
+    "test_reconnect",
+    "test_retract",
+    "test_slow_filters",
+    "test_vcard",
+    "test_vcard_avatar",
+    "test_version",
+];
+const SLIXMPP_ITESTS_VERSION: &str = "1.9.1";
+
+fn cache_dir() -> PathBuf {
+    PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache")
+}
+
+#[test]
+fn slixmpps_own_integration_tests_pass_through_the_master() {
+    let python = cache_dir().join("jabberfarm-py/bin/python");
+    let sdist = cache_dir().join(format!(
+        "jabberfarm-slixmpp/slixmpp-{SLIXMPP_ITESTS_VERSION}"
+    ));
+    assert!(
+        python.is_file() && sdist.join("itests").is_dir(),
+        "slixmpp {SLIXMPP_ITESTS_VERSION} and its itests are missing ({} and {}): \
+         bash scripts/test.sh installs them",
+        python.display(),
+        sdist.display()
+    );
+    // slixmpp follows a redirect to the standard port of the host it names, which here is
+    // the master's (as in the demo farm, whose slaves share the master's host).
+    let farm = TestFarm::start_at(2, std::net::Ipv4Addr::new(127, 0, 0, 52), 5222);
+    let users = farm.users_on_every_slave("ci", 2);
+    let on = |slave: &str, nth: usize| {
+        users
+            .iter()
+            .filter(|(_, n)| n == slave)
+            .nth(nth)
+            .unwrap()
+            .0
+            .clone()
+    };
+    let accounts = [on("slave1", 0), on("slave2", 0), on("slave1", 1)];
+    let mut cmd = Command::new(&python);
+    cmd.arg(py("slixmpp_itests.py"))
+        .arg("--sdist")
+        .arg(&sdist)
+        .args(["--host", &farm.master.c2s.ip().to_string(), "--port"])
+        .arg(farm.master.c2s.port().to_string())
+        .arg("--ca")
+        .arg(farm.ca())
+        .args(ITESTS);
+    for (i, a) in accounts.iter().enumerate() {
+        farm.add_user(&format!("{a}@localhost"), PASSWORD);
+        cmd.env(format!("CI_ACCOUNT{}", i + 1), format!("{a}@localhost"))
+            .env(format!("CI_ACCOUNT{}_PASSWORD", i + 1), PASSWORD);
+    }
+    let out = run(&mut cmd, "");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "slixmpp's itests failed:\n{}\nfarm log (tail):\n{}",
+        show(&out),
+        farm.log()
+            .lines()
+            .rev()
+            .take(80)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let summary = format!(
+        "{{\"ran\": {}, \"failures\": 0, \"errors\": 0}}",
+        ITESTS.len() + 1 // test_reconnect has two
+    );
+    assert!(text.contains(&summary), "{}", show(&out));
+    // Each account was redirected once, came back, and was relayed from then on.
+    let log = farm.log();
+    for a in &accounts[..2] {
+        for needle in [
+            format!("redirecting login user=\"{a}\""),
+            format!("relaying login user=\"{a}\""),
+        ] {
+            assert!(log.contains(&needle), "no {needle:?} in the farm log");
+        }
+    }
 }

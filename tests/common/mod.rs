@@ -121,6 +121,40 @@ impl TestFarm {
         TestFarm::start_processes_edited(slaves, |t| t)
     }
 
+    /// A farm whose clients listen on `ip` (farm links stay on 127.0.0.1), the master's c2s on
+    /// `master_port` — for clients that reconnect to the standard port 5222 of whatever host
+    /// a redirect names, as slixmpp does.
+    pub fn start_at(slaves: usize, ip: std::net::Ipv4Addr, master_port: u16) -> TestFarm {
+        let mut farm = TestFarm::start_with_mode(
+            slaves,
+            false,
+            "stream_open_timeout = 3\nlogin_timeout = 10\nshutdown_grace = 2",
+            false,
+        );
+        let mut text = std::fs::read_to_string(&farm.config).unwrap();
+        let master_name = farm.master.name.clone();
+        for n in std::iter::once(&mut farm.master).chain(farm.slaves.iter_mut()) {
+            let c2s_port = if n.name == master_name {
+                master_port
+            } else {
+                n.c2s.port()
+            };
+            let c2s = SocketAddr::from((ip, c2s_port));
+            let c2s_tls = SocketAddr::from((ip, n.c2s_tls.port()));
+            text = text
+                .replace(&format!("c2s = \"{}\"", n.c2s), &format!("c2s = \"{c2s}\""))
+                .replace(
+                    &format!("c2s_tls = \"{}\"", n.c2s_tls),
+                    &format!("c2s_tls = \"{c2s_tls}\""),
+                );
+            n.c2s = c2s;
+            n.c2s_tls = c2s_tls;
+        }
+        std::fs::write(&farm.config, text).unwrap();
+        farm.spawn();
+        farm
+    }
+
     /// [`TestFarm::start_processes`] with the config text passed through `edit` first.
     pub fn start_processes_edited(slaves: usize, edit: impl Fn(String) -> String) -> TestFarm {
         let mut farm = TestFarm::start_with_mode(

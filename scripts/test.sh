@@ -49,10 +49,11 @@ if ! /usr/bin/python3 -c 'import slixmpp' 2>/dev/null; then
 fi
 /usr/bin/python3 -c 'import slixmpp; print("slixmpp", slixmpp.__version__)'
 
-step "nbxmpp, sendxmpp, go-sendxmpp (tests/clients.rs: clients that do not follow redirects)"
+step "real clients: nbxmpp, sendxmpp, go-sendxmpp (tests/clients.rs), profanity in tmux (tests/profanity.rs)"
 if ! /usr/bin/python3 -c 'import nbxmpp' 2>/dev/null || ! command -v sendxmpp >/dev/null \
-   || ! command -v go-sendxmpp >/dev/null; then
-  apt_install "nbxmpp, sendxmpp and go-sendxmpp" python3-nbxmpp sendxmpp go-sendxmpp
+   || ! command -v go-sendxmpp >/dev/null || ! command -v profanity >/dev/null \
+   || ! command -v tmux >/dev/null || ! command -v ss >/dev/null; then
+  apt_install "the real clients" python3-nbxmpp sendxmpp go-sendxmpp profanity tmux iproute2
 fi
 /usr/bin/python3 -c 'import nbxmpp; print("nbxmpp", nbxmpp.__version__)'
 

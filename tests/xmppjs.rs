@@ -236,3 +236,45 @@ fn check(
     }
     Ok(())
 }
+
+/// A client that follows redirects stays redirected: with `redirect = "auto"` (logged in at
+/// its slave each time, so the master never relays it, however often it comes back) and
+/// with `redirect = "always"`.
+#[test]
+fn xmppjs_stays_redirected_in_auto_and_always() {
+    require_xmppjs();
+    for mode in ["auto", "always"] {
+        let farm = TestFarm::start_edited(2, |t| format!("{t}\n[relay]\nredirect = \"{mode}\"\n"));
+        let ca = farm.ca();
+        let master = format!("xmpp://{}", farm.master.c2s);
+        let users = farm.users_on_every_slave("again", 1);
+        for (user, _) in &users {
+            farm.add_user(user, &format!("{user}{PASSWORD_SUFFIX}"));
+        }
+        for round in 0..3 {
+            for (user, _) in &users {
+                let run = login(
+                    &ca,
+                    &master,
+                    user,
+                    &format!("{user}{PASSWORD_SUFFIX}"),
+                    None,
+                );
+                if let Err(why) = check(&farm, &master, user, None, &run) {
+                    panic!(
+                        "{mode}, login {round} of {user}: {why}\n  stdout: {}\n  stderr: {}\n{}",
+                        run.stdout().trim(),
+                        run.stderr().trim(),
+                        log_tail(&farm)
+                    );
+                }
+                // The slave's notice reaches the master before the next login.
+                if mode == "auto" {
+                    farm.wait_log(&format!("user=\"{user}\" relayed=false"), 10);
+                }
+            }
+        }
+        let log = farm.log();
+        assert!(!log.contains("relaying login"), "{mode}: relayed\n{log}");
+    }
+}

@@ -21,6 +21,7 @@
 # phase, default 10), SKIP_BUILD=1. Takes about 3 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/jabberfarm-target}"
 users="${USERS:-2000}"
 sessions="${SESSIONS:-5000}"
@@ -29,12 +30,7 @@ out="${1:-${TMPDIR:-/tmp}/jabberfarm-relay/$(date +%Y%m%d-%H%M%S)}"
 bin="$CARGO_TARGET_DIR/release"
 
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release -p jabberfarm -p jabberfarm-bench
-for p in 5222 5322 5422 7100; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-    echo "port $p is in use: is a farm already running?" >&2
-    exit 1
-  fi
-done
+ports_free "a farm" 5222 5322 5422 7100
 mkdir -p "$out"
 data="$out/data"
 for mode in always never; do
@@ -55,14 +51,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_port() {
-  for _ in $(seq 1 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listens on $1" >&2
-  return 1
-}
 
 start_farm() { # CONFIG
   for node in master slave1 slave2; do
@@ -86,13 +74,7 @@ run() { # NAME SCENARIO ARGS…
   bench "$@" --json "$out/$name.json" | tee -a "$out/$name.txt"
 }
 
-{
-  echo "machine: $(nproc) cores, $(uname -sr), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
-  if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-    echo "commit:  $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' (with local changes)')"
-  fi
-  echo "date:    $(date -u +%Y-%m-%dT%H:%MZ)"
-} | tee "$out/machine.txt"
+machine_info "$out/machine.txt"
 
 JABBERFARM="$bin/jabberfarm" CONFIG="$out/relay.toml" DATA_DIR="$data" \
   bash bench/setup-users.sh "$users"

@@ -1,0 +1,35 @@
+# Shared by the bench scripts (sourced): waiting for a port, refusing busy ports, and the
+# machine / commit / date header every run records.
+
+# wait_port PORT: until something accepts on 127.0.0.1:PORT (at most 20 s).
+wait_port() {
+  for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on $1" >&2
+  return 1
+}
+
+# ports_free WHAT PORT...: exit when one of them is taken (WHAT says what probably holds it).
+ports_free() {
+  local what=$1
+  shift
+  for p in "$@"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      echo "port $p is in use: is $what already running?" >&2
+      exit 1
+    fi
+  done
+}
+
+# machine_info FILE: machine, commit and date, to stdout and FILE.
+machine_info() {
+  {
+    echo "machine: $(nproc) cores, $(uname -sr), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
+    if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+      echo "commit:  $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' (with local changes)')"
+    fi
+    echo "date:    $(date -u +%Y-%m-%dT%H:%MZ)"
+  } | tee "$1"
+}

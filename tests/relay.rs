@@ -182,3 +182,34 @@ fn master_stop_says_system_shutdown_and_a_dead_slave_closes_the_stream() {
     assert!(end.contains("<system-shutdown"), "{end}");
     assert!(end.ends_with("</stream:stream>"), "{end}");
 }
+
+#[test]
+fn a_restarted_master_still_relays_the_users_it_relayed() {
+    let mut farm = TestFarm::start_processes(2);
+    let (a, _) = two_users(&farm);
+    assert!(
+        try_login(farm.master.c2s, &a, "r").is_err(),
+        "first login redirected"
+    );
+    drop(try_login(farm.master.c2s, &a, "r").expect("relayed on coming back"));
+    farm.wait_log(&format!("user=\"{a}\" relayed=true"), 10);
+    // A clean stop writes what the master remembers into the data dir; the new process
+    // reads it, so the client is not redirected (and made to retry) once more.
+    farm.term_node("master");
+    let file = farm.data_dir().join("master.relayed");
+    let saved = std::fs::read_to_string(&file).unwrap_or_default();
+    assert!(saved.contains(&format!("{a}\t")), "{saved}");
+    farm.start_node("master");
+    farm.wait_log("users relayed before the restart are relayed again", 10);
+    // The new master sees both slaves (each "is up" now logged twice, once per process).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while ["slave1", "slave2"]
+        .iter()
+        .any(|s| farm.log().matches(&format!("slave {s} is up")).count() < 2)
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", farm.log());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let c = try_login(farm.master.c2s, &a, "r").expect("relayed at once after the restart");
+    drop(c);
+}

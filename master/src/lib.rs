@@ -90,6 +90,18 @@ impl LoginPolicy for Redirector {
     }
 }
 
+/// How often the `auto` memory is written to the data dir (and once more on stop).
+const MEMORY_SAVE_EVERY: Duration = Duration::from_secs(300);
+
+fn save_memory(memory: &relay::RelayMemory, path: &std::path::Path) {
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Err(e) = memory.save(path) {
+        warn!("cannot write {}: {e}", path.display());
+    }
+}
+
 /// What follows a negotiation at the master, as its own (boxed) future.
 fn after_login(
     outcome: Option<Negotiated>,
@@ -156,6 +168,19 @@ pub async fn run(
             cfg.relay.max_remembered,
         ),
     });
+    // Who needed the relay, kept across restarts (redirect = "auto").
+    let memory_file = cfg.data_dir.join(format!("{}.relayed", node.name));
+    match policy.memory.load(&memory_file) {
+        Ok(0) => {}
+        Ok(n) => info!(
+            "{n} users relayed before the restart are relayed again ({})",
+            memory_file.display()
+        ),
+        Err(e) => warn!(
+            "cannot read {}: {e}; relaying starts afresh",
+            memory_file.display()
+        ),
+    }
     let relayer = Arc::new(relay::Relayer {
         links: links.clone(),
         domain: cfg.domain.clone(),
@@ -251,6 +276,22 @@ pub async fn run(
             }
         }
     });
+    // And written every few minutes, so that a crash loses little of it.
+    let (p4, f4, sd4) = (policy.clone(), memory_file.clone(), shutdown.clone());
+    tracker.spawn(async move {
+        let mut saved = (0, 0);
+        loop {
+            tokio::select! {
+                _ = sd4.cancelled() => break,
+                _ = tokio::time::sleep(MEMORY_SAVE_EVERY) => {}
+            }
+            let now = p4.memory.sizes();
+            if now != saved {
+                save_memory(&p4.memory, &f4);
+                saved = now;
+            }
+        }
+    });
     let mode = |tls| node.redirect_mode(&cfg.relay, tls).name();
     info!(
         node = %node.name,
@@ -292,6 +333,7 @@ pub async fn run(
     {
         warn!(node = %node.name, "some connections did not close in time");
     }
+    save_memory(&p3.memory, &memory_file);
     let (noted, remembered) = p3.memory.sizes();
     info!(
         node = %node.name,

@@ -11,9 +11,10 @@
 //! not follow needs its own retry once.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jabberfarm_shared::c2s::RelayLogin;
 use jabberfarm_shared::farm::FarmLinks;
@@ -102,6 +103,69 @@ impl RelayMemory {
     pub fn sizes(&self) -> (usize, usize) {
         let m = self.maps();
         (m.redirected.len(), m.relayed.len())
+    }
+
+    /// Write the users remembered as needing the relay to `path` (one `user<TAB>unix-seconds
+    /// of the last relayed login` per line; a new file renamed over the old one), so that a
+    /// restarted master keeps relaying them instead of making each client retry once more.
+    pub fn save(&self, path: &Path) -> std::io::Result<usize> {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let mut text = String::from(
+            "# jabberfarm master: users relayed by redirect = \"auto\" (user, last relayed \
+             login in seconds since 1970)\n",
+        );
+        let mut n = 0;
+        for (user, t) in self.maps().relayed.iter() {
+            let age = now.saturating_duration_since(*t);
+            if age >= self.remember {
+                continue;
+            }
+            let secs = wall
+                .checked_sub(age)
+                .and_then(|w| w.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs());
+            text.push_str(&format!("{user}\t{secs}\n"));
+            n += 1;
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, path)?;
+        Ok(n)
+    }
+
+    /// Read what [`Self::save`] wrote: entries older than `relay.remember`, lines that do not
+    /// parse and users beyond `relay.max_remembered` are skipped. A missing file is no error.
+    pub fn load(&self, path: &Path) -> std::io::Result<usize> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let remember = self.remember;
+        let mut m = self.maps();
+        let mut n = 0;
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((user, secs)) = line.split_once('\t') else {
+                continue;
+            };
+            let Ok(secs) = secs.trim().parse::<u64>() else {
+                continue;
+            };
+            let at = UNIX_EPOCH + Duration::from_secs(secs);
+            let age = wall.duration_since(at).unwrap_or(Duration::ZERO);
+            if age >= remember || user.is_empty() {
+                continue;
+            }
+            let Some(t) = now.checked_sub(age) else {
+                continue;
+            };
+            insert_bounded(&mut m.relayed, user, t, self.max, |t| {
+                now.duration_since(t) >= remember
+            });
+            n += 1;
+        }
+        Ok(n)
     }
 }
 
@@ -314,6 +378,33 @@ mod tests {
         // Coming back after the window is a new login, redirected.
         m.redirected("carol", t0);
         assert_eq!(m.relay_reason("carol", t0 + Duration::from_secs(600)), None);
+    }
+
+    #[test]
+    fn remembered_users_survive_a_restart_through_the_file() {
+        let dir = std::env::temp_dir().join(format!("jf-relay-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.join("master.relayed");
+        let m = RelayMemory::new(Duration::from_secs(600), Duration::from_secs(3600), 10);
+        let now = Instant::now();
+        m.relayed_login("bob", now);
+        m.relayed_login("carol", now);
+        m.redirected("dave", now); // only noted, not remembered: not saved
+        assert_eq!(m.save(&path).unwrap_or(0), 2);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(text.starts_with('#') && text.contains("bob\t"), "{text}");
+
+        let again = RelayMemory::new(Duration::from_secs(600), Duration::from_secs(3600), 10);
+        assert_eq!(again.load(&path).unwrap_or(0), 2);
+        let t = Instant::now();
+        assert_eq!(again.relay_reason("bob", t), Some(RelayReason::Remembered));
+        assert_eq!(again.relay_reason("dave", t), None);
+        // Expired entries and junk are skipped; a missing file is an empty memory.
+        std::fs::write(&path, "old\t1\nno tab\nbad\tx\n").unwrap_or_default();
+        let third = RelayMemory::new(Duration::from_secs(600), Duration::from_secs(3600), 10);
+        assert_eq!(third.load(&path).unwrap_or(99), 0);
+        assert_eq!(third.load(&dir.join("missing")).unwrap_or(99), 0);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

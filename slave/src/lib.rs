@@ -53,9 +53,19 @@ pub struct Slave {
     /// Masters with a listener in `redirect = "auto"`: they hear of every direct login here
     /// (so they know their redirect was followed).
     pub auto_masters: Vec<String>,
+    /// The node's tasks (sessions among them), waited for on stop.
+    pub tasks: TaskTracker,
 }
 
 impl Slave {
+    /// Serve an authenticated client on a task of its own: the task that accepted and
+    /// authenticated it ends, so an idle session keeps only the session's state (not the
+    /// accept loop's, the TLS handshake's or the login's). Its connection slot goes with it.
+    fn start_session(self: &Arc<Self>, auth: Authenticated) {
+        let slave = self.clone();
+        self.tasks.spawn(session::run(slave, auth));
+    }
+
     /// Tell the masters that need to know that `user` logged in here (best effort: a notice
     /// lost only means one more relayed login).
     fn login_notice(&self, user: &str, relayed_by: Option<&str>) {
@@ -125,6 +135,7 @@ pub async fn run(
     let (links, link_rx) = FarmLinks::new(&cfg, &node.name, link_tls);
     let (bounce_tx, mut bounce_rx) = tokio::sync::mpsc::channel(256);
     let outbound = Outbound::new(Arc::new(S2sSettings::from_config(&cfg)), bounce_tx);
+    let tracker = TaskTracker::new();
     let slave = Arc::new(Slave {
         config: cfg.clone(),
         router: Router::new(cfg.domain.clone(), node.name.clone(), cfg.routing.clone()),
@@ -145,6 +156,7 @@ pub async fn run(
             })
             .map(|n| n.name.clone())
             .collect(),
+        tasks: tracker.clone(),
     });
     // Direct and relayed clients share one connection limit.
     let slots = Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_connections));
@@ -161,7 +173,6 @@ pub async fn run(
         slots,
         tls_handshake_timeout: cfg.limits.stream_open_timeout,
     });
-    let tracker = TaskTracker::new();
     links.start(farm_listener, shutdown.clone(), &tracker);
     let s3 = slave.clone();
     tracker.spawn(async move { s3.link_events(link_rx).await });
@@ -193,7 +204,7 @@ pub async fn run(
                 match auth {
                     Some(Negotiated::Authenticated(auth)) => {
                         slave.login_notice(&auth.username, None);
-                        session::run(slave, auth).await;
+                        slave.start_session(auth);
                     }
                     Some(Negotiated::Relay(mut r)) => {
                         // A slave's policy never relays.
@@ -268,7 +279,7 @@ async fn serve_relayed(
     .await;
     if let Some(auth) = auth {
         slave.login_notice(&auth.username, Some(&from_node));
-        session::run(slave, auth).await;
+        slave.start_session(auth);
     }
 }
 

@@ -276,10 +276,17 @@ pub async fn run(
             }
         }
     });
-    // And written every few minutes, so that a crash loses little of it.
-    let (p4, f4, sd4) = (policy.clone(), memory_file.clone(), shutdown.clone());
+    // And written every few minutes, so that a crash loses little of it; the relay's
+    // counters go to the log at the same pace when they moved.
+    let (p4, f4, sd4, r4) = (
+        policy.clone(),
+        memory_file.clone(),
+        shutdown.clone(),
+        relayer.clone(),
+    );
+    let max_sessions = cfg.relay.max_sessions;
     tracker.spawn(async move {
-        let mut saved = (0, 0);
+        let (mut saved, mut said) = ((0, 0), String::new());
         loop {
             tokio::select! {
                 _ = sd4.cancelled() => break,
@@ -289,6 +296,11 @@ pub async fn run(
             if now != saved {
                 save_memory(&p4.memory, &f4);
                 saved = now;
+            }
+            let summary = r4.stats.summary(r4.open(max_sessions));
+            if summary != said {
+                info!("relay: {summary}; users remembered {}", now.1);
+                said = summary;
             }
         }
     });

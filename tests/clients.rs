@@ -407,3 +407,33 @@ fn slixmpps_own_integration_tests_pass_through_the_master() {
         }
     }
 }
+
+/// `redirect` is per listener: here the master redirects on its STARTTLS port and relays on
+/// its direct-TLS port (`redirect_tls = "never"`), so nbxmpp needs its retry on the one and
+/// gets in at once on the other.
+#[test]
+fn each_master_listener_has_its_own_redirect_mode() {
+    let farm = TestFarm::start_edited(2, |t| {
+        let master = t.find("name = \"master\"").unwrap();
+        let (head, tail) = t.split_at(master);
+        format!(
+            "{head}{}\n[relay]\nredirect = \"auto\"\n",
+            tail.replacen(
+                "role = \"master\"",
+                "role = \"master\"\nredirect_tls = \"never\"",
+                1
+            )
+        )
+    });
+    let mut p = pair(&farm, "pl");
+    nbxmpp(&farm, &mut p, "never", true);
+    let log = farm.log();
+    assert!(
+        log.contains("reason=\"never-redirect\"") && !log.contains("redirecting login"),
+        "{log}"
+    );
+    // Another user on the STARTTLS port: redirected first (one that was relayed is
+    // remembered, whichever port it came in on).
+    let mut q = pair(&farm, "pn");
+    nbxmpp(&farm, &mut q, "auto", false);
+}

@@ -183,7 +183,7 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
                     known.join(", ")
                 );
             }
-            warn_if_files_short(&cfg);
+            warn_if_files_short(&cfg, &node);
             run_nodes(cfg, &[node], false).await?;
         }
         Command::User { action } => return user(action).await,
@@ -274,20 +274,45 @@ fn tls_setup(cfg: &FarmConfig) -> Result<(Arc<rustls::ServerConfig>, Option<Path
 /// SQLite, logs.
 const FILES_RESERVE: u64 = 256;
 
-/// A node whose `limits.max_connections` does not fit under the process's open-file limit
-/// fails accepts ("too many open files") before it reaches it: say so at start, with the fix.
-fn warn_if_files_short(cfg: &FarmConfig) {
+/// Open files node `name` may need: a file per client connection, and on a master that can
+/// relay, one more per relayed session (its connection to the slave).
+fn files_wanted(cfg: &FarmConfig, name: &str) -> (u64, String) {
+    let conns = cfg.limits.max_connections as u64;
+    let relays = match cfg.node(name) {
+        Some(n)
+            if n.role == Role::Master
+                && [false, true].iter().any(|&tls| {
+                    n.redirect_mode(&cfg.relay, tls)
+                        != jabberfarm_shared::config::RedirectMode::Always
+                }) =>
+        {
+            (cfg.relay.max_sessions as u64).min(conns)
+        }
+        _ => 0,
+    };
+    let what = if relays > 0 {
+        format!(
+            "limits.max_connections ({conns}) plus relay.max_sessions ({relays}, a connection to \
+             a slave each)"
+        )
+    } else {
+        format!("limits.max_connections ({conns})")
+    };
+    (conns + relays + FILES_RESERVE, what)
+}
+
+/// A node whose connections do not fit under the process's open-file limit fails accepts
+/// ("too many open files") before it reaches its limits: say so at start, with the fix.
+fn warn_if_files_short(cfg: &FarmConfig, name: &str) {
     let Some(soft) = open_files_limit() else {
         return;
     };
-    let wanted = cfg.limits.max_connections as u64 + FILES_RESERVE;
+    let (wanted, what) = files_wanted(cfg, name);
     if wanted > soft {
         tracing::warn!(
-            "limits.max_connections is {} but this process may open only {soft} files (ulimit -n): \
-             connections beyond about {} will fail; raise the limit (systemd: LimitNOFILE={wanted}) \
-             or lower max_connections",
-            cfg.limits.max_connections,
-            soft.saturating_sub(FILES_RESERVE)
+            "{what} need about {wanted} open files, but this process may open only {soft} \
+             files (ulimit -n): connections beyond that will fail; raise the limit (systemd: \
+             LimitNOFILE={wanted}) or lower the limits"
         );
     }
 }
@@ -441,8 +466,15 @@ fn print_banner(cfg: &FarmConfig, names: &[String], ca: Option<&Path>, demo: boo
     }
     if nodes.iter().any(|n| n.role == Role::Master) {
         let m = cfg.master();
+        let how = match m.redirect_mode(&cfg.relay, false) {
+            jabberfarm_shared::config::RedirectMode::Always => "it is redirected to its slave",
+            jabberfarm_shared::config::RedirectMode::Never => "the master relays it to its slave",
+            jabberfarm_shared::config::RedirectMode::Auto => {
+                "it is redirected to its slave, or relayed there if it does not follow redirects"
+            }
+        };
         println!(
-            "Connect your XMPP client to {} at {} (user@{}); it is redirected to its slave.",
+            "Connect your XMPP client to {} at {} (user@{}); {how}.",
             cfg.domain, m.c2s, cfg.domain
         );
     }

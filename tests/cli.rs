@@ -144,13 +144,30 @@ fn user_add_list_passwd_del() {
 
 #[test]
 fn a_node_warns_when_max_connections_exceeds_the_open_files_limit() {
+    // A slave needs a file per connection; the master, which may relay, one more per relayed
+    // session (its connection to the slave).
+    let line = open_files_warning("slave1");
+    assert!(
+        line.contains("18000") && line.contains("only 300 files") && line.contains("LimitNOFILE"),
+        "{line}"
+    );
+    assert!(!line.contains("relay.max_sessions"), "{line}");
+    let line = open_files_warning("master");
+    assert!(
+        line.contains("relay.max_sessions (10000") && line.contains("LimitNOFILE=28256"),
+        "{line}"
+    );
+}
+
+/// The warning `jabberfarm run --node NODE` of the demo config logs with `ulimit -n 300`.
+fn open_files_warning(node: &str) -> String {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     // The demo config allows 18,000 connections per node; this process may open 300 files.
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "ulimit -n 300 && exec {BIN} run --config conf/farm.toml --node slave1 --data-dir {}",
+            "ulimit -n 300 && exec {BIN} run --config conf/farm.toml --node {node} --data-dir {}",
             dir.path().display()
         ))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -179,9 +196,5 @@ fn a_node_warns_when_max_connections_exceeds_the_open_files_limit() {
     };
     let _ = child.kill();
     let _ = child.wait();
-    let line = found.unwrap_or_else(|| panic!("no warning; stderr was:\n{}", seen.join("\n")));
-    assert!(
-        line.contains("18000") && line.contains("only 300 files") && line.contains("LimitNOFILE"),
-        "{line}"
-    );
+    found.unwrap_or_else(|| panic!("no warning; stderr was:\n{}", seen.join("\n")))
 }

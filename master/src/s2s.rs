@@ -86,7 +86,8 @@ pub async fn serve(m: Arc<Master>, mut stream: XmlStream) {
                 {
                     return;
                 }
-                match stream.upgrade_tls(tls, m.s2s_settings.limits).await {
+                let within = m.s2s_settings.connect_timeout;
+                match stream.upgrade_tls(tls, m.s2s_settings.limits, within).await {
                     Ok(s) => stream = s,
                     Err(e) => {
                         debug!("s2s STARTTLS failed: {e}");

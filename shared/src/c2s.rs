@@ -207,7 +207,8 @@ async fn negotiate_from(
                     (Some(cfg), false) => {
                         let proceed = Element::new("proceed", ns::TLS);
                         stream.send(&proceed).await.ok()?;
-                        match stream.upgrade_tls(cfg.clone(), s.pre_auth).await {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        match stream.upgrade_tls(cfg.clone(), s.pre_auth, left).await {
                             Ok(st) => stream = st,
                             Err(e) => {
                                 debug!("STARTTLS failed: {e}");

@@ -318,10 +318,14 @@ impl XmlStream {
     /// Upgrade to TLS (after `<proceed/>`). Fails if the peer pipelined data after `<starttls/>`
     /// (RFC 6120 §5.4.3.3: it must wait for `<proceed/>`); whitespace between top-level
     /// elements is allowed there as anywhere (go-sendxmpp sends `<starttls/>\n`).
+    ///
+    /// The handshake must end within `within` (the rest of the login deadline): a client that
+    /// says nothing after `<proceed/>` loses its connection, not holds it.
     pub async fn upgrade_tls(
         mut self,
         config: Arc<rustls::ServerConfig>,
         limits: ParserLimits,
+        within: Duration,
     ) -> Result<XmlStream, ReadError> {
         self.flush_unsent().await?;
         if !self.only_whitespace_pending() {
@@ -332,7 +336,14 @@ impl XmlStream {
         }
         let (peer, slot) = (self.peer, self.slot.take());
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let tls = acceptor.accept(self.io).await?;
+        let tls = tokio::time::timeout(within, acceptor.accept(self.io))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no TLS handshake within {} s", within.as_secs()),
+                )
+            })??;
         let mut s = XmlStream::new(Box::new(tls), self.content_ns, limits);
         s.secure = true;
         s.peer = peer;
@@ -508,7 +519,9 @@ mod tests {
             tls
         });
         let server_side = async move {
-            let mut s = s.upgrade_tls(server_cfg, ParserLimits::PRE_AUTH).await?;
+            let mut s = s
+                .upgrade_tls(server_cfg, ParserLimits::PRE_AUTH, Duration::from_secs(10))
+                .await?;
             assert!(s.secure);
             assert!(matches!(s.next().await?, StreamEvent::Open(_)));
             Ok(())

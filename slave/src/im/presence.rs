@@ -7,6 +7,7 @@
 //! answers to probes, delivery.
 
 use jabberfarm_shared::ns;
+use jabberfarm_shared::stanza::{ErrorType, error_reply};
 use jabberfarm_shared::xml::Element;
 use jid::{BareJid, FullJid, Jid};
 use tracing::warn;
@@ -42,8 +43,14 @@ pub async fn outbound(slave: &Slave, me: &FullJid, user: &str, mut el: Element) 
             let from = bare(user, &slave.router.domain);
             el.set_attr("from", &from);
             el.set_attr("to", contact.to_string());
-            subscription_out(slave, user, &from, &contact, &kind, el).await;
-            Vec::new()
+            // An error for the sender (the roster is full) goes straight back to it.
+            match subscription_out(slave, user, &from, &contact, &kind, el).await {
+                Some(mut e) => {
+                    e.set_attr("to", me.to_string());
+                    vec![e]
+                }
+                None => Vec::new(),
+            }
         }
         // Clients do not probe (§4.3); anything else is not presence we know.
         _ => Vec::new(),
@@ -169,7 +176,8 @@ async fn record_logout(slave: &Slave, user: &str, unavailable: &Element) {
     }
 }
 
-/// The user's half of the subscription state machine (§3.1.2, §3.2.2, §3.3.2, §3.4).
+/// The user's half of the subscription state machine (§3.1.2, §3.2.2, §3.3.2, §3.4). Returns
+/// the error for the sender when the stanza is refused.
 async fn subscription_out(
     slave: &Slave,
     user: &str,
@@ -177,16 +185,36 @@ async fn subscription_out(
     contact: &BareJid,
     kind: &str,
     el: Element,
-) {
+) -> Option<Element> {
     let c = contact.to_string();
     let item = match slave.im.item(user, &c).await {
         Ok(i) => i,
         Err(e) => {
             warn!(user, "roster unavailable: {e}");
-            return;
+            return None;
         }
     };
     let had_item = item.is_some();
+    if !had_item && matches!(kind, "subscribe" | "subscribed") {
+        // A new contact is a new roster item: the roster cap holds here as for roster sets.
+        match slave.im.item_count(user).await {
+            Ok(n) if n >= super::roster::MAX_ITEMS => {
+                return Some(error_reply(
+                    &el,
+                    ErrorType::Wait,
+                    "resource-constraint",
+                    None,
+                    Some("the roster is full"),
+                    false,
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(user, "roster unavailable: {e}");
+                return None;
+            }
+        }
+    }
     let mut item = item.unwrap_or_else(|| RosterItem::new(&c));
     let before = item.clone();
     let mut forward = true;
@@ -218,7 +246,7 @@ async fn subscription_out(
             item.subscription = Subscription::from_parts(item.subscription.has_to(), false);
             item.approved = false;
         }
-        _ => return,
+        _ => return None,
     }
     if item != before || (!had_item && kind != "unsubscribe" && kind != "unsubscribed") {
         match super::roster::store_item(slave, user, &item).await {
@@ -251,6 +279,7 @@ async fn subscription_out(
         }
         _ => {}
     }
+    None
 }
 
 /// A presence stanza for local user `user` (any origin). Returns the error/answer to route

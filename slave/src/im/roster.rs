@@ -168,8 +168,8 @@ async fn set(slave: &Slave, iq: &Element, query: &Element, user: &str) -> Elemen
     let mut new = match existing {
         Some(i) => i,
         None => {
-            match slave.im.roster(user).await {
-                Ok((_, items)) if items.len() >= MAX_ITEMS => {
+            match slave.im.item_count(user).await {
+                Ok(n) if n >= MAX_ITEMS => {
                     return error_reply(
                         iq,
                         ErrorType::Wait,

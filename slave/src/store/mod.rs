@@ -109,6 +109,10 @@ impl RosterStore for ImStore {
         each!(self, s => s.item(user, contact).await)
     }
 
+    async fn item_count(&self, user: &str) -> Result<usize, StoreError> {
+        each!(self, s => s.item_count(user).await)
+    }
+
     async fn put_item(&self, user: &str, item: &RosterItem) -> Result<u64, StoreError> {
         each!(self, s => s.put_item(user, item).await)
     }

@@ -118,6 +118,9 @@ pub trait RosterStore: Send + Sync {
     /// The current roster version (0 if the user never had a roster item).
     fn version(&self, user: &str) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
+    /// How many items the user's roster has (for the roster cap, without loading them).
+    fn item_count(&self, user: &str) -> impl Future<Output = Result<usize, StoreError>> + Send;
+
     /// Keeps an inbound subscription request from `contact` (RFC 6121 §3.1.3) with its stanza,
     /// to deliver again at the next login. A new request from the same contact replaces the
     /// old one and counts as the newest.

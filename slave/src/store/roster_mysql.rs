@@ -151,6 +151,17 @@ impl RosterStore for MysqlIm {
         .await
     }
 
+    async fn item_count(&self, user: &str) -> Result<usize, StoreError> {
+        self.run("counting the roster", user, || async {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM roster_items WHERE username = ?")
+                .bind(user)
+                .fetch_one(&self.pool)
+                .await?;
+            Ok(usize::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+
     async fn add_pending_in(
         &self,
         user: &str,

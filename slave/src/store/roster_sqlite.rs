@@ -185,6 +185,17 @@ impl RosterStore for SqliteIm {
         self.read_version(&mut conn, user, doing).await
     }
 
+    async fn item_count(&self, user: &str) -> Result<usize, StoreError> {
+        let doing = "counting the roster";
+        let mut conn = self.reader(user, doing).await?;
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM roster_items WHERE username = ?1")
+            .bind(user)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| self.error(doing, user, e))?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
     async fn add_pending_in(
         &self,
         user: &str,

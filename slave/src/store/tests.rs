@@ -136,6 +136,8 @@ async fn roster_put_get_update_remove_with_versions(backend: Backend) {
     assert_eq!(im.put_item("juliet", &romeo).await.unwrap(), 1);
     assert_eq!(im.put_item("juliet", &nurse).await.unwrap(), 2);
     assert_eq!(im.version("juliet").await.unwrap(), 2);
+    assert_eq!(im.item_count("juliet").await.unwrap(), 2);
+    assert_eq!(im.item_count("romeo").await.unwrap(), 0);
     // Sorted by JID, not by insertion.
     assert_eq!(
         im.roster("juliet").await.unwrap(),

@@ -1,0 +1,71 @@
+//! Hostile or broken peers (issue 11): each case asserts the protocol's own answer and that the
+//! server still serves a normal login afterwards. The suite grows with every bug found.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{HEADER, Raw, TestFarm};
+
+/// A client that gets `<proceed/>` and then says nothing loses its connection when the login
+/// deadline passes, at the master and at a slave (it used to keep it forever, and
+/// `max_connections` such sockets locked every user out).
+#[test]
+fn a_client_silent_after_proceed_is_dropped_at_the_login_deadline() {
+    let farm = TestFarm::start_with(1, false, "stream_open_timeout = 2\nlogin_timeout = 3");
+    for addr in [farm.master.c2s, farm.slaves[0].c2s] {
+        let started = std::time::Instant::now();
+        let mut c = Raw::connect(addr);
+        c.send(HEADER);
+        c.wait_for("</stream:features>", 5);
+        c.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+        c.wait_for("<proceed", 5);
+        // No ClientHello: the server closes at the deadline (3 s), well before 10 s.
+        c.wait_closed(10);
+        let took = started.elapsed();
+        assert!(
+            took >= std::time::Duration::from_secs(2) && took < std::time::Duration::from_secs(8),
+            "closed after {took:?}"
+        );
+    }
+    // And it still serves a normal login.
+    farm.add_user("after@localhost", "pw");
+    Raw::login(farm.owner("after").c2s, "after", "pw", "r");
+}
+
+/// Outbound subscription requests to new contacts create roster items: the roster cap (2,000
+/// items) holds for them as for roster sets — the next one gets `resource-constraint`, and
+/// nothing is added.
+#[test]
+fn subscribe_presences_cannot_grow_the_roster_past_its_cap() {
+    let farm = TestFarm::start(1);
+    farm.add_user("hoarder@localhost", "pw");
+    let mut c = Raw::login(farm.slaves[0].c2s, "hoarder", "pw", "r");
+    // 2,000 new contacts in one write (they do not exist; the roster items do).
+    let mut batch = String::new();
+    for i in 0..2000 {
+        batch.push_str(&format!("<presence to='c{i}@localhost' type='subscribe'/>"));
+    }
+    c.send(&batch);
+    c.send("<iq type='get' id='count'><query xmlns='jabber:iq:roster'/></iq>");
+    c.wait_for("id='count'", 60);
+    // From the result's start tag to its end: its items only (pushes come as their own iqs).
+    let got = c.wait_for("</query>", 30);
+    let got = &got[..got.find("</query>").unwrap()];
+    assert_eq!(got.matches("<item ").count(), 2000, "{got}");
+    c.send("<presence to='one-more@localhost' type='subscribe' id='over'/>");
+    let got = c.wait_for("<resource-constraint", 10);
+    let at = got.find("<resource-constraint").unwrap();
+    let err = &got[got[..at].rfind("<presence").unwrap()..at];
+    assert!(
+        err.contains("id='over'") && err.contains("type='error'"),
+        "{err}"
+    );
+    c.send("<iq type='get' id='count2'><query xmlns='jabber:iq:roster'/></iq>");
+    c.wait_for("id='count2'", 10);
+    let again = c.wait_for("</query>", 10);
+    let again = &again[..again.find("</query>").unwrap()];
+    assert!(!again.contains("one-more@localhost"), "the item was added");
+    assert_eq!(again.matches("<item ").count(), 2000);
+    // The account still works.
+    Raw::login(farm.slaves[0].c2s, "hoarder", "pw", "r2");
+}

@@ -69,3 +69,37 @@ fn subscribe_presences_cannot_grow_the_roster_past_its_cap() {
     // The account still works.
     Raw::login(farm.slaves[0].c2s, "hoarder", "pw", "r2");
 }
+
+/// A client that stops reading does not pin its session: once a write has waited
+/// `limits.write_timeout` for it, the session ends (its contacts see it go) and the account
+/// logs in again normally.
+#[test]
+fn a_client_that_stops_reading_loses_its_session_after_the_write_timeout() {
+    let farm = TestFarm::start_with(
+        1,
+        false,
+        "stream_open_timeout = 3\nlogin_timeout = 10\nshutdown_grace = 2\nwrite_timeout = 2",
+    );
+    for u in ["stalled", "talker"] {
+        farm.add_user(&format!("{u}@localhost"), "pw");
+    }
+    let slave = farm.slaves[0].c2s;
+    let mut stalled = Raw::login(slave, "stalled", "pw", "r");
+    stalled.send("<presence/>");
+    stalled.wait_for("<presence", 5);
+    let mut talker = Raw::login(slave, "talker", "pw", "r");
+    // 8 MB for a reader that reads nothing: more than the socket buffers hold.
+    let body = "x".repeat(100_000);
+    for i in 0..80 {
+        talker.send(&format!(
+            "<message to='stalled@localhost/r' type='chat' id='m{i}'><body>{body}</body></message>"
+        ));
+    }
+    farm.wait_log(
+        "dropping the session: the peer took nothing for 2 s jid=stalled@localhost/r",
+        20,
+    );
+    farm.wait_log("session ended jid=stalled@localhost/r", 10);
+    drop(stalled);
+    Raw::login(slave, "stalled", "pw", "r");
+}

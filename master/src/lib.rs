@@ -196,6 +196,7 @@ pub async fn run(
         limits: settings.pre_auth,
         slots: Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_connections)),
         tls_handshake_timeout: cfg.limits.stream_open_timeout,
+        write_timeout: cfg.limits.write_timeout,
     });
     links.start(farm_listener, shutdown.clone(), &tracker);
     let s2s_settings = Arc::new(S2sSettings::from_config(&cfg));
@@ -232,6 +233,7 @@ pub async fn run(
             limits: master.s2s_settings.limits,
             slots: Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_connections)),
             tls_handshake_timeout: cfg.limits.stream_open_timeout,
+            write_timeout: cfg.limits.write_timeout,
         });
         let m = master.clone();
         listen::serve(

@@ -203,6 +203,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Time to wait for streams to close on stop.
     pub shutdown_grace: Duration,
+    /// Time one write may wait for a peer that takes no data; then its stream is dropped.
+    pub write_timeout: Duration,
     /// Offline messages kept per user (XEP-0160); more are refused.
     pub offline_quota: usize,
 }
@@ -217,6 +219,7 @@ impl Default for Limits {
             login_timeout: Duration::from_secs(60),
             max_connections: 18_000,
             shutdown_grace: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(60),
             offline_quota: 1000,
         }
     }
@@ -704,6 +707,7 @@ struct RawLimits {
     login_timeout: Option<u64>,
     max_connections: Option<u64>,
     shutdown_grace: Option<u64>,
+    write_timeout: Option<u64>,
     offline_quota: Option<u64>,
 }
 
@@ -1103,6 +1107,11 @@ fn limits(raw: RawLimits, problems: &mut Vec<Problem>) -> Limits {
         raw.max_connections,
         d.max_connections as u64,
     );
+    let write_timeout = positive(
+        "write_timeout",
+        raw.write_timeout,
+        d.write_timeout.as_secs(),
+    );
     if max_stanza_pre_auth > max_stanza {
         problems.push(Problem::new(
             "limits.max_stanza_pre_auth",
@@ -1132,6 +1141,7 @@ fn limits(raw: RawLimits, problems: &mut Vec<Problem>) -> Limits {
         shutdown_grace: raw
             .shutdown_grace
             .map_or(d.shutdown_grace, Duration::from_secs),
+        write_timeout: Duration::from_secs(write_timeout),
         // 0 is fine: no offline storage.
         offline_quota: raw.offline_quota.map_or(d.offline_quota, |q| {
             usize::try_from(q).unwrap_or(usize::MAX)

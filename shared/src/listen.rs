@@ -55,6 +55,8 @@ pub struct ServeOptions {
     /// connections that arrive another way (relayed clients on a slave).
     pub slots: Arc<Semaphore>,
     pub tls_handshake_timeout: Duration,
+    /// `limits.write_timeout`, for every stream accepted here.
+    pub write_timeout: Duration,
 }
 
 /// Accept connections until `shutdown`, handing each stream to `handler` on its own task.
@@ -145,6 +147,7 @@ pub async fn serve<F, Fut>(
                     };
                     let mut stream = stream;
                     stream.peer = Some(peer);
+                    stream.write_timeout = opts.write_timeout;
                     // The connection's slot travels with its stream (a relayed client's
                     // outlives this task).
                     stream.slot = Some(permit);

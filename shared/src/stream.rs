@@ -31,6 +31,10 @@ pub enum ReadError {
     Stream(#[from] StreamError),
 }
 
+/// How long one write may wait for the peer to take data, unless the node's config says
+/// otherwise (`limits.write_timeout`): a peer that stops reading does not pin its task.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Read chunk. It lives on the stack only while a read is polled, so an idle stream (a pending
 /// read) holds no buffer at all.
 const READ_CHUNK: usize = 4096;
@@ -83,6 +87,8 @@ pub struct XmlStream {
     pub relayed: bool,
     /// The connection slot this stream holds (`limits.max_connections`), freed with it.
     pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// A write that waits longer than this for the peer fails (`TimedOut`).
+    pub write_timeout: Duration,
 }
 
 impl XmlStream {
@@ -99,6 +105,7 @@ impl XmlStream {
             peer: None,
             relayed: false,
             slot: None,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
         }
     }
 
@@ -265,14 +272,24 @@ impl XmlStream {
     }
 
     pub async fn send_raw(&mut self, s: &str) -> std::io::Result<()> {
-        if self.unsent.is_empty() {
-            self.io.write_all(s.as_bytes()).await?;
-        } else {
-            let mut all = std::mem::take(&mut self.unsent);
-            all.push_str(s);
-            self.io.write_all(all.as_bytes()).await?;
+        let limit = self.write_timeout;
+        let write = async {
+            if self.unsent.is_empty() {
+                self.io.write_all(s.as_bytes()).await?;
+            } else {
+                let mut all = std::mem::take(&mut self.unsent);
+                all.push_str(s);
+                self.io.write_all(all.as_bytes()).await?;
+            }
+            self.io.flush().await
+        };
+        match tokio::time::timeout(limit, write).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the peer took nothing for {} s", limit.as_secs()),
+            )),
         }
-        self.io.flush().await
     }
 
     /// Write the queued header. Cancel-safe (it is polled inside `select!` through `next`):
@@ -334,7 +351,7 @@ impl XmlStream {
                 "data sent before <proceed/>",
             )));
         }
-        let (peer, slot) = (self.peer, self.slot.take());
+        let (peer, slot, write_timeout) = (self.peer, self.slot.take(), self.write_timeout);
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let tls = tokio::time::timeout(within, acceptor.accept(self.io))
             .await
@@ -348,6 +365,7 @@ impl XmlStream {
         s.secure = true;
         s.peer = peer;
         s.slot = slot;
+        s.write_timeout = write_timeout;
         Ok(s)
     }
 
@@ -365,10 +383,12 @@ impl XmlStream {
                 "data sent after <proceed/>",
             )));
         }
+        let write_timeout = self.write_timeout;
         let connector = tokio_rustls::TlsConnector::from(config);
         let tls = connector.connect(server_name, self.io).await?;
         let mut s = XmlStream::new(Box::new(tls), self.content_ns, limits);
         s.secure = true;
+        s.write_timeout = write_timeout;
         Ok(s)
     }
 

@@ -172,6 +172,7 @@ pub async fn run(
         limits: settings.pre_auth,
         slots,
         tls_handshake_timeout: cfg.limits.stream_open_timeout,
+        write_timeout: cfg.limits.write_timeout,
     });
     links.start(farm_listener, shutdown.clone(), &tracker);
     let s3 = slave.clone();
@@ -258,6 +259,7 @@ async fn serve_relayed(
     stream.secure = handoff.secure;
     stream.peer = Some(handoff.client);
     stream.relayed = true;
+    stream.write_timeout = slave.config.limits.write_timeout;
     let Ok(permit) = slots.try_acquire_owned() else {
         warn!(peer = %handoff.client, "connection limit reached (relayed client)");
         let e = StreamError::new(

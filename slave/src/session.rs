@@ -244,7 +244,11 @@ impl Session {
                                 Err(_) => break,
                             }
                         }
-                        if stream.send_raw(&buf).await.is_err() {
+                        if let Err(e) = stream.send_raw(&buf).await {
+                            if e.kind() == std::io::ErrorKind::TimedOut {
+                                // limits.write_timeout: the client stopped reading.
+                                info!(jid = %self.jid, "dropping the session: {e}");
+                            }
                             return End::Gone;
                         }
                         if let Some(e) = close {

@@ -36,6 +36,8 @@ pub struct S2sSettings {
     /// Stanzas queued per remote domain.
     pub queue: usize,
     pub limits: ParserLimits,
+    /// `limits.write_timeout`: a remote that takes no data loses its stream.
+    pub write_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,6 +94,7 @@ async fn negotiate(
         .map_err(|e| fail("connect", &e))?;
     let _ = sock.set_nodelay(true);
     let mut stream = XmlStream::new(Box::new(sock), ns::SERVER, s.limits);
+    stream.write_timeout = s.write_timeout;
     let mut tls_done = false;
     loop {
         stream
@@ -462,6 +465,7 @@ impl S2sSettings {
                 max_stanza: cfg.limits.max_stanza,
                 max_depth: cfg.limits.max_depth,
             },
+            write_timeout: cfg.limits.write_timeout,
         }
     }
 }

@@ -103,3 +103,32 @@ fn a_client_that_stops_reading_loses_its_session_after_the_write_timeout() {
     drop(stalled);
     Raw::login(slave, "stalled", "pw", "r");
 }
+
+/// The same through the master's relay: the relay gives up on a client that takes nothing,
+/// as the slave gives up on the session.
+#[test]
+fn a_relayed_client_that_stops_reading_frees_the_relay_and_the_session() {
+    let mut farm = TestFarm::start_with(
+        1,
+        false,
+        "stream_open_timeout = 3\nlogin_timeout = 10\nshutdown_grace = 2\nwrite_timeout = 2",
+    );
+    farm.restart_with_config(|t| format!("{t}\n[relay]\nredirect = \"never\"\n"));
+    for u in ["stalled", "talker"] {
+        farm.add_user(&format!("{u}@localhost"), "pw");
+    }
+    let mut stalled = Raw::login(farm.master.c2s, "stalled", "pw", "r");
+    stalled.send("<presence/>");
+    stalled.wait_for("<presence", 5);
+    let mut talker = Raw::login(farm.slaves[0].c2s, "talker", "pw", "r");
+    let body = "x".repeat(100_000);
+    for i in 0..80 {
+        talker.send(&format!(
+            "<message to='stalled@localhost/r' type='chat' id='m{i}'><body>{body}</body></message>"
+        ));
+    }
+    farm.wait_log("relayed stream ended: a side took nothing for 2 s", 20);
+    farm.wait_log("session ended jid=stalled@localhost/r", 20);
+    drop(stalled);
+    Raw::login(farm.master.c2s, "stalled", "pw", "r");
+}

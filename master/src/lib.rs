@@ -189,6 +189,7 @@ pub async fn run(
         stop: shutdown.clone(),
         grace: cfg.limits.shutdown_grace.max(Duration::from_secs(1)),
         tracker: tracker.clone(),
+        write_timeout: cfg.limits.write_timeout,
     });
     let opts = Arc::new(ServeOptions {
         domain: cfg.domain.clone(),

@@ -236,6 +236,8 @@ pub struct Relayer {
     pub stop: CancellationToken,
     /// How long a relayed stream's other direction may take to finish after one ended.
     pub grace: Duration,
+    /// `limits.write_timeout`: a side that takes nothing for this long ends the relay.
+    pub write_timeout: Duration,
     /// The node's tasks: each relayed stream runs as its own, small task.
     pub tracker: tokio_util::task::TaskTracker,
 }
@@ -278,6 +280,7 @@ impl Relayer {
             slave,
             self.stop.clone(),
             self.grace,
+            self.write_timeout,
         )
         .await
         {

@@ -136,9 +136,16 @@ struct Direction {
     eof: bool,
     done: bool,
     bytes: u64,
+    /// Bytes the destination took (progress, for the stall bound).
+    written: u64,
 }
 
 impl Direction {
+    /// Something read waits for the destination to take it.
+    fn stalled(&self) -> bool {
+        self.pos < self.buf.len() || self.flush
+    }
+
     /// Copy from `from` to `to` until `from` is pending or ended. `Ready(Ok)` once `from`
     /// ended and `to` is shut down.
     fn poll(
@@ -155,6 +162,7 @@ impl Direction {
                     return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
                 }
                 self.pos += n;
+                self.written += n as u64;
                 self.flush = true;
             }
             if !self.buf.is_empty() {
@@ -190,7 +198,10 @@ impl Direction {
                     Poll::Ready(Ok(0)) => {
                         return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
                     }
-                    Poll::Ready(Ok(n)) => off += n,
+                    Poll::Ready(Ok(n)) => {
+                        off += n;
+                        self.written += n as u64;
+                    }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => break,
                 }
@@ -206,7 +217,9 @@ impl Direction {
 }
 
 /// Carry a relayed stream between `client` and `slave` until both directions end, an error
-/// ends one, or `grace` runs out after the first one ended or `stop` was cancelled.
+/// ends one, or `grace` runs out after the first one ended or `stop` was cancelled. A side
+/// that takes nothing of what waits for it for `write_timeout` ends the pump (`TimedOut`): a
+/// client that stops reading does not hold the relay forever.
 /// `client_pending`: bytes the client sent that the master read but did not parse (they go to
 /// the slave first).
 pub async fn pump(
@@ -215,6 +228,7 @@ pub async fn pump(
     mut slave: Box<dyn Io>,
     stop: CancellationToken,
     grace: Duration,
+    write_timeout: Duration,
 ) -> std::io::Result<PumpStats> {
     let mut up = Direction {
         buf: client_pending,
@@ -224,7 +238,9 @@ pub async fn pump(
     let mut stopped = std::pin::pin!(stop.cancelled_owned());
     let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut timed_out = false;
+    let mut stall: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let r = std::future::poll_fn(|cx| {
+        let progress = (up.written, down.written);
         if !up.eof && stopped.as_mut().poll(cx).is_ready() {
             // Stop reading the client; the slave sees the end and says <system-shutdown/>.
             up.eof = true;
@@ -243,6 +259,21 @@ pub async fn pump(
         }
         if up.done && down.done {
             return Poll::Ready(Ok(()));
+        }
+        if up.stalled() || down.stalled() {
+            if stall.is_none() || progress != (up.written, down.written) {
+                stall = Some(Box::pin(tokio::time::sleep(write_timeout)));
+            }
+            if let Some(t) = stall.as_mut()
+                && t.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("a side took nothing for {} s", write_timeout.as_secs()),
+                )));
+            }
+        } else {
+            stall = None;
         }
         if up.eof || down.eof {
             let d = deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(grace)));
@@ -324,6 +355,7 @@ mod tests {
             Box::new(slave_far),
             CancellationToken::new(),
             Duration::from_secs(5),
+            Duration::from_secs(60),
         ));
         let (mut client, mut slave) = (client, slave);
         // More than both pipes hold: backpressure, not loss.
@@ -359,6 +391,26 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_ends_the_relay_after_the_write_timeout() {
+        let (client, client_far) = tokio::io::duplex(64);
+        let (slave, slave_far) = tokio::io::duplex(64);
+        let p = tokio::spawn(pump(
+            Box::new(client_far),
+            Vec::new(),
+            Box::new(slave_far),
+            CancellationToken::new(),
+            Duration::from_secs(3),
+            Duration::from_secs(30),
+        ));
+        // The slave writes more than the pipes hold; the client never reads.
+        let mut slave = slave;
+        let _client = client;
+        let _ = slave.write_all(&[b'x'; 1000]).await;
+        let e = p.await.unwrap().unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn stop_half_closes_the_slave_side_and_waits_at_most_grace() {
         let (slave, slave_far) = tokio::io::duplex(64);
         let stop = CancellationToken::new();
@@ -368,6 +420,7 @@ mod tests {
             Box::new(slave_far),
             stop.clone(),
             Duration::from_secs(3),
+            Duration::from_secs(60),
         ));
         let mut slave = slave;
         stop.cancel();

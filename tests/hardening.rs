@@ -132,3 +132,50 @@ fn a_relayed_client_that_stops_reading_frees_the_relay_and_the_session() {
     drop(stalled);
     Raw::login(farm.master.c2s, "stalled", "pw", "r");
 }
+
+/// A full node refuses more connections at once: on the plain port with
+/// `<resource-constraint/>`, on the direct-TLS port by closing before any TLS handshake (it
+/// used to run the handshake, CPU an attacker could make it spend, to refuse afterwards).
+#[test]
+fn a_full_node_refuses_without_a_tls_handshake_and_serves_again_when_freed() {
+    let farm = TestFarm::start_with(
+        1,
+        false,
+        "stream_open_timeout = 3\nlogin_timeout = 10\nshutdown_grace = 2\nmax_connections = 2",
+    );
+    let slave = &farm.slaves[0];
+    let held: Vec<Raw> = (0..2)
+        .map(|_| {
+            let mut c = Raw::connect(slave.c2s);
+            c.send(HEADER);
+            c.wait_for("</stream:features>", 5);
+            c
+        })
+        .collect();
+    let mut plain = Raw::connect(slave.c2s);
+    let refused = plain.wait_closed(5);
+    assert!(refused.contains("<resource-constraint"), "{refused}");
+    // A ClientHello gets no answer at all: the connection is closed first.
+    let mut tls = Raw::connect(slave.c2s_tls);
+    tls.send_bytes(&[0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x01, 0x00]);
+    let answer = tls.wait_closed(5);
+    assert!(answer.is_empty(), "{answer:?}");
+    farm.wait_log("connection limit reached (direct TLS: closed)", 5);
+    drop(held);
+    farm.add_user("back@localhost", "pw");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    // The slots come back as soon as the server sees the held connections go.
+    loop {
+        let mut c = Raw::connect(slave.c2s);
+        c.send(HEADER);
+        let r = c.wait_closed_or("</stream:features>", 5);
+        if r.contains("</stream:features>") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never served again: {r}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

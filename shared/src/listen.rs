@@ -107,6 +107,12 @@ pub async fn serve<F, Fut>(
                 let permit = slots.clone().try_acquire_owned();
                 let (handler, opts, tls) = (handler.clone(), opts.clone(), l.direct_tls.clone());
                 tracker2.spawn(async move {
+                    if tls.is_some() && permit.is_err() {
+                        // Full: no TLS handshake (CPU) for a connection that is refused anyway;
+                        // without one there is no stream to say why on, so it is just closed.
+                        warn!(%peer, "connection limit reached (direct TLS: closed)");
+                        return;
+                    }
                     let stream = match tls {
                         None => XmlStream::new(Box::new(sock), opts.content_ns, opts.limits),
                         Some(cfg) => {

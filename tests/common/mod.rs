@@ -530,6 +530,19 @@ impl Raw {
         }
     }
 
+    /// Read until `needle` arrives or the server closes (at most `secs`); returns all text.
+    pub fn wait_closed_or(&mut self, needle: &str, secs: u64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !self.got.contains(needle) && self.read_some() != Some(0) {
+            assert!(
+                Instant::now() < deadline,
+                "neither {needle:?} nor a close: {:?}",
+                self.got
+            );
+        }
+        self.got.clone()
+    }
+
     /// Wait until the server closes the connection; returns all received text.
     pub fn wait_closed(&mut self, secs: u64) -> String {
         let deadline = Instant::now() + Duration::from_secs(secs);

@@ -279,15 +279,7 @@ const FILES_RESERVE: u64 = 256;
 fn files_wanted(cfg: &FarmConfig, name: &str) -> (u64, String) {
     let conns = cfg.limits.max_connections as u64;
     let relays = match cfg.node(name) {
-        Some(n)
-            if n.role == Role::Master
-                && [false, true].iter().any(|&tls| {
-                    n.redirect_mode(&cfg.relay, tls)
-                        != jabberfarm_shared::config::RedirectMode::Always
-                }) =>
-        {
-            (cfg.relay.max_sessions as u64).min(conns)
-        }
+        Some(n) if n.may_relay(&cfg.relay) => (cfg.relay.max_sessions as u64).min(conns),
         _ => 0,
     };
     let what = if relays > 0 {

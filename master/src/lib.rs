@@ -185,6 +185,7 @@ pub async fn run(
         links: links.clone(),
         domain: cfg.domain.clone(),
         slots: Arc::new(tokio::sync::Semaphore::new(cfg.relay.max_sessions)),
+        max_sessions: cfg.relay.max_sessions,
         stats: relay::RelayStats::default(),
         stop: shutdown.clone(),
         grace: cfg.limits.shutdown_grace.max(Duration::from_secs(1)),
@@ -287,7 +288,6 @@ pub async fn run(
         shutdown.clone(),
         relayer.clone(),
     );
-    let max_sessions = cfg.relay.max_sessions;
     tracker.spawn(async move {
         let (mut saved, mut said) = ((0, 0), String::new());
         loop {
@@ -300,7 +300,7 @@ pub async fn run(
                 save_memory(&p4.memory, &f4);
                 saved = now;
             }
-            let summary = r4.stats.summary(r4.open(max_sessions));
+            let summary = r4.stats.summary(r4.open());
             if summary != said {
                 info!("relay: {summary}; users remembered {}", now.1);
                 said = summary;
@@ -353,7 +353,7 @@ pub async fn run(
     info!(
         node = %node.name,
         "{}; users redirected and not yet seen at their slave {noted}, remembered as relayed {remembered}",
-        relayer.stats.summary(relayer.open(cfg.relay.max_sessions))
+        relayer.stats.summary(relayer.open())
     );
     info!(node = %node.name, "master stopped");
     Ok(())

@@ -228,8 +228,9 @@ impl RelayStats {
 pub struct Relayer {
     pub links: std::sync::Arc<FarmLinks>,
     pub domain: String,
-    /// One permit per relayed session (`relay.max_sessions`).
+    /// One permit per relayed session, `max_sessions` of them (`relay.max_sessions`).
     pub slots: std::sync::Arc<Semaphore>,
+    pub max_sessions: usize,
     pub stats: RelayStats,
     /// Cancelled when the master stops: relayed streams end with the slave's
     /// `<system-shutdown/>`.
@@ -348,8 +349,9 @@ impl Relayer {
         Some((client, slave))
     }
 
-    pub fn open(&self, max: usize) -> usize {
-        max - self.slots.available_permits()
+    /// Relayed sessions open now.
+    pub fn open(&self) -> usize {
+        self.max_sessions - self.slots.available_permits()
     }
 }
 

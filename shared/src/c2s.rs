@@ -421,12 +421,6 @@ async fn read(
     };
     match r {
         Ok(ev) => Some(ev),
-        Err(ReadError::Eof) if stream.relayed => {
-            // The master stopped (or the client left): the client reads this through it.
-            let e = StreamError::new(Condition::SystemShutdown, "the server is stopping");
-            stream.fail(&e, &s.domain).await;
-            None
-        }
         Err(ReadError::Eof) | Err(ReadError::Io(_)) => None,
         Err(ReadError::Stream(e)) => {
             debug!("closing client stream: {e}");

@@ -226,9 +226,7 @@ impl FarmLinks {
         let peer = self.peers.get(node).ok_or(SendError::Unknown)?;
         let guard = peer.tx.lock().unwrap_or_else(|p| p.into_inner());
         let tx = guard.as_ref().ok_or(SendError::Down)?;
-        let mut s = String::with_capacity(128);
-        el.write_to(&mut s, ns::SERVER);
-        tx.try_send(s.into_bytes()).map_err(|e| match e {
+        tx.try_send(frame_of(el)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => SendError::Full,
             mpsc::error::TrySendError::Closed(_) => SendError::Down,
         })
@@ -251,9 +249,7 @@ impl FarmLinks {
             let guard = peer.tx.lock().unwrap_or_else(|p| p.into_inner());
             guard.clone().ok_or(SendError::Down)?
         };
-        let mut s = String::with_capacity(256);
-        stanza.write_to(&mut s, ns::SERVER);
-        tx.send_timeout(s.into_bytes(), SEND_WAIT)
+        tx.send_timeout(frame_of(stanza), SEND_WAIT)
             .await
             .map_err(|e| match e {
                 mpsc::error::SendTimeoutError::Timeout(_) => SendError::Full,
@@ -703,6 +699,13 @@ impl FarmLinks {
             let _ = self.events.try_send(LinkEvent::Down(peer_name));
         }
     }
+}
+
+/// The bytes of one frame's element (links carry elements in `jabber:server`).
+fn frame_of(el: &Element) -> Vec<u8> {
+    let mut s = String::with_capacity(256);
+    el.write_to(&mut s, ns::SERVER);
+    s.into_bytes()
 }
 
 fn push_frame(buf: &mut Vec<u8>, frame: &[u8]) {

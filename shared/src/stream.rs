@@ -82,8 +82,9 @@ pub struct XmlStream {
     /// The peer's address (for a relayed stream: the client's, as the master saw it).
     pub peer: Option<std::net::SocketAddr>,
     /// The master relays this stream (DESIGN.md D1b): end-of-file means the client left or
-    /// the master is stopping, and is answered with `<system-shutdown/>` (the client still
-    /// reads what we write through the master).
+    /// the master is stopping, so [`Self::next`] reports it as the stream error
+    /// `<system-shutdown/>`, which every reader answers (the client still reads what we write
+    /// through the master).
     pub relayed: bool,
     /// The connection slot this stream holds (`limits.max_connections`), freed with it.
     pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -172,6 +173,14 @@ impl XmlStream {
             })
             .await?;
             if n == 0 {
+                if self.relayed {
+                    // The master stopped (or the client left): a client still there reads
+                    // this through the master (DESIGN.md D1b).
+                    return Err(ReadError::Stream(StreamError::new(
+                        Condition::SystemShutdown,
+                        "the server is stopping",
+                    )));
+                }
                 return Err(ReadError::Eof);
             }
         }

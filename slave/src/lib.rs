@@ -23,7 +23,7 @@ use jabberfarm_shared::auth::AccountStore;
 use jabberfarm_shared::c2s::{
     self, Authenticated, C2sSettings, LoginPolicy, LoginRoute, Negotiated,
 };
-use jabberfarm_shared::config::{FarmConfig, NodeConfig, RedirectMode, Role};
+use jabberfarm_shared::config::{FarmConfig, NodeConfig, RedirectMode};
 use jabberfarm_shared::farm::{FarmLinks, LINK_NS, LinkTls, RelayedClient};
 use jabberfarm_shared::listen::{self, BoundListener, ServeOptions};
 use jabberfarm_shared::ns;
@@ -148,12 +148,7 @@ pub async fn run(
         auto_masters: cfg
             .nodes
             .iter()
-            .filter(|n| {
-                n.role == Role::Master
-                    && [false, true]
-                        .iter()
-                        .any(|&tls| n.redirect_mode(&cfg.relay, tls) == RedirectMode::Auto)
-            })
+            .filter(|n| n.uses_redirect_mode(&cfg.relay, RedirectMode::Auto))
             .map(|n| n.name.clone())
             .collect(),
         tasks: tracker.clone(),

@@ -129,11 +129,6 @@ async fn bind(
                 stream.fail(&e, domain).await;
                 return None;
             }
-            Err(ReadError::Eof) if stream.relayed => {
-                let e = StreamError::new(Condition::SystemShutdown, "the server is stopping");
-                stream.fail(&e, domain).await;
-                return None;
-            }
             Err(_) => return None,
         };
         let Some(req) = iq.child("bind", ns::BIND) else {
@@ -221,11 +216,6 @@ impl Session {
                     Ok(StreamEvent::Close) => return End::PeerClosed,
                     Ok(StreamEvent::Open(_)) => return End::Error(StreamError::bare(Condition::NotWellFormed)),
                     Err(ReadError::Stream(e)) => return End::Error(e),
-                    // Relayed: the master stopped or the client left; a client still there
-                    // reads this through the master (DESIGN.md D1b).
-                    Err(ReadError::Eof) if stream.relayed => {
-                        return End::Error(StreamError::new(Condition::SystemShutdown, "the server is stopping"));
-                    }
                     Err(_) => return End::Gone,
                 },
                 out = rx.recv() => match out {

@@ -769,11 +769,54 @@ fn user_commands(s: &Setup) {
     }
 }
 
+/// A message to a user who is offline is kept and delivered at the next login, whatever the
+/// backend (before, LDAP and legacy-table accounts bounced every such message); one to a name
+/// with no account is bounced with `<service-unavailable/>`.
+fn offline_contract(s: &Setup) {
+    let farm = &s.farm;
+    let bounced = |c: &mut Client, id: &str| {
+        let needle = format!("id='{id}'");
+        let out = c.wait_until(&needle.clone(), 10, |t| {
+            t.find(&needle).is_some_and(|i| t[i..].contains("</message>"))
+        });
+        assert!(
+            out.contains("type='error'") && out.contains("<service-unavailable"),
+            "{id}: {out}"
+        );
+    };
+    let mut alice = login(farm, "alice", "offline");
+    alice.send("<presence/>");
+    if s.backend == Backend::LdapBind {
+        // The directory hides its entries from anonymous readers and there is no service
+        // account: until carol has logged in once, the farm cannot know she exists.
+        alice.send(
+            "<message to='carol@localhost' type='chat' id='o0'><body>too early</body></message>",
+        );
+        bounced(&mut alice, "o0");
+        let mut carol = login(farm, "carol", "first");
+        carol.send("</stream:stream>");
+        carol.wait_until("the stream to close", 10, |t| {
+            t.contains("</stream:stream>")
+        });
+    }
+    alice.send(
+        "<message to='carol@localhost' type='chat' id='o1'><body>kept while away</body></message>",
+    );
+    alice
+        .send("<message to='nosuchuser@localhost' type='chat' id='o2'><body>lost</body></message>");
+    bounced(&mut alice, "o2");
+    let mut carol = login(farm, "carol", "phone");
+    carol.send("<presence/>");
+    let msg = carol.wait_for("kept while away", 10);
+    assert!(msg.contains("from='alice@localhost/offline'"), "{msg}");
+}
+
 fn every_contract(backend: Backend) {
     let s = setup(backend);
     login_contract(&s);
     hostile_usernames(&s);
     user_commands(&s);
+    offline_contract(&s);
 }
 
 #[test]

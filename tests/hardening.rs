@@ -179,3 +179,47 @@ fn a_full_node_refuses_without_a_tls_handshake_and_serves_again_when_freed() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// A login that replaces a session whose client stopped reading (its queue full, its writes
+/// waiting) ends that session at once, not after `limits.write_timeout`: the `<conflict/>`
+/// signal travels apart from the stanza queue, so it cannot be dropped when the queue is full
+/// (it was, and the replaced session lived on).
+#[test]
+fn a_replaced_session_ends_even_when_its_queue_is_full() {
+    let farm = TestFarm::start_with(
+        1,
+        false,
+        "stream_open_timeout = 3\nlogin_timeout = 10\nshutdown_grace = 2\nwrite_timeout = 60",
+    );
+    for u in ["stalled", "talker"] {
+        farm.add_user(&format!("{u}@localhost"), "pw");
+    }
+    let slave = farm.slaves[0].c2s;
+    let mut stalled = Raw::login(slave, "stalled", "pw", "r");
+    stalled.send("<presence/>");
+    stalled.wait_for("<presence", 5);
+    let mut talker = Raw::login(slave, "talker", "pw", "r");
+    // Enough to fill the socket buffers and the session's queue (1,024 stanzas).
+    let body = "x".repeat(8_000);
+    let mut batch = String::new();
+    for i in 0..3000 {
+        batch.push_str(&format!(
+            "<message to='stalled@localhost/r' type='chat' id='m{i}'><body>{body}</body></message>"
+        ));
+        if batch.len() > 1_000_000 {
+            talker.send(&batch);
+            batch.clear();
+        }
+    }
+    talker.send(&batch);
+    talker.send("<iq type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>");
+    talker.wait_for("id='sync'", 30);
+    // The same resource logs in again: the stalled session is told to go, and goes now.
+    let mut again = Raw::login(slave, "stalled", "pw", "r");
+    farm.wait_log("session ended jid=stalled@localhost/r", 10);
+    again.send("<presence/>");
+    again.wait_for("<presence", 5);
+    talker.send("<message to='stalled@localhost/r' type='chat' id='new'><body>to the new one</body></message>");
+    again.wait_for("to the new one", 10);
+    drop(stalled);
+}

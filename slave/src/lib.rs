@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::router::{Outgoing, Router};
+use crate::router::Router;
 
 /// Everything a slave's connections share.
 pub struct Slave {
@@ -219,12 +219,10 @@ pub async fn run(
     .await;
     shutdown.cancelled().await;
     // Sessions see the token themselves; this also reaches any that are busy writing.
-    for tx in slave.router.all_sessions() {
-        let _ = tx.try_send(Outgoing::Close(Box::new(StreamError::new(
-            Condition::SystemShutdown,
-            "the server is stopping",
-        ))));
-    }
+    slave.router.close_all(&StreamError::new(
+        Condition::SystemShutdown,
+        "the server is stopping",
+    ));
     if !listen::drain(
         &tracker,
         cfg.limits.shutdown_grace.max(Duration::from_millis(100)),

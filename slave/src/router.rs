@@ -6,8 +6,8 @@
 //! is federation's.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use jabberfarm_shared::routing::{RoutingTable, normalize_localpart};
@@ -17,14 +17,44 @@ use jid::Jid;
 use tokio::sync::mpsc;
 use tracing::debug;
 
-/// What a session's task is told to do.
+/// What a session's task is told to write.
 #[derive(Debug)]
 pub enum Outgoing {
-    /// Boxed (as is the error), so a queue slot is 16 bytes: tokio's channel allocates its
-    /// slots 32 at a time, at creation, for every session.
+    /// Boxed, so a queue slot is 8 bytes: tokio's channel allocates its slots 32 at a time,
+    /// at creation, for every session.
     Stanza(Box<Element>),
-    /// Close the stream with this error (replaced by a newer login, shutdown, …).
-    Close(Box<StreamError>),
+}
+
+/// Tells a session to close its stream with an error (replaced by a newer login, the slave
+/// stopping). Apart from the stanza queue, so it is never lost when that queue is full: the
+/// first reason given wins, and the session sees it at its next wake-up.
+#[derive(Debug, Default)]
+pub struct Closer {
+    reason: Mutex<Option<StreamError>>,
+    wake: tokio::sync::Notify,
+}
+
+impl Closer {
+    /// Ask the session to close with `e` (a later reason does not replace an earlier one).
+    pub fn close(&self, e: StreamError) {
+        let mut reason = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        if reason.is_none() {
+            *reason = Some(e);
+        }
+        drop(reason);
+        // Stores a permit when the session is not waiting right now: nothing is missed.
+        self.wake.notify_one();
+    }
+
+    /// Resolves once [`Self::close`] was called, with its reason.
+    pub async fn closed(&self) -> StreamError {
+        loop {
+            if let Some(e) = self.reason.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                return e;
+            }
+            self.wake.notified().await;
+        }
+    }
 }
 
 /// Per-session queue bound; a full queue answers the sender with `resource-constraint`.
@@ -34,6 +64,7 @@ struct Resource {
     name: String,
     conn: u64,
     tx: mpsc::Sender<Outgoing>,
+    closer: Arc<Closer>,
     /// Sent initial presence (RFC 6121 §4.2) and not yet unavailable.
     available: bool,
     priority: i8,
@@ -153,7 +184,13 @@ impl Router {
 
     /// Bind `resource` for `user`. A resource already bound is replaced: its session is told to
     /// close with `<conflict/>` (RFC 6120 §7.7.2.2).
-    pub fn bind(&self, user: &str, resource: &str, tx: mpsc::Sender<Outgoing>) -> u64 {
+    pub fn bind(
+        &self,
+        user: &str,
+        resource: &str,
+        tx: mpsc::Sender<Outgoing>,
+        closer: Arc<Closer>,
+    ) -> u64 {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         // Most users have one resource: room for one (a first push would make room for 4).
@@ -162,15 +199,16 @@ impl Router {
             .or_insert_with(|| Vec::with_capacity(1));
         if let Some(pos) = list.iter().position(|r| r.name == resource) {
             let old = list.remove(pos);
-            let _ = old.tx.try_send(Outgoing::Close(Box::new(StreamError::new(
+            old.closer.close(StreamError::new(
                 jabberfarm_shared::xml::Condition::Conflict,
                 "replaced by a new login with the same resource",
-            ))));
+            ));
         }
         list.push(Resource {
             name: resource.to_owned(),
             conn,
             tx,
+            closer,
             available: false,
             priority: 0,
             presence: None,
@@ -399,13 +437,12 @@ impl Router {
         sessions.values().map(Vec::len).sum()
     }
 
-    /// Every session's queue, to tell them all something (shutdown).
-    pub fn all_sessions(&self) -> Vec<mpsc::Sender<Outgoing>> {
+    /// Tell every session to close with `e` (the slave stopping).
+    pub fn close_all(&self, e: &StreamError) {
         let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions
-            .values()
-            .flat_map(|l| l.iter().map(|r| r.tx.clone()))
-            .collect()
+        for r in sessions.values().flatten() {
+            r.closer.close(e.clone());
+        }
     }
 
     /// Deliver a stanza to a user this slave owns (RFC 6121 §8.5). Returns the error reply to

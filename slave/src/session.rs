@@ -13,11 +13,11 @@ use jabberfarm_shared::stream::{ReadError, XmlStream, new_id};
 use jabberfarm_shared::xml::{Condition, Element, StreamError, StreamEvent};
 use jid::{BareJid, FullJid, Jid, ResourcePart};
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::Slave;
 use crate::dispatch::Origin;
-use crate::router::{Outgoing, SESSION_QUEUE};
+use crate::router::{Closer, Outgoing, SESSION_QUEUE};
 
 /// Serve one authenticated client until it leaves or the slave stops.
 pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
@@ -34,12 +34,15 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
         return;
     };
     let (tx, mut rx) = mpsc::channel(SESSION_QUEUE);
+    let closer = Arc::new(Closer::default());
     // Bind a resource: from iq:auth directly, or wait for the client's bind request.
     let (jid, conn) = match legacy {
         Some(l) => match ResourcePart::new(&l.resource) {
             Ok(res) => {
                 let jid = bare.with_resource(&res);
-                let conn = slave.router.bind(&username, res.as_str(), tx);
+                let conn = slave
+                    .router
+                    .bind(&username, res.as_str(), tx, closer.clone());
                 if stream.send(&iq_result(&l.iq, None)).await.is_err() {
                     slave.router.unbind(&username, res.as_str(), conn);
                     return;
@@ -62,19 +65,35 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
         },
         // Boxed, like the other rare steps below: an idle session's task keeps only the size
         // of its stanza loop.
-        None => match Box::pin(bind(&slave, &mut stream, &bare, &username, tx)).await {
+        None => match Box::pin(bind(
+            &slave,
+            &mut stream,
+            &bare,
+            &username,
+            tx,
+            closer.clone(),
+        ))
+        .await
+        {
             Some(b) => b,
             None => return,
         },
     };
     info!(jid = %jid, "session started");
+    if !slave.store.looks_up_users() {
+        // The backend cannot say who exists (LDAP bind mode): remember that this user does,
+        // so messages to it while offline are kept (im/offline.rs).
+        if let Err(e) = slave.im.mark_known(&username, crate::im::now_ms()).await {
+            warn!(user = username, "could not record the login: {e}");
+        }
+    }
     let mut session = Session {
         slave: slave.clone(),
         from: jid.to_string(),
         jid,
         user: username,
     };
-    let end = session.serve(&mut stream, &mut rx).await;
+    let end = session.serve(&mut stream, &mut rx, &closer).await;
     // Contacts see the session go, however it ended (RFC 6121 §4.5.2).
     Box::pin(crate::im::presence::gone(
         &slave,
@@ -100,6 +119,7 @@ async fn bind(
     bare: &BareJid,
     user: &str,
     tx: mpsc::Sender<Outgoing>,
+    closer: Arc<Closer>,
 ) -> Option<(FullJid, u64)> {
     let domain = &slave.router.domain;
     loop {
@@ -177,7 +197,7 @@ async fn bind(
             },
         };
         let jid = bare.with_resource(&res);
-        let conn = slave.router.bind(user, res.as_str(), tx);
+        let conn = slave.router.bind(user, res.as_str(), tx, closer);
         let payload = Element::new("bind", ns::BIND)
             .with_child(Element::new("jid", ns::BIND).with_text(jid.to_string()));
         if stream.send(&iq_result(&iq, Some(payload))).await.is_err() {
@@ -204,7 +224,12 @@ struct Session {
 }
 
 impl Session {
-    async fn serve(&mut self, stream: &mut XmlStream, rx: &mut mpsc::Receiver<Outgoing>) -> End {
+    async fn serve(
+        &mut self,
+        stream: &mut XmlStream,
+        rx: &mut mpsc::Receiver<Outgoing>,
+        closer: &Closer,
+    ) -> End {
         loop {
             tokio::select! {
                 ev = stream.next() => match ev {
@@ -223,31 +248,32 @@ impl Session {
                         // Write whatever else is queued in the same write.
                         let mut buf = String::with_capacity(512);
                         stream.serialize_into(&el, &mut buf);
-                        let mut close = None;
                         while buf.len() < 64 * 1024 {
                             match rx.try_recv() {
                                 Ok(Outgoing::Stanza(el)) => stream.serialize_into(&el, &mut buf),
-                                Ok(Outgoing::Close(e)) => {
-                                    close = Some(*e);
-                                    break;
-                                }
                                 Err(_) => break,
                             }
                         }
-                        if let Err(e) = stream.send_raw(&buf).await {
+                        // A client that reads slowly (or not at all) is not waited for once the
+                        // session is told to close: the connection is dropped mid-write.
+                        let sent = tokio::select! {
+                            r = stream.send_raw(&buf) => r,
+                            e = closer.closed() => {
+                                info!(jid = %self.jid, "dropping the session while a write waits: {e}");
+                                return End::Gone;
+                            }
+                        };
+                        if let Err(e) = sent {
                             if e.kind() == std::io::ErrorKind::TimedOut {
                                 // limits.write_timeout: the client stopped reading.
                                 info!(jid = %self.jid, "dropping the session: {e}");
                             }
                             return End::Gone;
                         }
-                        if let Some(e) = close {
-                            return End::Error(e);
-                        }
                     }
-                    Some(Outgoing::Close(e)) => return End::Error(*e),
                     None => return End::Gone,
                 },
+                e = closer.closed() => return End::Error(e),
                 _ = self.slave.shutdown.cancelled() => {
                     return End::Error(StreamError::new(Condition::SystemShutdown, "the server is stopping"));
                 }

@@ -64,6 +64,17 @@ struct Conn {
     service_bound: bool,
 }
 
+/// What a pooled connection is used for.
+enum Op<'a> {
+    /// Bind as the user with this password (after the search in search mode).
+    Verify {
+        username: &'a str,
+        password: &'a str,
+    },
+    /// Search for exactly one entry, as the service account.
+    Exists { base: &'a str, filter: &'a str },
+}
+
 /// Why the directory could not answer (network, timeout, protocol, unexpected result).
 struct Fail(String);
 
@@ -106,9 +117,41 @@ impl LdapStore {
         if password.is_empty() {
             return Ok(false);
         }
+        self.with_conn(&Op::Verify { username, password }).await
+    }
+
+    /// Whether the directory has an entry for `username`: search mode looks it up as the
+    /// service account (exactly one entry, as for a login); bind mode has nobody to search
+    /// as (`None`: cannot tell).
+    pub(crate) async fn exists(&self, username: &str) -> Result<Option<bool>, StoreError> {
+        let LdapAuth::Search {
+            base,
+            filter_template,
+            ..
+        } = &self.inner.auth
+        else {
+            return Ok(None);
+        };
+        let filter = filter_template.replace("{user}", &ldap3::ldap_escape(username));
+        self.with_conn(&Op::Exists {
+            base,
+            filter: &filter,
+        })
+        .await
+        .map(Some)
+    }
+
+    /// Search-then-bind: users can be looked up without their password.
+    pub(crate) fn can_search(&self) -> bool {
+        matches!(self.inner.auth, LdapAuth::Search { .. })
+    }
+
+    /// Runs `work` on a pooled connection (a new one if none is idle; once more on a new one
+    /// if an idle one failed, as the directory may have restarted since), all bounded by
+    /// 4 × `timeout`, including the wait for a free connection.
+    async fn with_conn(&self, op: &Op<'_>) -> Result<bool, StoreError> {
         let inner = &self.inner;
-        // Waiting for a free connection counts against the same bound as the work itself.
-        let work = async {
+        let run = async {
             let _permit = inner
                 .permits
                 .acquire()
@@ -120,19 +163,17 @@ impl LdapStore {
                 Some(c) => c,
                 None => self.connect().await?,
             };
-            match self.attempt(&mut conn, username, password).await {
-                Ok(ok) => {
+            match self.run(&mut conn, op).await {
+                Ok(v) => {
                     self.put_back(conn);
-                    Ok(ok)
+                    Ok(v)
                 }
-                // An idle connection may have died since (directory restarted): once more on a
-                // new one before calling the directory unavailable.
                 Err(Fail(e)) if !fresh => {
                     debug!("LDAP: retrying on a new connection after: {e}");
                     let mut conn = self.connect().await?;
-                    let ok = self.attempt(&mut conn, username, password).await?;
+                    let v = self.run(&mut conn, op).await?;
                     self.put_back(conn);
-                    Ok(ok)
+                    Ok(v)
                 }
                 Err(e) => Err(e),
             }
@@ -140,8 +181,8 @@ impl LdapStore {
         // Connect, service bind, search and user bind each have `timeout`; this bounds the
         // whole, including the wait for a pooled connection.
         let limit = inner.timeout * 4;
-        match tokio::time::timeout(limit, work).await {
-            Ok(Ok(ok)) => Ok(ok),
+        match tokio::time::timeout(limit, run).await {
+            Ok(Ok(v)) => Ok(v),
             Ok(Err(Fail(detail))) => Err(unavailable(detail)),
             Err(_) => Err(unavailable(format!(
                 "{}: no answer within {limit:?} (4 × storage.ldap.timeout)",
@@ -156,6 +197,18 @@ impl LdapStore {
         self.inner.permits.close();
         for mut c in idle {
             let _ = c.ldap.unbind().await;
+        }
+    }
+
+    async fn run(&self, conn: &mut Conn, op: &Op<'_>) -> Result<bool, Fail> {
+        match *op {
+            Op::Verify { username, password } => self.attempt(conn, username, password).await,
+            Op::Exists { base, filter } => {
+                if !conn.service_bound {
+                    self.bind_service(conn).await?;
+                }
+                Ok(self.find_one(conn, base, filter).await?.is_some())
+            }
         }
     }
 

@@ -39,6 +39,16 @@ pub const MIN_ITERATIONS: u32 = 4096;
 /// Longest localpart in bytes (RFC 7622 §3.3.1).
 const MAX_USERNAME_BYTES: usize = 1023;
 
+/// What [`AccountStore::exists`] can say about a username.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Existence {
+    Yes,
+    No,
+    /// The backend cannot look users up without their password (LDAP bind mode): only a
+    /// successful login shows that an account exists.
+    Unknown,
+}
+
 /// An account backend (`storage.backend`).
 #[derive(Clone, Debug)]
 pub enum AccountStore {
@@ -169,6 +179,39 @@ impl AccountStore {
             Self::Sqlite(store) => store.credentials(username, hash).await,
             Self::Mysql(store) => store.credentials(username, hash).await,
             Self::Ldap(..) => Ok(None),
+        }
+    }
+
+    /// Whether the account `username` exists, for deciding whether a message to an offline
+    /// user is kept (offline storage) or bounced. No password is checked; nothing here is
+    /// visible to the sender beyond that bounce, which an offline user with a full store gets
+    /// too. [`Existence::Unknown`] only where the backend cannot look a user up: LDAP with
+    /// `bind_dn` and no service account (the directory hides its entries from anonymous
+    /// readers).
+    pub async fn exists(&self, username: &str) -> Result<Existence, StoreError> {
+        if check_username(username).is_err() {
+            return Ok(Existence::No);
+        }
+        let found = match self {
+            Self::Mysql(store) if store.is_legacy() => store.legacy_user_exists(username).await?,
+            Self::Sqlite(_) | Self::Mysql(_) => self
+                .credentials(username, ScramHash::Sha256)
+                .await?
+                .is_some(),
+            Self::Ldap(directory, _) => match directory.exists(username).await? {
+                Some(found) => found,
+                None => return Ok(Existence::Unknown),
+            },
+        };
+        Ok(if found { Existence::Yes } else { Existence::No })
+    }
+
+    /// Whether [`Self::exists`] can answer for every user; if not, the slave keeps a record of
+    /// who has logged in (`known_users`) to answer for them.
+    pub fn looks_up_users(&self) -> bool {
+        match self {
+            Self::Ldap(directory, _) => directory.can_search(),
+            Self::Sqlite(_) | Self::Mysql(_) => true,
         }
     }
 

@@ -43,6 +43,7 @@ const SCHEMA_PROBES: &[(&str, &str)] = &[
     ("offline_messages", "id, username, stanza, stamp_ms"),
     ("vcards", "username, xml"),
     ("last_activity", "username, stamp_ms, status"),
+    ("known_users", "username, first_login_ms"),
 ];
 
 const SELECT_SHA1: &str = "SELECT salt, iterations, sha1_stored AS stored, sha1_server AS server \
@@ -269,6 +270,23 @@ impl MysqlStore {
             })
         })
         .transpose()
+    }
+
+    /// Whether `login_query` finds `username` in the legacy table (a row, whatever its hash).
+    pub(crate) async fn legacy_user_exists(&self, username: &str) -> Result<bool, StoreError> {
+        let MysqlAccounts::Legacy { login_query, .. } = &self.accounts else {
+            return Err(unavailable("not a legacy user table".to_owned()));
+        };
+        let rows = self
+            .timed("looking up a user (storage.mysql.login_query)", async {
+                sqlx::query(operator_sql(login_query))
+                    .bind(username)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await?;
+        Ok(!rows.is_empty())
     }
 
     /// PLAIN against a legacy table: `login_query` with the username bound, then the hash

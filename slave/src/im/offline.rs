@@ -3,6 +3,7 @@
 //! a XEP-0203 `<delay/>`, when the user next sends initial presence with non-negative
 //! priority.
 
+use jabberfarm_shared::auth::Existence;
 use jabberfarm_shared::ns;
 use jabberfarm_shared::stanza::{ErrorType, error_reply};
 use jabberfarm_shared::xml::{Element, parse_element};
@@ -47,13 +48,15 @@ pub async fn deliver_or_store(
 async fn store(slave: &Slave, user: &str, msg: Element) -> Option<Element> {
     // No enumeration through offline storage either: an unknown user is service-unavailable,
     // as for a user who is merely offline with storage full.
-    match slave
-        .store
-        .credentials(user, jabberfarm_shared::auth::ScramHash::Sha256)
-        .await
-    {
-        Ok(Some(_)) => {}
-        Ok(None) => {
+    let exists = match slave.store.exists(user).await {
+        // LDAP bind mode: only a login shows that the account exists.
+        Ok(Existence::Unknown) => slave.im.is_known(user).await,
+        Ok(e) => Ok(e == Existence::Yes),
+        Err(e) => Err(e),
+    };
+    match exists {
+        Ok(true) => {}
+        Ok(false) => {
             return Some(error_reply(
                 &msg,
                 ErrorType::Cancel,

@@ -93,6 +93,17 @@ impl ImStore {
         }
     }
 
+    /// Records that `user` logged in, for account backends that cannot look users up
+    /// ([`AccountStore::looks_up_users`]).
+    pub async fn mark_known(&self, user: &str, now_ms: i64) -> Result<(), StoreError> {
+        each!(self, s => s.mark_known(user, now_ms).await)
+    }
+
+    /// Whether `user` has logged in on this farm before (see [`Self::mark_known`]).
+    pub async fn is_known(&self, user: &str) -> Result<bool, StoreError> {
+        each!(self, s => s.is_known(user).await)
+    }
+
     /// Removes everything kept for `user` (when the account is deleted), atomically. Not an
     /// error if there was nothing.
     pub async fn delete_user(&self, user: &str) -> Result<(), StoreError> {

@@ -1,5 +1,5 @@
 //! The central backend: the IM tables in the farm's MySQL/MariaDB database
-//! (`shared/migrations/mysql/0002_im.sql`, `0003_last_activity.sql`, applied when the account
+//! (`shared/migrations/mysql/0002_im.sql`, `0003_last_activity.sql`, `0004_known_users.sql`, applied when the account
 //! store opens), shared by every slave, so a user's roster and offline messages follow the user
 //! to whichever slave owns them. One file per feature implements its trait: `roster_mysql.rs`,
 //! `offline_mysql.rs`, `vcard_mysql.rs`, `last_mysql.rs`.
@@ -67,11 +67,38 @@ impl MysqlIm {
                 "DELETE FROM offline_messages WHERE username = ?",
                 "DELETE FROM vcards WHERE username = ?",
                 "DELETE FROM last_activity WHERE username = ?",
+                "DELETE FROM known_users WHERE username = ?",
             ] {
                 sqlx::query(sql).bind(user).execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(())
+        })
+        .await
+    }
+
+    /// Records that `user` logged in (`known_users`); the first login's time stays.
+    pub async fn mark_known(&self, user: &str, now_ms: i64) -> Result<(), StoreError> {
+        self.run("recording a login", user, || async {
+            sqlx::query("INSERT IGNORE INTO known_users (username, first_login_ms) VALUES (?, ?)")
+                .bind(user)
+                .bind(now_ms)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Whether `user` has logged in before ([`Self::mark_known`]), on any slave.
+    pub async fn is_known(&self, user: &str) -> Result<bool, StoreError> {
+        self.run("looking up a known user", user, || async {
+            let found: Option<i64> =
+                sqlx::query_scalar("SELECT 1 FROM known_users WHERE username = ?")
+                    .bind(user)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            Ok(found.is_some())
         })
         .await
     }

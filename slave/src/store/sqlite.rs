@@ -1,5 +1,5 @@
 //! The embedded backend: the IM tables live in the node's SQLite file next to the accounts
-//! (`shared/migrations/sqlite/0002_im.sql`, `0003_last_activity.sql`, applied when the account
+//! (`shared/migrations/sqlite/0002_im.sql`, `0003_last_activity.sql`, `0004_known_users.sql`, applied when the account
 //! store opens). One file per feature implements its trait: `roster_sqlite.rs`,
 //! `offline_sqlite.rs`, `vcard_sqlite.rs`, `last_sqlite.rs`.
 
@@ -59,6 +59,7 @@ impl SqliteIm {
             "DELETE FROM offline_messages WHERE username = ?1",
             "DELETE FROM vcards WHERE username = ?1",
             "DELETE FROM last_activity WHERE username = ?1",
+            "DELETE FROM known_users WHERE username = ?1",
         ] {
             sqlx::query(sql)
                 .bind(user)
@@ -67,6 +68,30 @@ impl SqliteIm {
                 .map_err(|e| self.error(doing, user, e))?;
         }
         tx.commit().await.map_err(|e| self.error(doing, user, e))
+    }
+
+    /// Records that `user` logged in (`known_users`); the first login's time stays.
+    pub async fn mark_known(&self, user: &str, now_ms: i64) -> Result<(), StoreError> {
+        sqlx::query("INSERT OR IGNORE INTO known_users (username, first_login_ms) VALUES (?1, ?2)")
+            .bind(user)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error("recording a login", user, e))
+    }
+
+    /// Whether `user` has logged in here before ([`Self::mark_known`]).
+    pub async fn is_known(&self, user: &str) -> Result<bool, StoreError> {
+        let doing = "looking up a known user";
+        let mut conn = self.reader(user, doing).await?;
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM known_users WHERE username = ?1")
+                .bind(user)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(|e| self.error(doing, user, e))?;
+        Ok(found.is_some())
     }
 
     /// Whether the user has roster items, pending subscription requests, offline messages:

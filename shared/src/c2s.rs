@@ -40,6 +40,11 @@ pub struct C2sSettings {
     pub fake_key: [u8; 32],
     /// Failed authentication attempts before the stream is closed.
     pub max_auth_failures: u32,
+    /// One permit per password check running (PBKDF2, a legacy hash, a directory bind): at
+    /// most two per core at once, so a flood of PLAIN attempts queues here instead of filling
+    /// the blocking pool. A check that waits longer than `login_timeout` fails as a
+    /// temporary failure.
+    pub password_checks: Arc<tokio::sync::Semaphore>,
     /// The account backend keeps no SCRAM keys (LDAP, a legacy password table): offer only
     /// PLAIN (and iq:auth), and only over TLS, so the password never crosses the wire in clear
     /// (`docs/backends.md`).
@@ -594,6 +599,16 @@ async fn check_password(
     password: String,
     s: &C2sSettings,
 ) -> Result<bool, AuthFail> {
+    let Ok(Ok(_permit)) = tokio::time::timeout(s.login_timeout, s.password_checks.acquire()).await
+    else {
+        return Err(AuthFail::Backend(StoreError::Unavailable {
+            backend: "password check",
+            detail: format!(
+                "no free slot within {:?}: too many password checks at once",
+                s.login_timeout
+            ),
+        }));
+    };
     if store.plain_only() {
         // The backend checks the password itself (a directory bind, a legacy hash) and makes
         // an unknown user cost what a wrong password costs.
@@ -605,18 +620,19 @@ async fn check_password(
     let creds = lookup(store, user, ScramHash::Sha256)
         .await
         .map_err(AuthFail::Backend)?;
-    let (iterations, key, name) = (s.scram_iterations, s.fake_key, user.to_owned());
-    let ok = tokio::task::spawn_blocking(move || match creds {
-        Some(c) => c.verify_plain(&password),
-        None => {
-            // Same work for an unknown user as for a wrong password.
-            let _ = sasl::fake_credentials(ScramHash::Sha256, &name, iterations, &key);
-            false
-        }
-    })
-    .await
-    .unwrap_or(false);
-    Ok(ok)
+    // Same work for an unknown user as for a wrong password: a PBKDF2 on keys that no
+    // password matches.
+    let (known, creds) = match creds {
+        Some(c) => (true, c),
+        None => (
+            false,
+            sasl::fake_credentials(ScramHash::Sha256, user, s.scram_iterations, &s.fake_key),
+        ),
+    };
+    let ok = tokio::task::spawn_blocking(move || creds.verify_plain(&password))
+        .await
+        .unwrap_or(false);
+    Ok(ok && known)
 }
 
 /// PLAIN (RFC 4616). `Ok(Some(empty))` on success.
@@ -652,26 +668,11 @@ async fn scram(
 ) -> Result<Option<Vec<u8>>, AuthFail> {
     let first = sasl::parse_scram_first(initial)?;
     let creds = lookup(store, user, hash).await.map_err(AuthFail::Backend)?;
-    let creds = match creds {
-        Some(c) => Some(c),
-        None => {
-            let (iterations, key, name) = (s.scram_iterations, s.fake_key, user.to_owned());
-            let fake = tokio::task::spawn_blocking(move || {
-                sasl::fake_credentials(hash, &name, iterations, &key)
-            })
-            .await
-            .map_err(|_| AuthFail::Sasl(SaslError::NotAuthorized))?;
-            let (server, msg) = ScramServer::start(&first, None, || fake);
-            return scram_finish(stream, server, msg, s, deadline).await;
-        }
-    };
-    let (server, msg) = ScramServer::start(&first, creds, || unreachable_fake(hash));
+    // An unknown user gets keys from a keyed hash of the name (no PBKDF2, as for a real one).
+    let (server, msg) = ScramServer::start(&first, creds, || {
+        sasl::fake_credentials(hash, user, s.scram_iterations, &s.fake_key)
+    });
     scram_finish(stream, server, msg, s, deadline).await
-}
-
-/// Never called: `start` only asks for fake keys when given none.
-fn unreachable_fake(hash: ScramHash) -> ScramCredentials {
-    ScramCredentials::derive(hash, "", b"unused", 1)
 }
 
 async fn scram_finish(
@@ -880,6 +881,9 @@ impl C2sSettings {
             scram_iterations: cfg.storage.scram_iterations,
             fake_key: rand::random(),
             max_auth_failures: 3,
+            password_checks: Arc::new(tokio::sync::Semaphore::new(
+                2 * std::thread::available_parallelism().map_or(1, |n| n.get()),
+            )),
             plain_only: cfg.storage.plain_only(),
             shutdown,
         }

@@ -292,17 +292,33 @@ impl ScramServer {
     }
 }
 
-/// Stable fake keys for a user that does not exist: the same salt every time for that name
-/// (derived from a per-process key), so repeated probes cannot tell it from a real user.
+/// Stable fake keys for a user that does not exist, from a keyed hash of the name: the same
+/// salt every time for that name (the per-process key makes it unpredictable), the iteration
+/// count real accounts get, and keys no password yields. No PBKDF2: a real user's SCRAM
+/// exchange runs none either (the stored keys are read), so an unknown user's server-first
+/// message comes as fast as a real one's and the name cannot be told by timing.
 pub fn fake_credentials(
     hash: ScramHash,
     username: &str,
     iterations: u32,
     process_key: &[u8],
 ) -> ScramCredentials {
-    let salt = hmac(ScramHash::Sha256, process_key, username.as_bytes());
-    let password: [u8; 16] = rand::random();
-    ScramCredentials::derive(hash, &B64.encode(password), &salt[..16], iterations)
+    let keyed = |label: &[u8]| {
+        let mut msg = label.to_vec();
+        msg.push(0);
+        msg.extend_from_slice(username.as_bytes());
+        let mut out = hmac(ScramHash::Sha256, process_key, &msg);
+        out.truncate(hash.output_len());
+        out
+    };
+    let salt = keyed(b"salt")[..16].to_vec();
+    ScramCredentials {
+        hash,
+        salt,
+        iterations,
+        stored_key: keyed(b"stored"),
+        server_key: keyed(b"server"),
+    }
 }
 
 #[cfg(test)]
@@ -393,6 +409,29 @@ mod tests {
             server.finish(b"c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts="),
             Err(SaslError::NotAuthorized)
         );
+    }
+
+    #[test]
+    fn fake_keys_are_stable_per_name_and_look_like_real_ones() {
+        let key = [7u8; 32];
+        for hash in [ScramHash::Sha1, ScramHash::Sha256] {
+            let a = fake_credentials(hash, "nobody", 4096, &key);
+            let again = fake_credentials(hash, "nobody", 4096, &key);
+            let other = fake_credentials(hash, "someone", 4096, &key);
+            let real = ScramCredentials::derive(hash, "pw", &a.salt, 4096);
+            assert_eq!(a.salt, again.salt, "same salt for the same name");
+            assert_eq!(a.stored_key, again.stored_key);
+            assert_ne!(a.salt, other.salt);
+            assert_eq!(a.salt.len(), 16);
+            assert_eq!(a.iterations, 4096);
+            assert_eq!(a.stored_key.len(), real.stored_key.len());
+            assert_eq!(a.server_key.len(), real.server_key.len());
+            // Another process (another key) gives other salts.
+            assert_ne!(
+                fake_credentials(hash, "nobody", 4096, &[8u8; 32]).salt,
+                a.salt
+            );
+        }
     }
 
     #[test]

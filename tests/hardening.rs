@@ -223,3 +223,74 @@ fn a_replaced_session_ends_even_when_its_queue_is_full() {
     again.wait_for("to the new one", 10);
     drop(stalled);
 }
+
+/// One SASL PLAIN attempt on a fresh connection: the `<success/>` or `<failure/>` text.
+fn plain_attempt(addr: std::net::SocketAddr, user: &str, password: &str) -> String {
+    let mut c = Raw::connect(addr);
+    c.send(HEADER);
+    c.wait_for("</stream:features>", 5);
+    c.send(&common::plain_auth(user, password));
+    let out = c.wait_for("urn:ietf:params:xml:ns:xmpp-sasl", 10);
+    if out.contains("<success") {
+        return out;
+    }
+    c.wait_closed_or("</failure>", 5)
+}
+
+/// Brute force (`[auth_limits]`): after the allowance, an account (from any address) and an
+/// address (for any account) must wait, the wait doubling; an early attempt is refused with
+/// `<temporary-auth-failure/>` and the wait in the text — even with the right password, which
+/// is never checked — and after the wait the right password works again.
+#[test]
+fn failed_logins_make_the_account_and_the_address_wait() {
+    let farm = TestFarm::start_edited(1, |t| {
+        format!(
+            "{t}\n[auth_limits]\nper_address = 6\nper_account = 3\nwait = 2\nmax_wait = 8\nforget = 60\n"
+        )
+    });
+    farm.add_user("victim@localhost", "right");
+    farm.add_user("other@localhost", "right");
+    let slave = farm.slaves[0].c2s;
+    for _ in 0..3 {
+        let out = plain_attempt(slave, "victim", "wrong");
+        assert!(out.contains("<not-authorized/>"), "{out}");
+    }
+    // Three failures: the account waits 2 s, and the right password is not even tried.
+    let out = plain_attempt(slave, "victim", "right");
+    assert!(
+        out.contains("<temporary-auth-failure/>")
+            && out.contains("too many failed logins for this account; try again in 2 s"),
+        "{out}"
+    );
+    farm.wait_log(
+        "failed logins for this account: further attempts must wait",
+        5,
+    );
+    // Another account from the same address is not touched (yet).
+    assert!(plain_attempt(slave, "other", "right").contains("<success"));
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert!(plain_attempt(slave, "victim", "right").contains("<success"));
+
+    // Six failures from this address, each for a different name: then every account waits.
+    for i in 0..3 {
+        let out = plain_attempt(slave, &format!("nobody{i}"), "guess");
+        assert!(out.contains("<not-authorized/>"), "{out}");
+    }
+    let out = plain_attempt(slave, "other", "right");
+    assert!(
+        out.contains("<temporary-auth-failure/>")
+            && out.contains("too many failed logins for this address"),
+        "{out}"
+    );
+    farm.wait_log(
+        "failed logins from this address: further attempts must wait",
+        5,
+    );
+    // The wait passes; one more failure doubles it (4 s).
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert!(plain_attempt(slave, "nobody9", "guess").contains("<not-authorized/>"));
+    let out = plain_attempt(slave, "other", "right");
+    assert!(out.contains("try again in 4 s"), "{out}");
+    std::thread::sleep(std::time::Duration::from_millis(4100));
+    Raw::login(slave, "other", "right", "r");
+}

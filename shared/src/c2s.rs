@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::auth::{AccountStore, ScramCredentials, ScramHash, StoreError};
+use crate::login_guard::{LoginGuard, TooSoon};
 use crate::ns;
 use crate::relay::RelayReason;
 use crate::routing::normalize_localpart;
@@ -45,6 +46,8 @@ pub struct C2sSettings {
     /// the blocking pool. A check that waits longer than `login_timeout` fails as a
     /// temporary failure.
     pub password_checks: Arc<tokio::sync::Semaphore>,
+    /// The brute-force limiter (`[auth_limits]`), one per node.
+    pub guard: Arc<LoginGuard>,
     /// The account backend keeps no SCRAM keys (LDAP, a legacy password table): offer only
     /// PLAIN (and iq:auth), and only over TLS, so the password never crosses the wire in clear
     /// (`docs/backends.md`).
@@ -544,10 +547,27 @@ async fn sasl_auth(
     let Some(store) = policy.store() else {
         return sasl_failure(stream, "temporary-auth-failure", None).await;
     };
+    let ip = stream.peer.map(|p| p.ip());
+    if let Some(too_soon) = s.guard.check(ip, &user, Instant::now()) {
+        debug!(user, peer = ?stream.peer, "login refused: {}", wait_text(&too_soon));
+        return sasl_failure(
+            stream,
+            "temporary-auth-failure",
+            Some(&wait_text(&too_soon)),
+        )
+        .await;
+    }
     let result = match mech.scram_hash() {
         None => plain(store, &initial, &user, s).await,
         Some(hash) => scram(stream, store, hash, &initial, &user, s, deadline).await,
     };
+    match &result {
+        Ok(Some(_)) => s.guard.succeeded(&user),
+        Err(AuthFail::Sasl(SaslError::NotAuthorized)) => {
+            s.guard.failed(ip, &user, Instant::now());
+        }
+        _ => {}
+    }
     match result {
         Ok(Some(additional)) => {
             let payload = if additional.is_empty() {
@@ -578,6 +598,15 @@ async fn sasl_auth(
         }
         Err(AuthFail::Aborted) => sasl_failure(stream, "aborted", None).await,
     }
+}
+
+/// What a client told to wait reads (`auth_limits`).
+fn wait_text(t: &TooSoon) -> String {
+    format!(
+        "too many failed logins for {}; try again in {} s",
+        t.what,
+        t.wait.as_secs_f64().ceil().max(1.0)
+    )
 }
 
 enum AuthFail {
@@ -814,7 +843,20 @@ async fn legacy_auth(
                 let _ = stream.send(&e).await;
                 return Step::Continue;
             };
-            match check_password(store, &user, password, s).await {
+            let ip = stream.peer.map(|p| p.ip());
+            if let Some(too_soon) = s.guard.check(ip, &user, Instant::now()) {
+                debug!(user, peer = ?stream.peer, "login refused: {}", wait_text(&too_soon));
+                let e = reply_err("policy-violation", ErrorType::Wait, &wait_text(&too_soon));
+                let _ = stream.send(&e).await;
+                return Step::Continue;
+            }
+            let checked = check_password(store, &user, password, s).await;
+            match &checked {
+                Ok(true) => s.guard.succeeded(&user),
+                Ok(false) => s.guard.failed(ip, &user, Instant::now()),
+                Err(_) => {}
+            }
+            match checked {
                 Ok(true) => {
                     info!(user, peer = ?stream.peer, relayed = stream.relayed, "authenticated (iq:auth)");
                     Step::Legacy(
@@ -884,6 +926,7 @@ impl C2sSettings {
             password_checks: Arc::new(tokio::sync::Semaphore::new(
                 2 * std::thread::available_parallelism().map_or(1, |n| n.get()),
             )),
+            guard: Arc::new(LoginGuard::new(cfg.auth_limits.clone())),
             plain_only: cfg.storage.plain_only(),
             shutdown,
         }

@@ -38,6 +38,7 @@ pub struct FarmConfig {
     pub farm: FarmLinkConfig,
     pub s2s: S2sConfig,
     pub relay: RelayConfig,
+    pub auth_limits: AuthLimits,
     /// The file this was loaded from, for messages.
     pub source: PathBuf,
 }
@@ -54,6 +55,7 @@ impl fmt::Debug for FarmConfig {
             .field("storage", &self.storage)
             .field("nodes", &self.nodes)
             .field("relay", &self.relay)
+            .field("auth_limits", &self.auth_limits)
             .field("source", &self.source)
             .finish()
     }
@@ -128,6 +130,45 @@ impl RedirectMode {
             RedirectMode::Auto => "auto",
             RedirectMode::Always => "always",
             RedirectMode::Never => "never",
+        }
+    }
+}
+
+/// The brute-force limiter, `[auth_limits]`: failed logins counted per client address (IPv6
+/// per /64) and per account; past the allowance, each further attempt must wait, the wait
+/// doubling with every failure. An attempt that comes too early is refused without checking
+/// the password (`temporary-auth-failure`, with the wait in the text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthLimits {
+    /// `false`: no limiter at all.
+    pub enabled: bool,
+    /// Failures from one address (any accounts) before it must wait.
+    pub per_address: u32,
+    /// Failures for one account (from any address) before it must wait.
+    pub per_account: u32,
+    /// The first wait; each further failure doubles it.
+    pub wait: Duration,
+    pub max_wait: Duration,
+    /// A record with no failure for this long is forgotten.
+    pub forget: Duration,
+    /// Networks never limited (a webmail gateway, monitoring); the relayed client's own
+    /// address is what counts, not the master's.
+    pub exempt: Vec<ipnet::IpNet>,
+    /// Addresses and accounts tracked at once, each.
+    pub max_tracked: usize,
+}
+
+impl Default for AuthLimits {
+    fn default() -> Self {
+        AuthLimits {
+            enabled: true,
+            per_address: 10,
+            per_account: 5,
+            wait: Duration::from_secs(2),
+            max_wait: Duration::from_secs(300),
+            forget: Duration::from_secs(3600),
+            exempt: Vec::new(),
+            max_tracked: 100_000,
         }
     }
 }
@@ -674,6 +715,20 @@ struct RawConfig {
     s2s: RawS2s,
     #[serde(default)]
     relay: RawRelay,
+    #[serde(default)]
+    auth_limits: RawAuthLimits,
+}
+
+#[derive(Deserialize, Default)]
+struct RawAuthLimits {
+    enabled: Option<bool>,
+    per_address: Option<u32>,
+    per_account: Option<u32>,
+    wait: Option<u64>,
+    max_wait: Option<u64>,
+    forget: Option<u64>,
+    exempt: Option<Vec<String>>,
+    max_tracked: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -818,6 +873,7 @@ fn build(
     let farm = farm_links(raw.farm, &tls, &data_dir, problems);
     let s2s = s2s(raw.s2s, problems);
     let relay = relay(raw.relay, problems);
+    let auth_limits = auth_limits(raw.auth_limits, problems);
     let declared: Vec<Declared> = raw
         .node
         .iter()
@@ -841,6 +897,7 @@ fn build(
         farm,
         s2s,
         relay,
+        auth_limits,
         source: source.to_owned(),
     })
 }
@@ -1053,6 +1110,73 @@ fn redirect_mode(key: String, text: &str, problems: &mut Vec<Problem>) -> Option
         ));
     }
     mode
+}
+
+fn auth_limits(raw: RawAuthLimits, problems: &mut Vec<Problem>) -> AuthLimits {
+    let d = AuthLimits::default();
+    let mut at_least_one = |key: &str, value: Option<u64>, default: u64| match value {
+        Some(0) => {
+            problems.push(Problem::new(
+                format!("auth_limits.{key}"),
+                "must be at least 1 (set auth_limits.enabled = false for no limiter)",
+            ));
+            default
+        }
+        Some(v) => v,
+        None => default,
+    };
+    let per_address = at_least_one(
+        "per_address",
+        raw.per_address.map(u64::from),
+        u64::from(d.per_address),
+    );
+    let per_account = at_least_one(
+        "per_account",
+        raw.per_account.map(u64::from),
+        u64::from(d.per_account),
+    );
+    let wait = at_least_one("wait", raw.wait, d.wait.as_secs());
+    let max_wait = at_least_one("max_wait", raw.max_wait, d.max_wait.as_secs());
+    let forget = at_least_one("forget", raw.forget, d.forget.as_secs());
+    let max_tracked = at_least_one("max_tracked", raw.max_tracked, d.max_tracked as u64);
+    if wait > max_wait {
+        problems.push(Problem::new(
+            "auth_limits.wait",
+            format!("{wait} s is longer than auth_limits.max_wait ({max_wait} s)"),
+        ));
+    }
+    if forget < max_wait {
+        problems.push(Problem::new(
+            "auth_limits.forget",
+            format!(
+                "{forget} s is shorter than auth_limits.max_wait ({max_wait} s): a record \
+                 would be forgotten before its wait is over"
+            ),
+        ));
+    }
+    let mut exempt = Vec::new();
+    for (i, net) in raw.exempt.unwrap_or_default().iter().enumerate() {
+        let parsed = net
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| net.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(n) => exempt.push(n.trunc()),
+            Err(_) => problems.push(Problem::new(
+                format!("auth_limits.exempt[{i}]"),
+                format!("{net:?} is not an address or a network (e.g. \"192.0.2.0/24\", \"2001:db8::/48\")"),
+            )),
+        }
+    }
+    AuthLimits {
+        enabled: raw.enabled.unwrap_or(d.enabled),
+        per_address: u32::try_from(per_address).unwrap_or(u32::MAX),
+        per_account: u32::try_from(per_account).unwrap_or(u32::MAX),
+        wait: Duration::from_secs(wait),
+        max_wait: Duration::from_secs(max_wait),
+        forget: Duration::from_secs(forget),
+        exempt,
+        max_tracked: usize::try_from(max_tracked).unwrap_or(usize::MAX),
+    }
 }
 
 fn relay(raw: RawRelay, problems: &mut Vec<Problem>) -> RelayConfig {
@@ -2212,6 +2336,7 @@ fn unknown_keys(doc: &toml::Table) -> Vec<Problem> {
         ("farm", fields_of::<RawFarm>()),
         ("s2s", fields_of::<RawS2s>()),
         ("relay", fields_of::<RawRelay>()),
+        ("auth_limits", fields_of::<RawAuthLimits>()),
     ];
     for (name, fields) in sections {
         if let Some(toml::Value::Table(table)) = doc.get(name) {
@@ -2432,6 +2557,40 @@ farm = "127.0.0.1:7102"
             ),
             "node[0].redirect_tls",
             "no c2s_tls",
+        );
+    }
+
+    #[test]
+    fn auth_limits_defaults_exempt_networks_and_mistakes() {
+        let c = parse(&with_nodes(HEAD)).unwrap();
+        assert_eq!(c.auth_limits, AuthLimits::default());
+        let c = parse(&with_nodes(&format!(
+            "{HEAD}[auth_limits]\nper_account = 3\nexempt = [\"127.0.0.0/8\", \"2001:db8::1\", \"10.1.2.3/8\"]\n"
+        )))
+        .unwrap();
+        assert_eq!(c.auth_limits.per_account, 3);
+        let exempt: Vec<String> = c.auth_limits.exempt.iter().map(|n| n.to_string()).collect();
+        // A lone address is its own network; host bits are dropped.
+        assert_eq!(exempt, ["127.0.0.0/8", "2001:db8::1/128", "10.0.0.0/8"]);
+        assert_problem(
+            &with_nodes(&format!("{HEAD}[auth_limits]\nexempt = [\"localhost\"]\n")),
+            "auth_limits.exempt[0]",
+            "not an address or a network",
+        );
+        assert_problem(
+            &with_nodes(&format!("{HEAD}[auth_limits]\nper_address = 0\n")),
+            "auth_limits.per_address",
+            "enabled = false",
+        );
+        assert_problem(
+            &with_nodes(&format!("{HEAD}[auth_limits]\nwait = 600\n")),
+            "auth_limits.wait",
+            "longer than auth_limits.max_wait",
+        );
+        assert_problem(
+            &with_nodes(&format!("{HEAD}[auth_limits]\nforget = 60\n")),
+            "auth_limits.forget",
+            "forgotten before its wait is over",
         );
     }
 

@@ -9,6 +9,7 @@
 //! - [`s2s`]: server-to-server: dialback keys, from-rewrite, resolution, outbound streams.
 //! - [`sasl`]: server side of SASL PLAIN and SCRAM-SHA-1/-256, sans-IO.
 //! - [`c2s`]: client stream negotiation up to authentication (STARTTLS, SASL, iq:auth, redirect).
+//! - [`login_guard`]: the brute-force limiter (failed logins per address and per account).
 //! - [`stanza`]: stanza kinds, error replies.
 //! - [`farm`]: farm links between nodes: framing, mutual authentication, liveness.
 //! - [`listen`]: bounded accept loops and graceful shutdown.
@@ -23,6 +24,7 @@ pub mod c2s;
 pub mod config;
 pub mod farm;
 pub mod listen;
+pub mod login_guard;
 pub mod ns;
 pub mod relay;
 pub mod routing;

@@ -254,3 +254,57 @@ fn the_master_refuses_logins_for_a_slave_that_is_down() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// The farm port before the handshake (issue 11): a length prefix larger than any handshake
+/// element is refused at once, without waiting for (or allocating) its body; connections that
+/// never authenticate are bounded (256 in their handshake at once, more closed as they come);
+/// the link between the slaves carries messages all the while.
+#[test]
+fn the_farm_port_bounds_what_comes_before_the_handshake() {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+
+    let farm = TestFarm::start(2);
+    let text = std::fs::read_to_string(&farm.config).unwrap();
+    let slave2: SocketAddr = farm_addr(&text, "slave2").parse().unwrap();
+    // 64 KiB announced: within limits.max_stanza, but not before the peer authenticated.
+    let mut big = TcpStream::connect(slave2).unwrap();
+    big.write_all(&65_536u32.to_be_bytes()).unwrap();
+    big.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    let read = big.read(&mut [0u8; 64]);
+    assert!(
+        matches!(read, Ok(0)) || read.is_err() && started.elapsed() < Duration::from_secs(4),
+        "{read:?} after {:?}",
+        started.elapsed()
+    );
+    farm.wait_log("frame of 65536 bytes exceeds 4096", 5);
+
+    // 300 connections that say nothing: 256 may wait for their handshake, the rest go at once.
+    let held: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(slave2).unwrap())
+        .collect();
+    farm.wait_log("connections are in their handshake already; closed", 5);
+    let closed = held
+        .iter()
+        .filter(|s| {
+            s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+            matches!((&**s).read(&mut [0u8; 1]), Ok(0))
+        })
+        .count();
+    assert!(
+        (40..=44).contains(&closed),
+        "{closed} of 300 closed at once"
+    );
+
+    // The slaves' own link is not touched.
+    let ((a, mut ca), (b, mut cb)) = pair(&farm);
+    cb.send("<presence/>");
+    cb.wait_for("<presence", 5);
+    ca.send(&format!(
+        "<message to='{b}@localhost/r' type='chat' id='f1'><body>still linked</body></message>"
+    ));
+    let r = cb.wait_for("still linked", 5);
+    assert!(r.contains(&format!("from='{a}@localhost/r'")), "{r}");
+    drop(held);
+}

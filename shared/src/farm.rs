@@ -21,10 +21,13 @@
 //!   and only to a node that takes relayed clients ([`FarmLinks::accept_relays`]).
 //! - **Bounded**: one queue of `farm.queue` frames per peer; [`FarmLinks::send`] waits a
 //!   little for room, then gives [`SendError::Full`] (the caller answers `resource-constraint`).
+//!   Before the handshake is done a frame may hold 4 KiB (then `limits.max_stanza` + 4 KiB),
+//!   at most 256 accepted connections may be in their handshake at once (more are closed as
+//!   they come), and each has 10 s for TLS, then 10 s for the handshake.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -49,6 +52,12 @@ pub const LINK_NS: &str = "urn:jabberfarm:link:0";
 /// Bytes a frame may add to the largest stanza (addressing, namespace declarations).
 const FRAME_SLACK: usize = 4096;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest frame before the peer proved it knows the farm secret: the handshake's elements
+/// (hello, auth, welcome, refuse) are a few hundred bytes. After it, `max_frame`.
+const HANDSHAKE_FRAME: usize = 4096;
+/// Connections to the farm port that have not finished the handshake, at once; more are
+/// closed as they come (and counted in the log).
+const MAX_HANDSHAKES: usize = 256;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long [`FarmLinks::send`] waits for room in a full queue.
@@ -131,6 +140,10 @@ pub struct FarmLinks {
     /// Nodes that may relay clients to us.
     masters: Vec<String>,
     relay_handler: OnceLock<RelayHandler>,
+    /// One permit per accepted connection still in its TLS or link handshake.
+    handshakes: Arc<tokio::sync::Semaphore>,
+    /// Connections closed because every handshake slot was taken.
+    refused: AtomicU64,
 }
 
 /// TLS on links: our server config for accepted links, a client config for the ones we open.
@@ -185,6 +198,8 @@ impl FarmLinks {
                 .map(|n| n.name.clone())
                 .collect(),
             relay_handler: OnceLock::new(),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES)),
+            refused: AtomicU64::new(0),
         };
         (Arc::new(links), rx)
     }
@@ -294,6 +309,21 @@ impl FarmLinks {
                     }
                 },
             };
+            // Bounded like a client port: a flood of connections that never authenticate
+            // (each held at most HANDSHAKE_TIMEOUT) cannot grow without end.
+            let Ok(slot) = self.handshakes.clone().try_acquire_owned() else {
+                let n = self.refused.fetch_add(1, Ordering::Relaxed);
+                if n.is_power_of_two() || n == 0 {
+                    warn!(
+                        %peer_addr,
+                        refused = n + 1,
+                        "farm port: {MAX_HANDSHAKES} connections are in their handshake \
+                         already; closed"
+                    );
+                }
+                drop(sock);
+                continue;
+            };
             let _ = sock.set_nodelay(true);
             let me = self.clone();
             let sd = shutdown.clone();
@@ -311,9 +341,14 @@ impl FarmLinks {
                         }
                     }
                 };
-                let mut link = Framed::new(io, me.max_frame);
+                let mut link = Framed::new(io, HANDSHAKE_FRAME);
                 let hs = tokio::time::timeout(HANDSHAKE_TIMEOUT, me.handshake_accept(&mut link));
-                match hs.await {
+                let hs = hs.await;
+                drop(slot);
+                if matches!(hs, Ok(Ok(_))) {
+                    link.authenticated(me.max_frame);
+                }
+                match hs {
                     Ok(Ok((peer, Purpose::Link))) => me.serve(peer, link, sd).await,
                     Ok(Ok((peer, Purpose::Relay))) => me.take_relay(peer, link).await,
                     Ok(Err(e)) => warn!(%peer_addr, "farm link refused: {e}"),
@@ -375,13 +410,14 @@ impl FarmLinks {
                 )
             }
         };
-        let mut link = Framed::new(io, self.max_frame);
+        let mut link = Framed::new(io, HANDSHAKE_FRAME);
         tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
             self.handshake_connect(&mut link, name, purpose),
         )
         .await
         .map_err(|_| "handshake timed out".to_owned())??;
+        link.authenticated(self.max_frame);
         Ok(link)
     }
 
@@ -761,6 +797,15 @@ impl Framed {
             parser,
             max_frame,
         }
+    }
+
+    /// The peer proved it knows the farm secret: frames up to `max_frame` from now on.
+    fn authenticated(&mut self, max_frame: usize) {
+        self.max_frame = max_frame;
+        self.parser.set_limits(ParserLimits {
+            max_stanza: max_frame,
+            max_depth: ParserLimits::POST_AUTH.max_depth,
+        });
     }
 
     async fn send_el(&mut self, el: &Element) -> Result<(), String> {

@@ -294,3 +294,88 @@ fn failed_logins_make_the_account_and_the_address_wait() {
     std::thread::sleep(std::time::Duration::from_millis(4100));
     Raw::login(slave, "other", "right", "r");
 }
+
+/// Inbound s2s before dialback (issue 11): read with the pre-authentication limits; dialback
+/// checks run off the read loop, at most 4 at once and 16 per stream — the master dials the
+/// domain each `<db:result/>` names, so an unbounded stream of them made it dial without end,
+/// one at a time, while the stream waited.
+#[test]
+fn s2s_before_dialback_is_bounded() {
+    use std::net::{SocketAddr, TcpListener};
+    let s2s: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
+    // Accepts connections (the kernel does) but never answers: a check against it waits.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let closed = common::free_port();
+    let farm = TestFarm::start_edited(1, |text| {
+        let mut routes = String::new();
+        for i in 0..8 {
+            routes.push_str(&format!("\"slow{i}.test\" = \"{silent_addr}\"\n"));
+        }
+        for i in 0..20 {
+            routes.push_str(&format!("\"gone{i}.test\" = \"127.0.0.1:{closed}\"\n"));
+        }
+        text.replace(
+            "name = \"master\"\nrole = \"master\"\n",
+            &format!("name = \"master\"\nrole = \"master\"\ns2s = \"{s2s}\"\n"),
+        ) + &format!("\n[s2s]\nconnect_timeout = 5\n\n[s2s.routes]\n{routes}")
+    });
+    let header = |from: &str| {
+        format!(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='{from}' to='localhost' version='1.0'>"
+        )
+    };
+
+    // 1. A 20 KB stanza before any domain is authenticated: over the 10 KiB pre-auth limit.
+    let mut c = Raw::connect(s2s);
+    c.send(&header("slow0.test"));
+    c.wait_for("</stream:features>", 5);
+    let body = "x".repeat(20_000);
+    c.send(&format!(
+        "<message from='a@slow0.test' to='b@localhost'><body>{body}</body></message>"
+    ));
+    let got = c.wait_closed(5);
+    assert!(
+        got.contains("<policy-violation") && got.contains("stanza larger than 10240 bytes"),
+        "{got}"
+    );
+
+    // 2. Five checks at once against a server that never answers: the fifth is refused now,
+    // not after the first four time out one by one.
+    let mut c = Raw::connect(s2s);
+    c.send(&header("slow0.test"));
+    c.wait_for("</stream:features>", 5);
+    let started = std::time::Instant::now();
+    for i in 0..5 {
+        c.send(&format!(
+            "<db:result from='slow{i}.test' to='localhost'>0123456789abcdef</db:result>"
+        ));
+    }
+    let got = c.wait_closed(4);
+    assert!(
+        got.contains("<policy-violation") && got.contains("too many dialback requests"),
+        "{got}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+
+    // 3. One after the other, each answered: the seventeenth ends the stream.
+    let mut c = Raw::connect(s2s);
+    c.send(&header("gone0.test"));
+    c.wait_for("</stream:features>", 5);
+    for i in 0..16 {
+        c.send(&format!(
+            "<db:result from='gone{i}.test' to='localhost'>0123456789abcdef</db:result>"
+        ));
+        c.wait_for(&format!("to='gone{i}.test' type='invalid'"), 10);
+    }
+    c.send("<db:result from='gone16.test' to='localhost'>0123456789abcdef</db:result>");
+    let got = c.wait_closed(5);
+    assert!(got.contains("too many dialback requests"), "{got}");
+    drop(silent);
+
+    // The master still serves.
+    farm.add_user("after@localhost", "pw");
+    Raw::login(farm.owner("after").c2s, "after", "pw", "r");
+}

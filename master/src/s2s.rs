@@ -13,21 +13,61 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use tokio::sync::mpsc;
+
 use jabberfarm_shared::ns;
 use jabberfarm_shared::routing::normalize_localpart;
 use jabberfarm_shared::s2s::{dialback_key, domain_of, key_matches, outbound};
 use jabberfarm_shared::stanza::{ErrorType, Kind, error_reply, iq_result, is_error_or_result};
 use jabberfarm_shared::stream::{ReadError, XmlStream, new_id};
-use jabberfarm_shared::xml::{Condition, Element, StreamError, StreamEvent};
+use jabberfarm_shared::xml::{Condition, Element, ParserLimits, StreamError, StreamEvent};
 use tracing::{debug, info, warn};
 
 use crate::Master;
 
+/// Dialback checks of one stream running at once (XEP-0220 lets a remote ask for several
+/// domains on one stream); one more is a `policy-violation`.
+const DIALBACK_AT_ONCE: usize = 4;
+/// Dialback requests one stream may make in all, answered or not.
+const DIALBACK_PER_STREAM: u32 = 16;
+
+/// What a dialback check running off the read loop found.
+struct Checked {
+    remote: String,
+    to: String,
+    valid: bool,
+}
+
 /// Serve one inbound s2s connection until it closes.
+///
+/// Until a remote domain is authenticated the stream is read with the pre-authentication
+/// limits (`limits.max_stanza_pre_auth`, a shallow depth), as a client's is. Each
+/// `<db:result/>` makes the master dial the domain it names: those checks run on tasks of
+/// their own (the stream goes on being read meanwhile), at most [`DIALBACK_AT_ONCE`] at once
+/// and [`DIALBACK_PER_STREAM`] in all.
 pub async fn serve(m: Arc<Master>, mut stream: XmlStream) {
     let domain = m.config.domain.clone();
+    let pre_auth = ParserLimits {
+        max_stanza: m.config.limits.max_stanza_pre_auth,
+        max_depth: m
+            .config
+            .limits
+            .max_depth
+            .min(ParserLimits::PRE_AUTH.max_depth),
+    };
+    let limits = |authenticated: &HashSet<String>| {
+        if authenticated.is_empty() {
+            pre_auth
+        } else {
+            m.s2s_settings.limits
+        }
+    };
+    stream.set_limits(pre_auth);
     // Remote domains authenticated by dialback on this stream.
     let mut authenticated: HashSet<String> = HashSet::new();
+    let (checked_tx, mut checked_rx) = mpsc::channel::<Checked>(DIALBACK_AT_ONCE);
+    let mut running = 0usize;
+    let mut asked = 0u32;
     loop {
         let h = match read(&m, &mut stream, true).await {
             Some(StreamEvent::Open(h)) => h,
@@ -65,13 +105,30 @@ pub async fn serve(m: Arc<Master>, mut stream: XmlStream) {
             return;
         }
         loop {
-            let el = match read(&m, &mut stream, false).await {
-                Some(StreamEvent::Element(el)) => el,
-                Some(StreamEvent::Close) => {
-                    stream.close().await;
-                    return;
+            let el = tokio::select! {
+                ev = read(&m, &mut stream, false) => match ev {
+                    Some(StreamEvent::Element(el)) => el,
+                    Some(StreamEvent::Close) => {
+                        stream.close().await;
+                        return;
+                    }
+                    _ => return,
+                },
+                Some(c) = checked_rx.recv() => {
+                    running -= 1;
+                    let answer = Element::new("result", ns::DIALBACK)
+                        .with_attr("from", &c.to)
+                        .with_attr("to", &c.remote)
+                        .with_attr("type", if c.valid { "valid" } else { "invalid" });
+                    if stream.send(&answer).await.is_err() {
+                        return;
+                    }
+                    if c.valid {
+                        authenticated.insert(c.remote);
+                        stream.set_limits(m.s2s_settings.limits);
+                    }
+                    continue;
                 }
-                _ => return,
             };
             if el.is("starttls", ns::TLS) {
                 let Some(tls) = m.tls.clone().filter(|_| !stream.secure) else {
@@ -87,7 +144,10 @@ pub async fn serve(m: Arc<Master>, mut stream: XmlStream) {
                     return;
                 }
                 let within = m.s2s_settings.connect_timeout;
-                match stream.upgrade_tls(tls, m.s2s_settings.limits, within).await {
+                match stream
+                    .upgrade_tls(tls, limits(&authenticated), within)
+                    .await
+                {
                     Ok(s) => stream = s,
                     Err(e) => {
                         debug!("s2s STARTTLS failed: {e}");
@@ -96,8 +156,25 @@ pub async fn serve(m: Arc<Master>, mut stream: XmlStream) {
                 }
                 break; // the stream restarts
             } else if el.is("result", ns::DIALBACK) {
-                if let Some(remote) = dialback_result(&m, &mut stream, &el, &id).await {
-                    authenticated.insert(remote);
+                asked += 1;
+                if running >= DIALBACK_AT_ONCE || asked > DIALBACK_PER_STREAM {
+                    let e = StreamError::new(
+                        Condition::PolicyViolation,
+                        format!(
+                            "too many dialback requests on one stream (at most \
+                             {DIALBACK_AT_ONCE} at once, {DIALBACK_PER_STREAM} in all)"
+                        ),
+                    );
+                    warn!(peer = ?stream.peer, "s2s: {e}");
+                    stream.fail(&e, &domain).await;
+                    return;
+                }
+                if let Some(check) = dialback_result(&m, &mut stream, &el, &id).await {
+                    running += 1;
+                    let tx = checked_tx.clone();
+                    tokio::spawn(async move {
+                        let _ = tx.send(check.await).await;
+                    });
                 }
             } else if el.is("verify", ns::DIALBACK) {
                 dialback_verify(&m, &mut stream, &el).await;
@@ -143,43 +220,46 @@ async fn read(m: &Master, stream: &mut XmlStream, header: bool) -> Option<Stream
     }
 }
 
-/// XEP-0220 §2.1.2–2.1.4: the remote wants to send as `from`; ask its authoritative server.
+/// XEP-0220 §2.1.2–2.1.4: the remote wants to send as `from`. A request that cannot be
+/// valid is answered `invalid` at once (`None`); otherwise the returned check asks the
+/// remote's authoritative server, to be run off the read loop.
 async fn dialback_result(
     m: &Master,
     stream: &mut XmlStream,
     el: &Element,
     stream_id: &str,
-) -> Option<String> {
+) -> Option<impl std::future::Future<Output = Checked> + Send + 'static> {
     let domain = &m.config.domain;
     let (Some(remote), Some(to)) = (el.attr("from"), el.attr("to")) else {
         return None;
     };
     let remote = remote.to_ascii_lowercase();
     let key = el.text();
-    let answer = |valid: bool| {
-        Element::new("result", ns::DIALBACK)
+    if !to.eq_ignore_ascii_case(domain) || remote.eq_ignore_ascii_case(domain) || key.is_empty() {
+        let answer = Element::new("result", ns::DIALBACK)
             .with_attr("from", to)
             .with_attr("to", &remote)
-            .with_attr("type", if valid { "valid" } else { "invalid" })
-    };
-    if !to.eq_ignore_ascii_case(domain) || remote.eq_ignore_ascii_case(domain) || key.is_empty() {
-        let _ = stream.send(&answer(false)).await;
+            .with_attr("type", "invalid");
+        let _ = stream.send(&answer).await;
         return None;
     }
-    let valid = match outbound::verify(&m.s2s_settings, &remote, stream_id, key.trim()).await {
-        Ok(v) => v,
-        Err(e) => {
-            warn!(remote, "dialback: cannot verify {remote}: {e}");
-            false
+    let (settings, id, to) = (m.s2s_settings.clone(), stream_id.to_owned(), to.to_owned());
+    let key = key.trim().to_owned();
+    Some(async move {
+        let valid = match outbound::verify(&settings, &remote, &id, &key).await {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(remote, "dialback: cannot verify {remote}: {e}");
+                false
+            }
+        };
+        if valid {
+            info!(remote, "s2s from {remote} authenticated (dialback)");
+        } else {
+            warn!(remote, "s2s from {remote}: dialback key refused");
         }
-    };
-    if valid {
-        info!(remote, "s2s from {remote} authenticated (dialback)");
-    } else {
-        warn!(remote, "s2s from {remote}: dialback key refused");
-    }
-    let _ = stream.send(&answer(valid)).await;
-    valid.then_some(remote)
+        Checked { remote, to, valid }
+    })
 }
 
 /// XEP-0220 §2.1.3: a remote checks a key one of our nodes gave it. Every node computes keys

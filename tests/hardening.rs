@@ -379,3 +379,47 @@ fn s2s_before_dialback_is_bounded() {
     farm.add_user("after@localhost", "pw");
     Raw::login(farm.owner("after").c2s, "after", "pw", "r");
 }
+
+/// `limits.max_resources`: one account may have so many resources bound at once; one more
+/// gets `<resource-constraint/>` (RFC 6120 §7.6.2.2) and may try again once another left.
+/// Logging in again with a bound resource replaces it and is not "one more".
+#[test]
+fn an_account_has_at_most_max_resources_bound() {
+    let farm = TestFarm::start_with(
+        1,
+        false,
+        "stream_open_timeout = 3\nlogin_timeout = 10\nshutdown_grace = 2\nmax_resources = 3",
+    );
+    farm.add_user("many@localhost", "pw");
+    let slave = farm.slaves[0].c2s;
+    let mut held: Vec<Raw> = (0..3)
+        .map(|i| Raw::login(slave, "many", "pw", &format!("r{i}")))
+        .collect();
+    let bind = |resource: &str| {
+        let mut c = Raw::connect(slave);
+        c.send(HEADER);
+        c.wait_for("</stream:features>", 5);
+        c.send(&common::plain_auth("many", "pw"));
+        c.wait_for("<success", 5);
+        c.send(HEADER);
+        c.wait_for("</stream:features>", 5);
+        c.send(&format!("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>"));
+        let got = c.wait_for("</iq>", 5);
+        (c, got)
+    };
+    let (mut fourth, got) = bind("r3");
+    assert!(
+        got.contains("type='error'") && got.contains("<resource-constraint"),
+        "{got}"
+    );
+    // The same connection may try again once a resource went.
+    let gone = held.remove(0);
+    drop(gone);
+    farm.wait_log("session ended jid=many@localhost/r0", 5);
+    fourth.send("<iq type='set' id='b2'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>r3</resource></bind></iq>");
+    let got = fourth.wait_for("</iq>", 5);
+    assert!(got.contains("<jid>many@localhost/r3</jid>"), "{got}");
+    // Replacing a bound resource is allowed at the limit.
+    let (_again, got) = bind("r1");
+    assert!(got.contains("<jid>many@localhost/r1</jid>"), "{got}");
+}

@@ -248,6 +248,9 @@ pub struct Limits {
     pub write_timeout: Duration,
     /// Offline messages kept per user (XEP-0160); more are refused.
     pub offline_quota: usize,
+    /// Resources one account may have bound at once (ejabberd's `max_user_sessions`); one
+    /// more is refused with `resource-constraint` (RFC 6120 §7.6.2.2).
+    pub max_resources: usize,
 }
 
 impl Default for Limits {
@@ -262,6 +265,7 @@ impl Default for Limits {
             shutdown_grace: Duration::from_secs(5),
             write_timeout: Duration::from_secs(60),
             offline_quota: 1000,
+            max_resources: 10,
         }
     }
 }
@@ -777,6 +781,7 @@ struct RawLimits {
     shutdown_grace: Option<u64>,
     write_timeout: Option<u64>,
     offline_quota: Option<u64>,
+    max_resources: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1249,6 +1254,7 @@ fn limits(raw: RawLimits, problems: &mut Vec<Problem>) -> Limits {
         raw.write_timeout,
         d.write_timeout.as_secs(),
     );
+    let max_resources = positive("max_resources", raw.max_resources, d.max_resources as u64);
     if max_stanza_pre_auth > max_stanza {
         problems.push(Problem::new(
             "limits.max_stanza_pre_auth",
@@ -1283,6 +1289,7 @@ fn limits(raw: RawLimits, problems: &mut Vec<Problem>) -> Limits {
         offline_quota: raw.offline_quota.map_or(d.offline_quota, |q| {
             usize::try_from(q).unwrap_or(usize::MAX)
         }),
+        max_resources: size(max_resources),
     }
 }
 

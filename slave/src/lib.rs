@@ -138,7 +138,12 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let slave = Arc::new(Slave {
         config: cfg.clone(),
-        router: Router::new(cfg.domain.clone(), node.name.clone(), cfg.routing.clone()),
+        router: Router::new(
+            cfg.domain.clone(),
+            node.name.clone(),
+            cfg.routing.clone(),
+            cfg.limits.max_resources,
+        ),
         links: links.clone(),
         outbound,
         im: store::ImStore::for_accounts(&store),

@@ -134,10 +134,12 @@ pub struct Router {
     offline_locks: Box<[tokio::sync::Mutex<()>]>,
     /// When this node started: its uptime is the server's XEP-0012 last activity.
     pub started: std::time::Instant,
+    /// `limits.max_resources`: resources one account may have bound at once.
+    max_resources: usize,
 }
 
 impl Router {
-    pub fn new(domain: String, node: String, table: RoutingTable) -> Router {
+    pub fn new(domain: String, node: String, table: RoutingTable, max_resources: usize) -> Router {
         Router {
             domain,
             node,
@@ -149,6 +151,7 @@ impl Router {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             started: std::time::Instant::now(),
+            max_resources,
         }
     }
 
@@ -183,20 +186,25 @@ impl Router {
     }
 
     /// Bind `resource` for `user`. A resource already bound is replaced: its session is told to
-    /// close with `<conflict/>` (RFC 6120 §7.7.2.2).
+    /// close with `<conflict/>` (RFC 6120 §7.7.2.2). `None` when the account has
+    /// `limits.max_resources` other resources bound already (§7.6.2.2: `resource-constraint`).
     pub fn bind(
         &self,
         user: &str,
         resource: &str,
         tx: mpsc::Sender<Outgoing>,
         closer: Arc<Closer>,
-    ) -> u64 {
+    ) -> Option<u64> {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         // Most users have one resource: room for one (a first push would make room for 4).
         let list = sessions
             .entry(user.to_owned())
             .or_insert_with(|| Vec::with_capacity(1));
+        let replaces = list.iter().any(|r| r.name == resource);
+        if !replaces && list.len() >= self.max_resources {
+            return None;
+        }
         if let Some(pos) = list.iter().position(|r| r.name == resource) {
             let old = list.remove(pos);
             old.closer.close(StreamError::new(
@@ -217,7 +225,7 @@ impl Router {
             directed: HashSet::new(),
             roster_empty: false,
         });
-        conn
+        Some(conn)
     }
 
     pub fn is_bound(&self, user: &str, resource: &str) -> bool {

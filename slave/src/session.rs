@@ -19,6 +19,9 @@ use crate::Slave;
 use crate::dispatch::Origin;
 use crate::router::{Closer, Outgoing, SESSION_QUEUE};
 
+const TOO_MANY_RESOURCES: &str =
+    "this account has as many resources bound as it may have (limits.max_resources)";
+
 /// Serve one authenticated client until it leaves or the slave stops.
 pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
     let Authenticated {
@@ -40,9 +43,22 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
         Some(l) => match ResourcePart::new(&l.resource) {
             Ok(res) => {
                 let jid = bare.with_resource(&res);
-                let conn = slave
+                let Some(conn) = slave
                     .router
-                    .bind(&username, res.as_str(), tx, closer.clone());
+                    .bind(&username, res.as_str(), tx, closer.clone())
+                else {
+                    let e = error_reply(
+                        &l.iq,
+                        ErrorType::Wait,
+                        "resource-constraint",
+                        None,
+                        Some(TOO_MANY_RESOURCES),
+                        true,
+                    );
+                    let _ = stream.send(&e).await;
+                    stream.close().await;
+                    return;
+                };
                 if stream.send(&iq_result(&l.iq, None)).await.is_err() {
                     slave.router.unbind(&username, res.as_str(), conn);
                     return;
@@ -197,7 +213,22 @@ async fn bind(
             },
         };
         let jid = bare.with_resource(&res);
-        let conn = slave.router.bind(user, res.as_str(), tx, closer);
+        let Some(conn) = slave
+            .router
+            .bind(user, res.as_str(), tx.clone(), closer.clone())
+        else {
+            // RFC 6120 §7.6.2.2; the client may unbind another resource or give up.
+            let e = error_reply(
+                &iq,
+                ErrorType::Wait,
+                "resource-constraint",
+                None,
+                Some(TOO_MANY_RESOURCES),
+                false,
+            );
+            stream.send(&e).await.ok()?;
+            continue;
+        };
         let payload = Element::new("bind", ns::BIND)
             .with_child(Element::new("jid", ns::BIND).with_text(jid.to_string()));
         if stream.send(&iq_result(&iq, Some(payload))).await.is_err() {

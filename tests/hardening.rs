@@ -423,3 +423,138 @@ fn an_account_has_at_most_max_resources_bound() {
     let (_again, got) = bind("r1");
     assert!(got.contains("<jid>many@localhost/r1</jid>"), "{got}");
 }
+
+/// A remote domain's server, as far as dialback needs one: every stream gets our header and
+/// empty features, every `<db:verify/>` and every `<db:result/>` is answered `valid`, and
+/// everything received is kept in the returned text (what the farm sends the domain).
+fn fake_remote(
+    domain: &'static str,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<String>>,
+) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let all = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let kept = all.clone();
+    std::thread::spawn(move || {
+        for sock in listener.incoming() {
+            let Ok(mut sock) = sock else { return };
+            let kept = kept.clone();
+            std::thread::spawn(move || {
+                let mut got = String::new();
+                let mut buf = [0u8; 65536];
+                let mut greeted = false;
+                while let Ok(n) = sock.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    kept.lock().unwrap().push_str(&text);
+                    got.push_str(&text);
+                    if !greeted && got.contains("<stream:stream") {
+                        greeted = true;
+                        let _ = sock.write_all(format!("<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='{domain}' id='fake' version='1.0'><stream:features/>").as_bytes());
+                    }
+                    for (close, kind) in [("</db:verify>", "verify"), ("</db:result>", "result")] {
+                        while let Some(end) = got.find(close) {
+                            let v = got[..end].to_owned();
+                            got = got[end + close.len()..].to_owned();
+                            let id = v
+                                .split("id='")
+                                .nth(1)
+                                .and_then(|r| r.split('\'').next())
+                                .map(|id| format!(" id='{id}'"))
+                                .unwrap_or_default();
+                            let _ = sock.write_all(
+                                format!(
+                                    "<db:{kind} from='{domain}' to='localhost'{id} type='valid'/>"
+                                )
+                                .as_bytes(),
+                            );
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, all)
+}
+
+/// Subscription requests waiting for an answer are bounded per user (1,000): a remote domain
+/// sending them from ever new addresses gets `resource-constraint` for the one after, and the
+/// user is handed 1,000 at login, not an unbounded pile in one write.
+#[test]
+fn pending_subscription_requests_are_bounded_per_user() {
+    let s2s: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
+    let (evil, evil_got) = fake_remote("evil.test");
+    let farm = TestFarm::start_edited(1, |text| {
+        text.replace(
+            "name = \"master\"\nrole = \"master\"\n",
+            &format!("name = \"master\"\nrole = \"master\"\ns2s = \"{s2s}\"\n"),
+        ) + &format!("\n[s2s]\nconnect_timeout = 5\n\n[s2s.routes]\n\"evil.test\" = \"{evil}\"\n")
+    });
+    farm.add_user("target@localhost", "pw");
+    let mut c = Raw::connect(s2s);
+    c.send("<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='evil.test' to='localhost' version='1.0'>");
+    c.wait_for("</stream:features>", 5);
+    c.send("<db:result from='evil.test' to='localhost'>0123456789abcdef</db:result>");
+    c.wait_for("type='valid'", 10);
+    let mut batch = String::new();
+    for i in 0..1001 {
+        batch.push_str(&format!(
+            "<presence type='subscribe' from='fan{i}@evil.test' to='target@localhost' id='s{i}'/>"
+        ));
+    }
+    c.send(&batch);
+    // The one over the bound comes back to evil.test as an error.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let got = evil_got.lock().unwrap().clone();
+        if let Some(at) = got.find("<resource-constraint") {
+            let err = &got[got[..at].rfind("<presence").unwrap()..at];
+            assert!(
+                err.contains("id='s1000'") && err.contains("type='error'"),
+                "{err}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no error came back: {got}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut t = Raw::login(farm.owner("target").c2s, "target", "pw", "r");
+    t.send("<presence/>");
+    let got = t.wait_for("fan999@evil.test", 20);
+    assert_eq!(got.matches("type='subscribe'").count(), 1000, "{got}");
+    assert!(!got.contains("fan1000@evil.test"));
+}
+
+/// Directed presence (RFC 6121 §4.6) is remembered per target so that unavailable follows
+/// it; one resource may track 1,000 targets, and one more directed presence is refused with
+/// `resource-constraint` instead of growing the session without bound.
+#[test]
+fn directed_presence_targets_are_bounded_per_session() {
+    let farm = TestFarm::start(1);
+    farm.add_user("talkative@localhost", "pw");
+    let mut c = Raw::login(farm.slaves[0].c2s, "talkative", "pw", "r");
+    c.send("<presence/>");
+    c.wait_for("<presence", 5);
+    let mut batch = String::new();
+    for i in 0..1001 {
+        batch.push_str(&format!("<presence to='someone{i}@localhost' id='d{i}'/>"));
+    }
+    c.send(&batch);
+    let got = c.wait_for("<resource-constraint", 20);
+    let at = got.find("<resource-constraint").unwrap();
+    let err = &got[got[..at].rfind("<presence").unwrap()..at];
+    assert!(
+        err.contains("id='d1000'") && err.contains("type='error'"),
+        "{err}"
+    );
+}

@@ -336,16 +336,27 @@ impl Router {
         self.with_resource(user, resource, |r| r.interested = true);
     }
 
-    /// Remember (or forget, for unavailable) a directed presence; returns the targets to tell
-    /// when the session goes unavailable, if `take`.
-    pub fn note_directed(&self, user: &str, resource: &str, to: &str, available: bool) {
+    /// Remember (or forget, for unavailable) a directed presence. `false` when the resource
+    /// tracks `max` other targets already (the presence is then not to be sent).
+    pub fn note_directed(
+        &self,
+        user: &str,
+        resource: &str,
+        to: &str,
+        available: bool,
+        max: usize,
+    ) -> bool {
+        let mut noted = true;
         self.with_resource(user, resource, |r| {
-            if available {
+            if !available {
+                r.directed.remove(to);
+            } else if r.directed.len() < max || r.directed.contains(to) {
                 r.directed.insert(to.to_owned());
             } else {
-                r.directed.remove(to);
+                noted = false;
             }
         });
+        noted
     }
 
     pub fn take_directed(&self, user: &str, resource: &str) -> Vec<String> {
@@ -512,7 +523,9 @@ impl Router {
                     .filter(|r| targets.iter().any(|t| t.same_channel(&r.tx)))
                 {
                     if available {
-                        r.seen.insert(from.to_owned());
+                        if r.seen.len() < crate::im::presence::MAX_SEEN {
+                            r.seen.insert(from.to_owned());
+                        }
                     } else {
                         r.seen.remove(from);
                     }

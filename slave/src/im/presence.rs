@@ -19,6 +19,16 @@ use crate::dispatch::Origin;
 use crate::router::PresenceChange;
 use crate::store::{LastLogout, LastStore, LoginState, RosterItem, RosterStore, Subscription};
 
+/// Inbound subscription requests kept per user until answered (RFC 6121 §3.1.3); one more,
+/// from a new contact, is refused with `resource-constraint`.
+pub const MAX_PENDING_IN: usize = 1000;
+/// Full JIDs whose available presence one resource has seen and tracks (to tell it they are
+/// gone when their node's link drops); beyond, presences are still delivered, not tracked.
+pub const MAX_SEEN: usize = 4096;
+/// Targets of directed presence one resource tracks (to send them unavailable when it goes);
+/// one more directed available presence is refused with `resource-constraint`.
+pub const MAX_DIRECTED: usize = 1000;
+
 /// A presence stanza from a local session, already stamped with its full JID.
 /// Returns stanzas for the session itself (offline messages, pending subscription requests)
 /// after an initial presence.
@@ -29,9 +39,23 @@ pub async fn outbound(slave: &Slave, me: &FullJid, user: &str, mut el: Element) 
         ("available" | "unavailable", None) => broadcast(slave, me, user, el).await,
         ("available" | "unavailable", Some(to)) => {
             // Directed presence (§4.6): remembered so unavailable follows it.
-            slave
-                .router
-                .note_directed(user, me.resource().as_str(), &to, kind == "available");
+            let noted = slave.router.note_directed(
+                user,
+                me.resource().as_str(),
+                &to,
+                kind == "available",
+                MAX_DIRECTED,
+            );
+            if !noted {
+                return vec![error_reply(
+                    &el,
+                    ErrorType::Wait,
+                    "resource-constraint",
+                    None,
+                    Some("too many directed presences from this resource"),
+                    false,
+                )];
+            }
             slave.route(el, Origin::Local).await;
             Vec::new()
         }
@@ -344,8 +368,26 @@ async fn subscription_in(slave: &Slave, el: Element, user: &str, contact: &str, 
             // Kept until answered, delivered now to whoever is online (§3.1.3).
             let mut xml = String::new();
             el.write_to(&mut xml, ns::CLIENT);
-            if let Err(e) = slave.im.add_pending_in(user, contact, &xml).await {
-                warn!(user, "cannot keep a subscription request: {e}");
+            match slave
+                .im
+                .add_pending_in(user, contact, &xml, MAX_PENDING_IN)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Bounded like the roster: the requester learns it, the user gets nothing.
+                    let e = error_reply(
+                        &el,
+                        ErrorType::Wait,
+                        "resource-constraint",
+                        None,
+                        Some("too many subscription requests are waiting for this user"),
+                        false,
+                    );
+                    slave.route(e, Origin::Local).await;
+                    return;
+                }
+                Err(e) => warn!(user, "cannot keep a subscription request: {e}"),
             }
             deliver(el);
         }

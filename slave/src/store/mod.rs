@@ -141,8 +141,9 @@ impl RosterStore for ImStore {
         user: &str,
         contact: &str,
         stanza_xml: &str,
-    ) -> Result<(), StoreError> {
-        each!(self, s => s.add_pending_in(user, contact, stanza_xml).await)
+        max: usize,
+    ) -> Result<bool, StoreError> {
+        each!(self, s => s.add_pending_in(user, contact, stanza_xml, max).await)
     }
 
     async fn remove_pending_in(&self, user: &str, contact: &str) -> Result<bool, StoreError> {

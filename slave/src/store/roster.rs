@@ -123,13 +123,15 @@ pub trait RosterStore: Send + Sync {
 
     /// Keeps an inbound subscription request from `contact` (RFC 6121 §3.1.3) with its stanza,
     /// to deliver again at the next login. A new request from the same contact replaces the
-    /// old one and counts as the newest.
+    /// old one and counts as the newest. `Ok(false)`, and nothing kept, when the user has
+    /// `max` requests from other contacts already.
     fn add_pending_in(
         &self,
         user: &str,
         contact: &str,
         stanza_xml: &str,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+        max: usize,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Forgets the request from `contact`; `false` if there was none.
     fn remove_pending_in(

@@ -167,9 +167,22 @@ impl RosterStore for MysqlIm {
         user: &str,
         contact: &str,
         stanza_xml: &str,
-    ) -> Result<(), StoreError> {
+        max: usize,
+    ) -> Result<bool, StoreError> {
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
         self.run("storing a subscription request", user, || async {
             let mut tx = self.write(user).await?;
+            // The user's row is locked (`write`): the count holds until the commit.
+            let others: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pending_in WHERE username = ? AND contact <> ?",
+            )
+            .bind(user)
+            .bind(contact)
+            .fetch_one(&mut *tx)
+            .await?;
+            if others >= max {
+                return Ok(false);
+            }
             // Deleted and inserted again: a new, higher id makes it the newest.
             sqlx::query("DELETE FROM pending_in WHERE username = ? AND contact = ?")
                 .bind(user)
@@ -183,7 +196,7 @@ impl RosterStore for MysqlIm {
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-            Ok(())
+            Ok(true)
         })
         .await
     }

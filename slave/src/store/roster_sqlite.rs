@@ -201,16 +201,31 @@ impl RosterStore for SqliteIm {
         user: &str,
         contact: &str,
         stanza_xml: &str,
-    ) -> Result<(), StoreError> {
+        max: usize,
+    ) -> Result<bool, StoreError> {
+        let doing = "storing a subscription request";
+        let mut tx = self.write(user, doing).await?;
+        let others: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pending_in WHERE username = ?1 AND contact <> ?2",
+        )
+        .bind(user)
+        .bind(contact)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| self.error(doing, user, e))?;
+        if others >= super::sqlite::to_i64(max) {
+            return Ok(false);
+        }
         // REPLACE deletes the old row and inserts a new one with a higher id: the newest.
         sqlx::query("REPLACE INTO pending_in (username, contact, stanza) VALUES (?1, ?2, ?3)")
             .bind(user)
             .bind(contact)
             .bind(stanza_xml)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
-            .map_err(|e| self.error("storing a subscription request", user, e))?;
-        Ok(())
+            .map_err(|e| self.error(doing, user, e))?;
+        tx.commit().await.map_err(|e| self.error(doing, user, e))?;
+        Ok(true)
     }
 
     async fn remove_pending_in(&self, user: &str, contact: &str) -> Result<bool, StoreError> {

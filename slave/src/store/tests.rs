@@ -239,16 +239,27 @@ async fn pending_in_add_replace_remove_order(backend: Backend) {
     let sub = |from: &str, n: u32| format!("<presence from='{from}' type='subscribe' id='{n}'/>");
     assert!(im.pending_in("juliet").await.unwrap().is_empty());
 
-    im.add_pending_in("juliet", "romeo@example.net", &sub("romeo@example.net", 1))
-        .await
-        .unwrap();
-    im.add_pending_in("juliet", "paris@example.net", &sub("paris@example.net", 2))
-        .await
-        .unwrap();
+    im.add_pending_in(
+        "juliet",
+        "romeo@example.net",
+        &sub("romeo@example.net", 1),
+        10,
+    )
+    .await
+    .unwrap();
+    im.add_pending_in(
+        "juliet",
+        "paris@example.net",
+        &sub("paris@example.net", 2),
+        10,
+    )
+    .await
+    .unwrap();
     im.add_pending_in(
         "juliet",
         "benvolio@example.net",
         &sub("benvolio@example.net", 3),
+        10,
     )
     .await
     .unwrap();
@@ -262,9 +273,14 @@ async fn pending_in_add_replace_remove_order(backend: Backend) {
     );
 
     // A repeated request replaces the old one and becomes the newest.
-    im.add_pending_in("juliet", "romeo@example.net", &sub("romeo@example.net", 4))
-        .await
-        .unwrap();
+    im.add_pending_in(
+        "juliet",
+        "romeo@example.net",
+        &sub("romeo@example.net", 4),
+        10,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         im.pending_in("juliet").await.unwrap(),
         owned(&[
@@ -296,6 +312,28 @@ async fn pending_in_add_replace_remove_order(backend: Backend) {
             ("romeo@example.net", &sub("romeo@example.net", 4)),
         ])
     );
+    // At most `max` requests from other contacts; a repeated one still replaces its own.
+    assert!(
+        !im.add_pending_in(
+            "juliet",
+            "tybalt@example.net",
+            &sub("tybalt@example.net", 5),
+            2
+        )
+        .await
+        .unwrap()
+    );
+    assert!(
+        im.add_pending_in(
+            "juliet",
+            "romeo@example.net",
+            &sub("romeo@example.net", 6),
+            2
+        )
+        .await
+        .unwrap()
+    );
+    assert_eq!(im.pending_in("juliet").await.unwrap().len(), 2);
     // Pending requests are not roster items and do not bump the version.
     assert_eq!(im.roster("juliet").await.unwrap(), (0, vec![]));
     accounts.close().await;
@@ -446,6 +484,7 @@ async fn fill(im: &ImStore, user: &str) {
         user,
         "stranger@example.net",
         &format!("<presence to='{user}'/>"),
+        10,
     )
     .await
     .unwrap();

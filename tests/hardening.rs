@@ -558,3 +558,35 @@ fn directed_presence_targets_are_bounded_per_session() {
         "{err}"
     );
 }
+
+/// Every remote domain a user writes to costs the slave a resolution, a connection and a
+/// task: `s2s.max_domains` bounds how many are open or being set up at once, and a stanza for
+/// one more gets `resource-constraint` at once.
+#[test]
+fn outbound_s2s_domains_at_once_are_bounded() {
+    // Accepts connections (the kernel does) and never answers: each stream stays "being set
+    // up" for the whole connect_timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = silent.local_addr().unwrap();
+    let farm = TestFarm::start_edited(1, |text| {
+        format!(
+            "{text}\n[s2s]\nconnect_timeout = 10\nmax_domains = 2\n\n[s2s.routes]\n\
+             \"a.test\" = \"{at}\"\n\"b.test\" = \"{at}\"\n\"c.test\" = \"{at}\"\n"
+        )
+    });
+    farm.add_user("writer@localhost", "pw");
+    let mut c = Raw::login(farm.slaves[0].c2s, "writer", "pw", "r");
+    for d in ["a", "b", "c"] {
+        c.send(&format!(
+            "<message to='x@{d}.test' type='chat' id='to-{d}'><body>hi</body></message>"
+        ));
+    }
+    let got = c.wait_for("<resource-constraint", 5);
+    let at = got.find("<resource-constraint").unwrap();
+    let err = &got[got[..at].rfind("<message").unwrap()..at];
+    assert!(
+        err.contains("id='to-c'") && err.contains("type='error'"),
+        "{err}"
+    );
+    drop(silent);
+}

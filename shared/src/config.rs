@@ -215,6 +215,8 @@ pub struct S2sConfig {
     pub idle_timeout: Duration,
     /// Stanzas queued per remote domain while its stream is being set up.
     pub queue: usize,
+    /// Remote domains a node has outbound streams (or attempts, DNS lookups) to at once.
+    pub max_domains: usize,
 }
 
 impl Default for S2sConfig {
@@ -224,6 +226,7 @@ impl Default for S2sConfig {
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(600),
             queue: 512,
+            max_domains: 1000,
         }
     }
 }
@@ -751,6 +754,7 @@ struct RawS2s {
     connect_timeout: Option<u64>,
     idle_timeout: Option<u64>,
     queue: Option<u64>,
+    max_domains: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1055,6 +1059,12 @@ fn s2s(raw: RawS2s, problems: &mut Vec<Problem>) -> S2sConfig {
             d.idle_timeout.as_secs(),
         )),
         queue: usize::try_from(positive("queue", raw.queue, d.queue as u64)).unwrap_or(usize::MAX),
+        max_domains: usize::try_from(positive(
+            "max_domains",
+            raw.max_domains,
+            d.max_domains as u64,
+        ))
+        .unwrap_or(usize::MAX),
     }
 }
 

@@ -35,6 +35,8 @@ pub struct S2sSettings {
     pub idle_timeout: Duration,
     /// Stanzas queued per remote domain.
     pub queue: usize,
+    /// Remote domains with a stream (or one being set up) at once (`s2s.max_domains`).
+    pub max_domains: usize,
     pub limits: ParserLimits,
     /// `limits.write_timeout`: a remote that takes no data loses its stream.
     pub write_timeout: Duration,
@@ -199,6 +201,22 @@ impl Outbound {
         for _ in 0..2 {
             let tx = match queues.get(&remote) {
                 Some(tx) => tx.clone(),
+                None if queues.len() >= self.settings.max_domains => {
+                    // Each domain is a resolution, a connection and a task: bounded, so a
+                    // user writing to ever new domains cannot make the node open without end.
+                    debug!(
+                        remote,
+                        "s2s: {} remote domains are being served already \
+                         (s2s.max_domains); refused",
+                        queues.len()
+                    );
+                    return bounce(
+                        &el,
+                        ErrorType::Wait,
+                        "resource-constraint",
+                        "too many remote servers are being contacted at once",
+                    );
+                }
                 None => {
                     let (tx, rx) = mpsc::channel(self.settings.queue);
                     queues.insert(remote.clone(), tx.clone());
@@ -461,6 +479,7 @@ impl S2sSettings {
             connect_timeout: cfg.s2s.connect_timeout,
             idle_timeout: cfg.s2s.idle_timeout,
             queue: cfg.s2s.queue,
+            max_domains: cfg.s2s.max_domains,
             limits: ParserLimits {
                 max_stanza: cfg.limits.max_stanza,
                 max_depth: cfg.limits.max_depth,

@@ -1067,3 +1067,76 @@ fn ldap_outage_gives_temporary_auth_failure_and_recovers() {
     let s = setup_on(Backend::LdapSearch, None, Some(slapd.clone()), "");
     outage(&s, || slapd.stop(), || slapd.restart(), || slapd.log());
 }
+
+// ---- one slow user holds up nobody else ---------------------------------------------------
+
+/// The worker a slave hands a farm-link stanza for `bare` to (slave/src/dispatch.rs,
+/// `worker_of`): the same hash, so the test can pick users on different workers.
+fn inbound_worker(bare: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for b in bare.bytes() {
+        b.to_ascii_lowercase().hash(&mut h);
+    }
+    h.finish() % 16
+}
+
+/// Stanzas from farm links are handled by workers keyed by user: while the database keeps one
+/// user's offline message waiting (its row locked by another transaction), messages from the
+/// same link to other users arrive at once. (One task handled everything before: one slow
+/// write held up every user of the slave for `query_timeout`.)
+#[test]
+fn a_user_whose_writes_wait_does_not_hold_up_the_others() {
+    let s = setup(Backend::Mysql);
+    let (server, url) = s.mysql.clone().unwrap();
+    let db = db_name(&url);
+    let farm = &s.farm;
+    // A sender on one slave; on the other, a user whose row will be locked and one online.
+    let sender = "alice";
+    let far = farm.other_slave(sender).name.clone();
+    let on_far = |prefix: &str, not_worker: Option<u64>| {
+        (0..500)
+            .map(|i| format!("{prefix}{i}"))
+            .find(|u| {
+                farm.owner(u).name == far
+                    && not_worker.is_none_or(|w| inbound_worker(&format!("{u}@localhost")) != w)
+            })
+            .unwrap()
+    };
+    let locked = on_far("locked", None);
+    let free = on_far("free", Some(inbound_worker(&format!("{locked}@localhost"))));
+    for u in [&locked, &free] {
+        farm.add_user(u, &password(u));
+    }
+    server.sql(&format!(
+        "INSERT INTO `{db}`.im_users (username) VALUES ('{locked}')"
+    ));
+    // Another transaction holds the row for 8 s: every write for `locked` waits.
+    let holder = {
+        let server = server.clone();
+        let sql = format!(
+            "BEGIN; SELECT username FROM `{db}`.im_users WHERE username = '{locked}' FOR UPDATE; \
+             SELECT SLEEP(8); COMMIT;"
+        );
+        std::thread::spawn(move || server.sql(&sql))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let mut f = login(farm, &free, "online");
+    f.send("<presence/>");
+    f.wait_for("<presence", 5);
+    let mut a = login(farm, sender, "desk");
+    // Offline messages for `locked`: each store waits for the lock.
+    for i in 0..3 {
+        a.send(&format!(
+            "<message to='{locked}@localhost' type='chat' id='l{i}'><body>wait</body></message>"
+        ));
+    }
+    let started = Instant::now();
+    a.send(&format!(
+        "<message to='{free}@localhost/online' type='headline' id='f'><body>not held up</body></message>"
+    ));
+    f.wait_for("not held up", 10);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    holder.join().unwrap();
+}

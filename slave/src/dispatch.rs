@@ -2,6 +2,9 @@
 //! from local sessions and from farm links alike. Error replies are routed the same way (and
 //! are never answered themselves).
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use jabberfarm_shared::farm::{LinkEvent, SendError};
 use jabberfarm_shared::ns;
 use jabberfarm_shared::s2s::set_stanza_ns;
@@ -9,7 +12,7 @@ use jabberfarm_shared::stanza::{ErrorType, Kind, error_reply, is_error_or_result
 use jabberfarm_shared::xml::Element;
 use jid::Jid;
 use tokio::sync::mpsc;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::Slave;
 use crate::im;
@@ -102,7 +105,23 @@ impl Slave {
     }
 
     /// Consume the farm links' events until they stop.
-    pub async fn link_events(&self, mut rx: mpsc::Receiver<LinkEvent>) {
+    ///
+    /// Stanzas are handed to [`INBOUND_WORKERS`] workers, each user's always to the same one:
+    /// order per user is kept, and one slow user (a database write, a full session queue, a
+    /// congested link to answer on) holds up only the users of its worker. A worker that
+    /// stays full for [`INBOUND_WAIT`] gets no more: the stanza is answered
+    /// `resource-constraint`. A link going down waits for the workers to finish what they
+    /// hold, so "gone" presences never overtake that node's last stanzas.
+    pub async fn link_events(self: &Arc<Self>, mut rx: mpsc::Receiver<LinkEvent>) {
+        let workers: Vec<mpsc::Sender<Inbound>> = (0..INBOUND_WORKERS)
+            .map(|_| {
+                let (tx, wrx) = mpsc::channel(INBOUND_QUEUE);
+                let me = self.clone();
+                self.tasks
+                    .spawn(async move { me.inbound_worker(wrx).await });
+                tx
+            })
+            .collect();
         loop {
             let ev = tokio::select! {
                 ev = rx.recv() => ev,
@@ -113,13 +132,84 @@ impl Slave {
                 LinkEvent::Stanza { mut stanza, .. } => {
                     // Relayed from another server by the master: our sessions speak jabber:client.
                     set_stanza_ns(&mut stanza, ns::SERVER, ns::CLIENT);
-                    self.route(stanza, Origin::Link).await
+                    let worker = &workers[worker_of(&stanza)];
+                    let refused = match worker
+                        .send_timeout(Inbound::Stanza(stanza), INBOUND_WAIT)
+                        .await
+                    {
+                        Ok(()) => None,
+                        Err(mpsc::error::SendTimeoutError::Timeout(Inbound::Stanza(el))) => {
+                            Some(el)
+                        }
+                        Err(_) => break,
+                    };
+                    if let Some(el) = refused {
+                        warn!(to = el.attr("to"), "inbound worker full; stanza refused");
+                        if let Some(e) = reject(
+                            &el,
+                            ErrorType::Wait,
+                            "resource-constraint",
+                            "the recipient's server is too busy; try again",
+                        ) {
+                            self.route(e, Origin::Local).await;
+                        }
+                    }
                 }
-                LinkEvent::Down(node) => im::presence::node_down(self, &node),
+                LinkEvent::Down(node) => {
+                    let mut done = Vec::new();
+                    for w in &workers {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        if w.send(Inbound::Barrier(tx)).await.is_ok() {
+                            done.push(rx);
+                        }
+                    }
+                    for rx in done {
+                        let _ = tokio::time::timeout(INBOUND_WAIT, rx).await;
+                    }
+                    im::presence::node_down(self, &node);
+                }
                 LinkEvent::Up(_) => {}
             }
         }
     }
+
+    /// One of the [`Self::link_events`] workers: its users' stanzas, in order.
+    async fn inbound_worker(&self, mut rx: mpsc::Receiver<Inbound>) {
+        while let Some(work) = rx.recv().await {
+            match work {
+                Inbound::Stanza(el) => self.route(el, Origin::Link).await,
+                Inbound::Barrier(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+}
+
+/// Workers for stanzas from farm links.
+const INBOUND_WORKERS: usize = 16;
+/// Stanzas queued per worker.
+const INBOUND_QUEUE: usize = 256;
+/// How long the link reader waits for room at a full worker before refusing the stanza.
+const INBOUND_WAIT: Duration = Duration::from_secs(2);
+
+enum Inbound {
+    Stanza(Element),
+    /// Answered once everything queued before it was handled.
+    Barrier(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The worker of the user a stanza is for: a hash of its bare `to` address, case-folded
+/// (stanzas for the bare domain share one worker).
+fn worker_of(el: &Element) -> usize {
+    use std::hash::{Hash, Hasher};
+    let to = el.attr("to").unwrap_or("");
+    let bare = to.split('/').next().unwrap_or(to);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for b in bare.bytes() {
+        b.to_ascii_lowercase().hash(&mut h);
+    }
+    (h.finish() % INBOUND_WORKERS as u64) as usize
 }
 
 pub fn reject(el: &Element, etype: ErrorType, condition: &str, text: &str) -> Option<Element> {

@@ -129,6 +129,9 @@ data_dir = "data"
 [tls]
 generate = true
 required = false
+[limits]
+session_stanzas_per_second = 0  # a load generator is not a person: no per-session shaper
+session_bytes_per_second = 0
 [routing]
 mode = "hash"
 hash_key = "6a61626265726661726d2d64656d6f21"

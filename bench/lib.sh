@@ -33,3 +33,17 @@ machine_info() {
     echo "date:    $(date -u +%Y-%m-%dT%H:%MZ)"
   } | tee "$1"
 }
+
+# demo_config MODE OUT: conf/farm.toml with `[relay] redirect = MODE` and no per-session shaper
+# (a load generator is not a person: limits.session_* would slow it down on purpose), into OUT.
+demo_config() {
+  local mode=$1 out=$2
+  sed -e "s/^redirect = \"auto\" /redirect = \"$mode\" /" \
+      -e 's/^session_stanzas_per_second = .*/session_stanzas_per_second = 0/' \
+      -e 's/^session_bytes_per_second = .*/session_bytes_per_second = 0/' \
+      conf/farm.toml >"$out"
+  grep -q "^redirect = \"$mode\"" "$out" \
+    && grep -q '^session_stanzas_per_second = 0\b' "$out" \
+    && grep -q '^session_bytes_per_second = 0\b' "$out" \
+    || { echo "conf/farm.toml: no [relay] redirect or [limits] session_* lines to set" >&2; exit 1; }
+}

@@ -36,9 +36,7 @@ data="$out/data"
 for mode in always never; do
   name=$([ "$mode" = always ] && echo direct || echo relay)
   # The demo config with this redirect mode; data_dir comes from --data-dir.
-  sed -e "s/^redirect = \"auto\" /redirect = \"$mode\" /" conf/farm.toml >"$out/$name.toml"
-  grep -q "^redirect = \"$mode\"" "$out/$name.toml" \
-    || { echo "conf/farm.toml has no [relay] redirect line to set" >&2; exit 1; }
+  demo_config "$mode" "$out/$name.toml"
   "$bin/jabberfarm" check --config "$out/$name.toml" >/dev/null
 done
 

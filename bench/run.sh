@@ -29,8 +29,7 @@ data="$out/data"
 # again without following, which `redirect = "auto"` would answer by relaying them
 # (bench/relay.sh measures that).
 config="$out/farm.toml"
-sed -e 's/^redirect = "auto" /redirect = "always" /' conf/farm.toml >"$config"
-grep -q '^redirect = "always"' "$config" || { echo "conf/farm.toml: no [relay] redirect line" >&2; exit 1; }
+demo_config always "$config"
 bench() { taskset -c 1 "$bin/jabberfarm-bench" "$@"; }
 
 farm_pid=""

@@ -76,6 +76,8 @@ generate = true
 required = false
 [limits]
 max_connections = 19600
+session_stanzas_per_second = 0  # a load generator is not a person: no per-session shaper
+session_bytes_per_second = 0
 [routing]
 mode = "hash"
 hash_key = "6a61626265726661726d2d64656d6f21"

@@ -8,11 +8,12 @@
 #   FUZZ_SECONDS=60 bash scripts/fuzz-smoke.sh sasl config
 #
 # Needs the nightly toolchain (rustup toolchain install nightly); installs cargo-fuzz when
-# `cargo fuzz` is missing. Builds into $CARGO_TARGET_DIR (default
-# ~/.cache/jabberfarm-fuzz-target, apart from the workspace's own target dir).
+# `cargo fuzz` is missing. Builds into $FUZZ_TARGET_DIR (default
+# ~/.cache/jabberfarm-fuzz-target), never the workspace's target dir: the fuzz build's flags
+# differ, sharing would rebuild both every time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/jabberfarm-fuzz-target}"
+export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$HOME/.cache/jabberfarm-fuzz-target}"
 export CARGO_TERM_COLOR=never
 seconds="${FUZZ_SECONDS:-15}"
 # No sanitizer: the workspace forbids unsafe code, so AddressSanitizer would mostly slow the
@@ -49,7 +50,9 @@ for t in "${targets[@]}"; do
        >"$log" 2>&1; then
     grep -E '^(Done|stat::number_of_executed_units|stat::peak_rss_mb)' "$log" || true
   else
-    tail -n 40 "$log"
+    # The assertion that failed (its message names the property), or the end of the log.
+    grep -A1 'panicked at' "$log" | head -n 2 | cut -c1-3000 || true
+    grep -q 'panicked at' "$log" || tail -n 30 "$log"
     crash="$(grep -o 'Test unit written to .*' "$log" | sed 's/^Test unit written to //' | tail -n 1)"
     echo "!! $t crashed; input: ${crash:-unknown (see the log above)}"
     [ -n "$crash" ] && echo "   replay: cargo +nightly fuzz run ${flags[*]} $t $crash"

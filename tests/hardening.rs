@@ -590,3 +590,42 @@ fn outbound_s2s_domains_at_once_are_bounded() {
     );
     drop(silent);
 }
+
+/// The per-session shaper (`limits.session_*`): a client sending faster than the sustained
+/// rate past its burst is slowed down (the session stops reading for a while) — and loses
+/// nothing: every request is answered, in order.
+#[test]
+fn a_flooding_client_is_slowed_down_and_loses_nothing() {
+    let farm = TestFarm::start_with(
+        1,
+        false,
+        "stream_open_timeout = 3\nlogin_timeout = 10\nshutdown_grace = 2\n\
+         session_stanzas_per_second = 20\nsession_stanza_burst = 20",
+    );
+    farm.add_user("flood@localhost", "pw");
+    let mut c = Raw::login(farm.slaves[0].c2s, "flood", "pw", "r");
+    let started = std::time::Instant::now();
+    let mut batch = String::new();
+    for i in 0..100 {
+        batch.push_str(&format!(
+            "<iq type='get' id='p{i}' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ));
+    }
+    c.send(&batch);
+    let got = c.wait_for("id='p99'", 20);
+    let took = started.elapsed();
+    // 20 at once, then 80 at 20 per second: about 4 s (the login's stanzas count too).
+    assert!(took >= std::time::Duration::from_secs(3), "{took:?}");
+    let order: Vec<usize> = got
+        .match_indices("id='p")
+        .map(|(i, _)| {
+            let rest = &got[i + 5..];
+            rest[..rest.find('\'').unwrap()].parse().unwrap()
+        })
+        .collect();
+    assert_eq!(order, (0..100).collect::<Vec<_>>());
+    farm.wait_log(
+        "sending faster than limits.session_* allow; reading slowed down jid=flood@localhost/r",
+        5,
+    );
+}

@@ -61,7 +61,10 @@ fuzz_target!(|data: &[u8]| {
         Err(ConfigError::Invalid { problems, .. }) => {
             assert!(!problems.is_empty(), "refused without naming a problem");
             for p in problems {
-                assert!(!p.message.trim().is_empty(), "a problem without a message: {p:?}");
+                assert!(
+                    !p.message.trim().is_empty(),
+                    "a problem without a message: {p:?}"
+                );
             }
         }
         Err(e @ ConfigError::Io { .. }) => panic!("from_str read the config file itself: {e}"),
@@ -95,7 +98,10 @@ fn check(cfg: &FarmConfig) {
             .routing
             .owner_of(user)
             .unwrap_or_else(|e| panic!("no owner for {user:?}: {e}"));
-        assert!(slaves.contains(owner), "{user:?} routed to {owner:?}, not a slave");
+        assert!(
+            slaves.contains(owner),
+            "{user:?} routed to {owner:?}, not a slave"
+        );
     }
     assert!(
         cfg.check_files().is_empty(),

@@ -162,7 +162,11 @@ fuzz_target!(|data: &[u8]| {
     let fin = format!("{without_proof},p={}", B64.encode(proof));
     let r = server.finish(fin.as_bytes());
     if unknown_user {
-        assert_eq!(r, Err(SaslError::NotAuthorized), "an unknown user logged in");
+        assert_eq!(
+            r,
+            Err(SaslError::NotAuthorized),
+            "an unknown user logged in"
+        );
     } else {
         let expected = format!(
             "v={}",
@@ -178,7 +182,8 @@ fuzz_target!(|data: &[u8]| {
 
 /// `r=` of the server-first-message, which must extend the client's nonce (RFC 5802 §5.1).
 fn server_nonce(server_first: &[u8], client_nonce: &str) -> String {
-    let text = std::str::from_utf8(server_first).unwrap_or_else(|_| panic!("server-first not UTF-8"));
+    let text =
+        std::str::from_utf8(server_first).unwrap_or_else(|_| panic!("server-first not UTF-8"));
     let nonce = text
         .split(',')
         .find_map(|a| a.strip_prefix("r="))
@@ -206,7 +211,12 @@ fn check_plain(data: &[u8]) {
         return;
     };
     assert!(!m.authcid.is_empty(), "PLAIN with an empty username");
-    let joined = [m.authzid.as_bytes(), m.authcid.as_bytes(), m.password.as_bytes()].join(&0u8);
+    let joined = [
+        m.authzid.as_bytes(),
+        m.authcid.as_bytes(),
+        m.password.as_bytes(),
+    ]
+    .join(&0u8);
     assert_eq!(joined, data, "PLAIN fields are not the message");
     assert_eq!(
         username_of(Mechanism::Plain, data).as_deref(),

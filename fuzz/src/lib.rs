@@ -111,26 +111,41 @@ pub fn reparse(el: &Element, content_ns: &str, header: &str) -> (String, Result<
     (text, r)
 }
 
-/// Finding F1 (docs/fuzzing.md): whether `write_to(.., parent_ns)` writes an element of `el`
-/// with the `db:` prefix, which only an s2s stream header declares (not a c2s stream, not a
-/// farm link), so that the peer cannot parse it.
-pub fn uses_db_prefix(el: &Element, parent_ns: &str) -> bool {
+/// Which open finding of docs/fuzzing.md, if any, keeps `write_to(.., parent_ns)` from
+/// writing `el` (or a descendant) so that the peer parses it back:
+/// - F1: an element in `jabber:server:dialback` inside `jabber:server` is written with the
+///   `db:` prefix, which only an s2s stream header declares (not a c2s stream, not a frame);
+/// - F2: an attribute whose namespace contains `}` is split at the wrong `}`;
+/// - F3: an element in the `xml:` namespace is written with `xmlns='…/XML/1998/namespace'`,
+///   a declaration XML forbids.
+pub fn known_finding(el: &Element, parent_ns: &str) -> Option<&'static str> {
     if el.ns == ns::DIALBACK && parent_ns == ns::SERVER {
-        return true;
+        return Some("F1");
+    }
+    if el.ns == ns::XML {
+        return Some("F3");
+    }
+    let bad_key = |k: &str| {
+        k.strip_prefix('{')
+            .is_some_and(|r| r.matches('}').count() > 1)
+    };
+    if el.attrs.iter().any(|(k, _)| bad_key(k)) {
+        return Some("F2");
     }
     // Children of a prefixed element inherit the parent's default namespace (`write_to`).
-    let inner = if el.ns == ns::STREAM || (el.ns == ns::DIALBACK && parent_ns == ns::SERVER) {
+    let inner = if el.ns == ns::STREAM {
         parent_ns
     } else {
         &el.ns
     };
-    el.children().any(|c| uses_db_prefix(c, inner))
+    el.children().find_map(|c| known_finding(c, inner))
 }
 
 /// `JABBERFARM_FUZZ_SKIP_KNOWN=1`: do not stop at the open findings of docs/fuzzing.md (for
 /// long runs that should look past them). Unset, every finding fails the run.
 pub fn skip_known() -> bool {
-    static SKIP: std::sync::LazyLock<bool> =
-        std::sync::LazyLock::new(|| std::env::var_os("JABBERFARM_FUZZ_SKIP_KNOWN").is_some_and(|v| v == "1"));
+    static SKIP: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        std::env::var_os("JABBERFARM_FUZZ_SKIP_KNOWN").is_some_and(|v| v == "1")
+    });
     *SKIP
 }

@@ -254,6 +254,9 @@ pub struct Limits {
     /// Resources one account may have bound at once (ejabberd's `max_user_sessions`); one
     /// more is refused with `resource-constraint` (RFC 6120 §7.6.2.2).
     pub max_resources: usize,
+    /// What one client session may send: stanzas and bytes per second, with bursts; past
+    /// them the session stops reading for a while (`crate::shaper`). A rate of 0: no limit.
+    pub session: crate::shaper::ShaperConfig,
 }
 
 impl Default for Limits {
@@ -269,6 +272,12 @@ impl Default for Limits {
             write_timeout: Duration::from_secs(60),
             offline_quota: 1000,
             max_resources: 10,
+            session: crate::shaper::ShaperConfig {
+                stanzas_per_second: 100,
+                stanza_burst: 1000,
+                bytes_per_second: 256 * 1024,
+                byte_burst: 1024 * 1024,
+            },
         }
     }
 }
@@ -786,6 +795,10 @@ struct RawLimits {
     write_timeout: Option<u64>,
     offline_quota: Option<u64>,
     max_resources: Option<u64>,
+    session_stanzas_per_second: Option<u64>,
+    session_stanza_burst: Option<u64>,
+    session_bytes_per_second: Option<u64>,
+    session_byte_burst: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1265,6 +1278,25 @@ fn limits(raw: RawLimits, problems: &mut Vec<Problem>) -> Limits {
         d.write_timeout.as_secs(),
     );
     let max_resources = positive("max_resources", raw.max_resources, d.max_resources as u64);
+    let session = crate::shaper::ShaperConfig {
+        // 0 is fine: no limit.
+        stanzas_per_second: raw
+            .session_stanzas_per_second
+            .unwrap_or(d.session.stanzas_per_second),
+        stanza_burst: positive(
+            "session_stanza_burst",
+            raw.session_stanza_burst,
+            d.session.stanza_burst,
+        ),
+        bytes_per_second: raw
+            .session_bytes_per_second
+            .unwrap_or(d.session.bytes_per_second),
+        byte_burst: positive(
+            "session_byte_burst",
+            raw.session_byte_burst,
+            d.session.byte_burst,
+        ),
+    };
     if max_stanza_pre_auth > max_stanza {
         problems.push(Problem::new(
             "limits.max_stanza_pre_auth",
@@ -1300,6 +1332,7 @@ fn limits(raw: RawLimits, problems: &mut Vec<Problem>) -> Limits {
             usize::try_from(q).unwrap_or(usize::MAX)
         }),
         max_resources: size(max_resources),
+        session,
     }
 }
 

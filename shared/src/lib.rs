@@ -10,6 +10,7 @@
 //! - [`sasl`]: server side of SASL PLAIN and SCRAM-SHA-1/-256, sans-IO.
 //! - [`c2s`]: client stream negotiation up to authentication (STARTTLS, SASL, iq:auth, redirect).
 //! - [`login_guard`]: the brute-force limiter (failed logins per address and per account).
+//! - [`shaper`]: token buckets for what one client session may send.
 //! - [`stanza`]: stanza kinds, error replies.
 //! - [`farm`]: farm links between nodes: framing, mutual authentication, liveness.
 //! - [`listen`]: bounded accept loops and graceful shutdown.
@@ -30,6 +31,7 @@ pub mod relay;
 pub mod routing;
 pub mod s2s;
 pub mod sasl;
+pub mod shaper;
 pub mod stanza;
 pub mod stream;
 pub mod tls;

@@ -90,6 +90,8 @@ pub struct XmlStream {
     pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
     /// A write that waits longer than this for the peer fails (`TimedOut`).
     pub write_timeout: Duration,
+    /// Bytes read from the peer so far (for the session shaper).
+    bytes_in: u64,
 }
 
 impl XmlStream {
@@ -107,6 +109,7 @@ impl XmlStream {
             relayed: false,
             slot: None,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
+            bytes_in: 0,
         }
     }
 
@@ -134,6 +137,11 @@ impl XmlStream {
             pending,
             slot: self.slot,
         })
+    }
+
+    /// Bytes read from the peer so far.
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in
     }
 
     pub fn content_ns(&self) -> &'static str {
@@ -172,6 +180,7 @@ impl XmlStream {
                 r
             })
             .await?;
+            self.bytes_in += n as u64;
             if n == 0 {
                 if self.relayed {
                     // The master stopped (or the client left): a client still there reads

@@ -3,9 +3,11 @@
 //! the session's full JID and routed; output from the router is written to the client.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use jabberfarm_shared::c2s::Authenticated;
 use jabberfarm_shared::ns;
+use jabberfarm_shared::shaper::Shaper;
 use jabberfarm_shared::stanza::{
     ErrorType, IqShape, Kind, error_reply, iq_result, iq_shape, is_error_or_result,
 };
@@ -261,12 +263,28 @@ impl Session {
         rx: &mut mpsc::Receiver<Outgoing>,
         closer: &Closer,
     ) -> End {
+        // limits.session_*: past the bursts, stop reading until the debt is paid back; the
+        // client's TCP window does the rest.
+        let mut shaper = Shaper::new(&self.slave.config.limits.session, Instant::now());
+        let mut counted = stream.bytes_in();
+        let mut paused: Option<tokio::time::Instant> = None;
+        let mut throttled = false;
         loop {
             tokio::select! {
-                ev = stream.next() => match ev {
+                ev = stream.next(), if paused.is_none() => match ev {
                     Ok(StreamEvent::Element(el)) => {
+                        let read = stream.bytes_in();
+                        let wait = shaper.spend(read - counted, Instant::now());
+                        counted = read;
                         if let Err(e) = Box::pin(self.handle_input(el, stream)).await {
                             return e;
+                        }
+                        if !wait.is_zero() {
+                            if !throttled {
+                                throttled = true;
+                                info!(jid = %self.jid, "sending faster than limits.session_* allow; reading slowed down");
+                            }
+                            paused = Some(tokio::time::Instant::now() + wait);
                         }
                     }
                     Ok(StreamEvent::Close) => return End::PeerClosed,
@@ -305,6 +323,9 @@ impl Session {
                     None => return End::Gone,
                 },
                 e = closer.closed() => return End::Error(e),
+                _ = tokio::time::sleep_until(paused.unwrap_or_else(tokio::time::Instant::now)), if paused.is_some() => {
+                    paused = None;
+                }
                 _ = self.slave.shutdown.cancelled() => {
                     return End::Error(StreamError::new(Condition::SystemShutdown, "the server is stopping"));
                 }

@@ -569,8 +569,23 @@ impl Raw {
         password: &str,
         resource: &str,
     ) -> Raw {
+        Raw::login_over(Raw::connect(addr), domain, user, password, resource)
+    }
+
+    /// A client on a connection made elsewhere (another network namespace, say).
+    pub fn from_stream(sock: TcpStream) -> Raw {
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        Raw {
+            sock,
+            got: String::new(),
+            pos: 0,
+        }
+    }
+
+    /// [`Raw::login_at`] on the connection `c` is.
+    pub fn login_over(mut c: Raw, domain: &str, user: &str, password: &str, resource: &str) -> Raw {
         let header = HEADER.replace("to='localhost'", &format!("to='{domain}'"));
-        let mut c = Raw::connect(addr);
         c.send(&header);
         c.wait_for("</stream:features>", 5);
         c.send(&plain_auth(user, password));

@@ -252,12 +252,14 @@ impl MysqlStore {
             ScramHash::Sha1 => SELECT_SHA1,
             ScramHash::Sha256 => SELECT_SHA256,
         };
+        // fetch_all: found or not, the answer waits for the statement's end (see sqlite.rs).
         let row = self
             .timed("reading credentials", async {
                 sqlx::query(sql)
                     .bind(username)
-                    .fetch_optional(&self.pool)
+                    .fetch_all(&self.pool)
                     .await
+                    .map(|rows| rows.into_iter().next())
                     .map_err(|e| e.to_string())
             })
             .await?;

@@ -122,11 +122,16 @@ impl SqliteStore {
             .get()
             .await
             .map_err(|e| self.db_error("reading credentials", e))?;
+        // fetch_all, not fetch_optional: both wait for the statement to finish, found or
+        // not (fetch_optional returns at the first row, a wake-up sooner than "no row"),
+        // so an unknown name cannot be told from a real one by the answer's timing.
         let row = sqlx::query(sql)
             .bind(username)
-            .fetch_optional(&mut *conn)
+            .fetch_all(&mut *conn)
             .await
-            .map_err(|e| self.db_error("reading credentials", e))?;
+            .map_err(|e| self.db_error("reading credentials", e))?
+            .into_iter()
+            .next();
         drop(conn);
         row.map(|row| {
             credentials_from_row(&row, hash).map_err(|detail| {

@@ -70,15 +70,16 @@ fn subscribe_presences_cannot_grow_the_roster_past_its_cap() {
     Raw::login(farm.slaves[0].c2s, "hoarder", "pw", "r2");
 }
 
-/// A client that stops reading does not pin its session: once a write has waited
-/// `limits.write_timeout` for it, the session ends (its contacts see it go) and the account
-/// logs in again normally.
-#[test]
-fn a_client_that_stops_reading_loses_its_session_after_the_write_timeout() {
+/// A one-slave farm with `limits.write_timeout = write_timeout`, and two sessions on it:
+/// `stalled@localhost/r` (available; the test stops reading it) and `talker@localhost/r`.
+fn stalled_and_talker(write_timeout: u64) -> (TestFarm, Raw, Raw) {
     let farm = TestFarm::start_with(
         1,
         false,
-        "stream_open_timeout = 3\nlogin_timeout = 10\nshutdown_grace = 2\nwrite_timeout = 2",
+        &format!(
+            "stream_open_timeout = 3\nlogin_timeout = 10\nshutdown_grace = 2\n\
+             write_timeout = {write_timeout}"
+        ),
     );
     for u in ["stalled", "talker"] {
         farm.add_user(&format!("{u}@localhost"), "pw");
@@ -87,7 +88,17 @@ fn a_client_that_stops_reading_loses_its_session_after_the_write_timeout() {
     let mut stalled = Raw::login(slave, "stalled", "pw", "r");
     stalled.send("<presence/>");
     stalled.wait_for("<presence", 5);
-    let mut talker = Raw::login(slave, "talker", "pw", "r");
+    let talker = Raw::login(slave, "talker", "pw", "r");
+    (farm, stalled, talker)
+}
+
+/// A client that stops reading does not pin its session: once a write has waited
+/// `limits.write_timeout` for it, the session ends (its contacts see it go) and the account
+/// logs in again normally.
+#[test]
+fn a_client_that_stops_reading_loses_its_session_after_the_write_timeout() {
+    let (farm, stalled, mut talker) = stalled_and_talker(2);
+    let slave = farm.slaves[0].c2s;
     // 8 MB for a reader that reads nothing: more than the socket buffers hold.
     let body = "x".repeat(100_000);
     for i in 0..80 {
@@ -186,19 +197,8 @@ fn a_full_node_refuses_without_a_tls_handshake_and_serves_again_when_freed() {
 /// (it was, and the replaced session lived on).
 #[test]
 fn a_replaced_session_ends_even_when_its_queue_is_full() {
-    let farm = TestFarm::start_with(
-        1,
-        false,
-        "stream_open_timeout = 3\nlogin_timeout = 10\nshutdown_grace = 2\nwrite_timeout = 60",
-    );
-    for u in ["stalled", "talker"] {
-        farm.add_user(&format!("{u}@localhost"), "pw");
-    }
+    let (farm, stalled, mut talker) = stalled_and_talker(60);
     let slave = farm.slaves[0].c2s;
-    let mut stalled = Raw::login(slave, "stalled", "pw", "r");
-    stalled.send("<presence/>");
-    stalled.wait_for("<presence", 5);
-    let mut talker = Raw::login(slave, "talker", "pw", "r");
     // Enough to fill the socket buffers and the session's queue (1,024 stanzas).
     let body = "x".repeat(8_000);
     let mut batch = String::new();

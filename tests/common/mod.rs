@@ -473,14 +473,7 @@ pub struct Raw {
 
 impl Raw {
     pub fn connect(addr: SocketAddr) -> Raw {
-        let sock = TcpStream::connect(addr).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        Raw {
-            sock,
-            got: String::new(),
-            pos: 0,
-        }
+        Raw::from_stream(TcpStream::connect(addr).unwrap())
     }
 
     pub fn send(&mut self, data: &str) {

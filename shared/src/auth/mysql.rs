@@ -276,19 +276,25 @@ impl MysqlStore {
 
     /// Whether `login_query` finds `username` in the legacy table (a row, whatever its hash).
     pub(crate) async fn legacy_user_exists(&self, username: &str) -> Result<bool, StoreError> {
+        Ok(!self
+            .legacy_rows(username, "looking up a user")
+            .await?
+            .is_empty())
+    }
+
+    /// The rows `login_query` gives for `username`.
+    async fn legacy_rows(&self, username: &str, doing: &str) -> Result<Vec<MySqlRow>, StoreError> {
         let MysqlAccounts::Legacy { login_query, .. } = &self.accounts else {
             return Err(unavailable("not a legacy user table".to_owned()));
         };
-        let rows = self
-            .timed("looking up a user (storage.mysql.login_query)", async {
-                sqlx::query(operator_sql(login_query))
-                    .bind(username)
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-            .await?;
-        Ok(!rows.is_empty())
+        self.timed(&format!("{doing} (storage.mysql.login_query)"), async {
+            sqlx::query(operator_sql(login_query))
+                .bind(username)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await
     }
 
     /// PLAIN against a legacy table: `login_query` with the username bound, then the hash
@@ -298,24 +304,11 @@ impl MysqlStore {
         username: &str,
         password: &str,
     ) -> Result<bool, StoreError> {
-        let MysqlAccounts::Legacy {
-            login_query,
-            format,
-        } = &self.accounts
-        else {
+        let MysqlAccounts::Legacy { format, .. } = &self.accounts else {
             return Err(unavailable("not a legacy user table".to_owned()));
         };
         let rows = self
-            .timed(
-                "reading a password hash (storage.mysql.login_query)",
-                async {
-                    sqlx::query(operator_sql(login_query))
-                        .bind(username)
-                        .fetch_all(&self.pool)
-                        .await
-                        .map_err(|e| e.to_string())
-                },
-            )
+            .legacy_rows(username, "reading a password hash")
             .await?;
         let (stored, known) = match rows.as_slice() {
             [] => (self.decoy.as_deref().unwrap_or_default().to_owned(), false),

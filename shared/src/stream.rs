@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use crate::ns;
 use crate::xml::{
     Condition, Element, ParserLimits, StreamError, StreamEvent, StreamHeader, StreamParser,
-    escape_into,
+    escape_attr_into,
 };
 
 /// Anything a stream can run over: TCP, TLS, an in-memory duplex.
@@ -263,7 +263,7 @@ impl XmlStream {
                 s.push_str("' ");
                 s.push_str(name);
                 s.push_str("='");
-                escape_into(&mut s, v);
+                escape_attr_into(&mut s, v);
             }
         }
         if version {

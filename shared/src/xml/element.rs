@@ -182,10 +182,20 @@ impl Element {
     /// stream's own namespace carries no `xmlns`. Elements in the streams namespace use the
     /// `stream:` prefix the stream header declares.
     pub fn write_to(&self, out: &mut String, parent_ns: &str) {
-        // Namespaces the stream header declares with a prefix (RFC 6120 §4.8.5; XEP-0220).
+        self.write_node(out, parent_ns, true);
+    }
+
+    fn write_node(&self, out: &mut String, parent_ns: &str, top: bool) {
+        // Namespaces written with a prefix: `stream:` (every stream header and the farm
+        // links' implicit one declare it, RFC 6120 §4.8.5); `db:` for a top-level dialback
+        // element on a server stream, whose header declares it (XEP-0220) — deeper down, in a
+        // stanza that may travel over a farm link or to a client, a dialback element gets a
+        // default namespace like any other; and `xml:`, bound everywhere and never to be
+        // declared as a default namespace (Namespaces in XML §3).
         let prefix = match &*self.ns {
             ns::STREAM => Some("stream:"),
-            ns::DIALBACK if parent_ns == ns::SERVER => Some("db:"),
+            ns::DIALBACK if top && parent_ns == ns::SERVER => Some("db:"),
+            ns::XML => Some("xml:"),
             _ => None,
         };
         let stream_prefixed = prefix.is_some();
@@ -208,8 +218,9 @@ impl Element {
         for (k, v) in &self.attrs {
             out.push(' ');
             if let Some(rest) = k.strip_prefix('{') {
-                // Clark notation: declare a prefix for this attribute's namespace.
-                let (ans, local) = rest.split_once('}').unwrap_or(("", rest));
+                // Clark notation: declare a prefix for this attribute's namespace. The name
+                // is after the last brace: a namespace URI may hold `}`, a name may not.
+                let (ans, local) = rest.rsplit_once('}').unwrap_or(("", rest));
                 extra_prefix += 1;
                 let _ = write!(out, "xmlns:a{extra_prefix}='");
                 escape_into(out, ans);
@@ -218,7 +229,7 @@ impl Element {
                 out.push_str(k);
                 out.push_str("='");
             }
-            escape_into(out, v);
+            escape_attr_into(out, v);
             out.push('\'');
         }
         if self.children.is_empty() {
@@ -228,8 +239,8 @@ impl Element {
         out.push('>');
         for n in &self.children {
             match n {
-                Node::Element(e) => e.write_to(out, inner_ns),
-                Node::Text(t) => escape_into(out, t),
+                Node::Element(e) => e.write_node(out, inner_ns, false),
+                Node::Text(t) => escape_text_into(out, t),
             }
         }
         out.push_str("</");
@@ -263,8 +274,32 @@ impl Element {
     }
 }
 
-/// Escape text for use in character data or a single-quoted attribute value.
+/// Escape text for use in character data or a single-quoted attribute value. Whitespace is
+/// left as it is: [`escape_attr_into`] and [`escape_text_into`] keep what a reader would change.
 pub fn escape_into(out: &mut String, s: &str) {
+    escape_with(out, s, |_| None);
+}
+
+/// Escape an attribute value so that it reads back the same: tab, newline and carriage
+/// return as character references, which a reader's attribute-value normalization would
+/// otherwise turn into spaces (XML 1.0 §3.3.3).
+pub fn escape_attr_into(out: &mut String, s: &str) {
+    escape_with(out, s, |b| match b {
+        b'\t' => Some("&#9;"),
+        b'\n' => Some("&#10;"),
+        b'\r' => Some("&#13;"),
+        _ => None,
+    });
+}
+
+/// Escape character data so that it reads back the same: a carriage return as a character
+/// reference, which a reader's end-of-line handling would otherwise turn into a newline
+/// (XML 1.0 §2.11).
+pub fn escape_text_into(out: &mut String, s: &str) {
+    escape_with(out, s, |b| (b == b'\r').then_some("&#13;"));
+}
+
+fn escape_with(out: &mut String, s: &str, more: impl Fn(u8) -> Option<&'static str>) {
     let mut last = 0;
     for (i, b) in s.bytes().enumerate() {
         let rep = match b {
@@ -273,7 +308,10 @@ pub fn escape_into(out: &mut String, s: &str) {
             b'&' => "&amp;",
             b'\'' => "&apos;",
             b'"' => "&quot;",
-            _ => continue,
+            _ => match more(b) {
+                Some(r) => r,
+                None => continue,
+            },
         };
         out.push_str(&s[last..i]);
         out.push_str(rep);
@@ -285,6 +323,54 @@ pub fn escape_into(out: &mut String, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a peer sent, read as a stanza, written for the next hop and read there again:
+    /// the same element (the fuzzer's round-trip property, `docs/fuzzing.md`).
+    fn hop(xml: &str, stream_ns: &str) -> (Element, Element) {
+        let first = crate::xml::parse_element(xml, stream_ns).unwrap();
+        let mut written = String::new();
+        first.write_to(&mut written, stream_ns);
+        let again = crate::xml::parse_element(&written, stream_ns)
+            .unwrap_or_else(|e| panic!("{written}: {e}"));
+        (first, again)
+    }
+
+    #[test]
+    fn what_the_fuzzer_found_reads_back_the_same_on_the_next_hop() {
+        for (xml, stream_ns) in [
+            // F1: a dialback element inside a stanza, on a link (no `db:` declared there).
+            (
+                "<message to='a@localhost'><y xmlns='jabber:server:dialback'/></message>",
+                ns::SERVER,
+            ),
+            (
+                "<message to='b@localhost'><x xmlns='jabber:server'><y xmlns='jabber:server:dialback'/></x></message>",
+                ns::CLIENT,
+            ),
+            // F2: an attribute namespace holding a brace.
+            (
+                "<message to='b@localhost' xmlns:x='urn:a}b' x:y='v'/>",
+                ns::CLIENT,
+            ),
+            // F3: an element in the xml: namespace.
+            ("<message to='b@localhost'><xml:x/></message>", ns::CLIENT),
+            ("<xml:a/>", ns::SERVER),
+            // F4: whitespace as character references in attributes, a carriage return in text.
+            (
+                "<message id='a&#9;b&#10;c&#13;d'><body>a&#13;b&#9;c</body></message>",
+                ns::CLIENT,
+            ),
+        ] {
+            let (first, again) = hop(xml, stream_ns);
+            assert_eq!(first, again, "{xml}");
+        }
+        let (f4, _) = hop("<m id='a&#9;b'><body>x&#13;y</body></m>", ns::CLIENT);
+        assert_eq!(f4.attr("id"), Some("a\tb"));
+        assert_eq!(
+            f4.child("body", ns::CLIENT).map(|b| b.text()).as_deref(),
+            Some("x\ry")
+        );
+    }
 
     #[test]
     fn serializes_with_inherited_namespace() {

@@ -4,6 +4,6 @@ mod element;
 pub mod parser;
 pub mod stream_error;
 
-pub use element::{Element, Name, Node, escape_into, intern};
+pub use element::{Element, Name, Node, escape_attr_into, escape_into, escape_text_into, intern};
 pub use parser::{ParserLimits, StreamEvent, StreamHeader, StreamParser, parse_element};
 pub use stream_error::{Condition, StreamError};

@@ -54,7 +54,7 @@ const FRAME_SLACK: usize = 4096;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest frame before the peer proved it knows the farm secret: the handshake's elements
 /// (hello, auth, welcome, refuse) are a few hundred bytes. After it, `max_frame`.
-const HANDSHAKE_FRAME: usize = 4096;
+pub const HANDSHAKE_FRAME: usize = 4096;
 /// Connections to the farm port that have not finished the handshake, at once; more are
 /// closed as they come (and counted in the log).
 const MAX_HANDSHAKES: usize = 256;
@@ -102,7 +102,7 @@ pub type RelayHandler = Arc<
 
 /// Why a connection is opened: a link, or one relayed client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Purpose {
+pub enum Purpose {
     Link,
     Relay,
 }
@@ -422,7 +422,8 @@ impl FarmLinks {
     }
 
     /// Connector side of the handshake.
-    async fn handshake_connect(
+    /// Public for the fuzz targets (`fuzz/fuzz_targets/farm_frames.rs`).
+    pub async fn handshake_connect(
         &self,
         link: &mut Framed,
         peer: &str,
@@ -500,7 +501,8 @@ impl FarmLinks {
 
     /// Acceptor side of the handshake; returns the authenticated peer's name and what it
     /// connected for.
-    async fn handshake_accept(&self, link: &mut Framed) -> Result<(String, Purpose), String> {
+    /// Public for the fuzz targets (`fuzz/fuzz_targets/farm_frames.rs`).
+    pub async fn handshake_accept(&self, link: &mut Framed) -> Result<(String, Purpose), String> {
         let hello = link.recv_el().await?;
         let (Some(peer), Some(their_nonce)) = (hello.attr("node"), hello.attr("nonce")) else {
             return Err("no hello".to_owned());
@@ -777,20 +779,22 @@ fn parse_one(parser: &mut StreamParser, frame: &[u8]) -> Result<Element, String>
 }
 
 /// A link before it is split: framing plus the element parser.
-struct Framed {
+pub struct Framed {
     io: Box<dyn Io>,
     parser: StreamParser,
     max_frame: usize,
 }
 
 impl Framed {
-    fn new(io: Box<dyn Io>, max_frame: usize) -> Framed {
+    pub fn new(io: Box<dyn Io>, max_frame: usize) -> Framed {
         let mut parser = StreamParser::new(ParserLimits {
             max_stanza: max_frame,
             max_depth: ParserLimits::POST_AUTH.max_depth,
         });
-        // Frames are elements of one implicit stream in jabber:server.
-        let mut header: &[u8] = b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'>";
+        // Frames are elements of one implicit stream in jabber:server, with the prefixes a
+        // server stream declares (`Element::write_to` writes a top-level dialback element
+        // with `db:`).
+        let mut header: &[u8] = b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback'>";
         let _ = parser.parse(&mut header);
         Framed {
             io,
@@ -817,7 +821,7 @@ impl Framed {
         self.io.flush().await.map_err(|e| e.to_string())
     }
 
-    async fn recv_el(&mut self) -> Result<Element, String> {
+    pub async fn recv_el(&mut self) -> Result<Element, String> {
         loop {
             let frame = read_frame(&mut self.io, self.max_frame).await?;
             if !frame.is_empty() {

@@ -209,7 +209,7 @@ impl Element {
         } else {
             if self.ns != parent_ns {
                 out.push_str(" xmlns='");
-                escape_into(out, &self.ns);
+                escape_attr_into(out, &self.ns);
                 out.push('\'');
             }
             &self.ns
@@ -223,7 +223,7 @@ impl Element {
                 let (ans, local) = rest.rsplit_once('}').unwrap_or(("", rest));
                 extra_prefix += 1;
                 let _ = write!(out, "xmlns:a{extra_prefix}='");
-                escape_into(out, ans);
+                escape_attr_into(out, ans);
                 let _ = write!(out, "' a{extra_prefix}:{local}='");
             } else {
                 out.push_str(k);
@@ -321,6 +321,7 @@ fn escape_with(out: &mut String, s: &str, more: impl Fn(u8) -> Option<&'static s
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -355,7 +356,12 @@ mod tests {
             // F3: an element in the xml: namespace.
             ("<message to='b@localhost'><xml:x/></message>", ns::CLIENT),
             ("<xml:a/>", ns::SERVER),
-            // F4: whitespace as character references in attributes, a carriage return in text.
+            // F4: whitespace as character references in attributes, namespaces (attribute
+            // values too), a carriage return in text.
+            (
+                "<message to='b@localhost'><x xmlns='urn:a&#9;b' xmlns:p='urn:c&#10;d' p:q='r'/></message>",
+                ns::CLIENT,
+            ),
             (
                 "<message id='a&#9;b&#10;c&#13;d'><body>a&#13;b&#9;c</body></message>",
                 ns::CLIENT,

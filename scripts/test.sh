@@ -117,4 +117,9 @@ fi
 # nextest does not run doctests
 cargo test --workspace --locked --doc
 
+step "fuzzing smoke run (fuzz/, docs/fuzzing.md)"
+# Each target ~15 s from its seeds (the inputs of every finding among them); nightly toolchain,
+# cargo-fuzz installed when missing.
+bash scripts/fuzz-smoke.sh
+
 step "ok"

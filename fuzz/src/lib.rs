@@ -5,7 +5,6 @@
 //! - [`element_depth`], [`content_bytes`]: what the stream parser's limits bound.
 //! - [`reparse`]: serialize an element as a stream or a farm link would and parse it back.
 
-use jabberfarm_shared::ns;
 use jabberfarm_shared::xml::{Element, Node, ParserLimits, StreamEvent, StreamParser};
 
 /// Splits a byte string into chunks whose lengths come from a small PRNG seeded with one
@@ -84,8 +83,8 @@ pub fn content_bytes(el: &Element) -> usize {
 pub const C2S_HEADER: &str =
     "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
 /// The implicit header of a farm link (`farm::Framed::new`): frames are `jabber:server`.
-pub const LINK_HEADER: &str =
-    "<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'>";
+pub const LINK_HEADER: &str = "<stream:stream xmlns='jabber:server' \
+     xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback'>";
 
 /// Serialize `el` with `content_ns` as the default namespace in scope and parse it back in a
 /// stream opened with `header`, the way the peer at the other end of a c2s stream
@@ -112,33 +111,12 @@ pub fn reparse(el: &Element, content_ns: &str, header: &str) -> (String, Result<
 }
 
 /// Which open finding of docs/fuzzing.md, if any, keeps `write_to(.., parent_ns)` from
-/// writing `el` (or a descendant) so that the peer parses it back:
-/// - F1: an element in `jabber:server:dialback` inside `jabber:server` is written with the
-///   `db:` prefix, which only an s2s stream header declares (not a c2s stream, not a frame);
-/// - F2: an attribute whose namespace contains `}` is split at the wrong `}`;
-/// - F3: an element in the `xml:` namespace is written with `xmlns='…/XML/1998/namespace'`,
-///   a declaration XML forbids.
-pub fn known_finding(el: &Element, parent_ns: &str) -> Option<&'static str> {
-    if el.ns == ns::DIALBACK && parent_ns == ns::SERVER {
-        return Some("F1");
-    }
-    if el.ns == ns::XML {
-        return Some("F3");
-    }
-    let bad_key = |k: &str| {
-        k.strip_prefix('{')
-            .is_some_and(|r| r.matches('}').count() > 1)
-    };
-    if el.attrs.iter().any(|(k, _)| bad_key(k)) {
-        return Some("F2");
-    }
-    // Children of a prefixed element inherit the parent's default namespace (`write_to`).
-    let inner = if el.ns == ns::STREAM {
-        parent_ns
-    } else {
-        &el.ns
-    };
-    el.children().find_map(|c| known_finding(c, inner))
+/// writing `el` (or a descendant) so that the peer parses it back. None is open: F1-F4 were
+/// fixed in `shared/src/xml/element.rs` (their inputs stay as seeds, so the smoke run checks
+/// they stay fixed). A new finding that cannot be fixed at once is described here, matched
+/// below, and skipped by long runs with `JABBERFARM_FUZZ_SKIP_KNOWN=1`.
+pub fn known_finding(_el: &Element, _parent_ns: &str) -> Option<&'static str> {
+    None
 }
 
 /// `JABBERFARM_FUZZ_SKIP_KNOWN=1`: do not stop at the open findings of docs/fuzzing.md (for

@@ -609,3 +609,87 @@ fn unavailable(stanza: &Element, text: &str) -> Option<Element> {
         false,
     ))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::im::presence::{MAX_DIRECTED, MAX_SEEN};
+    use jabberfarm_shared::ns;
+    use jabberfarm_shared::routing::{RoutingMode, SlaveWeight};
+
+    /// A router of slave1 in a farm of one slave (every user is local).
+    fn router() -> Router {
+        let table = RoutingTable::new(RoutingMode::Hash {
+            key: [0; 16],
+            slaves: vec![SlaveWeight {
+                name: "slave1".to_owned(),
+                weight: 1,
+            }],
+        })
+        .unwrap();
+        Router::new("localhost".into(), "slave1".into(), table, 10)
+    }
+
+    /// Per-session sets a peer can grow stop at their bounds (issue 11): presences seen from
+    /// ever new full JIDs are delivered but tracked only up to MAX_SEEN; directed presence to
+    /// ever new targets up to MAX_DIRECTED, then refused.
+    #[test]
+    fn seen_and_directed_sets_are_bounded() {
+        let r = router();
+        let (tx, mut rx) = mpsc::channel(SESSION_QUEUE);
+        let conn = r.bind("juliet", "balcony", tx, Arc::new(Closer::default()));
+        assert!(conn.is_some());
+        r.set_presence(
+            "juliet",
+            "balcony",
+            Some(Element::new("presence", ns::CLIENT)),
+        );
+        let mut delivered = 0;
+        for i in 0..MAX_SEEN + 100 {
+            let p = Element::new("presence", ns::CLIENT)
+                .with_attr("from", format!("fan{i}@localhost/r"))
+                .with_attr("to", "juliet@localhost/balcony");
+            assert!(r.deliver_local(p, "juliet", Some("balcony")).is_none());
+            while rx.try_recv().is_ok() {
+                delivered += 1;
+            }
+        }
+        assert_eq!(delivered, MAX_SEEN + 100, "every presence is delivered");
+        let seen: usize = r
+            .forget_seen_on("slave1")
+            .iter()
+            .map(|(_, _, gone)| gone.len())
+            .sum();
+        assert_eq!(seen, MAX_SEEN, "but only so many are tracked");
+
+        for i in 0..MAX_DIRECTED {
+            let to = format!("target{i}@localhost");
+            assert!(r.note_directed("juliet", "balcony", &to, true, MAX_DIRECTED));
+        }
+        assert!(!r.note_directed(
+            "juliet",
+            "balcony",
+            "one-more@localhost",
+            true,
+            MAX_DIRECTED
+        ));
+        // Again to a tracked target, and unavailable, are always fine; then there is room.
+        assert!(r.note_directed("juliet", "balcony", "target0@localhost", true, MAX_DIRECTED));
+        assert!(r.note_directed(
+            "juliet",
+            "balcony",
+            "target0@localhost",
+            false,
+            MAX_DIRECTED
+        ));
+        assert!(r.note_directed(
+            "juliet",
+            "balcony",
+            "one-more@localhost",
+            true,
+            MAX_DIRECTED
+        ));
+        assert_eq!(r.take_directed("juliet", "balcony").len(), MAX_DIRECTED);
+    }
+}

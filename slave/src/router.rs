@@ -46,6 +46,11 @@ impl Closer {
         self.wake.notify_one();
     }
 
+    /// The reason given, if [`Self::close`] was called (taken: asked once).
+    pub fn take(&self) -> Option<StreamError> {
+        self.reason.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
     /// Resolves once [`Self::close`] was called, with its reason.
     pub async fn closed(&self) -> StreamError {
         loop {

@@ -320,7 +320,9 @@ impl Session {
                             return End::Gone;
                         }
                     }
-                    None => return End::Gone,
+                    // The router dropped our queue: the session was replaced (its closer has
+                    // the reason, set before) or the slave is going away.
+                    None => return closer.take().map_or(End::Gone, End::Error),
                 },
                 e = closer.closed() => return End::Error(e),
                 _ = tokio::time::sleep_until(paused.unwrap_or_else(tokio::time::Instant::now)), if paused.is_some() => {

@@ -52,7 +52,14 @@ fn users_on_different_slaves_exchange_messages() {
 
 #[test]
 fn ten_thousand_messages_across_slaves_arrive_all_in_order() {
-    let farm = TestFarm::start(2);
+    // One session sends as fast as it can: this test asks for no per-session shaper (which
+    // would take 90 s to let 10,000 stanzas through at its default 100 per second).
+    let farm = TestFarm::start_with(
+        2,
+        false,
+        "stream_open_timeout = 3\nlogin_timeout = 10\nshutdown_grace = 2\n\
+         session_stanzas_per_second = 0\nsession_bytes_per_second = 0",
+    );
     let ((_, mut ca), (b, mut cb)) = pair(&farm);
     const N: usize = 10_000;
     let reader = std::thread::spawn(move || {

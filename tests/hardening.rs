@@ -6,6 +6,10 @@ mod common;
 
 use common::{HEADER, Raw, TestFarm};
 
+/// `[limits]` lines for tests that flood on purpose (thousands of stanzas, megabytes from one
+/// session): no per-session shaper, which would otherwise slow them down by design.
+const UNSHAPED: &str = "session_stanzas_per_second = 0\nsession_bytes_per_second = 0";
+
 /// A client that gets `<proceed/>` and then says nothing loses its connection when the login
 /// deadline passes, at the master and at a slave (it used to keep it forever, and
 /// `max_connections` such sockets locked every user out).
@@ -37,7 +41,11 @@ fn a_client_silent_after_proceed_is_dropped_at_the_login_deadline() {
 /// nothing is added.
 #[test]
 fn subscribe_presences_cannot_grow_the_roster_past_its_cap() {
-    let farm = TestFarm::start(1);
+    let farm = TestFarm::start_with(
+        1,
+        false,
+        &format!("stream_open_timeout = 3\nlogin_timeout = 10\nshutdown_grace = 2\n{UNSHAPED}"),
+    );
     farm.add_user("hoarder@localhost", "pw");
     let mut c = Raw::login(farm.slaves[0].c2s, "hoarder", "pw", "r");
     // 2,000 new contacts in one write (they do not exist; the roster items do).
@@ -78,7 +86,7 @@ fn stalled_and_talker(write_timeout: u64) -> (TestFarm, Raw, Raw) {
         false,
         &format!(
             "stream_open_timeout = 3\nlogin_timeout = 10\nshutdown_grace = 2\n\
-             write_timeout = {write_timeout}"
+             write_timeout = {write_timeout}\n{UNSHAPED}"
         ),
     );
     for u in ["stalled", "talker"] {
@@ -122,7 +130,10 @@ fn a_relayed_client_that_stops_reading_frees_the_relay_and_the_session() {
     let mut farm = TestFarm::start_with(
         1,
         false,
-        "stream_open_timeout = 3\nlogin_timeout = 10\nshutdown_grace = 2\nwrite_timeout = 2",
+        &format!(
+            "stream_open_timeout = 3\nlogin_timeout = 10\nshutdown_grace = 2\nwrite_timeout = 2\n\
+             {UNSHAPED}"
+        ),
     );
     farm.restart_with_config(|t| format!("{t}\n[relay]\nredirect = \"never\"\n"));
     for u in ["stalled", "talker"] {

@@ -116,16 +116,12 @@ pub async fn serve(m: Arc<Master>, mut stream: XmlStream) {
                 },
                 Some(c) = checked_rx.recv() => {
                     running -= 1;
-                    let answer = Element::new("result", ns::DIALBACK)
-                        .with_attr("from", &c.to)
-                        .with_attr("to", &c.remote)
-                        .with_attr("type", if c.valid { "valid" } else { "invalid" });
-                    if stream.send(&answer).await.is_err() {
+                    if stream.send(&result_answer(&c.to, &c.remote, c.valid)).await.is_err() {
                         return;
                     }
                     if c.valid {
                         authenticated.insert(c.remote);
-                        stream.set_limits(m.s2s_settings.limits);
+                        stream.set_limits(limits(&authenticated));
                     }
                     continue;
                 }
@@ -236,11 +232,7 @@ async fn dialback_result(
     let remote = remote.to_ascii_lowercase();
     let key = el.text();
     if !to.eq_ignore_ascii_case(domain) || remote.eq_ignore_ascii_case(domain) || key.is_empty() {
-        let answer = Element::new("result", ns::DIALBACK)
-            .with_attr("from", to)
-            .with_attr("to", &remote)
-            .with_attr("type", "invalid");
-        let _ = stream.send(&answer).await;
+        let _ = stream.send(&result_answer(to, &remote, false)).await;
         return None;
     }
     let (settings, id, to) = (m.s2s_settings.clone(), stream_id.to_owned(), to.to_owned());
@@ -260,6 +252,14 @@ async fn dialback_result(
         }
         Checked { remote, to, valid }
     })
+}
+
+/// XEP-0220 §2.1.4: our verdict on a remote's `<db:result/>`.
+fn result_answer(from: &str, to: &str, valid: bool) -> Element {
+    Element::new("result", ns::DIALBACK)
+        .with_attr("from", from)
+        .with_attr("to", to)
+        .with_attr("type", if valid { "valid" } else { "invalid" })
 }
 
 /// XEP-0220 §2.1.3: a remote checks a key one of our nodes gave it. Every node computes keys

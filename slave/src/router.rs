@@ -54,7 +54,7 @@ impl Closer {
     /// Resolves once [`Self::close`] was called, with its reason.
     pub async fn closed(&self) -> StreamError {
         loop {
-            if let Some(e) = self.reason.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            if let Some(e) = self.take() {
                 return e;
             }
             self.wake.notified().await;

@@ -100,8 +100,12 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
     info!(jid = %jid, "session started");
     if !slave.store.looks_up_users() {
         // The backend cannot say who exists (LDAP bind mode): remember that this user does,
-        // so messages to it while offline are kept (im/offline.rs).
-        if let Err(e) = slave.im.mark_known(&username, crate::im::now_ms()).await {
+        // so messages to it while offline are kept (im/offline.rs). A read on most logins,
+        // the write only on the first.
+        let known = slave.im.is_known(&username).await;
+        if !matches!(known, Ok(true))
+            && let Err(e) = slave.im.mark_known(&username, crate::im::now_ms()).await
+        {
             warn!(user = username, "could not record the login: {e}");
         }
     }

@@ -13,8 +13,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use jabberfarm_shared::auth::{AccountStore, StoreError};
-use jabberfarm_shared::config::{FarmConfig, StorageBackend};
+use jabberfarm_config::{FarmConfig, StorageBackend};
+use jabberfarm_store::accounts::{AccountStore, StoreError};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 

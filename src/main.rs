@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use jabberfarm_shared::auth::AccountStore;
-use jabberfarm_shared::config::{FarmConfig, NodeConfig, Role, StorageBackend};
-use jabberfarm_shared::farm::LinkTls;
-use jabberfarm_shared::routing::normalize_localpart;
-use jabberfarm_shared::tls;
+use jabberfarm_config::{FarmConfig, NodeConfig, Role, StorageBackend};
+use jabberfarm_net::farm::LinkTls;
+use jabberfarm_net::tls;
+use jabberfarm_proto::routing::normalize_localpart;
+use jabberfarm_store::accounts::AccountStore;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -459,9 +459,9 @@ fn print_banner(cfg: &FarmConfig, names: &[String], ca: Option<&Path>, demo: boo
     if nodes.iter().any(|n| n.role == Role::Master) {
         let m = cfg.master();
         let how = match m.redirect_mode(&cfg.relay, false) {
-            jabberfarm_shared::config::RedirectMode::Always => "it is redirected to its slave",
-            jabberfarm_shared::config::RedirectMode::Never => "the master relays it to its slave",
-            jabberfarm_shared::config::RedirectMode::Auto => {
+            jabberfarm_config::RedirectMode::Always => "it is redirected to its slave",
+            jabberfarm_config::RedirectMode::Never => "the master relays it to its slave",
+            jabberfarm_config::RedirectMode::Auto => {
                 "it is redirected to its slave, or relayed there if it does not follow redirects"
             }
         };
@@ -568,7 +568,7 @@ async fn user(action: UserAction) -> Result<ExitCode> {
     let owner = cfg.routing.owner(&local).to_owned();
     let store = open_store(&cfg, &owner).await?;
     let iterations = cfg.storage.scram_iterations;
-    let im = jabberfarm_slave::store::ImStore::for_accounts(&store);
+    let im = jabberfarm_store::im::ImStore::for_accounts(&store);
     let r = match action {
         UserAction::Add { .. } => store
             .add_user(&local, &new_password, iterations)

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::{BIN, HEADER, TestFarm};
-use jabberfarm_shared::auth::{ScramHash, h, hmac};
+use jabberfarm_proto::scram::{ScramHash, h, hmac};
 use servers::{MariaDb, Slapd};
 
 const SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
@@ -169,7 +169,7 @@ impl Client {
         let Io::Plain(mut sock) = std::mem::replace(&mut self.io, Io::Gone) else {
             panic!("STARTTLS twice");
         };
-        let config = jabberfarm_shared::tls::client_config(ca).unwrap();
+        let config = jabberfarm_net::tls::client_config(ca).unwrap();
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let mut conn = rustls::ClientConnection::new(config, name).unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(10)))

@@ -103,7 +103,7 @@ fn slaves_redirect_foreign_logins_and_authenticate_their_own() {
 #[test]
 fn scram_sha256_and_sha1_logins_at_the_slave() {
     use base64::Engine as _;
-    use jabberfarm_shared::auth::{ScramCredentials, ScramHash, h, hmac};
+    use jabberfarm_proto::scram::{ScramCredentials, ScramHash, h, hmac};
     let b64 = base64::engine::general_purpose::STANDARD;
     let farm = TestFarm::start(2);
     farm.add_user("mercutio", "queen mab");

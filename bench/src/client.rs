@@ -2,16 +2,16 @@
 //! follow `<see-other-host/>`, bind, initial presence, ping. Only what a load generator needs,
 //! and only standard XMPP, so it can load any server.
 //!
-//! Reading uses the server's own incremental parser (`jabberfarm_shared::xml::StreamParser`);
+//! Reading uses the server's own incremental parser (`jabberfarm_proto::xml::StreamParser`);
 //! the stream type is our own because a client has to take the socket back for STARTTLS.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use jabberfarm_shared::ns;
-use jabberfarm_shared::sasl::{self, Mechanism};
-use jabberfarm_shared::stream::Io;
-use jabberfarm_shared::xml::{Element, ParserLimits, StreamEvent, StreamParser, escape_into};
+use jabberfarm_net::stream::Io;
+use jabberfarm_proto::ns;
+use jabberfarm_proto::sasl::{self, Mechanism};
+use jabberfarm_proto::xml::{Element, ParserLimits, StreamEvent, StreamParser, escape_into};
 use rustls_pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 
@@ -62,7 +62,7 @@ impl ClientConfig {
         let tls = match ca {
             None => None,
             Some(ca) => {
-                let shared = jabberfarm_shared::tls::client_config(ca)
+                let shared = jabberfarm_net::tls::client_config(ca)
                     .map_err(|e| BenchError::Setup(e.to_string()))?;
                 let mut cfg = (*shared).clone();
                 if !resume {

@@ -1,6 +1,6 @@
 //! What can go wrong in one client operation, small enough to count by kind in a report.
 
-use jabberfarm_shared::xml::StreamError;
+use jabberfarm_proto::xml::StreamError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use jabberfarm_shared::sasl::Mechanism;
+use jabberfarm_proto::sasl::Mechanism;
 
 use crate::client::ClientConfig;
 use crate::error::{BenchError, Result};
@@ -463,7 +463,7 @@ async fn run(s: Scenario) -> Result<Option<(Report, Option<PathBuf>)>> {
                 owners: match farm_config {
                     None => None,
                     Some(path) => Some(
-                        jabberfarm_shared::config::FarmConfig::load(&path, None)
+                        jabberfarm_config::FarmConfig::load(&path, None)
                             .map_err(|e| BenchError::Setup(e.to_string()))?
                             .routing,
                     ),

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use jabberfarm_shared::auth::{ScramHash, h, hmac};
+use jabberfarm_proto::scram::{ScramHash, h, hmac};
 
 use crate::error::{BenchError, Result};
 

@@ -1,4 +1,4 @@
-//! The config loader (`FarmConfig::from_str` in `shared/src/config.rs`, what
+//! The config loader (`FarmConfig::from_str` in `shared/config/src/lib.rs`, what
 //! `jabberfarm check` and every node run on the TOML file).
 //!
 //! Input: the file's text (not UTF-8: skipped, `FarmConfig::load` refuses it before parsing).
@@ -20,7 +20,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::LazyLock;
 
-use jabberfarm_shared::config::{ConfigError, FarmConfig, Role};
+use jabberfarm_config::{ConfigError, FarmConfig, Role};
 use libfuzzer_sys::fuzz_target;
 
 /// The directory the config is loaded from, with the files it may refer to.

@@ -1,4 +1,4 @@
-//! Farm links (`shared/src/farm.rs`): the frame decoder (`Framed::recv_el`: 4-byte length,
+//! Farm links (`shared/net/src/farm.rs`): the frame decoder (`Framed::recv_el`: 4-byte length,
 //! one element) and both sides of the link handshake, fed by an unauthenticated peer.
 //!
 //! Input: one byte, then what the peer sends. The byte's low two bits pick the scenario:
@@ -31,10 +31,10 @@ use std::task::{Context, Poll, Waker};
 use jabberfarm_fuzz::{
     Chunks, LINK_HEADER, content_bytes, element_depth, known_finding, reparse, skip_known,
 };
-use jabberfarm_shared::config::FarmConfig;
-use jabberfarm_shared::farm::{FarmLinks, Framed, HANDSHAKE_FRAME, Purpose, RelayHandler};
-use jabberfarm_shared::ns;
-use jabberfarm_shared::xml::ParserLimits;
+use jabberfarm_config::FarmConfig;
+use jabberfarm_net::farm::{FarmLinks, Framed, HANDSHAKE_FRAME, Purpose, RelayHandler};
+use jabberfarm_proto::ns;
+use jabberfarm_proto::xml::ParserLimits;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 

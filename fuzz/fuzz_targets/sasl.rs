@@ -1,4 +1,4 @@
-//! SASL (`shared/src/sasl.rs`): the payload decoder, the PLAIN and SCRAM first-message
+//! SASL (`shared/proto/src/sasl.rs`): the payload decoder, the PLAIN and SCRAM first-message
 //! parsers, the username the master routes by, and a whole SCRAM exchange.
 //!
 //! Input: one flags byte, then `client-first-message`, a newline, `client-final-message`. In
@@ -13,7 +13,7 @@
 //!   `username_of` agrees with them;
 //! - the fuzzer's client-final message never authenticates (it cannot know the proof);
 //! - for every client-first message the server accepts, the correct proof (computed here
-//!   from the password, independently of `jabberfarm_shared`) does authenticate a real user,
+//!   from the password, independently of `jabberfarm_proto`) does authenticate a real user,
 //!   with the server signature RFC 5802 §3 defines, and never an unknown one.
 
 #![no_main]
@@ -23,8 +23,8 @@ use std::sync::OnceLock;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, KeyInit, Mac};
-use jabberfarm_shared::auth::{ScramCredentials, ScramHash};
-use jabberfarm_shared::sasl::{
+use jabberfarm_proto::scram::{ScramCredentials, ScramHash};
+use jabberfarm_proto::sasl::{
     Mechanism, SaslError, ScramClientFirst, ScramServer, decode_payload, encode_payload,
     fake_credentials, parse_plain, parse_scram_first, username_of,
 };
@@ -76,7 +76,7 @@ fn keys(hash: ScramHash) -> &'static Keys {
     })
 }
 
-/// HMAC, from the `hmac` crate directly (not `jabberfarm_shared::auth::hmac`).
+/// HMAC, from the `hmac` crate directly (not `jabberfarm_proto::scram::hmac`).
 fn mac(hash: ScramHash, key: &[u8], data: &[u8]) -> Vec<u8> {
     match hash {
         ScramHash::Sha1 => {

@@ -1,5 +1,5 @@
-//! The XML stream parser (`shared/src/xml/parser.rs`) as a client's pre-auth stream drives it
-//! (`shared/src/stream.rs`, `shared/src/c2s.rs`).
+//! The XML stream parser (`shared/proto/src/xml/parser.rs`) as a client's pre-auth stream drives it
+//! (`shared/net/src/stream.rs`, `shared/net/src/c2s.rs`).
 //!
 //! Input: one byte that picks how the rest is chunked (see `Chunks`; bit 0x40 also frees the
 //! parser's buffers after every chunk, as an idle `XmlStream` does), then the stream bytes.
@@ -22,8 +22,8 @@ use jabberfarm_fuzz::{
     C2S_HEADER, Chunks, LINK_HEADER, content_bytes, element_depth, known_finding, reparse,
     skip_known,
 };
-use jabberfarm_shared::ns;
-use jabberfarm_shared::xml::{Condition, Element, ParserLimits, StreamEvent, StreamParser};
+use jabberfarm_proto::ns;
+use jabberfarm_proto::xml::{Condition, Element, ParserLimits, StreamEvent, StreamParser};
 use libfuzzer_sys::fuzz_target;
 
 /// What one run of the stream gave: its events, and how it ended.

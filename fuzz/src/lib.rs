@@ -5,7 +5,7 @@
 //! - [`element_depth`], [`content_bytes`]: what the stream parser's limits bound.
 //! - [`reparse`]: serialize an element as a stream or a farm link would and parse it back.
 
-use jabberfarm_shared::xml::{Element, Node, ParserLimits, StreamEvent, StreamParser};
+use jabberfarm_proto::xml::{Element, Node, ParserLimits, StreamEvent, StreamParser};
 
 /// Splits a byte string into chunks whose lengths come from a small PRNG seeded with one
 /// byte. Seed 0 gives the whole input as one chunk; other seeds give chunks of 1 to
@@ -112,7 +112,7 @@ pub fn reparse(el: &Element, content_ns: &str, header: &str) -> (String, Result<
 
 /// Which open finding of docs/fuzzing.md, if any, keeps `write_to(.., parent_ns)` from
 /// writing `el` (or a descendant) so that the peer parses it back. None is open: F1-F4 were
-/// fixed in `shared/src/xml/element.rs` (their inputs stay as seeds, so the smoke run checks
+/// fixed in `shared/proto/src/xml/element.rs` (their inputs stay as seeds, so the smoke run checks
 /// they stay fixed). A new finding that cannot be fixed at once is described here, matched
 /// below, and skipped by long runs with `JABBERFARM_FUZZ_SKIP_KNOWN=1`.
 pub fn known_finding(_el: &Element, _parent_ns: &str) -> Option<&'static str> {

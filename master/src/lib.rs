@@ -2,7 +2,7 @@
 //! (DESIGN.md D1), or relayed to it for clients that do not follow redirects (D1b). The master
 //! never checks a password and serves no sessions.
 //!
-//! Data path: socket → [`jabberfarm_shared::listen`] → [`jabberfarm_shared::c2s::negotiate`]
+//! Data path: socket → [`jabberfarm_net::listen`] → [`jabberfarm_net::c2s::negotiate`]
 //! with [`Redirector`] as the policy → `<see-other-host/>` (or the iq:auth 302), or
 //! [`relay::Relayer`]: handoff to the slave, then bytes both ways.
 //! Inbound s2s ([`s2s`]): dialback, the dialback authority for keys the slaves hand out, and
@@ -15,14 +15,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use jabberfarm_shared::auth::AccountStore;
-use jabberfarm_shared::c2s::{self, C2sSettings, LoginPolicy, LoginRoute, Negotiated};
-use jabberfarm_shared::config::{FarmConfig, NodeConfig, RedirectMode};
-use jabberfarm_shared::farm::{FarmLinks, LINK_NS, LinkEvent, LinkTls};
-use jabberfarm_shared::listen::{self, BoundListener, ServeOptions};
-use jabberfarm_shared::ns;
-use jabberfarm_shared::relay::RelayReason;
-use jabberfarm_shared::s2s::outbound::{Outbound, S2sSettings};
+use jabberfarm_config::{FarmConfig, NodeConfig, RedirectMode};
+use jabberfarm_net::c2s::{self, C2sSettings, LoginPolicy, LoginRoute, Negotiated};
+use jabberfarm_net::farm::{FarmLinks, LINK_NS, LinkEvent, LinkTls};
+use jabberfarm_net::listen::{self, BoundListener, ServeOptions};
+use jabberfarm_net::relay::RelayReason;
+use jabberfarm_net::s2s::{Outbound, S2sSettings};
+use jabberfarm_proto::ns;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -85,7 +84,7 @@ impl LoginPolicy for Redirector {
         LoginRoute::Redirect(c2s::redirect_address(node, direct_tls))
     }
 
-    fn store(&self) -> Option<&AccountStore> {
+    fn accounts(&self) -> Option<&dyn c2s::Accounts> {
         None
     }
 }
@@ -115,8 +114,8 @@ fn after_login(
         }
         // Only possible if the routing table named the master as an owner.
         Negotiated::Authenticated(mut a) => Some(Box::pin(async move {
-            let e = jabberfarm_shared::xml::StreamError::new(
-                jabberfarm_shared::xml::Condition::InternalServerError,
+            let e = jabberfarm_proto::xml::StreamError::new(
+                jabberfarm_proto::xml::Condition::InternalServerError,
                 "the master serves no sessions",
             );
             a.stream.fail(&e, &settings.domain).await;

@@ -1,6 +1,6 @@
 //! The master as a connection manager for clients that do not follow redirects (DESIGN.md
 //! D1b): which logins are relayed ([`RelayMemory`] for `redirect = "auto"`), and the relay
-//! itself (handoff to the slave over its farm port, then [`jabberfarm_shared::relay::pump`]).
+//! itself (handoff to the slave over its farm port, then [`jabberfarm_net::relay::pump`]).
 //!
 //! `auto`: every login is redirected, and the redirect is noted. The owning slave tells the
 //! master (a `<login/>` notice on its farm link) when a user logs in there directly, which
@@ -16,11 +16,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use jabberfarm_shared::c2s::RelayLogin;
-use jabberfarm_shared::farm::FarmLinks;
-use jabberfarm_shared::relay::{self, Handoff, RelayReason};
-use jabberfarm_shared::stream::{Io, RelayParts};
-use jabberfarm_shared::xml::{Condition, StreamError};
+use jabberfarm_net::c2s::RelayLogin;
+use jabberfarm_net::farm::FarmLinks;
+use jabberfarm_net::relay::{self, Handoff, RelayReason};
+use jabberfarm_net::stream::{Io, RelayParts};
+use jabberfarm_proto::xml::{Condition, StreamError};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};

@@ -15,12 +15,13 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use jabberfarm_shared::ns;
-use jabberfarm_shared::routing::normalize_localpart;
-use jabberfarm_shared::s2s::{dialback_key, domain_of, key_matches, outbound};
-use jabberfarm_shared::stanza::{ErrorType, Kind, error_reply, iq_result, is_error_or_result};
-use jabberfarm_shared::stream::{ReadError, XmlStream, new_id};
-use jabberfarm_shared::xml::{Condition, Element, ParserLimits, StreamError, StreamEvent};
+use jabberfarm_net::s2s as outbound;
+use jabberfarm_net::stream::{ReadError, XmlStream, new_id};
+use jabberfarm_proto::dialback::{dialback_key, domain_of, key_matches};
+use jabberfarm_proto::ns;
+use jabberfarm_proto::routing::normalize_localpart;
+use jabberfarm_proto::stanza::{ErrorType, Kind, error_reply, iq_result, is_error_or_result};
+use jabberfarm_proto::xml::{Condition, Element, ParserLimits, StreamError, StreamEvent};
 use tracing::{debug, info, warn};
 
 use crate::Master;

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jabberfarm_shared::farm::{LinkEvent, SendError};
-use jabberfarm_shared::ns;
-use jabberfarm_shared::s2s::set_stanza_ns;
-use jabberfarm_shared::stanza::{ErrorType, Kind, error_reply, is_error_or_result};
-use jabberfarm_shared::xml::Element;
+use jabberfarm_net::farm::{LinkEvent, SendError};
+use jabberfarm_proto::dialback::set_stanza_ns;
+use jabberfarm_proto::ns;
+use jabberfarm_proto::stanza::{ErrorType, Kind, error_reply, is_error_or_result};
+use jabberfarm_proto::xml::Element;
 use jid::Jid;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};

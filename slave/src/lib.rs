@@ -1,10 +1,10 @@
 //! A slave: serves the sessions of the users the routing rule gives it (DESIGN.md D1, D2).
 //!
-//! Data path: socket → [`jabberfarm_shared::listen`] → [`jabberfarm_shared::c2s::negotiate`]
+//! Data path: socket → [`jabberfarm_net::listen`] → [`jabberfarm_net::c2s::negotiate`]
 //! (the same rule as the master: a login that belongs elsewhere is redirected; otherwise
 //! SASL/iq:auth against the account store) → [`session`] (bind, stanza loop) →
 //! A client the master relays (DESIGN.md D1b) arrives on the farm port instead
-//! ([`FarmLinks::accept_relays`]) and joins at [`jabberfarm_shared::c2s::negotiate_relayed`].
+//! ([`FarmLinks::accept_relays`]) and joins at [`jabberfarm_net::c2s::negotiate_relayed`].
 //! →
 //! [`router`] (local delivery; other nodes and other domains come with farm links and
 //! federation) → [`server`] (what the server itself answers).
@@ -14,23 +14,19 @@ pub mod im;
 pub mod router;
 pub mod server;
 pub mod session;
-pub mod store;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use jabberfarm_shared::auth::AccountStore;
-use jabberfarm_shared::c2s::{
-    self, Authenticated, C2sSettings, LoginPolicy, LoginRoute, Negotiated,
-};
-use jabberfarm_shared::config::{FarmConfig, NodeConfig, RedirectMode};
-use jabberfarm_shared::farm::{FarmLinks, LINK_NS, LinkTls, RelayedClient};
-use jabberfarm_shared::listen::{self, BoundListener, ServeOptions};
-use jabberfarm_shared::ns;
-use jabberfarm_shared::s2s::outbound::{Outbound, S2sSettings};
-use jabberfarm_shared::stream::XmlStream;
-use jabberfarm_shared::xml::Element;
-use jabberfarm_shared::xml::{Condition, StreamError};
+use jabberfarm_config::{FarmConfig, NodeConfig, RedirectMode};
+use jabberfarm_net::c2s::{self, Authenticated, C2sSettings, LoginPolicy, LoginRoute, Negotiated};
+use jabberfarm_net::farm::{FarmLinks, LINK_NS, LinkTls, RelayedClient};
+use jabberfarm_net::listen::{self, BoundListener, ServeOptions};
+use jabberfarm_net::s2s::{Outbound, S2sSettings};
+use jabberfarm_net::stream::XmlStream;
+use jabberfarm_proto::ns;
+use jabberfarm_proto::xml::Element;
+use jabberfarm_proto::xml::{Condition, StreamError};
+use jabberfarm_store::accounts::AccountStore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -46,7 +42,7 @@ pub struct Slave {
     pub outbound: Arc<Outbound>,
     pub store: AccountStore,
     /// Roster, offline messages, vCards (same database as the accounts).
-    pub im: store::ImStore,
+    pub im: jabberfarm_store::im::ImStore,
     pub shutdown: CancellationToken,
     /// How long a freshly authenticated client may take to bind.
     pub login_timeout: Duration,
@@ -97,7 +93,7 @@ impl LoginPolicy for Slave {
         }
     }
 
-    fn store(&self) -> Option<&AccountStore> {
+    fn accounts(&self) -> Option<&dyn c2s::Accounts> {
         Some(&self.store)
     }
 }
@@ -146,7 +142,7 @@ pub async fn run(
         ),
         links: links.clone(),
         outbound,
-        im: store::ImStore::for_accounts(&store),
+        im: jabberfarm_store::im::ImStore::for_accounts(&store),
         store,
         shutdown: shutdown.clone(),
         login_timeout: cfg.limits.login_timeout,
@@ -285,7 +281,7 @@ async fn serve_relayed(
 
 /// Where this node's accounts are, for the start-up log line (never a password).
 fn store_description(cfg: &FarmConfig, node: &str) -> String {
-    use jabberfarm_shared::config::{StorageBackend, redact_url_password};
+    use jabberfarm_config::{StorageBackend, redact_url_password};
     match &cfg.storage.backend {
         StorageBackend::Mysql(m) => format!("mysql {}", redact_url_password(&m.url)),
         StorageBackend::Ldap(l) => format!("ldap {}", l.url),

@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use jabberfarm_shared::routing::{RoutingTable, normalize_localpart};
-use jabberfarm_shared::stanza::{ErrorType, Kind, error_reply, is_error_or_result};
-use jabberfarm_shared::xml::{Element, StreamError};
+use jabberfarm_proto::routing::{RoutingTable, normalize_localpart};
+use jabberfarm_proto::stanza::{ErrorType, Kind, error_reply, is_error_or_result};
+use jabberfarm_proto::xml::{Element, StreamError};
 use jid::Jid;
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -213,7 +213,7 @@ impl Router {
         if let Some(pos) = list.iter().position(|r| r.name == resource) {
             let old = list.remove(pos);
             old.closer.close(StreamError::new(
-                jabberfarm_shared::xml::Condition::Conflict,
+                jabberfarm_proto::xml::Condition::Conflict,
                 "replaced by a new login with the same resource",
             ));
         }
@@ -620,8 +620,8 @@ fn unavailable(stanza: &Element, text: &str) -> Option<Element> {
 mod tests {
     use super::*;
     use crate::im::presence::{MAX_DIRECTED, MAX_SEEN};
-    use jabberfarm_shared::ns;
-    use jabberfarm_shared::routing::{RoutingMode, SlaveWeight};
+    use jabberfarm_proto::ns;
+    use jabberfarm_proto::routing::{RoutingMode, SlaveWeight};
 
     /// A router of slave1 in a farm of one slave (every user is local).
     fn router() -> Router {

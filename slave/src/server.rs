@@ -2,14 +2,14 @@
 //! disco, XEP-0092 version, XEP-0012 uptime), and IQs to a user's bare JID that the server
 //! handles on the user's behalf (disco#info, roster, vCard, last activity).
 
-use jabberfarm_shared::ns;
-use jabberfarm_shared::stanza::{ErrorType, Kind, error_reply, iq_result, is_error_or_result};
-use jabberfarm_shared::xml::Element;
+use jabberfarm_proto::ns;
+use jabberfarm_proto::stanza::{ErrorType, Kind, error_reply, iq_result, is_error_or_result};
+use jabberfarm_proto::xml::Element;
 use jid::Jid;
 
 use crate::Slave;
 use crate::im;
-use crate::store::RosterStore;
+use jabberfarm_store::im::RosterStore;
 
 /// Features in disco#info: exactly what this server supports.
 pub const FEATURES: &[&str] = &[

@@ -5,14 +5,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use jabberfarm_shared::c2s::Authenticated;
-use jabberfarm_shared::ns;
-use jabberfarm_shared::shaper::Shaper;
-use jabberfarm_shared::stanza::{
+use jabberfarm_net::c2s::Authenticated;
+use jabberfarm_net::shaper::Shaper;
+use jabberfarm_net::stream::{ReadError, XmlStream, new_id};
+use jabberfarm_proto::ns;
+use jabberfarm_proto::stanza::{
     ErrorType, IqShape, Kind, error_reply, iq_result, iq_shape, is_error_or_result,
 };
-use jabberfarm_shared::stream::{ReadError, XmlStream, new_id};
-use jabberfarm_shared::xml::{Condition, Element, StreamError, StreamEvent};
+use jabberfarm_proto::xml::{Condition, Element, StreamError, StreamEvent};
 use jid::{BareJid, FullJid, Jid, ResourcePart};
 use tokio::sync::mpsc;
 use tracing::{info, warn};

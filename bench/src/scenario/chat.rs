@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jabberfarm_shared::ns;
-use jabberfarm_shared::xml::{Element, StreamEvent, escape_into};
+use jabberfarm_proto::ns;
+use jabberfarm_proto::xml::{Element, StreamEvent, escape_into};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
@@ -47,7 +47,7 @@ pub struct ChatArgs {
     pub across: bool,
     /// Tell servers apart by this routing table's owner instead of by address (a jabberfarm
     /// master that relays serves every user at its own address).
-    pub owners: Option<jabberfarm_shared::routing::RoutingTable>,
+    pub owners: Option<jabberfarm_proto::routing::RoutingTable>,
     /// Pair each user with one of another server (federation).
     pub peer: Option<Peer>,
 }

@@ -148,7 +148,7 @@ pub async fn run(
 /// Time `ScramCredentials::derive` (PBKDF2-HMAC-SHA-256, what the server runs for every PLAIN
 /// login against stored SCRAM keys) on this thread.
 pub fn pbkdf2(iterations: u32, count: u64) -> Report {
-    use jabberfarm_shared::auth::{ScramCredentials, ScramHash};
+    use jabberfarm_proto::scram::{ScramCredentials, ScramHash};
     let mut rep = Report {
         scenario: "pbkdf2".into(),
         op: "derivation".into(),

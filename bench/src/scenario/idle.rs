@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jabberfarm_shared::ns;
-use jabberfarm_shared::xml::{Element, StreamEvent};
+use jabberfarm_proto::ns;
+use jabberfarm_proto::xml::{Element, StreamEvent};
 use tokio::signal::unix::SignalKind;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -174,6 +174,6 @@ fn is_ping(el: &Element) -> bool {
 
 fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    jabberfarm_shared::xml::escape_into(&mut out, s);
+    jabberfarm_proto::xml::escape_into(&mut out, s);
     out
 }

@@ -3,13 +3,13 @@
 //! learns `seconds='0'` while the user is online, else the seconds since the last logout with
 //! the status text of that unavailable presence; anyone else gets `<forbidden/>`.
 
-use jabberfarm_shared::ns;
-use jabberfarm_shared::stanza::{ErrorType, error_reply, iq_result};
-use jabberfarm_shared::xml::Element;
+use jabberfarm_proto::ns;
+use jabberfarm_proto::stanza::{ErrorType, error_reply, iq_result};
+use jabberfarm_proto::xml::Element;
 
 use super::vcard::backend_error;
 use crate::Slave;
-use crate::store::LastStore;
+use jabberfarm_store::im::LastStore;
 
 /// A `jabber:iq:last` get addressed to `user`'s bare JID; `may_see` tells whether the sender
 /// may see the user's presence.

@@ -17,7 +17,7 @@ pub mod presence;
 pub mod roster;
 pub mod vcard;
 
-use jabberfarm_shared::xml::Element;
+use jabberfarm_proto::xml::Element;
 
 use crate::router::Outgoing;
 

@@ -3,15 +3,15 @@
 //! a XEP-0203 `<delay/>`, when the user next sends initial presence with non-negative
 //! priority.
 
-use jabberfarm_shared::auth::Existence;
-use jabberfarm_shared::ns;
-use jabberfarm_shared::stanza::{ErrorType, error_reply};
-use jabberfarm_shared::xml::{Element, parse_element};
+use jabberfarm_proto::ns;
+use jabberfarm_proto::stanza::{ErrorType, error_reply};
+use jabberfarm_proto::xml::{Element, parse_element};
+use jabberfarm_store::accounts::Existence;
 use jid::FullJid;
 use tracing::warn;
 
 use crate::Slave;
-use crate::store::{OfflineStore, Stored};
+use jabberfarm_store::im::{OfflineStore, Stored};
 
 /// Messages taken per login; the rest stay for the next.
 const DELIVER_MAX: usize = 1000;

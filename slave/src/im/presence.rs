@@ -6,9 +6,9 @@
 //! Inbound (the recipient's slave, [`inbound`]): the contact's side of the state machine,
 //! answers to probes, delivery.
 
-use jabberfarm_shared::ns;
-use jabberfarm_shared::stanza::{ErrorType, error_reply};
-use jabberfarm_shared::xml::Element;
+use jabberfarm_proto::ns;
+use jabberfarm_proto::stanza::{ErrorType, error_reply};
+use jabberfarm_proto::xml::Element;
 use jid::{BareJid, FullJid, Jid};
 use tracing::warn;
 
@@ -17,7 +17,9 @@ use super::{bare, push};
 use crate::Slave;
 use crate::dispatch::Origin;
 use crate::router::PresenceChange;
-use crate::store::{LastLogout, LastStore, LoginState, RosterItem, RosterStore, Subscription};
+use jabberfarm_store::im::{
+    LastLogout, LastStore, LoginState, RosterItem, RosterStore, Subscription,
+};
 
 /// Inbound subscription requests kept per user until answered (RFC 6121 §3.1.3); one more,
 /// from a new contact, is refused with `resource-constraint`.
@@ -172,7 +174,7 @@ async fn broadcast(slave: &Slave, me: &FullJid, user: &str, el: Element) -> Vec<
             && let Ok(pending) = slave.im.pending_in(user).await
         {
             for (_, xml) in pending {
-                if let Ok(p) = jabberfarm_shared::xml::parse_element(&xml, ns::CLIENT) {
+                if let Ok(p) = jabberfarm_proto::xml::parse_element(&xml, ns::CLIENT) {
                     for_me.push(p);
                 }
             }

@@ -1,18 +1,18 @@
 //! Roster management (RFC 6121 §2): get (with versioning, §2.6), set, remove, and pushes to
 //! every interested resource.
 
-use jabberfarm_shared::auth::StoreError;
-use jabberfarm_shared::ns;
-use jabberfarm_shared::stanza::{ErrorType, error_reply, iq_result};
-use jabberfarm_shared::stream::new_id;
-use jabberfarm_shared::xml::Element;
+use jabberfarm_net::stream::new_id;
+use jabberfarm_proto::ns;
+use jabberfarm_proto::stanza::{ErrorType, error_reply, iq_result};
+use jabberfarm_proto::xml::Element;
+use jabberfarm_store::accounts::StoreError;
 use jid::BareJid;
 
 use super::vcard::backend_error;
 use super::{bare, push};
 use crate::Slave;
 use crate::dispatch::Origin;
-use crate::store::{RosterItem, RosterStore, Subscription};
+use jabberfarm_store::im::{RosterItem, RosterStore, Subscription};
 
 /// Bounds on what a client may put in its roster.
 const MAX_NAME: usize = 1024;

@@ -1,12 +1,12 @@
 //! vCard-temp (XEP-0054): anyone may read a user's vCard; only the user may set it.
 
-use jabberfarm_shared::ns;
-use jabberfarm_shared::stanza::{ErrorType, error_reply, iq_result};
-use jabberfarm_shared::xml::{Element, parse_element};
+use jabberfarm_proto::ns;
+use jabberfarm_proto::stanza::{ErrorType, error_reply, iq_result};
+use jabberfarm_proto::xml::{Element, parse_element};
 use tracing::warn;
 
 use crate::Slave;
-use crate::store::VcardStore;
+use jabberfarm_store::im::VcardStore;
 
 /// An IQ with a `<vCard xmlns='vcard-temp'/>` payload addressed to `user`'s bare JID.
 pub async fn handle(slave: &Slave, iq: &Element, user: &str, from_owner: bool) -> Element {

@@ -1,0 +1,902 @@
+//! Farm links (DESIGN.md D3): every node keeps one authenticated link to every other node.
+//!
+//! - **Mesh, one connection per pair**: the node whose name sorts first connects, the other
+//!   accepts; the link carries traffic both ways, so stanza order between any two users is the
+//!   order of one TCP stream.
+//! - **Frames**: a 4-byte big-endian length, then one XML element (a routed stanza or a
+//!   handshake element). A zero-length frame is a heartbeat. Frames are bounded in size.
+//! - **Handshake** (elements in [`LINK_NS`]): the connector sends `<hello node nonce
+//!   fingerprint/>`, the acceptor answers its own `<hello/>` with a proof, the connector
+//!   answers `<auth proof/>`, the acceptor says `<welcome/>` or `<refuse reason/>`. Proofs
+//!   are HMAC-SHA256 under the farm secret over both nonces and both names, with a different
+//!   label per direction: the secret never crosses the wire. A peer whose routing-table
+//!   fingerprint differs is refused (and logged loudly): it gets no traffic and no redirects.
+//! - **Liveness**: heartbeats every `farm.heartbeat`; a link silent for `farm.dead_after` is
+//!   dropped; the connector reconnects with backoff. [`FarmLinks::is_up`] is what the master
+//!   uses to know which slaves are alive.
+//! - **Relayed clients** (DESIGN.md D1b): the master also opens short-lived connections to
+//!   a slave's farm port with `purpose='relay'` in its hello (proofs under their own labels);
+//!   after the handshake one `<relay/>` frame ([`crate::relay::Handoff`]) follows, and the
+//!   connection becomes the client's stream, raw bytes both ways. Only a master may open one,
+//!   and only to a node that takes relayed clients ([`FarmLinks::accept_relays`]).
+//! - **Bounded**: one queue of `farm.queue` frames per peer; [`FarmLinks::send`] waits a
+//!   little for room, then gives [`SendError::Full`] (the caller answers `resource-constraint`).
+//!   Before the handshake is done a frame may hold 4 KiB (then `limits.max_stanza` + 4 KiB),
+//!   at most 256 accepted connections may be in their handshake at once (more are closed as
+//!   they come), and each has 10 s for TLS, then 10 s for the handshake.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use base64::Engine as _;
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use crate::relay::Handoff;
+use crate::stream::Io;
+use jabberfarm_config::{FarmConfig, Role};
+use jabberfarm_proto::ns;
+use jabberfarm_proto::scram::{ScramHash, hmac};
+use jabberfarm_proto::xml::{Element, ParserLimits, StreamEvent, StreamParser};
+
+pub const LINK_NS: &str = "urn:jabberfarm:link:0";
+
+/// Bytes a frame may add to the largest stanza (addressing, namespace declarations).
+const FRAME_SLACK: usize = 4096;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest frame before the peer proved it knows the farm secret: the handshake's elements
+/// (hello, auth, welcome, refuse) are a few hundred bytes. After it, `max_frame`.
+pub const HANDSHAKE_FRAME: usize = 4096;
+/// Connections to the farm port that have not finished the handshake, at once; more are
+/// closed as they come (and counted in the log).
+const MAX_HANDSHAKES: usize = 256;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long [`FarmLinks::send`] waits for room in a full queue.
+pub const SEND_WAIT: Duration = Duration::from_secs(2);
+
+/// What the links tell the node.
+#[derive(Debug)]
+pub enum LinkEvent {
+    Up(String),
+    Down(String),
+    /// A stanza routed to us by `from_node`.
+    Stanza {
+        from_node: String,
+        stanza: Element,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("the link to that node is down")]
+    Down,
+    #[error("the link to that node is congested")]
+    Full,
+    #[error("no such node")]
+    Unknown,
+}
+
+/// A client the master relays to this node: its stream, right after the handoff.
+pub struct RelayedClient {
+    pub io: Box<dyn Io>,
+    /// The master that relays it.
+    pub from_node: String,
+    pub handoff: Handoff,
+}
+
+/// What a node does with a relayed client (a slave: negotiate, then the session).
+pub type RelayHandler = Arc<
+    dyn Fn(RelayedClient) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Why a connection is opened: a link, or one relayed client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Link,
+    Relay,
+}
+
+impl Purpose {
+    /// Proof labels differ by purpose: a proof for one is worth nothing for the other.
+    fn label(self, side: &str) -> String {
+        match self {
+            Purpose::Link => side.to_owned(),
+            Purpose::Relay => format!("relay-{side}"),
+        }
+    }
+}
+
+struct Peer {
+    addr: SocketAddr,
+    /// Frames for the current connection; `None` while down.
+    tx: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
+    up: AtomicBool,
+    /// Bumped per connection, so a stale connection's teardown does not clear a newer one.
+    generation: Mutex<u64>,
+}
+
+pub struct FarmLinks {
+    me: String,
+    key: Vec<u8>,
+    fingerprint: String,
+    peers: HashMap<String, Peer>,
+    events: mpsc::Sender<LinkEvent>,
+    heartbeat: Duration,
+    dead_after: Duration,
+    queue: usize,
+    max_frame: usize,
+    tls: Option<LinkTls>,
+    /// Nodes that may relay clients to us.
+    masters: Vec<String>,
+    relay_handler: OnceLock<RelayHandler>,
+    /// One permit per accepted connection still in its TLS or link handshake.
+    handshakes: Arc<tokio::sync::Semaphore>,
+    /// Connections closed because every handshake slot was taken.
+    refused: AtomicU64,
+}
+
+/// TLS on links: our server config for accepted links, a client config for the ones we open.
+#[derive(Clone)]
+pub struct LinkTls {
+    pub server: Arc<rustls::ServerConfig>,
+    pub client: Arc<rustls::ClientConfig>,
+    /// The name peers' certificates are checked against (the public domain).
+    pub domain: String,
+}
+
+impl FarmLinks {
+    /// Links for node `me` of `cfg`. Events (peers up/down, routed stanzas) arrive on the
+    /// returned receiver, bounded: a slow node slows its links down rather than growing.
+    pub fn new(
+        cfg: &FarmConfig,
+        me: &str,
+        tls: Option<LinkTls>,
+    ) -> (Arc<FarmLinks>, mpsc::Receiver<LinkEvent>) {
+        let (events, rx) = mpsc::channel(1024);
+        let peers = cfg
+            .nodes
+            .iter()
+            .filter(|n| n.name != me)
+            .map(|n| {
+                (
+                    n.name.clone(),
+                    Peer {
+                        addr: n.farm,
+                        tx: Mutex::new(None),
+                        up: AtomicBool::new(false),
+                        generation: Mutex::new(0),
+                    },
+                )
+            })
+            .collect();
+        let links = FarmLinks {
+            me: me.to_owned(),
+            key: link_key(&cfg.secret),
+            fingerprint: cfg.routing.fingerprint().to_owned(),
+            peers,
+            events,
+            heartbeat: cfg.farm.heartbeat,
+            dead_after: cfg.farm.dead_after,
+            queue: cfg.farm.queue,
+            max_frame: cfg.limits.max_stanza + FRAME_SLACK,
+            tls,
+            masters: cfg
+                .nodes
+                .iter()
+                .filter(|n| n.role == Role::Master && n.name != me)
+                .map(|n| n.name.clone())
+                .collect(),
+            relay_handler: OnceLock::new(),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES)),
+            refused: AtomicU64::new(0),
+        };
+        (Arc::new(links), rx)
+    }
+
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    pub fn is_up(&self, node: &str) -> bool {
+        self.peers
+            .get(node)
+            .is_some_and(|p| p.up.load(Ordering::Acquire))
+    }
+
+    /// Names of the peers whose link is up.
+    pub fn up_nodes(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.up.load(Ordering::Acquire))
+            .map(|(n, _)| n.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn all_up(&self) -> bool {
+        self.peers.values().all(|p| p.up.load(Ordering::Acquire))
+    }
+
+    /// Take clients relayed by a master (a slave calls this before [`Self::start`]).
+    pub fn accept_relays(&self, handler: RelayHandler) {
+        let _ = self.relay_handler.set(handler);
+    }
+
+    /// Queue an element for `node` if there is room right now (for notices that may be
+    /// lost: nobody waits for them).
+    pub fn try_send(&self, node: &str, el: &Element) -> Result<(), SendError> {
+        let peer = self.peers.get(node).ok_or(SendError::Unknown)?;
+        let guard = peer.tx.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = guard.as_ref().ok_or(SendError::Down)?;
+        tx.try_send(frame_of(el)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::Full,
+            mpsc::error::TrySendError::Closed(_) => SendError::Down,
+        })
+    }
+
+    /// Open a relay connection to `node` for one client and hand it over: on success the
+    /// returned connection is the client's stream at the slave.
+    pub async fn open_relay(&self, node: &str, handoff: &Handoff) -> Result<Box<dyn Io>, String> {
+        let peer = self.peers.get(node).ok_or("no such node")?;
+        let mut link = self.connect_once(node, peer.addr, Purpose::Relay).await?;
+        link.send_el(&handoff.to_element()).await?;
+        Ok(link.io)
+    }
+
+    /// Queue a stanza for `node`, waiting at most [`SEND_WAIT`] for room: a busy link slows
+    /// its senders down before it refuses them.
+    pub async fn send(&self, node: &str, stanza: &Element) -> Result<(), SendError> {
+        let peer = self.peers.get(node).ok_or(SendError::Unknown)?;
+        let tx = {
+            let guard = peer.tx.lock().unwrap_or_else(|p| p.into_inner());
+            guard.clone().ok_or(SendError::Down)?
+        };
+        tx.send_timeout(frame_of(stanza), SEND_WAIT)
+            .await
+            .map_err(|e| match e {
+                mpsc::error::SendTimeoutError::Timeout(_) => SendError::Full,
+                mpsc::error::SendTimeoutError::Closed(_) => SendError::Down,
+            })
+    }
+
+    /// Accept links on `listener` and keep links to the peers we connect to, until `shutdown`.
+    pub fn start(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) {
+        let me = self.clone();
+        let (sd, tr) = (shutdown.clone(), tracker.clone());
+        tracker.spawn(async move { me.accept_loop(listener, sd, tr).await });
+        for (name, peer) in &self.peers {
+            if self.me.as_str() < name.as_str() {
+                let me = self.clone();
+                let (name, addr, sd) = (name.clone(), peer.addr, shutdown.clone());
+                tracker.spawn(async move { me.connect_loop(name, addr, sd).await });
+            }
+        }
+    }
+
+    async fn accept_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        loop {
+            let (sock, peer_addr) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        warn!("farm link accept failed: {e}");
+                        tokio::time::sleep(BACKOFF_MIN).await;
+                        continue;
+                    }
+                },
+            };
+            // Bounded like a client port: a flood of connections that never authenticate
+            // (each held at most HANDSHAKE_TIMEOUT) cannot grow without end.
+            let Ok(slot) = self.handshakes.clone().try_acquire_owned() else {
+                let n = self.refused.fetch_add(1, Ordering::Relaxed);
+                if n.is_power_of_two() || n == 0 {
+                    warn!(
+                        %peer_addr,
+                        refused = n + 1,
+                        "farm port: {MAX_HANDSHAKES} connections are in their handshake \
+                         already; closed"
+                    );
+                }
+                drop(sock);
+                continue;
+            };
+            let _ = sock.set_nodelay(true);
+            let me = self.clone();
+            let sd = shutdown.clone();
+            tracker.spawn(async move {
+                let io: Box<dyn Io> = match &me.tls {
+                    None => Box::new(sock),
+                    Some(t) => {
+                        let acceptor = tokio_rustls::TlsAcceptor::from(t.server.clone());
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
+                            Ok(Ok(s)) => Box::new(s),
+                            _ => {
+                                warn!(%peer_addr, "farm link: TLS handshake failed");
+                                return;
+                            }
+                        }
+                    }
+                };
+                let mut link = Framed::new(io, HANDSHAKE_FRAME);
+                let hs = tokio::time::timeout(HANDSHAKE_TIMEOUT, me.handshake_accept(&mut link));
+                let hs = hs.await;
+                drop(slot);
+                if matches!(hs, Ok(Ok(_))) {
+                    link.authenticated(me.max_frame);
+                }
+                match hs {
+                    Ok(Ok((peer, Purpose::Link))) => me.serve(peer, link, sd).await,
+                    Ok(Ok((peer, Purpose::Relay))) => me.take_relay(peer, link).await,
+                    Ok(Err(e)) => warn!(%peer_addr, "farm link refused: {e}"),
+                    Err(_) => warn!(%peer_addr, "farm link: handshake timed out"),
+                }
+            });
+        }
+    }
+
+    async fn connect_loop(
+        self: Arc<Self>,
+        name: String,
+        addr: SocketAddr,
+        shutdown: CancellationToken,
+    ) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            match self.connect_once(&name, addr, Purpose::Link).await {
+                Ok(link) => {
+                    backoff = BACKOFF_MIN;
+                    self.serve(name.clone(), link, shutdown.clone()).await;
+                }
+                Err(e) => debug!(peer = %name, %addr, "farm link: {e}"),
+            }
+            let jitter = Duration::from_millis(u64::from(rand::random::<u8>()));
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff + jitter) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    async fn connect_once(
+        &self,
+        name: &str,
+        addr: SocketAddr,
+        purpose: Purpose,
+    ) -> Result<Framed, String> {
+        let sock = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| "connect timed out".to_owned())?
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = sock.set_nodelay(true);
+        let io: Box<dyn Io> = match &self.tls {
+            None => Box::new(sock),
+            Some(t) => {
+                let server_name = rustls_pki_types::ServerName::try_from(t.domain.clone())
+                    .map_err(|e| format!("TLS name: {e}"))?;
+                let c = tokio_rustls::TlsConnector::from(t.client.clone());
+                Box::new(
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, c.connect(server_name, sock))
+                        .await
+                        .map_err(|_| "TLS handshake timed out".to_owned())?
+                        .map_err(|e| format!("TLS: {e}"))?,
+                )
+            }
+        };
+        let mut link = Framed::new(io, HANDSHAKE_FRAME);
+        tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            self.handshake_connect(&mut link, name, purpose),
+        )
+        .await
+        .map_err(|_| "handshake timed out".to_owned())??;
+        link.authenticated(self.max_frame);
+        Ok(link)
+    }
+
+    /// Connector side of the handshake.
+    /// Public for the fuzz targets (`fuzz/fuzz_targets/farm_frames.rs`).
+    pub async fn handshake_connect(
+        &self,
+        link: &mut Framed,
+        peer: &str,
+        purpose: Purpose,
+    ) -> Result<(), String> {
+        let nonce = new_nonce();
+        let mut hello = Element::new("hello", LINK_NS)
+            .with_attr("node", &self.me)
+            .with_attr("nonce", &nonce)
+            .with_attr("fingerprint", &self.fingerprint);
+        if purpose == Purpose::Relay {
+            hello = hello.with_attr("purpose", "relay");
+        }
+        link.send_el(&hello).await?;
+        let hello = link.recv_el().await?;
+        if hello.is("refuse", LINK_NS) {
+            let reason = hello.attr("reason").unwrap_or("no reason given");
+            error!(peer, "farm link refused by {peer}: {reason}");
+            return Err(format!("refused: {reason}"));
+        }
+        if !hello.is("hello", LINK_NS) || hello.attr("node") != Some(peer) {
+            return Err("unexpected answer to hello".to_owned());
+        }
+        let their_nonce = hello.attr("nonce").unwrap_or("");
+        let expected = self.proof(
+            &purpose.label("acceptor"),
+            &nonce,
+            their_nonce,
+            &self.me,
+            peer,
+        );
+        if !proof_matches(hello.attr("proof"), &expected) {
+            error!(
+                peer,
+                "farm link to {peer}: it does not know the farm secret"
+            );
+            let reason = "authentication failed: the farm secret differs";
+            let _ = link.send_el(&refuse(reason)).await;
+            return Err(reason.to_owned());
+        }
+        let fp = hello.attr("fingerprint").unwrap_or("");
+        if fp != self.fingerprint {
+            let reason = format!(
+                "routing table fingerprint {} on {} differs from {fp} on {peer}",
+                self.fingerprint, self.me
+            );
+            error!(
+                peer,
+                "farm link to {peer}: {reason}; no traffic until the configs agree"
+            );
+            let _ = link.send_el(&refuse(&reason)).await;
+            return Err(reason);
+        }
+        let proof = self.proof(
+            &purpose.label("connector"),
+            their_nonce,
+            &nonce,
+            peer,
+            &self.me,
+        );
+        link.send_el(&Element::new("auth", LINK_NS).with_attr("proof", proof))
+            .await?;
+        let answer = link.recv_el().await?;
+        if answer.is("welcome", LINK_NS) {
+            Ok(())
+        } else {
+            let reason = answer
+                .attr("reason")
+                .unwrap_or("no reason given")
+                .to_owned();
+            error!(peer, "farm link refused by {peer}: {reason}");
+            Err(format!("refused: {reason}"))
+        }
+    }
+
+    /// Acceptor side of the handshake; returns the authenticated peer's name and what it
+    /// connected for.
+    /// Public for the fuzz targets (`fuzz/fuzz_targets/farm_frames.rs`).
+    pub async fn handshake_accept(&self, link: &mut Framed) -> Result<(String, Purpose), String> {
+        let hello = link.recv_el().await?;
+        let (Some(peer), Some(their_nonce)) = (hello.attr("node"), hello.attr("nonce")) else {
+            return Err("no hello".to_owned());
+        };
+        let peer = peer.to_owned();
+        let purpose = match hello.attr("purpose") {
+            None => Purpose::Link,
+            Some("relay") => Purpose::Relay,
+            Some(other) => {
+                let reason = format!("unknown purpose {other:?}");
+                let _ = link.send_el(&refuse(&reason)).await;
+                return Err(reason);
+            }
+        };
+        let allowed = match purpose {
+            Purpose::Link => peer.as_str() < self.me.as_str(),
+            Purpose::Relay => self.masters.contains(&peer) && self.relay_handler.get().is_some(),
+        };
+        if !hello.is("hello", LINK_NS) || !self.peers.contains_key(&peer) || !allowed {
+            let reason = match purpose {
+                Purpose::Link => format!("{peer:?} is not a node that connects to {}", self.me),
+                Purpose::Relay => {
+                    format!("{} takes no clients relayed by {peer:?}", self.me)
+                }
+            };
+            let _ = link
+                .send_el(&Element::new("refuse", LINK_NS).with_attr("reason", &reason))
+                .await;
+            return Err(reason);
+        }
+        let nonce = new_nonce();
+        let proof = self.proof(
+            &purpose.label("acceptor"),
+            their_nonce,
+            &nonce,
+            &peer,
+            &self.me,
+        );
+        link.send_el(
+            &Element::new("hello", LINK_NS)
+                .with_attr("node", &self.me)
+                .with_attr("nonce", &nonce)
+                .with_attr("fingerprint", &self.fingerprint)
+                .with_attr("proof", proof),
+        )
+        .await?;
+        let auth = link.recv_el().await?;
+        if auth.is("refuse", LINK_NS) {
+            let reason = auth.attr("reason").unwrap_or("no reason given");
+            error!(peer, "farm link from {peer} refused by {peer}: {reason}");
+            return Err(format!("{peer} refused: {reason}"));
+        }
+        let expected = self.proof(
+            &purpose.label("connector"),
+            &nonce,
+            their_nonce,
+            &self.me,
+            &peer,
+        );
+        if !auth.is("auth", LINK_NS) || !proof_matches(auth.attr("proof"), &expected) {
+            let _ = link
+                .send_el(
+                    &Element::new("refuse", LINK_NS)
+                        .with_attr("reason", "authentication failed: the farm secret differs"),
+                )
+                .await;
+            error!(peer, "farm link from {peer} refused: wrong farm secret");
+            return Err("wrong farm secret".to_owned());
+        }
+        let fp = hello.attr("fingerprint").unwrap_or("");
+        if fp != self.fingerprint {
+            let reason = format!(
+                "routing table fingerprint {fp} differs from {} on {}",
+                self.fingerprint, self.me
+            );
+            let _ = link
+                .send_el(&Element::new("refuse", LINK_NS).with_attr("reason", &reason))
+                .await;
+            error!(
+                peer,
+                "farm link from {peer} refused: {reason}; no traffic until the configs agree"
+            );
+            return Err(reason);
+        }
+        link.send_el(&Element::new("welcome", LINK_NS)).await?;
+        Ok((peer, purpose))
+    }
+
+    /// An authenticated relay connection: read the handoff, give the client to the handler.
+    async fn take_relay(&self, peer: String, mut link: Framed) {
+        let Some(handler) = self.relay_handler.get() else {
+            return;
+        };
+        let handoff = match tokio::time::timeout(HANDSHAKE_TIMEOUT, link.recv_el()).await {
+            Ok(Ok(el)) => match Handoff::from_element(&el) {
+                Ok(h) => h,
+                Err(e) => {
+                    warn!(peer = %peer, "relay from {peer}: {e}");
+                    return;
+                }
+            },
+            Ok(Err(e)) => {
+                debug!(peer = %peer, "relay from {peer}: {e}");
+                return;
+            }
+            Err(_) => {
+                warn!(peer = %peer, "relay from {peer}: no handoff in time");
+                return;
+            }
+        };
+        handler(RelayedClient {
+            io: link.io,
+            from_node: peer,
+            handoff,
+        })
+        .await;
+    }
+
+    fn proof(&self, label: &str, n1: &str, n2: &str, a: &str, b: &str) -> String {
+        let msg = format!("{label}\0{n1}\0{n2}\0{a}\0{b}");
+        hex::encode(hmac(ScramHash::Sha256, &self.key, msg.as_bytes()))
+    }
+
+    /// Run an authenticated link until it fails or we stop.
+    async fn serve(&self, peer_name: String, link: Framed, shutdown: CancellationToken) {
+        let Some(peer) = self.peers.get(&peer_name) else {
+            return;
+        };
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(self.queue);
+        let generation = {
+            let mut g = peer.generation.lock().unwrap_or_else(|p| p.into_inner());
+            *g += 1;
+            *g
+        };
+        *peer.tx.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        peer.up.store(true, Ordering::Release);
+        let (a, b) = if self.me < peer_name {
+            (self.me.as_str(), peer_name.as_str())
+        } else {
+            (peer_name.as_str(), self.me.as_str())
+        };
+        info!("farm link {a} <-> {b} up");
+        let _ = self.events.send(LinkEvent::Up(peer_name.clone())).await;
+
+        let Framed {
+            io,
+            mut parser,
+            max_frame,
+        } = link;
+        let (rd, mut wr) = tokio::io::split(io);
+        // The writer batches frames into one write; buffered, the reader takes a batch in one
+        // read too (instead of two reads per frame: its length, then its bytes).
+        let mut rd = tokio::io::BufReader::with_capacity(64 * 1024, rd);
+        let heartbeat = self.heartbeat;
+        let writer = async move {
+            let mut buf = Vec::with_capacity(16 * 1024);
+            loop {
+                let first = tokio::time::timeout(heartbeat, rx.recv()).await;
+                buf.clear();
+                match first {
+                    Err(_) => buf.extend_from_slice(&0u32.to_be_bytes()),
+                    Ok(None) => return,
+                    Ok(Some(frame)) => {
+                        push_frame(&mut buf, &frame);
+                        // Batch whatever else is queued into one write.
+                        while buf.len() < 64 * 1024 {
+                            match rx.try_recv() {
+                                Ok(f) => push_frame(&mut buf, &f),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                }
+                if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let events = self.events.clone();
+        let dead_after = self.dead_after;
+        let name = peer_name.clone();
+        let reader = async move {
+            loop {
+                let frame = match tokio::time::timeout(dead_after, read_frame(&mut rd, max_frame))
+                    .await
+                {
+                    Err(_) => {
+                        warn!(peer = %name, "farm link to {name}: silent for {} s, dropping it", dead_after.as_secs());
+                        return;
+                    }
+                    Ok(Err(e)) => {
+                        debug!(peer = %name, "farm link to {name} closed: {e}");
+                        return;
+                    }
+                    Ok(Ok(f)) => f,
+                };
+                if frame.is_empty() {
+                    continue; // heartbeat
+                }
+                match parse_one(&mut parser, &frame) {
+                    Ok(stanza) => {
+                        if events
+                            .send(LinkEvent::Stanza {
+                                from_node: name.clone(),
+                                stanza,
+                            })
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(peer = %name, "farm link to {name}: bad frame ({e}), dropping the link");
+                        return;
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            _ = writer => {}
+            _ = reader => {}
+            _ = shutdown.cancelled() => {}
+        }
+        let current = *peer.generation.lock().unwrap_or_else(|p| p.into_inner()) == generation;
+        if current {
+            *peer.tx.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            peer.up.store(false, Ordering::Release);
+            if !shutdown.is_cancelled() {
+                warn!(peer = %peer_name, "farm link to {peer_name} down");
+            }
+            let _ = self.events.try_send(LinkEvent::Down(peer_name));
+        }
+    }
+}
+
+/// The bytes of one frame's element (links carry elements in `jabber:server`).
+fn frame_of(el: &Element) -> Vec<u8> {
+    let mut s = String::with_capacity(256);
+    el.write_to(&mut s, ns::SERVER);
+    s.into_bytes()
+}
+
+fn push_frame(buf: &mut Vec<u8>, frame: &[u8]) {
+    let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(frame);
+}
+
+async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
+    rd: &mut R,
+    max: usize,
+) -> Result<Vec<u8>, String> {
+    let mut len = [0u8; 4];
+    rd.read_exact(&mut len).await.map_err(|e| e.to_string())?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(format!("frame of {len} bytes exceeds {max}"));
+    }
+    let mut frame = vec![0u8; len];
+    rd.read_exact(&mut frame).await.map_err(|e| e.to_string())?;
+    Ok(frame)
+}
+
+/// A frame must hold exactly one complete element.
+fn parse_one(parser: &mut StreamParser, frame: &[u8]) -> Result<Element, String> {
+    let mut data = frame;
+    match parser.parse(&mut data) {
+        Ok(Some(StreamEvent::Element(el))) if data.is_empty() => Ok(el),
+        Ok(Some(_)) => Err("more or other than one element".to_owned()),
+        Ok(None) => Err("incomplete element".to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A link before it is split: framing plus the element parser.
+pub struct Framed {
+    io: Box<dyn Io>,
+    parser: StreamParser,
+    max_frame: usize,
+}
+
+impl Framed {
+    pub fn new(io: Box<dyn Io>, max_frame: usize) -> Framed {
+        let mut parser = StreamParser::new(ParserLimits {
+            max_stanza: max_frame,
+            max_depth: ParserLimits::POST_AUTH.max_depth,
+        });
+        // Frames are elements of one implicit stream in jabber:server, with the prefixes a
+        // server stream declares (`Element::write_to` writes a top-level dialback element
+        // with `db:`).
+        let mut header: &[u8] = b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback'>";
+        let _ = parser.parse(&mut header);
+        Framed {
+            io,
+            parser,
+            max_frame,
+        }
+    }
+
+    /// The peer proved it knows the farm secret: frames up to `max_frame` from now on.
+    fn authenticated(&mut self, max_frame: usize) {
+        self.max_frame = max_frame;
+        self.parser.set_limits(ParserLimits {
+            max_stanza: max_frame,
+            max_depth: ParserLimits::POST_AUTH.max_depth,
+        });
+    }
+
+    async fn send_el(&mut self, el: &Element) -> Result<(), String> {
+        let mut s = String::new();
+        el.write_to(&mut s, ns::SERVER);
+        let mut buf = Vec::with_capacity(s.len() + 4);
+        push_frame(&mut buf, s.as_bytes());
+        self.io.write_all(&buf).await.map_err(|e| e.to_string())?;
+        self.io.flush().await.map_err(|e| e.to_string())
+    }
+
+    pub async fn recv_el(&mut self) -> Result<Element, String> {
+        loop {
+            let frame = read_frame(&mut self.io, self.max_frame).await?;
+            if !frame.is_empty() {
+                return parse_one(&mut self.parser, &frame);
+            }
+        }
+    }
+}
+
+fn refuse(reason: &str) -> Element {
+    Element::new("refuse", LINK_NS).with_attr("reason", reason)
+}
+
+fn link_key(secret: &str) -> Vec<u8> {
+    hmac(
+        ScramHash::Sha256,
+        b"jabberfarm farm link key",
+        secret.as_bytes(),
+    )
+}
+
+fn new_nonce() -> String {
+    let bytes: [u8; 18] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn proof_matches(given: Option<&str>, expected: &str) -> bool {
+    given.is_some_and(|g| {
+        g.len() == expected.len() && bool::from(g.as_bytes().ct_eq(expected.as_bytes()))
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_one_element_each() {
+        let mut buf = Vec::new();
+        let el = Element::new("message", ns::CLIENT)
+            .with_attr("to", "b@localhost")
+            .with_child(Element::new("body", ns::CLIENT).with_text("hi & <bye>"));
+        let mut s = String::new();
+        el.write_to(&mut s, ns::SERVER);
+        push_frame(&mut buf, s.as_bytes());
+        assert_eq!(&buf[..4], &(s.len() as u32).to_be_bytes());
+        let f = Framed::new(Box::new(tokio::io::duplex(64).0), 1024);
+        let mut parser = f.parser;
+        let back = parse_one(&mut parser, &buf[4..]).unwrap();
+        assert_eq!(back, el);
+        // Two elements in one frame, or half of one, are refused.
+        assert!(parse_one(&mut parser, b"<a/><b/>").is_err());
+        assert!(parse_one(&mut parser, b"<a>").is_err());
+    }
+
+    #[test]
+    fn proofs_differ_by_direction_and_secret() {
+        let k1 = link_key("one");
+        let k2 = link_key("two");
+        assert_ne!(k1, k2);
+        let p = |k: &[u8], label: &str| {
+            hex::encode(hmac(
+                ScramHash::Sha256,
+                k,
+                format!("{label}\0a\0b\0x\0y").as_bytes(),
+            ))
+        };
+        assert_ne!(p(&k1, "acceptor"), p(&k1, "connector"));
+        assert_ne!(p(&k1, "acceptor"), p(&k2, "acceptor"));
+        assert!(proof_matches(
+            Some(&p(&k1, "acceptor")),
+            &p(&k1, "acceptor")
+        ));
+        assert!(!proof_matches(Some("00"), &p(&k1, "acceptor")));
+        assert!(!proof_matches(None, &p(&k1, "acceptor")));
+    }
+}

@@ -1,0 +1,27 @@
+//! The runtime every jabberfarm node shares: tokio and rustls.
+//!
+//! - [`stream`]: an XML stream over TCP or TLS, with the STARTTLS upgrade.
+//! - [`listen`]: bounded accept loops and graceful shutdown.
+//! - [`tls`]: rustls server and client setup, the demo CA and certificates.
+//! - [`c2s`]: client stream negotiation up to authentication (STARTTLS, SASL, iq:auth, the
+//!   redirect or relay decision); it asks a [`c2s::LoginPolicy`] where a user belongs and
+//!   [`c2s::Accounts`] whether a password is right, so a node without accounts needs no store.
+//! - [`login_guard`]: the brute-force limiter (failed logins per address and per account).
+//! - [`shaper`]: token buckets for what one client session may send.
+//! - [`farm`]: farm links between nodes: framing, mutual authentication, liveness, and the
+//!   relay connections a master opens.
+//! - [`relay`]: the master relaying a client stream to its slave: the handoff, the byte pump.
+//! - [`s2s`]: streams to remote servers: resolution, STARTTLS, dialback, per-domain queues.
+//!
+//! Data flow of a connection: socket → [`listen`] → [`stream::XmlStream`] (bytes ↔
+//! `jabberfarm_proto::xml::Element`) → [`c2s::negotiate`] → the role's session.
+
+pub mod c2s;
+pub mod farm;
+pub mod listen;
+pub mod login_guard;
+pub mod relay;
+pub mod s2s;
+pub mod shaper;
+pub mod stream;
+pub mod tls;

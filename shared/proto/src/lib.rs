@@ -1,0 +1,23 @@
+//! What every jabberfarm node speaks, without sockets: no tokio, no database, no TLS here.
+//!
+//! - [`xml`]: the element type and its serialization, the incremental restricted-XML stream
+//!   parser (rxml), stream errors.
+//! - [`ns`]: the XML namespaces we use.
+//! - [`stanza`]: stanza kinds and error replies.
+//! - [`routing`]: the routing rule `owner(localpart) -> node` (DESIGN.md D2) and its
+//!   fingerprint.
+//! - [`scram`]: SCRAM key derivation and proof checks (RFC 5802, RFC 7677).
+//! - [`sasl`]: the server side of SASL PLAIN and SCRAM-SHA-1/-256 as a state machine.
+//! - [`dialback`]: server dialback keys (XEP-0185), the from-rewrite at the farm's edge.
+//!
+//! Data flow: bytes → [`xml::StreamParser`] → [`xml::Element`] → the runtime
+//! (`jabberfarm-net`) and the roles (`jabberfarm-master`, `jabberfarm-slave`), which decide with
+//! [`routing`] and answer with [`stanza`].
+
+pub mod dialback;
+pub mod ns;
+pub mod routing;
+pub mod sasl;
+pub mod scram;
+pub mod stanza;
+pub mod xml;

@@ -1070,7 +1070,7 @@ fn ldap_outage_gives_temporary_auth_failure_and_recovers() {
 
 // ---- one slow user holds up nobody else ---------------------------------------------------
 
-/// The worker a slave hands a farm-link stanza for `bare` to (slave/src/dispatch.rs,
+/// The worker a slave hands a farm-link stanza for `bare` to (slave/src/router.rs,
 /// `worker_of`): the same hash, so the test can pick users on different workers.
 fn inbound_worker(bare: &str) -> u64 {
     use std::hash::{Hash, Hasher};

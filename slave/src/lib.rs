@@ -2,18 +2,18 @@
 //!
 //! Data path: socket → [`jabberfarm_net::listen`] → [`jabberfarm_net::c2s::negotiate`]
 //! (the same rule as the master: a login that belongs elsewhere is redirected; otherwise
-//! SASL/iq:auth against the account store) → [`session`] (bind, stanza loop) →
-//! A client the master relays (DESIGN.md D1b) arrives on the farm port instead
-//! ([`FarmLinks::accept_relays`]) and joins at [`jabberfarm_net::c2s::negotiate_relayed`].
-//! →
-//! [`router`] (local delivery; other nodes and other domains come with farm links and
-//! federation) → [`server`] (what the server itself answers).
+//! SASL/iq:auth against the account store, through [`LoginPolicy`] and
+//! [`jabberfarm_net::c2s::Accounts`]) → [`session`] (bind, the stanza loop) → [`router`]
+//! (where each stanza goes: [`sessions`] here, a farm link to another node, federation, or
+//! [`server`] and [`im`] for what the server itself answers). A client the master relays
+//! (DESIGN.md D1b) arrives on the farm port instead ([`FarmLinks::accept_relays`]) and joins
+//! at [`jabberfarm_net::c2s::negotiate_relayed`].
 
-pub mod dispatch;
 pub mod im;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod sessions;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,12 +31,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::router::Router;
+use crate::sessions::Sessions;
 
 /// Everything a slave's connections share.
 pub struct Slave {
     pub config: Arc<FarmConfig>,
-    pub router: Router,
+    pub sessions: Sessions,
     pub links: Arc<FarmLinks>,
     /// Streams to other domains, opened by this slave in the public domain's name (D4).
     pub outbound: Arc<Outbound>,
@@ -82,9 +82,9 @@ impl Slave {
 
 impl LoginPolicy for Slave {
     fn route(&self, localpart: &str, direct_tls: bool) -> LoginRoute {
-        let table = self.router.table.load();
+        let table = self.sessions.table.load();
         let owner = table.owner(localpart);
-        if owner == self.router.node {
+        if owner == self.sessions.node {
             return LoginRoute::Here;
         }
         match self.config.node(owner) {
@@ -95,6 +95,10 @@ impl LoginPolicy for Slave {
 
     fn accounts(&self) -> Option<&dyn c2s::Accounts> {
         Some(&self.store)
+    }
+
+    fn session_features(&self) -> Element {
+        session::features()
     }
 }
 
@@ -134,7 +138,7 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let slave = Arc::new(Slave {
         config: cfg.clone(),
-        router: Router::new(
+        sessions: Sessions::new(
             cfg.domain.clone(),
             node.name.clone(),
             cfg.routing.clone(),
@@ -182,7 +186,7 @@ pub async fn run(
                 _ = s4.shutdown.cancelled() => None,
             };
             let Some(b) = b else { break };
-            s4.route(b, dispatch::Origin::Local).await;
+            s4.route(b, router::Origin::Local).await;
         }
     });
     info!(node = %node.name, "slave up (accounts: {})", store_description(&cfg, &node.name));
@@ -220,7 +224,7 @@ pub async fn run(
     .await;
     shutdown.cancelled().await;
     // Sessions see the token themselves; this also reaches any that are busy writing.
-    slave.router.close_all(&StreamError::new(
+    slave.sessions.close_all(&StreamError::new(
         Condition::SystemShutdown,
         "the server is stopping",
     ));

@@ -1,700 +1,220 @@
-//! One router per slave: every stanza addressed to the farm's domain goes to its owner
-//! (DESIGN.md D2). The rules are the table in `docs/routing.md`.
-//!
-//! A user owned by this slave is delivered to the bound resources here; a user owned by another
-//! node is one more [`Destination`] (the farm links of the IM issue carry it); another domain
-//! is federation's.
+//! Where a stanza goes once it is stamped: the rules of `docs/routing.md`, applied to stanzas
+//! from local sessions and from farm links alike. Error replies are routed the same way (and
+//! are never answered themselves).
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use jabberfarm_proto::routing::{RoutingTable, normalize_localpart};
+use jabberfarm_net::farm::{LinkEvent, SendError};
+use jabberfarm_proto::dialback::set_stanza_ns;
+use jabberfarm_proto::ns;
 use jabberfarm_proto::stanza::{ErrorType, Kind, error_reply, is_error_or_result};
-use jabberfarm_proto::xml::{Element, StreamError};
+use jabberfarm_proto::xml::Element;
 use jid::Jid;
 use tokio::sync::mpsc;
-use tracing::debug;
+use tracing::{debug, info, warn};
 
-/// What a session's task is told to write.
-#[derive(Debug)]
-pub enum Outgoing {
-    /// Boxed, so a queue slot is 8 bytes: tokio's channel allocates its slots 32 at a time,
-    /// at creation, for every session.
-    Stanza(Box<Element>),
-}
+use crate::Slave;
+use crate::im;
+use crate::server;
+use crate::sessions::Destination;
 
-/// Tells a session to close its stream with an error (replaced by a newer login, the slave
-/// stopping). Apart from the stanza queue, so it is never lost when that queue is full: the
-/// first reason given wins, and the session sees it at its next wake-up.
-#[derive(Debug, Default)]
-pub struct Closer {
-    reason: Mutex<Option<StreamError>>,
-    wake: tokio::sync::Notify,
-}
-
-impl Closer {
-    /// Ask the session to close with `e` (a later reason does not replace an earlier one).
-    pub fn close(&self, e: StreamError) {
-        let mut reason = self.reason.lock().unwrap_or_else(|p| p.into_inner());
-        if reason.is_none() {
-            *reason = Some(e);
-        }
-        drop(reason);
-        // Stores a permit when the session is not waiting right now: nothing is missed.
-        self.wake.notify_one();
-    }
-
-    /// The reason given, if [`Self::close`] was called (taken: asked once).
-    pub fn take(&self) -> Option<StreamError> {
-        self.reason.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
-
-    /// Resolves once [`Self::close`] was called, with its reason.
-    pub async fn closed(&self) -> StreamError {
-        loop {
-            if let Some(e) = self.take() {
-                return e;
-            }
-            self.wake.notified().await;
-        }
-    }
-}
-
-/// Per-session queue bound; a full queue answers the sender with `resource-constraint`.
-pub const SESSION_QUEUE: usize = 1024;
-
-struct Resource {
-    name: String,
-    conn: u64,
-    tx: mpsc::Sender<Outgoing>,
-    closer: Arc<Closer>,
-    /// Sent initial presence (RFC 6121 §4.2) and not yet unavailable.
-    available: bool,
-    priority: i8,
-    /// The last available presence it broadcast (answers probes, RFC 6121 §4.3.2).
-    presence: Option<Element>,
-    /// Asked for the roster: gets roster pushes (RFC 6121 §2.1.6).
-    interested: bool,
-    /// Full JIDs whose available presence this resource has seen, so it can be told they are
-    /// gone when their node's link drops.
-    seen: HashSet<String>,
-    /// Where it sent directed presence (RFC 6121 §4.6): told when it goes unavailable.
-    directed: HashSet<String>,
-    /// The user's roster was empty when this session's initial presence asked the store, and
-    /// nothing was written to it since: later broadcasts skip reading it.
-    roster_empty: bool,
-}
-
-/// What [`Router::set_presence`] changed.
+/// Where a stanza entered this slave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PresenceChange {
-    /// The session's initial presence (RFC 6121 §4.2).
-    Initial,
-    /// An available session went unavailable (§4.5).
-    Unavailable,
-    /// An update of an available session (§4.4), or nothing (unavailable again, no session).
-    Other,
+pub enum Origin {
+    /// A session on this slave (its `from` was stamped by the session).
+    Local,
+    /// A farm link from another node (trusted: the link is authenticated).
+    Link,
 }
 
-/// Stripes of [`Router::offline_lock`].
-const OFFLINE_LOCKS: usize = 64;
-
-/// One of a user's sessions, as the IM code sees it.
-#[derive(Clone)]
-pub struct SessionRef {
-    pub resource: String,
-    pub tx: mpsc::Sender<Outgoing>,
-    pub presence: Option<Element>,
-}
-
-/// Where a stanza addressed to `to` goes (see `docs/routing.md`).
-#[derive(Debug, PartialEq, Eq)]
-pub enum Destination {
-    /// The bare domain: the server answers.
-    Server,
-    /// A user this slave owns.
-    Local {
-        user: String,
-        resource: Option<String>,
-    },
-    /// A user of our domain owned by another node.
-    Node(String),
-    /// Another domain.
-    Remote(String),
-}
-
-pub struct Router {
-    pub domain: String,
-    pub node: String,
-    /// Swappable at run time for live rebalancing.
-    pub table: ArcSwap<RoutingTable>,
-    sessions: Mutex<HashMap<String, Vec<Resource>>>,
-    next_conn: AtomicU64,
-    /// Bumped (under the sessions lock) before every roster write, so a reader that saw an
-    /// empty roster can tell whether a write raced it.
-    roster_writes: AtomicU64,
-    /// See [`Router::offline_lock`].
-    offline_locks: Box<[tokio::sync::Mutex<()>]>,
-    /// When this node started: its uptime is the server's XEP-0012 last activity.
-    pub started: std::time::Instant,
-    /// `limits.max_resources`: resources one account may have bound at once.
-    max_resources: usize,
-}
-
-impl Router {
-    pub fn new(domain: String, node: String, table: RoutingTable, max_resources: usize) -> Router {
-        Router {
-            domain,
-            node,
-            table: ArcSwap::from_pointee(table),
-            sessions: Mutex::new(HashMap::new()),
-            next_conn: AtomicU64::new(1),
-            roster_writes: AtomicU64::new(0),
-            offline_locks: (0..OFFLINE_LOCKS)
-                .map(|_| tokio::sync::Mutex::new(()))
-                .collect(),
-            started: std::time::Instant::now(),
-            max_resources,
-        }
-    }
-
-    pub fn destination(&self, to: &Jid) -> Destination {
-        if !to.domain().as_str().eq_ignore_ascii_case(&self.domain) {
-            return Destination::Remote(to.domain().as_str().to_owned());
-        }
-        let Some(node) = to.node() else {
-            return Destination::Server;
-        };
-        // jid has already applied nodeprep; normalising again is idempotent. ASCII without
-        // capitals is left as it is by nodeprep (or refused, which keeps it as it is too), so
-        // the common case skips the second pass.
-        let node = node.as_str();
-        let user = if node
-            .bytes()
-            .all(|b| b.is_ascii() && !b.is_ascii_uppercase())
-        {
-            node.to_owned()
-        } else {
-            normalize_localpart(node).unwrap_or_else(|_| node.to_owned())
-        };
-        let table = self.table.load();
-        let owner = table.owner(&user);
-        if owner != self.node {
-            return Destination::Node(owner.to_owned());
-        }
-        Destination::Local {
-            user,
-            resource: to.resource().map(|r| r.as_str().to_owned()),
-        }
-    }
-
-    /// Bind `resource` for `user`. A resource already bound is replaced: its session is told to
-    /// close with `<conflict/>` (RFC 6120 §7.7.2.2). `None` when the account has
-    /// `limits.max_resources` other resources bound already (§7.6.2.2: `resource-constraint`).
-    pub fn bind(
-        &self,
-        user: &str,
-        resource: &str,
-        tx: mpsc::Sender<Outgoing>,
-        closer: Arc<Closer>,
-    ) -> Option<u64> {
-        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        // Most users have one resource: room for one (a first push would make room for 4).
-        let list = sessions
-            .entry(user.to_owned())
-            .or_insert_with(|| Vec::with_capacity(1));
-        let replaces = list.iter().any(|r| r.name == resource);
-        if !replaces && list.len() >= self.max_resources {
-            return None;
-        }
-        if let Some(pos) = list.iter().position(|r| r.name == resource) {
-            let old = list.remove(pos);
-            old.closer.close(StreamError::new(
-                jabberfarm_proto::xml::Condition::Conflict,
-                "replaced by a new login with the same resource",
-            ));
-        }
-        list.push(Resource {
-            name: resource.to_owned(),
-            conn,
-            tx,
-            closer,
-            available: false,
-            priority: 0,
-            presence: None,
-            interested: false,
-            seen: HashSet::new(),
-            directed: HashSet::new(),
-            roster_empty: false,
-        });
-        Some(conn)
-    }
-
-    pub fn is_bound(&self, user: &str, resource: &str) -> bool {
-        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions
-            .get(user)
-            .is_some_and(|l| l.iter().any(|r| r.name == resource))
-    }
-
-    /// Remove a session, unless a newer login took its resource over already.
-    pub fn unbind(&self, user: &str, resource: &str, conn: u64) {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(list) = sessions.get_mut(user) {
-            list.retain(|r| !(r.name == resource && r.conn == conn));
-            if list.is_empty() {
-                sessions.remove(user);
-            }
-        }
-    }
-
-    /// Record a broadcast presence (RFC 6121 §4.2, §4.5): `Some(presence)` for available,
-    /// `None` for unavailable. Returns what it changed for the session.
+impl Slave {
+    /// Route `el` (with `from` and `to` set) to its destination; error replies go back the
+    /// same way.
     ///
-    /// Call it under [`Router::offline_lock`]: it changes whether messages reach the user.
-    pub fn set_presence(
+    /// Boxed: the IM rules route further stanzas while handling one (an automatic
+    /// `subscribed`, answers to probes), each a finite chain by the RFC's state machine.
+    pub fn route(
         &self,
-        user: &str,
-        resource: &str,
-        presence: Option<Element>,
-    ) -> PresenceChange {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(r) = sessions
-            .get_mut(user)
-            .and_then(|l| l.iter_mut().find(|r| r.name == resource))
-        else {
-            return PresenceChange::Other;
+        el: Element,
+        origin: Origin,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            if let Some(reply) = self.route_once(el, origin).await {
+                // A reply is an error or a result: it is never answered, so one more hop ends it.
+                let _ = self.route_once(reply, Origin::Local).await;
+            }
+        })
+    }
+
+    async fn route_once(&self, el: Element, origin: Origin) -> Option<Element> {
+        let to = match el.attr("to").map(Jid::new) {
+            Some(Ok(j)) => j,
+            Some(Err(_)) => return reject(&el, ErrorType::Modify, "jid-malformed", "invalid 'to'"),
+            None => return None,
         };
-        let change = match (r.available, presence.is_some()) {
-            (false, true) => PresenceChange::Initial,
-            (true, false) => PresenceChange::Unavailable,
-            _ => PresenceChange::Other,
-        };
-        r.priority = presence.as_ref().map(priority_of).unwrap_or(0);
-        r.available = presence.is_some();
-        r.presence = presence;
-        if !r.available {
-            r.seen.clear();
-        }
-        change
-    }
-
-    /// The lock that orders, for one user, deciding a message's fate (a session takes it, or
-    /// offline storage) against the changes that would alter that decision (a resource turns
-    /// available or unavailable) and against taking the stored messages. Without it a message
-    /// stored while the initial presence was looking for stored ones stayed there until the
-    /// next login. Striped: users that share a stripe only wait for each other's brief
-    /// sections.
-    pub async fn offline_lock(&self, user: &str) -> tokio::sync::MutexGuard<'_, ()> {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        user.hash(&mut h);
-        let stripe = (h.finish() % self.offline_locks.len() as u64) as usize;
-        self.offline_locks[stripe].lock().await
-    }
-
-    /// Call before reading the roster to learn whether it is empty; pass the result to
-    /// [`Router::note_roster_empty`].
-    pub fn roster_mark(&self) -> u64 {
-        self.roster_writes.load(Ordering::Acquire)
-    }
-
-    /// The store said `user`'s roster is empty, as of `mark`: remember it for this session
-    /// unless a roster write started since.
-    pub fn note_roster_empty(&self, user: &str, resource: &str, mark: u64) {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        if self.roster_writes.load(Ordering::Acquire) != mark {
-            return;
-        }
-        if let Some(r) = sessions
-            .get_mut(user)
-            .and_then(|l| l.iter_mut().find(|r| r.name == resource))
-        {
-            r.roster_empty = true;
-        }
-    }
-
-    /// Whether this session knows `user`'s roster to be empty (no store read needed).
-    pub fn roster_known_empty(&self, user: &str, resource: &str) -> bool {
-        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions
-            .get(user)
-            .and_then(|l| l.iter().find(|r| r.name == resource))
-            .is_some_and(|r| r.roster_empty)
-    }
-
-    /// Call before writing `user`'s roster: sessions forget that it was empty.
-    pub fn roster_changed(&self, user: &str) {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        self.roster_writes.fetch_add(1, Ordering::AcqRel);
-        if let Some(l) = sessions.get_mut(user) {
-            for r in l {
-                r.roster_empty = false;
-            }
-        }
-    }
-
-    pub fn set_interested(&self, user: &str, resource: &str) {
-        self.with_resource(user, resource, |r| r.interested = true);
-    }
-
-    /// Remember (or forget, for unavailable) a directed presence. `false` when the resource
-    /// tracks `max` other targets already (the presence is then not to be sent).
-    pub fn note_directed(
-        &self,
-        user: &str,
-        resource: &str,
-        to: &str,
-        available: bool,
-        max: usize,
-    ) -> bool {
-        let mut noted = true;
-        self.with_resource(user, resource, |r| {
-            if !available {
-                r.directed.remove(to);
-            } else if r.directed.len() < max || r.directed.contains(to) {
-                r.directed.insert(to.to_owned());
-            } else {
-                noted = false;
-            }
-        });
-        noted
-    }
-
-    pub fn take_directed(&self, user: &str, resource: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        self.with_resource(user, resource, |r| out = r.directed.drain().collect());
-        out
-    }
-
-    fn with_resource(&self, user: &str, resource: &str, f: impl FnOnce(&mut Resource)) {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(r) = sessions
-            .get_mut(user)
-            .and_then(|l| l.iter_mut().find(|r| r.name == resource))
-        {
-            f(r);
-        }
-    }
-
-    /// The user's available sessions with their last presence.
-    pub fn available(&self, user: &str) -> Vec<SessionRef> {
-        self.sessions_where(user, |r| r.available)
-    }
-
-    /// Deliver a subscription-related presence to every session that is available or asked
-    /// for the roster (RFC 6121 §3.1.3, §3.1.6: available / interested resources).
-    pub fn deliver_subscription(&self, user: &str, el: Element) {
-        for s in self.sessions_where(user, |r| r.available || r.interested) {
-            let _ = s.tx.try_send(Outgoing::Stanza(Box::new(el.clone())));
-        }
-    }
-
-    /// The user's sessions that asked for the roster.
-    pub fn interested(&self, user: &str) -> Vec<SessionRef> {
-        self.sessions_where(user, |r| r.interested)
-    }
-
-    fn sessions_where(&self, user: &str, keep: impl Fn(&Resource) -> bool) -> Vec<SessionRef> {
-        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions
-            .get(user)
-            .map(|l| {
-                l.iter()
-                    .filter(|r| keep(r))
-                    .map(|r| SessionRef {
-                        resource: r.name.clone(),
-                        tx: r.tx.clone(),
-                        presence: r.presence.clone(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// Local available sessions that have seen presence from a full JID owned by `node`, with
-    /// those JIDs (forgotten here): they are to be told the contacts went unavailable.
-    pub fn forget_seen_on(&self, node: &str) -> Vec<(mpsc::Sender<Outgoing>, String, Vec<String>)> {
-        let table = self.table.load();
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = Vec::new();
-        for (user, list) in sessions.iter_mut() {
-            for r in list.iter_mut() {
-                let gone: Vec<String> = r
-                    .seen
-                    .iter()
-                    .filter(|j| j.split('@').next().is_some_and(|l| table.owner(l) == node))
-                    .cloned()
-                    .collect();
-                for g in &gone {
-                    r.seen.remove(g);
+        match self.sessions.destination(&to) {
+            Destination::Server => server::handle(self, el),
+            Destination::Local { user, resource } => match Kind::of(&el) {
+                Some(Kind::Iq) if resource.is_none() => {
+                    server::handle_account_iq(self, el, &user).await
                 }
-                if !gone.is_empty() {
-                    out.push((
-                        r.tx.clone(),
-                        format!("{user}@{}/{}", self.domain, r.name),
-                        gone,
-                    ));
+                Some(Kind::Presence) => {
+                    im::presence::inbound(self, el, &user, resource.as_deref()).await
                 }
-            }
-        }
-        out
-    }
-
-    /// Whether a message to `user` (at `resource`, if given) reaches a session now: a bound
-    /// full JID, or an available resource with non-negative priority (RFC 6121 §8.5.2.1).
-    pub fn can_deliver_message(&self, user: &str, resource: Option<&str>) -> bool {
-        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(list) = sessions.get(user) else {
-            return false;
-        };
-        resource.is_some_and(|res| list.iter().any(|r| r.name == res))
-            || list.iter().any(|r| r.available && r.priority >= 0)
-    }
-
-    /// Number of bound sessions on this slave.
-    pub fn session_count(&self) -> usize {
-        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions.values().map(Vec::len).sum()
-    }
-
-    /// Tell every session to close with `e` (the slave stopping).
-    pub fn close_all(&self, e: &StreamError) {
-        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        for r in sessions.values().flatten() {
-            r.closer.close(e.clone());
-        }
-    }
-
-    /// Deliver a stanza to a user this slave owns (RFC 6121 §8.5). Returns the error reply to
-    /// send back to the sender, if any.
-    pub fn deliver_local(
-        &self,
-        stanza: Element,
-        user: &str,
-        resource: Option<&str>,
-    ) -> Option<Element> {
-        let kind = Kind::of(&stanza)?;
-        let targets: Vec<mpsc::Sender<Outgoing>> = {
-            let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-            let list = sessions.get(user).map(Vec::as_slice).unwrap_or(&[]);
-            let full = resource.and_then(|res| list.iter().find(|r| r.name == res));
-            match (full, resource, kind) {
-                // A bound full JID gets everything addressed to it (§8.5.3.1).
-                (Some(r), _, _) => vec![r.tx.clone()],
-                // Full JID, no such resource: IQs fail, presence is dropped (§8.5.3.2.2,
-                // §8.5.3.2.3); messages fall back to the bare JID rules (§8.5.3.2.1).
-                (None, Some(_), Kind::Iq) => {
-                    return unavailable(&stanza, "no such resource");
+                Some(Kind::Message) if im::offline::wants_storage(&el) => {
+                    im::offline::deliver_or_store(self, &user, resource.as_deref(), el).await
                 }
-                (None, Some(_), Kind::Presence) => return None,
-                // §8.5.2.1.3: groupchat to a user's bare JID is an error.
-                (None, _, Kind::Message) if stanza.attr("type") == Some("groupchat") => {
-                    return unavailable(&stanza, "groupchat messages go to rooms");
-                }
-                (None, _, Kind::Message) => bare_message_targets(&stanza, list)?,
-                (None, None, Kind::Presence) => list
-                    .iter()
-                    .filter(|r| r.available)
-                    .map(|r| r.tx.clone())
-                    .collect(),
-                // IQ to the bare JID is answered by the server on the user's behalf; the
-                // session layer handles the ones we support before calling here.
-                (None, None, Kind::Iq) => return unavailable(&stanza, "not supported"),
-            }
-        };
-        if targets.is_empty() {
-            // Offline storage (XEP-0160) is decided by the caller before delivery.
-            return match kind {
-                Kind::Message
-                    if matches!(stanza.attr("type"), None | Some("normal") | Some("chat")) =>
-                {
-                    unavailable(&stanza, "the recipient is not online")
-                }
-                _ => None,
-            };
-        }
-        if kind == Kind::Presence
-            && let Some(from) = stanza.attr("from")
-        {
-            let available = stanza.attr("type").is_none();
-            let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(list) = sessions.get_mut(user) {
-                for r in list
-                    .iter_mut()
-                    .filter(|r| targets.iter().any(|t| t.same_channel(&r.tx)))
-                {
-                    if available {
-                        if r.seen.len() < crate::im::presence::MAX_SEEN {
-                            r.seen.insert(from.to_owned());
-                        }
-                    } else {
-                        r.seen.remove(from);
-                    }
-                }
-            }
-        }
-        let mut reply = None;
-        let last = targets.len() - 1;
-        let mut stanza = Some(stanza);
-        for (i, tx) in targets.into_iter().enumerate() {
-            let el = if i == last {
-                stanza.take()
-            } else {
-                stanza.clone()
-            };
-            let Some(el) = el else { break };
-            if let Err(mpsc::error::TrySendError::Full(Outgoing::Stanza(el))) =
-                tx.try_send(Outgoing::Stanza(Box::new(el)))
-            {
-                debug!(user, "session queue full");
-                if reply.is_none() && !is_error_or_result(&el) {
-                    reply = Some(error_reply(
+                _ => self.sessions.deliver_local(el, &user, resource.as_deref()),
+            },
+            Destination::Node(node) if origin == Origin::Local => {
+                match self.links.send(&node, &el).await {
+                    Ok(()) => None,
+                    Err(SendError::Full) => reject(
                         &el,
                         ErrorType::Wait,
                         "resource-constraint",
-                        None,
-                        Some("the recipient's queue is full"),
-                        false,
-                    ));
+                        "the farm link to the recipient's server is congested",
+                    ),
+                    Err(e) => {
+                        debug!(to = %to, node, "cannot route: {e}");
+                        reject(
+                            &el,
+                            ErrorType::Wait,
+                            "service-unavailable",
+                            "the recipient's server is not reachable",
+                        )
+                    }
+                }
+            }
+            // A peer thinks we own this user and we think someone else does: the routing tables
+            // disagree (links check fingerprints, so only during a table change). Never bounce
+            // stanzas between nodes.
+            Destination::Node(node) => {
+                info!(to = %to, node, "stanza from a link for a user we do not own");
+                reject(
+                    &el,
+                    ErrorType::Wait,
+                    "service-unavailable",
+                    "the farm's routing is changing; try again",
+                )
+            }
+            // DESIGN.md D4: out from this slave, in the public domain's name.
+            Destination::Remote(_) => self.outbound.send(el),
+        }
+    }
+
+    /// Consume the farm links' events until they stop.
+    ///
+    /// Stanzas are handed to [`INBOUND_WORKERS`] workers, each user's always to the same one:
+    /// order per user is kept, and one slow user (a database write, a full session queue, a
+    /// congested link to answer on) holds up only the users of its worker. A worker that
+    /// stays full for [`INBOUND_WAIT`] gets no more: the stanza is answered
+    /// `resource-constraint`. A link going down waits for the workers to finish what they
+    /// hold, so "gone" presences never overtake that node's last stanzas.
+    pub async fn link_events(self: &Arc<Self>, mut rx: mpsc::Receiver<LinkEvent>) {
+        let workers: Vec<mpsc::Sender<Inbound>> = (0..INBOUND_WORKERS)
+            .map(|_| {
+                let (tx, wrx) = mpsc::channel(INBOUND_QUEUE);
+                let me = self.clone();
+                self.tasks
+                    .spawn(async move { me.inbound_worker(wrx).await });
+                tx
+            })
+            .collect();
+        loop {
+            let ev = tokio::select! {
+                ev = rx.recv() => ev,
+                _ = self.shutdown.cancelled() => None,
+            };
+            let Some(ev) = ev else { break };
+            match ev {
+                LinkEvent::Stanza { mut stanza, .. } => {
+                    // Relayed from another server by the master: our sessions speak jabber:client.
+                    set_stanza_ns(&mut stanza, ns::SERVER, ns::CLIENT);
+                    let worker = &workers[worker_of(&stanza)];
+                    let refused = match worker
+                        .send_timeout(Inbound::Stanza(stanza), INBOUND_WAIT)
+                        .await
+                    {
+                        Ok(()) => None,
+                        Err(mpsc::error::SendTimeoutError::Timeout(Inbound::Stanza(el))) => {
+                            Some(el)
+                        }
+                        Err(_) => break,
+                    };
+                    if let Some(el) = refused {
+                        warn!(to = el.attr("to"), "inbound worker full; stanza refused");
+                        if let Some(e) = reject(
+                            &el,
+                            ErrorType::Wait,
+                            "resource-constraint",
+                            "the recipient's server is too busy; try again",
+                        ) {
+                            self.route(e, Origin::Local).await;
+                        }
+                    }
+                }
+                LinkEvent::Down(node) => {
+                    let mut done = Vec::new();
+                    for w in &workers {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        if w.send(Inbound::Barrier(tx)).await.is_ok() {
+                            done.push(rx);
+                        }
+                    }
+                    for rx in done {
+                        let _ = tokio::time::timeout(INBOUND_WAIT, rx).await;
+                    }
+                    im::presence::node_down(self, &node);
+                }
+                LinkEvent::Up(_) => {}
+            }
+        }
+    }
+
+    /// One of the [`Self::link_events`] workers: its users' stanzas, in order.
+    async fn inbound_worker(&self, mut rx: mpsc::Receiver<Inbound>) {
+        while let Some(work) = rx.recv().await {
+            match work {
+                Inbound::Stanza(el) => self.route(el, Origin::Link).await,
+                Inbound::Barrier(done) => {
+                    let _ = done.send(());
                 }
             }
         }
-        reply
     }
 }
 
-/// RFC 6121 §8.5.2.1: which resources a message to the bare JID goes to. `None` means drop.
-fn bare_message_targets(
-    stanza: &Element,
-    list: &[Resource],
-) -> Option<Vec<mpsc::Sender<Outgoing>>> {
-    let candidates = list.iter().filter(|r| r.available && r.priority >= 0);
-    match stanza.attr("type").unwrap_or("normal") {
-        // §8.5.2.1.1: the most available resource(s); we deliver to every resource that
-        // shares the highest priority.
-        "normal" | "chat" => {
-            let top = candidates.clone().map(|r| r.priority).max();
-            Some(
-                candidates
-                    .filter(|r| Some(r.priority) == top)
-                    .map(|r| r.tx.clone())
-                    .collect(),
-            )
-        }
-        // §8.5.2.1.2: all available resources with non-negative priority.
-        "headline" => Some(candidates.map(|r| r.tx.clone()).collect()),
-        // §8.5.2.1.4: errors are dropped; groupchat is answered by the caller.
-        _ => None,
+/// Workers for stanzas from farm links.
+const INBOUND_WORKERS: usize = 16;
+/// Stanzas queued per worker.
+const INBOUND_QUEUE: usize = 256;
+/// How long the link reader waits for room at a full worker before refusing the stanza.
+const INBOUND_WAIT: Duration = Duration::from_secs(2);
+
+enum Inbound {
+    Stanza(Element),
+    /// Answered once everything queued before it was handled.
+    Barrier(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The worker of the user a stanza is for: a hash of its bare `to` address, case-folded
+/// (stanzas for the bare domain share one worker).
+fn worker_of(el: &Element) -> usize {
+    use std::hash::{Hash, Hasher};
+    let to = el.attr("to").unwrap_or("");
+    let bare = to.split('/').next().unwrap_or(to);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for b in bare.bytes() {
+        b.to_ascii_lowercase().hash(&mut h);
     }
+    (h.finish() % INBOUND_WORKERS as u64) as usize
 }
 
-/// RFC 6121 §4.7.2.3: `<priority/>`, default 0.
-pub fn priority_of(presence: &Element) -> i8 {
-    presence
-        .children()
-        .find(|c| c.name == "priority")
-        .and_then(|p| p.text().trim().parse::<i8>().ok())
-        .unwrap_or(0)
-}
-
-fn unavailable(stanza: &Element, text: &str) -> Option<Element> {
-    if is_error_or_result(stanza) {
+pub fn reject(el: &Element, etype: ErrorType, condition: &str, text: &str) -> Option<Element> {
+    if is_error_or_result(el) {
         return None;
     }
-    Some(error_reply(
-        stanza,
-        ErrorType::Cancel,
-        "service-unavailable",
-        None,
-        Some(text),
-        false,
-    ))
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use super::*;
-    use crate::im::presence::{MAX_DIRECTED, MAX_SEEN};
-    use jabberfarm_proto::ns;
-    use jabberfarm_proto::routing::{RoutingMode, SlaveWeight};
-
-    /// A router of slave1 in a farm of one slave (every user is local).
-    fn router() -> Router {
-        let table = RoutingTable::new(RoutingMode::Hash {
-            key: [0; 16],
-            slaves: vec![SlaveWeight {
-                name: "slave1".to_owned(),
-                weight: 1,
-            }],
-        })
-        .unwrap();
-        Router::new("localhost".into(), "slave1".into(), table, 10)
-    }
-
-    /// Per-session sets a peer can grow stop at their bounds (issue 11): presences seen from
-    /// ever new full JIDs are delivered but tracked only up to MAX_SEEN; directed presence to
-    /// ever new targets up to MAX_DIRECTED, then refused.
-    #[test]
-    fn seen_and_directed_sets_are_bounded() {
-        let r = router();
-        let (tx, mut rx) = mpsc::channel(SESSION_QUEUE);
-        let conn = r.bind("juliet", "balcony", tx, Arc::new(Closer::default()));
-        assert!(conn.is_some());
-        r.set_presence(
-            "juliet",
-            "balcony",
-            Some(Element::new("presence", ns::CLIENT)),
-        );
-        let mut delivered = 0;
-        for i in 0..MAX_SEEN + 100 {
-            let p = Element::new("presence", ns::CLIENT)
-                .with_attr("from", format!("fan{i}@localhost/r"))
-                .with_attr("to", "juliet@localhost/balcony");
-            assert!(r.deliver_local(p, "juliet", Some("balcony")).is_none());
-            while rx.try_recv().is_ok() {
-                delivered += 1;
-            }
-        }
-        assert_eq!(delivered, MAX_SEEN + 100, "every presence is delivered");
-        let seen: usize = r
-            .forget_seen_on("slave1")
-            .iter()
-            .map(|(_, _, gone)| gone.len())
-            .sum();
-        assert_eq!(seen, MAX_SEEN, "but only so many are tracked");
-
-        for i in 0..MAX_DIRECTED {
-            let to = format!("target{i}@localhost");
-            assert!(r.note_directed("juliet", "balcony", &to, true, MAX_DIRECTED));
-        }
-        assert!(!r.note_directed(
-            "juliet",
-            "balcony",
-            "one-more@localhost",
-            true,
-            MAX_DIRECTED
-        ));
-        // Again to a tracked target, and unavailable, are always fine; then there is room.
-        assert!(r.note_directed("juliet", "balcony", "target0@localhost", true, MAX_DIRECTED));
-        assert!(r.note_directed(
-            "juliet",
-            "balcony",
-            "target0@localhost",
-            false,
-            MAX_DIRECTED
-        ));
-        assert!(r.note_directed(
-            "juliet",
-            "balcony",
-            "one-more@localhost",
-            true,
-            MAX_DIRECTED
-        ));
-        assert_eq!(r.take_directed("juliet", "balcony").len(), MAX_DIRECTED);
-    }
+    Some(error_reply(el, etype, condition, None, Some(text), false))
 }

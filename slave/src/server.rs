@@ -71,7 +71,7 @@ pub fn handle(slave: &Slave, el: Element) -> Option<Element> {
         ("get", "query", ns::LAST) => Some(iq_result(
             &el,
             Some(im::last::query(
-                slave.router.started.elapsed().as_secs(),
+                slave.sessions.started.elapsed().as_secs(),
                 "",
             )),
         )),
@@ -127,7 +127,7 @@ pub async fn handle_account_iq(slave: &Slave, el: Element, user: &str) -> Option
     if is_error_or_result(&el) {
         return None;
     }
-    let own = format!("{user}@{}", slave.router.domain);
+    let own = format!("{user}@{}", slave.sessions.domain);
     // The sender's resource when the sender is this very account.
     let own_resource = el
         .attr("from")

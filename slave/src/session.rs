@@ -18,11 +18,22 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::Slave;
-use crate::dispatch::Origin;
-use crate::router::{Closer, Outgoing, SESSION_QUEUE};
+use crate::router::Origin;
+use crate::sessions::{Closer, Outgoing, SESSION_QUEUE};
 
 const TOO_MANY_RESOURCES: &str =
     "this account has as many resources bound as it may have (limits.max_resources)";
+
+/// The stream features after authentication (RFC 6120 §7, RFC 6121 §2.6 roster versioning,
+/// RFC 3921's session establishment marked optional as RFC 6121 Appendix E allows).
+pub fn features() -> Element {
+    Element::new("features", ns::STREAM)
+        .with_child(Element::new("bind", ns::BIND))
+        .with_child(Element::new("ver", ns::ROSTER_VER_FEATURE))
+        .with_child(
+            Element::new("session", ns::SESSION).with_child(Element::new("optional", ns::SESSION)),
+        )
+}
 
 /// Serve one authenticated client until it leaves or the slave stops.
 pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
@@ -31,7 +42,7 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
         username,
         legacy,
     } = auth;
-    let domain = slave.router.domain.clone();
+    let domain = slave.sessions.domain.clone();
     let Ok(bare) = BareJid::new(&format!("{username}@{domain}")) else {
         stream
             .fail(&StreamError::bare(Condition::InternalServerError), &domain)
@@ -46,7 +57,7 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
             Ok(res) => {
                 let jid = bare.with_resource(&res);
                 let Some(conn) = slave
-                    .router
+                    .sessions
                     .bind(&username, res.as_str(), tx, closer.clone())
                 else {
                     let e = error_reply(
@@ -62,7 +73,7 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
                     return;
                 };
                 if stream.send(&iq_result(&l.iq, None)).await.is_err() {
-                    slave.router.unbind(&username, res.as_str(), conn);
+                    slave.sessions.unbind(&username, res.as_str(), conn);
                     return;
                 }
                 (jid, conn)
@@ -124,7 +135,7 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
     ))
     .await;
     slave
-        .router
+        .sessions
         .unbind(&session.user, session.jid.resource().as_str(), conn);
     match end {
         End::PeerClosed => stream.close().await,
@@ -143,7 +154,7 @@ async fn bind(
     tx: mpsc::Sender<Outgoing>,
     closer: Arc<Closer>,
 ) -> Option<(FullJid, u64)> {
-    let domain = &slave.router.domain;
+    let domain = &slave.sessions.domain;
     loop {
         let ev = tokio::select! {
             r = stream.next_within(slave.login_timeout) => r,
@@ -220,7 +231,7 @@ async fn bind(
         };
         let jid = bare.with_resource(&res);
         let Some(conn) = slave
-            .router
+            .sessions
             .bind(user, res.as_str(), tx.clone(), closer.clone())
         else {
             // RFC 6120 §7.6.2.2; the client may unbind another resource or give up.
@@ -238,7 +249,7 @@ async fn bind(
         let payload = Element::new("bind", ns::BIND)
             .with_child(Element::new("jid", ns::BIND).with_text(jid.to_string()));
         if stream.send(&iq_result(&iq, Some(payload))).await.is_err() {
-            slave.router.unbind(user, res.as_str(), conn);
+            slave.sessions.unbind(user, res.as_str(), conn);
             return None;
         }
         return Some((jid, conn));

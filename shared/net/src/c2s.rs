@@ -96,6 +96,11 @@ pub trait LoginPolicy: Send + Sync {
     fn route(&self, localpart: &str, direct_tls: bool) -> LoginRoute;
     /// The accounts; `None` on a node that authenticates nobody (the master).
     fn accounts(&self) -> Option<&dyn Accounts>;
+    /// The `<stream:features/>` a client gets on the stream it restarts after authenticating
+    /// here: what the node serving sessions offers (resource binding and the rest).
+    fn session_features(&self) -> Element {
+        Element::new("features", ns::STREAM)
+    }
 }
 
 /// Why the accounts could not answer (the backend itself failed, not the password): a login
@@ -359,14 +364,7 @@ async fn open(
     }
     if let Some(username) = user.take() {
         if has_version {
-            let features = Element::new("features", ns::STREAM)
-                .with_child(Element::new("bind", ns::BIND))
-                .with_child(Element::new("ver", ns::ROSTER_VER_FEATURE))
-                .with_child(
-                    Element::new("session", ns::SESSION)
-                        .with_child(Element::new("optional", ns::SESSION)),
-                );
-            stream.send(&features).await.ok()?;
+            stream.send(&policy.session_features()).await.ok()?;
         }
         return Some(Opened::Authenticated(username));
     }

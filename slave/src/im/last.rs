@@ -17,7 +17,7 @@ pub async fn handle(slave: &Slave, iq: &Element, user: &str, may_see: bool) -> E
     if !may_see {
         return error_reply(iq, ErrorType::Auth, "forbidden", None, None, false);
     }
-    if !slave.router.available(user).is_empty() {
+    if !slave.sessions.available(user).is_empty() {
         return iq_result(iq, Some(query(0, "")));
     }
     match slave.im.last_logout(user).await {

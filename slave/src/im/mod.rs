@@ -19,7 +19,7 @@ pub mod vcard;
 
 use jabberfarm_proto::xml::Element;
 
-use crate::router::Outgoing;
+use crate::sessions::Outgoing;
 
 /// Send to one session's queue; a full queue drops it (the session is hopelessly behind).
 pub(crate) fn push(tx: &tokio::sync::mpsc::Sender<Outgoing>, el: Element) {

@@ -28,7 +28,7 @@ pub fn wants_storage(msg: &Element) -> bool {
 /// A message that [`wants_storage`], for local user `user` (at `resource`, if given): to the
 /// sessions that take it, else into storage. Returns the error reply for the sender, if any.
 ///
-/// Under the user's [`crate::router::Router::offline_lock`]: a resource that turns available
+/// Under the user's [`crate::sessions::Sessions::offline_lock`]: a resource that turns available
 /// meanwhile waits until the message is stored, then finds it with the others; one that turned
 /// available before gets it live. Either way exactly once.
 pub async fn deliver_or_store(
@@ -37,9 +37,9 @@ pub async fn deliver_or_store(
     resource: Option<&str>,
     msg: Element,
 ) -> Option<Element> {
-    let _order = slave.router.offline_lock(user).await;
-    if slave.router.can_deliver_message(user, resource) {
-        return slave.router.deliver_local(msg, user, resource);
+    let _order = slave.sessions.offline_lock(user).await;
+    if slave.sessions.can_deliver_message(user, resource) {
+        return slave.sessions.deliver_local(msg, user, resource);
     }
     store(slave, user, msg).await
 }
@@ -116,7 +116,7 @@ async fn store(slave: &Slave, user: &str, msg: Element) -> Option<Element> {
 /// The user's stored messages, with `<delay/>`, addressed to `me`; removed from storage. Under
 /// the user's offline lock, so two resources logging in at once never both get them.
 pub async fn take(slave: &Slave, user: &str, me: &FullJid) -> Vec<Element> {
-    let _order = slave.router.offline_lock(user).await;
+    let _order = slave.sessions.offline_lock(user).await;
     let msgs = match slave.im.peek(user, DELIVER_MAX).await {
         Ok(m) => m,
         Err(e) => {
@@ -135,7 +135,7 @@ pub async fn take(slave: &Slave, user: &str, me: &FullJid) -> Vec<Element> {
         el.set_attr("to", me.to_string());
         el = el.with_child(
             Element::new("delay", ns::DELAY)
-                .with_attr("from", &slave.router.domain)
+                .with_attr("from", &slave.sessions.domain)
                 .with_attr("stamp", rfc3339(m.stamp_ms))
                 .with_text("Offline storage"),
         );

@@ -15,8 +15,8 @@ use tracing::warn;
 use super::roster::{push_item, subscription};
 use super::{bare, push};
 use crate::Slave;
-use crate::dispatch::Origin;
-use crate::router::PresenceChange;
+use crate::router::Origin;
+use crate::sessions::PresenceChange;
 use jabberfarm_store::im::{
     LastLogout, LastStore, LoginState, RosterItem, RosterStore, Subscription,
 };
@@ -41,7 +41,7 @@ pub async fn outbound(slave: &Slave, me: &FullJid, user: &str, mut el: Element) 
         ("available" | "unavailable", None) => broadcast(slave, me, user, el).await,
         ("available" | "unavailable", Some(to)) => {
             // Directed presence (§4.6): remembered so unavailable follows it.
-            let noted = slave.router.note_directed(
+            let noted = slave.sessions.note_directed(
                 user,
                 me.resource().as_str(),
                 &to,
@@ -66,7 +66,7 @@ pub async fn outbound(slave: &Slave, me: &FullJid, user: &str, mut el: Element) 
                 return Vec::new();
             };
             // §3.1.2: subscription stanzas go from bare JID to bare JID.
-            let from = bare(user, &slave.router.domain);
+            let from = bare(user, &slave.sessions.domain);
             el.set_attr("from", &from);
             el.set_attr("to", contact.to_string());
             // An error for the sender (the roster is full) goes straight back to it.
@@ -93,16 +93,16 @@ async fn broadcast(slave: &Slave, me: &FullJid, user: &str, el: Element) -> Vec<
     let change = {
         // Messages decided for offline storage before this point are stored by now, so the
         // initial presence below finds them; from here on they are delivered live.
-        let _order = slave.router.offline_lock(user).await;
+        let _order = slave.sessions.offline_lock(user).await;
         slave
-            .router
+            .sessions
             .set_presence(user, resource, available.then(|| el.clone()))
     };
     let initial = change == PresenceChange::Initial;
     if change == PresenceChange::Unavailable {
         record_logout(slave, user, &el).await;
     }
-    let own_bare = bare(user, &slave.router.domain);
+    let own_bare = bare(user, &slave.sessions.domain);
     let mut for_me = Vec::new();
     // Prosody does the same; clients (slixmpp, scansion scripts) wait for it.
     let mut echo = el.clone();
@@ -110,17 +110,17 @@ async fn broadcast(slave: &Slave, me: &FullJid, user: &str, el: Element) -> Vec<
     for_me.push(echo);
     // After `set_presence`: whatever is stored from now on is delivered live instead.
     let stored = if initial {
-        let mark = slave.router.roster_mark();
+        let mark = slave.sessions.roster_mark();
         let state = slave.im.login_state(user).await.ok().flatten();
         if state.as_ref().is_some_and(|s| !s.roster) {
-            slave.router.note_roster_empty(user, resource, mark);
+            slave.sessions.note_roster_empty(user, resource, mark);
         }
         state
     } else {
         None
     };
     let has = |what: fn(&LoginState) -> bool| stored.as_ref().is_none_or(what);
-    let known_empty = !initial && slave.router.roster_known_empty(user, resource);
+    let known_empty = !initial && slave.sessions.roster_known_empty(user, resource);
     let roster = if !has(|s| s.roster) || known_empty {
         Vec::new()
     } else {
@@ -141,14 +141,14 @@ async fn broadcast(slave: &Slave, me: &FullJid, user: &str, el: Element) -> Vec<
         slave.route(p, Origin::Local).await;
     }
     if !available {
-        for to in slave.router.take_directed(user, resource) {
+        for to in slave.sessions.take_directed(user, resource) {
             let mut p = el.clone();
             p.set_attr("to", to);
             slave.route(p, Origin::Local).await;
         }
     }
     // The user's other resources see it, and a new one sees theirs (§4.2.2).
-    for s in slave.router.available(user) {
+    for s in slave.sessions.available(user) {
         if s.resource == resource {
             continue;
         }
@@ -179,7 +179,7 @@ async fn broadcast(slave: &Slave, me: &FullJid, user: &str, el: Element) -> Vec<
                 }
             }
         }
-        if crate::router::priority_of(&el) >= 0 && has(|s| s.offline) {
+        if crate::sessions::priority_of(&el) >= 0 && has(|s| s.offline) {
             for_me.extend(super::offline::take(slave, user, me).await);
         }
     }
@@ -286,7 +286,7 @@ async fn subscription_out(
     match kind {
         // §3.1.5: once subscribed, the contact gets our current presence.
         "subscribed" if forward => {
-            for s in slave.router.available(user) {
+            for s in slave.sessions.available(user) {
                 if let Some(mut p) = s.presence {
                     p.set_attr("to", &c);
                     slave.route(p, Origin::Local).await;
@@ -295,7 +295,7 @@ async fn subscription_out(
         }
         // §3.2.2: and on cancelling, unavailable from each resource.
         "unsubscribed" => {
-            for s in slave.router.available(user) {
+            for s in slave.sessions.available(user) {
                 let p = Element::new("presence", ns::CLIENT)
                     .with_attr("type", "unavailable")
                     .with_attr("from", format!("{from}/{}", s.resource))
@@ -328,7 +328,7 @@ pub async fn inbound(
             probe(slave, user, &contact, &from).await;
             None
         }
-        _ => slave.router.deliver_local(el, user, resource),
+        _ => slave.sessions.deliver_local(el, user, resource),
     }
 }
 
@@ -341,8 +341,8 @@ async fn subscription_in(slave: &Slave, el: Element, user: &str, contact: &str, 
             return;
         }
     };
-    let own = bare(user, &slave.router.domain);
-    let deliver = |el: Element| slave.router.deliver_subscription(user, el);
+    let own = bare(user, &slave.sessions.domain);
+    let deliver = |el: Element| slave.sessions.deliver_subscription(user, el);
     match (kind, item) {
         ("subscribe", Some(i)) if i.subscription.has_from() => {
             // Already subscribed: answer for the user (§3.1.3).
@@ -359,7 +359,7 @@ async fn subscription_in(slave: &Slave, el: Element, user: &str, contact: &str, 
             slave
                 .route(subscription(&own, contact, "subscribed"), Origin::Local)
                 .await;
-            for s in slave.router.available(user) {
+            for s in slave.sessions.available(user) {
                 if let Some(mut p) = s.presence {
                     p.set_attr("to", contact);
                     slave.route(p, Origin::Local).await;
@@ -433,11 +433,11 @@ async fn probe(slave: &Slave, user: &str, contact: &str, from: &Jid) {
         return;
     }
     let to = from.to_string();
-    let available = slave.router.available(user);
+    let available = slave.sessions.available(user);
     if available.is_empty() {
         let p = Element::new("presence", ns::CLIENT)
             .with_attr("type", "unavailable")
-            .with_attr("from", bare(user, &slave.router.domain))
+            .with_attr("from", bare(user, &slave.sessions.domain))
             .with_attr("to", &to);
         slave.route(p, Origin::Local).await;
         return;
@@ -454,7 +454,7 @@ async fn probe(slave: &Slave, user: &str, contact: &str, from: &Jid) {
 /// saw it gets unavailable (§4.5.2).
 pub async fn gone(slave: &Slave, me: &FullJid, user: &str) {
     let was_available = slave
-        .router
+        .sessions
         .available(user)
         .iter()
         .any(|s| s.resource == me.resource().as_str());
@@ -468,7 +468,7 @@ pub async fn gone(slave: &Slave, me: &FullJid, user: &str) {
 
 /// A farm link dropped: local sessions are told that the contacts they saw there are gone.
 pub fn node_down(slave: &Slave, node: &str) {
-    for (tx, to, gone) in slave.router.forget_seen_on(node) {
+    for (tx, to, gone) in slave.sessions.forget_seen_on(node) {
         for from in gone {
             let p = Element::new("presence", ns::CLIENT)
                 .with_attr("type", "unavailable")

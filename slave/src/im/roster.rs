@@ -11,7 +11,7 @@ use jid::BareJid;
 use super::vcard::backend_error;
 use super::{bare, push};
 use crate::Slave;
-use crate::dispatch::Origin;
+use crate::router::Origin;
 use jabberfarm_store::im::{RosterItem, RosterStore, Subscription};
 
 /// Bounds on what a client may put in its roster.
@@ -44,7 +44,7 @@ pub async fn handle(slave: &Slave, iq: &Element, user: &str, resource: &str) -> 
     };
     match iq.attr("type") {
         Some("get") => {
-            slave.router.set_interested(user, resource);
+            slave.sessions.set_interested(user, resource);
             match slave.im.roster(user).await {
                 Ok((version, items)) => {
                     let ver = version.to_string();
@@ -109,7 +109,7 @@ async fn set(slave: &Slave, iq: &Element, query: &Element, user: &str) -> Elemen
         }
         let _ = slave.im.remove_pending_in(user, &contact).await;
         // §2.5.2: cancel the subscriptions both ways.
-        let from = bare(user, &slave.router.domain);
+        let from = bare(user, &slave.sessions.domain);
         if old.subscription.has_to() || old.ask {
             slave
                 .route(subscription(&from, &contact, "unsubscribe"), Origin::Local)
@@ -205,8 +205,8 @@ pub fn push_item(slave: &Slave, user: &str, item: &RosterItem, version: u64, rem
         el.remove_attr("ask");
         el.remove_attr("approved");
     }
-    let domain = &slave.router.domain;
-    for s in slave.router.interested(user) {
+    let domain = &slave.sessions.domain;
+    for s in slave.sessions.interested(user) {
         let iq = Element::new("iq", ns::CLIENT)
             .with_attr("type", "set")
             .with_attr("id", format!("push{}", new_id()))
@@ -228,13 +228,13 @@ pub fn subscription(from: &str, to: &str, kind: &str) -> Element {
         .with_attr("type", kind)
 }
 
-/// Writes a roster item, after telling the router (sessions that knew the roster to be empty
+/// Writes a roster item, after telling [`crate::sessions`] (sessions that knew the roster to be empty
 /// must read it again). Every roster write goes through here.
 pub(crate) async fn store_item(
     slave: &Slave,
     user: &str,
     item: &RosterItem,
 ) -> Result<u64, StoreError> {
-    slave.router.roster_changed(user);
+    slave.sessions.roster_changed(user);
     slave.im.put_item(user, item).await
 }

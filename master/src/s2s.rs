@@ -20,7 +20,9 @@ use jabberfarm_net::stream::{ReadError, XmlStream, new_id};
 use jabberfarm_proto::dialback::{dialback_key, domain_of, key_matches};
 use jabberfarm_proto::ns;
 use jabberfarm_proto::routing::normalize_localpart;
-use jabberfarm_proto::stanza::{ErrorType, Kind, error_reply, iq_result, is_error_or_result};
+use jabberfarm_proto::stanza::{
+    ErrorCondition, ErrorType, Iq, IqError, Kind, Payload, StanzaError, iq_result,
+};
 use jabberfarm_proto::xml::{Condition, Element, ParserLimits, StreamError, StreamEvent};
 use tracing::{debug, info, warn};
 
@@ -317,16 +319,16 @@ async fn stanza(
                     Ok(()) => None,
                     Err(e) => {
                         warn!(to, owner, "cannot relay to {owner}: {e}");
-                        reject(
-                            &el,
-                            ErrorType::Wait,
-                            "service-unavailable",
-                            "the recipient's server is not reachable",
-                        )
+                        StanzaError::new(ErrorCondition::ServiceUnavailable)
+                            .typed(ErrorType::Wait)
+                            .text("the recipient's server is not reachable")
+                            .answer(&el)
                     }
                 }
             }
-            Err(_) => reject(&el, ErrorType::Modify, "jid-malformed", "invalid recipient"),
+            Err(_) => StanzaError::new(ErrorCondition::JidMalformed)
+                .text("invalid recipient")
+                .answer(&el),
         },
         None => answer_for_domain(&el),
     };
@@ -338,13 +340,12 @@ async fn stanza(
 
 /// What the master answers for the bare domain (XEP-0030, XEP-0199).
 fn answer_for_domain(el: &Element) -> Option<Element> {
-    if Kind::of(el) != Some(Kind::Iq) || is_error_or_result(el) {
+    if Kind::of(el) != Some(Kind::Iq) {
         return None;
     }
-    let p = el.first_child()?;
-    Some(match (el.attr("type"), &*p.name, &*p.ns) {
-        (Some("get"), "ping", ns::PING) => iq_result(el, None),
-        (Some("get"), "query", ns::DISCO_INFO) => iq_result(
+    Some(match Iq::parse(el) {
+        Ok(Iq::Get(Payload::Ping)) => iq_result(el, None),
+        Ok(Iq::Get(Payload::DiscoInfo { .. })) => iq_result(
             el,
             Some(
                 Element::new("query", ns::DISCO_INFO)
@@ -360,23 +361,15 @@ fn answer_for_domain(el: &Element) -> Option<Element> {
                     .with_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", ns::PING)),
             ),
         ),
-        (Some("get"), "query", ns::DISCO_ITEMS) => {
+        Ok(Iq::Get(Payload::DiscoItems { .. })) => {
             iq_result(el, Some(Element::new("query", ns::DISCO_ITEMS)))
         }
-        _ => error_reply(
-            el,
-            ErrorType::Cancel,
-            "service-unavailable",
-            None,
-            None,
-            false,
-        ),
+        Ok(Iq::Get(_) | Iq::Set(_)) => {
+            StanzaError::new(ErrorCondition::ServiceUnavailable).reply_to(el)
+        }
+        Ok(Iq::Result(_) | Iq::Error(_)) | Err(IqError::Drop) => return None,
+        Err(IqError::BadRequest(text)) => StanzaError::new(ErrorCondition::BadRequest)
+            .text(text)
+            .reply_to(el),
     })
-}
-
-fn reject(el: &Element, etype: ErrorType, condition: &str, text: &str) -> Option<Element> {
-    if is_error_or_result(el) {
-        return None;
-    }
-    Some(error_reply(el, etype, condition, None, Some(text), false))
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use jabberfarm_net::farm::{LinkEvent, SendError};
 use jabberfarm_proto::dialback::set_stanza_ns;
 use jabberfarm_proto::ns;
-use jabberfarm_proto::stanza::{ErrorType, Kind, error_reply, is_error_or_result};
+use jabberfarm_proto::stanza::{ErrorCondition, ErrorType, Kind, StanzaError};
 use jabberfarm_proto::xml::Element;
 use jid::Jid;
 use tokio::sync::mpsc;
@@ -50,7 +50,11 @@ impl Slave {
     async fn route_once(&self, el: Element, origin: Origin) -> Option<Element> {
         let to = match el.attr("to").map(Jid::new) {
             Some(Ok(j)) => j,
-            Some(Err(_)) => return reject(&el, ErrorType::Modify, "jid-malformed", "invalid 'to'"),
+            Some(Err(_)) => {
+                return StanzaError::new(ErrorCondition::JidMalformed)
+                    .text("invalid 'to'")
+                    .answer(&el);
+            }
             None => return None,
         };
         match self.sessions.destination(&to) {
@@ -70,20 +74,15 @@ impl Slave {
             Destination::Node(node) if origin == Origin::Local => {
                 match self.links.send(&node, &el).await {
                     Ok(()) => None,
-                    Err(SendError::Full) => reject(
-                        &el,
-                        ErrorType::Wait,
-                        "resource-constraint",
-                        "the farm link to the recipient's server is congested",
-                    ),
+                    Err(SendError::Full) => StanzaError::new(ErrorCondition::ResourceConstraint)
+                        .text("the farm link to the recipient's server is congested")
+                        .answer(&el),
                     Err(e) => {
                         debug!(to = %to, node, "cannot route: {e}");
-                        reject(
-                            &el,
-                            ErrorType::Wait,
-                            "service-unavailable",
-                            "the recipient's server is not reachable",
-                        )
+                        StanzaError::new(ErrorCondition::ServiceUnavailable)
+                            .typed(ErrorType::Wait)
+                            .text("the recipient's server is not reachable")
+                            .answer(&el)
                     }
                 }
             }
@@ -92,12 +91,10 @@ impl Slave {
             // stanzas between nodes.
             Destination::Node(node) => {
                 info!(to = %to, node, "stanza from a link for a user we do not own");
-                reject(
-                    &el,
-                    ErrorType::Wait,
-                    "service-unavailable",
-                    "the farm's routing is changing; try again",
-                )
+                StanzaError::new(ErrorCondition::ServiceUnavailable)
+                    .typed(ErrorType::Wait)
+                    .text("the farm's routing is changing; try again")
+                    .answer(&el)
             }
             // DESIGN.md D4: out from this slave, in the public domain's name.
             Destination::Remote(_) => self.outbound.send(el),
@@ -145,12 +142,10 @@ impl Slave {
                     };
                     if let Some(el) = refused {
                         warn!(to = el.attr("to"), "inbound worker full; stanza refused");
-                        if let Some(e) = reject(
-                            &el,
-                            ErrorType::Wait,
-                            "resource-constraint",
-                            "the recipient's server is too busy; try again",
-                        ) {
+                        if let Some(e) = StanzaError::new(ErrorCondition::ResourceConstraint)
+                            .text("the recipient's server is too busy; try again")
+                            .answer(&el)
+                        {
                             self.route(e, Origin::Local).await;
                         }
                     }
@@ -210,11 +205,4 @@ fn worker_of(el: &Element) -> usize {
         b.to_ascii_lowercase().hash(&mut h);
     }
     (h.finish() % INBOUND_WORKERS as u64) as usize
-}
-
-pub fn reject(el: &Element, etype: ErrorType, condition: &str, text: &str) -> Option<Element> {
-    if is_error_or_result(el) {
-        return None;
-    }
-    Some(error_reply(el, etype, condition, None, Some(text), false))
 }

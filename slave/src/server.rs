@@ -3,7 +3,9 @@
 //! handles on the user's behalf (disco#info, roster, vCard, last activity).
 
 use jabberfarm_proto::ns;
-use jabberfarm_proto::stanza::{ErrorType, Kind, error_reply, iq_result, is_error_or_result};
+use jabberfarm_proto::stanza::{
+    ErrorCondition, Iq, IqError, Kind, Payload, StanzaError, iq_result,
+};
 use jabberfarm_proto::xml::Element;
 use jid::Jid;
 
@@ -29,35 +31,34 @@ pub const ACCOUNT_FEATURES: &[&str] = &[ns::DISCO_INFO, ns::LAST, ns::VCARD];
 
 /// A stanza addressed to the bare domain. Returns the reply, if any.
 pub fn handle(slave: &Slave, el: Element) -> Option<Element> {
-    if Kind::of(&el) != Some(Kind::Iq) || is_error_or_result(&el) {
+    if Kind::of(&el) != Some(Kind::Iq) {
         // Messages and presence to the server itself are not for anyone (RFC 6121 §8.5.1 says
         // the server handles them; we have nothing to do with them yet).
         return None;
     }
-    let kind = el.attr("type").unwrap_or("");
-    let Some(payload) = el.first_child() else {
-        return Some(error_reply(
-            &el,
-            ErrorType::Modify,
-            "bad-request",
-            None,
-            Some("an IQ needs exactly one payload"),
-            false,
-        ));
+    let iq = match Iq::parse(&el) {
+        Ok(iq) => iq,
+        Err(IqError::Drop) => return None,
+        Err(IqError::BadRequest(text)) => {
+            return StanzaError::new(ErrorCondition::BadRequest)
+                .text(text)
+                .answer(&el);
+        }
     };
-    match (kind, &*payload.name, &*payload.ns) {
-        ("get", "ping", ns::PING) => Some(iq_result(&el, None)),
+    Some(match iq {
+        Iq::Result(_) | Iq::Error(_) => return None,
+        Iq::Get(Payload::Ping) => iq_result(&el, None),
         // RFC 3921 §3 session establishment: a no-op kept for old clients (RFC 6121 dropped it).
-        ("set", "session", ns::SESSION) => Some(iq_result(&el, None)),
-        ("get", "query", ns::DISCO_INFO) if payload.attr("node").is_none() => Some(iq_result(
+        Iq::Set(Payload::Session) => iq_result(&el, None),
+        Iq::Get(Payload::DiscoInfo { node: None }) => iq_result(
             &el,
             Some(disco_info("server", "im", Some("jabberfarm"), FEATURES)),
-        )),
-        ("get", "query", ns::DISCO_ITEMS) => {
-            Some(iq_result(&el, Some(Element::new("query", ns::DISCO_ITEMS))))
+        ),
+        Iq::Get(Payload::DiscoItems { .. }) => {
+            iq_result(&el, Some(Element::new("query", ns::DISCO_ITEMS)))
         }
         // XEP-0092
-        ("get", "query", ns::VERSION) => Some(iq_result(
+        Iq::Get(Payload::Version) => iq_result(
             &el,
             Some(
                 Element::new("query", ns::VERSION)
@@ -66,32 +67,19 @@ pub fn handle(slave: &Slave, el: Element) -> Option<Element> {
                         Element::new("version", ns::VERSION).with_text(env!("CARGO_PKG_VERSION")),
                     ),
             ),
-        )),
+        ),
         // XEP-0012 §5: a server's last activity is its uptime.
-        ("get", "query", ns::LAST) => Some(iq_result(
+        Iq::Get(Payload::Last) => iq_result(
             &el,
             Some(im::last::query(
                 slave.sessions.started.elapsed().as_secs(),
                 "",
             )),
-        )),
-        ("get" | "set", ..) => Some(error_reply(
-            &el,
-            ErrorType::Cancel,
-            "service-unavailable",
-            None,
-            None,
-            false,
-        )),
-        _ => Some(error_reply(
-            &el,
-            ErrorType::Modify,
-            "bad-request",
-            None,
-            Some("IQ type must be get or set"),
-            false,
-        )),
-    }
+        ),
+        Iq::Get(_) | Iq::Set(_) => {
+            StanzaError::new(ErrorCondition::ServiceUnavailable).reply_to(&el)
+        }
+    })
 }
 
 /// `<query xmlns='disco#info'>` with one identity and `features`.
@@ -124,9 +112,13 @@ async fn may_see_presence(slave: &Slave, iq: &Element, user: &str, own: bool) ->
 /// An IQ to local user `user`'s bare JID (RFC 6121 §8.5.2.1: the server answers for the
 /// account): ping, disco#info, roster (the user's own sessions only), vCard, last activity.
 pub async fn handle_account_iq(slave: &Slave, el: Element, user: &str) -> Option<Element> {
-    if is_error_or_result(&el) {
-        return None;
-    }
+    let iq = match Iq::parse(&el) {
+        Ok(iq) if iq.is_request() => iq,
+        Ok(_) | Err(IqError::Drop) => return None,
+        Err(IqError::BadRequest(_)) => {
+            return StanzaError::new(ErrorCondition::BadRequest).answer(&el);
+        }
+    };
     let own = format!("{user}@{}", slave.sessions.domain);
     // The sender's resource when the sender is this very account.
     let own_resource = el
@@ -134,50 +126,40 @@ pub async fn handle_account_iq(slave: &Slave, el: Element, user: &str) -> Option
         .and_then(|f| f.strip_prefix(own.as_str()))
         .and_then(|r| r.strip_prefix('/'))
         .map(str::to_owned);
-    let kind = el.attr("type");
-    let Some(p) = el.first_child() else {
-        return Some(error_reply(
-            &el,
-            ErrorType::Modify,
-            "bad-request",
-            None,
-            None,
-            false,
-        ));
-    };
-    Some(match (kind, &*p.name, &*p.ns) {
-        (Some("get"), "ping", ns::PING) => iq_result(&el, None),
-        (Some("set"), "session", ns::SESSION) => iq_result(&el, None),
+    Some(match iq {
+        Iq::Get(Payload::Ping) => iq_result(&el, None),
+        Iq::Set(Payload::Session) => iq_result(&el, None),
         // XEP-0030 for an account, as Prosody answers it: to the user and to contacts who see
         // the user's presence; to others as if there were no such account.
-        (Some("get"), "query", ns::DISCO_INFO)
-            if p.attr("node").is_none()
-                && may_see_presence(slave, &el, user, own_resource.is_some()).await =>
+        Iq::Get(Payload::DiscoInfo { node: None })
+            if may_see_presence(slave, &el, user, own_resource.is_some()).await =>
         {
             iq_result(
                 &el,
                 Some(disco_info("account", "registered", None, ACCOUNT_FEATURES)),
             )
         }
-        (Some("get"), "query", ns::LAST) => {
+        Iq::Get(Payload::Last) => {
             let may_see = may_see_presence(slave, &el, user, own_resource.is_some()).await;
             im::last::handle(slave, &el, user, may_see).await
         }
-        (_, "query", ns::ROSTER) => match own_resource {
-            Some(res) => im::roster::handle(slave, &el, user, &res).await,
-            // RFC 6121 §2.1.5: nobody else may see or change the roster.
-            None => error_reply(&el, ErrorType::Auth, "forbidden", None, None, false),
+        Iq::Get(Payload::Roster(query)) => match own_resource {
+            Some(res) => im::roster::get(slave, &el, query, user, &res).await,
+            None => forbidden_roster(&el),
         },
-        (_, "vCard", ns::VCARD) => {
-            im::vcard::handle(slave, &el, user, own_resource.is_some()).await
+        Iq::Set(Payload::Roster(query)) => match own_resource {
+            Some(_) => im::roster::set(slave, &el, query, user).await,
+            None => forbidden_roster(&el),
+        },
+        Iq::Get(Payload::VCard(_)) => im::vcard::get(slave, &el, user).await,
+        Iq::Set(Payload::VCard(vcard)) => {
+            im::vcard::set(slave, &el, vcard, user, own_resource.is_some()).await
         }
-        _ => error_reply(
-            &el,
-            ErrorType::Cancel,
-            "service-unavailable",
-            None,
-            None,
-            false,
-        ),
+        _ => StanzaError::new(ErrorCondition::ServiceUnavailable).reply_to(&el),
     })
+}
+
+/// RFC 6121 §2.1.5: nobody but the user may see or change the roster.
+fn forbidden_roster(iq: &Element) -> Element {
+    StanzaError::new(ErrorCondition::Forbidden).reply_to(iq)
 }

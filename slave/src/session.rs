@@ -10,7 +10,8 @@ use jabberfarm_net::shaper::Shaper;
 use jabberfarm_net::stream::{ReadError, XmlStream, new_id};
 use jabberfarm_proto::ns;
 use jabberfarm_proto::stanza::{
-    ErrorType, IqShape, Kind, error_reply, iq_result, iq_shape, is_error_or_result,
+    ErrorCondition, ErrorType, Iq, IqError, IqType, Kind, StanzaError, iq_result,
+    is_error_or_result,
 };
 use jabberfarm_proto::xml::{Condition, Element, StreamError, StreamEvent};
 use jid::{BareJid, FullJid, Jid, ResourcePart};
@@ -60,14 +61,10 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
                     .sessions
                     .bind(&username, res.as_str(), tx, closer.clone())
                 else {
-                    let e = error_reply(
-                        &l.iq,
-                        ErrorType::Wait,
-                        "resource-constraint",
-                        None,
-                        Some(TOO_MANY_RESOURCES),
-                        true,
-                    );
+                    let e = StanzaError::new(ErrorCondition::ResourceConstraint)
+                        .text(TOO_MANY_RESOURCES)
+                        .legacy()
+                        .reply_to(&l.iq);
                     let _ = stream.send(&e).await;
                     stream.close().await;
                     return;
@@ -79,14 +76,10 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
                 (jid, conn)
             }
             Err(_) => {
-                let e = error_reply(
-                    &l.iq,
-                    ErrorType::Modify,
-                    "not-acceptable",
-                    None,
-                    Some("invalid resource"),
-                    true,
-                );
+                let e = StanzaError::new(ErrorCondition::NotAcceptable)
+                    .text("invalid resource")
+                    .legacy()
+                    .reply_to(&l.iq);
                 let _ = stream.send(&e).await;
                 stream.close().await;
                 return;
@@ -188,20 +181,16 @@ async fn bind(
             let reply = if iq.child("session", ns::SESSION).is_some() {
                 iq_result(&iq, None)
             } else {
-                error_reply(
-                    &iq,
-                    ErrorType::Wait,
-                    "not-authorized",
-                    None,
-                    Some("bind a resource first"),
-                    false,
-                )
+                StanzaError::new(ErrorCondition::NotAuthorized)
+                    .typed(ErrorType::Wait)
+                    .text("bind a resource first")
+                    .reply_to(&iq)
             };
             stream.send(&reply).await.ok()?;
             continue;
         };
-        if iq.attr("type") != Some("set") {
-            let e = error_reply(&iq, ErrorType::Modify, "bad-request", None, None, false);
+        if IqType::of(&iq) != Some(IqType::Set) {
+            let e = StanzaError::new(ErrorCondition::BadRequest).reply_to(&iq);
             stream.send(&e).await.ok()?;
             continue;
         }
@@ -216,14 +205,9 @@ async fn bind(
                 Ok(r) => r,
                 Err(_) => {
                     // RFC 6120 §7.7.2.1
-                    let e = error_reply(
-                        &iq,
-                        ErrorType::Modify,
-                        "bad-request",
-                        None,
-                        Some("invalid resource"),
-                        false,
-                    );
+                    let e = StanzaError::new(ErrorCondition::BadRequest)
+                        .text("invalid resource")
+                        .reply_to(&iq);
                     stream.send(&e).await.ok()?;
                     continue;
                 }
@@ -235,14 +219,9 @@ async fn bind(
             .bind(user, res.as_str(), tx.clone(), closer.clone())
         else {
             // RFC 6120 §7.6.2.2; the client may unbind another resource or give up.
-            let e = error_reply(
-                &iq,
-                ErrorType::Wait,
-                "resource-constraint",
-                None,
-                Some(TOO_MANY_RESOURCES),
-                false,
-            );
+            let e = StanzaError::new(ErrorCondition::ResourceConstraint)
+                .text(TOO_MANY_RESOURCES)
+                .reply_to(&iq);
             stream.send(&e).await.ok()?;
             continue;
         };
@@ -370,7 +349,7 @@ impl Session {
             Some(Ok(j)) => Some(j),
             Some(Err(_)) => {
                 if !is_error_or_result(&el) {
-                    let e = error_reply(&el, ErrorType::Modify, "jid-malformed", None, None, false);
+                    let e = StanzaError::new(ErrorCondition::JidMalformed).reply_to(&el);
                     send_to_client(stream, e).await?;
                 }
                 return Ok(());
@@ -378,18 +357,13 @@ impl Session {
         };
         if kind == Kind::Iq {
             // RFC 6120 §8.1.3, §8.2.3, here where client stanzas enter: for IQs to anyone.
-            match iq_shape(&el) {
-                IqShape::Valid => {}
-                IqShape::Drop => return Ok(()),
-                IqShape::BadRequest(text) => {
-                    let e = error_reply(
-                        &el,
-                        ErrorType::Modify,
-                        "bad-request",
-                        None,
-                        Some(text),
-                        false,
-                    );
+            match Iq::parse(&el) {
+                Ok(_) => {}
+                Err(IqError::Drop) => return Ok(()),
+                Err(IqError::BadRequest(text)) => {
+                    let e = StanzaError::new(ErrorCondition::BadRequest)
+                        .text(text)
+                        .reply_to(&el);
                     return send_to_client(stream, e).await;
                 }
             }

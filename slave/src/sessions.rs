@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use jabberfarm_proto::routing::{RoutingTable, normalize_localpart};
-use jabberfarm_proto::stanza::{ErrorType, Kind, error_reply, is_error_or_result};
+use jabberfarm_proto::stanza::{
+    ErrorCondition, Kind, MessageType, StanzaError, is_error_or_result,
+};
 use jabberfarm_proto::xml::{Element, StreamError};
 use jid::Jid;
 use tokio::sync::mpsc;
@@ -495,7 +497,9 @@ impl Sessions {
                 }
                 (None, Some(_), Kind::Presence) => return None,
                 // §8.5.2.1.3: groupchat to a user's bare JID is an error.
-                (None, _, Kind::Message) if stanza.attr("type") == Some("groupchat") => {
+                (None, _, Kind::Message)
+                    if MessageType::of(&stanza) == Some(MessageType::Groupchat) =>
+                {
                     return unavailable(&stanza, "groupchat messages go to rooms");
                 }
                 (None, _, Kind::Message) => bare_message_targets(&stanza, list)?,
@@ -513,7 +517,10 @@ impl Sessions {
             // Offline storage (XEP-0160) is decided by the caller before delivery.
             return match kind {
                 Kind::Message
-                    if matches!(stanza.attr("type"), None | Some("normal") | Some("chat")) =>
+                    if matches!(
+                        MessageType::of(&stanza),
+                        Some(MessageType::Normal | MessageType::Chat)
+                    ) =>
                 {
                     unavailable(&stanza, "the recipient is not online")
                 }
@@ -555,14 +562,11 @@ impl Sessions {
             {
                 debug!(user, "session queue full");
                 if reply.is_none() && !is_error_or_result(&el) {
-                    reply = Some(error_reply(
-                        &el,
-                        ErrorType::Wait,
-                        "resource-constraint",
-                        None,
-                        Some("the recipient's queue is full"),
-                        false,
-                    ));
+                    reply = Some(
+                        StanzaError::new(ErrorCondition::ResourceConstraint)
+                            .text("the recipient's queue is full")
+                            .reply_to(&el),
+                    );
                 }
             }
         }
@@ -576,10 +580,10 @@ fn bare_message_targets(
     list: &[Resource],
 ) -> Option<Vec<mpsc::Sender<Outgoing>>> {
     let candidates = list.iter().filter(|r| r.available && r.priority >= 0);
-    match stanza.attr("type").unwrap_or("normal") {
+    match MessageType::of(stanza) {
         // §8.5.2.1.1: the most available resource(s); we deliver to every resource that
         // shares the highest priority.
-        "normal" | "chat" => {
+        Some(MessageType::Normal | MessageType::Chat) => {
             let top = candidates.clone().map(|r| r.priority).max();
             Some(
                 candidates
@@ -589,7 +593,7 @@ fn bare_message_targets(
             )
         }
         // §8.5.2.1.2: all available resources with non-negative priority.
-        "headline" => Some(candidates.map(|r| r.tx.clone()).collect()),
+        Some(MessageType::Headline) => Some(candidates.map(|r| r.tx.clone()).collect()),
         // §8.5.2.1.4: errors are dropped; groupchat is answered by the caller.
         _ => None,
     }
@@ -605,17 +609,9 @@ pub fn priority_of(presence: &Element) -> i8 {
 }
 
 fn unavailable(stanza: &Element, text: &str) -> Option<Element> {
-    if is_error_or_result(stanza) {
-        return None;
-    }
-    Some(error_reply(
-        stanza,
-        ErrorType::Cancel,
-        "service-unavailable",
-        None,
-        Some(text),
-        false,
-    ))
+    StanzaError::new(ErrorCondition::ServiceUnavailable)
+        .text(text)
+        .answer(stanza)
 }
 
 #[cfg(test)]

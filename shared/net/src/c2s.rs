@@ -21,7 +21,7 @@ use jabberfarm_proto::ns;
 use jabberfarm_proto::routing::normalize_localpart;
 use jabberfarm_proto::sasl::{self, Mechanism, SaslError, ScramServer};
 use jabberfarm_proto::scram::{ScramCredentials, ScramHash};
-use jabberfarm_proto::stanza::{ErrorType, error_reply, iq_result};
+use jabberfarm_proto::stanza::{ErrorCondition, ErrorType, IqType, StanzaError, iq_result};
 use jabberfarm_proto::xml::{Condition, Element, ParserLimits, StreamError, StreamEvent};
 
 /// What a listener needs to negotiate a client stream.
@@ -774,8 +774,12 @@ async fn legacy_auth(
     policy: &dyn LoginPolicy,
     direct_tls: bool,
 ) -> Step {
-    let reply_err = |cond: &str, etype: ErrorType, text: &str| {
-        error_reply(iq, etype, cond, None, Some(text), true)
+    let reply_err = |cond: ErrorCondition, etype: ErrorType, text: &str| {
+        StanzaError::new(cond)
+            .typed(etype)
+            .text(text)
+            .legacy()
+            .reply_to(iq)
     };
     let Some(query) = iq.first_child() else {
         return Step::Continue;
@@ -786,9 +790,13 @@ async fn legacy_auth(
             .map(|e| e.text())
             .filter(|t| !t.is_empty())
     };
-    let kind = iq.attr("type").unwrap_or("");
+    let kind = IqType::of(iq);
     if (s.tls_required || s.plain_only) && !stream.secure {
-        let e = reply_err("policy-violation", ErrorType::Auth, "use STARTTLS first");
+        let e = reply_err(
+            ErrorCondition::PolicyViolation,
+            ErrorType::Auth,
+            "use STARTTLS first",
+        );
         return if stream.send(&e).await.is_ok() {
             Step::Continue
         } else {
@@ -799,7 +807,11 @@ async fn legacy_auth(
     let user = match username.as_deref().map(normalize_localpart) {
         Some(Ok(u)) => Some(u),
         Some(Err(_)) => {
-            let e = reply_err("not-authorized", ErrorType::Auth, "invalid username");
+            let e = reply_err(
+                ErrorCondition::NotAuthorized,
+                ErrorType::Auth,
+                "invalid username",
+            );
             let _ = stream.send(&e).await;
             return Step::Continue;
         }
@@ -810,28 +822,25 @@ async fn legacy_auth(
         return Step::Relay(node.clone(), u.clone(), *reason, iq.clone());
     }
     if let (Some(u), Some(LoginRoute::Unavailable(text))) = (&user, &route) {
-        let e = reply_err("remote-server-timeout", ErrorType::Wait, text);
+        let e = reply_err(ErrorCondition::RemoteServerTimeout, ErrorType::Wait, text);
         let _ = stream.send(&e).await;
         return unavailable(stream, s, u, text.clone()).await;
     }
     if let (Some(u), Some(LoginRoute::Redirect(addr))) = (&user, route) {
         // DESIGN.md D1. COMPAT: RFC 6120 wants a URI in <redirect/>; the seed's clients
         // expect the bare HOST:PORT.
-        let e = error_reply(
-            iq,
-            ErrorType::Modify,
-            "redirect",
-            Some(&addr),
-            Some(&format!("{u} is served by {addr}; log in there")),
-            true,
-        );
+        let e = StanzaError::new(ErrorCondition::Redirect)
+            .content(&addr)
+            .text(&format!("{u} is served by {addr}; log in there"))
+            .legacy()
+            .reply_to(iq);
         if stream.send(&e).await.is_err() {
             return Step::Closed;
         }
         return redirect(stream, s, u, &addr).await;
     }
     match kind {
-        "get" => {
+        Some(IqType::Get) => {
             let mut q = Element::new("query", ns::IQ_AUTH);
             q = q.with_child(
                 Element::new("username", ns::IQ_AUTH).with_text(username.unwrap_or_default()),
@@ -845,12 +854,12 @@ async fn legacy_auth(
             // Asking is not a failed attempt.
             Step::Asked
         }
-        "set" => {
+        Some(IqType::Set) => {
             let (Some(user), Some(password), Some(resource)) =
                 (user, field("password"), field("resource"))
             else {
                 let e = reply_err(
-                    "not-acceptable",
+                    ErrorCondition::NotAcceptable,
                     ErrorType::Modify,
                     "username, password and resource are required",
                 );
@@ -858,14 +867,22 @@ async fn legacy_auth(
                 return Step::Continue;
             };
             let Some(store) = policy.accounts() else {
-                let e = reply_err("service-unavailable", ErrorType::Cancel, "no accounts here");
+                let e = reply_err(
+                    ErrorCondition::ServiceUnavailable,
+                    ErrorType::Cancel,
+                    "no accounts here",
+                );
                 let _ = stream.send(&e).await;
                 return Step::Continue;
             };
             let ip = stream.peer.map(|p| p.ip());
             if let Some(too_soon) = s.guard.check(ip, &user, Instant::now()) {
                 debug!(user, peer = ?stream.peer, "login refused: {}", wait_text(&too_soon));
-                let e = reply_err("policy-violation", ErrorType::Wait, &wait_text(&too_soon));
+                let e = reply_err(
+                    ErrorCondition::PolicyViolation,
+                    ErrorType::Wait,
+                    &wait_text(&too_soon),
+                );
                 let _ = stream.send(&e).await;
                 return Step::Continue;
             }
@@ -888,7 +905,7 @@ async fn legacy_auth(
                 }
                 Ok(false) => {
                     let e = reply_err(
-                        "not-authorized",
+                        ErrorCondition::NotAuthorized,
                         ErrorType::Auth,
                         "wrong username or password",
                     );
@@ -897,7 +914,7 @@ async fn legacy_auth(
                 }
                 Err(_) => {
                     let e = reply_err(
-                        "service-unavailable",
+                        ErrorCondition::ServiceUnavailable,
                         ErrorType::Wait,
                         "the account store is unavailable; try again later",
                     );
@@ -908,7 +925,7 @@ async fn legacy_auth(
         }
         _ => {
             let e = reply_err(
-                "bad-request",
+                ErrorCondition::BadRequest,
                 ErrorType::Modify,
                 "iq:auth needs type get or set",
             );

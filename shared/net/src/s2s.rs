@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use jabberfarm_proto::dialback::{dialback_key, domain_of, rewrite_internal, set_stanza_ns};
 use jabberfarm_proto::ns;
-use jabberfarm_proto::stanza::{ErrorType, error_reply, is_error_or_result};
+use jabberfarm_proto::stanza::{ErrorCondition, StanzaError};
 use jabberfarm_proto::xml::{Element, ParserLimits, StreamEvent};
 
 use crate::stream::{ReadError, XmlStream};
@@ -112,11 +112,11 @@ pub enum OpenError {
 
 impl OpenError {
     /// The stanza error condition for stanzas that could not go out (RFC 6120 §8.3.3).
-    pub fn condition(&self) -> &'static str {
+    pub fn condition(&self) -> ErrorCondition {
         match self {
-            OpenError::NotFound(_) => "remote-server-not-found",
-            OpenError::Timeout => "remote-server-timeout",
-            OpenError::Failed(_) => "remote-server-not-found",
+            OpenError::NotFound(_) => ErrorCondition::RemoteServerNotFound,
+            OpenError::Timeout => ErrorCondition::RemoteServerTimeout,
+            OpenError::Failed(_) => ErrorCondition::RemoteServerNotFound,
         }
     }
 }
@@ -268,12 +268,9 @@ impl Outbound {
                          (s2s.max_domains); refused",
                         queues.len()
                     );
-                    return bounce(
-                        &el,
-                        ErrorType::Wait,
-                        "resource-constraint",
-                        "too many remote servers are being contacted at once",
-                    );
+                    return StanzaError::new(ErrorCondition::ResourceConstraint)
+                        .text("too many remote servers are being contacted at once")
+                        .answer(&el);
                 }
                 None => {
                     let (tx, rx) = mpsc::channel(self.settings.queue);
@@ -288,12 +285,9 @@ impl Outbound {
             match tx.try_send(el) {
                 Ok(()) => return None,
                 Err(mpsc::error::TrySendError::Full(back)) => {
-                    return bounce(
-                        &back,
-                        ErrorType::Wait,
-                        "resource-constraint",
-                        "too many stanzas waiting for that server",
-                    );
+                    return StanzaError::new(ErrorCondition::ResourceConstraint)
+                        .text("too many stanzas waiting for that server")
+                        .answer(&back);
                 }
                 // The worker ended between lookups: start a new one.
                 Err(mpsc::error::TrySendError::Closed(back)) => {
@@ -372,7 +366,7 @@ impl Outbound {
             &remote,
             &mut rx,
             &own,
-            "remote-server-timeout",
+            ErrorCondition::RemoteServerTimeout,
             "the connection to the remote server was lost",
         )
         .await;
@@ -424,7 +418,7 @@ impl Outbound {
         remote: &str,
         rx: &mut mpsc::Receiver<Element>,
         own: &mpsc::WeakSender<Element>,
-        condition: &str,
+        condition: ErrorCondition,
         text: &str,
     ) {
         {
@@ -439,18 +433,11 @@ impl Outbound {
         }
         rx.close();
         while let Ok(el) = rx.try_recv() {
-            if let Some(b) = bounce(&el, ErrorType::Cancel, condition, text) {
+            if let Some(b) = StanzaError::new(condition).text(text).answer(&el) {
                 let _ = self.bounces.send(b).await;
             }
         }
     }
-}
-
-fn bounce(el: &Element, etype: ErrorType, condition: &str, text: &str) -> Option<Element> {
-    if is_error_or_result(el) {
-        return None;
-    }
-    Some(error_reply(el, etype, condition, None, Some(text), false))
 }
 
 /// A verifier that accepts any certificate: on s2s, dialback authenticates the peer; TLS only

@@ -4,7 +4,7 @@
 //! the status text of that unavailable presence; anyone else gets `<forbidden/>`.
 
 use jabberfarm_proto::ns;
-use jabberfarm_proto::stanza::{ErrorType, error_reply, iq_result};
+use jabberfarm_proto::stanza::{ErrorCondition, StanzaError, iq_result};
 use jabberfarm_proto::xml::Element;
 
 use super::vcard::backend_error;
@@ -15,7 +15,7 @@ use jabberfarm_store::im::LastStore;
 /// may see the user's presence.
 pub async fn handle(slave: &Slave, iq: &Element, user: &str, may_see: bool) -> Element {
     if !may_see {
-        return error_reply(iq, ErrorType::Auth, "forbidden", None, None, false);
+        return StanzaError::new(ErrorCondition::Forbidden).reply_to(iq);
     }
     if !slave.sessions.available(user).is_empty() {
         return iq_result(iq, Some(query(0, "")));
@@ -25,14 +25,9 @@ pub async fn handle(slave: &Slave, iq: &Element, user: &str, may_see: bool) -> E
             let seconds = (super::now_ms() - l.stamp_ms).max(0) / 1000;
             iq_result(iq, Some(query(seconds as u64, &l.status)))
         }
-        Ok(None) => error_reply(
-            iq,
-            ErrorType::Cancel,
-            "item-not-found",
-            None,
-            Some("no logout recorded for this user"),
-            false,
-        ),
+        Ok(None) => StanzaError::new(ErrorCondition::ItemNotFound)
+            .text("no logout recorded for this user")
+            .reply_to(iq),
         Err(e) => backend_error(iq, &e),
     }
 }

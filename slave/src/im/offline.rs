@@ -4,7 +4,7 @@
 //! priority.
 
 use jabberfarm_proto::ns;
-use jabberfarm_proto::stanza::{ErrorType, error_reply};
+use jabberfarm_proto::stanza::{ErrorCondition, ErrorType, MessageType, StanzaError};
 use jabberfarm_proto::xml::{Element, parse_element};
 use jabberfarm_store::accounts::Existence;
 use jid::FullJid;
@@ -19,10 +19,12 @@ const DELIVER_MAX: usize = 1000;
 /// Whether a message for a user with no available resource is kept (XEP-0160 §3: chat and
 /// normal; headline, groupchat and error are not).
 pub fn wants_storage(msg: &Element) -> bool {
-    matches!(msg.attr("type"), None | Some("normal") | Some("chat"))
-        && msg
-            .children()
-            .any(|c| c.name == "body" || c.name == "subject")
+    matches!(
+        MessageType::of(msg),
+        Some(MessageType::Normal | MessageType::Chat)
+    ) && msg
+        .children()
+        .any(|c| c.name == "body" || c.name == "subject")
 }
 
 /// A message that [`wants_storage`], for local user `user` (at `resource`, if given): to the
@@ -57,25 +59,15 @@ async fn store(slave: &Slave, user: &str, msg: Element) -> Option<Element> {
     match exists {
         Ok(true) => {}
         Ok(false) => {
-            return Some(error_reply(
-                &msg,
-                ErrorType::Cancel,
-                "service-unavailable",
-                None,
-                None,
-                false,
-            ));
+            return Some(StanzaError::new(ErrorCondition::ServiceUnavailable).reply_to(&msg));
         }
         Err(e) => {
             warn!(user, "account store unavailable: {e}");
-            return Some(error_reply(
-                &msg,
-                ErrorType::Wait,
-                "internal-server-error",
-                None,
-                None,
-                false,
-            ));
+            return Some(
+                StanzaError::new(ErrorCondition::InternalServerError)
+                    .typed(ErrorType::Wait)
+                    .reply_to(&msg),
+            );
         }
     }
     let mut xml = String::new();
@@ -91,24 +83,19 @@ async fn store(slave: &Slave, user: &str, msg: Element) -> Option<Element> {
         .await
     {
         Ok(Stored::Stored) => None,
-        Ok(Stored::QuotaFull) => Some(error_reply(
-            &msg,
-            ErrorType::Wait,
-            "service-unavailable",
-            None,
-            Some("the recipient's offline storage is full"),
-            false,
-        )),
+        Ok(Stored::QuotaFull) => Some(
+            StanzaError::new(ErrorCondition::ServiceUnavailable)
+                .typed(ErrorType::Wait)
+                .text("the recipient's offline storage is full")
+                .reply_to(&msg),
+        ),
         Err(e) => {
             warn!(user, "cannot store an offline message: {e}");
-            Some(error_reply(
-                &msg,
-                ErrorType::Wait,
-                "internal-server-error",
-                None,
-                None,
-                false,
-            ))
+            Some(
+                StanzaError::new(ErrorCondition::InternalServerError)
+                    .typed(ErrorType::Wait)
+                    .reply_to(&msg),
+            )
         }
     }
 }

@@ -7,7 +7,7 @@
 //! answers to probes, delivery.
 
 use jabberfarm_proto::ns;
-use jabberfarm_proto::stanza::{ErrorType, error_reply};
+use jabberfarm_proto::stanza::{ErrorCondition, PresenceType, StanzaError};
 use jabberfarm_proto::xml::Element;
 use jid::{BareJid, FullJid, Jid};
 use tracing::warn;
@@ -35,33 +35,35 @@ pub const MAX_DIRECTED: usize = 1000;
 /// Returns stanzas for the session itself (offline messages, pending subscription requests)
 /// after an initial presence.
 pub async fn outbound(slave: &Slave, me: &FullJid, user: &str, mut el: Element) -> Vec<Element> {
-    let kind = el.attr("type").unwrap_or("available").to_owned();
+    let Some(kind) = PresenceType::of(&el) else {
+        // Not presence RFC 6121 defines.
+        return Vec::new();
+    };
     let to = el.attr("to").map(str::to_owned);
-    match (kind.as_str(), to) {
-        ("available" | "unavailable", None) => broadcast(slave, me, user, el).await,
-        ("available" | "unavailable", Some(to)) => {
+    match (kind, to) {
+        (PresenceType::Available | PresenceType::Unavailable, None) => {
+            broadcast(slave, me, user, el).await
+        }
+        (PresenceType::Available | PresenceType::Unavailable, Some(to)) => {
             // Directed presence (§4.6): remembered so unavailable follows it.
             let noted = slave.sessions.note_directed(
                 user,
                 me.resource().as_str(),
                 &to,
-                kind == "available",
+                kind == PresenceType::Available,
                 MAX_DIRECTED,
             );
             if !noted {
-                return vec![error_reply(
-                    &el,
-                    ErrorType::Wait,
-                    "resource-constraint",
-                    None,
-                    Some("too many directed presences from this resource"),
-                    false,
-                )];
+                return vec![
+                    StanzaError::new(ErrorCondition::ResourceConstraint)
+                        .text("too many directed presences from this resource")
+                        .reply_to(&el),
+                ];
             }
             slave.route(el, Origin::Local).await;
             Vec::new()
         }
-        ("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed", Some(to)) => {
+        (kind, Some(to)) if kind.is_subscription() => {
             let Ok(contact) = Jid::new(&to).map(|j| j.to_bare()) else {
                 return Vec::new();
             };
@@ -70,7 +72,7 @@ pub async fn outbound(slave: &Slave, me: &FullJid, user: &str, mut el: Element) 
             el.set_attr("from", &from);
             el.set_attr("to", contact.to_string());
             // An error for the sender (the roster is full) goes straight back to it.
-            match subscription_out(slave, user, &from, &contact, &kind, el).await {
+            match subscription_out(slave, user, &from, &contact, kind, el).await {
                 Some(mut e) => {
                     e.set_attr("to", me.to_string());
                     vec![e]
@@ -209,7 +211,7 @@ async fn subscription_out(
     user: &str,
     from: &str,
     contact: &BareJid,
-    kind: &str,
+    kind: PresenceType,
     el: Element,
 ) -> Option<Element> {
     let c = contact.to_string();
@@ -221,18 +223,15 @@ async fn subscription_out(
         }
     };
     let had_item = item.is_some();
-    if !had_item && matches!(kind, "subscribe" | "subscribed") {
+    if !had_item && matches!(kind, PresenceType::Subscribe | PresenceType::Subscribed) {
         // A new contact is a new roster item: the roster cap holds here as for roster sets.
         match slave.im.item_count(user).await {
             Ok(n) if n >= super::roster::MAX_ITEMS => {
-                return Some(error_reply(
-                    &el,
-                    ErrorType::Wait,
-                    "resource-constraint",
-                    None,
-                    Some("the roster is full"),
-                    false,
-                ));
+                return Some(
+                    StanzaError::new(ErrorCondition::ResourceConstraint)
+                        .text("the roster is full")
+                        .reply_to(&el),
+                );
             }
             Ok(_) => {}
             Err(e) => {
@@ -245,12 +244,12 @@ async fn subscription_out(
     let before = item.clone();
     let mut forward = true;
     match kind {
-        "subscribe" => {
+        PresenceType::Subscribe => {
             if !item.subscription.has_to() {
                 item.ask = true;
             }
         }
-        "subscribed" => {
+        PresenceType::Subscribed => {
             let pending = slave.im.remove_pending_in(user, &c).await.unwrap_or(false);
             if item.subscription.has_from() {
                 forward = false;
@@ -263,18 +262,19 @@ async fn subscription_out(
                 forward = false;
             }
         }
-        "unsubscribe" => {
+        PresenceType::Unsubscribe => {
             item.subscription = Subscription::from_parts(false, item.subscription.has_from());
             item.ask = false;
         }
-        "unsubscribed" => {
+        PresenceType::Unsubscribed => {
             let _ = slave.im.remove_pending_in(user, &c).await;
             item.subscription = Subscription::from_parts(item.subscription.has_to(), false);
             item.approved = false;
         }
         _ => return None,
     }
-    if item != before || (!had_item && kind != "unsubscribe" && kind != "unsubscribed") {
+    let removal = matches!(kind, PresenceType::Unsubscribe | PresenceType::Unsubscribed);
+    if item != before || (!had_item && !removal) {
         match super::roster::store_item(slave, user, &item).await {
             Ok(ver) => push_item(slave, user, &item, ver, false),
             Err(e) => warn!(user, "roster unavailable: {e}"),
@@ -285,7 +285,7 @@ async fn subscription_out(
     }
     match kind {
         // §3.1.5: once subscribed, the contact gets our current presence.
-        "subscribed" if forward => {
+        PresenceType::Subscribed if forward => {
             for s in slave.sessions.available(user) {
                 if let Some(mut p) = s.presence {
                     p.set_attr("to", &c);
@@ -294,7 +294,7 @@ async fn subscription_out(
             }
         }
         // §3.2.2: and on cancelling, unavailable from each resource.
-        "unsubscribed" => {
+        PresenceType::Unsubscribed => {
             for s in slave.sessions.available(user) {
                 let p = Element::new("presence", ns::CLIENT)
                     .with_attr("type", "unavailable")
@@ -316,15 +316,15 @@ pub async fn inbound(
     user: &str,
     resource: Option<&str>,
 ) -> Option<Element> {
-    let kind = el.attr("type").unwrap_or("available");
+    let kind = PresenceType::of(&el);
     let from = el.attr("from").and_then(|f| Jid::new(f).ok())?;
     let contact = from.to_bare().to_string();
     match kind {
-        "subscribe" | "subscribed" | "unsubscribe" | "unsubscribed" => {
+        Some(kind) if kind.is_subscription() => {
             subscription_in(slave, el.clone(), user, &contact, kind).await;
             None
         }
-        "probe" => {
+        Some(PresenceType::Probe) => {
             probe(slave, user, &contact, &from).await;
             None
         }
@@ -333,7 +333,13 @@ pub async fn inbound(
 }
 
 /// The contact's half of the state machine (§3.1.3, §3.1.6, §3.2.3, §3.3.3).
-async fn subscription_in(slave: &Slave, el: Element, user: &str, contact: &str, kind: &str) {
+async fn subscription_in(
+    slave: &Slave,
+    el: Element,
+    user: &str,
+    contact: &str,
+    kind: PresenceType,
+) {
     let item = match slave.im.item(user, contact).await {
         Ok(i) => i,
         Err(e) => {
@@ -344,20 +350,26 @@ async fn subscription_in(slave: &Slave, el: Element, user: &str, contact: &str, 
     let own = bare(user, &slave.sessions.domain);
     let deliver = |el: Element| slave.sessions.deliver_subscription(user, el);
     match (kind, item) {
-        ("subscribe", Some(i)) if i.subscription.has_from() => {
+        (PresenceType::Subscribe, Some(i)) if i.subscription.has_from() => {
             // Already subscribed: answer for the user (§3.1.3).
             slave
-                .route(subscription(&own, contact, "subscribed"), Origin::Local)
+                .route(
+                    subscription(&own, contact, PresenceType::Subscribed),
+                    Origin::Local,
+                )
                 .await;
         }
-        ("subscribe", Some(mut i)) if i.approved => {
+        (PresenceType::Subscribe, Some(mut i)) if i.approved => {
             i.subscription = Subscription::from_parts(i.subscription.has_to(), true);
             i.approved = false;
             if let Ok(ver) = super::roster::store_item(slave, user, &i).await {
                 push_item(slave, user, &i, ver, false);
             }
             slave
-                .route(subscription(&own, contact, "subscribed"), Origin::Local)
+                .route(
+                    subscription(&own, contact, PresenceType::Subscribed),
+                    Origin::Local,
+                )
                 .await;
             for s in slave.sessions.available(user) {
                 if let Some(mut p) = s.presence {
@@ -366,7 +378,7 @@ async fn subscription_in(slave: &Slave, el: Element, user: &str, contact: &str, 
                 }
             }
         }
-        ("subscribe", _) => {
+        (PresenceType::Subscribe, _) => {
             // Kept until answered, delivered now to whoever is online (§3.1.3).
             let mut xml = String::new();
             el.write_to(&mut xml, ns::CLIENT);
@@ -378,14 +390,9 @@ async fn subscription_in(slave: &Slave, el: Element, user: &str, contact: &str, 
                 Ok(true) => {}
                 Ok(false) => {
                     // Bounded like the roster: the requester learns it, the user gets nothing.
-                    let e = error_reply(
-                        &el,
-                        ErrorType::Wait,
-                        "resource-constraint",
-                        None,
-                        Some("too many subscription requests are waiting for this user"),
-                        false,
-                    );
+                    let e = StanzaError::new(ErrorCondition::ResourceConstraint)
+                        .text("too many subscription requests are waiting for this user")
+                        .reply_to(&el);
                     slave.route(e, Origin::Local).await;
                     return;
                 }
@@ -393,7 +400,7 @@ async fn subscription_in(slave: &Slave, el: Element, user: &str, contact: &str, 
             }
             deliver(el);
         }
-        ("subscribed", Some(mut i)) if i.ask => {
+        (PresenceType::Subscribed, Some(mut i)) if i.ask => {
             i.subscription = Subscription::from_parts(true, i.subscription.has_from());
             i.ask = false;
             if let Ok(ver) = super::roster::store_item(slave, user, &i).await {
@@ -401,18 +408,18 @@ async fn subscription_in(slave: &Slave, el: Element, user: &str, contact: &str, 
             }
             deliver(el);
         }
-        ("unsubscribe", Some(mut i)) if i.subscription.has_from() => {
+        (PresenceType::Unsubscribe, Some(mut i)) if i.subscription.has_from() => {
             i.subscription = Subscription::from_parts(i.subscription.has_to(), false);
             if let Ok(ver) = super::roster::store_item(slave, user, &i).await {
                 push_item(slave, user, &i, ver, false);
             }
             deliver(el);
         }
-        ("unsubscribe", _) => {
+        (PresenceType::Unsubscribe, _) => {
             // A request withdrawn before it was answered.
             let _ = slave.im.remove_pending_in(user, contact).await;
         }
-        ("unsubscribed", Some(mut i)) if i.subscription.has_to() || i.ask => {
+        (PresenceType::Unsubscribed, Some(mut i)) if i.subscription.has_to() || i.ask => {
             i.subscription = Subscription::from_parts(false, i.subscription.has_from());
             i.ask = false;
             if let Ok(ver) = super::roster::store_item(slave, user, &i).await {

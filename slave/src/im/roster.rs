@@ -3,7 +3,7 @@
 
 use jabberfarm_net::stream::new_id;
 use jabberfarm_proto::ns;
-use jabberfarm_proto::stanza::{ErrorType, error_reply, iq_result};
+use jabberfarm_proto::stanza::{ErrorCondition, PresenceType, StanzaError, iq_result};
 use jabberfarm_proto::xml::Element;
 use jabberfarm_store::accounts::StoreError;
 use jid::BareJid;
@@ -37,50 +37,43 @@ pub fn item_element(item: &RosterItem) -> Element {
     e
 }
 
-/// A roster IQ from the user's own session (`resource`).
-pub async fn handle(slave: &Slave, iq: &Element, user: &str, resource: &str) -> Element {
-    let Some(query) = iq.child("query", ns::ROSTER) else {
-        return error_reply(iq, ErrorType::Modify, "bad-request", None, None, false);
-    };
-    match iq.attr("type") {
-        Some("get") => {
-            slave.sessions.set_interested(user, resource);
-            match slave.im.roster(user).await {
-                Ok((version, items)) => {
-                    let ver = version.to_string();
-                    // §2.6.3: an unchanged roster is an empty result; pushes follow for changes.
-                    if query.attr("ver") == Some(ver.as_str()) {
-                        return iq_result(iq, None);
-                    }
-                    let mut q = Element::new("query", ns::ROSTER).with_attr("ver", ver);
-                    for item in &items {
-                        q = q.with_child(item_element(item));
-                    }
-                    iq_result(iq, Some(q))
-                }
-                Err(e) => backend_error(iq, &e),
+/// A roster get from the user's own session (`resource`): the roster, or nothing new since the
+/// version the client has (§2.6.3); the session is interested in pushes from now on.
+pub async fn get(
+    slave: &Slave,
+    iq: &Element,
+    query: &Element,
+    user: &str,
+    resource: &str,
+) -> Element {
+    slave.sessions.set_interested(user, resource);
+    match slave.im.roster(user).await {
+        Ok((version, items)) => {
+            let ver = version.to_string();
+            // §2.6.3: an unchanged roster is an empty result; pushes follow for changes.
+            if query.attr("ver") == Some(ver.as_str()) {
+                return iq_result(iq, None);
             }
+            let mut q = Element::new("query", ns::ROSTER).with_attr("ver", ver);
+            for item in &items {
+                q = q.with_child(item_element(item));
+            }
+            iq_result(iq, Some(q))
         }
-        Some("set") => set(slave, iq, query, user).await,
-        _ => error_reply(iq, ErrorType::Modify, "bad-request", None, None, false),
+        Err(e) => backend_error(iq, &e),
     }
 }
 
 /// §2.3 (add/update) and §2.5 (remove).
-async fn set(slave: &Slave, iq: &Element, query: &Element, user: &str) -> Element {
+pub async fn set(slave: &Slave, iq: &Element, query: &Element, user: &str) -> Element {
     let items: Vec<&Element> = query
         .children()
         .filter(|c| c.is("item", ns::ROSTER))
         .collect();
     let bad = |text: &str| {
-        error_reply(
-            iq,
-            ErrorType::Modify,
-            "bad-request",
-            None,
-            Some(text),
-            false,
-        )
+        StanzaError::new(ErrorCondition::BadRequest)
+            .text(text)
+            .reply_to(iq)
     };
     let [item] = items.as_slice() else {
         return bad("a roster set carries exactly one item");
@@ -96,7 +89,7 @@ async fn set(slave: &Slave, iq: &Element, query: &Element, user: &str) -> Elemen
     if item.attr("subscription") == Some("remove") {
         let Some(old) = existing else {
             // §2.5.3
-            return error_reply(iq, ErrorType::Cancel, "item-not-found", None, None, false);
+            return StanzaError::new(ErrorCondition::ItemNotFound).reply_to(iq);
         };
         match slave.im.remove_item(user, &contact).await {
             Ok(Some(ver)) => {
@@ -112,12 +105,18 @@ async fn set(slave: &Slave, iq: &Element, query: &Element, user: &str) -> Elemen
         let from = bare(user, &slave.sessions.domain);
         if old.subscription.has_to() || old.ask {
             slave
-                .route(subscription(&from, &contact, "unsubscribe"), Origin::Local)
+                .route(
+                    subscription(&from, &contact, PresenceType::Unsubscribe),
+                    Origin::Local,
+                )
                 .await;
         }
         if old.subscription.has_from() {
             slave
-                .route(subscription(&from, &contact, "unsubscribed"), Origin::Local)
+                .route(
+                    subscription(&from, &contact, PresenceType::Unsubscribed),
+                    Origin::Local,
+                )
                 .await;
         }
         return iq_result(iq, None);
@@ -127,28 +126,18 @@ async fn set(slave: &Slave, iq: &Element, query: &Element, user: &str) -> Elemen
         .filter(|n| !n.is_empty())
         .map(str::to_owned);
     if name.as_ref().is_some_and(|n| n.len() > MAX_NAME) {
-        return error_reply(
-            iq,
-            ErrorType::Modify,
-            "not-acceptable",
-            None,
-            Some("name too long"),
-            false,
-        );
+        return StanzaError::new(ErrorCondition::NotAcceptable)
+            .text("name too long")
+            .reply_to(iq);
     }
     let mut groups: Vec<String> = Vec::new();
     for g in item.children().filter(|c| c.is("group", ns::ROSTER)) {
         let t = g.text();
         // §2.3.3: empty or duplicate groups are errors.
         if t.is_empty() || t.len() > MAX_NAME {
-            return error_reply(
-                iq,
-                ErrorType::Modify,
-                "not-acceptable",
-                None,
-                Some("empty or too long group"),
-                false,
-            );
+            return StanzaError::new(ErrorCondition::NotAcceptable)
+                .text("empty or too long group")
+                .reply_to(iq);
         }
         if groups.contains(&t) {
             return bad("duplicate group");
@@ -156,28 +145,18 @@ async fn set(slave: &Slave, iq: &Element, query: &Element, user: &str) -> Elemen
         groups.push(t);
     }
     if groups.len() > MAX_GROUPS {
-        return error_reply(
-            iq,
-            ErrorType::Modify,
-            "not-acceptable",
-            None,
-            Some("too many groups"),
-            false,
-        );
+        return StanzaError::new(ErrorCondition::NotAcceptable)
+            .text("too many groups")
+            .reply_to(iq);
     }
     let mut new = match existing {
         Some(i) => i,
         None => {
             match slave.im.item_count(user).await {
                 Ok(n) if n >= MAX_ITEMS => {
-                    return error_reply(
-                        iq,
-                        ErrorType::Wait,
-                        "resource-constraint",
-                        None,
-                        Some("the roster is full"),
-                        false,
-                    );
+                    return StanzaError::new(ErrorCondition::ResourceConstraint)
+                        .text("the roster is full")
+                        .reply_to(iq);
                 }
                 Err(e) => return backend_error(iq, &e),
                 _ => {}
@@ -221,11 +200,11 @@ pub fn push_item(slave: &Slave, user: &str, item: &RosterItem, version: u64, rem
 }
 
 /// A subscription-related presence from a bare JID to a bare JID.
-pub fn subscription(from: &str, to: &str, kind: &str) -> Element {
+pub fn subscription(from: &str, to: &str, kind: PresenceType) -> Element {
     Element::new("presence", ns::CLIENT)
         .with_attr("from", from)
         .with_attr("to", to)
-        .with_attr("type", kind)
+        .with_attr("type", kind.name())
 }
 
 /// Writes a roster item, after telling [`crate::sessions`] (sessions that knew the roster to be empty

@@ -1,55 +1,50 @@
 //! vCard-temp (XEP-0054): anyone may read a user's vCard; only the user may set it.
 
 use jabberfarm_proto::ns;
-use jabberfarm_proto::stanza::{ErrorType, error_reply, iq_result};
+use jabberfarm_proto::stanza::{ErrorCondition, ErrorType, StanzaError, iq_result};
 use jabberfarm_proto::xml::{Element, parse_element};
 use tracing::warn;
 
 use crate::Slave;
 use jabberfarm_store::im::VcardStore;
 
-/// An IQ with a `<vCard xmlns='vcard-temp'/>` payload addressed to `user`'s bare JID.
-pub async fn handle(slave: &Slave, iq: &Element, user: &str, from_owner: bool) -> Element {
-    match iq.attr("type") {
-        Some("get") => match slave.im.vcard(user).await {
-            Ok(Some(xml)) => match parse_element(&xml, ns::CLIENT) {
-                Ok(v) => iq_result(iq, Some(v)),
-                Err(_) => iq_result(iq, Some(Element::new("vCard", ns::VCARD))),
-            },
-            Ok(None) => iq_result(iq, Some(Element::new("vCard", ns::VCARD))),
-            Err(e) => backend_error(iq, &e),
+/// A vCard get addressed to `user`'s bare JID: anyone may read it.
+pub async fn get(slave: &Slave, iq: &Element, user: &str) -> Element {
+    match slave.im.vcard(user).await {
+        Ok(Some(xml)) => match parse_element(&xml, ns::CLIENT) {
+            Ok(v) => iq_result(iq, Some(v)),
+            Err(_) => iq_result(iq, Some(Element::new("vCard", ns::VCARD))),
         },
-        Some("set") if from_owner => {
-            let Some(v) = iq.child("vCard", ns::VCARD) else {
-                return error_reply(iq, ErrorType::Modify, "bad-request", None, None, false);
-            };
-            let mut xml = String::new();
-            v.write_to(&mut xml, ns::CLIENT);
-            match slave.im.set_vcard(user, &xml).await {
-                Ok(()) => iq_result(iq, None),
-                Err(e) => backend_error(iq, &e),
-            }
-        }
-        Some("set") => error_reply(
-            iq,
-            ErrorType::Auth,
-            "forbidden",
-            None,
-            Some("only the owner may change a vCard"),
-            false,
-        ),
-        _ => error_reply(iq, ErrorType::Modify, "bad-request", None, None, false),
+        Ok(None) => iq_result(iq, Some(Element::new("vCard", ns::VCARD))),
+        Err(e) => backend_error(iq, &e),
+    }
+}
+
+/// A vCard set addressed to `user`'s bare JID: only from the user.
+pub async fn set(
+    slave: &Slave,
+    iq: &Element,
+    vcard: &Element,
+    user: &str,
+    from_owner: bool,
+) -> Element {
+    if !from_owner {
+        return StanzaError::new(ErrorCondition::Forbidden)
+            .text("only the owner may change a vCard")
+            .reply_to(iq);
+    }
+    let mut xml = String::new();
+    vcard.write_to(&mut xml, ns::CLIENT);
+    match slave.im.set_vcard(user, &xml).await {
+        Ok(()) => iq_result(iq, None),
+        Err(e) => backend_error(iq, &e),
     }
 }
 
 pub(crate) fn backend_error(iq: &Element, e: &dyn std::fmt::Display) -> Element {
     warn!("storage failure: {e}");
-    error_reply(
-        iq,
-        ErrorType::Wait,
-        "internal-server-error",
-        None,
-        Some("storage is unavailable; try again later"),
-        false,
-    )
+    StanzaError::new(ErrorCondition::InternalServerError)
+        .typed(ErrorType::Wait)
+        .text("storage is unavailable; try again later")
+        .reply_to(iq)
 }

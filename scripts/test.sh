@@ -78,8 +78,24 @@ if ! "$py_venv/bin/python" -c "import slixmpp, sys; sys.exit(slixmpp.__version__
 fi
 if [ ! -d "$slix_dir/slixmpp-$slix_version/itests" ]; then
   mkdir -p "$slix_dir"
-  "$py_venv/bin/pip" download -q --disable-pip-version-check --no-deps --no-binary :all: \
-    -d "$slix_dir" "slixmpp==$slix_version"
+  # The sdist straight from PyPI, checked against its published digest: `pip download
+  # --no-binary` would build its metadata first, which compiles maturin from source (minutes).
+  "$py_venv/bin/python" - "$slix_version" "$slix_dir" <<'PY'
+import hashlib, re, sys, urllib.request
+version, into = sys.argv[1], sys.argv[2]
+name = f"slixmpp-{version}.tar.gz"
+with urllib.request.urlopen("https://pypi.org/simple/slixmpp/", timeout=120) as r:
+    index = r.read().decode()
+m = re.search(r'href="([^"#]*/' + re.escape(name) + r')#sha256=([0-9a-f]{64})"', index)
+if not m:
+    sys.exit(f"{name} is not on PyPI's index")
+with urllib.request.urlopen(m.group(1), timeout=300) as r:
+    data = r.read()
+if hashlib.sha256(data).hexdigest() != m.group(2):
+    sys.exit(f"{name}: sha256 does not match PyPI's")
+with open(f"{into}/{name}", "wb") as f:
+    f.write(data)
+PY
   tar xzf "$slix_dir/slixmpp-$slix_version.tar.gz" -C "$slix_dir"
 fi
 "$py_venv/bin/python" -c 'import slixmpp; print("slixmpp (PyPI, itests)", slixmpp.__version__)'

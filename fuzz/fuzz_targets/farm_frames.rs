@@ -31,7 +31,7 @@ use std::task::{Context, Poll, Waker};
 use jabberfarm_fuzz::{
     Chunks, LINK_HEADER, content_bytes, element_depth, known_finding, reparse, skip_known,
 };
-use jabberfarm_config::FarmConfig;
+use jabberfarm_config::{FarmConfig, SharedTopology};
 use jabberfarm_net::farm::{FarmLinks, Framed, HANDSHAKE_FRAME, Purpose, RelayHandler};
 use jabberfarm_proto::ns;
 use jabberfarm_proto::xml::ParserLimits;
@@ -209,8 +209,9 @@ static NODES: LazyLock<(Arc<FarmLinks>, Arc<FarmLinks>)> = LazyLock::new(|| {
         Some(Path::new("/nonexistent")),
     )
     .unwrap_or_else(|e| panic!("the fuzz farm config: {e}"));
-    let (master, _) = FarmLinks::new(&cfg, "master", None);
-    let (slave, _) = FarmLinks::new(&cfg, "slave1", None);
+    let topology = SharedTopology::new(cfg.topology());
+    let (master, _) = FarmLinks::new(&cfg, &topology, "master", None);
+    let (slave, _) = FarmLinks::new(&cfg, &topology, "slave1", None);
     let handler: RelayHandler = Arc::new(|_| Box::pin(async {}));
     slave.accept_relays(handler);
     (master, slave)

@@ -14,8 +14,7 @@ pub mod s2s;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use jabberfarm_config::{FarmConfig, NodeConfig, RedirectMode};
+use jabberfarm_config::{FarmConfig, NodeConfig, RedirectMode, RelayConfig, SharedTopology};
 use jabberfarm_net::c2s::{self, C2sSettings, LoginPolicy, LoginRoute, Negotiated};
 use jabberfarm_net::farm::{FarmLinks, LINK_NS, LinkEvent, LinkTls};
 use jabberfarm_net::listen::{self, BoundListener, ServeOptions};
@@ -29,6 +28,8 @@ use tracing::{info, warn};
 /// What the master's connections share.
 pub struct Master {
     pub config: Arc<FarmConfig>,
+    /// Who owns which user (the s2s relay asks it).
+    pub topology: SharedTopology,
     pub links: Arc<FarmLinks>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub s2s_settings: Arc<S2sSettings>,
@@ -39,8 +40,10 @@ pub struct Master {
 
 /// The login policy of the master: "go to the owner", or "stay, and I relay you there".
 pub struct Redirector {
-    /// Swappable at run time (live rebalancing reloads it).
-    pub config: ArcSwap<FarmConfig>,
+    /// Who owns which user, and where each node takes logins.
+    pub topology: SharedTopology,
+    /// `[relay]`: the default redirect mode.
+    pub relay: RelayConfig,
     /// This master's node name (its listeners' redirect modes).
     pub me: String,
     /// Which slaves are alive (their farm link is up).
@@ -51,9 +54,9 @@ pub struct Redirector {
 
 impl LoginPolicy for Redirector {
     fn route(&self, localpart: &str, direct_tls: bool) -> LoginRoute {
-        let cfg = self.config.load();
-        let owner = cfg.routing.owner(localpart);
-        let Some(node) = cfg.node(owner) else {
+        let topology = self.topology.load();
+        let owner = topology.owner(localpart);
+        let Some(node) = topology.node(owner) else {
             // Unreachable with a validated config; never redirect to ourselves.
             return LoginRoute::Here;
         };
@@ -63,8 +66,8 @@ impl LoginPolicy for Redirector {
                 "the server for this account ({owner}) is not reachable right now; try again later"
             ));
         }
-        let mode = cfg.node(&self.me).map_or(cfg.relay.redirect, |me| {
-            me.redirect_mode(&cfg.relay, direct_tls)
+        let mode = topology.node(&self.me).map_or(self.relay.redirect, |me| {
+            me.redirect_mode(&self.relay, direct_tls)
         });
         let relay = |reason| LoginRoute::Relay {
             node: owner.to_owned(),
@@ -155,10 +158,13 @@ pub async fn run(
         None => None,
     };
     let settings = Arc::new(C2sSettings::from_config(&cfg, c2s_tls, shutdown.clone()));
-    let (links, mut link_rx) = FarmLinks::new(&cfg, &node.name, link_tls);
+    // The one topology this node reads (routing, peers, internal names).
+    let topology = SharedTopology::new(cfg.topology());
+    let (links, mut link_rx) = FarmLinks::new(&cfg, &topology, &node.name, link_tls);
     let tracker = TaskTracker::new();
     let policy = Arc::new(Redirector {
-        config: ArcSwap::from(cfg.clone()),
+        topology: topology.clone(),
+        relay: cfg.relay.clone(),
         me: node.name.clone(),
         links: links.clone(),
         memory: relay::RelayMemory::new(
@@ -200,7 +206,7 @@ pub async fn run(
         write_timeout: cfg.limits.write_timeout,
     });
     links.start(farm_listener, shutdown.clone(), &tracker);
-    let s2s_settings = Arc::new(S2sSettings::from_config(&cfg));
+    let s2s_settings = Arc::new(S2sSettings::from_config(&cfg, topology.clone()));
     let (bounce_tx, mut bounce_rx) = tokio::sync::mpsc::channel(256);
     // Servers offer the ALPN protocol "xmpp-server" (XEP-0368); rustls refuses a client whose
     // protocols it does not list, so the s2s listener gets its own list.
@@ -211,6 +217,7 @@ pub async fn run(
     });
     let master = Arc::new(Master {
         config: cfg.clone(),
+        topology,
         links: links.clone(),
         tls: s2s_tls,
         outbound: Outbound::new(s2s_settings.clone(), bounce_tx),

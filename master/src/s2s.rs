@@ -314,7 +314,7 @@ async fn stanza(
     let reply = match localpart {
         Some(l) => match normalize_localpart(l) {
             Ok(user) => {
-                let owner = m.config.routing.owner(&user).to_owned();
+                let owner = m.topology.load().owner(&user).to_owned();
                 match m.links.send(&owner, &el).await {
                     Ok(()) => None,
                     Err(e) => {

@@ -17,7 +17,7 @@ pub mod sessions;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jabberfarm_config::{FarmConfig, NodeConfig, RedirectMode};
+use jabberfarm_config::{FarmConfig, NodeConfig, RedirectMode, SharedTopology};
 use jabberfarm_net::c2s::{self, Authenticated, C2sSettings, LoginPolicy, LoginRoute, Negotiated};
 use jabberfarm_net::farm::{FarmLinks, LINK_NS, LinkTls, RelayedClient};
 use jabberfarm_net::listen::{self, BoundListener, ServeOptions};
@@ -82,12 +82,12 @@ impl Slave {
 
 impl LoginPolicy for Slave {
     fn route(&self, localpart: &str, direct_tls: bool) -> LoginRoute {
-        let table = self.sessions.table.load();
-        let owner = table.owner(localpart);
+        let topology = self.sessions.topology.load();
+        let owner = topology.owner(localpart);
         if owner == self.sessions.node {
             return LoginRoute::Here;
         }
-        match self.config.node(owner) {
+        match topology.node(owner) {
             Some(node) => LoginRoute::Redirect(c2s::redirect_address(node, direct_tls)),
             None => LoginRoute::Here,
         }
@@ -132,16 +132,21 @@ pub async fn run(
     }
     let farm_listener = listen::bind(node.farm, "farm links").await?;
     let settings = Arc::new(C2sSettings::from_config(&cfg, tls, shutdown.clone()));
-    let (links, link_rx) = FarmLinks::new(&cfg, &node.name, link_tls);
+    // The one topology this node reads (routing, peers, internal names).
+    let topology = SharedTopology::new(cfg.topology());
+    let (links, link_rx) = FarmLinks::new(&cfg, &topology, &node.name, link_tls);
     let (bounce_tx, mut bounce_rx) = tokio::sync::mpsc::channel(256);
-    let outbound = Outbound::new(Arc::new(S2sSettings::from_config(&cfg)), bounce_tx);
+    let outbound = Outbound::new(
+        Arc::new(S2sSettings::from_config(&cfg, topology.clone())),
+        bounce_tx,
+    );
     let tracker = TaskTracker::new();
     let slave = Arc::new(Slave {
         config: cfg.clone(),
         sessions: Sessions::new(
             cfg.domain.clone(),
             node.name.clone(),
-            cfg.routing.clone(),
+            topology,
             cfg.limits.max_resources,
         ),
         links: links.clone(),

@@ -7,8 +7,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwap;
-use jabberfarm_proto::routing::{RoutingTable, normalize_localpart};
+use jabberfarm_config::SharedTopology;
+use jabberfarm_proto::routing::normalize_localpart;
 use jabberfarm_proto::stanza::{
     ErrorCondition, Kind, MessageType, StanzaError, is_error_or_result,
 };
@@ -128,8 +128,8 @@ pub enum Destination {
 pub struct Sessions {
     pub domain: String,
     pub node: String,
-    /// Swappable at run time for live rebalancing.
-    pub table: ArcSwap<RoutingTable>,
+    /// Who owns which user: the node's one topology, replaced by live rebalancing.
+    pub topology: SharedTopology,
     sessions: Mutex<HashMap<String, Vec<Resource>>>,
     next_conn: AtomicU64,
     /// Bumped (under the sessions lock) before every roster write, so a reader that saw an
@@ -147,13 +147,13 @@ impl Sessions {
     pub fn new(
         domain: String,
         node: String,
-        table: RoutingTable,
+        topology: SharedTopology,
         max_resources: usize,
     ) -> Sessions {
         Sessions {
             domain,
             node,
-            table: ArcSwap::from_pointee(table),
+            topology,
             sessions: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             roster_writes: AtomicU64::new(0),
@@ -184,8 +184,8 @@ impl Sessions {
         } else {
             normalize_localpart(node).unwrap_or_else(|_| node.to_owned())
         };
-        let table = self.table.load();
-        let owner = table.owner(&user);
+        let topology = self.topology.load();
+        let owner = topology.owner(&user);
         if owner != self.node {
             return Destination::Node(owner.to_owned());
         }
@@ -423,7 +423,7 @@ impl Sessions {
     /// Local available sessions that have seen presence from a full JID owned by `node`, with
     /// those JIDs (forgotten here): they are to be told the contacts went unavailable.
     pub fn forget_seen_on(&self, node: &str) -> Vec<(mpsc::Sender<Outgoing>, String, Vec<String>)> {
-        let table = self.table.load();
+        let table = self.topology.load();
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
         for (user, list) in sessions.iter_mut() {
@@ -620,7 +620,7 @@ mod tests {
     use super::*;
     use crate::im::presence::{MAX_DIRECTED, MAX_SEEN};
     use jabberfarm_proto::ns;
-    use jabberfarm_proto::routing::{RoutingMode, SlaveWeight};
+    use jabberfarm_proto::routing::{RoutingMode, RoutingTable, SlaveWeight};
 
     /// The sessions of slave1 in a farm of one slave (every user is local).
     fn sessions() -> Sessions {
@@ -632,7 +632,12 @@ mod tests {
             }],
         })
         .unwrap();
-        Sessions::new("localhost".into(), "slave1".into(), table, 10)
+        let topology = SharedTopology::new(jabberfarm_config::Topology {
+            epoch: 0,
+            table,
+            nodes: Vec::new(),
+        });
+        Sessions::new("localhost".into(), "slave1".into(), topology, 10)
     }
 
     /// Per-session sets a peer can grow stop at their bounds (issue 11): presences seen from

@@ -36,6 +36,9 @@
 //! 3. **Validation.** With no problem at all the result is a [`FarmConfig`]; otherwise
 //!    [`ConfigError::Invalid`] with every problem, one per line. `jabberfarm check` prints
 //!    that, or, for a config that loads, what [`FarmConfig::check_files`] finds.
+//! 4. **At run time.** The nodes, the routing table and its fingerprint become a [`Topology`]
+//!    (`topology.rs`), held in one [`SharedTopology`] per node: the one value every runtime
+//!    reader loads, and the one that live rebalancing replaces.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -56,6 +59,7 @@ mod storage;
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod test_support;
 mod tls;
+mod topology;
 
 pub use farm::FarmLinkConfig;
 pub use limits::{AuthLimits, Limits, ShaperConfig};
@@ -67,6 +71,7 @@ pub use storage::{
     StorageConfig, redact_url_password,
 };
 pub use tls::TlsConfig;
+pub use topology::{SharedTopology, Topology};
 
 use farm::{RawFarm, farm_links, secret};
 use keys::unknown_keys;
@@ -210,6 +215,11 @@ impl FarmConfig {
 
     pub fn node(&self, name: &str) -> Option<&NodeConfig> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The farm's shape as this file describes it (epoch 0), for a node's [`SharedTopology`].
+    pub fn topology(&self) -> Topology {
+        Topology::of(self)
     }
 
     /// The master node.

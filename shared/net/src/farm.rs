@@ -42,7 +42,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::relay::Handoff;
 use crate::stream::Io;
-use jabberfarm_config::{FarmConfig, Role};
+use jabberfarm_config::{FarmConfig, Role, SharedTopology};
 use jabberfarm_proto::ns;
 use jabberfarm_proto::scram::{ScramHash, hmac};
 use jabberfarm_proto::xml::{Element, ParserLimits, StreamEvent, StreamParser};
@@ -129,7 +129,8 @@ struct Peer {
 pub struct FarmLinks {
     me: String,
     key: Vec<u8>,
-    fingerprint: String,
+    /// The farm's shape: the peers at start, and the fingerprint each handshake compares.
+    topology: SharedTopology,
     peers: HashMap<String, Peer>,
     events: mpsc::Sender<LinkEvent>,
     heartbeat: Duration,
@@ -156,15 +157,18 @@ pub struct LinkTls {
 }
 
 impl FarmLinks {
-    /// Links for node `me` of `cfg`. Events (peers up/down, routed stanzas) arrive on the
-    /// returned receiver, bounded: a slow node slows its links down rather than growing.
+    /// Links for node `me` of `cfg`, to the peers `topology` has now. Events (peers up/down,
+    /// routed stanzas) arrive on the returned receiver, bounded: a slow node slows its links
+    /// down rather than growing.
     pub fn new(
         cfg: &FarmConfig,
+        topology: &SharedTopology,
         me: &str,
         tls: Option<LinkTls>,
     ) -> (Arc<FarmLinks>, mpsc::Receiver<LinkEvent>) {
         let (events, rx) = mpsc::channel(1024);
-        let peers = cfg
+        let now = topology.load();
+        let peers = now
             .nodes
             .iter()
             .filter(|n| n.name != me)
@@ -183,7 +187,7 @@ impl FarmLinks {
         let links = FarmLinks {
             me: me.to_owned(),
             key: link_key(&cfg.secret),
-            fingerprint: cfg.routing.fingerprint().to_owned(),
+            topology: topology.clone(),
             peers,
             events,
             heartbeat: cfg.farm.heartbeat,
@@ -191,7 +195,7 @@ impl FarmLinks {
             queue: cfg.farm.queue,
             max_frame: cfg.limits.max_stanza + FRAME_SLACK,
             tls,
-            masters: cfg
+            masters: now
                 .nodes
                 .iter()
                 .filter(|n| n.role == Role::Master && n.name != me)
@@ -429,11 +433,13 @@ impl FarmLinks {
         peer: &str,
         purpose: Purpose,
     ) -> Result<(), String> {
+        // One snapshot per handshake: both sides compare the same table.
+        let fingerprint = self.topology.load().fingerprint().to_owned();
         let nonce = new_nonce();
         let mut hello = Element::new("hello", LINK_NS)
             .with_attr("node", &self.me)
             .with_attr("nonce", &nonce)
-            .with_attr("fingerprint", &self.fingerprint);
+            .with_attr("fingerprint", &fingerprint);
         if purpose == Purpose::Relay {
             hello = hello.with_attr("purpose", "relay");
         }
@@ -465,10 +471,10 @@ impl FarmLinks {
             return Err(reason.to_owned());
         }
         let fp = hello.attr("fingerprint").unwrap_or("");
-        if fp != self.fingerprint {
+        if fp != fingerprint {
             let reason = format!(
                 "routing table fingerprint {} on {} differs from {fp} on {peer}",
-                self.fingerprint, self.me
+                fingerprint, self.me
             );
             error!(
                 peer,
@@ -503,6 +509,8 @@ impl FarmLinks {
     /// connected for.
     /// Public for the fuzz targets (`fuzz/fuzz_targets/farm_frames.rs`).
     pub async fn handshake_accept(&self, link: &mut Framed) -> Result<(String, Purpose), String> {
+        // One snapshot per handshake: both sides compare the same table.
+        let fingerprint = self.topology.load().fingerprint().to_owned();
         let hello = link.recv_el().await?;
         let (Some(peer), Some(their_nonce)) = (hello.attr("node"), hello.attr("nonce")) else {
             return Err("no hello".to_owned());
@@ -545,7 +553,7 @@ impl FarmLinks {
             &Element::new("hello", LINK_NS)
                 .with_attr("node", &self.me)
                 .with_attr("nonce", &nonce)
-                .with_attr("fingerprint", &self.fingerprint)
+                .with_attr("fingerprint", &fingerprint)
                 .with_attr("proof", proof),
         )
         .await?;
@@ -573,10 +581,10 @@ impl FarmLinks {
             return Err("wrong farm secret".to_owned());
         }
         let fp = hello.attr("fingerprint").unwrap_or("");
-        if fp != self.fingerprint {
+        if fp != fingerprint {
             let reason = format!(
                 "routing table fingerprint {fp} differs from {} on {}",
-                self.fingerprint, self.me
+                fingerprint, self.me
             );
             let _ = link
                 .send_el(&Element::new("refuse", LINK_NS).with_attr("reason", &reason))

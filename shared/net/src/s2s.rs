@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use jabberfarm_config::SharedTopology;
 use jabberfarm_proto::dialback::{dialback_key, domain_of, rewrite_internal, set_stanza_ns};
 use jabberfarm_proto::ns;
 use jabberfarm_proto::stanza::{ErrorCondition, StanzaError};
@@ -83,8 +84,8 @@ pub struct S2sSettings {
     /// The public domain: every stream is opened in its name (DESIGN.md D4).
     pub local_domain: String,
     pub secret: String,
-    /// Internal node names, rewritten to the public domain at the edge (D5).
-    pub internal: Vec<String>,
+    /// The farm's nodes: their names are rewritten to the public domain at the edge (D5).
+    pub topology: SharedTopology,
     pub resolver: Resolver,
     /// TLS for STARTTLS to remote servers. Certificates are not required to verify: dialback
     /// authenticates the peer (as Prosody and ejabberd do with `s2s_secure_auth` off).
@@ -324,18 +325,23 @@ impl Outbound {
             tokio::select! {
                 next = tokio::time::timeout(s.idle_timeout, rx.recv()) => match next {
                     Ok(Some(mut el)) => {
-                        rewrite_internal(&mut el, &s.internal, &s.local_domain);
-                        set_stanza_ns(&mut el, ns::CLIENT, ns::SERVER);
                         let mut buf = String::with_capacity(512);
-                        stream.serialize_into(&el, &mut buf);
-                        while buf.len() < 64 * 1024 {
-                            match rx.try_recv() {
-                                Ok(mut more) => {
-                                    rewrite_internal(&mut more, &s.internal, &s.local_domain);
-                                    set_stanza_ns(&mut more, ns::CLIENT, ns::SERVER);
-                                    stream.serialize_into(&more, &mut buf);
+                        {
+                            // One snapshot for the batch, let go before the write.
+                            let topology = s.topology.load();
+                            let internal = |d: &str| topology.is_node(d);
+                            rewrite_internal(&mut el, &internal, &s.local_domain);
+                            set_stanza_ns(&mut el, ns::CLIENT, ns::SERVER);
+                            stream.serialize_into(&el, &mut buf);
+                            while buf.len() < 64 * 1024 {
+                                match rx.try_recv() {
+                                    Ok(mut more) => {
+                                        rewrite_internal(&mut more, &internal, &s.local_domain);
+                                        set_stanza_ns(&mut more, ns::CLIENT, ns::SERVER);
+                                        stream.serialize_into(&more, &mut buf);
+                                    }
+                                    Err(_) => break,
                                 }
-                                Err(_) => break,
                             }
                         }
                         if let Err(e) = stream.send_raw(&buf).await {
@@ -514,11 +520,14 @@ impl rustls::client::danger::ServerCertVerifier for DialbackOnly {
 }
 
 impl S2sSettings {
-    pub fn from_config(cfg: &jabberfarm_config::FarmConfig) -> S2sSettings {
+    pub fn from_config(
+        cfg: &jabberfarm_config::FarmConfig,
+        topology: SharedTopology,
+    ) -> S2sSettings {
         S2sSettings {
             local_domain: cfg.domain.clone(),
             secret: cfg.secret.clone(),
-            internal: cfg.nodes.iter().map(|n| n.name.clone()).collect(),
+            topology,
             resolver: Resolver::new(cfg.s2s.routes.clone()),
             tls: DialbackOnly::client_config(),
             connect_timeout: cfg.s2s.connect_timeout,

@@ -29,8 +29,9 @@ pub fn key_matches(given: &str, expected: &str) -> bool {
 
 /// DESIGN.md D5: any address whose domain is an internal node name becomes the public domain,
 /// in `from`, `to` and in payloads that echo an address (`jid`, `from`, `to` attributes of
-/// nested elements, such as a bounce's original stanza).
-pub fn rewrite_internal(el: &mut Element, internal: &[String], public: &str) {
+/// nested elements, such as a bounce's original stanza). `internal` tells whether a domain is
+/// one of the farm's node names (the topology's `is_node`).
+pub fn rewrite_internal(el: &mut Element, internal: &dyn Fn(&str) -> bool, public: &str) {
     for (k, v) in el.attrs.iter_mut() {
         if matches!(&**k, "from" | "to" | "jid")
             && let Some(new) = rewrite_address(v, internal, public)
@@ -45,7 +46,7 @@ pub fn rewrite_internal(el: &mut Element, internal: &[String], public: &str) {
     }
 }
 
-fn rewrite_address(addr: &str, internal: &[String], public: &str) -> Option<String> {
+fn rewrite_address(addr: &str, internal: &dyn Fn(&str) -> bool, public: &str) -> Option<String> {
     let (local, rest) = match addr.split_once('@') {
         Some((l, r)) => (Some(l), r),
         None => (None, addr),
@@ -54,7 +55,7 @@ fn rewrite_address(addr: &str, internal: &[String], public: &str) -> Option<Stri
         Some((d, r)) => (d, Some(r)),
         None => (rest, None),
     };
-    if !internal.iter().any(|i| i.eq_ignore_ascii_case(domain)) {
+    if !internal(domain) {
         return None;
     }
     let mut out = String::with_capacity(addr.len() + public.len());
@@ -121,7 +122,11 @@ mod tests {
 
     #[test]
     fn internal_names_never_leave() {
-        let internal = vec!["slave1".to_owned(), "master".to_owned()];
+        let is_internal = |d: &str| {
+            ["slave1", "master"]
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(d))
+        };
         let mut bounce = Element::new("message", ns::SERVER)
             .with_attr("from", "alice@slave1/phone")
             .with_attr("to", "bob@remote.test")
@@ -134,7 +139,7 @@ mod tests {
                 ),
             )
             .with_child(Element::new("item", "x").with_attr("jid", "dave@slave1"));
-        rewrite_internal(&mut bounce, &internal, "example.net");
+        rewrite_internal(&mut bounce, &is_internal, "example.net");
         let xml = bounce.to_xml();
         assert!(
             !xml.contains("slave1") && !xml.to_lowercase().contains("@master"),
@@ -146,7 +151,7 @@ mod tests {
         assert!(xml.contains("jid='dave@example.net'"));
         // Other domains and the public one are untouched.
         let mut m = Element::new("message", ns::SERVER).with_attr("from", "x@slave10.example");
-        rewrite_internal(&mut m, &internal, "example.net");
+        rewrite_internal(&mut m, &is_internal, "example.net");
         assert_eq!(m.attr("from"), Some("x@slave10.example"));
     }
 

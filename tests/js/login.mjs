@@ -65,6 +65,10 @@ const services = [];
 let usedMechanism = null;
 
 const xmpp = client({
+  // xmpp.js gives each step (stream open, STARTTLS, SASL) 2 s by default; the suite starts
+  // up to 21 node processes at once on a 2-core machine, where a TLS handshake plus a stream
+  // header can take longer. A login that really hangs still fails, after 15 s.
+  timeout: 15000,
   service: args.service,
   domain: args.domain,
   resource: args.resource,

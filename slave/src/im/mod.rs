@@ -1,20 +1,23 @@
 //! Instant messaging on a slave (RFC 6121 and friends), one feature per file:
 //!
 //! - [`roster`]: roster get/set/remove, pushes, versioning (RFC 6121 §2).
-//! - [`presence`]: broadcast, probes, directed presence, the subscription state machine
-//!   (RFC 6121 §3, §4), for contacts on this slave, on other slaves, and later remote ones.
+//! - [`presence`]: broadcast, probes, directed presence and subscription stanzas (RFC 6121
+//!   §3, §4), for contacts on this slave, on other slaves, and later remote ones.
+//! - [`subscription`]: the subscription state machine (RFC 6121 §3, Appendix A) as pure
+//!   functions that [`presence`] applies.
 //! - [`offline`]: messages kept while a user has no available resource (XEP-0160), delivered
 //!   with `<delay/>` (XEP-0203) at the next initial presence.
 //! - [`vcard`]: vCard-temp (XEP-0054).
 //! - [`last`]: last activity of a user (XEP-0012 §4), from the logouts [`presence`] records.
 //!
-//! Stanzas between users always pass through the owning slave's [`crate::dispatch`]: the
+//! Stanzas between users always pass through the owning slave's [`crate::router`]: the
 //! sender's slave does the outbound half of a rule, the recipient's slave the inbound half.
 
 pub mod last;
 pub mod offline;
 pub mod presence;
 pub mod roster;
+pub mod subscription;
 pub mod vcard;
 
 use jabberfarm_proto::xml::Element;

@@ -13,13 +13,12 @@ use jid::{BareJid, FullJid, Jid};
 use tracing::warn;
 
 use super::roster::{push_item, subscription};
+use super::subscription::Inbound;
 use super::{bare, push};
 use crate::Slave;
 use crate::router::Origin;
 use crate::sessions::PresenceChange;
-use jabberfarm_store::im::{
-    LastLogout, LastStore, LoginState, RosterItem, RosterStore, Subscription,
-};
+use jabberfarm_store::im::{LastLogout, LastStore, LoginState, RosterItem, RosterStore};
 
 /// Inbound subscription requests kept per user until answered (RFC 6121 §3.1.3); one more,
 /// from a new contact, is refused with `resource-constraint`.
@@ -242,37 +241,13 @@ async fn subscription_out(
     }
     let mut item = item.unwrap_or_else(|| RosterItem::new(&c));
     let before = item.clone();
-    let mut forward = true;
-    match kind {
-        PresenceType::Subscribe => {
-            if !item.subscription.has_to() {
-                item.ask = true;
-            }
+    let pending_in = match kind {
+        PresenceType::Subscribed | PresenceType::Unsubscribed => {
+            slave.im.remove_pending_in(user, &c).await.unwrap_or(false)
         }
-        PresenceType::Subscribed => {
-            let pending = slave.im.remove_pending_in(user, &c).await.unwrap_or(false);
-            if item.subscription.has_from() {
-                forward = false;
-            } else if pending {
-                item.subscription = Subscription::from_parts(item.subscription.has_to(), true);
-                item.approved = false;
-            } else {
-                // §3.4: pre-approval; nothing goes out.
-                item.approved = true;
-                forward = false;
-            }
-        }
-        PresenceType::Unsubscribe => {
-            item.subscription = Subscription::from_parts(false, item.subscription.has_from());
-            item.ask = false;
-        }
-        PresenceType::Unsubscribed => {
-            let _ = slave.im.remove_pending_in(user, &c).await;
-            item.subscription = Subscription::from_parts(item.subscription.has_to(), false);
-            item.approved = false;
-        }
-        _ => return None,
-    }
+        _ => false,
+    };
+    let forward = super::subscription::outbound(&mut item, kind, pending_in)?;
     let removal = matches!(kind, PresenceType::Unsubscribe | PresenceType::Unsubscribed);
     if item != before || (!had_item && !removal) {
         match super::roster::store_item(slave, user, &item).await {
@@ -349,8 +324,17 @@ async fn subscription_in(
     };
     let own = bare(user, &slave.sessions.domain);
     let deliver = |el: Element| slave.sessions.deliver_subscription(user, el);
-    match (kind, item) {
-        (PresenceType::Subscribe, Some(i)) if i.subscription.has_from() => {
+    let mut item = item;
+    let effect = super::subscription::inbound(item.as_mut(), kind);
+    let store = async |i: Option<RosterItem>| {
+        if let Some(i) = i
+            && let Ok(ver) = super::roster::store_item(slave, user, &i).await
+        {
+            push_item(slave, user, &i, ver, false);
+        }
+    };
+    match effect {
+        Inbound::AnswerSubscribed => {
             // Already subscribed: answer for the user (§3.1.3).
             slave
                 .route(
@@ -359,12 +343,8 @@ async fn subscription_in(
                 )
                 .await;
         }
-        (PresenceType::Subscribe, Some(mut i)) if i.approved => {
-            i.subscription = Subscription::from_parts(i.subscription.has_to(), true);
-            i.approved = false;
-            if let Ok(ver) = super::roster::store_item(slave, user, &i).await {
-                push_item(slave, user, &i, ver, false);
-            }
+        Inbound::PreApproved => {
+            store(item).await;
             slave
                 .route(
                     subscription(&own, contact, PresenceType::Subscribed),
@@ -378,7 +358,7 @@ async fn subscription_in(
                 }
             }
         }
-        (PresenceType::Subscribe, _) => {
+        Inbound::Request => {
             // Kept until answered, delivered now to whoever is online (§3.1.3).
             let mut xml = String::new();
             el.write_to(&mut xml, ns::CLIENT);
@@ -400,35 +380,14 @@ async fn subscription_in(
             }
             deliver(el);
         }
-        (PresenceType::Subscribed, Some(mut i)) if i.ask => {
-            i.subscription = Subscription::from_parts(true, i.subscription.has_from());
-            i.ask = false;
-            if let Ok(ver) = super::roster::store_item(slave, user, &i).await {
-                push_item(slave, user, &i, ver, false);
-            }
+        Inbound::Changed => {
+            store(item).await;
             deliver(el);
         }
-        (PresenceType::Unsubscribe, Some(mut i)) if i.subscription.has_from() => {
-            i.subscription = Subscription::from_parts(i.subscription.has_to(), false);
-            if let Ok(ver) = super::roster::store_item(slave, user, &i).await {
-                push_item(slave, user, &i, ver, false);
-            }
-            deliver(el);
-        }
-        (PresenceType::Unsubscribe, _) => {
-            // A request withdrawn before it was answered.
+        Inbound::Withdrawn => {
             let _ = slave.im.remove_pending_in(user, contact).await;
         }
-        (PresenceType::Unsubscribed, Some(mut i)) if i.subscription.has_to() || i.ask => {
-            i.subscription = Subscription::from_parts(false, i.subscription.has_from());
-            i.ask = false;
-            if let Ok(ver) = super::roster::store_item(slave, user, &i).await {
-                push_item(slave, user, &i, ver, false);
-            }
-            deliver(el);
-        }
-        // Anything else changes nothing and is not delivered (§3.1.6, §3.2.3, §3.3.3).
-        _ => {}
+        Inbound::Ignore => {}
     }
 }
 

@@ -701,4 +701,188 @@ mod tests {
         ));
         assert_eq!(r.take_directed("juliet", "balcony").len(), MAX_DIRECTED);
     }
+
+    /// A bound resource with its queue, available at `priority` (or not available).
+    fn resource(
+        r: &Sessions,
+        user: &str,
+        name: &str,
+        priority: Option<i8>,
+    ) -> mpsc::Receiver<Outgoing> {
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        assert!(
+            r.bind(user, name, tx, Arc::new(Closer::default()))
+                .is_some()
+        );
+        if let Some(p) = priority {
+            let presence = Element::new("presence", ns::CLIENT)
+                .with_child(Element::new("priority", ns::CLIENT).with_text(p.to_string()));
+            r.set_presence(user, name, Some(presence));
+        }
+        rx
+    }
+
+    fn stanza(name: &str, kind: Option<&str>, to: &str) -> Element {
+        Element::new(name.to_owned(), ns::CLIENT)
+            .with_attr("from", "romeo@localhost/orchard")
+            .with_attr("to", to)
+            .with_opt_attr("type", kind)
+            .with_opt_attr("id", (name == "iq").then_some("i1"))
+    }
+
+    fn got(rx: &mut mpsc::Receiver<Outgoing>) -> usize {
+        let mut n = 0;
+        while rx.try_recv().is_ok() {
+            n += 1;
+        }
+        n
+    }
+
+    fn condition(reply: Option<Element>) -> Option<ErrorCondition> {
+        jabberfarm_proto::stanza::condition_of(&reply?)
+    }
+
+    /// RFC 6121 §8.5.2.1: to the bare JID, chat and normal go to the available resources of
+    /// highest priority, headline to every non-negative one; negative priority gets neither;
+    /// groupchat is refused.
+    #[test]
+    fn messages_to_the_bare_jid_rfc6121_8_5_2_1() {
+        let r = sessions();
+        let mut high = resource(&r, "juliet", "balcony", Some(5));
+        let mut also_high = resource(&r, "juliet", "garden", Some(5));
+        let mut low = resource(&r, "juliet", "chamber", Some(1));
+        let mut negative = resource(&r, "juliet", "hidden", Some(-1));
+        let mut unavailable = resource(&r, "juliet", "asleep", None);
+        let to = "juliet@localhost";
+        for kind in [None, Some("normal"), Some("chat")] {
+            assert!(
+                r.deliver_local(stanza("message", kind, to), "juliet", None)
+                    .is_none()
+            );
+            assert_eq!(
+                [
+                    got(&mut high),
+                    got(&mut also_high),
+                    got(&mut low),
+                    got(&mut negative)
+                ],
+                [1, 1, 0, 0],
+                "{kind:?}"
+            );
+        }
+        assert!(
+            r.deliver_local(stanza("message", Some("headline"), to), "juliet", None)
+                .is_none()
+        );
+        assert_eq!(
+            [
+                got(&mut high),
+                got(&mut also_high),
+                got(&mut low),
+                got(&mut negative)
+            ],
+            [1, 1, 1, 0]
+        );
+        assert_eq!(
+            condition(r.deliver_local(stanza("message", Some("groupchat"), to), "juliet", None)),
+            Some(ErrorCondition::ServiceUnavailable)
+        );
+        // Errors to the bare JID are dropped (§8.5.2.1.4), unanswered.
+        assert!(
+            r.deliver_local(stanza("message", Some("error"), to), "juliet", None)
+                .is_none()
+        );
+        assert_eq!(
+            got(&mut unavailable),
+            0,
+            "a resource without presence gets no messages"
+        );
+        assert_eq!(got(&mut high) + got(&mut low), 0);
+    }
+
+    /// RFC 6121 §8.5.3: a bound full JID gets everything; an unknown resource means IQs fail,
+    /// presence is dropped and messages follow the bare-JID rules.
+    #[test]
+    fn stanzas_to_a_full_jid_rfc6121_8_5_3() {
+        let r = sessions();
+        let mut balcony = resource(&r, "juliet", "balcony", Some(0));
+        let mut asleep = resource(&r, "juliet", "asleep", None);
+        let full = "juliet@localhost/asleep";
+        for name in ["message", "presence", "iq"] {
+            let kind = (name == "iq").then_some("get");
+            assert!(
+                r.deliver_local(stanza(name, kind, full), "juliet", Some("asleep"))
+                    .is_none()
+            );
+        }
+        assert_eq!(
+            got(&mut asleep),
+            3,
+            "a bound resource gets all, available or not"
+        );
+
+        let gone = "juliet@localhost/gone";
+        assert_eq!(
+            condition(r.deliver_local(stanza("iq", Some("get"), gone), "juliet", Some("gone"))),
+            Some(ErrorCondition::ServiceUnavailable)
+        );
+        assert!(
+            r.deliver_local(stanza("presence", None, gone), "juliet", Some("gone"))
+                .is_none()
+        );
+        assert_eq!(
+            got(&mut balcony),
+            0,
+            "presence to a resource that is not there is dropped"
+        );
+        assert!(
+            r.deliver_local(
+                stanza("message", Some("chat"), gone),
+                "juliet",
+                Some("gone")
+            )
+            .is_none()
+        );
+        assert_eq!(got(&mut balcony), 1, "a message falls back to the bare JID");
+    }
+
+    /// With no available resource, chat and normal messages are refused here (offline storage
+    /// is decided before delivery); other kinds are dropped silently.
+    #[test]
+    fn nobody_online_rfc6121_8_5_2_2() {
+        let r = sessions();
+        let to = "juliet@localhost";
+        assert_eq!(
+            condition(r.deliver_local(stanza("message", Some("chat"), to), "juliet", None)),
+            Some(ErrorCondition::ServiceUnavailable)
+        );
+        assert!(
+            r.deliver_local(stanza("message", Some("headline"), to), "juliet", None)
+                .is_none()
+        );
+        assert!(
+            r.deliver_local(stanza("presence", None, to), "juliet", None)
+                .is_none()
+        );
+    }
+
+    /// Where a stanza goes, by its `to`: the server, a local user, another node, another domain.
+    #[test]
+    fn destinations() {
+        let r = sessions();
+        let dest = |to: &str| r.destination(&Jid::new(to).unwrap());
+        assert_eq!(dest("localhost"), Destination::Server);
+        assert_eq!(dest("LocalHost"), Destination::Server);
+        assert_eq!(
+            dest("Juliet@localhost/Balcony"),
+            Destination::Local {
+                user: "juliet".into(),
+                resource: Some("Balcony".into())
+            }
+        );
+        assert_eq!(
+            dest("romeo@example.org"),
+            Destination::Remote("example.org".into())
+        );
+    }
 }

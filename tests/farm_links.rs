@@ -27,8 +27,9 @@ fn users_on_different_slaves_exchange_messages() {
     let ((a, mut ca), (b, mut cb)) = pair(&farm);
     cb.send("<presence/>");
     ca.send("<presence/>");
-    // Give the presences a moment to be recorded before bare-JID messages.
-    std::thread::sleep(Duration::from_millis(200));
+    // The presences are recorded before bare-JID messages.
+    cb.sync("localhost");
+    ca.sync("localhost");
     ca.send(&format!(
         "<message to='{b}@localhost/r' type='chat' id='x1'><body>across the farm</body></message>"
     ));

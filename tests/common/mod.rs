@@ -510,6 +510,24 @@ impl Raw {
         }
     }
 
+    /// A barrier instead of a sleep: pings `to` and waits for the answer. A session handles
+    /// its client's stanzas in order, and a slave one user's stanzas in order, so what this
+    /// client sent before — to `to`'s owner, or to its own server with `to = "localhost"` —
+    /// has been handled when this returns. What arrived meanwhile stays to be matched.
+    pub fn sync(&mut self, to: &str) {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = format!(
+            "sync-{}",
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        self.send(&format!(
+            "<iq type='get' id='{id}' to='{to}'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ));
+        let pos = self.pos;
+        self.wait_for(&format!("id='{id}'"), 10);
+        self.pos = pos;
+    }
+
     /// Read what arrives; `Some(0)` on EOF, `None` on timeout.
     fn read_some(&mut self) -> Option<usize> {
         let mut buf = [0u8; 8192];

@@ -12,26 +12,23 @@
 //! - The backend stopped mid-run: logins get `<temporary-auth-failure/>` within a bound,
 //!   sessions keep working, logins work again once it is back.
 //!
-//! The servers are throwaway MariaDB and slapd instances from Debian (`tests/servers/`), on
+//! The servers are throwaway MariaDB and slapd instances from Debian (`jabberfarm_testkit::servers`, scripts in `tests/servers/`), on
 //! loopback ports with temporary data directories, seeded here. `scripts/test.sh` installs them;
 //! a server that cannot start fails the test with its log.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-#[path = "servers/servers.rs"]
-mod servers;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::{BIN, HEADER, TestFarm};
-use jabberfarm_proto::scram::{ScramHash, h, hmac};
-use servers::{MariaDb, Slapd};
+use common::{BIN, Raw, TestFarm};
+use jabberfarm_proto::scram::ScramHash;
+use jabberfarm_testkit::scram::{ClientKeys, ScramClient};
+use jabberfarm_testkit::servers::{self, MariaDb, Slapd};
 
 const SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 /// Every backend knows these users (LDIF, SQL, `jabberfarm user add`).
@@ -40,164 +37,6 @@ const SERVICE_PASSWORD: &str = "service-Secret-9";
 
 fn password(user: &str) -> String {
     format!("{user}-pw-Secret1")
-}
-
-// ---- a small XMPP client: plain TCP or STARTTLS, exact wire text --------------------------
-
-enum Io {
-    Plain(TcpStream),
-    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
-    Gone,
-}
-
-struct Client {
-    io: Io,
-    got: String,
-    /// Where the next wait starts looking: just after the last match.
-    pos: usize,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr) -> Client {
-        let sock = TcpStream::connect(addr).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        Client {
-            io: Io::Plain(sock),
-            got: String::new(),
-            pos: 0,
-        }
-    }
-
-    fn send(&mut self, data: &str) {
-        match &mut self.io {
-            Io::Plain(s) => s.write_all(data.as_bytes()).unwrap(),
-            Io::Tls(s) => s.write_all(data.as_bytes()).unwrap(),
-            Io::Gone => unreachable!(),
-        }
-    }
-
-    /// `Some(0)` at the end of the stream, `None` when nothing arrived in 100 ms.
-    fn read_some(&mut self) -> Option<usize> {
-        let mut buf = [0u8; 8192];
-        let r = match &mut self.io {
-            Io::Plain(s) => s.read(&mut buf),
-            Io::Tls(s) => s.read(&mut buf),
-            Io::Gone => unreachable!(),
-        };
-        match r {
-            Ok(n) => {
-                self.got.push_str(&String::from_utf8_lossy(&buf[..n]));
-                Some(n)
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
-                ) =>
-            {
-                Some(0)
-            }
-            Err(_) => None,
-        }
-    }
-
-    /// Reads until `done` holds for the text after the previous match (or the stream ends, or
-    /// `secs` pass: then it panics); returns that text and moves the cursor past it.
-    fn wait_until(&mut self, what: &str, secs: u64, done: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let text = &self.got[self.pos..];
-            if done(text) {
-                let text = text.to_owned();
-                self.pos = self.got.len();
-                return text;
-            }
-            let eof = self.read_some() == Some(0);
-            assert!(
-                !eof || done(&self.got[self.pos..]),
-                "connection closed while waiting for {what}; got {:?}",
-                &self.got[self.pos..]
-            );
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; got {:?}",
-                &self.got[self.pos..]
-            );
-        }
-    }
-
-    fn wait_for(&mut self, needle: &str, secs: u64) -> String {
-        self.wait_until(needle, secs, |t| t.contains(needle))
-    }
-
-    /// Everything up to the end of the `<iq/>` with this id.
-    fn wait_iq(&mut self, id: &str) -> String {
-        let needle = format!("id='{id}'");
-        self.wait_until(&needle.clone(), 10, |t| {
-            t.find(&needle).is_some_and(|i| {
-                let tag_end = t[i..].find('>').map(|e| i + e);
-                // `<iq … id='x'/>`, or `<iq … id='x'>…</iq>`.
-                tag_end.is_some_and(|e| t[..e].ends_with('/') || t[e..].contains("</iq>"))
-            })
-        })
-    }
-
-    /// The outcome of a SASL exchange: `<success…>` or `<failure…>…</failure>` (or a stream
-    /// error that ended the stream).
-    fn wait_sasl_result(&mut self, secs: u64) -> String {
-        self.wait_until("a SASL outcome", secs, |t| {
-            t.contains("</failure>")
-                || t.contains("</stream:stream>")
-                || t.find("<success")
-                    .is_some_and(|i| t[i..].contains("/>") || t[i..].contains("</success>"))
-        })
-    }
-
-    /// Opens (or restarts) the stream; returns the features.
-    fn open(&mut self) -> String {
-        self.send(HEADER);
-        self.wait_for("</stream:features>", 10)
-    }
-
-    /// STARTTLS, trusting the farm's demo CA for `localhost`; returns the new features.
-    fn starttls(&mut self, ca: &Path) -> String {
-        self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
-        self.wait_until("<proceed/>", 10, |t| {
-            t.find("<proceed").is_some_and(|i| t[i..].contains('>'))
-        });
-        let Io::Plain(mut sock) = std::mem::replace(&mut self.io, Io::Gone) else {
-            panic!("STARTTLS twice");
-        };
-        let config = jabberfarm_net::tls::client_config(ca).unwrap();
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let mut conn = rustls::ClientConnection::new(config, name).unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        while conn.is_handshaking() {
-            conn.complete_io(&mut sock).unwrap();
-        }
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        self.io = Io::Tls(Box::new(rustls::StreamOwned::new(conn, sock)));
-        self.got.clear();
-        self.pos = 0;
-        self.open()
-    }
-
-    /// Restart after `<success/>`, bind `resource`, send initial presence.
-    fn bind(&mut self, user: &str, resource: &str) {
-        self.open();
-        self.send(&format!(
-            "<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
-             <resource>{resource}</resource></bind></iq>"
-        ));
-        let r = self.wait_for("</iq>", 10);
-        assert!(
-            r.contains(&format!("<jid>{user}@localhost/{resource}</jid>")),
-            "{r}"
-        );
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,8 +54,8 @@ fn attempt(
     mech: Mech,
     user: &str,
     pw: &str,
-) -> (Client, String) {
-    let mut c = Client::connect(addr);
+) -> (Raw, String) {
+    let mut c = Raw::connect(addr);
     c.open();
     if tls {
         c.starttls(&farm.ca());
@@ -232,7 +71,7 @@ fn attempt(
 }
 
 /// A logged-in session (TLS, PLAIN) at the owner of `user`, bound to `resource`.
-fn login(farm: &TestFarm, user: &str, resource: &str) -> Client {
+fn login(farm: &TestFarm, user: &str, resource: &str) -> Raw {
     let (mut c, out) = attempt(
         farm,
         farm.owner(user).c2s,
@@ -247,12 +86,12 @@ fn login(farm: &TestFarm, user: &str, resource: &str) -> Client {
 }
 
 /// SCRAM-SHA-256 (RFC 5802, RFC 7677) as a client; checks the server's signature on success.
-fn scram_sha256(c: &mut Client, user: &str, pw: &str) -> String {
+fn scram_sha256(c: &mut Raw, user: &str, pw: &str) -> String {
     let b64 = base64::engine::general_purpose::STANDARD;
-    let bare = format!("n={user},r=clientnonce0123456789");
+    let scram = ScramClient::new(ScramHash::Sha256, user);
     c.send(&format!(
         "<auth xmlns='{SASL}' mechanism='SCRAM-SHA-256'>{}</auth>",
-        b64.encode(format!("n,,{bare}"))
+        b64.encode(scram.first_message())
     ));
     let r = c.wait_until("a SCRAM challenge", 20, |t| {
         t.contains("</challenge>") || t.contains("</failure>")
@@ -261,43 +100,25 @@ fn scram_sha256(c: &mut Client, user: &str, pw: &str) -> String {
         return r;
     }
     let payload = between(&r, &format!("<challenge xmlns='{SASL}'>"), "</challenge>");
-    let server_first = String::from_utf8(b64.decode(payload).unwrap()).unwrap();
-    let (mut nonce, mut salt, mut iterations) = ("", Vec::new(), 0);
-    for a in server_first.split(',') {
-        if let Some(v) = a.strip_prefix("r=") {
-            nonce = v;
-        } else if let Some(v) = a.strip_prefix("s=") {
-            salt = b64.decode(v).unwrap();
-        } else if let Some(v) = a.strip_prefix("i=") {
-            iterations = v.parse().unwrap();
-        }
-    }
-    let mut salted = [0u8; 32];
-    pbkdf2::pbkdf2_hmac::<sha2::Sha256>(pw.as_bytes(), &salt, iterations, &mut salted);
-    let client_key = hmac(ScramHash::Sha256, &salted, b"Client Key");
-    let stored = h(ScramHash::Sha256, &client_key);
-    let without_proof = format!("c=biws,r={nonce}");
-    let auth_message = format!("{bare},{server_first},{without_proof}");
-    let signature = hmac(ScramHash::Sha256, &stored, auth_message.as_bytes());
-    let proof: Vec<u8> = client_key
-        .iter()
-        .zip(&signature)
-        .map(|(a, b)| a ^ b)
-        .collect();
+    let server_first = scram
+        .parse_server_first(&b64.decode(payload).unwrap())
+        .unwrap();
+    let keys = ClientKeys::derive(
+        ScramHash::Sha256,
+        pw,
+        &server_first.salt,
+        server_first.iterations,
+    );
+    let (client_final, server_signature) = scram.final_message(&server_first, &keys);
     c.send(&format!(
         "<response xmlns='{SASL}'>{}</response>",
-        b64.encode(format!("{without_proof},p={}", b64.encode(proof)))
+        b64.encode(client_final)
     ));
     let out = c.wait_sasl_result(20);
     if out.contains("<success") {
-        let server_key = hmac(ScramHash::Sha256, &salted, b"Server Key");
-        let expected = hmac(ScramHash::Sha256, &server_key, auth_message.as_bytes());
         let v = between(&out, &format!("<success xmlns='{SASL}'>"), "</success>");
-        assert_eq!(
-            String::from_utf8(b64.decode(v).unwrap()).unwrap(),
-            format!("v={}", b64.encode(expected)),
-            "server signature"
-        );
+        ScramClient::verify_server_final(&b64.decode(v).unwrap(), &server_signature)
+            .expect("server signature");
     }
     out
 }
@@ -312,7 +133,7 @@ fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
 }
 
 /// `out` and whatever follows up to the end of the stream.
-fn rest_of_stream(c: &mut Client, out: String) -> String {
+fn rest_of_stream(c: &mut Raw, out: String) -> String {
     if out.contains("</stream:stream>") {
         out
     } else {
@@ -545,7 +366,7 @@ fn login_contract(s: &Setup) {
     let pw = password("alice");
 
     // What is offered before and after TLS.
-    let mut c = Client::connect(alice);
+    let mut c = Raw::connect(alice);
     let before = c.open();
     if s.backend.scram() {
         assert!(
@@ -562,7 +383,7 @@ fn login_contract(s: &Setup) {
         assert!(failure(&out).contains("<encryption-required/>"), "{out}");
     }
     drop(c);
-    let mut c = Client::connect(alice);
+    let mut c = Raw::connect(alice);
     c.open();
     let after = c.starttls(&farm.ca());
     assert!(after.contains("<mechanism>PLAIN</mechanism>"), "{after}");
@@ -777,7 +598,7 @@ fn user_commands(s: &Setup) {
 /// with no account is bounced with `<service-unavailable/>`.
 fn offline_contract(s: &Setup) {
     let farm = &s.farm;
-    let bounced = |c: &mut Client, id: &str| {
+    let bounced = |c: &mut Raw, id: &str| {
         let needle = format!("id='{id}'");
         let out = c.wait_until(&needle.clone(), 10, |t| {
             t.find(&needle)

@@ -103,11 +103,21 @@ fn slaves_redirect_foreign_logins_and_authenticate_their_own() {
 #[test]
 fn scram_sha256_and_sha1_logins_at_the_slave() {
     use base64::Engine as _;
-    use jabberfarm_proto::scram::{ScramCredentials, ScramHash, h, hmac};
+    use jabberfarm_proto::scram::{ScramCredentials, ScramHash};
+    use jabberfarm_testkit::scram::{ClientKeys, ScramClient};
     let b64 = base64::engine::general_purpose::STANDARD;
     let farm = TestFarm::start(2);
     farm.add_user("mercutio", "queen mab");
     let slave = farm.owner("mercutio").c2s;
+    let between = |text: &str, start: &str, end: &str| -> String {
+        text.split(start)
+            .nth(1)
+            .unwrap()
+            .split(end)
+            .next()
+            .unwrap()
+            .to_owned()
+    };
     for (mech, hash) in [
         ("SCRAM-SHA-256", ScramHash::Sha256),
         ("SCRAM-SHA-1", ScramHash::Sha1),
@@ -115,71 +125,48 @@ fn scram_sha256_and_sha1_logins_at_the_slave() {
         let mut c = Raw::connect(slave);
         c.send(HEADER);
         c.wait_for("</stream:features>", 5);
-        let bare = "n=mercutio,r=clientnonce123";
+        let scram = ScramClient::new(hash, "mercutio");
         c.send(&format!(
             "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mech}'>{}</auth>",
-            b64.encode(format!("n,,{bare}"))
+            b64.encode(scram.first_message())
         ));
         let r = c.wait_for("</challenge>", 10);
-        let payload = r
-            .split("<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>")
-            .nth(1)
-            .unwrap()
-            .split("</challenge>")
-            .next()
+        let payload = between(
+            &r,
+            "<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>",
+            "</challenge>",
+        );
+        // The server nonce extends ours (checked by the parser) and the salt and count are
+        // the account's: the keys derived from them are the stored ones.
+        let server_first = scram
+            .parse_server_first(&b64.decode(payload).unwrap())
             .unwrap();
-        let server_first = String::from_utf8(b64.decode(payload).unwrap()).unwrap();
-        let mut nonce = "";
-        let mut salt = Vec::new();
-        let mut iters = 0;
-        for a in server_first.split(',') {
-            if let Some(v) = a.strip_prefix("r=") {
-                nonce = v;
-            } else if let Some(v) = a.strip_prefix("s=") {
-                salt = b64.decode(v).unwrap();
-            } else if let Some(v) = a.strip_prefix("i=") {
-                iters = v.parse().unwrap();
-            }
-        }
-        assert!(nonce.starts_with("clientnonce123") && nonce.len() > 20);
-        let creds = ScramCredentials::derive(hash, "queen mab", &salt, iters);
-        // Recompute ClientKey from scratch (the stored key is H(ClientKey)).
-        let salted = {
-            let mut out = vec![0u8; if hash == ScramHash::Sha1 { 20 } else { 32 }];
-            match hash {
-                ScramHash::Sha1 => {
-                    pbkdf2::pbkdf2_hmac::<sha1::Sha1>(b"queen mab", &salt, iters, &mut out)
-                }
-                ScramHash::Sha256 => {
-                    pbkdf2::pbkdf2_hmac::<sha2::Sha256>(b"queen mab", &salt, iters, &mut out)
-                }
-            }
-            out
-        };
-        let client_key = hmac(hash, &salted, b"Client Key");
-        assert_eq!(h(hash, &client_key), creds.stored_key);
-        let without_proof = format!("c=biws,r={nonce}");
-        let auth_message = format!("{bare},{server_first},{without_proof}");
-        let sig = hmac(hash, &creds.stored_key, auth_message.as_bytes());
-        let proof: Vec<u8> = client_key.iter().zip(&sig).map(|(a, b)| a ^ b).collect();
+        let keys = ClientKeys::derive(
+            hash,
+            "queen mab",
+            &server_first.salt,
+            server_first.iterations,
+        );
+        let stored = ScramCredentials::derive(
+            hash,
+            "queen mab",
+            &server_first.salt,
+            server_first.iterations,
+        );
+        assert_eq!(keys.stored_key, stored.stored_key);
+        let (client_final, server_signature) = scram.final_message(&server_first, &keys);
         c.send(&format!(
             "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
-            b64.encode(format!("{without_proof},p={}", b64.encode(proof)))
+            b64.encode(client_final)
         ));
         let r = c.wait_for("</success>", 10);
-        let v = r
-            .split("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>")
-            .nth(1)
-            .unwrap()
-            .split("</success>")
-            .next()
-            .unwrap();
-        let expected = hmac(hash, &creds.server_key, auth_message.as_bytes());
-        assert_eq!(
-            String::from_utf8(b64.decode(v).unwrap()).unwrap(),
-            format!("v={}", b64.encode(expected)),
-            "{mech}: server signature"
+        let v = between(
+            &r,
+            "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>",
+            "</success>",
         );
+        ScramClient::verify_server_final(&b64.decode(v).unwrap(), &server_signature)
+            .unwrap_or_else(|e| panic!("{mech}: {e}"));
     }
 }
 

@@ -61,10 +61,10 @@ fn ten_thousand_messages_across_slaves_arrive_all_in_order() {
         "stream_open_timeout = 3\nlogin_timeout = 10\nshutdown_grace = 2\n\
          session_stanzas_per_second = 0\nsession_bytes_per_second = 0",
     );
-    let ((_, mut ca), (b, mut cb)) = pair(&farm);
+    let ((_, mut ca), (b, cb)) = pair(&farm);
     const N: usize = 10_000;
     let reader = std::thread::spawn(move || {
-        cb.sock
+        cb.tcp()
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
         let mut next = 0usize;
@@ -72,7 +72,7 @@ fn ten_thousand_messages_across_slaves_arrive_all_in_order() {
         let mut buf = vec![0u8; 65536];
         use std::io::Read;
         while next < N {
-            let n = cb.sock.read(&mut buf).unwrap();
+            let n = cb.tcp().read(&mut buf).unwrap();
             assert!(n > 0, "connection closed after {next} messages");
             text.push_str(std::str::from_utf8(&buf[..n]).unwrap());
             while let Some(start) = text.find("<body>m") {
@@ -101,12 +101,12 @@ fn ten_thousand_messages_across_slaves_arrive_all_in_order() {
     ca.send(&batch);
     assert_eq!(reader.join().unwrap(), N);
     // Nothing bounced back to the sender.
-    ca.sock
+    ca.tcp()
         .set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
     let mut buf = [0u8; 4096];
     use std::io::Read;
-    if let Ok(n) = ca.sock.read(&mut buf) {
+    if let Ok(n) = ca.tcp().read(&mut buf) {
         let s = String::from_utf8_lossy(&buf[..n]);
         assert!(!s.contains("type='error'"), "{s}");
     }

@@ -193,7 +193,7 @@ fn a_dropped_connection_turns_unavailable_for_contacts() {
     let (a, b) = users(&farm, "drop");
     let (mut ca, cb) = subscribed_pair(&farm, &a, &b);
     // B's socket goes away without </stream:stream>.
-    cb.sock.shutdown(std::net::Shutdown::Both).unwrap();
+    cb.tcp().shutdown(std::net::Shutdown::Both).unwrap();
     drop(cb);
     let p = ca.wait_for("type='unavailable'", 5);
     assert!(p.contains(&format!("from='{b}@localhost/rb'")), "{p}");

@@ -449,7 +449,7 @@ pub async fn sasl_finish(
                     outcome.name
                 )));
             };
-            ScramClient::verify_server_final(&data, &expected)
+            Ok(ScramClient::verify_server_final(&data, &expected)?)
         }
     }
 }

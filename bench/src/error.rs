@@ -62,3 +62,9 @@ impl BenchError {
 }
 
 pub type Result<T> = std::result::Result<T, BenchError>;
+
+impl From<jabberfarm_testkit::scram::ScramError> for BenchError {
+    fn from(e: jabberfarm_testkit::scram::ScramError) -> Self {
+        BenchError::Protocol(e.0)
+    }
+}

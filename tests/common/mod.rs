@@ -1,8 +1,7 @@
 //! Test farm: a real `jabberfarm up` process on free loopback ports with a temporary data
-//! directory, plus a raw-socket XMPP client for exact wire assertions.
+//! directory; the raw-socket XMPP client for exact wire assertions comes from the testkit.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -461,164 +460,10 @@ impl Drop for TestFarm {
     }
 }
 
-pub const HEADER: &str = "<?xml version='1.0'?><stream:stream to='localhost' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
-
-/// A raw-socket client: exact bytes out, text in.
-pub struct Raw {
-    pub sock: TcpStream,
-    pub got: String,
-    /// Where the next `wait_for` starts looking: just after the last match.
-    pub pos: usize,
-}
-
-impl Raw {
-    pub fn connect(addr: SocketAddr) -> Raw {
-        Raw::from_stream(TcpStream::connect(addr).unwrap())
-    }
-
-    pub fn send(&mut self, data: &str) {
-        self.send_bytes(data.as_bytes());
-    }
-
-    pub fn send_bytes(&mut self, data: &[u8]) {
-        self.sock.write_all(data).unwrap();
-    }
-
-    /// Read until `needle` appears after the previous match (text that arrived earlier but
-    /// was not matched yet counts), or panic after `secs`. Returns everything received from
-    /// the previous match on, and moves the cursor past this match.
-    pub fn wait_for(&mut self, needle: &str, secs: u64) -> String {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        let start = self.pos;
-        loop {
-            if let Some(i) = self.got[start..].find(needle) {
-                self.pos = start + i + needle.len();
-                return self.got[start..].to_owned();
-            }
-            if self.read_some() == Some(0) {
-                assert!(
-                    self.got[start..].contains(needle),
-                    "connection closed before {needle:?}; got {:?}",
-                    &self.got[start..]
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {needle:?}; got {:?}",
-                &self.got[start..]
-            );
-        }
-    }
-
-    /// A barrier instead of a sleep: pings `to` and waits for the answer. A session handles
-    /// its client's stanzas in order, and a slave one user's stanzas in order, so what this
-    /// client sent before — to `to`'s owner, or to its own server with `to = "localhost"` —
-    /// has been handled when this returns. What arrived meanwhile stays to be matched.
-    pub fn sync(&mut self, to: &str) {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let id = format!(
-            "sync-{}",
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        );
-        self.send(&format!(
-            "<iq type='get' id='{id}' to='{to}'><ping xmlns='urn:xmpp:ping'/></iq>"
-        ));
-        let pos = self.pos;
-        self.wait_for(&format!("id='{id}'"), 10);
-        self.pos = pos;
-    }
-
-    /// Read what arrives; `Some(0)` on EOF, `None` on timeout.
-    fn read_some(&mut self) -> Option<usize> {
-        let mut buf = [0u8; 8192];
-        match self.sock.read(&mut buf) {
-            Ok(0) => Some(0),
-            Ok(n) => {
-                self.got.push_str(&String::from_utf8_lossy(&buf[..n]));
-                Some(n)
-            }
-            Err(_) => None,
-        }
-    }
-
-    /// Read until `needle` arrives or the server closes (at most `secs`); returns all text.
-    pub fn wait_closed_or(&mut self, needle: &str, secs: u64) -> String {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while !self.got.contains(needle) && self.read_some() != Some(0) {
-            assert!(
-                Instant::now() < deadline,
-                "neither {needle:?} nor a close: {:?}",
-                self.got
-            );
-        }
-        self.got.clone()
-    }
-
-    /// Wait until the server closes the connection; returns all received text.
-    pub fn wait_closed(&mut self, secs: u64) -> String {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while self.read_some() != Some(0) {
-            assert!(
-                Instant::now() < deadline,
-                "server did not close; got {:?}",
-                self.got
-            );
-        }
-        self.got.clone()
-    }
-
-    /// Open the stream and log in with SASL PLAIN, bind `resource`; panics on failure.
-    pub fn login(addr: SocketAddr, user: &str, password: &str, resource: &str) -> Raw {
-        Raw::login_at(addr, "localhost", user, password, resource)
-    }
-
-    /// [`Raw::login`] for a server of another domain.
-    pub fn login_at(
-        addr: SocketAddr,
-        domain: &str,
-        user: &str,
-        password: &str,
-        resource: &str,
-    ) -> Raw {
-        Raw::login_over(Raw::connect(addr), domain, user, password, resource)
-    }
-
-    /// A client on a connection made elsewhere (another network namespace, say).
-    pub fn from_stream(sock: TcpStream) -> Raw {
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        Raw {
-            sock,
-            got: String::new(),
-            pos: 0,
-        }
-    }
-
-    /// [`Raw::login_at`] on the connection `c` is.
-    pub fn login_over(mut c: Raw, domain: &str, user: &str, password: &str, resource: &str) -> Raw {
-        let header = HEADER.replace("to='localhost'", &format!("to='{domain}'"));
-        c.send(&header);
-        c.wait_for("</stream:features>", 5);
-        c.send(&plain_auth(user, password));
-        let r = c.wait_for("urn:ietf:params:xml:ns:xmpp-sasl", 10);
-        assert!(r.contains("<success"), "login of {user} failed: {r}");
-        c.send(&header);
-        c.wait_for("</stream:features>", 5);
-        c.send(&format!("<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>"));
-        let r = c.wait_for("</iq>", 5);
-        assert!(
-            r.contains(&format!("<jid>{user}@{domain}/{resource}</jid>")),
-            "{r}"
-        );
-        c
-    }
-}
-
-pub fn plain_auth(user: &str, password: &str) -> String {
-    use base64::Engine as _;
-    let p = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
-    format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{p}</auth>")
-}
+/// The raw test client and its helpers live in the testkit, shared with the store tests and
+/// the benchmark.
+#[allow(unused_imports)] // each test binary uses some of them
+pub use jabberfarm_testkit::{HEADER, Raw, plain_auth};
 
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()

@@ -11,9 +11,4 @@
 pub mod accounts;
 pub mod im;
 
-/// Throwaway MariaDB and OpenLDAP servers for the tests (shared with `tests/backends.rs`).
-#[cfg(test)]
-#[path = "../../../tests/servers/servers.rs"]
-mod test_servers;
-
 pub use accounts::{AccountStore, Existence, StoreError};

@@ -1,12 +1,11 @@
-//! Throwaway MariaDB and OpenLDAP servers for tests: Rust handles on `mariadb.sh` and
-//! `slapd.sh` beside this file. Included with `#[path]` by `tests/backends.rs` and by the slave
-//! crate's store tests, so both start servers the same way.
+//! Throwaway MariaDB and OpenLDAP servers for tests: Rust handles on `tests/servers/mariadb.sh`
+//! and `tests/servers/slapd.sh`. Used by `tests/backends.rs` and by the store crate's tests, so
+//! both start servers the same way.
 //!
 //! Each server lives in its own temporary directory on free loopback ports and is stopped when
 //! its handle drops (the scripts' watchdog also stops it if the test process dies). A server
 //! that cannot start fails the test with its log; nothing is skipped. [`shared_mariadb`] and
 //! [`shared_slapd`] give every test of one binary the same instance while any test holds it.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -12,7 +12,7 @@ use jabberfarm_config::{
     ImDataConfig, LdapAuth, LdapConfig, MysqlAccounts, MysqlConfig, PasswordFormat,
 };
 
-use crate::test_servers as servers;
+use jabberfarm_testkit::servers;
 
 const I: u32 = MIN_ITERATIONS;
 

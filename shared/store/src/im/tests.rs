@@ -12,7 +12,7 @@ use jabberfarm_config::{MysqlAccounts, MysqlConfig, StorageBackend, StorageConfi
 
 use super::*;
 
-use crate::test_servers as servers;
+use jabberfarm_testkit::servers;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Backend {

@@ -185,12 +185,7 @@ struct Setup {
 /// The directory: ou=people with [`USERS`] (and a second `alice` elsewhere that must never
 /// matter), ou=services with the account for search-then-bind.
 fn ldif() -> String {
-    let mut out = String::from(
-        "dn: dc=example,dc=net\nobjectClass: dcObject\nobjectClass: organization\no: Example\n\
-         dc: example\n\n\
-         dn: ou=people,dc=example,dc=net\nobjectClass: organizationalUnit\nou: people\n\n\
-         dn: ou=services,dc=example,dc=net\nobjectClass: organizationalUnit\nou: services\n\n",
-    );
+    let mut out = String::from(servers::BASE_LDIF);
     out.push_str(&format!(
         "dn: cn=jabberfarm,ou=services,dc=example,dc=net\nobjectClass: organizationalRole\n\
          objectClass: simpleSecurityObject\ncn: jabberfarm\nuserPassword: {}\n\n",

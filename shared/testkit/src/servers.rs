@@ -163,6 +163,13 @@ pub fn shared_mariadb() -> Arc<MariaDb> {
 
 /// An OpenLDAP slapd with suffix `dc=example,dc=net`, seeded from LDIF, speaking StartTLS on
 /// `ldap_url` and TLS on `ldaps_url` with a certificate from the CA in `ca`.
+/// The directory every test seeds on: `dc=example,dc=net` with the organizational units
+/// `ou=people` (the accounts) and `ou=services` (service accounts for search-then-bind).
+pub const BASE_LDIF: &str = "dn: dc=example,dc=net\nobjectClass: dcObject\nobjectClass: organization\n\
+    o: Example\ndc: example\n\n\
+    dn: ou=people,dc=example,dc=net\nobjectClass: organizationalUnit\nou: people\n\n\
+    dn: ou=services,dc=example,dc=net\nobjectClass: organizationalUnit\nou: services\n\n";
+
 pub struct Slapd {
     pub dir: tempfile::TempDir,
     pub ldap_url: String,

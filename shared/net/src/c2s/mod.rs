@@ -569,3 +569,6 @@ mod tests {
         assert_eq!(redirect_address(&node, true), "[2001:db8::1]:5323");
     }
 }
+
+#[cfg(test)]
+mod negotiation_tests;

@@ -291,12 +291,7 @@ const SERVICE_PASSWORD: &str = "service-pw";
 
 fn ldif() -> String {
     let hash = servers::Slapd::hash;
-    let mut out = String::from(
-        "dn: dc=example,dc=net\nobjectClass: dcObject\nobjectClass: organization\no: Example\n\
-         dc: example\n\n\
-         dn: ou=people,dc=example,dc=net\nobjectClass: organizationalUnit\nou: people\n\n\
-         dn: ou=services,dc=example,dc=net\nobjectClass: organizationalUnit\nou: services\n\n",
-    );
+    let mut out = String::from(servers::BASE_LDIF);
     out.push_str(&format!(
         "dn: {SERVICE_DN}\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\n\
          cn: jabberfarm\nuserPassword: {}\n\n",

@@ -17,12 +17,13 @@ use std::time::Duration;
 use jabberfarm_config::{FarmConfig, NodeConfig, RedirectMode, RelayConfig, SharedTopology};
 use jabberfarm_net::c2s::{self, C2sSettings, LoginPolicy, LoginRoute, Negotiated};
 use jabberfarm_net::farm::{FarmLinks, LINK_NS, LinkEvent, LinkTls};
-use jabberfarm_net::listen::{self, BoundListener, ServeOptions};
+use jabberfarm_net::listen::{self, BoundListener};
+use jabberfarm_net::node::NodeRuntime;
 use jabberfarm_net::relay::RelayReason;
 use jabberfarm_net::s2s::{Outbound, S2sSettings};
 use jabberfarm_proto::ns;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 /// What the master's connections share.
@@ -142,31 +143,16 @@ pub async fn run(
         c.send_tls13_tickets = 0;
         Arc::new(c)
     });
-    let mut listeners = vec![BoundListener {
-        listener: listen::bind(node.c2s, "c2s").await?,
-        direct_tls: None,
-    }];
-    if let (Some(addr), Some(tls)) = (node.c2s_tls, &c2s_tls) {
-        listeners.push(BoundListener {
-            listener: listen::bind(addr, "direct-TLS c2s").await?,
-            direct_tls: Some(tls.clone()),
-        });
-    }
-    let farm_listener = listen::bind(node.farm, "farm links").await?;
+    let (mut rt, events) = NodeRuntime::bind(&cfg, &node, c2s_tls, link_tls, shutdown).await?;
     let s2s_listener = match node.s2s {
         Some(addr) => Some(listen::bind(addr, "s2s").await?),
         None => None,
     };
-    let settings = Arc::new(C2sSettings::from_config(&cfg, c2s_tls, shutdown.clone()));
-    // The one topology this node reads (routing, peers, internal names).
-    let topology = SharedTopology::new(cfg.topology());
-    let (links, mut link_rx) = FarmLinks::new(&cfg, &topology, &node.name, link_tls);
-    let tracker = TaskTracker::new();
     let policy = Arc::new(Redirector {
-        topology: topology.clone(),
+        topology: rt.topology.clone(),
         relay: cfg.relay.clone(),
         me: node.name.clone(),
-        links: links.clone(),
+        links: rt.links.clone(),
         memory: relay::RelayMemory::new(
             cfg.relay.window,
             cfg.relay.remember,
@@ -187,27 +173,17 @@ pub async fn run(
         ),
     }
     let relayer = Arc::new(relay::Relayer {
-        links: links.clone(),
+        links: rt.links.clone(),
         domain: cfg.domain.clone(),
-        slots: Arc::new(tokio::sync::Semaphore::new(cfg.relay.max_sessions)),
+        slots: Arc::new(Semaphore::new(cfg.relay.max_sessions)),
         max_sessions: cfg.relay.max_sessions,
         stats: relay::RelayStats::default(),
-        stop: shutdown.clone(),
+        stop: rt.shutdown.clone(),
         grace: cfg.limits.shutdown_grace.max(Duration::from_secs(1)),
-        tracker: tracker.clone(),
+        tracker: rt.tracker.clone(),
         write_timeout: cfg.limits.write_timeout,
     });
-    let opts = Arc::new(ServeOptions {
-        domain: cfg.domain.clone(),
-        content_ns: ns::CLIENT,
-        limits: settings.pre_auth,
-        slots: Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_connections)),
-        tls_handshake_timeout: cfg.limits.stream_open_timeout,
-        write_timeout: cfg.limits.write_timeout,
-    });
-    links.start(farm_listener, shutdown.clone(), &tracker);
-    let s2s_settings = Arc::new(S2sSettings::from_config(&cfg, topology.clone()));
-    let (bounce_tx, mut bounce_rx) = tokio::sync::mpsc::channel(256);
+    rt.start_links();
     // Servers offer the ALPN protocol "xmpp-server" (XEP-0368); rustls refuses a client whose
     // protocols it does not list, so the s2s listener gets its own list.
     let s2s_tls = tls.as_ref().map(|t| {
@@ -217,32 +193,29 @@ pub async fn run(
     });
     let master = Arc::new(Master {
         config: cfg.clone(),
-        topology,
-        links: links.clone(),
+        topology: rt.topology.clone(),
+        links: rt.links.clone(),
         tls: s2s_tls,
-        outbound: Outbound::new(s2s_settings.clone(), bounce_tx),
-        s2s_settings,
-        shutdown: shutdown.clone(),
+        outbound: rt.outbound.clone(),
+        s2s_settings: rt.s2s_settings.clone(),
+        shutdown: rt.shutdown.clone(),
     });
     // The master's own replies that could not be delivered are not answered again.
-    let sd = shutdown.clone();
-    tracker.spawn(async move {
+    let (sd, mut bounces) = (rt.shutdown.clone(), events.bounces);
+    rt.tracker.spawn(async move {
         loop {
             tokio::select! {
-                b = bounce_rx.recv() => if b.is_none() { break },
+                b = bounces.recv() => if b.is_none() { break },
                 _ = sd.cancelled() => break,
             }
         }
     });
     if let Some(l) = s2s_listener {
-        let s2s_opts = Arc::new(ServeOptions {
-            domain: cfg.domain.clone(),
-            content_ns: ns::SERVER,
-            limits: master.s2s_settings.limits,
-            slots: Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_connections)),
-            tls_handshake_timeout: cfg.limits.stream_open_timeout,
-            write_timeout: cfg.limits.write_timeout,
-        });
+        let s2s_opts = rt.serve_options(
+            ns::SERVER,
+            master.s2s_settings.limits,
+            Arc::new(Semaphore::new(cfg.limits.max_connections)),
+        );
         let m = master.clone();
         listen::serve(
             vec![BoundListener {
@@ -250,18 +223,17 @@ pub async fn run(
                 direct_tls: None,
             }],
             s2s_opts,
-            shutdown.clone(),
-            tracker.clone(),
+            rt.shutdown.clone(),
+            rt.tracker.clone(),
             move |stream, _peer| s2s::serve(m.clone(), stream),
         )
         .await;
     }
-    let sd = shutdown.clone();
-    let p2 = policy.clone();
-    tracker.spawn(async move {
+    let (sd, p2, mut link_events) = (rt.shutdown.clone(), policy.clone(), events.links);
+    rt.tracker.spawn(async move {
         loop {
             let ev = tokio::select! {
-                ev = link_rx.recv() => ev,
+                ev = link_events.recv() => ev,
                 _ = sd.cancelled() => None,
             };
             let Some(ev) = ev else { break };
@@ -291,10 +263,10 @@ pub async fn run(
     let (p4, f4, sd4, r4) = (
         policy.clone(),
         memory_file.clone(),
-        shutdown.clone(),
+        rt.shutdown.clone(),
         relayer.clone(),
     );
-    tracker.spawn(async move {
+    rt.tracker.spawn(async move {
         let (mut saved, mut said) = ((0, 0), String::new());
         loop {
             tokio::select! {
@@ -321,37 +293,24 @@ pub async fn run(
         mode(false),
         if node.c2s_tls.is_some() { format!(", direct TLS {:?}", mode(true)) } else { String::new() }
     );
-    let r2 = relayer.clone();
-    let p3 = policy.clone();
-    listen::serve(
-        listeners,
-        opts,
-        shutdown.clone(),
-        tracker.clone(),
-        move |stream, _peer| {
-            let (settings, policy, relayer) = (settings.clone(), policy.clone(), r2.clone());
-            async move {
-                // The login is boxed and its outcome consumed inside this block, so a relayed
-                // session's task keeps only the relay's state, not the login's.
-                let next = {
-                    let outcome =
-                        Box::pin(c2s::negotiate(stream, &settings, policy.as_ref())).await;
-                    after_login(outcome, relayer, settings.clone())
-                };
-                if let Some(next) = next {
-                    next.await;
-                }
+    let (r2, p3, settings) = (relayer.clone(), policy.clone(), rt.settings.clone());
+    let slots = Arc::new(Semaphore::new(cfg.limits.max_connections));
+    rt.serve_c2s(slots, move |stream, _peer| {
+        let (settings, policy, relayer) = (settings.clone(), policy.clone(), r2.clone());
+        async move {
+            // The login is boxed and its outcome consumed inside this block, so a relayed
+            // session's task keeps only the relay's state, not the login's.
+            let next = {
+                let outcome = Box::pin(c2s::negotiate(stream, &settings, policy.as_ref())).await;
+                after_login(outcome, relayer, settings.clone())
+            };
+            if let Some(next) = next {
+                next.await;
             }
-        },
-    )
+        }
+    })
     .await;
-    shutdown.cancelled().await;
-    if !listen::drain(
-        &tracker,
-        cfg.limits.shutdown_grace.max(Duration::from_millis(100)),
-    )
-    .await
-    {
+    if !rt.drain().await {
         warn!(node = %node.name, "some connections did not close in time");
     }
     save_memory(&p3.memory, &memory_file);

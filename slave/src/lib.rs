@@ -17,11 +17,11 @@ pub mod sessions;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jabberfarm_config::{FarmConfig, NodeConfig, RedirectMode, SharedTopology};
+use jabberfarm_config::{FarmConfig, NodeConfig, RedirectMode};
 use jabberfarm_net::c2s::{self, Authenticated, C2sSettings, LoginPolicy, LoginRoute, Negotiated};
 use jabberfarm_net::farm::{FarmLinks, LINK_NS, LinkTls, RelayedClient};
-use jabberfarm_net::listen::{self, BoundListener, ServeOptions};
-use jabberfarm_net::s2s::{Outbound, S2sSettings};
+use jabberfarm_net::node::NodeRuntime;
+use jabberfarm_net::s2s::Outbound;
 use jabberfarm_net::stream::XmlStream;
 use jabberfarm_proto::ns;
 use jabberfarm_proto::xml::Element;
@@ -120,40 +120,20 @@ pub async fn run(
         c.send_tls13_tickets = 1;
         Arc::new(c)
     });
-    let mut listeners = vec![BoundListener {
-        listener: listen::bind(node.c2s, "c2s").await?,
-        direct_tls: None,
-    }];
-    if let (Some(addr), Some(tls)) = (node.c2s_tls, &tls) {
-        listeners.push(BoundListener {
-            listener: listen::bind(addr, "direct-TLS c2s").await?,
-            direct_tls: Some(tls.clone()),
-        });
-    }
-    let farm_listener = listen::bind(node.farm, "farm links").await?;
-    let settings = Arc::new(C2sSettings::from_config(&cfg, tls, shutdown.clone()));
-    // The one topology this node reads (routing, peers, internal names).
-    let topology = SharedTopology::new(cfg.topology());
-    let (links, link_rx) = FarmLinks::new(&cfg, &topology, &node.name, link_tls);
-    let (bounce_tx, mut bounce_rx) = tokio::sync::mpsc::channel(256);
-    let outbound = Outbound::new(
-        Arc::new(S2sSettings::from_config(&cfg, topology.clone())),
-        bounce_tx,
-    );
-    let tracker = TaskTracker::new();
+    let (mut rt, events) = NodeRuntime::bind(&cfg, &node, tls, link_tls, shutdown).await?;
     let slave = Arc::new(Slave {
         config: cfg.clone(),
         sessions: Sessions::new(
             cfg.domain.clone(),
             node.name.clone(),
-            topology,
+            rt.topology.clone(),
             cfg.limits.max_resources,
         ),
-        links: links.clone(),
-        outbound,
+        links: rt.links.clone(),
+        outbound: rt.outbound.clone(),
         im: jabberfarm_store::im::ImStore::for_accounts(&store),
         store,
-        shutdown: shutdown.clone(),
+        shutdown: rt.shutdown.clone(),
         login_timeout: cfg.limits.login_timeout,
         auto_masters: cfg
             .nodes
@@ -161,33 +141,27 @@ pub async fn run(
             .filter(|n| n.uses_redirect_mode(&cfg.relay, RedirectMode::Auto))
             .map(|n| n.name.clone())
             .collect(),
-        tasks: tracker.clone(),
+        tasks: rt.tracker.clone(),
     });
     // Direct and relayed clients share one connection limit.
     let slots = Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_connections));
-    let (s5, set5) = (slave.clone(), settings.clone());
+    let (s5, set5) = (slave.clone(), rt.settings.clone());
     let relay_slots = slots.clone();
-    links.accept_relays(Arc::new(move |client: RelayedClient| {
-        let (slave, settings, slots) = (s5.clone(), set5.clone(), relay_slots.clone());
-        Box::pin(async move { serve_relayed(slave, settings, slots, client).await })
-    }));
-    let opts = Arc::new(ServeOptions {
-        domain: cfg.domain.clone(),
-        content_ns: ns::CLIENT,
-        limits: settings.pre_auth,
-        slots,
-        tls_handshake_timeout: cfg.limits.stream_open_timeout,
-        write_timeout: cfg.limits.write_timeout,
-    });
-    links.start(farm_listener, shutdown.clone(), &tracker);
+    rt.links
+        .accept_relays(Arc::new(move |client: RelayedClient| {
+            let (slave, settings, slots) = (s5.clone(), set5.clone(), relay_slots.clone());
+            Box::pin(async move { serve_relayed(slave, settings, slots, client).await })
+        }));
+    rt.start_links();
     let s3 = slave.clone();
-    tracker.spawn(async move { s3.link_events(link_rx).await });
+    rt.tracker
+        .spawn(async move { s3.link_events(events.links).await });
     // Stanzas that could not leave the farm come back to their senders as errors.
-    let s4 = slave.clone();
-    tracker.spawn(async move {
+    let (s4, mut bounces) = (slave.clone(), events.bounces);
+    rt.tracker.spawn(async move {
         loop {
             let b = tokio::select! {
-                b = bounce_rx.recv() => b,
+                b = bounces.recv() => b,
                 _ = s4.shutdown.cancelled() => None,
             };
             let Some(b) = b else { break };
@@ -195,50 +169,38 @@ pub async fn run(
         }
     });
     info!(node = %node.name, "slave up (accounts: {})", store_description(&cfg, &node.name));
-    let s2 = slave.clone();
-    listen::serve(
-        listeners,
-        opts,
-        shutdown.clone(),
-        tracker.clone(),
-        move |stream, _peer| {
-            let (settings, slave) = (settings.clone(), s2.clone());
-            async move {
-                // Boxed: a task is as large as its largest state, and the login's (SASL,
-                // store lookups) would otherwise stay allocated for the whole session.
-                let auth = Box::pin(c2s::negotiate(stream, &settings, slave.as_ref())).await;
-                match auth {
-                    Some(Negotiated::Authenticated(auth)) => {
-                        slave.login_notice(&auth.username, None);
-                        slave.start_session(auth);
-                    }
-                    Some(Negotiated::Relay(mut r)) => {
-                        // A slave's policy never relays.
-                        r.stream
-                            .fail(
-                                &StreamError::bare(Condition::InternalServerError),
-                                &settings.domain,
-                            )
-                            .await;
-                    }
-                    None => {}
+    let (s2, settings) = (slave.clone(), rt.settings.clone());
+    rt.serve_c2s(slots, move |stream, _peer| {
+        let (settings, slave) = (settings.clone(), s2.clone());
+        async move {
+            // Boxed: a task is as large as its largest state, and the login's (SASL,
+            // store lookups) would otherwise stay allocated for the whole session.
+            let auth = Box::pin(c2s::negotiate(stream, &settings, slave.as_ref())).await;
+            match auth {
+                Some(Negotiated::Authenticated(auth)) => {
+                    slave.login_notice(&auth.username, None);
+                    slave.start_session(auth);
                 }
+                Some(Negotiated::Relay(mut r)) => {
+                    // A slave's policy never relays.
+                    r.stream
+                        .fail(
+                            &StreamError::bare(Condition::InternalServerError),
+                            &settings.domain,
+                        )
+                        .await;
+                }
+                None => {}
             }
-        },
-    )
+        }
+    })
     .await;
-    shutdown.cancelled().await;
     // Sessions see the token themselves; this also reaches any that are busy writing.
     slave.sessions.close_all(&StreamError::new(
         Condition::SystemShutdown,
         "the server is stopping",
     ));
-    if !listen::drain(
-        &tracker,
-        cfg.limits.shutdown_grace.max(Duration::from_millis(100)),
-    )
-    .await
-    {
+    if !rt.drain().await {
         warn!(node = %node.name, "some sessions did not close in time");
     }
     slave.store.close().await;

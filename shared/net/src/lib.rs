@@ -12,6 +12,8 @@
 //!   relay connections a master opens.
 //! - [`relay`]: the master relaying a client stream to its slave: the handoff, the byte pump.
 //! - [`s2s`]: streams to remote servers: resolution, STARTTLS, dialback, per-domain queues.
+//! - [`node`]: what every node runs — its listeners, topology, links, outbound s2s, task
+//!   tracker and drain — for the roles to put their handlers on.
 //!
 //! Data flow of a connection: socket → [`listen`] → [`stream::XmlStream`] (bytes ↔
 //! `jabberfarm_proto::xml::Element`) → [`c2s::negotiate`] → the role's session.
@@ -20,6 +22,7 @@ pub mod c2s;
 pub mod farm;
 pub mod listen;
 pub mod login_guard;
+pub mod node;
 pub mod relay;
 pub mod s2s;
 pub mod shaper;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use jabberfarm_net::s2s as outbound;
-use jabberfarm_net::stream::{ReadError, XmlStream, new_id};
+use jabberfarm_net::stream::{XmlStream, new_id};
 use jabberfarm_proto::dialback::{dialback_key, domain_of, key_matches};
 use jabberfarm_proto::ns;
 use jabberfarm_proto::routing::normalize_localpart;
@@ -202,21 +202,7 @@ async fn read(m: &Master, stream: &mut XmlStream, header: bool) -> Option<Stream
         // Idle inbound streams: the remote closes them itself; bound the wait anyway.
         m.s2s_settings.idle_timeout * 2
     };
-    let r = tokio::select! {
-        r = stream.next_within(wait) => r,
-        _ = m.shutdown.cancelled() => {
-            stream.fail(&StreamError::new(Condition::SystemShutdown, "the server is stopping"), domain).await;
-            return None;
-        }
-    };
-    match r {
-        Ok(ev) => Some(ev),
-        Err(ReadError::Stream(e)) => {
-            stream.fail(&e, domain).await;
-            None
-        }
-        Err(_) => None,
-    }
+    stream.next_or_stop(wait, &m.shutdown, domain).await
 }
 
 /// XEP-0220 §2.1.2–2.1.4: the remote wants to send as `from`. A request that cannot be

@@ -149,20 +149,16 @@ async fn bind(
 ) -> Option<(FullJid, u64)> {
     let domain = &slave.sessions.domain;
     loop {
-        let ev = tokio::select! {
-            r = stream.next_within(slave.login_timeout) => r,
-            _ = slave.shutdown.cancelled() => {
-                stream.fail(&StreamError::new(Condition::SystemShutdown, "the server is stopping"), domain).await;
-                return None;
-            }
-        };
+        let ev = stream
+            .next_or_stop(slave.login_timeout, &slave.shutdown, domain)
+            .await?;
         let iq = match ev {
-            Ok(StreamEvent::Element(el)) if el.is("iq", ns::CLIENT) => el,
-            Ok(StreamEvent::Close) => {
+            StreamEvent::Element(el) if el.is("iq", ns::CLIENT) => el,
+            StreamEvent::Close => {
                 stream.close().await;
                 return None;
             }
-            Ok(_) => {
+            _ => {
                 stream
                     .fail(
                         &StreamError::new(Condition::NotAuthorized, "bind a resource first"),
@@ -171,11 +167,6 @@ async fn bind(
                     .await;
                 return None;
             }
-            Err(ReadError::Stream(e)) => {
-                stream.fail(&e, domain).await;
-                return None;
-            }
-            Err(_) => return None,
         };
         let Some(req) = iq.child("bind", ns::BIND) else {
             let reply = if iq.child("session", ns::SESSION).is_some() {

@@ -206,6 +206,34 @@ impl XmlStream {
         }
     }
 
+    /// [`Self::next_within`] for a node that may stop: `None` when the stream is over — the
+    /// node is stopping (the peer gets `<system-shutdown/>`), the peer broke the protocol or
+    /// took too long (it gets that stream error), or it left. Every way out is answered here.
+    pub async fn next_or_stop(
+        &mut self,
+        limit: Duration,
+        shutdown: &tokio_util::sync::CancellationToken,
+        domain: &str,
+    ) -> Option<StreamEvent> {
+        let r = tokio::select! {
+            r = self.next_within(limit) => r,
+            _ = shutdown.cancelled() => {
+                let e = StreamError::new(Condition::SystemShutdown, "the server is stopping");
+                self.fail(&e, domain).await;
+                return None;
+            }
+        };
+        match r {
+            Ok(ev) => Some(ev),
+            Err(ReadError::Stream(e)) => {
+                tracing::debug!(peer = ?self.peer, "closing stream: {e}");
+                self.fail(&e, domain).await;
+                None
+            }
+            Err(ReadError::Eof | ReadError::Io(_)) => None,
+        }
+    }
+
     /// Drop the parser state: the next thing the peer sends is a new stream header
     /// (RFC 6120 §4.3.3: after STARTTLS and after SASL).
     pub fn restart(&mut self, limits: ParserLimits) {

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::login_guard::LoginGuard;
 use crate::relay::RelayReason;
-use crate::stream::{ReadError, XmlStream, check_header, new_id};
+use crate::stream::{XmlStream, check_header, new_id};
 use jabberfarm_proto::ns;
 use jabberfarm_proto::routing::normalize_localpart;
 use jabberfarm_proto::sasl::Mechanism;
@@ -448,22 +448,7 @@ async fn read(
     if let Some(f) = first {
         left = left.min(f);
     }
-    let r = tokio::select! {
-        r = stream.next_within(left) => r,
-        _ = s.shutdown.cancelled() => {
-            stream.fail(&StreamError::new(Condition::SystemShutdown, "the server is stopping"), &s.domain).await;
-            return None;
-        }
-    };
-    match r {
-        Ok(ev) => Some(ev),
-        Err(ReadError::Eof) | Err(ReadError::Io(_)) => None,
-        Err(ReadError::Stream(e)) => {
-            debug!("closing client stream: {e}");
-            stream.fail(&e, &s.domain).await;
-            None
-        }
-    }
+    stream.next_or_stop(left, &s.shutdown, &s.domain).await
 }
 
 async fn sasl_failure(stream: &mut XmlStream, condition: &str, text: Option<&str>) -> Step {

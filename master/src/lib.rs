@@ -323,3 +323,6 @@ pub async fn run(
     info!(node = %node.name, "master stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod policy_tests;

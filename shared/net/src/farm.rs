@@ -11,6 +11,8 @@
 //!   are HMAC-SHA256 under the farm secret over both nonces and both names, with a different
 //!   label per direction: the secret never crosses the wire. A peer whose routing-table
 //!   fingerprint differs is refused (and logged loudly): it gets no traffic and no redirects.
+//!   The frames and every decision of the handshake are in [`jabberfarm_proto::link`]
+//!   (sans-IO, tested there); this module moves the bytes.
 //! - **Liveness**: heartbeats every `farm.heartbeat`; a link silent for `farm.dead_after` is
 //!   dropped; the connector reconnects with backoff. [`FarmLinks::is_up`] is what the master
 //!   uses to know which slaves are alive.
@@ -31,8 +33,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use base64::Engine as _;
-use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -43,11 +43,14 @@ use tracing::{debug, error, info, warn};
 use crate::relay::Handoff;
 use crate::stream::Io;
 use jabberfarm_config::{FarmConfig, Role, SharedTopology};
+use jabberfarm_proto::link::{
+    Acceptor, Connector, Failure, frame_of, frame_parser, link_key, new_nonce, parse_frame,
+    push_frame, refuse,
+};
 use jabberfarm_proto::ns;
-use jabberfarm_proto::scram::{ScramHash, hmac};
-use jabberfarm_proto::xml::{Element, ParserLimits, StreamEvent, StreamParser};
+use jabberfarm_proto::xml::{Element, ParserLimits, StreamParser};
 
-pub const LINK_NS: &str = "urn:jabberfarm:link:0";
+pub use jabberfarm_proto::link::{LINK_NS, Purpose};
 
 /// Bytes a frame may add to the largest stanza (addressing, namespace declarations).
 const FRAME_SLACK: usize = 4096;
@@ -99,23 +102,6 @@ pub type RelayHandler = Arc<
         + Send
         + Sync,
 >;
-
-/// Why a connection is opened: a link, or one relayed client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Purpose {
-    Link,
-    Relay,
-}
-
-impl Purpose {
-    /// Proof labels differ by purpose: a proof for one is worth nothing for the other.
-    fn label(self, side: &str) -> String {
-        match self {
-            Purpose::Link => side.to_owned(),
-            Purpose::Relay => format!("relay-{side}"),
-        }
-    }
-}
 
 struct Peer {
     addr: SocketAddr,
@@ -425,7 +411,7 @@ impl FarmLinks {
         Ok(link)
     }
 
-    /// Connector side of the handshake.
+    /// Connector side of the handshake ([`jabberfarm_proto::link::Connector`] decides).
     /// Public for the fuzz targets (`fuzz/fuzz_targets/farm_frames.rs`).
     pub async fn handshake_connect(
         &self,
@@ -435,168 +421,63 @@ impl FarmLinks {
     ) -> Result<(), String> {
         // One snapshot per handshake: both sides compare the same table.
         let fingerprint = self.topology.load().fingerprint().to_owned();
-        let nonce = new_nonce();
-        let mut hello = Element::new("hello", LINK_NS)
-            .with_attr("node", &self.me)
-            .with_attr("nonce", &nonce)
-            .with_attr("fingerprint", &fingerprint);
-        if purpose == Purpose::Relay {
-            hello = hello.with_attr("purpose", "relay");
-        }
-        link.send_el(&hello).await?;
-        let hello = link.recv_el().await?;
-        if hello.is("refuse", LINK_NS) {
-            let reason = hello.attr("reason").unwrap_or("no reason given");
-            error!(peer, "farm link refused by {peer}: {reason}");
-            return Err(format!("refused: {reason}"));
-        }
-        if !hello.is("hello", LINK_NS) || hello.attr("node") != Some(peer) {
-            return Err("unexpected answer to hello".to_owned());
-        }
-        let their_nonce = hello.attr("nonce").unwrap_or("");
-        let expected = self.proof(
-            &purpose.label("acceptor"),
-            &nonce,
-            their_nonce,
+        let c = Connector::new(
+            &self.key,
             &self.me,
             peer,
+            &fingerprint,
+            purpose,
+            new_nonce(),
         );
-        if !proof_matches(hello.attr("proof"), &expected) {
-            error!(
-                peer,
-                "farm link to {peer}: it does not know the farm secret"
-            );
-            let reason = "authentication failed: the farm secret differs";
-            let _ = link.send_el(&refuse(reason)).await;
-            return Err(reason.to_owned());
-        }
-        let fp = hello.attr("fingerprint").unwrap_or("");
-        if fp != fingerprint {
-            let reason = format!(
-                "routing table fingerprint {} on {} differs from {fp} on {peer}",
-                fingerprint, self.me
-            );
-            error!(
-                peer,
-                "farm link to {peer}: {reason}; no traffic until the configs agree"
-            );
-            let _ = link.send_el(&refuse(&reason)).await;
-            return Err(reason);
-        }
-        let proof = self.proof(
-            &purpose.label("connector"),
-            their_nonce,
-            &nonce,
-            peer,
-            &self.me,
-        );
-        link.send_el(&Element::new("auth", LINK_NS).with_attr("proof", proof))
-            .await?;
+        link.send_el(&c.hello()).await?;
         let answer = link.recv_el().await?;
-        if answer.is("welcome", LINK_NS) {
-            Ok(())
-        } else {
-            let reason = answer
-                .attr("reason")
-                .unwrap_or("no reason given")
-                .to_owned();
-            error!(peer, "farm link refused by {peer}: {reason}");
-            Err(format!("refused: {reason}"))
+        let auth = match c.on_hello(&answer) {
+            Ok(auth) => auth,
+            Err(f) => return Err(failed(link, peer, f).await),
+        };
+        link.send_el(&auth).await?;
+        let last = link.recv_el().await?;
+        match c.on_answer(&last) {
+            Ok(()) => Ok(()),
+            Err(f) => Err(failed(link, peer, f).await),
         }
     }
 
-    /// Acceptor side of the handshake; returns the authenticated peer's name and what it
-    /// connected for.
+    /// Acceptor side of the handshake ([`jabberfarm_proto::link::Acceptor`] decides); returns
+    /// the authenticated peer's name and what it connected for.
     /// Public for the fuzz targets (`fuzz/fuzz_targets/farm_frames.rs`).
     pub async fn handshake_accept(&self, link: &mut Framed) -> Result<(String, Purpose), String> {
         // One snapshot per handshake: both sides compare the same table.
         let fingerprint = self.topology.load().fingerprint().to_owned();
+        let a = Acceptor::new(&self.key, &self.me, &fingerprint, new_nonce());
         let hello = link.recv_el().await?;
-        let (Some(peer), Some(their_nonce)) = (hello.attr("node"), hello.attr("nonce")) else {
-            return Err("no hello".to_owned());
+        // Links are opened by the node whose name sorts first; relays only by masters, and
+        // only to a node that takes relayed clients.
+        let allowed = |peer: &str, purpose| {
+            self.peers.contains_key(peer)
+                && match purpose {
+                    Purpose::Link => peer < self.me.as_str(),
+                    Purpose::Relay => {
+                        self.masters.iter().any(|m| m == peer) && self.relay_handler.get().is_some()
+                    }
+                }
         };
-        let peer = peer.to_owned();
-        let purpose = match hello.attr("purpose") {
-            None => Purpose::Link,
-            Some("relay") => Purpose::Relay,
-            Some(other) => {
-                let reason = format!("unknown purpose {other:?}");
-                let _ = link.send_el(&refuse(&reason)).await;
-                return Err(reason);
+        let (hello, answer) = match a.on_hello(&hello, allowed) {
+            Ok(x) => x,
+            Err(f) => {
+                let peer = hello.attr("node").unwrap_or("?").to_owned();
+                return Err(failed(link, &peer, f).await);
             }
         };
-        let allowed = match purpose {
-            Purpose::Link => peer.as_str() < self.me.as_str(),
-            Purpose::Relay => self.masters.contains(&peer) && self.relay_handler.get().is_some(),
-        };
-        if !hello.is("hello", LINK_NS) || !self.peers.contains_key(&peer) || !allowed {
-            let reason = match purpose {
-                Purpose::Link => format!("{peer:?} is not a node that connects to {}", self.me),
-                Purpose::Relay => {
-                    format!("{} takes no clients relayed by {peer:?}", self.me)
-                }
-            };
-            let _ = link
-                .send_el(&Element::new("refuse", LINK_NS).with_attr("reason", &reason))
-                .await;
-            return Err(reason);
-        }
-        let nonce = new_nonce();
-        let proof = self.proof(
-            &purpose.label("acceptor"),
-            their_nonce,
-            &nonce,
-            &peer,
-            &self.me,
-        );
-        link.send_el(
-            &Element::new("hello", LINK_NS)
-                .with_attr("node", &self.me)
-                .with_attr("nonce", &nonce)
-                .with_attr("fingerprint", &fingerprint)
-                .with_attr("proof", proof),
-        )
-        .await?;
+        link.send_el(&answer).await?;
         let auth = link.recv_el().await?;
-        if auth.is("refuse", LINK_NS) {
-            let reason = auth.attr("reason").unwrap_or("no reason given");
-            error!(peer, "farm link from {peer} refused by {peer}: {reason}");
-            return Err(format!("{peer} refused: {reason}"));
+        match a.on_auth(&hello, &auth) {
+            Ok(welcome) => {
+                link.send_el(&welcome).await?;
+                Ok((hello.peer, hello.purpose))
+            }
+            Err(f) => Err(failed(link, &hello.peer, f).await),
         }
-        let expected = self.proof(
-            &purpose.label("connector"),
-            &nonce,
-            their_nonce,
-            &self.me,
-            &peer,
-        );
-        if !auth.is("auth", LINK_NS) || !proof_matches(auth.attr("proof"), &expected) {
-            let _ = link
-                .send_el(
-                    &Element::new("refuse", LINK_NS)
-                        .with_attr("reason", "authentication failed: the farm secret differs"),
-                )
-                .await;
-            error!(peer, "farm link from {peer} refused: wrong farm secret");
-            return Err("wrong farm secret".to_owned());
-        }
-        let fp = hello.attr("fingerprint").unwrap_or("");
-        if fp != fingerprint {
-            let reason = format!(
-                "routing table fingerprint {fp} differs from {} on {}",
-                fingerprint, self.me
-            );
-            let _ = link
-                .send_el(&Element::new("refuse", LINK_NS).with_attr("reason", &reason))
-                .await;
-            error!(
-                peer,
-                "farm link from {peer} refused: {reason}; no traffic until the configs agree"
-            );
-            return Err(reason);
-        }
-        link.send_el(&Element::new("welcome", LINK_NS)).await?;
-        Ok((peer, purpose))
     }
 
     /// An authenticated relay connection: read the handoff, give the client to the handler.
@@ -627,11 +508,6 @@ impl FarmLinks {
             handoff,
         })
         .await;
-    }
-
-    fn proof(&self, label: &str, n1: &str, n2: &str, a: &str, b: &str) -> String {
-        let msg = format!("{label}\0{n1}\0{n2}\0{a}\0{b}");
-        hex::encode(hmac(ScramHash::Sha256, &self.key, msg.as_bytes()))
     }
 
     /// Run an authenticated link until it fails or we stop.
@@ -710,7 +586,7 @@ impl FarmLinks {
                 if frame.is_empty() {
                     continue; // heartbeat
                 }
-                match parse_one(&mut parser, &frame) {
+                match parse_frame(&mut parser, &frame) {
                     Ok(stanza) => {
                         if events
                             .send(LinkEvent::Stanza {
@@ -747,19 +623,6 @@ impl FarmLinks {
     }
 }
 
-/// The bytes of one frame's element (links carry elements in `jabber:server`).
-fn frame_of(el: &Element) -> Vec<u8> {
-    let mut s = String::with_capacity(256);
-    el.write_to(&mut s, ns::SERVER);
-    s.into_bytes()
-}
-
-fn push_frame(buf: &mut Vec<u8>, frame: &[u8]) {
-    let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
-    buf.extend_from_slice(&len.to_be_bytes());
-    buf.extend_from_slice(frame);
-}
-
 async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
     rd: &mut R,
     max: usize,
@@ -775,17 +638,6 @@ async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
     Ok(frame)
 }
 
-/// A frame must hold exactly one complete element.
-fn parse_one(parser: &mut StreamParser, frame: &[u8]) -> Result<Element, String> {
-    let mut data = frame;
-    match parser.parse(&mut data) {
-        Ok(Some(StreamEvent::Element(el))) if data.is_empty() => Ok(el),
-        Ok(Some(_)) => Err("more or other than one element".to_owned()),
-        Ok(None) => Err("incomplete element".to_owned()),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
 /// A link before it is split: framing plus the element parser.
 pub struct Framed {
     io: Box<dyn Io>,
@@ -795,18 +647,9 @@ pub struct Framed {
 
 impl Framed {
     pub fn new(io: Box<dyn Io>, max_frame: usize) -> Framed {
-        let mut parser = StreamParser::new(ParserLimits {
-            max_stanza: max_frame,
-            max_depth: ParserLimits::POST_AUTH.max_depth,
-        });
-        // Frames are elements of one implicit stream in jabber:server, with the prefixes a
-        // server stream declares (`Element::write_to` writes a top-level dialback element
-        // with `db:`).
-        let mut header: &[u8] = b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback'>";
-        let _ = parser.parse(&mut header);
         Framed {
             io,
-            parser,
+            parser: frame_parser(max_frame),
             max_frame,
         }
     }
@@ -833,33 +676,21 @@ impl Framed {
         loop {
             let frame = read_frame(&mut self.io, self.max_frame).await?;
             if !frame.is_empty() {
-                return parse_one(&mut self.parser, &frame);
+                return parse_frame(&mut self.parser, &frame);
             }
         }
     }
 }
 
-fn refuse(reason: &str) -> Element {
-    Element::new("refuse", LINK_NS).with_attr("reason", reason)
-}
-
-fn link_key(secret: &str) -> Vec<u8> {
-    hmac(
-        ScramHash::Sha256,
-        b"jabberfarm farm link key",
-        secret.as_bytes(),
-    )
-}
-
-fn new_nonce() -> String {
-    let bytes: [u8; 18] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn proof_matches(given: Option<&str>, expected: &str) -> bool {
-    given.is_some_and(|g| {
-        g.len() == expected.len() && bool::from(g.as_bytes().ct_eq(expected.as_bytes()))
-    })
+/// Log a failed handshake as loudly as it deserves and tell the peer why, when it should know.
+async fn failed(link: &mut Framed, peer: &str, f: Failure) -> String {
+    if let Some(alarm) = &f.alarm {
+        error!(peer, "{alarm}");
+    }
+    if let Some(reason) = &f.refuse {
+        let _ = link.send_el(&refuse(reason)).await;
+    }
+    f.reason
 }
 
 #[cfg(test)]
@@ -873,38 +704,12 @@ mod tests {
         let el = Element::new("message", ns::CLIENT)
             .with_attr("to", "b@localhost")
             .with_child(Element::new("body", ns::CLIENT).with_text("hi & <bye>"));
-        let mut s = String::new();
-        el.write_to(&mut s, ns::SERVER);
-        push_frame(&mut buf, s.as_bytes());
-        assert_eq!(&buf[..4], &(s.len() as u32).to_be_bytes());
+        let frame = frame_of(&el);
+        push_frame(&mut buf, &frame);
+        assert_eq!(&buf[..4], &(frame.len() as u32).to_be_bytes());
         let f = Framed::new(Box::new(tokio::io::duplex(64).0), 1024);
         let mut parser = f.parser;
-        let back = parse_one(&mut parser, &buf[4..]).unwrap();
+        let back = parse_frame(&mut parser, &buf[4..]).unwrap();
         assert_eq!(back, el);
-        // Two elements in one frame, or half of one, are refused.
-        assert!(parse_one(&mut parser, b"<a/><b/>").is_err());
-        assert!(parse_one(&mut parser, b"<a>").is_err());
-    }
-
-    #[test]
-    fn proofs_differ_by_direction_and_secret() {
-        let k1 = link_key("one");
-        let k2 = link_key("two");
-        assert_ne!(k1, k2);
-        let p = |k: &[u8], label: &str| {
-            hex::encode(hmac(
-                ScramHash::Sha256,
-                k,
-                format!("{label}\0a\0b\0x\0y").as_bytes(),
-            ))
-        };
-        assert_ne!(p(&k1, "acceptor"), p(&k1, "connector"));
-        assert_ne!(p(&k1, "acceptor"), p(&k2, "acceptor"));
-        assert!(proof_matches(
-            Some(&p(&k1, "acceptor")),
-            &p(&k1, "acceptor")
-        ));
-        assert!(!proof_matches(Some("00"), &p(&k1, "acceptor")));
-        assert!(!proof_matches(None, &p(&k1, "acceptor")));
     }
 }

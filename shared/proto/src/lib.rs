@@ -9,12 +9,14 @@
 //! - [`scram`]: SCRAM key derivation and proof checks (RFC 5802, RFC 7677).
 //! - [`sasl`]: the server side of SASL PLAIN and SCRAM-SHA-1/-256 as a state machine.
 //! - [`dialback`]: server dialback keys (XEP-0185), the from-rewrite at the farm's edge.
+//! - [`link`]: farm-link frames and the link handshake as two state machines.
 //!
 //! Data flow: bytes → [`xml::StreamParser`] → [`xml::Element`] → the runtime
 //! (`jabberfarm-net`) and the roles (`jabberfarm-master`, `jabberfarm-slave`), which decide with
 //! [`routing`] and answer with [`stanza`].
 
 pub mod dialback;
+pub mod link;
 pub mod ns;
 pub mod routing;
 pub mod sasl;

@@ -790,7 +790,8 @@ fn outage(s: &Setup, stop: impl FnOnce(), start: impl FnOnce(), log: impl Fn() -
     let mut bob = login(farm, "bob", "desk");
     bob.send("<presence/>");
     alice.send("<presence/>");
-    std::thread::sleep(Duration::from_millis(300));
+    bob.sync("localhost");
+    alice.sync("localhost");
 
     stop();
 

@@ -105,8 +105,7 @@ async fn may_see_presence(slave: &Slave, iq: &Element, user: &str, own: bool) ->
     let Some(from) = iq.attr("from").and_then(|f| Jid::new(f).ok()) else {
         return false;
     };
-    let contact = from.to_bare().to_string();
-    matches!(slave.im.item(user, &contact).await, Ok(Some(i)) if i.subscription.has_from())
+    matches!(slave.im.item(user, &from.to_bare()).await, Ok(Some(i)) if i.subscription.has_from())
 }
 
 /// An IQ to local user `user`'s bare JID (RFC 6121 §8.5.2.1: the server answers for the

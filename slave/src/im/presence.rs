@@ -214,7 +214,7 @@ async fn subscription_out(
     el: Element,
 ) -> Option<Element> {
     let c = contact.to_string();
-    let item = match slave.im.item(user, &c).await {
+    let item = match slave.im.item(user, contact).await {
         Ok(i) => i,
         Err(e) => {
             warn!(user, "roster unavailable: {e}");
@@ -242,9 +242,11 @@ async fn subscription_out(
     let mut item = item.unwrap_or_else(|| RosterItem::new(&c));
     let before = item.clone();
     let pending_in = match kind {
-        PresenceType::Subscribed | PresenceType::Unsubscribed => {
-            slave.im.remove_pending_in(user, &c).await.unwrap_or(false)
-        }
+        PresenceType::Subscribed | PresenceType::Unsubscribed => slave
+            .im
+            .remove_pending_in(user, contact)
+            .await
+            .unwrap_or(false),
         _ => false,
     };
     let forward = super::subscription::outbound(&mut item, kind, pending_in)?;
@@ -293,7 +295,7 @@ pub async fn inbound(
 ) -> Option<Element> {
     let kind = PresenceType::of(&el);
     let from = el.attr("from").and_then(|f| Jid::new(f).ok())?;
-    let contact = from.to_bare().to_string();
+    let contact = from.to_bare();
     match kind {
         Some(kind) if kind.is_subscription() => {
             subscription_in(slave, el.clone(), user, &contact, kind).await;
@@ -312,7 +314,7 @@ async fn subscription_in(
     slave: &Slave,
     el: Element,
     user: &str,
-    contact: &str,
+    contact: &BareJid,
     kind: PresenceType,
 ) {
     let item = match slave.im.item(user, contact).await {
@@ -338,7 +340,7 @@ async fn subscription_in(
             // Already subscribed: answer for the user (§3.1.3).
             slave
                 .route(
-                    subscription(&own, contact, PresenceType::Subscribed),
+                    subscription(&own, contact.as_str(), PresenceType::Subscribed),
                     Origin::Local,
                 )
                 .await;
@@ -347,13 +349,13 @@ async fn subscription_in(
             store(item).await;
             slave
                 .route(
-                    subscription(&own, contact, PresenceType::Subscribed),
+                    subscription(&own, contact.as_str(), PresenceType::Subscribed),
                     Origin::Local,
                 )
                 .await;
             for s in slave.sessions.available(user) {
                 if let Some(mut p) = s.presence {
-                    p.set_attr("to", contact);
+                    p.set_attr("to", contact.as_str());
                     slave.route(p, Origin::Local).await;
                 }
             }
@@ -392,7 +394,7 @@ async fn subscription_in(
 }
 
 /// §4.3.2: answer a probe with the last presence of each available resource, or unavailable.
-async fn probe(slave: &Slave, user: &str, contact: &str, from: &Jid) {
+async fn probe(slave: &Slave, user: &str, contact: &BareJid, from: &Jid) {
     let subscribed =
         matches!(slave.im.item(user, contact).await, Ok(Some(i)) if i.subscription.has_from());
     if !subscribed {

@@ -82,7 +82,7 @@ pub async fn set(slave: &Slave, iq: &Element, query: &Element, user: &str) -> El
         return bad("the item needs a valid jid");
     };
     let contact = jid.to_string();
-    let existing = match slave.im.item(user, &contact).await {
+    let existing = match slave.im.item(user, &jid).await {
         Ok(i) => i,
         Err(e) => return backend_error(iq, &e),
     };
@@ -91,7 +91,7 @@ pub async fn set(slave: &Slave, iq: &Element, query: &Element, user: &str) -> El
             // §2.5.3
             return StanzaError::new(ErrorCondition::ItemNotFound).reply_to(iq);
         };
-        match slave.im.remove_item(user, &contact).await {
+        match slave.im.remove_item(user, &jid).await {
             Ok(Some(ver)) => {
                 let mut gone = RosterItem::new(&contact);
                 gone.subscription = Subscription::None;
@@ -100,7 +100,7 @@ pub async fn set(slave: &Slave, iq: &Element, query: &Element, user: &str) -> El
             Ok(None) => {}
             Err(e) => return backend_error(iq, &e),
         }
-        let _ = slave.im.remove_pending_in(user, &contact).await;
+        let _ = slave.im.remove_pending_in(user, &jid).await;
         // §2.5.2: cancel the subscriptions both ways.
         let from = bare(user, &slave.sessions.domain);
         if old.subscription.has_to() || old.ask {

@@ -36,6 +36,7 @@ mod vcard_sqlite;
 mod tests;
 
 use crate::accounts::{AccountStore, ImDatabase, StoreError};
+use jid::BareJid;
 
 pub use last::{LastLogout, LastStore};
 pub use mysql::MysqlIm;
@@ -116,7 +117,7 @@ impl RosterStore for ImStore {
         each!(self, s => s.roster(user).await)
     }
 
-    async fn item(&self, user: &str, contact: &str) -> Result<Option<RosterItem>, StoreError> {
+    async fn item(&self, user: &str, contact: &BareJid) -> Result<Option<RosterItem>, StoreError> {
         each!(self, s => s.item(user, contact).await)
     }
 
@@ -128,7 +129,7 @@ impl RosterStore for ImStore {
         each!(self, s => s.put_item(user, item).await)
     }
 
-    async fn remove_item(&self, user: &str, contact: &str) -> Result<Option<u64>, StoreError> {
+    async fn remove_item(&self, user: &str, contact: &BareJid) -> Result<Option<u64>, StoreError> {
         each!(self, s => s.remove_item(user, contact).await)
     }
 
@@ -139,14 +140,14 @@ impl RosterStore for ImStore {
     async fn add_pending_in(
         &self,
         user: &str,
-        contact: &str,
+        contact: &BareJid,
         stanza_xml: &str,
         max: usize,
     ) -> Result<bool, StoreError> {
         each!(self, s => s.add_pending_in(user, contact, stanza_xml, max).await)
     }
 
-    async fn remove_pending_in(&self, user: &str, contact: &str) -> Result<bool, StoreError> {
+    async fn remove_pending_in(&self, user: &str, contact: &BareJid) -> Result<bool, StoreError> {
         each!(self, s => s.remove_pending_in(user, contact).await)
     }
 

@@ -2,6 +2,8 @@
 
 use std::future::Future;
 
+use jid::BareJid;
+
 use crate::accounts::StoreError;
 
 /// The subscription state of a roster item (RFC 6121 §2.1.2.5), from the user's side: `to`
@@ -83,7 +85,8 @@ impl RosterItem {
     }
 }
 
-/// Where rosters live. `user` is always a normalised localpart, `contact` a normalised bare JID.
+/// Where rosters live. `user` is always a normalised localpart; a contact is a bare JID (the
+/// type: stringprep applied, never a full JID).
 /// The futures are `Send`, so callers can spawn them.
 pub trait RosterStore: Send + Sync {
     /// The roster version and every item, sorted by JID (byte order). Version 0 for a user
@@ -96,7 +99,7 @@ pub trait RosterStore: Send + Sync {
     fn item(
         &self,
         user: &str,
-        contact: &str,
+        contact: &BareJid,
     ) -> impl Future<Output = Result<Option<RosterItem>, StoreError>> + Send;
 
     /// Inserts or replaces the item with `item.jid`, atomically bumping the user's roster
@@ -112,7 +115,7 @@ pub trait RosterStore: Send + Sync {
     fn remove_item(
         &self,
         user: &str,
-        contact: &str,
+        contact: &BareJid,
     ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
 
     /// The current roster version (0 if the user never had a roster item).
@@ -128,7 +131,7 @@ pub trait RosterStore: Send + Sync {
     fn add_pending_in(
         &self,
         user: &str,
-        contact: &str,
+        contact: &BareJid,
         stanza_xml: &str,
         max: usize,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
@@ -137,7 +140,7 @@ pub trait RosterStore: Send + Sync {
     fn remove_pending_in(
         &self,
         user: &str,
-        contact: &str,
+        contact: &BareJid,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// `(contact, stanza_xml)` of every pending request, oldest first.

@@ -3,6 +3,8 @@
 
 use std::collections::HashSet;
 
+use jid::BareJid;
+
 use crate::accounts::StoreError;
 use sqlx::Row;
 use sqlx::mysql::{MySqlConnection, MySqlRow};
@@ -42,11 +44,11 @@ impl RosterStore for MysqlIm {
         .await
     }
 
-    async fn item(&self, user: &str, contact: &str) -> Result<Option<RosterItem>, StoreError> {
+    async fn item(&self, user: &str, contact: &BareJid) -> Result<Option<RosterItem>, StoreError> {
         self.run("reading a roster item", user, || async {
             let rows = sqlx::query(SELECT_ITEM)
                 .bind(user)
-                .bind(contact)
+                .bind(contact.as_str())
                 .fetch_all(&self.pool)
                 .await?;
             Ok(items_from_rows(&rows)?.pop())
@@ -115,12 +117,12 @@ impl RosterStore for MysqlIm {
         .await
     }
 
-    async fn remove_item(&self, user: &str, contact: &str) -> Result<Option<u64>, StoreError> {
+    async fn remove_item(&self, user: &str, contact: &BareJid) -> Result<Option<u64>, StoreError> {
         self.run("removing a roster item", user, || async {
             let mut tx = self.write(user).await?;
             let existing: Option<i64> = sqlx::query_scalar(SELECT_ITEM_ID)
                 .bind(user)
-                .bind(contact)
+                .bind(contact.as_str())
                 .fetch_optional(&mut *tx)
                 .await?;
             let Some(id) = existing else {
@@ -165,7 +167,7 @@ impl RosterStore for MysqlIm {
     async fn add_pending_in(
         &self,
         user: &str,
-        contact: &str,
+        contact: &BareJid,
         stanza_xml: &str,
         max: usize,
     ) -> Result<bool, StoreError> {
@@ -177,7 +179,7 @@ impl RosterStore for MysqlIm {
                 "SELECT COUNT(*) FROM pending_in WHERE username = ? AND contact <> ?",
             )
             .bind(user)
-            .bind(contact)
+            .bind(contact.as_str())
             .fetch_one(&mut *tx)
             .await?;
             if others >= max {
@@ -186,12 +188,12 @@ impl RosterStore for MysqlIm {
             // Deleted and inserted again: a new, higher id makes it the newest.
             sqlx::query("DELETE FROM pending_in WHERE username = ? AND contact = ?")
                 .bind(user)
-                .bind(contact)
+                .bind(contact.as_str())
                 .execute(&mut *tx)
                 .await?;
             sqlx::query("INSERT INTO pending_in (username, contact, stanza) VALUES (?, ?, ?)")
                 .bind(user)
-                .bind(contact)
+                .bind(contact.as_str())
                 .bind(stanza_xml)
                 .execute(&mut *tx)
                 .await?;
@@ -201,12 +203,12 @@ impl RosterStore for MysqlIm {
         .await
     }
 
-    async fn remove_pending_in(&self, user: &str, contact: &str) -> Result<bool, StoreError> {
+    async fn remove_pending_in(&self, user: &str, contact: &BareJid) -> Result<bool, StoreError> {
         self.run("removing a subscription request", user, || async {
             let mut tx = self.write(user).await?;
             let done = sqlx::query("DELETE FROM pending_in WHERE username = ? AND contact = ?")
                 .bind(user)
-                .bind(contact)
+                .bind(contact.as_str())
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;

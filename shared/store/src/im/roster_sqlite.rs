@@ -3,6 +3,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use jid::BareJid;
+
 use crate::accounts::StoreError;
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
@@ -77,13 +79,13 @@ impl RosterStore for SqliteIm {
         Ok((version, items))
     }
 
-    async fn item(&self, user: &str, contact: &str) -> Result<Option<RosterItem>, StoreError> {
+    async fn item(&self, user: &str, contact: &BareJid) -> Result<Option<RosterItem>, StoreError> {
         let doing = "reading a roster item";
         let err = |e| self.error(doing, user, e);
         let mut tx = self.read(user, doing).await?;
         let Some(row) = sqlx::query(SELECT_ITEM)
             .bind(user)
-            .bind(contact)
+            .bind(contact.as_str())
             .fetch_optional(&mut *tx)
             .await
             .map_err(err)?
@@ -93,7 +95,7 @@ impl RosterStore for SqliteIm {
         let mut item = self.item_from_row(&row, user, doing)?;
         item.groups = sqlx::query(SELECT_ITEM_GROUPS)
             .bind(user)
-            .bind(contact)
+            .bind(contact.as_str())
             .fetch_all(&mut *tx)
             .await
             .map_err(err)?
@@ -150,19 +152,19 @@ impl RosterStore for SqliteIm {
         Ok(version)
     }
 
-    async fn remove_item(&self, user: &str, contact: &str) -> Result<Option<u64>, StoreError> {
+    async fn remove_item(&self, user: &str, contact: &BareJid) -> Result<Option<u64>, StoreError> {
         let doing = "removing a roster item";
         let err = |e| self.error(doing, user, e);
         let mut tx = self.write(user, doing).await?;
         sqlx::query("DELETE FROM roster_groups WHERE username = ?1 AND jid = ?2")
             .bind(user)
-            .bind(contact)
+            .bind(contact.as_str())
             .execute(&mut *tx)
             .await
             .map_err(err)?;
         let done = sqlx::query("DELETE FROM roster_items WHERE username = ?1 AND jid = ?2")
             .bind(user)
-            .bind(contact)
+            .bind(contact.as_str())
             .execute(&mut *tx)
             .await
             .map_err(err)?;
@@ -199,7 +201,7 @@ impl RosterStore for SqliteIm {
     async fn add_pending_in(
         &self,
         user: &str,
-        contact: &str,
+        contact: &BareJid,
         stanza_xml: &str,
         max: usize,
     ) -> Result<bool, StoreError> {
@@ -209,7 +211,7 @@ impl RosterStore for SqliteIm {
             "SELECT COUNT(*) FROM pending_in WHERE username = ?1 AND contact <> ?2",
         )
         .bind(user)
-        .bind(contact)
+        .bind(contact.as_str())
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| self.error(doing, user, e))?;
@@ -219,7 +221,7 @@ impl RosterStore for SqliteIm {
         // REPLACE deletes the old row and inserts a new one with a higher id: the newest.
         sqlx::query("REPLACE INTO pending_in (username, contact, stanza) VALUES (?1, ?2, ?3)")
             .bind(user)
-            .bind(contact)
+            .bind(contact.as_str())
             .bind(stanza_xml)
             .execute(&mut *tx)
             .await
@@ -228,10 +230,10 @@ impl RosterStore for SqliteIm {
         Ok(true)
     }
 
-    async fn remove_pending_in(&self, user: &str, contact: &str) -> Result<bool, StoreError> {
+    async fn remove_pending_in(&self, user: &str, contact: &BareJid) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM pending_in WHERE username = ?1 AND contact = ?2")
             .bind(user)
-            .bind(contact)
+            .bind(contact.as_str())
             .execute(&self.pool)
             .await
             .map_err(|e| self.error("removing a subscription request", user, e))?;

@@ -7,6 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use jid::BareJid;
+
 use crate::accounts::{AccountStore, StoreError};
 use jabberfarm_config::{MysqlAccounts, MysqlConfig, StorageBackend, StorageConfig};
 
@@ -128,7 +130,10 @@ async fn roster_put_get_update_remove_with_versions(backend: Backend) {
 
     assert_eq!(im.roster("juliet").await.unwrap(), (0, vec![]));
     assert_eq!(im.version("juliet").await.unwrap(), 0);
-    assert_eq!(im.item("juliet", "romeo@example.net").await.unwrap(), None);
+    assert_eq!(
+        im.item("juliet", &jid("romeo@example.net")).await.unwrap(),
+        None
+    );
 
     let romeo = item("romeo@example.net", Some("Romeo"), Subscription::None, &[]);
     let nurse = item("nurse@example.com", None, Subscription::Both, &["Servants"]);
@@ -154,7 +159,7 @@ async fn roster_put_get_update_remove_with_versions(backend: Backend) {
     };
     assert_eq!(im.put_item("juliet", &romeo2).await.unwrap(), 3);
     assert_eq!(
-        im.item("juliet", "romeo@example.net").await.unwrap(),
+        im.item("juliet", &jid("romeo@example.net")).await.unwrap(),
         Some(romeo2.clone())
     );
     let romeo3 = RosterItem {
@@ -170,26 +175,33 @@ async fn roster_put_get_update_remove_with_versions(backend: Backend) {
 
     // Removing an absent item changes nothing, not even the version.
     assert_eq!(
-        im.remove_item("juliet", "tybalt@example.net")
+        im.remove_item("juliet", &jid("tybalt@example.net"))
             .await
             .unwrap(),
         None
     );
     assert_eq!(im.version("juliet").await.unwrap(), 4);
     assert_eq!(
-        im.remove_item("juliet", "romeo@example.net").await.unwrap(),
+        im.remove_item("juliet", &jid("romeo@example.net"))
+            .await
+            .unwrap(),
         Some(5)
     );
-    assert_eq!(im.item("juliet", "romeo@example.net").await.unwrap(), None);
     assert_eq!(
-        im.remove_item("juliet", "romeo@example.net").await.unwrap(),
+        im.item("juliet", &jid("romeo@example.net")).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        im.remove_item("juliet", &jid("romeo@example.net"))
+            .await
+            .unwrap(),
         None
     );
     assert_eq!(im.roster("juliet").await.unwrap(), (5, vec![nurse.clone()]));
     // Adding it back starts with no stale groups.
     assert_eq!(im.put_item("juliet", &romeo).await.unwrap(), 6);
     assert_eq!(
-        im.item("juliet", "romeo@example.net").await.unwrap(),
+        im.item("juliet", &jid("romeo@example.net")).await.unwrap(),
         Some(romeo)
     );
     accounts.close().await;
@@ -214,7 +226,10 @@ async fn groups_with_commas_unicode_order_and_duplicates(backend: Backend) {
         &groups,
     );
     im.put_item("juliet", &it).await.unwrap();
-    assert_eq!(im.item("juliet", &it.jid).await.unwrap(), Some(it.clone()));
+    assert_eq!(
+        im.item("juliet", &jid(&it.jid)).await.unwrap(),
+        Some(it.clone())
+    );
     assert_eq!(im.roster("juliet").await.unwrap().1, vec![it.clone()]);
 
     // A repeated group is kept once, at its first place; the order given is kept.
@@ -226,7 +241,11 @@ async fn groups_with_commas_unicode_order_and_duplicates(backend: Backend) {
     );
     im.put_item("juliet", &dup).await.unwrap();
     assert_eq!(
-        im.item("juliet", &dup.jid).await.unwrap().unwrap().groups,
+        im.item("juliet", &jid(&dup.jid))
+            .await
+            .unwrap()
+            .unwrap()
+            .groups,
         ["b", "a, b", "a"]
     );
     accounts.close().await;
@@ -240,7 +259,7 @@ async fn pending_in_add_replace_remove_order(backend: Backend) {
 
     im.add_pending_in(
         "juliet",
-        "romeo@example.net",
+        &jid("romeo@example.net"),
         &sub("romeo@example.net", 1),
         10,
     )
@@ -248,7 +267,7 @@ async fn pending_in_add_replace_remove_order(backend: Backend) {
     .unwrap();
     im.add_pending_in(
         "juliet",
-        "paris@example.net",
+        &jid("paris@example.net"),
         &sub("paris@example.net", 2),
         10,
     )
@@ -256,7 +275,7 @@ async fn pending_in_add_replace_remove_order(backend: Backend) {
     .unwrap();
     im.add_pending_in(
         "juliet",
-        "benvolio@example.net",
+        &jid("benvolio@example.net"),
         &sub("benvolio@example.net", 3),
         10,
     )
@@ -274,7 +293,7 @@ async fn pending_in_add_replace_remove_order(backend: Backend) {
     // A repeated request replaces the old one and becomes the newest.
     im.add_pending_in(
         "juliet",
-        "romeo@example.net",
+        &jid("romeo@example.net"),
         &sub("romeo@example.net", 4),
         10,
     )
@@ -290,17 +309,17 @@ async fn pending_in_add_replace_remove_order(backend: Backend) {
     );
 
     assert!(
-        im.remove_pending_in("juliet", "paris@example.net")
+        im.remove_pending_in("juliet", &jid("paris@example.net"))
             .await
             .unwrap()
     );
     assert!(
-        !im.remove_pending_in("juliet", "paris@example.net")
+        !im.remove_pending_in("juliet", &jid("paris@example.net"))
             .await
             .unwrap()
     );
     assert!(
-        !im.remove_pending_in("romeo", "benvolio@example.net")
+        !im.remove_pending_in("romeo", &jid("benvolio@example.net"))
             .await
             .unwrap()
     );
@@ -315,7 +334,7 @@ async fn pending_in_add_replace_remove_order(backend: Backend) {
     assert!(
         !im.add_pending_in(
             "juliet",
-            "tybalt@example.net",
+            &jid("tybalt@example.net"),
             &sub("tybalt@example.net", 5),
             2
         )
@@ -325,7 +344,7 @@ async fn pending_in_add_replace_remove_order(backend: Backend) {
     assert!(
         im.add_pending_in(
             "juliet",
-            "romeo@example.net",
+            &jid("romeo@example.net"),
             &sub("romeo@example.net", 6),
             2
         )
@@ -481,7 +500,7 @@ async fn fill(im: &ImStore, user: &str) {
     .unwrap();
     im.add_pending_in(
         user,
-        "stranger@example.net",
+        &jid("stranger@example.net"),
         &format!("<presence to='{user}'/>"),
         10,
     )
@@ -562,7 +581,7 @@ async fn users_never_mix_survive_restart_and_delete_user(backend: Backend) {
     // Operations on one user never reach the other.
     assert_eq!(im.delete_up_to("tybalt", i64::MAX).await.unwrap(), 0);
     assert!(
-        !im.remove_pending_in("tybalt", "stranger@example.net")
+        !im.remove_pending_in("tybalt", &jid("stranger@example.net"))
             .await
             .unwrap()
     );
@@ -573,7 +592,7 @@ async fn users_never_mix_survive_restart_and_delete_user(backend: Backend) {
     );
     assert_eq!(im.delete_up_to("tybalt", i64::MAX).await.unwrap(), 1);
     assert_eq!(
-        im.remove_item("juliet", "friend-of-romeo@example.net")
+        im.remove_item("juliet", &jid("friend-of-romeo@example.net"))
             .await
             .unwrap(),
         None
@@ -634,4 +653,9 @@ async fn closed_database_is_unavailable(backend: Backend) {
         err.to_string().contains("storing an offline message"),
         "{err}"
     );
+}
+
+/// A contact's bare JID, as the roster store takes it.
+fn jid(s: &str) -> BareJid {
+    BareJid::new(s).unwrap()
 }

@@ -3,7 +3,8 @@
 //! - [`xml`]: the element type and its serialization, the incremental restricted-XML stream
 //!   parser (rxml), stream errors.
 //! - [`ns`]: the XML namespaces we use.
-//! - [`stanza`]: stanza kinds and error replies.
+//! - [`stanza`]: typed stanzas — IQ type and payload as one enum ([`stanza::Iq`]), presence and
+//!   message types, stanza errors ([`stanza::StanzaError`]) — and results.
 //! - [`routing`]: the routing rule `owner(localpart) -> node` (DESIGN.md D2) and its
 //!   fingerprint.
 //! - [`scram`]: SCRAM key derivation and proof checks (RFC 5802, RFC 7677).

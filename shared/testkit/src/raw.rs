@@ -192,7 +192,12 @@ impl Raw {
 
     /// Opens (or restarts) the stream to `localhost`; returns the features.
     pub fn open(&mut self) -> String {
-        self.send(HEADER);
+        self.open_at("localhost")
+    }
+
+    /// Opens (or restarts) the stream to `domain`; returns the features.
+    pub fn open_at(&mut self, domain: &str) -> String {
+        self.send(&HEADER.replace("to='localhost'", &format!("to='{domain}'")));
         self.wait_for("</stream:features>", 10)
     }
 
@@ -225,14 +230,19 @@ impl Raw {
 
     /// Restart after `<success/>` and bind `resource` for `user@localhost`.
     pub fn bind(&mut self, user: &str, resource: &str) {
-        self.open();
+        self.bind_at("localhost", user, resource);
+    }
+
+    /// Restart after `<success/>` and bind `resource` for `user@domain`.
+    pub fn bind_at(&mut self, domain: &str, user: &str, resource: &str) {
+        self.open_at(domain);
         self.send(&format!(
             "<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
              <resource>{resource}</resource></bind></iq>"
         ));
         let r = self.wait_for("</iq>", 10);
         assert!(
-            r.contains(&format!("<jid>{user}@localhost/{resource}</jid>")),
+            r.contains(&format!("<jid>{user}@{domain}/{resource}</jid>")),
             "{r}"
         );
     }
@@ -255,20 +265,11 @@ impl Raw {
 
     /// [`Raw::login_at`] on the connection `c` is.
     pub fn login_over(mut c: Raw, domain: &str, user: &str, password: &str, resource: &str) -> Raw {
-        let header = HEADER.replace("to='localhost'", &format!("to='{domain}'"));
-        c.send(&header);
-        c.wait_for("</stream:features>", 5);
+        c.open_at(domain);
         c.send(&plain_auth(user, password));
         let r = c.wait_for("urn:ietf:params:xml:ns:xmpp-sasl", 10);
         assert!(r.contains("<success"), "login of {user} failed: {r}");
-        c.send(&header);
-        c.wait_for("</stream:features>", 5);
-        c.send(&format!("<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>"));
-        let r = c.wait_for("</iq>", 5);
-        assert!(
-            r.contains(&format!("<jid>{user}@{domain}/{resource}</jid>")),
-            "{r}"
-        );
+        c.bind_at(domain, user, resource);
         c
     }
 

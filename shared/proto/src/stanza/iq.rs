@@ -24,15 +24,6 @@ impl IqType {
             _ => None,
         }
     }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            IqType::Get => "get",
-            IqType::Set => "set",
-            IqType::Result => "result",
-            IqType::Error => "error",
-        }
-    }
 }
 
 /// A request's payload, by qualified name: those some node of the farm answers, and the rest.

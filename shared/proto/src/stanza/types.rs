@@ -42,11 +42,6 @@ impl PresenceType {
         )
     }
 
-    /// The two that say whether a resource is there (RFC 6121 §4).
-    pub fn is_availability(self) -> bool {
-        matches!(self, PresenceType::Available | PresenceType::Unavailable)
-    }
-
     /// The `type` attribute's value (`available` for none).
     pub fn name(self) -> &'static str {
         match self {

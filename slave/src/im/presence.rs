@@ -138,7 +138,7 @@ async fn broadcast(slave: &Slave, me: &FullJid, user: &str, el: Element) -> Vec<
     };
     for item in roster.iter().filter(|i| i.subscription.has_from()) {
         let mut p = el.clone();
-        p.set_attr("to", &item.jid);
+        p.set_attr("to", item.jid.as_str());
         slave.route(p, Origin::Local).await;
     }
     if !available {
@@ -167,7 +167,7 @@ async fn broadcast(slave: &Slave, me: &FullJid, user: &str, el: Element) -> Vec<
             let probe = Element::new("presence", ns::CLIENT)
                 .with_attr("type", "probe")
                 .with_attr("from", &own_bare)
-                .with_attr("to", &item.jid);
+                .with_attr("to", item.jid.as_str());
             slave.route(probe, Origin::Local).await;
         }
         // §3.1.3: subscription requests that waited for us.
@@ -213,7 +213,6 @@ async fn subscription_out(
     kind: PresenceType,
     el: Element,
 ) -> Option<Element> {
-    let c = contact.to_string();
     let item = match slave.im.item(user, contact).await {
         Ok(i) => i,
         Err(e) => {
@@ -239,7 +238,7 @@ async fn subscription_out(
             }
         }
     }
-    let mut item = item.unwrap_or_else(|| RosterItem::new(&c));
+    let mut item = item.unwrap_or_else(|| RosterItem::new(contact.clone()));
     let before = item.clone();
     let pending_in = match kind {
         PresenceType::Subscribed | PresenceType::Unsubscribed => slave
@@ -265,7 +264,7 @@ async fn subscription_out(
         PresenceType::Subscribed if forward => {
             for s in slave.sessions.available(user) {
                 if let Some(mut p) = s.presence {
-                    p.set_attr("to", &c);
+                    p.set_attr("to", contact.as_str());
                     slave.route(p, Origin::Local).await;
                 }
             }
@@ -276,7 +275,7 @@ async fn subscription_out(
                 let p = Element::new("presence", ns::CLIENT)
                     .with_attr("type", "unavailable")
                     .with_attr("from", format!("{from}/{}", s.resource))
-                    .with_attr("to", &c);
+                    .with_attr("to", contact.as_str());
                 slave.route(p, Origin::Local).await;
             }
         }

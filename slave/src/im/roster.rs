@@ -22,7 +22,7 @@ pub const MAX_ITEMS: usize = 2000;
 /// `<item/>` for a roster item (RFC 6121 §2.1.2).
 pub fn item_element(item: &RosterItem) -> Element {
     let mut e = Element::new("item", ns::ROSTER)
-        .with_attr("jid", &item.jid)
+        .with_attr("jid", item.jid.as_str())
         .with_opt_attr("name", item.name.as_deref())
         .with_attr("subscription", item.subscription.as_str());
     if item.ask {
@@ -81,7 +81,7 @@ pub async fn set(slave: &Slave, iq: &Element, query: &Element, user: &str) -> El
     let Some(jid) = item.attr("jid").and_then(|j| BareJid::new(j).ok()) else {
         return bad("the item needs a valid jid");
     };
-    let contact = jid.to_string();
+    let contact = jid.as_str();
     let existing = match slave.im.item(user, &jid).await {
         Ok(i) => i,
         Err(e) => return backend_error(iq, &e),
@@ -93,7 +93,7 @@ pub async fn set(slave: &Slave, iq: &Element, query: &Element, user: &str) -> El
         };
         match slave.im.remove_item(user, &jid).await {
             Ok(Some(ver)) => {
-                let mut gone = RosterItem::new(&contact);
+                let mut gone = RosterItem::new(jid.clone());
                 gone.subscription = Subscription::None;
                 push_item(slave, user, &gone, ver, true);
             }
@@ -106,7 +106,7 @@ pub async fn set(slave: &Slave, iq: &Element, query: &Element, user: &str) -> El
         if old.subscription.has_to() || old.ask {
             slave
                 .route(
-                    subscription(&from, &contact, PresenceType::Unsubscribe),
+                    subscription(&from, contact, PresenceType::Unsubscribe),
                     Origin::Local,
                 )
                 .await;
@@ -114,7 +114,7 @@ pub async fn set(slave: &Slave, iq: &Element, query: &Element, user: &str) -> El
         if old.subscription.has_from() {
             slave
                 .route(
-                    subscription(&from, &contact, PresenceType::Unsubscribed),
+                    subscription(&from, contact, PresenceType::Unsubscribed),
                     Origin::Local,
                 )
                 .await;
@@ -161,7 +161,7 @@ pub async fn set(slave: &Slave, iq: &Element, query: &Element, user: &str) -> El
                 Err(e) => return backend_error(iq, &e),
                 _ => {}
             }
-            RosterItem::new(&contact)
+            RosterItem::new(jid.clone())
         }
     };
     // The client sets name and groups only; subscription state is the server's (§2.1.2.5).

@@ -113,7 +113,7 @@ mod tests {
     use Subscription::{Both, From, None as NoSub, To};
 
     fn item(subscription: Subscription, ask: bool, approved: bool) -> RosterItem {
-        let mut i = RosterItem::new("juliet@example.com");
+        let mut i = RosterItem::new(jid::BareJid::new("juliet@example.com").unwrap());
         i.subscription = subscription;
         i.ask = ask;
         i.approved = approved;

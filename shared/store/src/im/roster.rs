@@ -61,10 +61,10 @@ impl Subscription {
 }
 
 /// One contact on a user's roster (RFC 6121 §2.1.2).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RosterItem {
-    /// The contact's bare JID, normalised by the caller.
-    pub jid: String,
+    /// The contact: a bare JID, so normalised and never a full JID.
+    pub jid: BareJid,
     pub name: Option<String>,
     pub subscription: Subscription,
     /// An outbound subscription request is pending (`ask='subscribe'`, RFC 6121 §2.1.2.2).
@@ -77,11 +77,36 @@ pub struct RosterItem {
 
 impl RosterItem {
     /// An item with no name, no groups and subscription `none`.
-    pub fn new(jid: impl Into<String>) -> Self {
+    pub fn new(jid: BareJid) -> Self {
         Self {
-            jid: jid.into(),
-            ..Self::default()
+            jid,
+            name: None,
+            subscription: Subscription::None,
+            ask: false,
+            approved: false,
+            groups: Vec::new(),
         }
+    }
+
+    /// An item as a backend stored it (groups added by the caller). The error says what in
+    /// the row is not a roster item: a JID that does not parse, an unknown subscription.
+    pub(crate) fn from_stored(
+        jid: &str,
+        subscription: &str,
+        name: Option<String>,
+        ask: bool,
+        approved: bool,
+    ) -> Result<Self, String> {
+        let parsed = BareJid::new(jid).map_err(|e| format!("item {jid:?} is not a JID: {e}"))?;
+        let subscription = Subscription::parse(subscription)
+            .ok_or_else(|| format!("item {jid:?} has subscription {subscription:?}"))?;
+        Ok(Self {
+            name,
+            subscription,
+            ask,
+            approved,
+            ..Self::new(parsed)
+        })
     }
 }
 
@@ -170,5 +195,18 @@ mod tests {
         for bad in ["remove", "Both", "", "none "] {
             assert_eq!(Subscription::parse(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn stored_rows_that_are_not_items_are_named() {
+        let item = RosterItem::from_stored("romeo@example.net", "to", None, true, false).unwrap();
+        assert_eq!(item.jid.as_str(), "romeo@example.net");
+        assert_eq!((item.subscription, item.ask), (Subscription::To, true));
+
+        let err = RosterItem::from_stored("@example.net", "to", None, false, false).unwrap_err();
+        assert!(err.contains("\"@example.net\" is not a JID"), "{err}");
+        let err =
+            RosterItem::from_stored("romeo@example.net", "maybe", None, false, false).unwrap_err();
+        assert!(err.contains("has subscription \"maybe\""), "{err}");
     }
 }

@@ -10,7 +10,7 @@ use sqlx::Row;
 use sqlx::mysql::{MySqlConnection, MySqlRow};
 
 use super::mysql::{Fail, MysqlIm};
-use super::roster::{RosterItem, RosterStore, Subscription};
+use super::roster::{RosterItem, RosterStore};
 
 /// The version and every item with its groups in one statement (one snapshot): one row per
 /// group, an item without groups once with `grp` NULL, a user without items once with `jid`
@@ -61,7 +61,7 @@ impl RosterStore for MysqlIm {
             let mut tx = self.write(user).await?;
             let existing: Option<i64> = sqlx::query_scalar(SELECT_ITEM_ID)
                 .bind(user)
-                .bind(&item.jid)
+                .bind(item.jid.as_str())
                 .fetch_optional(&mut *tx)
                 .await?;
             let id = match existing {
@@ -89,7 +89,7 @@ impl RosterStore for MysqlIm {
                          approved) VALUES (?, ?, ?, ?, ?, ?)",
                     )
                     .bind(user)
-                    .bind(&item.jid)
+                    .bind(item.jid.as_str())
                     .bind(item.name.as_deref())
                     .bind(item.subscription.as_str())
                     .bind(item.ask)
@@ -261,19 +261,18 @@ fn items_from_rows(rows: &[MySqlRow]) -> Result<Vec<RosterItem>, Fail> {
         let Some(jid) = row.try_get::<Option<String>, _>("jid")? else {
             continue;
         };
-        if items.last().is_none_or(|last| last.jid != jid) {
+        if items.last().is_none_or(|last| last.jid.as_str() != jid) {
             let subscription: String = row.try_get("subscription")?;
-            let subscription = Subscription::parse(&subscription).ok_or_else(|| {
-                Fail::Corrupt(format!("item {jid:?} has subscription {subscription:?}"))
-            })?;
-            items.push(RosterItem {
-                name: row.try_get("name")?,
-                subscription,
-                ask: row.try_get("ask")?,
-                approved: row.try_get("approved")?,
-                groups: Vec::new(),
-                jid,
-            });
+            items.push(
+                RosterItem::from_stored(
+                    &jid,
+                    &subscription,
+                    row.try_get("name")?,
+                    row.try_get("ask")?,
+                    row.try_get("approved")?,
+                )
+                .map_err(Fail::Corrupt)?,
+            );
         }
         if let (Some(group), Some(item)) =
             (row.try_get::<Option<String>, _>("grp")?, items.last_mut())

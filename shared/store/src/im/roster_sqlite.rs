@@ -9,7 +9,7 @@ use crate::accounts::StoreError;
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 
-use super::roster::{RosterItem, RosterStore, Subscription};
+use super::roster::{RosterItem, RosterStore};
 use super::sqlite::SqliteIm;
 
 const SELECT_ITEMS: &str = "SELECT jid, name, subscription, ask, approved FROM roster_items \
@@ -72,7 +72,7 @@ impl RosterStore for SqliteIm {
             .iter()
             .map(|row| {
                 let mut item = self.item_from_row(row, user, doing)?;
-                item.groups = groups.remove(&item.jid).unwrap_or_default();
+                item.groups = groups.remove(item.jid.as_str()).unwrap_or_default();
                 Ok(item)
             })
             .collect::<Result<_, StoreError>>()?;
@@ -118,7 +118,7 @@ impl RosterStore for SqliteIm {
              approved = excluded.approved",
         )
         .bind(user)
-        .bind(&item.jid)
+        .bind(item.jid.as_str())
         .bind(item.name.as_deref())
         .bind(item.subscription.as_str())
         .bind(item.ask)
@@ -128,7 +128,7 @@ impl RosterStore for SqliteIm {
         .map_err(err)?;
         sqlx::query("DELETE FROM roster_groups WHERE username = ?1 AND jid = ?2")
             .bind(user)
-            .bind(&item.jid)
+            .bind(item.jid.as_str())
             .execute(&mut *tx)
             .await
             .map_err(err)?;
@@ -140,7 +140,7 @@ impl RosterStore for SqliteIm {
                  VALUES (?1, ?2, ?3, ?4)",
             )
             .bind(user)
-            .bind(&item.jid)
+            .bind(item.jid.as_str())
             .bind(position)
             .bind(group)
             .execute(&mut *tx)
@@ -299,20 +299,13 @@ impl SqliteIm {
         let err = |e| self.error(doing, user, e);
         let jid: String = row.try_get("jid").map_err(err)?;
         let subscription: String = row.try_get("subscription").map_err(err)?;
-        let subscription = Subscription::parse(&subscription).ok_or_else(|| {
-            self.corrupt(
-                doing,
-                user,
-                format!("item {jid:?} has subscription {subscription:?}"),
-            )
-        })?;
-        Ok(RosterItem {
-            name: row.try_get("name").map_err(err)?,
-            subscription,
-            ask: row.try_get("ask").map_err(err)?,
-            approved: row.try_get("approved").map_err(err)?,
-            groups: Vec::new(),
-            jid,
-        })
+        RosterItem::from_stored(
+            &jid,
+            &subscription,
+            row.try_get("name").map_err(err)?,
+            row.try_get("ask").map_err(err)?,
+            row.try_get("approved").map_err(err)?,
+        )
+        .map_err(|what| self.corrupt(doing, user, what))
     }
 }

@@ -108,7 +108,7 @@ on_every_backend!(
 
 fn item(jid: &str, name: Option<&str>, sub: Subscription, groups: &[&str]) -> RosterItem {
     RosterItem {
-        jid: jid.to_owned(),
+        jid: self::jid(jid),
         name: name.map(str::to_owned),
         subscription: sub,
         ask: false,
@@ -226,10 +226,7 @@ async fn groups_with_commas_unicode_order_and_duplicates(backend: Backend) {
         &groups,
     );
     im.put_item("juliet", &it).await.unwrap();
-    assert_eq!(
-        im.item("juliet", &jid(&it.jid)).await.unwrap(),
-        Some(it.clone())
-    );
+    assert_eq!(im.item("juliet", &it.jid).await.unwrap(), Some(it.clone()));
     assert_eq!(im.roster("juliet").await.unwrap().1, vec![it.clone()]);
 
     // A repeated group is kept once, at its first place; the order given is kept.
@@ -241,11 +238,7 @@ async fn groups_with_commas_unicode_order_and_duplicates(backend: Backend) {
     );
     im.put_item("juliet", &dup).await.unwrap();
     assert_eq!(
-        im.item("juliet", &jid(&dup.jid))
-            .await
-            .unwrap()
-            .unwrap()
-            .groups,
+        im.item("juliet", &dup.jid).await.unwrap().unwrap().groups,
         ["b", "a, b", "a"]
     );
     accounts.close().await;
@@ -426,7 +419,10 @@ async fn concurrent_writes_are_atomic_and_futures_are_send(backend: Backend) {
                 .await
                 .unwrap();
             let version = im
-                .put_item("juliet", &RosterItem::new(format!("c{n:02}@example.net")))
+                .put_item(
+                    "juliet",
+                    &RosterItem::new(jid(&format!("c{n:02}@example.net"))),
+                )
                 .await
                 .unwrap();
             (stored, version)
@@ -622,7 +618,7 @@ async fn users_never_mix_survive_restart_and_delete_user(backend: Backend) {
     assert_eq!(im.count("juliet").await.unwrap(), 0);
     assert!(im.roster("juliet").await.unwrap().1.is_empty());
     assert_eq!(
-        im.put_item("juliet", &RosterItem::new("nurse@example.com"))
+        im.put_item("juliet", &RosterItem::new(jid("nurse@example.com")))
             .await
             .unwrap(),
         2

@@ -351,6 +351,35 @@ pub(crate) struct DerivedKeys {
     pub sha256: ScramCredentials,
 }
 
+impl DerivedKeys {
+    /// Binds the six key columns to the first six parameters of a statement of either
+    /// backend, in this order: `salt, iterations, sha1_stored, sha1_server, sha256_stored,
+    /// sha256_server`.
+    fn bind<'q, DB: sqlx::Database>(
+        &self,
+        query: sqlx::query::Query<'q, DB, DB::Arguments>,
+    ) -> sqlx::query::Query<'q, DB, DB::Arguments>
+    where
+        for<'t> &'t [u8]: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+        for<'t> i64: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    {
+        query
+            .bind(self.sha256.salt.as_slice())
+            .bind(i64::from(self.sha256.iterations))
+            .bind(self.sha1.stored_key.as_slice())
+            .bind(self.sha1.server_key.as_slice())
+            .bind(self.sha256.stored_key.as_slice())
+            .bind(self.sha256.server_key.as_slice())
+    }
+}
+
+/// Seconds since the Unix epoch, for `created_at` (0 if the clock is before 1970).
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// Derives both key sets on the blocking pool (PBKDF2 is CPU-heavy).
 async fn derive_keys(
     backend: &'static str,

@@ -13,12 +13,12 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
 use sqlx::{Connection, Row};
 
-use super::{DerivedKeys, ScramCredentials, ScramHash, StoreError, legacy};
+use super::{DerivedKeys, ScramCredentials, ScramHash, StoreError, legacy, unix_now};
 use jabberfarm_config::{MysqlAccounts, MysqlConfig};
 
 pub(crate) const BACKEND: &str = "mysql";
@@ -346,23 +346,15 @@ impl MysqlStore {
         username: &str,
         keys: &DerivedKeys,
     ) -> Result<(), StoreError> {
-        let created_at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
         let inserted = self
             .timed_db("adding a user", async {
-                sqlx::query(
-                    "INSERT INTO accounts (username, salt, iterations, sha1_stored, sha1_server, \
-                     sha256_stored, sha256_server, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                )
+                keys.bind(sqlx::query(
+                    "INSERT INTO accounts (salt, iterations, sha1_stored, sha1_server, \
+                     sha256_stored, sha256_server, username, created_at) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                ))
                 .bind(username)
-                .bind(&keys.sha256.salt)
-                .bind(i64::from(keys.sha256.iterations))
-                .bind(&keys.sha1.stored_key)
-                .bind(&keys.sha1.server_key)
-                .bind(&keys.sha256.stored_key)
-                .bind(&keys.sha256.server_key)
-                .bind(created_at)
+                .bind(unix_now())
                 .execute(&self.pool)
                 .await
             })
@@ -383,16 +375,10 @@ impl MysqlStore {
     ) -> Result<(), StoreError> {
         let done = self
             .timed("changing a password", async {
-                sqlx::query(
+                keys.bind(sqlx::query(
                     "UPDATE accounts SET salt = ?, iterations = ?, sha1_stored = ?, \
                      sha1_server = ?, sha256_stored = ?, sha256_server = ? WHERE username = ?",
-                )
-                .bind(&keys.sha256.salt)
-                .bind(i64::from(keys.sha256.iterations))
-                .bind(&keys.sha1.stored_key)
-                .bind(&keys.sha1.server_key)
-                .bind(&keys.sha256.stored_key)
-                .bind(&keys.sha256.server_key)
+                ))
                 .bind(username)
                 .execute(&self.pool)
                 .await
@@ -437,21 +423,16 @@ impl MysqlStore {
 
     pub(crate) async fn list_users(&self) -> Result<Vec<String>, StoreError> {
         // VARBINARY sorts by bytes: the byte order of the UTF-8, as Rust's `str`.
-        let rows = self
-            .timed("listing users", async {
-                sqlx::query(
-                    "SELECT CONVERT(username USING utf8mb4) AS username FROM accounts \
-                     ORDER BY username",
-                )
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| e.to_string())
-            })
-            .await?;
-        rows.iter()
-            .map(|row| row.try_get::<String, _>("username"))
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.db_error("listing users", e))
+        self.timed("listing users", async {
+            sqlx::query_scalar(
+                "SELECT CONVERT(username USING utf8mb4) AS username FROM accounts \
+                 ORDER BY username",
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| e.to_string())
+        })
+        .await
     }
 
     pub(crate) async fn close(&self) {

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
@@ -16,7 +16,7 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Row};
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
-use super::{DerivedKeys, ScramCredentials, ScramHash, StoreError};
+use super::{DerivedKeys, ScramCredentials, ScramHash, StoreError, unix_now};
 
 pub(crate) const BACKEND: &str = "sqlite";
 
@@ -149,25 +149,17 @@ impl SqliteStore {
         username: &str,
         keys: &DerivedKeys,
     ) -> Result<(), StoreError> {
-        let created_at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        let done = sqlx::query(
-            "INSERT INTO accounts (username, salt, iterations, sha1_stored, sha1_server, \
-             sha256_stored, sha256_server, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
-             ON CONFLICT (username) DO NOTHING",
-        )
-        .bind(username)
-        .bind(&keys.sha256.salt)
-        .bind(i64::from(keys.sha256.iterations))
-        .bind(&keys.sha1.stored_key)
-        .bind(&keys.sha1.server_key)
-        .bind(&keys.sha256.stored_key)
-        .bind(&keys.sha256.server_key)
-        .bind(created_at)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.db_error("adding a user", e))?;
+        let done = keys
+            .bind(sqlx::query(
+                "INSERT INTO accounts (salt, iterations, sha1_stored, sha1_server, \
+                 sha256_stored, sha256_server, username, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (username) DO NOTHING",
+            ))
+            .bind(username)
+            .bind(unix_now())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.db_error("adding a user", e))?;
         if done.rows_affected() == 0 {
             return Err(StoreError::Exists(username.to_owned()));
         }
@@ -179,20 +171,15 @@ impl SqliteStore {
         username: &str,
         keys: &DerivedKeys,
     ) -> Result<(), StoreError> {
-        let done = sqlx::query(
-            "UPDATE accounts SET salt = ?2, iterations = ?3, sha1_stored = ?4, sha1_server = ?5, \
-             sha256_stored = ?6, sha256_server = ?7 WHERE username = ?1",
-        )
-        .bind(username)
-        .bind(&keys.sha256.salt)
-        .bind(i64::from(keys.sha256.iterations))
-        .bind(&keys.sha1.stored_key)
-        .bind(&keys.sha1.server_key)
-        .bind(&keys.sha256.stored_key)
-        .bind(&keys.sha256.server_key)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.db_error("changing a password", e))?;
+        let done = keys
+            .bind(sqlx::query(
+                "UPDATE accounts SET salt = ?1, iterations = ?2, sha1_stored = ?3, \
+                 sha1_server = ?4, sha256_stored = ?5, sha256_server = ?6 WHERE username = ?7",
+            ))
+            .bind(username)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.db_error("changing a password", e))?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NoSuchUser(username.to_owned()));
         }
@@ -213,13 +200,9 @@ impl SqliteStore {
 
     pub(crate) async fn list_users(&self) -> Result<Vec<String>, StoreError> {
         // BINARY collation: byte order of the UTF-8, the same order as Rust's `str`.
-        let rows = sqlx::query("SELECT username FROM accounts ORDER BY username")
+        sqlx::query_scalar("SELECT username FROM accounts ORDER BY username")
             .fetch_all(&self.pool)
             .await
-            .map_err(|e| self.db_error("listing users", e))?;
-        rows.iter()
-            .map(|row| row.try_get::<String, _>("username"))
-            .collect::<Result<_, _>>()
             .map_err(|e| self.db_error("listing users", e))
     }
 

@@ -5,7 +5,8 @@ use std::future::Future;
 
 use crate::accounts::StoreError;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Both backends read it with `SELECT id, stanza AS stanza_xml, stamp_ms`.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct OfflineMessage {
     /// Grows with every stored message, never reused: pass the last delivered one to
     /// [`OfflineStore::delete_up_to`].

@@ -1,7 +1,6 @@
 //! [`OfflineStore`] on MySQL/MariaDB: table `offline_messages`.
 
 use crate::accounts::StoreError;
-use sqlx::Row;
 
 use super::mysql::{Fail, MysqlIm};
 use super::offline::{OfflineMessage, OfflineStore, Stored};
@@ -42,23 +41,14 @@ impl OfflineStore for MysqlIm {
 
     async fn peek(&self, user: &str, limit: usize) -> Result<Vec<OfflineMessage>, StoreError> {
         self.run("reading offline messages", user, || async {
-            sqlx::query(
-                "SELECT id, stanza, stamp_ms FROM offline_messages WHERE username = ? \
+            sqlx::query_as(
+                "SELECT id, stanza AS stanza_xml, stamp_ms FROM offline_messages WHERE username = ? \
                  ORDER BY id LIMIT ?",
             )
             .bind(user)
             .bind(to_i64(limit))
             .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|row| {
-                Ok(OfflineMessage {
-                    id: row.try_get("id")?,
-                    stanza_xml: row.try_get("stanza")?,
-                    stamp_ms: row.try_get("stamp_ms")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
+            .await
             .map_err(Fail::from)
         })
         .await

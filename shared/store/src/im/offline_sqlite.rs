@@ -1,7 +1,6 @@
 //! [`OfflineStore`] on SQLite: table `offline_messages`.
 
 use crate::accounts::StoreError;
-use sqlx::Row;
 
 use super::offline::{OfflineMessage, OfflineStore, Stored};
 use super::sqlite::{SqliteIm, to_i64};
@@ -36,24 +35,14 @@ impl OfflineStore for SqliteIm {
     async fn peek(&self, user: &str, limit: usize) -> Result<Vec<OfflineMessage>, StoreError> {
         let err = |e| self.error("reading offline messages", user, e);
         let mut conn = self.reader(user, "reading offline messages").await?;
-        sqlx::query(
-            "SELECT id, stanza, stamp_ms FROM offline_messages WHERE username = ?1 \
+        sqlx::query_as(
+            "SELECT id, stanza AS stanza_xml, stamp_ms FROM offline_messages WHERE username = ?1 \
              ORDER BY id LIMIT ?2",
         )
         .bind(user)
         .bind(to_i64(limit))
         .fetch_all(&mut *conn)
         .await
-        .map_err(err)?
-        .iter()
-        .map(|row| {
-            Ok(OfflineMessage {
-                id: row.try_get("id")?,
-                stanza_xml: row.try_get("stanza")?,
-                stamp_ms: row.try_get("stamp_ms")?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()
         .map_err(err)
     }
 

@@ -88,6 +88,36 @@ impl RosterItem {
         }
     }
 
+    /// Binds `jid, name, subscription, ask, approved`, in that order, to the next parameters
+    /// of a statement of either backend.
+    pub(crate) fn bind<'q, DB: sqlx::Database>(
+        &self,
+        query: sqlx::query::Query<'q, DB, DB::Arguments>,
+    ) -> sqlx::query::Query<'q, DB, DB::Arguments>
+    where
+        for<'t> &'t str: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+        for<'t> Option<&'t str>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+        for<'t> bool: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    {
+        query
+            .bind(self.jid.as_str())
+            .bind(self.name.as_deref())
+            .bind(self.subscription.as_str())
+            .bind(self.ask)
+            .bind(self.approved)
+    }
+
+    /// The groups as stored: a repeated name once, numbered in order from 0 (`position`).
+    pub(crate) fn stored_groups(&self) -> impl Iterator<Item = (i32, &str)> {
+        let mut seen = std::collections::HashSet::new();
+        (0..).zip(
+            self.groups
+                .iter()
+                .map(String::as_str)
+                .filter(move |g| seen.insert(*g)),
+        )
+    }
+
     /// An item as a backend stored it (groups added by the caller). The error says what in
     /// the row is not a roster item: a JID that does not parse, an unknown subscription.
     pub(crate) fn from_stored(

@@ -1,8 +1,6 @@
 //! [`RosterStore`] on MySQL/MariaDB: tables `roster_items`, `roster_groups` (a row per group,
 //! by item id), `im_users.roster_version` and `pending_in`.
 
-use std::collections::HashSet;
-
 use jid::BareJid;
 
 use crate::accounts::StoreError;
@@ -66,14 +64,11 @@ impl RosterStore for MysqlIm {
                 .await?;
             let id = match existing {
                 Some(id) => {
-                    sqlx::query(
-                        "UPDATE roster_items SET name = ?, subscription = ?, ask = ?, \
+                    // The jid is the one just matched: setting it again keeps one bind order.
+                    item.bind(sqlx::query(
+                        "UPDATE roster_items SET jid = ?, name = ?, subscription = ?, ask = ?, \
                          approved = ? WHERE id = ?",
-                    )
-                    .bind(item.name.as_deref())
-                    .bind(item.subscription.as_str())
-                    .bind(item.ask)
-                    .bind(item.approved)
+                    ))
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
@@ -84,25 +79,19 @@ impl RosterStore for MysqlIm {
                     id
                 }
                 None => {
-                    let done = sqlx::query(
-                        "INSERT INTO roster_items (username, jid, name, subscription, ask, \
-                         approved) VALUES (?, ?, ?, ?, ?, ?)",
-                    )
-                    .bind(user)
-                    .bind(item.jid.as_str())
-                    .bind(item.name.as_deref())
-                    .bind(item.subscription.as_str())
-                    .bind(item.ask)
-                    .bind(item.approved)
-                    .execute(&mut *tx)
-                    .await?;
+                    let done = item
+                        .bind(sqlx::query(
+                            "INSERT INTO roster_items (jid, name, subscription, ask, approved, \
+                             username) VALUES (?, ?, ?, ?, ?, ?)",
+                        ))
+                        .bind(user)
+                        .execute(&mut *tx)
+                        .await?;
                     i64::try_from(done.last_insert_id())
                         .map_err(|_| Fail::Corrupt("item id out of range".to_owned()))?
                 }
             };
-            let mut seen = HashSet::new();
-            let unique = item.groups.iter().filter(|g| seen.insert(g.as_str()));
-            for (position, group) in (0_i32..).zip(unique) {
+            for (position, group) in item.stored_groups() {
                 sqlx::query("INSERT INTO roster_groups (item_id, position, name) VALUES (?, ?, ?)")
                     .bind(id)
                     .bind(position)

@@ -1,7 +1,7 @@
 //! [`RosterStore`] on SQLite: tables `roster_items`, `roster_groups` (a row per group),
 //! `roster_versions` and `pending_in`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use jid::BareJid;
 
@@ -111,18 +111,13 @@ impl RosterStore for SqliteIm {
         let doing = "storing a roster item";
         let err = |e| self.error(doing, user, e);
         let mut tx = self.write(user, doing).await?;
-        sqlx::query(
-            "INSERT INTO roster_items (username, jid, name, subscription, ask, approved) \
+        item.bind(sqlx::query(
+            "INSERT INTO roster_items (jid, name, subscription, ask, approved, username) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (username, jid) DO UPDATE SET \
              name = excluded.name, subscription = excluded.subscription, ask = excluded.ask, \
              approved = excluded.approved",
-        )
+        ))
         .bind(user)
-        .bind(item.jid.as_str())
-        .bind(item.name.as_deref())
-        .bind(item.subscription.as_str())
-        .bind(item.ask)
-        .bind(item.approved)
         .execute(&mut *tx)
         .await
         .map_err(err)?;
@@ -132,9 +127,7 @@ impl RosterStore for SqliteIm {
             .execute(&mut *tx)
             .await
             .map_err(err)?;
-        let mut seen = HashSet::new();
-        let unique = item.groups.iter().filter(|g| seen.insert(g.as_str()));
-        for (position, group) in (0_i64..).zip(unique) {
+        for (position, group) in item.stored_groups() {
             sqlx::query(
                 "INSERT INTO roster_groups (username, jid, position, name) \
                  VALUES (?1, ?2, ?3, ?4)",

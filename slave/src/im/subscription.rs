@@ -107,13 +107,15 @@ pub(crate) fn inbound(item: Option<&mut RosterItem>, kind: PresenceType) -> Inbo
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests {
     use super::*;
     use PresenceType::*;
     use Subscription::{Both, From, None as NoSub, To};
 
     fn item(subscription: Subscription, ask: bool, approved: bool) -> RosterItem {
-        let mut i = RosterItem::new(jid::BareJid::new("juliet@example.com").unwrap());
+        let juliet = jid::BareJid::new("juliet@example.com").expect("a valid JID");
+        let mut i = RosterItem::new(juliet);
         i.subscription = subscription;
         i.ask = ask;
         i.approved = approved;

@@ -253,9 +253,7 @@ impl AccountStore {
         password: &str,
         iterations: u32,
     ) -> Result<(), StoreError> {
-        check_username(username)?;
-        self.managed_here()?;
-        let keys = derive_keys(self.backend_name(), password, iterations).await?;
+        let keys = self.keys_for(username, password, iterations).await?;
         match self {
             Self::Sqlite(store) => store.add_user(username, &keys).await,
             Self::Mysql(store) => store.add_user(username, &keys).await,
@@ -270,14 +268,24 @@ impl AccountStore {
         password: &str,
         iterations: u32,
     ) -> Result<(), StoreError> {
-        check_username(username)?;
-        self.managed_here()?;
-        let keys = derive_keys(self.backend_name(), password, iterations).await?;
+        let keys = self.keys_for(username, password, iterations).await?;
         match self {
             Self::Sqlite(store) => store.set_keys(username, &keys).await,
             Self::Mysql(store) => store.set_keys(username, &keys).await,
             Self::Ldap(..) => Err(self.elsewhere()),
         }
+    }
+
+    /// The keys to store for a new password, once the username and the backend allow it.
+    async fn keys_for(
+        &self,
+        username: &str,
+        password: &str,
+        iterations: u32,
+    ) -> Result<DerivedKeys, StoreError> {
+        check_username(username)?;
+        self.managed_here()?;
+        derive_keys(self.backend_name(), password, iterations).await
     }
 
     pub async fn delete_user(&self, username: &str) -> Result<(), StoreError> {

@@ -206,6 +206,7 @@ pub trait RosterStore: Send + Sync {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -248,103 +248,50 @@ async fn pending_in_add_replace_remove_order(backend: Backend) {
     let place = Place::new(backend);
     let (accounts, im) = place.open().await;
     let sub = |from: &str, n: u32| format!("<presence from='{from}' type='subscribe' id='{n}'/>");
-    assert!(im.pending_in("juliet").await.unwrap().is_empty());
+    // Juliet's request from `from`, the n-th sent; false when `max` others already wait.
+    let add = async |from: &str, n: u32, max: usize| {
+        im.add_pending_in("juliet", &jid(from), &sub(from, n), max)
+            .await
+            .unwrap()
+    };
+    let remove =
+        async |user: &str, from: &str| im.remove_pending_in(user, &jid(from)).await.unwrap();
+    let pending = async |expected: &[(&str, u32)]| {
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|&(from, n)| (from.to_owned(), sub(from, n)))
+            .collect();
+        assert_eq!(im.pending_in("juliet").await.unwrap(), expected);
+    };
+    pending(&[]).await;
 
-    im.add_pending_in(
-        "juliet",
-        &jid("romeo@example.net"),
-        &sub("romeo@example.net", 1),
-        10,
-    )
-    .await
-    .unwrap();
-    im.add_pending_in(
-        "juliet",
-        &jid("paris@example.net"),
-        &sub("paris@example.net", 2),
-        10,
-    )
-    .await
-    .unwrap();
-    im.add_pending_in(
-        "juliet",
-        &jid("benvolio@example.net"),
-        &sub("benvolio@example.net", 3),
-        10,
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        im.pending_in("juliet").await.unwrap(),
-        owned(&[
-            ("romeo@example.net", &sub("romeo@example.net", 1)),
-            ("paris@example.net", &sub("paris@example.net", 2)),
-            ("benvolio@example.net", &sub("benvolio@example.net", 3)),
-        ])
-    );
+    assert!(add("romeo@example.net", 1, 10).await);
+    assert!(add("paris@example.net", 2, 10).await);
+    assert!(add("benvolio@example.net", 3, 10).await);
+    pending(&[
+        ("romeo@example.net", 1),
+        ("paris@example.net", 2),
+        ("benvolio@example.net", 3),
+    ])
+    .await;
 
     // A repeated request replaces the old one and becomes the newest.
-    im.add_pending_in(
-        "juliet",
-        &jid("romeo@example.net"),
-        &sub("romeo@example.net", 4),
-        10,
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        im.pending_in("juliet").await.unwrap(),
-        owned(&[
-            ("paris@example.net", &sub("paris@example.net", 2)),
-            ("benvolio@example.net", &sub("benvolio@example.net", 3)),
-            ("romeo@example.net", &sub("romeo@example.net", 4)),
-        ])
-    );
+    assert!(add("romeo@example.net", 4, 10).await);
+    pending(&[
+        ("paris@example.net", 2),
+        ("benvolio@example.net", 3),
+        ("romeo@example.net", 4),
+    ])
+    .await;
 
-    assert!(
-        im.remove_pending_in("juliet", &jid("paris@example.net"))
-            .await
-            .unwrap()
-    );
-    assert!(
-        !im.remove_pending_in("juliet", &jid("paris@example.net"))
-            .await
-            .unwrap()
-    );
-    assert!(
-        !im.remove_pending_in("romeo", &jid("benvolio@example.net"))
-            .await
-            .unwrap()
-    );
-    assert_eq!(
-        im.pending_in("juliet").await.unwrap(),
-        owned(&[
-            ("benvolio@example.net", &sub("benvolio@example.net", 3)),
-            ("romeo@example.net", &sub("romeo@example.net", 4)),
-        ])
-    );
+    assert!(remove("juliet", "paris@example.net").await);
+    assert!(!remove("juliet", "paris@example.net").await);
+    assert!(!remove("romeo", "benvolio@example.net").await);
+    pending(&[("benvolio@example.net", 3), ("romeo@example.net", 4)]).await;
     // At most `max` requests from other contacts; a repeated one still replaces its own.
-    assert!(
-        !im.add_pending_in(
-            "juliet",
-            &jid("tybalt@example.net"),
-            &sub("tybalt@example.net", 5),
-            2
-        )
-        .await
-        .unwrap()
-    );
-    assert!(
-        im.add_pending_in(
-            "juliet",
-            &jid("romeo@example.net"),
-            &sub("romeo@example.net", 6),
-            2
-        )
-        .await
-        .unwrap()
-    );
-    assert_eq!(im.pending_in("juliet").await.unwrap().len(), 2);
+    assert!(!add("tybalt@example.net", 5, 2).await);
+    assert!(add("romeo@example.net", 6, 2).await);
+    pending(&[("benvolio@example.net", 3), ("romeo@example.net", 6)]).await;
     // Pending requests are not roster items and do not bump the version.
     assert_eq!(im.roster("juliet").await.unwrap(), (0, vec![]));
     accounts.close().await;

@@ -381,6 +381,32 @@ impl DerivedKeys {
     }
 }
 
+/// The keys of one hash from a row with columns `salt, iterations, stored, server`, of
+/// either backend; the error says what is wrong with the row.
+fn credentials_from_row<R: sqlx::Row>(row: &R, hash: ScramHash) -> Result<ScramCredentials, String>
+where
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let text = |e: sqlx::Error| e.to_string();
+    ScramCredentials::from_stored(
+        hash,
+        row.try_get("salt").map_err(text)?,
+        row.try_get("iterations").map_err(text)?,
+        row.try_get("stored").map_err(text)?,
+        row.try_get("server").map_err(text)?,
+    )
+}
+
+/// `Ok` if a statement on `username`'s row touched it, [`StoreError::NoSuchUser`] if none.
+fn user_touched(rows_affected: u64, username: &str) -> Result<(), StoreError> {
+    if rows_affected == 0 {
+        return Err(StoreError::NoSuchUser(username.to_owned()));
+    }
+    Ok(())
+}
+
 /// Seconds since the Unix epoch, for `created_at` (0 if the clock is before 1970).
 fn unix_now() -> i64 {
     std::time::SystemTime::now()

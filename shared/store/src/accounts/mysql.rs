@@ -18,7 +18,10 @@ use std::time::Duration;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
 use sqlx::{Connection, Row};
 
-use super::{DerivedKeys, ScramCredentials, ScramHash, StoreError, legacy, unix_now};
+use super::{
+    DerivedKeys, ScramCredentials, ScramHash, StoreError, credentials_from_row, legacy, unix_now,
+    user_touched,
+};
 use jabberfarm_config::{MysqlAccounts, MysqlConfig};
 
 pub(crate) const BACKEND: &str = "mysql";
@@ -415,10 +418,7 @@ impl MysqlStore {
                     .map_err(|e| e.to_string())
             })
             .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NoSuchUser(username.to_owned()));
-        }
-        Ok(())
+        user_touched(done.rows_affected(), username)
     }
 
     pub(crate) async fn list_users(&self) -> Result<Vec<String>, StoreError> {
@@ -481,16 +481,6 @@ fn unavailable(detail: String) -> StoreError {
         backend: BACKEND,
         detail,
     }
-}
-
-fn credentials_from_row(row: &MySqlRow, hash: ScramHash) -> Result<ScramCredentials, String> {
-    ScramCredentials::from_stored(
-        hash,
-        row.try_get("salt").map_err(|e| e.to_string())?,
-        row.try_get("iterations").map_err(|e| e.to_string())?,
-        row.try_get("stored").map_err(|e| e.to_string())?,
-        row.try_get("server").map_err(|e| e.to_string())?,
-    )
 }
 
 /// `storage.mysql.login_query`: SQL the operator wrote into the config (a file only they can

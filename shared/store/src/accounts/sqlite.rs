@@ -8,15 +8,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use sqlx::ConnectOptions;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, Row};
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
-use super::{DerivedKeys, ScramCredentials, ScramHash, StoreError, unix_now};
+use super::{
+    DerivedKeys, ScramCredentials, ScramHash, StoreError, credentials_from_row, unix_now,
+    user_touched,
+};
 
 pub(crate) const BACKEND: &str = "sqlite";
 
@@ -180,10 +183,7 @@ impl SqliteStore {
             .execute(&self.pool)
             .await
             .map_err(|e| self.db_error("changing a password", e))?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NoSuchUser(username.to_owned()));
-        }
-        Ok(())
+        user_touched(done.rows_affected(), username)
     }
 
     pub(crate) async fn delete_user(&self, username: &str) -> Result<(), StoreError> {
@@ -192,10 +192,7 @@ impl SqliteStore {
             .execute(&self.pool)
             .await
             .map_err(|e| self.db_error("deleting a user", e))?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NoSuchUser(username.to_owned()));
-        }
-        Ok(())
+        user_touched(done.rows_affected(), username)
     }
 
     pub(crate) async fn list_users(&self) -> Result<Vec<String>, StoreError> {
@@ -271,16 +268,6 @@ impl Readers {
             }
         }
     }
-}
-
-fn credentials_from_row(row: &SqliteRow, hash: ScramHash) -> Result<ScramCredentials, String> {
-    ScramCredentials::from_stored(
-        hash,
-        row.try_get("salt").map_err(|e| e.to_string())?,
-        row.try_get("iterations").map_err(|e| e.to_string())?,
-        row.try_get("stored").map_err(|e| e.to_string())?,
-        row.try_get("server").map_err(|e| e.to_string())?,
-    )
 }
 
 /// Creates an empty database file readable by its owner only; SQLite gives its `-wal` and
@@ -504,36 +491,26 @@ mod tests {
         // The parent "directory" is a regular file (fails whoever runs the test, root too).
         let file = dir.path().join("not-a-dir");
         std::fs::write(&file, b"x").unwrap();
-        let err = AccountStore::open_sqlite(&file.join("accounts.sqlite"))
-            .await
-            .unwrap_err();
-        let text = err.to_string();
-        assert!(
-            matches!(
-                err,
-                StoreError::Unavailable {
-                    backend: "sqlite",
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        let unavailable = async |path: &Path| {
+            let err = AccountStore::open_sqlite(path).await.unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    StoreError::Unavailable {
+                        backend: "sqlite",
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+            err.to_string()
+        };
+        let text = unavailable(&file.join("accounts.sqlite")).await;
         assert!(text.contains("cannot create directory"), "{text}");
         assert!(text.contains(&file.display().to_string()), "{text}");
 
         // The path is a directory: SQLite cannot open it.
-        let err = AccountStore::open_sqlite(dir.path()).await.unwrap_err();
-        let text = err.to_string();
-        assert!(
-            matches!(
-                err,
-                StoreError::Unavailable {
-                    backend: "sqlite",
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        let text = unavailable(dir.path()).await;
         assert!(text.contains(&dir.path().display().to_string()), "{text}");
         assert!(
             text.starts_with("sqlite account backend unavailable: "),

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use jabberfarm_net::stream::Io;
+use jabberfarm_net::stream::{Io, poll_read_chunk};
 use jabberfarm_proto::ns;
 use jabberfarm_proto::sasl::{self, Mechanism};
 use jabberfarm_proto::xml::{Element, ParserLimits, StreamEvent, StreamParser, escape_into};
@@ -27,9 +27,6 @@ const LIMITS: ParserLimits = ParserLimits {
     max_stanza: 1 << 20,
     max_depth: 64,
 };
-
-/// Read chunk; like the server's stream, it lives on the stack only while a read is polled.
-const READ_CHUNK: usize = 8192;
 
 /// How every connection of a run logs in.
 pub struct ClientConfig {
@@ -106,23 +103,6 @@ pub struct Conn {
     /// Where we are connected (after redirects: the server that serves us).
     pub addr: SocketAddr,
     step_timeout: Duration,
-}
-
-fn poll_read_chunk(
-    io: &mut (dyn Io + '_),
-    cx: &mut std::task::Context<'_>,
-    out: &mut Vec<u8>,
-) -> std::task::Poll<std::io::Result<usize>> {
-    let mut chunk = [0u8; READ_CHUNK];
-    let mut rb = tokio::io::ReadBuf::new(&mut chunk);
-    match std::pin::Pin::new(io).poll_read(cx, &mut rb) {
-        std::task::Poll::Ready(Ok(())) => {
-            out.extend_from_slice(rb.filled());
-            std::task::Poll::Ready(Ok(rb.filled().len()))
-        }
-        std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
-        std::task::Poll::Pending => std::task::Poll::Pending,
-    }
 }
 
 impl Conn {

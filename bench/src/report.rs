@@ -110,6 +110,24 @@ impl Report {
         }
     }
 
+    /// Completed operations and the rate over the measured phase.
+    pub fn fill(&mut self, completed: u64, elapsed: std::time::Duration) {
+        self.completed = completed;
+        self.duration_s = elapsed.as_secs_f64();
+        self.rate_per_s = if self.duration_s > 0.0 {
+            completed as f64 / self.duration_s
+        } else {
+            0.0
+        };
+    }
+
+    /// What a pool of operations did: how many, how fast, what failed, how long each took.
+    pub fn record_pool(&mut self, pool: crate::runner::PoolResult) {
+        self.fill(pool.completed, pool.elapsed);
+        self.add_errors(pool.error_kinds, pool.first_error);
+        self.latency_us = crate::measure::summarize(pool.latencies);
+    }
+
     pub fn add_errors(&mut self, kinds: BTreeMap<String, u64>, first: Option<String>) {
         for (k, n) in kinds {
             self.errors += n;

@@ -250,7 +250,7 @@ pub async fn run(ctx: &Ctx, a: ChatArgs) -> Result<Report> {
             .insert("session closed by server".into(), closed_early);
         rep.errors += closed_early;
     }
-    super::redirect::fill(&mut rep, delivered, window);
+    rep.fill(delivered, window);
     rep.latency_us = summarize(lats);
     let secs = window.as_secs_f64().max(1e-9);
     rep.chat = Some(ChatFigures {

@@ -16,7 +16,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use super::redirect::fill;
 use crate::error::{BenchError, Result};
 use crate::measure::{SelfCpu, Servers, summarize};
 use crate::report::Report;
@@ -139,9 +138,7 @@ pub async fn run(
         });
     }
     rep.set_cpu(&me);
-    fill(&mut rep, pool.completed, pool.elapsed);
-    rep.add_errors(pool.error_kinds, pool.first_error);
-    rep.latency_us = summarize(pool.latencies);
+    rep.record_pool(pool);
     Ok(rep)
 }
 
@@ -170,7 +167,7 @@ pub fn pbkdf2(iterations: u32, count: u64) -> Report {
         lat.push(crate::measure::nanos(t0.elapsed()));
     }
     rep.set_cpu(&me);
-    fill(&mut rep, count, start.elapsed());
+    rep.fill(count, start.elapsed());
     rep.latency_us = summarize(lat);
     rep
 }

@@ -14,10 +14,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
-use super::redirect::fill;
 use crate::client::{self, Session};
 use crate::error::{BenchError, Result};
-use crate::measure::{SelfCpu, summarize};
+use crate::measure::SelfCpu;
 use crate::report::{IdleFigures, Report};
 use crate::runner::run_pool;
 
@@ -71,14 +70,9 @@ pub async fn run(
         }
     })
     .await;
-    rep.server = ctx.server_figures(cpu0.as_ref(), pool.completed)?;
-    if let Some(s) = rep.server.as_mut() {
-        s.cpu_ms_per_1000_logins = Some(s.cpu_us_per_op);
-    }
+    ctx.login_figures(&mut rep, cpu0.as_ref(), pool.completed)?;
     rep.set_cpu(&me);
-    fill(&mut rep, pool.completed, pool.elapsed);
-    rep.add_errors(pool.error_kinds, pool.first_error);
-    rep.latency_us = summarize(pool.latencies);
+    rep.record_pool(pool);
 
     tokio::time::sleep(SETTLE).await;
     let rss_after = rss(ctx)?;

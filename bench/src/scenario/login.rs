@@ -9,10 +9,9 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::Ctx;
-use super::redirect::fill;
 use crate::client;
 use crate::error::Result;
-use crate::measure::{SelfCpu, summarize};
+use crate::measure::SelfCpu;
 use crate::report::Report;
 use crate::runner::run_pool;
 
@@ -45,13 +44,8 @@ pub async fn run(ctx: &Ctx, concurrency: usize, count: u64, pre_route: bool) -> 
         }
     })
     .await;
-    rep.server = ctx.server_figures(cpu0.as_ref(), pool.completed)?;
-    if let Some(s) = rep.server.as_mut() {
-        s.cpu_ms_per_1000_logins = Some(s.cpu_us_per_op);
-    }
+    ctx.login_figures(&mut rep, cpu0.as_ref(), pool.completed)?;
     rep.set_cpu(&me);
-    fill(&mut rep, pool.completed, pool.elapsed);
-    rep.add_errors(pool.error_kinds, pool.first_error);
-    rep.latency_us = summarize(pool.latencies);
+    rep.record_pool(pool);
     Ok(rep)
 }

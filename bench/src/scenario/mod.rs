@@ -72,6 +72,20 @@ impl Ctx {
         self.servers.cpu().map(Some)
     }
 
+    /// Server CPU since `before` for `logins` logins, also per 1000 (the login scenarios).
+    pub fn login_figures(
+        &self,
+        rep: &mut Report,
+        before: Option<&CpuSnapshot>,
+        logins: u64,
+    ) -> Result<()> {
+        rep.server = self.server_figures(before, logins)?;
+        if let Some(s) = rep.server.as_mut() {
+            s.cpu_ms_per_1000_logins = Some(s.cpu_us_per_op);
+        }
+        Ok(())
+    }
+
     /// Server CPU since `before`, per operation.
     pub fn server_figures(
         &self,

@@ -3,14 +3,13 @@
 //! Latency: from connect to the redirect read.
 
 use std::path::Path;
-use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::Ctx;
 use crate::client;
 use crate::error::{BenchError, Result};
-use crate::measure::{SelfCpu, summarize};
+use crate::measure::SelfCpu;
 use crate::report::Report;
 use crate::runner::run_pool;
 
@@ -53,21 +52,8 @@ pub async fn run(
     if let (Some(s), Some(f)) = (rep.server.as_mut(), floor_us) {
         s.floor_ratio = Some(s.cpu_us_per_op / f);
     }
-    fill(&mut rep, pool.completed, pool.elapsed);
-    rep.add_errors(pool.error_kinds, pool.first_error);
-    rep.latency_us = summarize(pool.latencies);
+    rep.record_pool(pool);
     Ok(rep)
-}
-
-/// Completed operations and the rate over the measured phase.
-pub fn fill(rep: &mut Report, completed: u64, elapsed: Duration) {
-    rep.completed = completed;
-    rep.duration_s = elapsed.as_secs_f64();
-    rep.rate_per_s = if rep.duration_s > 0.0 {
-        completed as f64 / rep.duration_s
-    } else {
-        0.0
-    };
 }
 
 /// The floor's server CPU per exchange, from the JSON a `floor` run wrote.

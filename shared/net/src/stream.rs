@@ -39,7 +39,9 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// read) holds no buffer at all.
 const READ_CHUNK: usize = 4096;
 
-fn poll_read_chunk(
+/// Polls one read of up to 4 KiB from `io` and appends what came to `out`; `Ok(0)` at end of
+/// stream. The chunk is on the stack, so a pending read holds no buffer.
+pub fn poll_read_chunk(
     io: &mut (dyn Io + '_),
     cx: &mut std::task::Context<'_>,
     out: &mut Vec<u8>,

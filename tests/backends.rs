@@ -937,7 +937,18 @@ fn a_user_whose_writes_wait_does_not_hold_up_the_others() {
         );
         std::thread::spawn(move || server.sql(&sql))
     };
-    std::thread::sleep(Duration::from_millis(500));
+    // Go on once the row is locked (the holder has reached its SLEEP), not after a guess.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server
+        .sql(
+            "SELECT CONCAT('held=', COUNT(*)) FROM information_schema.PROCESSLIST \
+             WHERE INFO = 'SELECT SLEEP(8)'",
+        )
+        .contains("held=1")
+    {
+        assert!(Instant::now() < deadline, "the lock was never taken");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut f = login(farm, &free, "online");
     f.send("<presence/>");
     f.wait_for("<presence", 5);

@@ -497,9 +497,7 @@ impl Sessions {
                 }
                 (None, Some(_), Kind::Presence) => return None,
                 // §8.5.2.1.3: groupchat to a user's bare JID is an error.
-                (None, _, Kind::Message)
-                    if MessageType::of(&stanza) == Some(MessageType::Groupchat) =>
-                {
+                (None, _, Kind::Message) if MessageType::of(&stanza) == MessageType::Groupchat => {
                     return unavailable(&stanza, "groupchat messages go to rooms");
                 }
                 (None, _, Kind::Message) => bare_message_targets(&stanza, list)?,
@@ -519,7 +517,7 @@ impl Sessions {
                 Kind::Message
                     if matches!(
                         MessageType::of(&stanza),
-                        Some(MessageType::Normal | MessageType::Chat)
+                        MessageType::Normal | MessageType::Chat
                     ) =>
                 {
                     unavailable(&stanza, "the recipient is not online")
@@ -583,7 +581,7 @@ fn bare_message_targets(
     match MessageType::of(stanza) {
         // §8.5.2.1.1: the most available resource(s); we deliver to every resource that
         // shares the highest priority.
-        Some(MessageType::Normal | MessageType::Chat) => {
+        MessageType::Normal | MessageType::Chat => {
             let top = candidates.clone().map(|r| r.priority).max();
             Some(
                 candidates
@@ -593,9 +591,9 @@ fn bare_message_targets(
             )
         }
         // §8.5.2.1.2: all available resources with non-negative priority.
-        Some(MessageType::Headline) => Some(candidates.map(|r| r.tx.clone()).collect()),
+        MessageType::Headline => Some(candidates.map(|r| r.tx.clone()).collect()),
         // §8.5.2.1.4: errors are dropped; groupchat is answered by the caller.
-        _ => None,
+        MessageType::Error | MessageType::Groupchat => None,
     }
 }
 
@@ -754,7 +752,8 @@ mod tests {
         let mut negative = resource(&r, "juliet", "hidden", Some(-1));
         let mut unavailable = resource(&r, "juliet", "asleep", None);
         let to = "juliet@localhost";
-        for kind in [None, Some("normal"), Some("chat")] {
+        // A type RFC 6121 does not define is normal (§5.2.2).
+        for kind in [None, Some("normal"), Some("chat"), Some("whisper")] {
             assert!(
                 r.deliver_local(stanza("message", kind, to), "juliet", None)
                     .is_none()

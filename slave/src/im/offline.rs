@@ -21,7 +21,7 @@ const DELIVER_MAX: usize = 1000;
 pub fn wants_storage(msg: &Element) -> bool {
     matches!(
         MessageType::of(msg),
-        Some(MessageType::Normal | MessageType::Chat)
+        MessageType::Normal | MessageType::Chat
     ) && msg
         .children()
         .any(|c| c.name == "body" || c.name == "subject")

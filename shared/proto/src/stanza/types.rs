@@ -68,16 +68,17 @@ pub enum MessageType {
 }
 
 impl MessageType {
-    /// `None` for a type RFC 6121 does not define.
-    pub fn of(message: &Element) -> Option<MessageType> {
-        Some(match message.attr("type") {
-            None | Some("normal") => MessageType::Normal,
+    /// No type, and a type RFC 6121 does not define, are `normal` (§5.2.2: "the application
+    /// does not understand the value … it MUST consider the message to be of type normal";
+    /// Prosody and ejabberd do the same).
+    pub fn of(message: &Element) -> MessageType {
+        match message.attr("type") {
             Some("chat") => MessageType::Chat,
             Some("groupchat") => MessageType::Groupchat,
             Some("headline") => MessageType::Headline,
             Some("error") => MessageType::Error,
-            Some(_) => return None,
-        })
+            _ => MessageType::Normal,
+        }
     }
 }
 
@@ -91,15 +92,15 @@ mod tests {
         let p = Element::new("presence", ns::CLIENT);
         assert_eq!(PresenceType::of(&p), Some(PresenceType::Available));
         let m = Element::new("message", ns::CLIENT);
-        assert_eq!(MessageType::of(&m), Some(MessageType::Normal));
+        assert_eq!(MessageType::of(&m), MessageType::Normal);
     }
 
     #[test]
-    fn unknown_types_are_none() {
+    fn unknown_presence_types_are_none_and_unknown_message_types_normal() {
         let p = Element::new("presence", ns::CLIENT).with_attr("type", "invisible");
         assert_eq!(PresenceType::of(&p), None);
         let m = Element::new("message", ns::CLIENT).with_attr("type", "whisper");
-        assert_eq!(MessageType::of(&m), None);
+        assert_eq!(MessageType::of(&m), MessageType::Normal);
         for t in ["subscribe", "subscribed", "unsubscribe", "unsubscribed"] {
             let p = Element::new("presence", ns::CLIENT).with_attr("type", t);
             let ty = PresenceType::of(&p).unwrap_or(PresenceType::Error);

@@ -28,6 +28,33 @@ fn master_redirects_sasl_logins_to_the_owner() {
     }
 }
 
+/// Ranges at a prefix (issue 13): the letter s split between two slaves, the master sends
+/// each name where the table says, and a login at the owner succeeds.
+#[test]
+fn prefix_ranges_split_a_letter_between_slaves() {
+    let farm = TestFarm::start_edited(2, |text| {
+        text.replace(
+            "mode = \"hash\"\nhash_key = \"000102030405060708090a0b0c0d0e0f\"\n",
+            "mode = \"ranges\"\nother = \"slave1\"\n\
+             [[routing.ranges]]\nletters = \"a-sm\"\nnode = \"slave1\"\n\
+             [[routing.ranges]]\nletters = \"sn-z\"\nnode = \"slave2\"\n",
+        )
+    });
+    for (user, slave) in [("smith", 0), ("s1", 0), ("Snow", 1), ("sz", 1), ("tom", 1)] {
+        let owner = farm.slaves[slave].c2s;
+        assert_eq!(farm.owner(user).c2s, owner, "jabberfarm route {user}");
+        let mut c = Raw::connect(farm.master.c2s);
+        c.send(HEADER);
+        c.wait_for("</stream:features>", 5);
+        c.send(&plain_auth(user, "irrelevant"));
+        let got = c.wait_closed(5);
+        assert!(got.ends_with(&see_other_host(owner)), "{user}: {got}");
+    }
+    farm.add_user("snow", "pw");
+    let mut c = Raw::login(farm.slaves[1].c2s, "snow", "pw", "r");
+    c.sync("localhost");
+}
+
 #[test]
 fn master_redirects_scram_by_the_n_attribute() {
     use base64::Engine as _;

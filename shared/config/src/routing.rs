@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use jabberfarm_proto::routing::{LetterRange, RoutingMode, RoutingTable, SlaveWeight};
+use jabberfarm_proto::routing::{PrefixRange, RoutingMode, RoutingTable, SlaveWeight};
 
 use crate::nodes::Declared;
 use crate::{Problem, Role};
@@ -87,36 +87,33 @@ pub(crate) fn routing(
             let mut all_parsed = true;
             for (i, range) in raw.ranges.into_iter().enumerate() {
                 let key = |field: &str| format!("routing.ranges[{i}].{field}");
-                let letters = match range.letters.as_deref().map(parse_letters) {
-                    Some(Ok(letters)) => Some(letters),
-                    Some(Err(message)) => {
-                        problems.push(Problem::new(key("letters"), message));
-                        None
-                    }
-                    None => {
-                        problems.push(Problem::new(key("letters"), "missing (like \"a-g\")"));
-                        None
-                    }
-                };
                 let node = match range.node {
-                    Some(node) => match owner_check(&node) {
-                        Ok(()) => Some(node),
-                        Err(message) => {
+                    Some(node) => {
+                        if let Err(message) = owner_check(&node) {
                             problems.push(Problem::new(key("node"), message));
-                            Some(node)
                         }
-                    },
+                        Some(node)
+                    }
                     None => {
                         problems.push(Problem::new(key("node"), "missing"));
                         None
                     }
                 };
-                match (letters, node) {
-                    (Some((first, last)), Some(node)) => {
-                        ranges.push(LetterRange { first, last, node })
+                let parsed = match range.letters.as_deref() {
+                    Some(text) => PrefixRange::parse(text, node.clone().unwrap_or_default())
+                        .map_err(|message| problems.push(Problem::new(key("letters"), message))),
+                    None => {
+                        problems.push(Problem::new(
+                            key("letters"),
+                            "missing (like \"a-g\", or \"s-sm\" to split a letter)",
+                        ));
+                        Err(())
                     }
-                    (None, _) => all_parsed = false,
-                    (Some(_), None) => {}
+                };
+                match parsed {
+                    Ok(range) if node.is_some() => ranges.push(range),
+                    Ok(_) => {}
+                    Err(()) => all_parsed = false,
                 }
             }
             let other = match raw.other {
@@ -168,31 +165,6 @@ pub(crate) fn routing(
     }
 }
 
-/// `"a-g"` → ('a', 'g'), `"x"` → ('x', 'x'); case-insensitive.
-fn parse_letters(text: &str) -> Result<(char, char), String> {
-    let lower = text.trim().to_ascii_lowercase();
-    let letter = |s: &str| {
-        let mut chars = s.trim().chars();
-        match (chars.next(), chars.next()) {
-            (Some(c @ 'a'..='z'), None) => Some(c),
-            _ => None,
-        }
-    };
-    let parsed = match lower.split_once('-') {
-        Some((first, last)) => letter(first).zip(letter(last)),
-        None => letter(&lower).map(|c| (c, c)),
-    };
-    match parsed {
-        Some((first, last)) if first > last => Err(format!(
-            "{text:?} runs backwards (write \"{last}-{first}\")"
-        )),
-        Some(range) => Ok(range),
-        None => Err(format!(
-            "{text:?} is not a letter range like \"a-g\" or \"x\""
-        )),
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -239,6 +211,20 @@ mod tests {
         assert_eq!(config.routing.owner_of("Nina").unwrap(), "slave2");
         assert_eq!(config.routing.owner_of("mike").unwrap(), "slave1");
         assert_eq!(config.routing.owner_of("42").unwrap(), "slave2");
+
+        // A crowded letter split at a prefix (case-insensitive, as letters are).
+        let config = parse(&ranges(
+            &[("a-r", "slave1"), ("S-SM", "slave2"), ("sn-z", "slave1")],
+            "slave2",
+        ))
+        .unwrap();
+        assert_eq!(config.routing.owner_of("Smith").unwrap(), "slave2");
+        assert_eq!(config.routing.owner_of("snow").unwrap(), "slave1");
+        assert_problem(
+            &ranges(&[("a-r", "slave1"), ("s1-z", "slave2")], "slave2"),
+            "routing.ranges[1].letters",
+            "is not a range of letters or prefixes",
+        );
     }
 
     #[test]
@@ -269,7 +255,11 @@ mod tests {
         let found = problems(&text);
         assert_eq!(found.len(), 1, "{found:#?}");
         assert_eq!(found[0].key, "routing.ranges[1].letters");
-        assert!(found[0].message.contains("is not a letter range"));
+        assert!(
+            found[0]
+                .message
+                .contains("is not a range of letters or prefixes")
+        );
         assert_problem(
             &ranges(&[("m-a", "slave1"), ("n-z", "slave2")], "slave1"),
             "routing.ranges[0].letters",

@@ -50,22 +50,84 @@ pub struct SlaveWeight {
     pub weight: u32,
 }
 
-/// An inclusive range of first letters, lowercase `a..=z`, and the node that owns it.
+/// An inclusive range of username prefixes (lowercase `a..z`) and the node that owns it.
+///
+/// `first-last` covers, in byte order, every name from the first that starts with `first` to
+/// the last that starts with `last`: `a-g` is every name starting with a..g, `s-sm` is `s`,
+/// `s1`, `sa`… up to every name starting with `sm`, and `sn-z` the rest. So an admin can split
+/// a crowded letter, and only the names between an old and a new boundary move.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LetterRange {
-    pub first: char,
-    pub last: char,
+pub struct PrefixRange {
+    pub first: String,
+    pub last: String,
     pub node: String,
 }
 
-impl LetterRange {
-    fn contains(&self, c: char) -> bool {
-        self.first <= c && c <= self.last
+/// Sorts after every name that starts with a..z (`{` follows `z` in ASCII): the end of the
+/// ranged names.
+const END: &str = "{";
+
+impl PrefixRange {
+    /// The config syntax: `"a-g"`, `"x"` (one letter or prefix), `"s-sm"`; case-insensitive.
+    /// The error says what is wrong, for `jabberfarm check`.
+    pub fn parse(text: &str, node: String) -> Result<PrefixRange, String> {
+        let lower = text.trim().to_ascii_lowercase();
+        let prefix = |s: &str| {
+            let s = s.trim();
+            (!s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase())).then(|| s.to_owned())
+        };
+        let bounds = match lower.split_once('-') {
+            Some((first, last)) => prefix(first).zip(prefix(last)),
+            None => prefix(&lower).map(|p| (p.clone(), p)),
+        };
+        let Some((first, last)) = bounds else {
+            return Err(format!(
+                "{text:?} is not a range of letters or prefixes like \"a-g\", \"x\" or \"s-sm\""
+            ));
+        };
+        let range = PrefixRange { first, last, node };
+        if range.is_backwards() {
+            return Err(format!(
+                "{text:?} runs backwards (write \"{}-{}\")",
+                range.last, range.first
+            ));
+        }
+        Ok(range)
+    }
+
+    /// The names it covers, as the half-open byte-order interval `[start, end)`.
+    fn span(&self) -> (&str, String) {
+        (&self.first, after_prefix(&self.last))
+    }
+
+    fn is_backwards(&self) -> bool {
+        let (start, end) = self.span();
+        start >= end.as_str()
+    }
+
+    fn well_formed(&self) -> bool {
+        [&self.first, &self.last]
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
     }
 }
 
-impl fmt::Display for LetterRange {
-    /// `a-g`, or `x` for a one-letter range (the config syntax).
+/// The least string after every string that starts with `prefix` (a..z only): `sm` → `sn`,
+/// `sz` → `t`, `z` → [`END`].
+fn after_prefix(prefix: &str) -> String {
+    let kept = prefix.trim_end_matches('z');
+    match kept.as_bytes().last() {
+        None => END.to_owned(),
+        Some(&b) => {
+            let mut next = kept[..kept.len() - 1].to_owned();
+            next.push(char::from(b + 1));
+            next
+        }
+    }
+}
+
+impl fmt::Display for PrefixRange {
+    /// `a-g`, or `x` for a one-prefix range (the config syntax).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.first == self.last {
             write!(f, "{}", self.first)
@@ -83,9 +145,10 @@ pub enum RoutingMode {
         key: [u8; 16],
         slaves: Vec<SlaveWeight>,
     },
-    /// First-letter ranges covering `a..=z` exactly once, plus `other` for everything else.
+    /// Prefix ranges covering every name that starts with `a..z` exactly once, plus `other`
+    /// for everything else.
     Ranges {
-        ranges: Vec<LetterRange>,
+        ranges: Vec<PrefixRange>,
         other: String,
     },
 }
@@ -94,11 +157,19 @@ pub enum RoutingMode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RoutingTable {
     mode: RoutingMode,
-    /// Ranges mode: index into `ranges` for each letter `a..=z`.
-    by_letter: [u8; 26],
+    /// Ranges mode: the ranges' spans sorted by start, for a binary search.
+    spans: Vec<Span>,
     /// Every node that can own users, each once.
     nodes: Vec<String>,
     fingerprint: String,
+}
+
+/// One range's names, `[start, end)` in byte order, and the range's index in the mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Span {
+    start: String,
+    end: String,
+    range: usize,
 }
 
 /// Bumped whenever the rule itself changes, so old and new nodes never agree by accident.
@@ -110,7 +181,7 @@ impl RoutingTable {
     /// is the config's business.
     pub fn new(mode: RoutingMode) -> Result<Self, Vec<String>> {
         let mut errors = Vec::new();
-        let mut by_letter = [0u8; 26];
+        let mut spans = Vec::new();
         let mut nodes: Vec<String> = Vec::new();
         match &mode {
             RoutingMode::Hash { slaves, .. } => {
@@ -138,14 +209,9 @@ impl RoutingTable {
                         "no node for usernames that do not start with a..z (other)".to_owned(),
                     );
                 }
-                for (slot, letter) in by_letter.iter_mut().zip('a'..='z') {
-                    if let Some(i) = ranges.iter().position(|r| r.contains(letter)) {
-                        *slot = u8::try_from(i).unwrap_or(u8::MAX);
-                    }
-                }
-                let mut sorted: Vec<&LetterRange> = ranges.iter().collect();
-                sorted.sort_by_key(|r| r.first);
-                for name in sorted.iter().map(|r| &r.node).chain([other]) {
+                spans = sorted_spans(ranges);
+                let sorted = spans.iter().filter_map(|s| ranges.get(s.range));
+                for name in sorted.map(|r| &r.node).chain([other]) {
                     if !nodes.contains(name) {
                         nodes.push(name.clone());
                     }
@@ -155,10 +221,10 @@ impl RoutingTable {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let fingerprint = fingerprint_of(&mode, &by_letter);
+        let fingerprint = fingerprint_of(&mode, &spans);
         Ok(RoutingTable {
             mode,
-            by_letter,
+            spans,
             nodes,
             fingerprint,
         })
@@ -188,13 +254,14 @@ impl RoutingTable {
                 best.map_or("", |(_, name)| name)
             }
             RoutingMode::Ranges { ranges, other } => {
-                let range = match normalized_localpart.chars().next() {
-                    Some(c @ 'a'..='z') => {
-                        ranges.get(usize::from(self.by_letter[usize::from(c as u8 - b'a')]))
-                    }
-                    _ => None,
-                };
-                range.map_or(other.as_str(), |r| r.node.as_str())
+                // The last span that starts at or before the name, if the name is before
+                // its end (after validation, always: the spans tile a..z).
+                let user = normalized_localpart;
+                let at = self.spans.partition_point(|s| s.start.as_str() <= user);
+                let span = at.checked_sub(1).and_then(|i| self.spans.get(i));
+                span.filter(|s| user < s.end.as_str())
+                    .and_then(|s| ranges.get(s.range))
+                    .map_or(other.as_str(), |r| r.node.as_str())
             }
         }
     }
@@ -255,17 +322,35 @@ fn score_of_hash(weight: u32, hash: u64) -> f64 {
     }
 }
 
-/// Gaps, overlaps and malformed ranges, naming the letters.
-fn check_ranges(ranges: &[LetterRange], errors: &mut Vec<String>) {
+/// The spans of `ranges`, sorted by start.
+fn sorted_spans(ranges: &[PrefixRange]) -> Vec<Span> {
+    let mut spans: Vec<Span> = ranges
+        .iter()
+        .enumerate()
+        .map(|(range, r)| {
+            let (start, end) = r.span();
+            Span {
+                start: start.to_owned(),
+                end,
+                range,
+            }
+        })
+        .collect();
+    spans.sort_by(|a, b| a.start.cmp(&b.start).then(a.end.cmp(&b.end)));
+    spans
+}
+
+/// Gaps, overlaps and malformed ranges, naming the names.
+fn check_ranges(ranges: &[PrefixRange], errors: &mut Vec<String>) {
     let mut well_formed = true;
     for range in ranges {
         if range.node.is_empty() {
             errors.push(format!("range {range} has no node"));
         }
-        if !range.first.is_ascii_lowercase() || !range.last.is_ascii_lowercase() {
+        if !range.well_formed() {
             errors.push(format!("range {range}: letters must be lowercase a..z"));
             well_formed = false;
-        } else if range.first > range.last {
+        } else if range.is_backwards() {
             errors.push(format!(
                 "range {range} runs backwards (write {}-{})",
                 range.last, range.first
@@ -278,47 +363,64 @@ fn check_ranges(ranges: &[LetterRange], errors: &mut Vec<String>) {
     }
     for (i, a) in ranges.iter().enumerate() {
         for b in &ranges[i + 1..] {
-            let first = a.first.max(b.first);
-            let last = a.last.min(b.last);
-            if first <= last {
+            let ((a_start, a_end), (b_start, b_end)) = (a.span(), b.span());
+            let start = a_start.max(b_start);
+            let end = a_end.min(b_end);
+            if start < end.as_str() {
                 errors.push(format!(
                     "ranges {a} and {b} overlap on {}",
-                    letters(first, last)
+                    names(start, &end)
                 ));
             }
         }
     }
-    let covered = |letter: u8| ranges.iter().any(|r| r.contains(char::from(letter)));
-    let mut letter = b'a';
-    while letter <= b'z' {
-        if covered(letter) {
-            letter += 1;
-            continue;
+    let mut covered_to = "a".to_owned();
+    for span in sorted_spans(ranges) {
+        if span.start > covered_to {
+            errors.push(uncovered(&covered_to, &span.start));
         }
-        let start = char::from(letter);
-        while letter <= b'z' && !covered(letter) {
-            letter += 1;
+        if span.end > covered_to {
+            covered_to = span.end;
         }
-        let end = char::from(letter - 1);
-        errors.push(if start == end {
-            format!("letter {start} is not covered by any range")
-        } else {
-            format!("letters {start}..{end} are not covered by any range")
-        });
+    }
+    if covered_to.as_str() < END {
+        errors.push(uncovered(&covered_to, END));
     }
 }
 
-/// `f..g`, or `g` alone.
-fn letters(first: char, last: char) -> String {
-    if first == last {
-        first.to_string()
+fn uncovered(start: &str, end: &str) -> String {
+    let what = names(start, end);
+    if start.len() > 1 || end.len() > 1 {
+        format!("{what} are not covered by any range")
+    } else if what.len() == 1 {
+        format!("letter {what} is not covered by any range")
     } else {
-        format!("{first}..{last}")
+        format!("letters {what} are not covered by any range")
+    }
+}
+
+/// The names `[start, end)`, said as a person would: `f..g` or `g` for whole letters, else
+/// `names starting with sm`, `names from sa to sm…` (`…`: and every name that starts so), or
+/// `names from s up to sa (not included)`.
+fn names(start: &str, end: &str) -> String {
+    // The prefix whose names end just before `end`, if there is one: `sn` → `sm`, `{` → `z`.
+    let last = end.as_bytes().split_last().and_then(|(&b, head)| {
+        let b = b.checked_sub(1).filter(u8::is_ascii_lowercase)?;
+        let mut last = String::from_utf8(head.to_vec()).ok()?;
+        last.push(char::from(b));
+        Some(last)
+    });
+    match last {
+        Some(last) if start.len() == 1 && last.len() == 1 && start == last => last,
+        Some(last) if start.len() == 1 && last.len() == 1 => format!("{start}..{last}"),
+        Some(last) if start == last => format!("names starting with {start}"),
+        Some(last) => format!("names from {start} to {last}…"),
+        None => format!("names from {start} up to {end} (not included)"),
     }
 }
 
 /// SHA-256 of a canonical, order-independent description of the rule, 16 hex digits.
-fn fingerprint_of(mode: &RoutingMode, by_letter: &[u8; 26]) -> String {
+fn fingerprint_of(mode: &RoutingMode, spans: &[Span]) -> String {
     let mut text = format!("{RULE_VERSION}\n");
     match mode {
         RoutingMode::Hash { key, slaves } => {
@@ -332,22 +434,32 @@ fn fingerprint_of(mode: &RoutingMode, by_letter: &[u8; 26]) -> String {
         }
         RoutingMode::Ranges { ranges, other } => {
             text.push_str("mode ranges\n");
-            // One line per maximal run of letters with the same owner, so that `a-m` and
-            // `a-f` + `g-m` on one node (the same rule) have the same fingerprint.
-            let owner = |i: usize| ranges.get(usize::from(by_letter[i])).map(|r| &r.node);
-            let mut start = 0;
-            for i in 1..=26 {
-                if i == 26 || owner(i) != owner(start) {
-                    let name = owner(start).map_or("", String::as_str);
-                    text.push_str(&format!(
-                        "range {}-{} {}:{}\n",
-                        char::from(b'a' + start as u8),
-                        char::from(b'a' + (i - 1) as u8),
-                        name.len(),
-                        name
-                    ));
-                    start = i;
+            // One line per maximal run of names with the same owner, so that `a-m` and
+            // `a-f` + `g-m` on one node (the same rule) have the same fingerprint. Whole
+            // letters keep the form `a-g` of the first-letter tables, whose fingerprints
+            // therefore did not change when prefixes came.
+            let owner = |s: &Span| ranges.get(s.range).map_or("", |r| r.node.as_str());
+            let mut runs: Vec<(&str, &str, &str)> = Vec::new();
+            for span in spans {
+                match runs.last_mut() {
+                    Some((_, end, node)) if *end == span.start && *node == owner(span) => {
+                        *end = &span.end;
+                    }
+                    _ => runs.push((&span.start, &span.end, owner(span))),
                 }
+            }
+            for (start, end, node) in runs {
+                let run = if start.len() == 1 && end.len() == 1 {
+                    names(start, end).replace("..", "-")
+                } else {
+                    format!("{start}..{end}")
+                };
+                let run = if run.len() == 1 {
+                    format!("{run}-{run}")
+                } else {
+                    run
+                };
+                text.push_str(&format!("range {run} {}:{node}\n", node.len()));
             }
             text.push_str(&format!("other {}:{}\n", other.len(), other));
         }
@@ -375,11 +487,12 @@ mod tests {
         .unwrap()
     }
 
-    fn range(spec: &str, node: &str) -> LetterRange {
+    /// A range as written, even a malformed one (the table must say what is wrong).
+    fn range(spec: &str, node: &str) -> PrefixRange {
         let (first, last) = spec.split_once('-').unwrap_or((spec, spec));
-        LetterRange {
-            first: first.chars().next().unwrap(),
-            last: last.chars().next().unwrap(),
+        PrefixRange {
+            first: first.to_owned(),
+            last: last.to_owned(),
             node: node.to_owned(),
         }
     }
@@ -640,5 +753,116 @@ mod tests {
             let changed = RoutingTable::new(changed).unwrap();
             assert_ne!(ranges.fingerprint(), changed.fingerprint());
         }
+        // First-letter tables keep the fingerprint they had before prefixes came (pinned:
+        // SHA-256 of the canonical text, by hand), so a rolling upgrade agrees.
+        assert_eq!(ranges.fingerprint(), "5552ffd8cd43c122");
+        // A prefix split is its own rule; `s-sm` + `sn-s` on one node is `s` again.
+        let split = |second: &str| {
+            RoutingTable::new(ranges_mode(
+                &[
+                    ("a-r", "s1"),
+                    ("s-sm", "s2"),
+                    ("sn-s", second),
+                    ("t-z", "s3"),
+                ],
+                "s1",
+            ))
+            .unwrap()
+        };
+        let whole = RoutingTable::new(ranges_mode(
+            &[("a-r", "s1"), ("s", "s2"), ("t-z", "s3")],
+            "s1",
+        ))
+        .unwrap();
+        assert_eq!(split("s2").fingerprint(), whole.fingerprint());
+        assert_ne!(split("s3").fingerprint(), whole.fingerprint());
+        assert_eq!(
+            split("s3").fingerprint(),
+            RoutingTable::new(ranges_mode(
+                &[("a-r", "s1"), ("s-sm", "s2"), ("sn-z", "s3")],
+                "s1"
+            ))
+            .unwrap()
+            .fingerprint()
+        );
+    }
+
+    /// Ranges at any prefix (issue 13): `s-sm` and `sn-z` split the letter s, and every name
+    /// that starts with a..z has exactly one owner, whatever follows (digits, non-ASCII).
+    #[test]
+    fn prefix_ranges_split_a_letter() {
+        let table = RoutingTable::new(ranges_mode(
+            &[
+                ("a-g", "s1"),
+                ("h-l", "s2"),
+                ("m-r", "s3"),
+                ("s-sm", "s4"),
+                ("sn-z", "s5"),
+            ],
+            "s6",
+        ))
+        .unwrap();
+        for (user, node) in [
+            ("rzzz", "s3"),
+            ("s", "s4"),
+            ("s1", "s4"),
+            ("s_x", "s4"),
+            ("sa", "s4"),
+            ("smith", "s4"),
+            ("smzzz", "s4"),
+            ("sn", "s5"),
+            ("snow", "s5"),
+            ("sz", "s5"),
+            ("sé", "s5"),
+            ("t", "s5"),
+            ("zz", "s5"),
+            ("zé", "s5"),
+            ("éric", "s6"),
+            ("0", "s6"),
+        ] {
+            assert_eq!(table.owner(user), node, "{user}");
+        }
+        assert_eq!(
+            table.nodes().collect::<Vec<_>>(),
+            ["s1", "s2", "s3", "s4", "s5", "s6"]
+        );
+
+        // Deeper splits, and a range written as one prefix.
+        let table = RoutingTable::new(ranges_mode(
+            &[("a-smz", "s1"), ("sn", "s2"), ("so-z", "s3")],
+            "s1",
+        ))
+        .unwrap();
+        for (user, node) in [("smzz9", "s1"), ("sn", "s2"), ("snzé", "s2"), ("so", "s3")] {
+            assert_eq!(table.owner(user), node, "{user}");
+        }
+    }
+
+    #[test]
+    fn prefix_gaps_and_overlaps_are_named() {
+        let errors = RoutingTable::new(ranges_mode(
+            &[("a-r", "s1"), ("s-sl", "s2"), ("sn-z", "s3")],
+            "s1",
+        ))
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            ["names starting with sm are not covered by any range"]
+        );
+        let errors =
+            RoutingTable::new(ranges_mode(&[("a-sm", "s1"), ("sa-z", "s2")], "s1")).unwrap_err();
+        assert_eq!(
+            errors,
+            ["ranges a-sm and sa-z overlap on names from sa to sm…"]
+        );
+        // A name between a letter and its first two-letter prefix (`s`, `s1`) needs a range.
+        let errors =
+            RoutingTable::new(ranges_mode(&[("a-r", "s1"), ("sa-z", "s2")], "s1")).unwrap_err();
+        assert_eq!(
+            errors,
+            ["names from s up to sa (not included) are not covered by any range"]
+        );
+        let errors = RoutingTable::new(ranges_mode(&[("sb-sa", "s1")], "s1")).unwrap_err();
+        assert_eq!(errors[0], "range sb-sa runs backwards (write sa-sb)");
     }
 }

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use crate::farm::RawFarm;
 use crate::limits::{RawAuthLimits, RawLimits};
 use crate::nodes::RawNode;
+use crate::rebalance::RawRebalance;
 use crate::relay::RawRelay;
 use crate::routing::{RawRange, RawRouting};
 use crate::s2s::RawS2s;
@@ -28,6 +29,7 @@ pub(crate) fn unknown_keys(doc: &toml::Table) -> Vec<Problem> {
         ("farm", fields_of::<RawFarm>()),
         ("s2s", fields_of::<RawS2s>()),
         ("relay", fields_of::<RawRelay>()),
+        ("rebalance", fields_of::<RawRebalance>()),
         ("auth_limits", fields_of::<RawAuthLimits>()),
     ];
     for (name, fields) in sections {

@@ -27,6 +27,7 @@
 //!      `[storage.mysql]`, `[storage.ldap]` → [`StorageConfig`];
 //!    - `s2s.rs`: `[s2s]` → [`S2sConfig`];
 //!    - `relay.rs`: `[relay]` → [`RelayConfig`], [`RedirectMode`];
+//!    - `rebalance.rs`: `[rebalance]` → [`RebalanceConfig`];
 //!    - `nodes.rs`: `[[node]]` → [`NodeConfig`], [`Role`], and the checks across nodes (one
 //!      master, at least one slave, unique names, no two listeners on one address);
 //!    - `routing.rs`: `[routing]` → a [`RoutingTable`] over the declared slaves.
@@ -51,6 +52,7 @@ mod farm;
 mod keys;
 mod limits;
 mod nodes;
+mod rebalance;
 mod relay;
 mod routing;
 mod s2s;
@@ -64,6 +66,7 @@ mod topology;
 pub use farm::FarmLinkConfig;
 pub use limits::{AuthLimits, Limits, ShaperConfig};
 pub use nodes::{NodeConfig, Role};
+pub use rebalance::RebalanceConfig;
 pub use relay::{RedirectMode, RelayConfig};
 pub use s2s::S2sConfig;
 pub use storage::{
@@ -71,12 +74,13 @@ pub use storage::{
     StorageConfig, redact_url_password,
 };
 pub use tls::TlsConfig;
-pub use topology::{SharedTopology, Topology};
+pub use topology::{SharedTopology, Topology, live_change_refusals};
 
 use farm::{RawFarm, farm_links, secret};
 use keys::unknown_keys;
 use limits::{RawAuthLimits, RawLimits, auth_limits, limits};
 use nodes::{Declared, RawNode, nodes, parse_role};
+use rebalance::{RawRebalance, rebalance};
 use relay::{RawRelay, relay};
 use routing::{RawRouting, routing};
 use s2s::{RawS2s, s2s};
@@ -102,6 +106,7 @@ pub struct FarmConfig {
     pub farm: FarmLinkConfig,
     pub s2s: S2sConfig,
     pub relay: RelayConfig,
+    pub rebalance: RebalanceConfig,
     pub auth_limits: AuthLimits,
     /// The file this was loaded from, for messages.
     pub source: PathBuf,
@@ -119,6 +124,7 @@ impl fmt::Debug for FarmConfig {
             .field("storage", &self.storage)
             .field("nodes", &self.nodes)
             .field("relay", &self.relay)
+            .field("rebalance", &self.rebalance)
             .field("auth_limits", &self.auth_limits)
             .field("source", &self.source)
             .finish()
@@ -274,6 +280,8 @@ struct RawConfig {
     #[serde(default)]
     relay: RawRelay,
     #[serde(default)]
+    rebalance: RawRebalance,
+    #[serde(default)]
     auth_limits: RawAuthLimits,
 }
 
@@ -303,6 +311,7 @@ fn build(
     let farm = farm_links(raw.farm, &tls, &data_dir, problems);
     let s2s = s2s(raw.s2s, problems);
     let relay = relay(raw.relay, problems);
+    let rebalance = rebalance(raw.rebalance, problems);
     let auth_limits = auth_limits(raw.auth_limits, problems);
     let declared: Vec<Declared> = raw
         .node
@@ -327,6 +336,7 @@ fn build(
         farm,
         s2s,
         relay,
+        rebalance,
         auth_limits,
         source: source.to_owned(),
     })

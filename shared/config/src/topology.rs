@@ -60,6 +60,74 @@ impl Topology {
     }
 }
 
+/// What a farm running `current` cannot take from `next` without a restart, each said with
+/// the reason; empty when `next` can be applied live (docs/rebalancing.md). Routing (ranges,
+/// weights, `other`), nodes added or removed, `advertise` and the `[rebalance]` rate change
+/// live; the domain, the secret, where data lives, which node is the master and a running
+/// node's own role and listening addresses do not.
+pub fn live_change_refusals(current: &FarmConfig, next: &FarmConfig) -> Vec<String> {
+    let mut refused = Vec::new();
+    if current.domain != next.domain {
+        refused.push(format!(
+            "domain {} → {}: a farm serves one domain for its life (every JID, roster and \
+             certificate names it); set up a new farm",
+            current.domain, next.domain
+        ));
+    }
+    if current.secret != next.secret {
+        refused.push(
+            "secret: the farm links authenticate with it, so nodes with the old and the new \
+             one could not talk; change it with a restart of every node"
+                .to_owned(),
+        );
+    }
+    if current.storage != next.storage {
+        refused.push(
+            "storage: where accounts and IM data live cannot change under running nodes; \
+             migrate the data, then restart"
+                .to_owned(),
+        );
+    }
+    let master = |c: &FarmConfig| c.master().name.clone();
+    if master(current) != master(next) {
+        refused.push(format!(
+            "the master {} → {}: the master is where every login and every remote domain \
+             comes in; change it with a restart",
+            master(current),
+            master(next)
+        ));
+    }
+    for old in &current.nodes {
+        let Some(new) = next.nodes.iter().find(|n| n.name == old.name) else {
+            continue;
+        };
+        let mut changed: Vec<String> = Vec::new();
+        if old.role != new.role {
+            changed.push(format!("role {:?} → {:?}", old.role, new.role));
+        }
+        let addr = |a: Option<std::net::SocketAddr>| a.map_or("none".to_owned(), |a| a.to_string());
+        for (key, a, b) in [
+            ("c2s", Some(old.c2s), Some(new.c2s)),
+            ("c2s_tls", old.c2s_tls, new.c2s_tls),
+            ("farm", Some(old.farm), Some(new.farm)),
+            ("s2s", old.s2s, new.s2s),
+        ] {
+            if a != b {
+                changed.push(format!("{key} {} → {}", addr(a), addr(b)));
+            }
+        }
+        if !changed.is_empty() {
+            refused.push(format!(
+                "node {}: {}: a running node keeps its role and its listeners; restart it \
+                 with the new config (or add a node under a new name and remove this one)",
+                old.name,
+                changed.join(", ")
+            ));
+        }
+    }
+    refused
+}
+
 /// The topology a node reads from everywhere: cheap to clone, one value behind it.
 #[derive(Clone)]
 pub struct SharedTopology(Arc<ArcSwap<Topology>>);
@@ -125,6 +193,37 @@ mod tests {
         assert!(before.node("slave2").is_some());
         assert_eq!(reader.load().epoch, 1);
         assert!(reader.load().node("slave2").is_none());
+    }
+
+    #[test]
+    fn live_changes_and_the_ones_that_need_a_restart() {
+        let current = parse(&format!("{HEAD}{NODES}")).expect("the sample farm loads");
+        // A slave added, a weight changed: live.
+        let grown = parse(&format!(
+            "{HEAD}{}[[node]]\nname = \"slave3\"\nrole = \"slave\"\nc2s = \"127.0.0.1:5522\"\n\
+             farm = \"127.0.0.1:7103\"\n",
+            NODES.replace("weight = 2", "weight = 3")
+        ))
+        .expect("a bigger farm loads");
+        assert_eq!(live_change_refusals(&current, &grown), Vec::<String>::new());
+        assert_eq!(live_change_refusals(&grown, &current), Vec::<String>::new());
+
+        let moved = parse(&format!(
+            "{}{}",
+            HEAD.replace("example.net", "example.org")
+                .replace("s3cret", "other"),
+            NODES.replace("127.0.0.1:7101", "127.0.0.1:7201")
+        ))
+        .expect("the changed farm loads");
+        let refused = live_change_refusals(&current, &moved);
+        assert_eq!(refused.len(), 3, "{refused:#?}");
+        assert!(refused[0].starts_with("domain example.net → example.org: "));
+        assert!(refused[1].starts_with("secret: "));
+        assert!(
+            refused[2].starts_with("node slave1: farm 127.0.0.1:7101 → 127.0.0.1:7201: "),
+            "{}",
+            refused[2]
+        );
     }
 
     #[test]

@@ -35,6 +35,8 @@ mod vcard_sqlite;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
+
 use crate::accounts::{AccountStore, ImDatabase, StoreError};
 use jid::BareJid;
 
@@ -51,6 +53,19 @@ pub struct LoginState {
     pub roster: bool,
     pub pending_in: bool,
     pub offline: bool,
+}
+
+/// What one user keeps in the IM store: what moves with the user when a routing change gives
+/// it to another slave and its data lives on the slaves (`jabberfarm plan`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Holding {
+    pub roster_items: u64,
+    /// Subscription requests waiting for the user's answer.
+    pub pending_in: u64,
+    pub offline_messages: u64,
+    pub vcard: bool,
+    /// The stored text of all of it (JIDs and names, stanzas, the vCard), in bytes.
+    pub bytes: u64,
 }
 
 /// The configured IM backend: the database beside the accounts
@@ -98,6 +113,20 @@ impl ImStore {
     /// ([`AccountStore::looks_up_users`]).
     pub async fn mark_known(&self, user: &str, now_ms: i64) -> Result<(), StoreError> {
         each!(self, s => s.mark_known(user, now_ms).await)
+    }
+
+    /// Every user who has logged in ([`Self::mark_known`]), sorted.
+    pub async fn known_users(&self) -> Result<Vec<String>, StoreError> {
+        each!(self, s => s.known_users().await)
+    }
+
+    /// What each user keeps, when the data lives in this node's own file (SQLite): what a
+    /// routing change would copy. `None` for the central database: nothing is copied.
+    pub async fn holdings(&self) -> Result<Option<BTreeMap<String, Holding>>, StoreError> {
+        match self {
+            ImStore::Sqlite(s) => s.holdings().await.map(Some),
+            ImStore::Mysql(_) => Ok(None),
+        }
     }
 
     /// Whether `user` has logged in on this farm before (see [`Self::mark_known`]).

@@ -90,6 +90,19 @@ impl MysqlIm {
         .await
     }
 
+    /// Every user who has logged in ([`Self::mark_known`]), sorted: the users of a farm whose
+    /// accounts live in a directory that jabberfarm does not list.
+    pub async fn known_users(&self) -> Result<Vec<String>, StoreError> {
+        self.run("listing known users", "*", || async {
+            Ok(sqlx::query_scalar(
+                "SELECT CONVERT(username USING utf8mb4) FROM known_users ORDER BY username",
+            )
+            .fetch_all(&self.pool)
+            .await?)
+        })
+        .await
+    }
+
     /// Whether `user` has logged in before ([`Self::mark_known`]), on any slave.
     pub async fn is_known(&self, user: &str) -> Result<bool, StoreError> {
         self.run("looking up a known user", user, || async {

@@ -3,8 +3,10 @@
 //! store opens). One file per feature implements its trait: `roster_sqlite.rs`,
 //! `offline_sqlite.rs`, `vcard_sqlite.rs`, `last_sqlite.rs`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use super::Holding;
 use crate::accounts::StoreError;
 use crate::accounts::sqlite::Readers;
 use sqlx::Transaction;
@@ -44,6 +46,55 @@ impl SqliteIm {
             .get()
             .await
             .map_err(|e| self.error(doing, user, e))
+    }
+
+    /// Every user who has logged in here ([`Self::mark_known`]), sorted.
+    pub async fn known_users(&self) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar("SELECT username FROM known_users ORDER BY username")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.error("listing known users", "*", e))
+    }
+
+    /// What every user keeps here, by user: one grouped read per table, in one read
+    /// transaction (a consistent count even while the node runs).
+    pub async fn holdings(&self) -> Result<BTreeMap<String, Holding>, StoreError> {
+        let doing = "counting what each user keeps";
+        let err = |e| self.error(doing, "*", e);
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        let mut all: BTreeMap<String, Holding> = BTreeMap::new();
+        // (username, rows, bytes) per table; each adds to its own counter.
+        let tables: [(&str, fn(&mut Holding, u64)); 4] = [
+            (
+                "SELECT username, COUNT(*), SUM(LENGTH(jid) + COALESCE(LENGTH(name), 0)) \
+                 FROM roster_items GROUP BY username",
+                |h, n| h.roster_items = n,
+            ),
+            (
+                "SELECT username, COUNT(*), SUM(LENGTH(stanza)) FROM pending_in GROUP BY username",
+                |h, n| h.pending_in = n,
+            ),
+            (
+                "SELECT username, COUNT(*), SUM(LENGTH(stanza)) FROM offline_messages \
+                 GROUP BY username",
+                |h, n| h.offline_messages = n,
+            ),
+            (
+                "SELECT username, COUNT(*), SUM(LENGTH(xml)) FROM vcards GROUP BY username",
+                |h, n| h.vcard = n > 0,
+            ),
+        ];
+        for (sql, count) in tables {
+            let rows: Vec<(String, i64, Option<i64>)> =
+                sqlx::query_as(sql).fetch_all(&mut *tx).await.map_err(err)?;
+            for (user, n, bytes) in rows {
+                let h = all.entry(user).or_default();
+                count(h, u64::try_from(n).unwrap_or(0));
+                h.bytes += bytes.and_then(|b| u64::try_from(b).ok()).unwrap_or(0);
+            }
+        }
+        tx.commit().await.map_err(err)?;
+        Ok(all)
     }
 
     /// Removes all of the user's IM data in one transaction. The roster version counter stays,

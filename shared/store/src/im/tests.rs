@@ -104,6 +104,7 @@ on_every_backend!(
     last_logout_set_replace,
     users_never_mix_survive_restart_and_delete_user,
     closed_database_is_unavailable,
+    known_users_and_what_each_keeps,
 );
 
 fn item(jid: &str, name: Option<&str>, sub: Subscription, groups: &[&str]) -> RosterItem {
@@ -601,4 +602,70 @@ async fn closed_database_is_unavailable(backend: Backend) {
 /// A contact's bare JID, as the roster store takes it.
 fn jid(s: &str) -> BareJid {
     BareJid::new(s).unwrap()
+}
+
+/// What `jabberfarm plan` counts: who has logged in, and (data on the slaves) what each user
+/// keeps — counted, not estimated.
+async fn known_users_and_what_each_keeps(backend: Backend) {
+    let place = Place::new(backend);
+    let (accounts, im) = place.open().await;
+    assert!(im.known_users().await.unwrap().is_empty());
+    im.mark_known("romeo", 1).await.unwrap();
+    im.mark_known("juliet", 2).await.unwrap();
+    im.mark_known("romeo", 3).await.unwrap();
+    assert_eq!(im.known_users().await.unwrap(), ["juliet", "romeo"]);
+
+    im.put_item("juliet", &RosterItem::new(jid("romeo@example.net")))
+        .await
+        .unwrap();
+    im.put_item("juliet", &RosterItem::new(jid("nurse@example.net")))
+        .await
+        .unwrap();
+    im.add_pending_in(
+        "juliet",
+        &jid("paris@example.net"),
+        "<presence type='subscribe'/>",
+        10,
+    )
+    .await
+    .unwrap();
+    let msg = "<message><body>hi</body></message>";
+    for stamp in [1, 2, 3] {
+        assert_eq!(
+            im.store("romeo", msg, stamp, 10).await.unwrap(),
+            Stored::Stored
+        );
+    }
+    im.set_vcard("romeo", "<vCard xmlns='vcard-temp'/>")
+        .await
+        .unwrap();
+    match im.holdings().await.unwrap() {
+        None => assert_eq!(backend, Backend::Mysql, "central data is not copied"),
+        Some(all) => {
+            assert_eq!(backend, Backend::Sqlite);
+            assert_eq!(all.len(), 2, "{all:?}");
+            let juliet = all["juliet"];
+            assert_eq!(
+                (
+                    juliet.roster_items,
+                    juliet.pending_in,
+                    juliet.offline_messages,
+                    juliet.vcard
+                ),
+                (2, 1, 0, false)
+            );
+            let text = "romeo@example.netnurse@example.net<presence type='subscribe'/>";
+            assert_eq!(juliet.bytes, text.len() as u64);
+            let romeo = all["romeo"];
+            assert_eq!(
+                (romeo.roster_items, romeo.offline_messages, romeo.vcard),
+                (0, 3, true)
+            );
+            assert_eq!(
+                romeo.bytes,
+                (3 * msg.len() + "<vCard xmlns='vcard-temp'/>".len()) as u64
+            );
+        }
+    }
+    accounts.close().await;
 }

@@ -49,7 +49,6 @@ pub(crate) fn rebalance(raw: RawRebalance, problems: &mut Vec<Problem>) -> Rebal
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use super::*;
     use crate::test_support::*;
 
     #[test]

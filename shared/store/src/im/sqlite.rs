@@ -63,8 +63,9 @@ impl SqliteIm {
         let err = |e| self.error(doing, "*", e);
         let mut tx = self.pool.begin().await.map_err(err)?;
         let mut all: BTreeMap<String, Holding> = BTreeMap::new();
-        // (username, rows, bytes) per table; each adds to its own counter.
-        let tables: [(&str, fn(&mut Holding, u64)); 4] = [
+        // (username, rows, bytes) per table; each sets its own counter.
+        type SetCount = fn(&mut Holding, u64);
+        let tables: [(&str, SetCount); 4] = [
             (
                 "SELECT username, COUNT(*), SUM(LENGTH(jid) + COALESCE(LENGTH(name), 0)) \
                  FROM roster_items GROUP BY username",

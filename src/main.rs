@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 mod import;
+mod plan;
 
 /// `--features mimalloc`: 10–20 % less CPU per login and per message, 1.5–3 KiB more per idle
 /// session than the system allocator (docs/benchmarks.md).
@@ -71,6 +72,23 @@ enum Command {
         /// Usernames or JIDs.
         #[arg(required = true)]
         jids: Vec<String>,
+    },
+    /// What a routing change would move, before anything changes: users from node to node,
+    /// the data they take along, how long it takes at `[rebalance] users_per_second`, and what a
+    /// running farm would refuse to take. Counted from the stores `--from` describes.
+    Plan {
+        /// The new config.
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The config the farm runs now (its stores are read, never written).
+        #[arg(long)]
+        from: PathBuf,
+        /// Overrides `data_dir` of both configs.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
     /// Validate a config and explain every problem (exit status 1 if there is any).
     Check {
@@ -200,6 +218,21 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
                 }
             }
             return Ok(code);
+        }
+        Command::Plan {
+            config,
+            from,
+            data_dir,
+            json,
+        } => {
+            let old = load(&from, data_dir.as_deref())?;
+            let new = load(&config, data_dir.as_deref())?;
+            let plan = plan::plan(&old, &new).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                plan::print(&plan, &from, &config);
+            }
         }
         Command::Check { config } => {
             return Ok(match FarmConfig::load(&config, None) {

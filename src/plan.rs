@@ -1,0 +1,250 @@
+//! `jabberfarm plan --config NEW --from OLD`: what a routing change would do, before anything
+//! changes (issue 13; docs/rebalancing.md). Counted from the stores, not estimated: every user
+//! the old config's stores hold, where it is now, where the new table puts it, and what it
+//! keeps (roster items, pending subscription requests, offline messages, vCard) when its data
+//! lives on the slaves and would be copied.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use jabberfarm_config::{FarmConfig, StorageBackend, live_change_refusals};
+use jabberfarm_store::im::{Holding, ImStore};
+use serde::Serialize;
+
+use crate::open_store;
+
+/// Everything `plan` found, as printed (text) or serialised (`--json`).
+#[derive(Debug, Serialize)]
+pub struct Plan {
+    pub from_fingerprint: String,
+    pub to_fingerprint: String,
+    /// What was counted: `accounts`, or `known users` when accounts live in a directory.
+    pub counted: &'static str,
+    pub users: u64,
+    /// Data lives in each slave's own file and moves with its user; else it is central.
+    pub data_moves: bool,
+    pub moves: Vec<Move>,
+    /// Users who stay where they are, by node.
+    pub stay: BTreeMap<String, u64>,
+    /// Slaves the new config adds (they take their share) and removes (emptied first).
+    pub joining: Vec<String>,
+    pub leaving: Vec<String>,
+    /// Users whose data sits on a node that the old table does not give them to (a change
+    /// that was not finished): they move too, to their new owner.
+    pub misplaced: u64,
+    /// `[rebalance] users_per_second` of the new config.
+    pub users_per_second: u32,
+    /// Time for the move at that rate: the node with most users to hand over sets it.
+    pub seconds: f64,
+    /// What a running farm would refuse to take from the new config, and why.
+    pub refused: Vec<String>,
+}
+
+/// The users that go from one node to another, and what they take along.
+#[derive(Debug, Default, Serialize)]
+pub struct Move {
+    pub from: String,
+    pub to: String,
+    pub users: u64,
+    /// Online now: only the running farm knows; an offline plan says null.
+    pub online: Option<u64>,
+    pub roster_items: u64,
+    pub pending_in: u64,
+    pub offline_messages: u64,
+    pub vcards: u64,
+    pub bytes: u64,
+}
+
+/// Counts the users of `from`'s stores and where `to` puts them.
+pub async fn plan(from: &FarmConfig, to: &FarmConfig) -> Result<Plan> {
+    let data_moves = from
+        .slaves()
+        .any(|n| from.storage.sqlite_path(&from.data_dir, &n.name).is_some());
+    let counted = match from.storage.backend {
+        StorageBackend::Ldap(_) => "known users",
+        _ if from.storage.accounts_managed_elsewhere().is_some() => "known users",
+        _ => "accounts",
+    };
+    let mut plan = Plan {
+        from_fingerprint: from.routing.fingerprint().to_owned(),
+        to_fingerprint: to.routing.fingerprint().to_owned(),
+        counted,
+        users: 0,
+        data_moves,
+        moves: Vec::new(),
+        stay: BTreeMap::new(),
+        joining: names_missing(to, from),
+        leaving: names_missing(from, to),
+        misplaced: 0,
+        users_per_second: to.rebalance.users_per_second,
+        seconds: 0.0,
+        refused: live_change_refusals(from, to),
+    };
+    let mut moves: BTreeMap<(String, String), Move> = BTreeMap::new();
+    // Per-node files: each slave's own; central: one store, read once.
+    let sources: Vec<&str> = if data_moves {
+        from.slaves().map(|n| n.name.as_str()).collect()
+    } else {
+        from.slaves().map(|n| n.name.as_str()).take(1).collect()
+    };
+    for node in sources {
+        if let Some(path) = from.storage.sqlite_path(&from.data_dir, node)
+            && !path.exists()
+        {
+            // Never create a store to count it: a slave that never ran holds nobody.
+            continue;
+        }
+        let (users, holdings) = read_users(from, node).await?;
+        for user in users {
+            plan.users += 1;
+            let now = if data_moves {
+                node
+            } else {
+                from.routing.owner(&user)
+            };
+            if data_moves && from.routing.owner(&user) != node {
+                plan.misplaced += 1;
+            }
+            let next = to.routing.owner(&user);
+            if now == next {
+                *plan.stay.entry(now.to_owned()).or_default() += 1;
+                continue;
+            }
+            let m = moves
+                .entry((now.to_owned(), next.to_owned()))
+                .or_insert_with(|| Move {
+                    from: now.to_owned(),
+                    to: next.to_owned(),
+                    ..Move::default()
+                });
+            m.users += 1;
+            if let Some(h) = holdings.as_ref().and_then(|all| all.get(&user)) {
+                m.roster_items += h.roster_items;
+                m.pending_in += h.pending_in;
+                m.offline_messages += h.offline_messages;
+                m.vcards += u64::from(h.vcard);
+                m.bytes += h.bytes;
+            }
+        }
+    }
+    plan.moves = moves.into_values().collect();
+    let mut out_of: BTreeMap<&str, u64> = BTreeMap::new();
+    for m in &plan.moves {
+        *out_of.entry(&m.from).or_default() += m.users;
+    }
+    let busiest = out_of.values().copied().max().unwrap_or(0);
+    plan.seconds = busiest as f64 / f64::from(plan.users_per_second.max(1));
+    Ok(plan)
+}
+
+/// The users `node`'s store holds, sorted, and what each keeps when data is per node.
+async fn read_users(
+    cfg: &FarmConfig,
+    node: &str,
+) -> Result<(Vec<String>, Option<BTreeMap<String, Holding>>)> {
+    let store = open_store(cfg, node).await?;
+    let im = ImStore::for_accounts(&store);
+    let read = async {
+        let users = if cfg.storage.accounts_managed_elsewhere().is_some() {
+            im.known_users().await?
+        } else {
+            store.list_users().await?
+        };
+        let holdings = im.holdings().await?;
+        Ok::<_, jabberfarm_store::accounts::StoreError>((users, holdings))
+    };
+    let result = read.await;
+    store.close().await;
+    result.with_context(|| format!("reading the users of {node}"))
+}
+
+/// Slaves of `a` that `b` does not have.
+fn names_missing(a: &FarmConfig, b: &FarmConfig) -> Vec<String> {
+    a.slaves()
+        .filter(|n| !b.slaves().any(|m| m.name == n.name))
+        .map(|n| n.name.clone())
+        .collect()
+}
+
+/// The plan as an admin reads it.
+pub fn print(plan: &Plan, from: &Path, to: &Path) {
+    println!(
+        "routing {} ({}) → {} ({})",
+        plan.from_fingerprint,
+        from.display(),
+        plan.to_fingerprint,
+        to.display()
+    );
+    let moving: u64 = plan.moves.iter().map(|m| m.users).sum();
+    let share = if plan.users == 0 {
+        0.0
+    } else {
+        100.0 * moving as f64 / plan.users as f64
+    };
+    println!(
+        "{} {}: {moving} move ({share:.1} %), {} stay",
+        plan.users,
+        plan.counted,
+        plan.users - moving
+    );
+    if plan.data_moves {
+        println!(
+            "data lives on the slaves (one SQLite file each): roster, pending requests, offline \
+             messages and vCard are copied with each user"
+        );
+    } else {
+        println!("data is central: nothing is copied, only sessions move");
+    }
+    if !plan.joining.is_empty() {
+        println!("joining: {} (takes its share)", plan.joining.join(", "));
+    }
+    if !plan.leaving.is_empty() {
+        println!(
+            "leaving: {} (emptied: every user moves)",
+            plan.leaving.join(", ")
+        );
+    }
+    if plan.misplaced > 0 {
+        println!(
+            "{} users are on a node the old table does not give them to (an unfinished \
+             change); they move to their new owner too",
+            plan.misplaced
+        );
+    }
+    if !plan.moves.is_empty() {
+        println!();
+        println!(
+            "{:<12} {:<12} {:>8} {:>7} {:>8} {:>8} {:>8} {:>7} {:>10}",
+            "from", "to", "users", "online", "roster", "pending", "offline", "vcards", "bytes"
+        );
+        for m in &plan.moves {
+            println!(
+                "{:<12} {:<12} {:>8} {:>7} {:>8} {:>8} {:>8} {:>7} {:>10}",
+                m.from,
+                m.to,
+                m.users,
+                m.online.map_or("-".to_owned(), |n| n.to_string()),
+                m.roster_items,
+                m.pending_in,
+                m.offline_messages,
+                m.vcards,
+                m.bytes
+            );
+        }
+        println!();
+    }
+    let stay: Vec<String> = plan.stay.iter().map(|(n, c)| format!("{n} {c}")).collect();
+    if !stay.is_empty() {
+        println!("stay: {}", stay.join(", "));
+    }
+    println!(
+        "time at {} users/s per node ([rebalance] users_per_second): {:.0} s",
+        plan.users_per_second,
+        plan.seconds.ceil()
+    );
+    println!("online now: not counted by a plan from files (`-`)");
+    for r in &plan.refused {
+        println!("refused live: {r}");
+    }
+}

@@ -381,8 +381,11 @@ async fn run_nodes(cfg: Arc<FarmConfig>, names: &[String], demo: bool) -> Result
     // Install the handlers before any listener exists, so a SIGTERM is never fatal.
     let signals = Signals::install()?;
     let stop = shutdown.clone();
+    let has_master = names
+        .iter()
+        .any(|n| cfg.node(n).is_some_and(|n| n.role == Role::Master));
     tokio::spawn(async move {
-        signals.wait().await;
+        signals.wait(has_master).await;
         info!("stopping: closing every stream with <system-shutdown/>");
         stop.cancel();
     });
@@ -442,10 +445,13 @@ async fn run_nodes(cfg: Arc<FarmConfig>, names: &[String], demo: bool) -> Result
     result
 }
 
-/// SIGTERM and SIGINT (Ctrl-C) both mean "stop gracefully".
+/// SIGTERM and SIGINT (Ctrl-C) both mean "stop gracefully". SIGHUP means "reload": the
+/// master does it (and hands the change to every node); a process without the master says so
+/// and goes on.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -454,13 +460,22 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
         })
     }
 
-    async fn wait(mut self) {
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
+    async fn wait(mut self, has_master: bool) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => if !has_master {
+                    tracing::warn!(
+                        "SIGHUP: this process runs no master; send it to the master, which \
+                         reloads the config and hands the change to every node"
+                    );
+                },
+            }
         }
     }
 }

@@ -1,12 +1,15 @@
 //! Live rebalancing (issue 13), the parts that exist so far: `jabberfarm plan` counts what a
-//! routing change moves, from the stores of a farm that has run, with real users and data.
+//! routing change moves, from the stores of a farm that has run, with real users and data;
+//! SIGHUP at the master reloads the table on every node.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
+use std::net::SocketAddr;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-use common::{BIN, Raw, TestFarm};
+use common::{BIN, HEADER, Raw, TestFarm, plain_auth};
 
 /// `a-m` on slave1, `n-z` on slave2, the rest on slave1.
 const OLD_RANGES: &str = "mode = \"ranges\"\nother = \"slave1\"\n\
@@ -106,5 +109,105 @@ fn plan_counts_users_and_their_data_from_the_stores() {
     assert!(
         text.contains("refused live: domain localhost → example.org"),
         "{text}"
+    );
+}
+
+/// Waits until `node`'s own log has `needle` at least `times` times.
+fn wait_node_log(farm: &TestFarm, node: &str, needle: &str, times: usize) {
+    let path = farm.dir.path().join(format!("node-{node}.log"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.matches(needle).count() >= times {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{node} never logged {needle:?} {times} time(s):\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Where the node at `at` sends a login of `user` (its `<see-other-host/>`), or `None` when
+/// it takes the login itself.
+fn redirect_of(at: SocketAddr, user: &str) -> Option<String> {
+    let mut c = Raw::connect(at);
+    c.send(HEADER);
+    c.wait_for("</stream:features>", 5);
+    c.send(&plain_auth(user, "pw"));
+    let got = c.wait_for("</", 5);
+    let got = if got.contains("see-other-host") {
+        got + &c.wait_closed(5)
+    } else {
+        got
+    };
+    let tag = "<see-other-host xmlns='urn:ietf:params:xml:ns:xmpp-streams'>";
+    let start = got.find(tag)? + tag.len();
+    let end = got[start..].find("</see-other-host>")? + start;
+    Some(got[start..end].to_owned())
+}
+
+/// Reload without a restart: SIGHUP at the master, the new table handed to every slave over
+/// the farm links as the next epoch; logins follow it at the master and at the slaves; a slave
+/// that restarts with the old file is brought up to date; a change that needs a restart is
+/// refused with the reason, and the table in force stays.
+#[test]
+fn sighup_reloads_the_table_on_every_node() {
+    // Redirects only: this test's client does not follow them, and the relay would take it.
+    let mut farm = TestFarm::start_processes_edited(2, |text| {
+        text.replace(HASH, OLD_RANGES) + "\n[relay]\nredirect = \"always\"\n"
+    });
+    let (slave1, slave2) = (farm.slaves[0].c2s, farm.slaves[1].c2s);
+    for user in ["mike", "nina"] {
+        farm.add_user(user, "pw");
+    }
+    assert_eq!(
+        redirect_of(farm.master.c2s, "mike"),
+        Some(slave1.to_string())
+    );
+    let old = farm.config.with_file_name("old.toml");
+    std::fs::copy(&farm.config, &old).unwrap();
+
+    // m-z moves to slave2.
+    farm.edit_config(|text| text.replace(OLD_RANGES, NEW_RANGES));
+    farm.signal_node("master", "HUP");
+    wait_node_log(&farm, "master", "reload: topology epoch 1", 1);
+    for slave in ["slave1", "slave2"] {
+        wait_node_log(&farm, slave, "topology epoch 1 from master", 1);
+        wait_node_log(
+            &farm,
+            "master",
+            &format!("{slave} runs topology epoch 1"),
+            1,
+        );
+    }
+    assert_eq!(
+        redirect_of(farm.master.c2s, "mike"),
+        Some(slave2.to_string())
+    );
+    // The old owner sends mike on too, and the new one takes him.
+    assert_eq!(redirect_of(slave1, "mike"), Some(slave2.to_string()));
+    assert_eq!(redirect_of(slave2, "nina"), None);
+
+    // slave1 restarts with the file from before: the master hands it epoch 1 on link-up.
+    farm.term_node("slave1");
+    farm.start_node_with_config("slave1", &old);
+    wait_node_log(&farm, "slave1", "topology epoch 1 from master", 2);
+    assert_eq!(redirect_of(slave1, "mike"), Some(slave2.to_string()));
+
+    // Another domain cannot be taken live: refused, named, and epoch 1 stays.
+    farm.edit_config(|text| text.replace("domain = \"localhost\"", "domain = \"example.org\""));
+    farm.signal_node("master", "HUP");
+    wait_node_log(
+        &farm,
+        "master",
+        "reload refused: domain localhost → example.org",
+        1,
+    );
+    wait_node_log(&farm, "master", "the config in force stays (epoch 1)", 1);
+    assert_eq!(
+        redirect_of(farm.master.c2s, "mike"),
+        Some(slave2.to_string())
     );
 }

@@ -235,7 +235,7 @@ fuzz_target!(|data: &[u8]| {
                 "handshake_accept",
                 || now(slave.handshake_accept(&mut link)),
             );
-            if let Ok((peer, purpose)) = r {
+            if let Ok((peer, purpose, _)) = r {
                 panic!("a forged handshake authenticated {peer} for {purpose:?}");
             }
             let sent = sent.lock().map(|s| s.clone()).unwrap_or_default();

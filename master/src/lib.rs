@@ -9,6 +9,7 @@
 //! the relay of remote stanzas to the owning slave over its farm link.
 
 pub mod relay;
+mod reload;
 pub mod s2s;
 
 use std::sync::Arc;
@@ -184,6 +185,12 @@ pub async fn run(
         write_timeout: cfg.limits.write_timeout,
     });
     rt.start_links();
+    reload::on_sighup(
+        cfg.clone(),
+        rt.links.clone(),
+        &rt.tracker,
+        rt.shutdown.clone(),
+    );
     // Servers offer the ALPN protocol "xmpp-server" (XEP-0368); rustls refuses a client whose
     // protocols it does not list, so the s2s listener gets its own list.
     let s2s_tls = tls.as_ref().map(|t| {

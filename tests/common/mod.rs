@@ -225,6 +225,23 @@ impl TestFarm {
         }
     }
 
+    /// Send `signal` (`"HUP"`, …) to one node's process.
+    pub fn signal_node(&self, name: &str, signal: &str) {
+        let child = &self.nodes[name];
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {name}");
+    }
+
+    /// Start (or restart) one node's process with another config file than the farm's.
+    pub fn start_node_with_config(&mut self, name: &str, config: &Path) {
+        let saved = std::mem::replace(&mut self.config, config.to_owned());
+        self.start_node(name);
+        self.config = saved;
+    }
+
     /// SIGTERM one node's process and wait (at most 10 s) for it to exit.
     pub fn term_node(&mut self, name: &str) {
         if let Some(mut c) = self.nodes.remove(name) {

@@ -12,9 +12,12 @@
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
-use jabberfarm_proto::routing::RoutingTable;
+use jabberfarm_proto::link::LINK_NS;
+use jabberfarm_proto::routing::{PrefixRange, RoutingMode, RoutingTable, SlaveWeight};
+use jabberfarm_proto::xml::Element;
 
-use crate::{FarmConfig, NodeConfig};
+use crate::nodes::parse_role;
+use crate::{FarmConfig, NodeConfig, RedirectMode, Role};
 
 /// One version of the farm's shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +52,194 @@ impl Topology {
 
     pub fn node(&self, name: &str) -> Option<&NodeConfig> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The master's name (a topology has exactly one).
+    pub fn master(&self) -> Option<&NodeConfig> {
+        self.nodes.iter().find(|n| n.role == Role::Master)
+    }
+
+    /// The topology as the master hands it to the other nodes over a farm link:
+    /// `<topology epoch fingerprint><routing …/><node …/>…</topology>` (docs/rebalancing.md).
+    pub fn to_element(&self) -> Element {
+        let routing = match self.table.mode() {
+            RoutingMode::Hash { key, slaves } => slaves.iter().fold(
+                Element::new("routing", LINK_NS)
+                    .with_attr("mode", "hash")
+                    .with_attr("key", hex::encode(key)),
+                |r, s| {
+                    r.with_child(
+                        Element::new("slave", LINK_NS)
+                            .with_attr("name", &s.name)
+                            .with_attr("weight", s.weight.to_string()),
+                    )
+                },
+            ),
+            RoutingMode::Ranges { ranges, other } => ranges.iter().fold(
+                Element::new("routing", LINK_NS)
+                    .with_attr("mode", "ranges")
+                    .with_attr("other", other),
+                |r, range| {
+                    r.with_child(
+                        Element::new("range", LINK_NS)
+                            .with_attr("first", &range.first)
+                            .with_attr("last", &range.last)
+                            .with_attr("node", &range.node),
+                    )
+                },
+            ),
+        };
+        let mut el = Element::new("topology", LINK_NS)
+            .with_attr("epoch", self.epoch.to_string())
+            .with_attr("fingerprint", self.fingerprint())
+            .with_child(routing);
+        for n in &self.nodes {
+            el = el.with_child(
+                Element::new("node", LINK_NS)
+                    .with_attr("name", &n.name)
+                    .with_attr("role", n.role.to_string())
+                    .with_attr("c2s", n.c2s.to_string())
+                    .with_opt_attr("c2s_tls", n.c2s_tls.map(|a| a.to_string()))
+                    .with_attr("advertise", &n.advertise)
+                    .with_attr("farm", n.farm.to_string())
+                    .with_opt_attr("s2s", n.s2s.map(|a| a.to_string()))
+                    .with_attr("weight", n.weight.to_string())
+                    .with_opt_attr("redirect", n.redirect.map(RedirectMode::name))
+                    .with_opt_attr("redirect_tls", n.redirect_tls.map(RedirectMode::name)),
+            );
+        }
+        el
+    }
+
+    /// A topology from [`Self::to_element`], checked as a config would be: the table valid
+    /// and its fingerprint the one announced, one master, every owner a slave.
+    pub fn from_element(el: &Element) -> Result<Topology, String> {
+        if !el.is("topology", LINK_NS) {
+            return Err("not a topology".to_owned());
+        }
+        let epoch: u64 = el
+            .attr("epoch")
+            .and_then(|e| e.parse().ok())
+            .ok_or("no epoch")?;
+        let routing = el
+            .children()
+            .find(|c| c.is("routing", LINK_NS))
+            .ok_or("no routing")?;
+        let attr = |e: &Element, name: &str| -> Result<String, String> {
+            e.attr(name)
+                .map(str::to_owned)
+                .ok_or_else(|| format!("<{}/> without {name}", e.name))
+        };
+        let mode = match routing.attr("mode") {
+            Some("hash") => {
+                let key = hex::decode(attr(routing, "key")?)
+                    .ok()
+                    .and_then(|k| <[u8; 16]>::try_from(k).ok())
+                    .ok_or("the hash key is not 16 bytes of hex")?;
+                let slaves = routing
+                    .children()
+                    .map(|s| {
+                        Ok(SlaveWeight {
+                            name: attr(s, "name")?,
+                            weight: attr(s, "weight")?
+                                .parse()
+                                .map_err(|_| "a weight is not a number")?,
+                        })
+                    })
+                    .collect::<Result<_, String>>()?;
+                RoutingMode::Hash { key, slaves }
+            }
+            Some("ranges") => RoutingMode::Ranges {
+                other: attr(routing, "other")?,
+                ranges: routing
+                    .children()
+                    .map(|r| {
+                        Ok(PrefixRange {
+                            first: attr(r, "first")?,
+                            last: attr(r, "last")?,
+                            node: attr(r, "node")?,
+                        })
+                    })
+                    .collect::<Result<_, String>>()?,
+            },
+            _ => return Err("unknown routing mode".to_owned()),
+        };
+        let table = RoutingTable::new(mode).map_err(|errors| errors.join("; "))?;
+        if Some(table.fingerprint()) != el.attr("fingerprint") {
+            return Err(format!(
+                "the table's fingerprint is {}, not the {} announced",
+                table.fingerprint(),
+                el.attr("fingerprint").unwrap_or("none")
+            ));
+        }
+        let addr = |e: &Element, name: &str| -> Result<Option<std::net::SocketAddr>, String> {
+            e.attr(name)
+                .map(|a| {
+                    a.parse()
+                        .map_err(|_| format!("{name} {a:?} is not an address"))
+                })
+                .transpose()
+        };
+        let mode = |e: &Element, name: &str| -> Result<Option<RedirectMode>, String> {
+            e.attr(name)
+                .map(|m| RedirectMode::parse(m).ok_or(format!("{name} {m:?}")))
+                .transpose()
+        };
+        let nodes: Vec<NodeConfig> = el
+            .children()
+            .filter(|c| c.is("node", LINK_NS))
+            .map(|n| {
+                Ok(NodeConfig {
+                    name: attr(n, "name")?,
+                    role: parse_role(&attr(n, "role")?).ok_or("a role is neither")?,
+                    c2s: addr(n, "c2s")?.ok_or("a node without c2s")?,
+                    c2s_tls: addr(n, "c2s_tls")?,
+                    advertise: attr(n, "advertise")?,
+                    farm: addr(n, "farm")?.ok_or("a node without farm")?,
+                    s2s: addr(n, "s2s")?,
+                    weight: attr(n, "weight")?
+                        .parse()
+                        .map_err(|_| "a weight is not a number")?,
+                    redirect: mode(n, "redirect")?,
+                    redirect_tls: mode(n, "redirect_tls")?,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        if nodes.iter().filter(|n| n.role == Role::Master).count() != 1 {
+            return Err("not exactly one master".to_owned());
+        }
+        if let Some(owner) = table
+            .nodes()
+            .find(|o| !nodes.iter().any(|n| n.name == *o && n.role == Role::Slave))
+        {
+            return Err(format!("{owner} owns users but is not a slave of it"));
+        }
+        Ok(Topology {
+            epoch,
+            table,
+            nodes,
+        })
+    }
+
+    /// What a node running this topology cannot take from `next` live, each with the reason
+    /// (the node-level part of [`live_change_refusals`]; nodes added or removed are refused
+    /// too until links follow the node set).
+    pub fn refusals(&self, next: &Topology) -> Vec<String> {
+        let mut refused = node_refusals(&self.nodes, &next.nodes);
+        let names = |t: &Topology| {
+            let mut v: Vec<String> = t.nodes.iter().map(|n| n.name.clone()).collect();
+            v.sort();
+            v
+        };
+        if names(self) != names(next) {
+            refused.push(format!(
+                "nodes {} → {}: adding or removing nodes live is not built yet; restart \
+                 every node with the new config",
+                names(self).join(", "),
+                names(next).join(", ")
+            ));
+        }
+        refused
     }
 
     /// Whether `domain` is one of the farm's internal node names (DESIGN.md D5: rewritten to
@@ -88,7 +279,19 @@ pub fn live_change_refusals(current: &FarmConfig, next: &FarmConfig) -> Vec<Stri
                 .to_owned(),
         );
     }
-    let master = |c: &FarmConfig| c.master().name.clone();
+    refused.extend(node_refusals(&current.nodes, &next.nodes));
+    refused
+}
+
+/// The master changed, or a node in both lists changed its role or its own listeners.
+fn node_refusals(current: &[NodeConfig], next: &[NodeConfig]) -> Vec<String> {
+    let mut refused = Vec::new();
+    let master = |nodes: &[NodeConfig]| {
+        nodes
+            .iter()
+            .find(|n| n.role == Role::Master)
+            .map_or(String::new(), |n| n.name.clone())
+    };
     if master(current) != master(next) {
         refused.push(format!(
             "the master {} → {}: the master is where every login and every remote domain \
@@ -97,13 +300,13 @@ pub fn live_change_refusals(current: &FarmConfig, next: &FarmConfig) -> Vec<Stri
             master(next)
         ));
     }
-    for old in &current.nodes {
-        let Some(new) = next.nodes.iter().find(|n| n.name == old.name) else {
+    for old in current {
+        let Some(new) = next.iter().find(|n| n.name == old.name) else {
             continue;
         };
         let mut changed: Vec<String> = Vec::new();
         if old.role != new.role {
-            changed.push(format!("role {:?} → {:?}", old.role, new.role));
+            changed.push(format!("role {} → {}", old.role, new.role));
         }
         let addr = |a: Option<std::net::SocketAddr>| a.map_or("none".to_owned(), |a| a.to_string());
         for (key, a, b) in [
@@ -142,6 +345,11 @@ impl SharedTopology {
         self.0.load()
     }
 
+    /// The current topology, to keep across awaits.
+    pub fn load_full(&self) -> Arc<Topology> {
+        self.0.load_full()
+    }
+
     /// Make `next` the topology every reader sees from now on. Its epoch must be above the
     /// current one: a stale change is refused and the current epoch returned.
     pub fn replace(&self, next: Topology) -> Result<(), u64> {
@@ -173,6 +381,7 @@ impl std::fmt::Debug for SharedTopology {
 mod tests {
     use super::*;
     use crate::test_support::{HEAD, NODES, parse};
+    use jabberfarm_proto::link::LINK_NS;
 
     #[test]
     fn readers_see_a_replacement_at_their_next_load() {
@@ -224,6 +433,55 @@ mod tests {
             "{}",
             refused[2]
         );
+    }
+
+    /// What the master hands over a link is what the slave rebuilds: both modes, every node
+    /// field; a tampered or broken topology is refused with the reason.
+    #[test]
+    fn a_topology_crosses_a_link_intact() {
+        let hash = parse(&format!("{HEAD}{NODES}")).expect("the sample farm loads");
+        let ranges = parse(&format!(
+            "{}{NODES}",
+            HEAD.replace(
+                "mode = \"hash\"\nhash_key = \"000102030405060708090a0b0c0d0e0f\"\n",
+                "mode = \"ranges\"\nother = \"slave1\"\n[[routing.ranges]]\nletters = \"a-sm\"\n\
+                 node = \"slave1\"\n[[routing.ranges]]\nletters = \"sn-z\"\nnode = \"slave2\"\n"
+            )
+        ))
+        .expect("the ranges farm loads");
+        for cfg in [hash, ranges] {
+            let mut t = Topology::of(&cfg);
+            t.epoch = 7;
+            t.nodes[0].c2s_tls = Some("127.0.0.1:5223".parse().unwrap());
+            t.nodes[0].redirect = Some(RedirectMode::Never);
+            let el = t.to_element();
+            let text = el.to_xml();
+            let back = Topology::from_element(&el).unwrap_or_else(|e| panic!("{e}: {text}"));
+            assert_eq!(back, t);
+
+            let forged = el.clone().with_attr("fingerprint", "0000000000000000");
+            let err = Topology::from_element(&forged).unwrap_err();
+            assert!(err.contains("not the 0000000000000000 announced"), "{err}");
+        }
+        let err = Topology::from_element(&Element::new("topology", LINK_NS)).unwrap_err();
+        assert_eq!(err, "no epoch");
+    }
+
+    #[test]
+    fn a_node_refuses_what_it_cannot_take_live() {
+        let cfg = parse(&format!("{HEAD}{NODES}")).expect("the sample farm loads");
+        let now = Topology::of(&cfg);
+        let mut next = now.clone();
+        next.epoch = 1;
+        next.nodes[2].weight = 5;
+        next.nodes[2].advertise = "slave2.example.net:5222".to_owned();
+        assert_eq!(now.refusals(&next), Vec::<String>::new());
+        next.nodes[1].farm = "127.0.0.1:7999".parse().unwrap();
+        next.nodes.pop();
+        let refused = now.refusals(&next);
+        assert_eq!(refused.len(), 2, "{refused:#?}");
+        assert!(refused[0].starts_with("node slave1: farm 127.0.0.1:7101 → 127.0.0.1:7999"));
+        assert!(refused[1].starts_with("nodes master, slave1, slave2 → master, slave1: "));
     }
 
     #[test]

@@ -9,8 +9,10 @@
 //!   fingerprint/>`, the acceptor answers its own `<hello/>` with a proof, the connector
 //!   answers `<auth proof/>`, the acceptor says `<welcome/>` or `<refuse reason/>`. Proofs
 //!   are HMAC-SHA256 under the farm secret over both nonces and both names, with a different
-//!   label per direction: the secret never crosses the wire. A peer whose routing-table
-//!   fingerprint differs is refused (and logged loudly): it gets no traffic and no redirects.
+//!   label per direction: the secret never crosses the wire. Both say their routing table
+//!   (fingerprint and epoch): a peer whose table differs at the same epoch is refused (and
+//!   logged loudly): it gets no traffic and no redirects. At different epochs the link comes
+//!   up and the master hands its topology over it (`farm/topology.rs`).
 //!   The frames and every decision of the handshake are in [`jabberfarm_proto::link`]
 //!   (sans-IO, tested there); this module moves the bytes.
 //! - **Liveness**: heartbeats every `farm.heartbeat`; a link silent for `farm.dead_after` is
@@ -44,9 +46,11 @@ use crate::relay::Handoff;
 use crate::stream::Io;
 use jabberfarm_config::{FarmConfig, Role, SharedTopology};
 use jabberfarm_proto::link::{
-    Acceptor, Connector, Failure, frame_of, frame_parser, link_key, new_nonce, parse_frame,
-    push_frame, refuse,
+    Acceptor, Connector, Failure, PeerTable, Table, frame_of, frame_parser, link_key, new_nonce,
+    parse_frame, push_frame, refuse,
 };
+
+mod topology;
 use jabberfarm_proto::ns;
 use jabberfarm_proto::xml::{Element, ParserLimits, StreamParser};
 
@@ -198,6 +202,11 @@ impl FarmLinks {
         &self.me
     }
 
+    /// The node's topology, which the links hand over and take (`farm/topology.rs`).
+    pub fn topology(&self) -> &SharedTopology {
+        &self.topology
+    }
+
     pub fn is_up(&self, node: &str) -> bool {
         self.peers
             .get(node)
@@ -241,7 +250,7 @@ impl FarmLinks {
     /// returned connection is the client's stream at the slave.
     pub async fn open_relay(&self, node: &str, handoff: &Handoff) -> Result<Box<dyn Io>, String> {
         let peer = self.peers.get(node).ok_or("no such node")?;
-        let mut link = self.connect_once(node, peer.addr, Purpose::Relay).await?;
+        let (mut link, _) = self.connect_once(node, peer.addr, Purpose::Relay).await?;
         link.send_el(&handoff.to_element()).await?;
         Ok(link.io)
     }
@@ -339,8 +348,8 @@ impl FarmLinks {
                     link.authenticated(me.max_frame);
                 }
                 match hs {
-                    Ok(Ok((peer, Purpose::Link))) => me.serve(peer, link, sd).await,
-                    Ok(Ok((peer, Purpose::Relay))) => me.take_relay(peer, link).await,
+                    Ok(Ok((peer, Purpose::Link, table))) => me.serve(peer, table, link, sd).await,
+                    Ok(Ok((peer, Purpose::Relay, _))) => me.take_relay(peer, link).await,
                     Ok(Err(e)) => warn!(%peer_addr, "farm link refused: {e}"),
                     Err(_) => warn!(%peer_addr, "farm link: handshake timed out"),
                 }
@@ -360,9 +369,10 @@ impl FarmLinks {
                 return;
             }
             match self.connect_once(&name, addr, Purpose::Link).await {
-                Ok(link) => {
+                Ok((link, table)) => {
                     backoff = BACKOFF_MIN;
-                    self.serve(name.clone(), link, shutdown.clone()).await;
+                    self.serve(name.clone(), table, link, shutdown.clone())
+                        .await;
                 }
                 Err(e) => debug!(peer = %name, %addr, "farm link: {e}"),
             }
@@ -380,7 +390,7 @@ impl FarmLinks {
         name: &str,
         addr: SocketAddr,
         purpose: Purpose,
-    ) -> Result<Framed, String> {
+    ) -> Result<(Framed, PeerTable), String> {
         let sock = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| "connect timed out".to_owned())?
@@ -401,14 +411,14 @@ impl FarmLinks {
             }
         };
         let mut link = Framed::new(io, HANDSHAKE_FRAME);
-        tokio::time::timeout(
+        let table = tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
             self.handshake_connect(&mut link, name, purpose),
         )
         .await
         .map_err(|_| "handshake timed out".to_owned())??;
         link.authenticated(self.max_frame);
-        Ok(link)
+        Ok((link, table))
     }
 
     /// Connector side of the handshake ([`jabberfarm_proto::link::Connector`] decides).
@@ -418,38 +428,42 @@ impl FarmLinks {
         link: &mut Framed,
         peer: &str,
         purpose: Purpose,
-    ) -> Result<(), String> {
+    ) -> Result<PeerTable, String> {
         // One snapshot per handshake: both sides compare the same table.
-        let fingerprint = self.topology.load().fingerprint().to_owned();
-        let c = Connector::new(
-            &self.key,
-            &self.me,
-            peer,
-            &fingerprint,
-            purpose,
-            new_nonce(),
-        );
+        let now = self.topology.load();
+        let table = Table {
+            fingerprint: now.fingerprint(),
+            epoch: now.epoch,
+        };
+        let c = Connector::new(&self.key, &self.me, peer, table, purpose, new_nonce());
         link.send_el(&c.hello()).await?;
         let answer = link.recv_el().await?;
-        let auth = match c.on_hello(&answer) {
-            Ok(auth) => auth,
+        let (auth, theirs) = match c.on_hello(&answer) {
+            Ok(x) => x,
             Err(f) => return Err(failed(link, peer, f).await),
         };
         link.send_el(&auth).await?;
         let last = link.recv_el().await?;
         match c.on_answer(&last) {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(theirs),
             Err(f) => Err(failed(link, peer, f).await),
         }
     }
 
     /// Acceptor side of the handshake ([`jabberfarm_proto::link::Acceptor`] decides); returns
-    /// the authenticated peer's name and what it connected for.
+    /// the authenticated peer's name, what it connected for and its routing table.
     /// Public for the fuzz targets (`fuzz/fuzz_targets/farm_frames.rs`).
-    pub async fn handshake_accept(&self, link: &mut Framed) -> Result<(String, Purpose), String> {
+    pub async fn handshake_accept(
+        &self,
+        link: &mut Framed,
+    ) -> Result<(String, Purpose, PeerTable), String> {
         // One snapshot per handshake: both sides compare the same table.
-        let fingerprint = self.topology.load().fingerprint().to_owned();
-        let a = Acceptor::new(&self.key, &self.me, &fingerprint, new_nonce());
+        let now = self.topology.load();
+        let table = Table {
+            fingerprint: now.fingerprint(),
+            epoch: now.epoch,
+        };
+        let a = Acceptor::new(&self.key, &self.me, table, new_nonce());
         let hello = link.recv_el().await?;
         // Links are opened by the node whose name sorts first; relays only by masters, and
         // only to a node that takes relayed clients.
@@ -474,7 +488,7 @@ impl FarmLinks {
         match a.on_auth(&hello, &auth) {
             Ok(welcome) => {
                 link.send_el(&welcome).await?;
-                Ok((hello.peer, hello.purpose))
+                Ok((hello.peer, hello.purpose, hello.table))
             }
             Err(f) => Err(failed(link, &hello.peer, f).await),
         }
@@ -511,7 +525,13 @@ impl FarmLinks {
     }
 
     /// Run an authenticated link until it fails or we stop.
-    async fn serve(&self, peer_name: String, link: Framed, shutdown: CancellationToken) {
+    async fn serve(
+        &self,
+        peer_name: String,
+        table: PeerTable,
+        link: Framed,
+        shutdown: CancellationToken,
+    ) {
         let Some(peer) = self.peers.get(&peer_name) else {
             return;
         };
@@ -530,6 +550,9 @@ impl FarmLinks {
         };
         info!("farm link {a} <-> {b} up");
         let _ = self.events.send(LinkEvent::Up(peer_name.clone())).await;
+        if self.is_master() {
+            self.reconcile(&peer_name, &table).await;
+        }
 
         let Framed {
             io,
@@ -587,6 +610,7 @@ impl FarmLinks {
                     continue; // heartbeat
                 }
                 match parse_frame(&mut parser, &frame) {
+                    Ok(el) if topology::is_control(&el) => self.on_control(&name, &el).await,
                     Ok(stanza) => {
                         if events
                             .send(LinkEvent::Stanza {

@@ -4,15 +4,22 @@
 //!
 //! A frame is a 4-byte big-endian length and one element of an implicit `jabber:server`
 //! stream. The handshake (both sides prove they know the farm secret; the secret never crosses
-//! the wire; routing-table fingerprints must agree):
+//! the wire; routing tables must agree, or be of different epochs, one side catching up):
 //!
 //! ```text
-//! connector                                   acceptor
-//!   <hello node nonce fingerprint [purpose]/> →
-//!                        ← <hello node nonce fingerprint proof/>   (or <refuse reason/>)
+//! connector                                         acceptor
+//!   <hello node nonce fingerprint epoch [purpose]/> →
+//!                        ← <hello node nonce fingerprint epoch proof/>   (or <refuse reason/>)
 //!   <auth proof/>                             →
 //!                                           ← <welcome/>           (or <refuse reason/>)
 //! ```
+//!
+//! Tables: each side says the fingerprint of its routing table and the epoch of the topology
+//! it came with (0: read from the config at start; each live change is one more). Equal
+//! fingerprints link. Different fingerprints at the same epoch are two configs that disagree:
+//! refused, no traffic until they agree. Different fingerprints at different epochs are a
+//! change on its way: the link comes up and the master hands the newer topology over it
+//! (`jabberfarm-net`'s farm runtime; docs/rebalancing.md).
 //!
 //! Proofs are HMAC-SHA-256 under a key derived from the secret, over a label (which side,
 //! which purpose), both nonces and both names, so a proof is worth nothing in another
@@ -51,6 +58,53 @@ pub fn link_key(secret: &str) -> Vec<u8> {
         b"jabberfarm farm link key",
         secret.as_bytes(),
     )
+}
+
+/// The routing table a node runs, as the handshake compares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Table<'a> {
+    pub fingerprint: &'a str,
+    pub epoch: u64,
+}
+
+/// The peer's [`Table`], learnt in the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerTable {
+    pub fingerprint: String,
+    pub epoch: u64,
+}
+
+impl Table<'_> {
+    fn add_to(&self, hello: Element) -> Element {
+        hello
+            .with_attr("fingerprint", self.fingerprint)
+            .with_attr("epoch", self.epoch.to_string())
+    }
+
+    /// Whether a link to a peer with `theirs` may carry traffic; else why not.
+    fn agrees(&self, me: &str, peer: &str, theirs: &PeerTable) -> Result<(), String> {
+        if theirs.fingerprint == self.fingerprint || theirs.epoch != self.epoch {
+            return Ok(());
+        }
+        Err(format!(
+            "routing table fingerprint {} on {me} differs from {} on {peer} at the same \
+             epoch {}",
+            self.fingerprint, theirs.fingerprint, self.epoch
+        ))
+    }
+}
+
+impl PeerTable {
+    fn of(hello: &Element) -> PeerTable {
+        PeerTable {
+            fingerprint: hello.attr("fingerprint").unwrap_or("").to_owned(),
+            // Absent: a node from before epochs, which runs its config as read (0).
+            epoch: hello
+                .attr("epoch")
+                .and_then(|e| e.parse().ok())
+                .unwrap_or(0),
+        }
+    }
 }
 
 /// A fresh nonce for one handshake.
@@ -140,7 +194,7 @@ pub struct Connector<'a> {
     key: &'a [u8],
     me: &'a str,
     peer: &'a str,
-    fingerprint: &'a str,
+    table: Table<'a>,
     purpose: Purpose,
     nonce: String,
 }
@@ -150,7 +204,7 @@ impl<'a> Connector<'a> {
         key: &'a [u8],
         me: &'a str,
         peer: &'a str,
-        fingerprint: &'a str,
+        table: Table<'a>,
         purpose: Purpose,
         nonce: String,
     ) -> Connector<'a> {
@@ -158,7 +212,7 @@ impl<'a> Connector<'a> {
             key,
             me,
             peer,
-            fingerprint,
+            table,
             purpose,
             nonce,
         }
@@ -166,19 +220,20 @@ impl<'a> Connector<'a> {
 
     /// What opens the handshake.
     pub fn hello(&self) -> Element {
-        let hello = Element::new("hello", LINK_NS)
-            .with_attr("node", self.me)
-            .with_attr("nonce", &self.nonce)
-            .with_attr("fingerprint", self.fingerprint);
+        let hello = self.table.add_to(
+            Element::new("hello", LINK_NS)
+                .with_attr("node", self.me)
+                .with_attr("nonce", &self.nonce),
+        );
         match self.purpose {
             Purpose::Relay => hello.with_attr("purpose", "relay"),
             Purpose::Link => hello,
         }
     }
 
-    /// The acceptor's answer to our hello: its proof is checked, then its fingerprint; the
-    /// result is our `<auth/>`.
-    pub fn on_hello(&self, hello: &Element) -> Result<Element, Failure> {
+    /// The acceptor's answer to our hello: its proof is checked, then its table; the result is
+    /// our `<auth/>` and the acceptor's table.
+    pub fn on_hello(&self, hello: &Element) -> Result<(Element, PeerTable), Failure> {
         let peer = self.peer;
         if hello.is("refuse", LINK_NS) {
             let reason = hello.attr("reason").unwrap_or("no reason given");
@@ -204,12 +259,8 @@ impl<'a> Connector<'a> {
                 )),
             });
         }
-        let fp = hello.attr("fingerprint").unwrap_or("");
-        if fp != self.fingerprint {
-            let reason = format!(
-                "routing table fingerprint {} on {} differs from {fp} on {peer}",
-                self.fingerprint, self.me
-            );
+        let theirs = PeerTable::of(hello);
+        if let Err(reason) = self.table.agrees(self.me, peer, &theirs) {
             return Err(Failure {
                 refuse: Some(reason.clone()),
                 alarm: Some(format!(
@@ -220,7 +271,10 @@ impl<'a> Connector<'a> {
         }
         let label = self.purpose.label("connector");
         let ours = proof(self.key, &label, their_nonce, &self.nonce, peer, self.me);
-        Ok(Element::new("auth", LINK_NS).with_attr("proof", ours))
+        Ok((
+            Element::new("auth", LINK_NS).with_attr("proof", ours),
+            theirs,
+        ))
     }
 
     /// The acceptor's last word: `<welcome/>`, or why not.
@@ -242,24 +296,25 @@ impl<'a> Connector<'a> {
 pub struct Hello {
     pub peer: String,
     pub purpose: Purpose,
+    /// The connector's routing table.
+    pub table: PeerTable,
     their_nonce: String,
-    fingerprint: String,
 }
 
 /// The accepting side of one handshake.
 pub struct Acceptor<'a> {
     key: &'a [u8],
     me: &'a str,
-    fingerprint: &'a str,
+    table: Table<'a>,
     nonce: String,
 }
 
 impl<'a> Acceptor<'a> {
-    pub fn new(key: &'a [u8], me: &'a str, fingerprint: &'a str, nonce: String) -> Acceptor<'a> {
+    pub fn new(key: &'a [u8], me: &'a str, table: Table<'a>, nonce: String) -> Acceptor<'a> {
         Acceptor {
             key,
             me,
-            fingerprint,
+            table,
             nonce,
         }
     }
@@ -300,22 +355,25 @@ impl<'a> Acceptor<'a> {
         }
         let label = purpose.label("acceptor");
         let ours = proof(self.key, &label, their_nonce, &self.nonce, peer, self.me);
-        let answer = Element::new("hello", LINK_NS)
-            .with_attr("node", self.me)
-            .with_attr("nonce", &self.nonce)
-            .with_attr("fingerprint", self.fingerprint)
+        let answer = self
+            .table
+            .add_to(
+                Element::new("hello", LINK_NS)
+                    .with_attr("node", self.me)
+                    .with_attr("nonce", &self.nonce),
+            )
             .with_attr("proof", ours);
         let hello = Hello {
             peer: peer.to_owned(),
             purpose,
+            table: PeerTable::of(hello),
             their_nonce: their_nonce.to_owned(),
-            fingerprint: hello.attr("fingerprint").unwrap_or("").to_owned(),
         };
         Ok((hello, answer))
     }
 
     /// The connector's `<auth/>`: its proof is checked first, then (so that only a node that
-    /// knows the secret learns about tables) the fingerprint. The result is `<welcome/>`.
+    /// knows the secret learns about tables) the tables. The result is `<welcome/>`.
     pub fn on_auth(&self, hello: &Hello, auth: &Element) -> Result<Element, Failure> {
         let peer = &hello.peer;
         if auth.is("refuse", LINK_NS) {
@@ -342,11 +400,7 @@ impl<'a> Acceptor<'a> {
                 alarm: Some(format!("farm link from {peer} refused: wrong farm secret")),
             });
         }
-        if hello.fingerprint != self.fingerprint {
-            let reason = format!(
-                "routing table fingerprint {} differs from {} on {}",
-                hello.fingerprint, self.fingerprint, self.me
-            );
+        if let Err(reason) = self.table.agrees(self.me, peer, &hello.table) {
             return Err(Failure {
                 refuse: Some(reason.clone()),
                 alarm: Some(format!(
@@ -372,29 +426,54 @@ mod tests {
         parse_frame(&mut frame_parser(4096), &buf[4..]).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    fn table(fingerprint: &str) -> Table<'_> {
+        Table {
+            fingerprint,
+            epoch: 0,
+        }
+    }
+
     fn handshake(
         connector_secret: &str,
         acceptor_secret: &str,
         fingerprints: (&str, &str),
         purpose: Purpose,
     ) -> Result<(), (String, Failure)> {
-        let (ck, ak) = (link_key(connector_secret), link_key(acceptor_secret));
-        let c = Connector::new(
-            &ck,
-            "master",
-            "slave1",
-            fingerprints.0,
+        handshake_at(
+            connector_secret,
+            acceptor_secret,
+            (table(fingerprints.0), table(fingerprints.1)),
             purpose,
-            new_nonce(),
-        );
-        let a = Acceptor::new(&ak, "slave1", fingerprints.1, new_nonce());
+        )
+    }
+
+    fn handshake_at(
+        connector_secret: &str,
+        acceptor_secret: &str,
+        tables: (Table<'_>, Table<'_>),
+        purpose: Purpose,
+    ) -> Result<(), (String, Failure)> {
+        let (ck, ak) = (link_key(connector_secret), link_key(acceptor_secret));
+        let c = Connector::new(&ck, "master", "slave1", tables.0, purpose, new_nonce());
+        let a = Acceptor::new(&ak, "slave1", tables.1, new_nonce());
         let (hello, answer) = a
             .on_hello(&through_frames(&c.hello()), |peer, _| peer == "master")
             .map_err(|f| ("acceptor hello".to_owned(), f))?;
         assert_eq!((hello.peer.as_str(), hello.purpose), ("master", purpose));
-        let auth = c
+        assert_eq!(
+            hello.table,
+            PeerTable {
+                fingerprint: tables.0.fingerprint.to_owned(),
+                epoch: tables.0.epoch
+            }
+        );
+        let (auth, theirs) = c
             .on_hello(&through_frames(&answer))
             .map_err(|f| ("connector hello".to_owned(), f))?;
+        assert_eq!(
+            (theirs.fingerprint.as_str(), theirs.epoch),
+            (tables.1.fingerprint, tables.1.epoch)
+        );
         let welcome = a
             .on_auth(&hello, &through_frames(&auth))
             .map_err(|f| ("acceptor auth".to_owned(), f))?;
@@ -430,11 +509,36 @@ mod tests {
         );
     }
 
+    /// A change on its way: tables of different epochs link, so the newer can be handed over;
+    /// the same epoch with different tables is still refused, whichever side sees it first.
+    #[test]
+    fn tables_of_different_epochs_link() {
+        let at = |fingerprint, epoch| Table { fingerprint, epoch };
+        for tables in [
+            (at("aaaa", 3), at("bbbb", 2)),
+            (at("aaaa", 0), at("bbbb", 1)),
+        ] {
+            assert_eq!(handshake_at("s", "s", tables, Purpose::Link), Ok(()));
+        }
+        let Err((_, f)) = handshake_at("s", "s", (at("aaaa", 2), at("bbbb", 2)), Purpose::Link)
+        else {
+            panic!("different tables at one epoch made a link");
+        };
+        assert!(f.reason.contains("same epoch 2"), "{f:?}");
+    }
+
     #[test]
     fn proofs_are_bound_to_direction_purpose_and_nonces() {
         let key = link_key("s");
-        let c = Connector::new(&key, "master", "slave1", "fp", Purpose::Link, "n1".into());
-        let a = Acceptor::new(&key, "slave1", "fp", "n2".into());
+        let c = Connector::new(
+            &key,
+            "master",
+            "slave1",
+            table("fp"),
+            Purpose::Link,
+            "n1".into(),
+        );
+        let a = Acceptor::new(&key, "slave1", table("fp"), "n2".into());
         let (hello, answer) = a
             .on_hello(&c.hello(), |_, _| true)
             .unwrap_or_else(|f| panic!("{f:?}"));
@@ -442,7 +546,14 @@ mod tests {
         let echo = Element::new("auth", LINK_NS).with_opt_attr("proof", answer.attr("proof"));
         assert!(a.on_auth(&hello, &echo).is_err());
         // A relay proof is no link proof.
-        let relay = Connector::new(&key, "master", "slave1", "fp", Purpose::Relay, "n1".into());
+        let relay = Connector::new(
+            &key,
+            "master",
+            "slave1",
+            table("fp"),
+            Purpose::Relay,
+            "n1".into(),
+        );
         assert!(relay.on_hello(&answer).is_err());
         // Who may connect is the caller's rule; the refusal says who and to whom.
         let Err(f) = a.on_hello(&c.hello(), |_, _| false) else {

@@ -16,6 +16,7 @@ use jabberfarm_store::accounts::AccountStore;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+mod admin;
 mod import;
 mod plan;
 
@@ -89,6 +90,19 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+    /// Ask the master to read its config file again and apply it live (as SIGHUP does):
+    /// prints the new epoch, or every reason it refused (exit status 1).
+    Reload {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// The running farm as a table: every node's role, whether it answers, its topology epoch
+    /// and routing fingerprint, its links, users and sessions (slaves), relayed clients
+    /// (master). Asked over each node's farm port with the farm secret.
+    Status {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
     },
     /// Validate a config and explain every problem (exit status 1 if there is any).
     Check {
@@ -234,6 +248,8 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
                 plan::print(&plan, &from, &config);
             }
         }
+        Command::Reload { config } => return admin::reload(&*load(&config, None)?).await,
+        Command::Status { config } => return admin::status(load(&config, None)?).await,
         Command::Check { config } => {
             return Ok(match FarmConfig::load(&config, None) {
                 Ok(cfg) => {

@@ -211,3 +211,110 @@ fn sighup_reloads_the_table_on_every_node() {
         Some(slave2.to_string())
     );
 }
+
+/// `jabberfarm ARGS --config <the farm's>`: exit success and stdout.
+fn jabberfarm(farm: &TestFarm, args: &[&str]) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(&farm.config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), format!("{text}{err}"))
+}
+
+/// The status row of `node`, split into cells.
+fn row(status: &str, node: &str) -> Vec<String> {
+    status
+        .lines()
+        .find(|l| l.starts_with(&format!("{node} ")))
+        .unwrap_or_else(|| panic!("no row for {node}:\n{status}"))
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `jabberfarm status` shows every node's epoch, table, links and sessions; `jabberfarm
+/// reload` applies the file at the master and says what it did, or every reason it refused.
+#[test]
+fn status_and_reload_commands() {
+    let mut farm = TestFarm::start_processes_edited(2, |text| {
+        text.replace(HASH, OLD_RANGES) + "\n[relay]\nredirect = \"always\"\n"
+    });
+    farm.add_user("mike", "pw");
+    let mut mike = Raw::login(farm.slaves[0].c2s, "mike", "pw", "desk");
+    mike.sync("localhost");
+
+    let (ok, status) = jabberfarm(&farm, &["status"]);
+    assert!(ok, "{status}");
+    let master = row(&status, "master");
+    assert_eq!(master[1..4], ["master", "up", "0"], "{status}");
+    assert_eq!(master[5], "2/2", "{status}");
+    assert_eq!(master[8], "0", "no relayed clients:\n{status}");
+    let slave1 = row(&status, "slave1");
+    assert_eq!(slave1[1..4], ["slave", "up", "0"], "{status}");
+    assert_eq!(slave1[4], master[4], "one table:\n{status}");
+    assert_eq!(
+        slave1[5..8],
+        ["2/2", "1", "1"],
+        "mike's one session:\n{status}"
+    );
+
+    // The file changes: status says it is not running yet; reload applies it.
+    farm.edit_config(|text| text.replace(OLD_RANGES, NEW_RANGES));
+    let (_, status) = jabberfarm(&farm, &["status"]);
+    assert!(status.contains("is not the one running"), "{status}");
+    let (ok, said) = jabberfarm(&farm, &["reload"]);
+    assert!(ok, "{said}");
+    assert!(
+        said.starts_with("reloaded: topology epoch 1, routing ")
+            && said.contains("handed to 2 node(s)"),
+        "{said}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, status) = jabberfarm(&farm, &["status"]);
+        let epochs: Vec<String> = ["master", "slave1", "slave2"]
+            .iter()
+            .map(|n| row(&status, n)[3].clone())
+            .collect();
+        if epochs == ["1", "1", "1"] {
+            assert!(!status.contains("not the one running"), "{status}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every node at epoch 1:\n{status}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ok, said) = jabberfarm(&farm, &["reload"]);
+    assert!(ok && said.contains("unchanged (epoch 1"), "{said}");
+
+    // Refused: every reason printed, exit status 1, epoch 1 stays.
+    farm.edit_config(|text| text.replace("domain = \"localhost\"", "domain = \"example.org\""));
+    let (ok, said) = jabberfarm(&farm, &["reload"]);
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains("refused: domain localhost → example.org"),
+        "{said}"
+    );
+    assert!(said.contains("the config in force stays"), "{said}");
+    // A file with another secret cannot even ask: the farm does not know it.
+    farm.edit_config(|text| text.replace("secret = \"test-secret\"", "secret = \"other\""));
+    let (ok, said) = jabberfarm(&farm, &["reload"]);
+    assert!(!ok && said.contains("the farm secret differs"), "{said}");
+    farm.edit_config(|text| {
+        text.replace("secret = \"other\"", "secret = \"test-secret\"")
+            .replace("domain = \"example.org\"", "domain = \"localhost\"")
+    });
+
+    // A node that is down is shown so, and the status fails.
+    farm.kill_node("slave2");
+    let (ok, status) = jabberfarm(&farm, &["status"]);
+    assert!(!ok, "{status}");
+    assert_eq!(row(&status, "slave2")[2], "down", "{status}");
+    assert_eq!(row(&status, "slave1")[3], "1", "{status}");
+}

@@ -9,7 +9,7 @@
 //! the relay of remote stanzas to the owning slave over its farm link.
 
 pub mod relay;
-mod reload;
+pub mod reload;
 pub mod s2s;
 
 use std::sync::Arc;
@@ -184,13 +184,22 @@ pub async fn run(
         tracker: rt.tracker.clone(),
         write_timeout: cfg.limits.write_timeout,
     });
+    let reloader = Arc::new(reload::Reloader::new(cfg.clone(), rt.links.clone()));
+    reloader.on_sighup(&rt.tracker, rt.shutdown.clone());
+    let (re, r6) = (reloader.clone(), relayer.clone());
+    rt.links.answer_admin(Arc::new(move |request, status| {
+        let (reloader, relayer) = (re.clone(), r6.clone());
+        Box::pin(async move {
+            if request.is("reload", LINK_NS) {
+                Some(reloader.answer().await)
+            } else if request.is("status", LINK_NS) {
+                Some(status.with_attr("relayed", relayer.open().to_string()))
+            } else {
+                None
+            }
+        })
+    }));
     rt.start_links();
-    reload::on_sighup(
-        cfg.clone(),
-        rt.links.clone(),
-        &rt.tracker,
-        rt.shutdown.clone(),
-    );
     // Servers offer the ALPN protocol "xmpp-server" (XEP-0368); rustls refuses a client whose
     // protocols it does not list, so the s2s listener gets its own list.
     let s2s_tls = tls.as_ref().map(|t| {

@@ -152,6 +152,17 @@ pub async fn run(
             let (slave, settings, slots) = (s5.clone(), set5.clone(), relay_slots.clone());
             Box::pin(async move { serve_relayed(slave, settings, slots, client).await })
         }));
+    let s6 = slave.clone();
+    rt.links.answer_admin(Arc::new(move |request, status| {
+        let slave = s6.clone();
+        Box::pin(async move {
+            request.is("status", LINK_NS).then(|| {
+                status
+                    .with_attr("users", slave.sessions.user_count().to_string())
+                    .with_attr("sessions", slave.sessions.session_count().to_string())
+            })
+        })
+    }));
     rt.start_links();
     let s3 = slave.clone();
     rt.tracker

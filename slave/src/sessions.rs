@@ -460,6 +460,14 @@ impl Sessions {
             || list.iter().any(|r| r.available && r.priority >= 0)
     }
 
+    /// Users with at least one session here.
+    pub fn user_count(&self) -> usize {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
     /// Number of bound sessions on this slave.
     pub fn session_count(&self) -> usize {
         let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());

@@ -46,11 +46,14 @@ use crate::relay::Handoff;
 use crate::stream::Io;
 use jabberfarm_config::{FarmConfig, Role, SharedTopology};
 use jabberfarm_proto::link::{
-    Acceptor, Connector, Failure, PeerTable, Table, frame_of, frame_parser, link_key, new_nonce,
-    parse_frame, push_frame, refuse,
+    ADMIN_NAME, Acceptor, Connector, Failure, PeerTable, Table, frame_of, frame_parser, link_key,
+    new_nonce, parse_frame, push_frame, refuse,
 };
 
+mod admin;
 mod topology;
+
+pub use admin::{AdminHandler, admin_request};
 use jabberfarm_proto::ns;
 use jabberfarm_proto::xml::{Element, ParserLimits, StreamParser};
 
@@ -131,6 +134,8 @@ pub struct FarmLinks {
     /// Nodes that may relay clients to us.
     masters: Vec<String>,
     relay_handler: OnceLock<RelayHandler>,
+    /// What this node answers to admin requests beyond the links' own status.
+    admin_handler: OnceLock<AdminHandler>,
     /// One permit per accepted connection still in its TLS or link handshake.
     handshakes: Arc<tokio::sync::Semaphore>,
     /// Connections closed because every handshake slot was taken.
@@ -192,6 +197,7 @@ impl FarmLinks {
                 .map(|n| n.name.clone())
                 .collect(),
             relay_handler: OnceLock::new(),
+            admin_handler: OnceLock::new(),
             handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES)),
             refused: AtomicU64::new(0),
         };
@@ -350,6 +356,7 @@ impl FarmLinks {
                 match hs {
                     Ok(Ok((peer, Purpose::Link, table))) => me.serve(peer, table, link, sd).await,
                     Ok(Ok((peer, Purpose::Relay, _))) => me.take_relay(peer, link).await,
+                    Ok(Ok((_, Purpose::Admin, _))) => me.serve_admin(link).await,
                     Ok(Err(e)) => warn!(%peer_addr, "farm link refused: {e}"),
                     Err(_) => warn!(%peer_addr, "farm link: handshake timed out"),
                 }
@@ -391,25 +398,8 @@ impl FarmLinks {
         addr: SocketAddr,
         purpose: Purpose,
     ) -> Result<(Framed, PeerTable), String> {
-        let sock = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .map_err(|_| "connect timed out".to_owned())?
-            .map_err(|e| format!("connect: {e}"))?;
-        let _ = sock.set_nodelay(true);
-        let io: Box<dyn Io> = match &self.tls {
-            None => Box::new(sock),
-            Some(t) => {
-                let server_name = rustls_pki_types::ServerName::try_from(t.domain.clone())
-                    .map_err(|e| format!("TLS name: {e}"))?;
-                let c = tokio_rustls::TlsConnector::from(t.client.clone());
-                Box::new(
-                    tokio::time::timeout(HANDSHAKE_TIMEOUT, c.connect(server_name, sock))
-                        .await
-                        .map_err(|_| "TLS handshake timed out".to_owned())?
-                        .map_err(|e| format!("TLS: {e}"))?,
-                )
-            }
-        };
+        let tls = self.tls.as_ref().map(|t| (&t.client, t.domain.as_str()));
+        let io = dial(addr, tls).await?;
         let mut link = Framed::new(io, HANDSHAKE_FRAME);
         let table = tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
@@ -467,14 +457,12 @@ impl FarmLinks {
         let hello = link.recv_el().await?;
         // Links are opened by the node whose name sorts first; relays only by masters, and
         // only to a node that takes relayed clients.
-        let allowed = |peer: &str, purpose| {
-            self.peers.contains_key(peer)
-                && match purpose {
-                    Purpose::Link => peer < self.me.as_str(),
-                    Purpose::Relay => {
-                        self.masters.iter().any(|m| m == peer) && self.relay_handler.get().is_some()
-                    }
-                }
+        let allowed = |peer: &str, purpose| match purpose {
+            Purpose::Link => self.peers.contains_key(peer) && peer < self.me.as_str(),
+            Purpose::Relay => {
+                self.masters.iter().any(|m| m == peer) && self.relay_handler.get().is_some()
+            }
+            Purpose::Admin => peer == ADMIN_NAME,
         };
         let (hello, answer) = match a.on_hello(&hello, allowed) {
             Ok(x) => x,
@@ -645,6 +633,33 @@ impl FarmLinks {
             let _ = self.events.try_send(LinkEvent::Down(peer_name));
         }
     }
+}
+
+/// A connection to a farm port; with TLS when given a client config and the name the
+/// node's certificate must have.
+async fn dial(
+    addr: SocketAddr,
+    tls: Option<(&Arc<rustls::ClientConfig>, &str)>,
+) -> Result<Box<dyn Io>, String> {
+    let sock = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = sock.set_nodelay(true);
+    Ok(match tls {
+        None => Box::new(sock),
+        Some((client, domain)) => {
+            let server_name = rustls_pki_types::ServerName::try_from(domain.to_owned())
+                .map_err(|e| format!("TLS name: {e}"))?;
+            let c = tokio_rustls::TlsConnector::from(client.clone());
+            Box::new(
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, c.connect(server_name, sock))
+                    .await
+                    .map_err(|_| "TLS handshake timed out".to_owned())?
+                    .map_err(|e| format!("TLS: {e}"))?,
+            )
+        }
+    })
 }
 
 async fn read_frame<R: tokio::io::AsyncRead + Unpin>(

@@ -34,12 +34,18 @@ use crate::xml::{Element, ParserLimits, StreamEvent, StreamParser};
 
 pub const LINK_NS: &str = "urn:jabberfarm:link:0";
 
-/// Why a connection is opened: a link, or one relayed client.
+/// Why a connection is opened: a link, one relayed client, or one admin request (the
+/// `jabberfarm status` / `reload` commands, which know the farm secret from the config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
     Link,
     Relay,
+    Admin,
 }
+
+/// The name the admin commands give in their hello (no node may have it: node names start
+/// with a letter or a digit).
+pub const ADMIN_NAME: &str = "_admin";
 
 impl Purpose {
     /// Proof labels differ by purpose: a proof for one is worth nothing for the other.
@@ -47,7 +53,14 @@ impl Purpose {
         match self {
             Purpose::Link => side.to_owned(),
             Purpose::Relay => format!("relay-{side}"),
+            Purpose::Admin => format!("admin-{side}"),
         }
+    }
+
+    /// Whether the connection carries traffic routed by the table (then the tables must
+    /// agree); an admin request does not.
+    fn routes(self) -> bool {
+        self != Purpose::Admin
     }
 }
 
@@ -227,6 +240,7 @@ impl<'a> Connector<'a> {
         );
         match self.purpose {
             Purpose::Relay => hello.with_attr("purpose", "relay"),
+            Purpose::Admin => hello.with_attr("purpose", "admin"),
             Purpose::Link => hello,
         }
     }
@@ -260,7 +274,13 @@ impl<'a> Connector<'a> {
             });
         }
         let theirs = PeerTable::of(hello);
-        if let Err(reason) = self.table.agrees(self.me, peer, &theirs) {
+        if let Err(reason) = self.table.agrees(self.me, peer, &theirs).or_else(|r| {
+            if self.purpose.routes() {
+                Err(r)
+            } else {
+                Ok(())
+            }
+        }) {
             return Err(Failure {
                 refuse: Some(reason.clone()),
                 alarm: Some(format!(
@@ -333,6 +353,7 @@ impl<'a> Acceptor<'a> {
         let purpose = match hello.attr("purpose") {
             None => Purpose::Link,
             Some("relay") => Purpose::Relay,
+            Some("admin") => Purpose::Admin,
             Some(other) => {
                 let reason = format!("unknown purpose {other:?}");
                 return Err(Failure {
@@ -346,6 +367,7 @@ impl<'a> Acceptor<'a> {
             let reason = match purpose {
                 Purpose::Link => format!("{peer:?} is not a node that connects to {}", self.me),
                 Purpose::Relay => format!("{} takes no clients relayed by {peer:?}", self.me),
+                Purpose::Admin => format!("{} takes no admin requests", self.me),
             };
             return Err(Failure {
                 refuse: Some(reason.clone()),
@@ -400,7 +422,13 @@ impl<'a> Acceptor<'a> {
                 alarm: Some(format!("farm link from {peer} refused: wrong farm secret")),
             });
         }
-        if let Err(reason) = self.table.agrees(self.me, peer, &hello.table) {
+        if let Err(reason) = self.table.agrees(self.me, peer, &hello.table).or_else(|r| {
+            if hello.purpose.routes() {
+                Err(r)
+            } else {
+                Ok(())
+            }
+        }) {
             return Err(Failure {
                 refuse: Some(reason.clone()),
                 alarm: Some(format!(
@@ -525,6 +553,10 @@ mod tests {
             panic!("different tables at one epoch made a link");
         };
         assert!(f.reason.contains("same epoch 2"), "{f:?}");
+        // An admin request routes nothing: any table will do, the secret still must match.
+        let tables = (at("aaaa", 2), at("bbbb", 2));
+        assert_eq!(handshake_at("s", "s", tables, Purpose::Admin), Ok(()));
+        assert!(handshake_at("s", "x", tables, Purpose::Admin).is_err());
     }
 
     #[test]

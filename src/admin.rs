@@ -88,8 +88,17 @@ pub async fn status(cfg: Arc<FarmConfig>) -> Result<ExitCode> {
         .map(|(i, answer)| (&cfg.nodes[i], answer))
         .collect();
     println!(
-        "{:<12} {:<7} {:<6} {:>6} {:<17} {:>6} {:>7} {:>9} {:>8}",
-        "node", "role", "state", "epoch", "routing", "links", "users", "sessions", "relayed"
+        "{:<12} {:<7} {:<6} {:>6} {:<17} {:>6} {:>7} {:>9} {:>8} {:>7}",
+        "node",
+        "role",
+        "state",
+        "epoch",
+        "routing",
+        "links",
+        "users",
+        "sessions",
+        "relayed",
+        "moving"
     );
     let mut down = 0;
     let mut tables = std::collections::BTreeSet::new();
@@ -104,7 +113,7 @@ pub async fn status(cfg: Arc<FarmConfig>) -> Result<ExitCode> {
                     .count();
                 tables.insert((get("epoch").to_owned(), get("fingerprint").to_owned()));
                 println!(
-                    "{:<12} {:<7} {:<6} {:>6} {:<17} {:>6} {:>7} {:>9} {:>8}",
+                    "{:<12} {:<7} {:<6} {:>6} {:<17} {:>6} {:>7} {:>9} {:>8} {:>7}",
                     node.name,
                     get("role"),
                     "up",
@@ -113,14 +122,15 @@ pub async fn status(cfg: Arc<FarmConfig>) -> Result<ExitCode> {
                     format!("{up}/{}", links.len()),
                     get("users"),
                     get("sessions"),
-                    get("relayed")
+                    get("relayed"),
+                    get("moving")
                 );
             }
             Err(e) => {
                 down += 1;
                 println!(
-                    "{:<12} {:<7} {:<6} {:>6} {:<17} {:>6} {:>7} {:>9} {:>8}  ({e})",
-                    node.name, node.role, "down", "-", "-", "-", "-", "-", "-"
+                    "{:<12} {:<7} {:<6} {:>6} {:<17} {:>6} {:>7} {:>9} {:>8} {:>7}  ({e})",
+                    node.name, node.role, "down", "-", "-", "-", "-", "-", "-", "-"
                 );
             }
         }

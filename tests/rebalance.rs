@@ -26,6 +26,18 @@ const NEW_RANGES: &str = "mode = \"ranges\"\nother = \"slave1\"\n\
 
 const HASH: &str = "mode = \"hash\"\nhash_key = \"000102030405060708090a0b0c0d0e0f\"\n";
 
+/// The test farm's config with its data in the MariaDB database `url` (central: users can
+/// move without their data) and `routing` for its hash table.
+fn central(text: String, url: &str, routing: &str) -> String {
+    let default = "[storage]\nscram_iterations = 4096\n";
+    assert!(text.contains(default), "{text}");
+    text.replace(
+        default,
+        &format!("[storage]\nbackend = \"mysql\"\n[storage.mysql]\nurl = \"{url}\"\nmax_connections = 4\n"),
+    )
+    .replace(HASH, routing)
+}
+
 #[test]
 fn plan_counts_users_and_their_data_from_the_stores() {
     let farm = TestFarm::start_edited(2, |text| text.replace(HASH, OLD_RANGES));
@@ -91,12 +103,25 @@ fn plan_counts_users_and_their_data_from_the_stores() {
     // Two users a second from the busiest node: 3 users take 2 s.
     assert!(text.contains("time at 2 users/s per node"), "{text}");
     assert!(text.contains(": 2 s"), "{text}");
-    assert!(!text.contains("refused live"), "{text}");
+    // Data on the slaves: a running farm could not take this change yet, and says why.
+    assert!(
+        text.contains("refused live: routing: the data lives on the slaves"),
+        "{text}"
+    );
 
     let json = run(&["--json"]);
     assert!(json.contains("\"users\": 6"), "{json}");
     assert!(json.contains("\"offline_messages\": 2"), "{json}");
     assert!(json.contains("\"online\": null"), "{json}");
+
+    // And the running farm refuses it.
+    std::fs::copy(&new, &farm.config).unwrap();
+    let (ok, said) = jabberfarm(&farm, &["reload"]);
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains("refused: routing: the data lives on the slaves"),
+        "{said}"
+    );
 
     // A change a running farm cannot take is named.
     let text = std::fs::read_to_string(&new).unwrap();
@@ -155,8 +180,11 @@ fn redirect_of(at: SocketAddr, user: &str) -> Option<String> {
 #[test]
 fn sighup_reloads_the_table_on_every_node() {
     // Redirects only: this test's client does not follow them, and the relay would take it.
+    // The server lives as long as this test: dropping the last handle stops it.
+    let db = jabberfarm_testkit::servers::shared_mariadb();
+    let url = db.create_database("reload");
     let mut farm = TestFarm::start_processes_edited(2, |text| {
-        text.replace(HASH, OLD_RANGES) + "\n[relay]\nredirect = \"always\"\n"
+        central(text, &url, OLD_RANGES) + "\n[relay]\nredirect = \"always\"\n"
     });
     let (slave1, slave2) = (farm.slaves[0].c2s, farm.slaves[1].c2s);
     for user in ["mike", "nina"] {
@@ -168,6 +196,10 @@ fn sighup_reloads_the_table_on_every_node() {
     );
     let old = farm.config.with_file_name("old.toml");
     std::fs::copy(&farm.config, &old).unwrap();
+
+    // mike is online at slave1.
+    let mut mike = Raw::login(slave1, "mike", "pw", "r");
+    mike.sync("localhost");
 
     // m-z moves to slave2.
     farm.edit_config(|text| text.replace(OLD_RANGES, NEW_RANGES));
@@ -186,6 +218,9 @@ fn sighup_reloads_the_table_on_every_node() {
         redirect_of(farm.master.c2s, "mike"),
         Some(slave2.to_string())
     );
+    // His session is sent on to his new slave.
+    let got = mike.wait_closed(10);
+    assert!(got.contains(&format!("{slave2}</see-other-host>")), "{got}");
     // The old owner sends mike on too, and the new one takes him.
     assert_eq!(redirect_of(slave1, "mike"), Some(slave2.to_string()));
     assert_eq!(redirect_of(slave2, "nina"), None);
@@ -240,8 +275,11 @@ fn row(status: &str, node: &str) -> Vec<String> {
 /// reload` applies the file at the master and says what it did, or every reason it refused.
 #[test]
 fn status_and_reload_commands() {
+    // The server lives as long as this test: dropping the last handle stops it.
+    let db = jabberfarm_testkit::servers::shared_mariadb();
+    let url = db.create_database("reload");
     let mut farm = TestFarm::start_processes_edited(2, |text| {
-        text.replace(HASH, OLD_RANGES) + "\n[relay]\nredirect = \"always\"\n"
+        central(text, &url, OLD_RANGES) + "\n[relay]\nredirect = \"always\"\n"
     });
     farm.add_user("mike", "pw");
     let mut mike = Raw::login(farm.slaves[0].c2s, "mike", "pw", "desk");
@@ -317,4 +355,72 @@ fn status_and_reload_commands() {
     assert!(!ok, "{status}");
     assert_eq!(row(&status, "slave2")[2], "down", "{status}");
     assert_eq!(row(&status, "slave1")[3], "1", "{status}");
+}
+
+/// Connected users move after a reload (data central in MariaDB): a client that logged in at
+/// its slave is sent to the new one with `<see-other-host/>`, one relayed by the master gets
+/// `<reset/>` and is relayed to the new one when it comes back; a message sent meanwhile waits
+/// offline at the new owner and arrives at the next login.
+#[test]
+fn connected_users_move_to_their_new_slave() {
+    let server = jabberfarm_testkit::servers::shared_mariadb();
+    let url = server.create_database("move");
+    let mut farm = TestFarm::start_with_storage(
+        2,
+        &format!("backend = \"mysql\"\n[storage.mysql]\nurl = \"{url}\"\nmax_connections = 4\n"),
+    );
+    farm.restart_with_config(|text| {
+        text.replace(HASH, OLD_RANGES) + "\n[relay]\nredirect = \"never\"\n"
+    });
+    for user in ["mike", "max", "nina"] {
+        farm.add_user(user, "pw");
+    }
+    let (master, slave1, slave2) = (farm.master.c2s, farm.slaves[0].c2s, farm.slaves[1].c2s);
+    let online = |at, user: &str| {
+        let mut c = Raw::login(at, user, "pw", "r");
+        c.send("<presence/>");
+        c.wait_for("<presence", 5);
+        c
+    };
+    let mut direct = online(slave1, "mike");
+    let mut relayed = online(master, "max");
+    let mut nina = online(slave2, "nina");
+    let (_, status) = jabberfarm(&farm, &["status"]);
+    assert_eq!(row(&status, "slave1")[6..8], ["2", "2"], "{status}");
+
+    farm.edit_config(|text| text.replace(OLD_RANGES, NEW_RANGES));
+    let (ok, said) = jabberfarm(&farm, &["reload"]);
+    assert!(ok, "{said}");
+    let got = direct.wait_closed(10);
+    assert!(
+        got.contains(&format!(
+            "<see-other-host xmlns='urn:ietf:params:xml:ns:xmpp-streams'>{slave2}</see-other-host>"
+        )),
+        "{got}"
+    );
+    let got = relayed.wait_closed(10);
+    assert!(
+        got.contains("<reset xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"),
+        "{got}"
+    );
+    farm.wait_log("moving 2 connected user(s) to their new slaves", 5);
+
+    // Meanwhile: to the new owner, kept offline there.
+    nina.send(
+        "<message to='mike@localhost' type='chat' id='m1'><body>where are you?</body></message>",
+    );
+    nina.sync("localhost");
+    let mut direct = Raw::login(slave2, "mike", "pw", "r");
+    direct.send("<presence/>");
+    direct.wait_for("where are you?", 5);
+    // The relayed client comes back to the master, which relays it to slave2 now.
+    let _relayed = online(master, "max");
+    let (_, status) = jabberfarm(&farm, &["status"]);
+    assert_eq!(row(&status, "slave1")[6..8], ["0", "0"], "{status}");
+    assert_eq!(row(&status, "slave2")[6..8], ["3", "3"], "{status}");
+    assert_eq!(
+        row(&status, "slave1")[9],
+        "0",
+        "nothing left to move:\n{status}"
+    );
 }

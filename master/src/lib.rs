@@ -255,6 +255,8 @@ pub async fn run(
             let Some(ev) = ev else { break };
             match ev {
                 LinkEvent::Up(n) => info!("slave {n} is up"),
+                // The master makes the changes; it hears of none.
+                LinkEvent::Topology(_) => {}
                 LinkEvent::Down(n) => warn!("slave {n} is down: its users cannot log in"),
                 // A slave saw a login: the redirect worked, or the relay did.
                 LinkEvent::Stanza { stanza, .. } if stanza.is("login", LINK_NS) => {

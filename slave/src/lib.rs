@@ -10,6 +10,7 @@
 //! at [`jabberfarm_net::c2s::negotiate_relayed`].
 
 pub mod im;
+pub mod mover;
 pub mod router;
 pub mod server;
 pub mod session;
@@ -51,6 +52,8 @@ pub struct Slave {
     pub auto_masters: Vec<String>,
     /// The node's tasks (sessions among them), waited for on stop.
     pub tasks: TaskTracker,
+    /// Sends connected users to their new slave after a routing change.
+    pub mover: mover::Mover,
 }
 
 impl Slave {
@@ -142,6 +145,7 @@ pub async fn run(
             .map(|n| n.name.clone())
             .collect(),
         tasks: rt.tracker.clone(),
+        mover: mover::Mover::default(),
     });
     // Direct and relayed clients share one connection limit.
     let slots = Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_connections));
@@ -160,10 +164,12 @@ pub async fn run(
                 status
                     .with_attr("users", slave.sessions.user_count().to_string())
                     .with_attr("sessions", slave.sessions.session_count().to_string())
+                    .with_attr("moving", slave.mover.pending().to_string())
             })
         })
     }));
     rt.start_links();
+    rt.tracker.spawn(mover::run(slave.clone()));
     let s3 = slave.clone();
     rt.tracker
         .spawn(async move { s3.link_events(events.links).await });

@@ -164,6 +164,7 @@ impl Slave {
                     im::presence::node_down(self, &node);
                 }
                 LinkEvent::Up(_) => {}
+                LinkEvent::Topology(_) => self.mover.wake(),
             }
         }
     }

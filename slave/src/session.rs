@@ -132,6 +132,15 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
         .unbind(&session.user, session.jid.resource().as_str(), conn);
     match end {
         End::PeerClosed => stream.close().await,
+        // A relayed client reconnects to the master, which relays it to the new owner; it
+        // would not follow a redirect (that is why it is relayed).
+        End::Error(e) if stream.relayed && e.condition == Condition::SeeOtherHost => {
+            let e = StreamError::new(
+                Condition::Reset,
+                "your account moved to another server of this service; reconnect",
+            );
+            stream.fail(&e, &domain).await;
+        }
         End::Error(e) => stream.fail(&e, &domain).await,
         End::Gone => {}
     }

@@ -186,7 +186,9 @@ impl Sessions {
         };
         let topology = self.topology.load();
         let owner = topology.owner(&user);
-        if owner != self.node {
+        // After a routing change (epoch > 0) a user the table gives to another node may still
+        // be connected here until it moves: this node serves it until then.
+        if owner != self.node && (topology.epoch == 0 || !self.is_connected(&user)) {
             return Destination::Node(owner.to_owned());
         }
         Destination::Local {
@@ -458,6 +460,35 @@ impl Sessions {
         };
         resource.is_some_and(|res| list.iter().any(|r| r.name == res))
             || list.iter().any(|r| r.available && r.priority >= 0)
+    }
+
+    /// Whether `user` has a session here.
+    pub fn is_connected(&self, user: &str) -> bool {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.contains_key(user)
+    }
+
+    /// Users with a session here whom the current table gives to another node.
+    pub fn owned_elsewhere(&self) -> Vec<String> {
+        let topology = self.topology.load();
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut users: Vec<String> = sessions
+            .keys()
+            .filter(|u| topology.owner(u) != self.node)
+            .cloned()
+            .collect();
+        users.sort();
+        users
+    }
+
+    /// Tells every session of `user` to close with `e`; how many there were.
+    pub fn close_user(&self, user: &str, e: &StreamError) -> usize {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let list = sessions.get(user).map_or(&[][..], Vec::as_slice);
+        for r in list {
+            r.closer.close(e.clone());
+        }
+        list.len()
     }
 
     /// Users with at least one session here.

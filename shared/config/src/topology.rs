@@ -253,9 +253,9 @@ impl Topology {
 
 /// What a farm running `current` cannot take from `next` without a restart, each said with
 /// the reason; empty when `next` can be applied live (docs/rebalancing.md). Routing (ranges,
-/// weights, `other`), nodes added or removed, `advertise` and the `[rebalance]` rate change
-/// live; the domain, the secret, where data lives, which node is the master and a running
-/// node's own role and listening addresses do not.
+/// weights, `other`; with central data only, until data moves with its users), `advertise`
+/// and the `[rebalance]` rate change live; the domain, the secret, where data lives, which
+/// node is the master and a running node's own role and listening addresses do not.
 pub fn live_change_refusals(current: &FarmConfig, next: &FarmConfig) -> Vec<String> {
     let mut refused = Vec::new();
     if current.domain != next.domain {
@@ -276,6 +276,20 @@ pub fn live_change_refusals(current: &FarmConfig, next: &FarmConfig) -> Vec<Stri
         refused.push(
             "storage: where accounts and IM data live cannot change under running nodes; \
              migrate the data, then restart"
+                .to_owned(),
+        );
+    }
+    let per_node_data = current.slaves().any(|n| {
+        current
+            .storage
+            .sqlite_path(&current.data_dir, &n.name)
+            .is_some()
+    });
+    if per_node_data && current.routing != next.routing {
+        refused.push(
+            "routing: the data lives on the slaves (one SQLite file each), and moving a user's \
+             account, roster and offline messages to its new slave is not built yet, so the \
+             users a new table moves could not log in; `jabberfarm plan` shows who they are"
                 .to_owned(),
         );
     }
@@ -406,16 +420,32 @@ mod tests {
 
     #[test]
     fn live_changes_and_the_ones_that_need_a_restart() {
-        let current = parse(&format!("{HEAD}{NODES}")).expect("the sample farm loads");
+        // Data in MySQL: nothing has to move with a user.
+        let central = format!(
+            "{HEAD}[storage]\nbackend = \"mysql\"\n[storage.mysql]\n\
+             url = \"mysql://jf:pw@127.0.0.1/jf\"\n"
+        );
+        let current = parse(&format!("{central}{NODES}")).expect("the sample farm loads");
         // A slave added, a weight changed: live.
         let grown = parse(&format!(
-            "{HEAD}{}[[node]]\nname = \"slave3\"\nrole = \"slave\"\nc2s = \"127.0.0.1:5522\"\n\
+            "{central}{}[[node]]\nname = \"slave3\"\nrole = \"slave\"\nc2s = \"127.0.0.1:5522\"\n\
              farm = \"127.0.0.1:7103\"\n",
             NODES.replace("weight = 2", "weight = 3")
         ))
         .expect("a bigger farm loads");
         assert_eq!(live_change_refusals(&current, &grown), Vec::<String>::new());
         assert_eq!(live_change_refusals(&grown, &current), Vec::<String>::new());
+        // With the data on the slaves the users a new table moves would be stranded.
+        let on_slaves = parse(&format!("{HEAD}{NODES}")).expect("the sample farm loads");
+        let reweighted = parse(&format!(
+            "{HEAD}{}",
+            NODES.replace("weight = 2", "weight = 3")
+        ))
+        .expect("a reweighted farm loads");
+        let refused = live_change_refusals(&on_slaves, &reweighted);
+        assert_eq!(refused.len(), 1, "{refused:#?}");
+        assert!(refused[0].starts_with("routing: the data lives on the slaves"));
+        let current = on_slaves;
 
         let moved = parse(&format!(
             "{}{}",

@@ -83,6 +83,9 @@ pub enum LinkEvent {
         from_node: String,
         stanza: Element,
     },
+    /// This node now runs topology epoch N (handed over by the master): users it served may
+    /// belong elsewhere now.
+    Topology(u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

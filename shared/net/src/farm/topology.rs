@@ -15,7 +15,7 @@ use jabberfarm_proto::link::{LINK_NS, PeerTable};
 use jabberfarm_proto::xml::Element;
 use tracing::{error, info, warn};
 
-use super::FarmLinks;
+use super::{FarmLinks, LinkEvent};
 
 /// The link-level elements this module handles; everything else on a link is for the node.
 pub(super) fn is_control(el: &Element) -> bool {
@@ -133,6 +133,7 @@ impl FarmLinks {
                             info!(
                                 "topology epoch {epoch} from {from}: routing {from_fp} → {to_fp}"
                             );
+                            let _ = self.events.send(LinkEvent::Topology(epoch)).await;
                             applied(epoch)
                         }
                         Err(now) => applied(now),

@@ -94,16 +94,28 @@ impl Table<'_> {
             .with_attr("epoch", self.epoch.to_string())
     }
 
-    /// Whether a link to a peer with `theirs` may carry traffic; else why not.
-    fn agrees(&self, me: &str, peer: &str, theirs: &PeerTable) -> Result<(), String> {
-        if theirs.fingerprint == self.fingerprint || theirs.epoch != self.epoch {
+    /// Whether a connection for `purpose` to a peer with `theirs` may go on: tables that
+    /// disagree at the same epoch may not route traffic (an admin request routes none).
+    fn check(
+        &self,
+        me: &str,
+        peer: &str,
+        theirs: &PeerTable,
+        purpose: Purpose,
+    ) -> Result<(), Failure> {
+        if theirs.fingerprint == self.fingerprint || theirs.epoch != self.epoch || !purpose.routes()
+        {
             return Ok(());
         }
-        Err(format!(
-            "routing table fingerprint {} on {me} differs from {} on {peer} at the same \
-             epoch {}",
+        let reason = format!(
+            "routing table fingerprint {} on {me} differs from {} on {peer} at the same epoch {}",
             self.fingerprint, theirs.fingerprint, self.epoch
-        ))
+        );
+        Err(Failure {
+            refuse: Some(reason.clone()),
+            alarm: None,
+            reason,
+        })
     }
 }
 
@@ -193,6 +205,15 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// Worth an alarm: `{what}: {reason}; no traffic until the configs agree`.
+    fn alarm_as(mut self, what: &str) -> Failure {
+        self.alarm = Some(format!(
+            "{what}: {}; no traffic until the configs agree",
+            self.reason
+        ));
+        self
+    }
+
     fn quiet(reason: impl Into<String>) -> Failure {
         Failure {
             reason: reason.into(),
@@ -274,21 +295,9 @@ impl<'a> Connector<'a> {
             });
         }
         let theirs = PeerTable::of(hello);
-        if let Err(reason) = self.table.agrees(self.me, peer, &theirs).or_else(|r| {
-            if self.purpose.routes() {
-                Err(r)
-            } else {
-                Ok(())
-            }
-        }) {
-            return Err(Failure {
-                refuse: Some(reason.clone()),
-                alarm: Some(format!(
-                    "farm link to {peer}: {reason}; no traffic until the configs agree"
-                )),
-                reason,
-            });
-        }
+        self.table
+            .check(self.me, peer, &theirs, self.purpose)
+            .map_err(|f| f.alarm_as(&format!("farm link to {peer}")))?;
         let label = self.purpose.label("connector");
         let ours = proof(self.key, &label, their_nonce, &self.nonce, peer, self.me);
         Ok((
@@ -422,21 +431,9 @@ impl<'a> Acceptor<'a> {
                 alarm: Some(format!("farm link from {peer} refused: wrong farm secret")),
             });
         }
-        if let Err(reason) = self.table.agrees(self.me, peer, &hello.table).or_else(|r| {
-            if hello.purpose.routes() {
-                Err(r)
-            } else {
-                Ok(())
-            }
-        }) {
-            return Err(Failure {
-                refuse: Some(reason.clone()),
-                alarm: Some(format!(
-                    "farm link from {peer} refused: {reason}; no traffic until the configs agree"
-                )),
-                reason,
-            });
-        }
+        self.table
+            .check(self.me, peer, &hello.table, hello.purpose)
+            .map_err(|f| f.alarm_as(&format!("farm link from {peer} refused")))?;
         Ok(Element::new("welcome", LINK_NS))
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use jabberfarm_config::{FarmConfig, Topology};
+use jabberfarm_config::{FarmConfig, Role, Topology};
 use jabberfarm_net::farm::{LINK_NS, admin_request};
 use jabberfarm_net::tls;
 use jabberfarm_proto::xml::Element;
@@ -133,6 +133,24 @@ pub async fn status(cfg: Arc<FarmConfig>) -> Result<ExitCode> {
                     node.name, node.role, "down", "-", "-", "-", "-", "-", "-", "-"
                 );
             }
+        }
+    }
+    // Nodes the running topology no longer has but whose links are still up: removed
+    // slaves moving their users away before they stop.
+    let named = |n: &str| cfg.nodes.iter().any(|c| c.name == n);
+    for (node, answer) in &answers {
+        let Ok(s) = answer else { continue };
+        if node.role != Role::Master {
+            continue;
+        }
+        for link in s.children().filter(|c| c.name == "link") {
+            let Some(name) = link.attr("node").filter(|n| !named(n)) else {
+                continue;
+            };
+            println!(
+                "{:<12} {:<7} {:<6} {:>6} {:<17} {:>6} {:>7} {:>9} {:>8} {:>7}",
+                name, "slave", "leaving", "-", "-", "-", "-", "-", "-", "-"
+            );
         }
     }
     if tables.len() > 1 {

@@ -410,24 +410,22 @@ async fn run_nodes(cfg: Arc<FarmConfig>, names: &[String], demo: bool) -> Result
         let Some(node) = cfg.node(name).cloned() else {
             continue;
         };
-        let (cfg, tls, link_tls, shutdown) = (
+        // Each node stops with the process, or on its own (a slave removed from the farm).
+        let (cfg, tls, link_tls, shutdown, node_stop) = (
             cfg.clone(),
             Some(tls.clone()),
             link_tls.clone(),
             shutdown.clone(),
+            shutdown.child_token(),
         );
         tasks.spawn(async move {
             let r = match node.role {
-                Role::Master => {
-                    jabberfarm_master::run(cfg, node.clone(), tls, link_tls, shutdown.clone())
-                        .await
-                        .map_err(|e| anyhow::anyhow!("{e}"))
-                }
-                Role::Slave => {
-                    jabberfarm_slave::run(cfg, node.clone(), tls, link_tls, shutdown.clone())
-                        .await
-                        .map_err(|e| anyhow::anyhow!("{e}"))
-                }
+                Role::Master => jabberfarm_master::run(cfg, node.clone(), tls, link_tls, node_stop)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}")),
+                Role::Slave => jabberfarm_slave::run(cfg, node.clone(), tls, link_tls, node_stop)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}")),
             };
             if r.is_err() {
                 // One node failing to start takes the others down: no half farms.

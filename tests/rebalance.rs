@@ -424,3 +424,118 @@ fn connected_users_move_to_their_new_slave() {
         "nothing left to move:\n{status}"
     );
 }
+
+/// slave3 takes t-z (from slave2); then slave1 leaves and slave2 takes its a-m.
+const JOIN_RANGES: &str = "mode = \"ranges\"\nother = \"slave1\"\n\
+     [[routing.ranges]]\nletters = \"a-m\"\nnode = \"slave1\"\n\
+     [[routing.ranges]]\nletters = \"n-s\"\nnode = \"slave2\"\n\
+     [[routing.ranges]]\nletters = \"t-z\"\nnode = \"slave3\"\n";
+const LEAVE_RANGES: &str = "mode = \"ranges\"\nother = \"slave2\"\n\
+     [[routing.ranges]]\nletters = \"a-s\"\nnode = \"slave2\"\n\
+     [[routing.ranges]]\nletters = \"t-z\"\nnode = \"slave3\"\n";
+
+/// The config text without the `[[node]]` entry of `name`.
+fn without_node(text: &str, name: &str) -> String {
+    let start = text
+        .find(&format!("[[node]]\nname = \"{name}\"\n"))
+        .unwrap_or_else(|| panic!("no node {name} in:\n{text}"));
+    let end = text[start + 1..]
+        .find("\n[")
+        .map_or(text.len(), |e| start + 1 + e + 1);
+    format!("{}{}", &text[..start], &text[end..])
+}
+
+/// `jabberfarm status` until `ready` holds for its output (at most 20 s).
+fn status_until(farm: &TestFarm, what: &str, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, status) = jabberfarm(farm, &["status"]);
+        if ready(&status) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "never {what}:\n{status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Slaves join and leave at run time (data central in MariaDB): a new `[[node]]` started and
+/// reloaded takes its share (its users' sessions are sent to it, links to it come up, messages
+/// reach it); a removed slave sends its users on, then stops by itself.
+#[test]
+fn slaves_join_and_leave_while_users_are_online() {
+    let db = jabberfarm_testkit::servers::shared_mariadb();
+    let url = db.create_database("grow");
+    let mut farm = TestFarm::start_processes_edited(2, |text| {
+        central(text, &url, OLD_RANGES) + "\n[relay]\nredirect = \"always\"\n"
+    });
+    for user in ["mike", "tina", "nina"] {
+        farm.add_user(user, "pw");
+    }
+    let (slave1, slave2) = (farm.slaves[0].c2s, farm.slaves[1].c2s);
+    let mut mike = Raw::login(slave1, "mike", "pw", "r");
+    mike.sync("localhost");
+    let mut tina = Raw::login(slave2, "tina", "pw", "r");
+    tina.sync("localhost");
+
+    // slave3 joins: in the file, started, reloaded.
+    let name = farm.add_slave();
+    assert_eq!(name, "slave3");
+    let slave3 = farm.slaves[2].c2s;
+    farm.edit_config(|text| text.replace(OLD_RANGES, JOIN_RANGES));
+    farm.start_node("slave3");
+    let (ok, said) = jabberfarm(&farm, &["reload"]);
+    assert!(ok, "{said}");
+    let got = tina.wait_closed(10);
+    assert!(got.contains(&format!("{slave3}</see-other-host>")), "{got}");
+    let status = status_until(
+        &farm,
+        "every node at epoch 1, linked to the 3 others",
+        |s| {
+            ["master", "slave1", "slave2", "slave3"]
+                .iter()
+                .all(|n| s.lines().any(|l| l.starts_with(&format!("{n} "))))
+                && ["master", "slave1", "slave2", "slave3"]
+                    .iter()
+                    .all(|n| row(s, n)[3] == "1" && row(s, n)[5] == "3/3")
+        },
+    );
+    assert!(!status.contains("not the one running"), "{status}");
+    assert_eq!(
+        redirect_of(farm.master.c2s, "tina"),
+        Some(slave3.to_string())
+    );
+    assert_eq!(redirect_of(slave3, "tina"), None);
+    let mut tina = Raw::login(slave3, "tina", "pw", "r");
+    tina.send("<presence/>");
+    tina.wait_for("<presence", 5);
+    mike.send(
+        "<message to='tina@localhost' type='chat' id='j1'><body>welcome, slave3</body></message>",
+    );
+    tina.wait_for("welcome, slave3", 5);
+
+    // slave1 leaves: out of the file, reloaded; mike is sent to slave2, slave1 stops.
+    farm.edit_config(|text| without_node(&text.replace(JOIN_RANGES, LEAVE_RANGES), "slave1"));
+    let (ok, said) = jabberfarm(&farm, &["reload"]);
+    assert!(ok, "{said}");
+    let got = mike.wait_closed(10);
+    assert!(got.contains(&format!("{slave2}</see-other-host>")), "{got}");
+    let exit = farm.wait_node_exit("slave1", 40);
+    assert!(exit.success(), "slave1 stopped with {exit}");
+    wait_node_log(&farm, "slave1", "removes slave1 from the farm", 1);
+    let status = status_until(&farm, "slave1 gone from the links", |s| {
+        row(s, "master")[5] == "2/2" && row(s, "slave2")[5] == "2/2"
+    });
+    assert!(!status.contains("slave1"), "{status}");
+    let (ok, _) = jabberfarm(&farm, &["status"]);
+    assert!(ok, "no node is down:\n{status}");
+    assert_eq!(
+        redirect_of(farm.master.c2s, "mike"),
+        Some(slave2.to_string())
+    );
+    let mut mike = Raw::login(slave2, "mike", "pw", "r");
+    mike.sync("localhost");
+    mike.send(
+        "<message to='tina@localhost' type='chat' id='j2'><body>moved to slave2</body></message>",
+    );
+    tina.wait_for("moved to slave2", 5);
+}

@@ -6,6 +6,9 @@
 //! relayed to the new owner). Messages for them meanwhile go to the new owner, which stores
 //! them offline until they log in there.
 //!
+//! A slave the new topology leaves out (removed from the config) moves every user it has this
+//! way, waits for their sessions to close, and stops: removing a slave empties it first.
+//!
 //! Only when the users' data is central (MySQL, or LDAP with its IM data in MySQL): with data
 //! in this slave's own file the new owner could not log them in yet, so their sessions stay
 //! here and the log says how many wait for their data to move.
@@ -55,10 +58,14 @@ pub async fn run(slave: Arc<Slave>) {
             _ = slave.shutdown.cancelled() => return,
         }
         let leaving = slave.sessions.owned_elsewhere();
+        let epoch = slave.sessions.topology.load().epoch;
         if leaving.is_empty() {
+            if removed(&slave) {
+                stop_when_empty(&slave, epoch).await;
+                return;
+            }
             continue;
         }
-        let epoch = slave.sessions.topology.load().epoch;
         if per_node_data {
             warn!(
                 "topology epoch {epoch}: {} connected user(s) here now belong to other slaves; \
@@ -96,5 +103,45 @@ pub async fn run(slave: Arc<Slave>) {
             "topology epoch {epoch}: {moved} session(s) sent to their new slaves in {:.1} s",
             started.elapsed().as_secs_f64()
         );
+        if removed(&slave) {
+            stop_when_empty(&slave, epoch).await;
+            return;
+        }
     }
 }
+
+/// Whether the topology in force has left this slave out (docs/rebalancing.md, "A slave
+/// leaves").
+fn removed(slave: &Slave) -> bool {
+    let topology = slave.sessions.topology.load();
+    topology.node(&slave.sessions.node).is_none()
+}
+
+/// This slave was removed from the farm and its users were sent on: once their sessions have
+/// closed (at most [`EMPTY_WAIT`]), the node stops, and its links with it.
+async fn stop_when_empty(slave: &Slave, epoch: u64) {
+    let deadline = tokio::time::Instant::now() + EMPTY_WAIT;
+    while slave.sessions.user_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = slave.shutdown.cancelled() => return,
+        }
+    }
+    let left = slave.sessions.session_count();
+    if left > 0 {
+        warn!(
+            "{left} session(s) did not close in {} s",
+            EMPTY_WAIT.as_secs()
+        );
+    }
+    info!(
+        "topology epoch {epoch} removes {} from the farm: its users are on their new slaves; \
+         stopping",
+        slave.sessions.node
+    );
+    slave.shutdown.cancel();
+}
+
+/// How long a removed slave waits for the sessions it closed to end before it stops anyway
+/// (the rest are closed with `<system-shutdown/>`).
+const EMPTY_WAIT: Duration = Duration::from_secs(30);

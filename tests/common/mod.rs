@@ -225,6 +225,41 @@ impl TestFarm {
         }
     }
 
+    /// A new slave in the config file (`slaveN`, next number, fresh ports), for a farm that
+    /// grows; its process is not started.
+    pub fn add_slave(&mut self) -> String {
+        let n = node(&format!("slave{}", self.slaves.len() + 1));
+        let name = n.name.clone();
+        let entry = format!(
+            "\n[[node]]\nname = \"{name}\"\nrole = \"slave\"\nc2s = \"{}\"\nc2s_tls = \"{}\"\nfarm = \"127.0.0.1:{}\"\n",
+            n.c2s,
+            n.c2s_tls,
+            free_port()
+        );
+        self.slaves.push(n);
+        self.edit_config(|text| {
+            // Before any table that follows the nodes, if there is one.
+            match text.find("\n[relay]") {
+                Some(at) => format!("{}{entry}{}", &text[..at], &text[at..]),
+                None => format!("{text}{entry}"),
+            }
+        });
+        name
+    }
+
+    /// Wait (at most `secs`) for one node's process to exit on its own; its exit status.
+    pub fn wait_node_exit(&mut self, name: &str, secs: u64) -> std::process::ExitStatus {
+        let mut child = self.nodes.remove(name).expect("a running node");
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{name} is still running");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Send `signal` (`"HUP"`, …) to one node's process.
     pub fn signal_node(&self, name: &str, signal: &str) {
         let child = &self.nodes[name];

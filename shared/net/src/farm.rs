@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -120,14 +121,40 @@ struct Peer {
     up: AtomicBool,
     /// Bumped per connection, so a stale connection's teardown does not clear a newer one.
     generation: Mutex<u64>,
+    /// Cancelled when the peer leaves the farm: its link and its reconnect loop end.
+    gone: CancellationToken,
+    /// The topology no longer has this peer, but its link was up: it is emptying itself
+    /// (its users still send through the link), and goes when the link drops.
+    leaving: AtomicBool,
 }
+
+impl Peer {
+    fn new(addr: SocketAddr) -> Peer {
+        Peer {
+            addr,
+            tx: Mutex::new(None),
+            up: AtomicBool::new(false),
+            generation: Mutex::new(0),
+            gone: CancellationToken::new(),
+            leaving: AtomicBool::new(false),
+        }
+    }
+}
+
+/// The peers by name, replaced as a whole when the topology's node set changes.
+type Peers = HashMap<String, Arc<Peer>>;
 
 pub struct FarmLinks {
     me: String,
     key: Vec<u8>,
-    /// The farm's shape: the peers at start, and the fingerprint each handshake compares.
+    /// The farm's shape: the peers, and the fingerprint each handshake compares.
     topology: SharedTopology,
-    peers: HashMap<String, Peer>,
+    /// The topology's other nodes ([`Self::sync_peers`] keeps them in step).
+    peers: ArcSwap<Peers>,
+    /// Set by [`Self::start`]: where reconnect loops for peers that join are spawned.
+    running: OnceLock<(CancellationToken, TaskTracker)>,
+    /// Ourselves, for the tasks [`Self::sync_peers`] spawns.
+    this: std::sync::Weak<FarmLinks>,
     events: mpsc::Sender<LinkEvent>,
     heartbeat: Duration,
     dead_after: Duration,
@@ -166,27 +193,19 @@ impl FarmLinks {
     ) -> (Arc<FarmLinks>, mpsc::Receiver<LinkEvent>) {
         let (events, rx) = mpsc::channel(1024);
         let now = topology.load();
-        let peers = now
+        let peers: Peers = now
             .nodes
             .iter()
             .filter(|n| n.name != me)
-            .map(|n| {
-                (
-                    n.name.clone(),
-                    Peer {
-                        addr: n.farm,
-                        tx: Mutex::new(None),
-                        up: AtomicBool::new(false),
-                        generation: Mutex::new(0),
-                    },
-                )
-            })
+            .map(|n| (n.name.clone(), Arc::new(Peer::new(n.farm))))
             .collect();
-        let links = FarmLinks {
+        let links = Arc::new_cyclic(|this| FarmLinks {
+            this: this.clone(),
             me: me.to_owned(),
             key: link_key(&cfg.secret),
             topology: topology.clone(),
-            peers,
+            peers: ArcSwap::from_pointee(peers),
+            running: OnceLock::new(),
             events,
             heartbeat: cfg.farm.heartbeat,
             dead_after: cfg.farm.dead_after,
@@ -203,8 +222,8 @@ impl FarmLinks {
             admin_handler: OnceLock::new(),
             handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES)),
             refused: AtomicU64::new(0),
-        };
-        (Arc::new(links), rx)
+        });
+        (links, rx)
     }
 
     pub fn me(&self) -> &str {
@@ -217,15 +236,19 @@ impl FarmLinks {
     }
 
     pub fn is_up(&self, node: &str) -> bool {
-        self.peers
-            .get(node)
+        self.peer(node)
             .is_some_and(|p| p.up.load(Ordering::Acquire))
+    }
+
+    fn peer(&self, node: &str) -> Option<Arc<Peer>> {
+        self.peers.load().get(node).cloned()
     }
 
     /// Names of the peers whose link is up.
     pub fn up_nodes(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .peers
+            .load()
             .iter()
             .filter(|(_, p)| p.up.load(Ordering::Acquire))
             .map(|(n, _)| n.clone())
@@ -235,7 +258,10 @@ impl FarmLinks {
     }
 
     pub fn all_up(&self) -> bool {
-        self.peers.values().all(|p| p.up.load(Ordering::Acquire))
+        self.peers
+            .load()
+            .values()
+            .all(|p| p.up.load(Ordering::Acquire))
     }
 
     /// Take clients relayed by a master (a slave calls this before [`Self::start`]).
@@ -246,7 +272,7 @@ impl FarmLinks {
     /// Queue an element for `node` if there is room right now (for notices that may be
     /// lost: nobody waits for them).
     pub fn try_send(&self, node: &str, el: &Element) -> Result<(), SendError> {
-        let peer = self.peers.get(node).ok_or(SendError::Unknown)?;
+        let peer = self.peer(node).ok_or(SendError::Unknown)?;
         let guard = peer.tx.lock().unwrap_or_else(|p| p.into_inner());
         let tx = guard.as_ref().ok_or(SendError::Down)?;
         tx.try_send(frame_of(el)).map_err(|e| match e {
@@ -258,7 +284,7 @@ impl FarmLinks {
     /// Open a relay connection to `node` for one client and hand it over: on success the
     /// returned connection is the client's stream at the slave.
     pub async fn open_relay(&self, node: &str, handoff: &Handoff) -> Result<Box<dyn Io>, String> {
-        let peer = self.peers.get(node).ok_or("no such node")?;
+        let peer = self.peer(node).ok_or("no such node")?;
         let (mut link, _) = self.connect_once(node, peer.addr, Purpose::Relay).await?;
         link.send_el(&handoff.to_element()).await?;
         Ok(link.io)
@@ -267,7 +293,7 @@ impl FarmLinks {
     /// Queue a stanza for `node`, waiting at most [`SEND_WAIT`] for room: a busy link slows
     /// its senders down before it refuses them.
     pub async fn send(&self, node: &str, stanza: &Element) -> Result<(), SendError> {
-        let peer = self.peers.get(node).ok_or(SendError::Unknown)?;
+        let peer = self.peer(node).ok_or(SendError::Unknown)?;
         let tx = {
             let guard = peer.tx.lock().unwrap_or_else(|p| p.into_inner());
             guard.clone().ok_or(SendError::Down)?
@@ -290,12 +316,95 @@ impl FarmLinks {
         let me = self.clone();
         let (sd, tr) = (shutdown.clone(), tracker.clone());
         tracker.spawn(async move { me.accept_loop(listener, sd, tr).await });
-        for (name, peer) in &self.peers {
-            if self.me.as_str() < name.as_str() {
-                let me = self.clone();
-                let (name, addr, sd) = (name.clone(), peer.addr, shutdown.clone());
-                tracker.spawn(async move { me.connect_loop(name, addr, sd).await });
+        let _ = self.running.set((shutdown, tracker.clone()));
+        for (name, peer) in self.peers.load().iter() {
+            self.keep_linked(name, peer);
+        }
+    }
+
+    /// Reconnects to `peer` for as long as it is in the farm, if we are the side that
+    /// connects (the name that sorts first).
+    fn keep_linked(self: &Arc<Self>, name: &str, peer: &Arc<Peer>) {
+        let Some((shutdown, tracker)) = self.running.get() else {
+            return;
+        };
+        if self.me.as_str() < name {
+            let me = self.clone();
+            let (name, addr) = (name.to_owned(), peer.addr);
+            // Ends with the node, or when the peer leaves the farm.
+            let stop = shutdown.child_token();
+            let gone = peer.gone.clone();
+            let s2 = stop.clone();
+            tracker.spawn(async move {
+                tokio::select! {
+                    _ = gone.cancelled() => s2.cancel(),
+                    _ = s2.cancelled() => {}
+                }
+            });
+            tracker.spawn(async move { me.connect_loop(name, addr, stop).await });
+        }
+    }
+
+    /// Makes the peers the topology's other nodes: links to nodes that joined; a node that
+    /// left keeps its link while it is up (it is moving its users away and stops when it is
+    /// empty), and is forgotten when that link drops.
+    pub(crate) fn sync_peers(&self) {
+        let topology = self.topology.load();
+        let current = self.peers.load_full();
+        let mut next: Peers = HashMap::new();
+        let mut joined = Vec::new();
+        for n in topology.nodes.iter().filter(|n| n.name != self.me) {
+            let peer = match current.get(&n.name) {
+                Some(p) if !p.gone.is_cancelled() => {
+                    p.leaving.store(false, Ordering::Release);
+                    p.clone()
+                }
+                _ => {
+                    let p = Arc::new(Peer::new(n.farm));
+                    joined.push((n.name.clone(), p.clone()));
+                    p
+                }
+            };
+            next.insert(n.name.clone(), peer);
+        }
+        let left: Vec<_> = current
+            .iter()
+            .filter(|(n, _)| !next.contains_key(*n))
+            .collect();
+        for (name, peer) in left {
+            if peer.up.load(Ordering::Acquire) {
+                if !peer.leaving.swap(true, Ordering::AcqRel) {
+                    info!(peer = %name, "{name} left the farm: its link stays until it is empty and stops");
+                }
+                next.insert(name.clone(), peer.clone());
+            } else {
+                info!(peer = %name, "{name} left the farm: no link to it any more");
+                peer.gone.cancel();
             }
+        }
+        self.peers.store(Arc::new(next));
+        let Some(me) = self.this.upgrade() else {
+            return;
+        };
+        for (name, peer) in joined {
+            info!(peer = %name, "{name} joined the farm");
+            me.keep_linked(&name, &peer);
+        }
+    }
+
+    /// A peer that left the farm and whose link dropped: forgotten, never reconnected.
+    fn forget_if_left(&self, name: &str, peer: &Arc<Peer>) {
+        if !peer.leaving.load(Ordering::Acquire) {
+            return;
+        }
+        peer.gone.cancel();
+        let current = self.peers.load_full();
+        if current.get(name).is_some_and(|p| Arc::ptr_eq(p, peer)) {
+            let mut next = Peers::clone(&current);
+            next.remove(name);
+            // A topology change in between rebuilt the map: it decided on its own.
+            let _ = self.peers.compare_and_swap(&current, Arc::new(next));
+            info!(peer = %name, "{name} has left the farm");
         }
     }
 
@@ -461,7 +570,7 @@ impl FarmLinks {
         // Links are opened by the node whose name sorts first; relays only by masters, and
         // only to a node that takes relayed clients.
         let allowed = |peer: &str, purpose| match purpose {
-            Purpose::Link => self.peers.contains_key(peer) && peer < self.me.as_str(),
+            Purpose::Link => self.peers.load().contains_key(peer) && peer < self.me.as_str(),
             Purpose::Relay => {
                 self.masters.iter().any(|m| m == peer) && self.relay_handler.get().is_some()
             }
@@ -523,7 +632,7 @@ impl FarmLinks {
         link: Framed,
         shutdown: CancellationToken,
     ) {
-        let Some(peer) = self.peers.get(&peer_name) else {
+        let Some(peer) = self.peer(&peer_name) else {
             return;
         };
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(self.queue);
@@ -625,14 +734,16 @@ impl FarmLinks {
             _ = writer => {}
             _ = reader => {}
             _ = shutdown.cancelled() => {}
+            _ = peer.gone.cancelled() => {}
         }
         let current = *peer.generation.lock().unwrap_or_else(|p| p.into_inner()) == generation;
         if current {
             *peer.tx.lock().unwrap_or_else(|p| p.into_inner()) = None;
             peer.up.store(false, Ordering::Release);
-            if !shutdown.is_cancelled() {
+            if !shutdown.is_cancelled() && !peer.leaving.load(Ordering::Acquire) {
                 warn!(peer = %peer_name, "farm link to {peer_name} down");
             }
+            self.forget_if_left(&peer_name, &peer);
             let _ = self.events.try_send(LinkEvent::Down(peer_name));
         }
     }

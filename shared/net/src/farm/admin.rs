@@ -38,7 +38,8 @@ impl FarmLinks {
         let role = topology
             .node(&self.me)
             .map_or("?".to_owned(), |n| n.role.to_string());
-        let mut names: Vec<&String> = self.peers.keys().collect();
+        let peers = self.peers.load();
+        let mut names: Vec<&String> = peers.keys().collect();
         names.sort();
         names.into_iter().fold(
             Element::new("status", LINK_NS)

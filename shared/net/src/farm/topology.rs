@@ -1,8 +1,8 @@
 //! The topology on the links (issue 13; docs/rebalancing.md). The master is the one that
 //! changes it: a reload makes a new [`Topology`] with the next epoch, which the master hands to
 //! every node whose link is up, and to every node that comes up later behind it. A node takes
-//! what it can take live (its own role and listeners unchanged, the same master, the same
-//! nodes) and says so: `<topology-applied epoch/>`, or `<topology-refused epoch reason/>`,
+//! what it can take live (its own role and listeners unchanged, the same master; slaves may
+//! join and leave) and says so: `<topology-applied epoch/>`, or `<topology-refused epoch reason/>`,
 //! which the master logs.
 //!
 //! A master that restarts starts at epoch 0 with the table of its file. On each link that comes
@@ -42,6 +42,7 @@ impl FarmLinks {
         self.topology
             .replace(next)
             .map_err(|current| format!("epoch {current} is already in force"))?;
+        self.sync_peers();
         Ok(self.hand_over_all().await)
     }
 
@@ -61,14 +62,11 @@ impl FarmLinks {
     /// The master, when a link comes up: bring the peer, or our own epoch count, up to date.
     pub(super) async fn reconcile(&self, peer: &str, theirs: &PeerTable) {
         let mine = Topology::clone(&self.topology.load());
-        if theirs.fingerprint == mine.fingerprint() {
-            if theirs.epoch > mine.epoch {
-                // We restarted with the table the farm runs: keep counting from its epoch.
-                self.restamp(mine, theirs.epoch);
-            }
-            return;
-        }
-        if theirs.epoch >= mine.epoch {
+        let same_table = theirs.fingerprint == mine.fingerprint();
+        if same_table && theirs.epoch > mine.epoch {
+            // We restarted with the table the farm runs: keep counting from its epoch.
+            self.restamp(mine, theirs.epoch);
+        } else if !same_table && theirs.epoch >= mine.epoch {
             // Our table (from our file) is the one in force; the peer's epoch is not below
             // ours, so ours goes above it, and to everyone.
             let epoch = theirs.epoch + 1;
@@ -81,8 +79,12 @@ impl FarmLinks {
             );
             self.restamp(mine, epoch);
             self.hand_over_all().await;
-        } else if let Err(e) = self.send(peer, &mine.to_element()).await {
-            warn!(peer = %peer, "topology not handed to {peer}: {e}");
+        } else if theirs.epoch < mine.epoch {
+            // Behind: a node that missed a change, or one that joined with the new file (the
+            // same table, but its epoch and node list are from its start).
+            if let Err(e) = self.send(peer, &mine.to_element()).await {
+                warn!(peer = %peer, "topology not handed to {peer}: {e}");
+            }
         }
     }
 
@@ -133,6 +135,7 @@ impl FarmLinks {
                             info!(
                                 "topology epoch {epoch} from {from}: routing {from_fp} → {to_fp}"
                             );
+                            self.sync_peers();
                             let _ = self.events.send(LinkEvent::Topology(epoch)).await;
                             applied(epoch)
                         }

@@ -102,6 +102,15 @@ pub enum StoreError {
 }
 
 impl AccountStore {
+    /// The node's own SQLite file, when that is where the data lives (it moves with its users:
+    /// [`crate::moving`]).
+    pub fn sqlite(&self) -> Option<&SqliteStore> {
+        match self {
+            AccountStore::Sqlite(s) => Some(s),
+            _ => None,
+        }
+    }
+
     /// Opens the configured store for `node` (for SQLite: the node's file under `data_dir`,
     /// created on first start), bringing its schema up to date.
     pub async fn open(

@@ -208,7 +208,7 @@ impl SqliteStore {
         self.pool.close().await;
     }
 
-    fn db_error(&self, doing: &str, e: sqlx::Error) -> StoreError {
+    pub(crate) fn db_error(&self, doing: &str, e: sqlx::Error) -> StoreError {
         unavailable(format!("{doing} in {}: {e}", self.path.display()))
     }
 }

@@ -1,0 +1,402 @@
+//! A user's data leaves one slave's SQLite file for another's when a routing change gives the
+//! user to another slave (issue 13; docs/rebalancing.md, "Data follows its user").
+//!
+//! [`SqliteStore::export_user`] reads every row the user has — account, roster, pending
+//! subscription requests, offline messages, vCard, last activity — in one read transaction
+//! and writes them as one `<user-data/>` element for the farm link;
+//! [`SqliteStore::import_user`] writes them in one transaction on the new owner (or does
+//! nothing when the account is already there: the first copy wins, a repeated one is a
+//! no-op); [`SqliteStore::remove_user`] deletes them in one transaction on the old owner once
+//! the new one has said it has them. So a node that dies anywhere in between leaves the rows
+//! on at least one side, and the move is done again from the start.
+//!
+//! The tables and their columns are the list below, never names from the element: what a peer
+//! sends can only fill these columns, with the value types SQLite stores.
+
+use jabberfarm_proto::link::LINK_NS;
+use jabberfarm_proto::xml::Element;
+use sqlx::sqlite::{SqliteArguments, SqliteRow};
+use sqlx::{Arguments as _, Row as _, TypeInfo as _, ValueRef as _};
+
+use crate::accounts::StoreError;
+use crate::accounts::sqlite::SqliteStore;
+
+/// One per-user table: its name, the columns that move (the first is always `username`;
+/// autoincrement ids do not move, the order does), and the order to read rows in.
+struct Table {
+    name: &'static str,
+    columns: &'static [&'static str],
+    order: &'static str,
+}
+
+/// Every table that holds a user's rows, in insertion order (a roster item before its groups).
+const TABLES: &[Table] = &[
+    Table {
+        name: "accounts",
+        columns: &[
+            "username",
+            "salt",
+            "iterations",
+            "sha1_stored",
+            "sha1_server",
+            "sha256_stored",
+            "sha256_server",
+            "created_at",
+        ],
+        order: "username",
+    },
+    Table {
+        name: "roster_versions",
+        columns: &["username", "version"],
+        order: "username",
+    },
+    Table {
+        name: "roster_items",
+        columns: &["username", "jid", "name", "subscription", "ask", "approved"],
+        order: "jid",
+    },
+    Table {
+        name: "roster_groups",
+        columns: &["username", "jid", "position", "name"],
+        order: "jid, position",
+    },
+    Table {
+        name: "pending_in",
+        columns: &["username", "contact", "stanza"],
+        order: "id",
+    },
+    Table {
+        name: "offline_messages",
+        columns: &["username", "stanza", "stamp_ms"],
+        order: "id",
+    },
+    Table {
+        name: "vcards",
+        columns: &["username", "xml"],
+        order: "username",
+    },
+    Table {
+        name: "last_activity",
+        columns: &["username", "stamp_ms", "status"],
+        order: "username",
+    },
+    Table {
+        name: "known_users",
+        columns: &["username", "first_login_ms"],
+        order: "username",
+    },
+];
+
+/// What [`SqliteStore::import_user`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Imported {
+    /// The rows are written; this many.
+    Written(usize),
+    /// The account was here already (an earlier copy of the same move): nothing written.
+    AlreadyHere,
+}
+
+/// One column's value, as SQLite stores it.
+enum Value {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl Value {
+    fn of(row: &SqliteRow, i: usize) -> Result<Value, sqlx::Error> {
+        let raw = row.try_get_raw(i)?;
+        if raw.is_null() {
+            return Ok(Value::Null);
+        }
+        Ok(match raw.type_info().name() {
+            "INTEGER" => Value::Int(row.try_get(i)?),
+            "REAL" => Value::Real(row.try_get(i)?),
+            "BLOB" => Value::Blob(row.try_get(i)?),
+            _ => Value::Text(row.try_get(i)?),
+        })
+    }
+
+    fn to_element(&self) -> Element {
+        match self {
+            Value::Null => Element::new("n", LINK_NS),
+            Value::Int(v) => Element::new("i", LINK_NS).with_text(v.to_string()),
+            Value::Real(v) => Element::new("f", LINK_NS).with_text(v.to_string()),
+            Value::Text(v) => Element::new("s", LINK_NS).with_text(v.clone()),
+            Value::Blob(v) => Element::new("b", LINK_NS).with_text(hex::encode(v)),
+        }
+    }
+
+    fn from_element(el: &Element) -> Result<Value, String> {
+        let text = el.text();
+        let bad = || format!("<{}>{text}</{}> is not a value", el.name, el.name);
+        Ok(match &*el.name {
+            "n" => Value::Null,
+            "i" => Value::Int(text.parse().map_err(|_| bad())?),
+            "f" => Value::Real(text.parse().map_err(|_| bad())?),
+            "s" => Value::Text(text),
+            "b" => Value::Blob(hex::decode(&text).map_err(|_| bad())?),
+            _ => return Err(bad()),
+        })
+    }
+
+    fn bind(self, args: &mut SqliteArguments) -> Result<(), String> {
+        let r = match self {
+            Value::Null => args.add(None::<i64>),
+            Value::Int(v) => args.add(v),
+            Value::Real(v) => args.add(v),
+            Value::Text(v) => args.add(v),
+            Value::Blob(v) => args.add(v),
+        };
+        r.map_err(|e| e.to_string())
+    }
+}
+
+/// The user an element carries, if it is a `<user-data/>`.
+pub fn user_of(el: &Element) -> Option<&str> {
+    el.is("user-data", LINK_NS).then(|| el.attr("user")).flatten()
+}
+
+impl SqliteStore {
+    /// Every row `user` has here, as `<user-data user>`, read in one transaction; `None` when
+    /// the user has no account here.
+    pub async fn export_user(&self, user: &str) -> Result<Option<Element>, StoreError> {
+        let err = |e: sqlx::Error| self.db_error(&format!("exporting {user:?}"), e);
+        let mut tx = self.pool().begin().await.map_err(err)?;
+        let mut out = Element::new("user-data", LINK_NS).with_attr("user", user);
+        for t in TABLES {
+            let sql = format!(
+                "SELECT {} FROM {} WHERE username = ? ORDER BY {}",
+                t.columns.join(", "),
+                t.name,
+                t.order
+            );
+            // Names from `TABLES` only.
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(user)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(err)?;
+            if t.name == "accounts" && rows.is_empty() {
+                return Ok(None);
+            }
+            let mut table = Element::new("table", LINK_NS).with_attr("name", t.name);
+            for row in &rows {
+                // The username is the element's: not repeated per row.
+                let mut r = Element::new("row", LINK_NS);
+                for i in 1..t.columns.len() {
+                    r = r.with_child(Value::of(row, i).map_err(err)?.to_element());
+                }
+                table = table.with_child(r);
+            }
+            if !rows.is_empty() {
+                out = out.with_child(table);
+            }
+        }
+        tx.commit().await.map_err(err)?;
+        Ok(Some(out))
+    }
+
+    /// Writes the rows of an [`Self::export_user`] element in one transaction, unless the
+    /// account is here already. An element that does not fit the tables is refused whole.
+    pub async fn import_user(&self, data: &Element) -> Result<Imported, StoreError> {
+        let user = user_of(data).ok_or_else(|| self.refused("?", "not a <user-data/>"))?;
+        let err = |e: sqlx::Error| self.db_error(&format!("importing {user:?}"), e);
+        let mut tx = self.pool().begin().await.map_err(err)?;
+        let here: Option<i64> = sqlx::query_scalar("SELECT 1 FROM accounts WHERE username = ?")
+            .bind(user)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(err)?;
+        if here.is_some() {
+            return Ok(Imported::AlreadyHere);
+        }
+        let mut written = 0;
+        let mut has_account = false;
+        for el in data.children() {
+            let name = el.attr("name").unwrap_or("");
+            let t = TABLES
+                .iter()
+                .find(|t| el.is("table", LINK_NS) && t.name == name)
+                .ok_or_else(|| self.refused(user, &format!("no table {name:?} moves")))?;
+            has_account |= t.name == "accounts";
+            let sql = format!(
+                "INSERT OR REPLACE INTO {} ({}) VALUES ({})",
+                t.name,
+                t.columns.join(", "),
+                vec!["?"; t.columns.len()].join(", ")
+            );
+            for row in el.children() {
+                let values: Vec<&Element> = row.children().collect();
+                if values.len() + 1 != t.columns.len() {
+                    return Err(self.refused(user, &format!("a {name} row of the wrong width")));
+                }
+                let mut args = SqliteArguments::default();
+                let fill = |args: &mut SqliteArguments| -> Result<(), String> {
+                    args.add(user).map_err(|e| e.to_string())?;
+                    for v in &values {
+                        Value::from_element(v)?.bind(args)?;
+                    }
+                    Ok(())
+                };
+                fill(&mut args).map_err(|e| self.refused(user, &e))?;
+                sqlx::query_with(sqlx::AssertSqlSafe(sql.as_str()), args)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(err)?;
+                written += 1;
+            }
+        }
+        if !has_account {
+            return Err(self.refused(user, "no account row"));
+        }
+        tx.commit().await.map_err(err)?;
+        Ok(Imported::Written(written))
+    }
+
+    /// Deletes every row of `user` in one transaction (its data lives on another node now).
+    pub async fn remove_user(&self, user: &str) -> Result<(), StoreError> {
+        let err = |e: sqlx::Error| self.db_error(&format!("removing {user:?}"), e);
+        let mut tx = self.pool().begin().await.map_err(err)?;
+        for t in TABLES.iter().rev() {
+            let sql = format!("DELETE FROM {} WHERE username = ?", t.name);
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(user)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+        }
+        tx.commit().await.map_err(err)
+    }
+
+    fn refused(&self, user: &str, why: &str) -> StoreError {
+        StoreError::Unavailable {
+            backend: "sqlite",
+            detail: format!("the data of {user:?} cannot be imported: {why}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use jabberfarm_proto::scram::ScramHash;
+    use jid::BareJid;
+
+    use super::*;
+    use crate::AccountStore;
+    use crate::im::{ImStore, OfflineStore, RosterItem, RosterStore, Stored, VcardStore};
+
+    async fn open(dir: &tempfile::TempDir, name: &str) -> (AccountStore, ImStore) {
+        let accounts = AccountStore::open_sqlite(&dir.path().join(format!("{name}.sqlite")))
+            .await
+            .unwrap();
+        let im = ImStore::for_accounts(&accounts);
+        (accounts, im)
+    }
+
+    /// Everything a user has moves, once: the old file's rows land in the new one, a second
+    /// copy changes nothing, the old rows go; a forged element is refused whole.
+    #[tokio::test]
+    async fn a_user_moves_with_all_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, old_im) = open(&dir, "old").await;
+        let (new, new_im) = open(&dir, "new").await;
+        old.add_user("juliet", "pw", 4096).await.unwrap();
+        old.add_user("romeo", "pw", 4096).await.unwrap();
+        let mut nurse = RosterItem::new(BareJid::new("nurse@example.net").unwrap());
+        nurse.name = Some("Nurse & co".to_owned());
+        nurse.groups = vec!["Verona".to_owned(), "House <C>".to_owned()];
+        old_im.put_item("juliet", &nurse).await.unwrap();
+        let paris = BareJid::new("paris@example.net").unwrap();
+        old_im
+            .add_pending_in("juliet", &paris, "<presence type='subscribe'/>", 10)
+            .await
+            .unwrap();
+        for (stamp, body) in [(1, "first"), (2, " second\n")] {
+            let msg = format!("<message><body>{body}</body></message>");
+            assert_eq!(
+                old_im.store("juliet", &msg, stamp, 10).await.unwrap(),
+                Stored::Stored
+            );
+        }
+        old_im
+            .set_vcard("juliet", "<vCard xmlns='vcard-temp'><FN>J</FN></vCard>")
+            .await
+            .unwrap();
+        let sqlite = |s: &AccountStore| s.sqlite().unwrap().clone();
+
+        assert!(sqlite(&old).export_user("tybalt").await.unwrap().is_none());
+        let data = sqlite(&old).export_user("juliet").await.unwrap().unwrap();
+        // Through the wire format, as the farm link carries it.
+        let data = jabberfarm_proto::xml::parse_element(&data.to_xml(), LINK_NS).unwrap();
+        assert_eq!(user_of(&data), Some("juliet"));
+        assert_eq!(
+            sqlite(&new).import_user(&data).await.unwrap(),
+            Imported::Written(9)
+        );
+        assert_eq!(
+            sqlite(&new).import_user(&data).await.unwrap(),
+            Imported::AlreadyHere
+        );
+        for hash in [ScramHash::Sha1, ScramHash::Sha256] {
+            let keys = |c: Option<jabberfarm_proto::scram::ScramCredentials>| {
+                c.map(|c| (c.salt, c.iterations, c.stored_key, c.server_key))
+            };
+            assert_eq!(
+                keys(new.credentials("juliet", hash).await.unwrap()),
+                keys(old.credentials("juliet", hash).await.unwrap())
+            );
+        }
+        assert_eq!(
+            new_im.roster("juliet").await.unwrap(),
+            old_im.roster("juliet").await.unwrap()
+        );
+        let stanzas = |m: Vec<crate::im::OfflineMessage>| {
+            m.into_iter()
+                .map(|m| (m.stanza_xml, m.stamp_ms))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            stanzas(new_im.peek("juliet", 10).await.unwrap()),
+            stanzas(old_im.peek("juliet", 10).await.unwrap())
+        );
+        assert_eq!(
+            new_im.pending_in("juliet").await.unwrap(),
+            old_im.pending_in("juliet").await.unwrap()
+        );
+        assert_eq!(
+            new_im.vcard("juliet").await.unwrap(),
+            old_im.vcard("juliet").await.unwrap()
+        );
+
+        sqlite(&old).remove_user("juliet").await.unwrap();
+        assert!(sqlite(&old).export_user("juliet").await.unwrap().is_none());
+        assert!(old_im.roster("juliet").await.unwrap().1.is_empty());
+        assert!(old_im.peek("juliet", 10).await.unwrap().is_empty());
+        assert!(old.credentials("romeo", ScramHash::Sha256).await.unwrap().is_some());
+
+        // Only the known tables and columns: a forged table or row is refused, nothing written.
+        let romeo = sqlite(&old).export_user("romeo").await.unwrap().unwrap();
+        let forged = romeo.clone().with_child(
+            Element::new("table", LINK_NS).with_attr("name", "sqlite_master"),
+        );
+        assert!(sqlite(&new).import_user(&forged).await.is_err());
+        let wide = romeo.clone().with_child(
+            Element::new("table", LINK_NS)
+                .with_attr("name", "vcards")
+                .with_child(
+                    Element::new("row", LINK_NS)
+                        .with_child(Element::new("s", LINK_NS))
+                        .with_child(Element::new("s", LINK_NS)),
+                ),
+        );
+        assert!(sqlite(&new).import_user(&wide).await.is_err());
+        assert!(new.credentials("romeo", ScramHash::Sha256).await.unwrap().is_none());
+        old.close().await;
+        new.close().await;
+    }
+}

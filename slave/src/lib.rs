@@ -10,6 +10,7 @@
 //! at [`jabberfarm_net::c2s::negotiate_relayed`].
 
 pub mod im;
+pub mod handover;
 pub mod mover;
 pub mod router;
 pub mod server;
@@ -54,6 +55,8 @@ pub struct Slave {
     pub tasks: TaskTracker,
     /// Sends connected users to their new slave after a routing change.
     pub mover: mover::Mover,
+    /// Users' data on its way to or from other slaves (data on the slaves only).
+    pub handover: handover::Handover,
 }
 
 impl Slave {
@@ -83,6 +86,32 @@ impl Slave {
     }
 }
 
+/// The account store, which fetches a user's data from the slave that still has it when the
+/// user logs in here first after a routing change (data on the slaves: [`handover::pull`]).
+impl c2s::Accounts for Slave {
+    fn plain_only(&self) -> bool {
+        c2s::Accounts::plain_only(&self.store)
+    }
+
+    fn credentials<'a>(
+        &'a self,
+        user: &'a str,
+        hash: jabberfarm_proto::scram::ScramHash,
+    ) -> c2s::AccountsFuture<'a, Option<jabberfarm_proto::scram::ScramCredentials>> {
+        Box::pin(async move {
+            let found = c2s::Accounts::credentials(&self.store, user, hash).await?;
+            if found.is_none() && handover::pull(self, user).await {
+                return c2s::Accounts::credentials(&self.store, user, hash).await;
+            }
+            Ok(found)
+        })
+    }
+
+    fn verify_password<'a>(&'a self, user: &'a str, password: &'a str) -> c2s::AccountsFuture<'a, bool> {
+        c2s::Accounts::verify_password(&self.store, user, password)
+    }
+}
+
 impl LoginPolicy for Slave {
     fn route(&self, localpart: &str, direct_tls: bool) -> LoginRoute {
         let topology = self.sessions.topology.load();
@@ -97,7 +126,7 @@ impl LoginPolicy for Slave {
     }
 
     fn accounts(&self) -> Option<&dyn c2s::Accounts> {
-        Some(&self.store)
+        Some(self)
     }
 
     fn session_features(&self) -> Element {
@@ -146,6 +175,7 @@ pub async fn run(
             .collect(),
         tasks: rt.tracker.clone(),
         mover: mover::Mover::default(),
+        handover: handover::Handover::default(),
     });
     // Direct and relayed clients share one connection limit.
     let slots = Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_connections));
@@ -170,6 +200,7 @@ pub async fn run(
     }));
     rt.start_links();
     rt.tracker.spawn(mover::run(slave.clone()));
+    rt.tracker.spawn(handover::run(slave.clone()));
     let s3 = slave.clone();
     rt.tracker
         .spawn(async move { s3.link_events(events.links).await });

@@ -9,9 +9,9 @@
 //! A slave the new topology leaves out (removed from the config) moves every user it has this
 //! way, waits for their sessions to close, and stops: removing a slave empties it first.
 //!
-//! Only when the users' data is central (MySQL, or LDAP with its IM data in MySQL): with data
-//! in this slave's own file the new owner could not log them in yet, so their sessions stay
-//! here and the log says how many wait for their data to move.
+//! With the data in this slave's own file (SQLite), every user of the file that now belongs
+//! elsewhere is handed over with its data instead ([`handover`]): connected or not, at the
+//! same rate.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,7 +21,7 @@ use jabberfarm_proto::xml::StreamError;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::Slave;
+use crate::{Slave, handover};
 
 /// Wakes the mover, and counts what it still has to do (for `jabberfarm status`).
 #[derive(Debug, Default)]
@@ -57,21 +57,17 @@ pub async fn run(slave: Arc<Slave>) {
             _ = slave.mover.wake.notified() => {}
             _ = slave.shutdown.cancelled() => return,
         }
-        let leaving = slave.sessions.owned_elsewhere();
         let epoch = slave.sessions.topology.load().epoch;
+        if per_node_data {
+            move_data(&slave, epoch, gap, rate).await;
+            continue;
+        }
+        let leaving = slave.sessions.owned_elsewhere();
         if leaving.is_empty() {
             if removed(&slave) {
                 stop_when_empty(&slave, epoch).await;
                 return;
             }
-            continue;
-        }
-        if per_node_data {
-            warn!(
-                "topology epoch {epoch}: {} connected user(s) here now belong to other slaves; \
-                 their sessions stay until their data can move with them (not built yet)",
-                leaving.len()
-            );
             continue;
         }
         info!(
@@ -109,6 +105,98 @@ pub async fn run(slave: Arc<Slave>) {
         }
     }
 }
+
+/// Data on the slaves: every user in this slave's file that the table gives to another slave
+/// goes there with its rows ([`handover::hand_over`]: its sessions here closed first), at
+/// most `rate` a second and [`IN_FLIGHT`] at once. Those that fail (a link down, a node that
+/// does not answer) go again when a link comes up, or after [`RETRY`].
+async fn move_data(slave: &Arc<Slave>, epoch: u64, gap: Duration, rate: u32) {
+    let Some(db) = slave.store.sqlite() else {
+        return;
+    };
+    let users = match db.list_users().await {
+        Ok(u) => u,
+        Err(e) => return warn!("cannot list the users to hand over: {e}"),
+    };
+    let topology = slave.sessions.topology.load_full();
+    let me = slave.sessions.node.clone();
+    let leaving: Vec<String> = users
+        .into_iter()
+        .filter(|u| topology.owner(u) != me)
+        .collect();
+    if leaving.is_empty() {
+        return;
+    }
+    info!(
+        "topology epoch {epoch}: handing {} user(s) and their data to their new slaves, {rate}/s",
+        leaving.len()
+    );
+    slave.mover.pending.store(leaving.len(), Ordering::Relaxed);
+    let started = Instant::now();
+    let (mut moved, mut failed) = (0usize, 0usize);
+    let mut next = tokio::time::Instant::now();
+    let mut running = tokio::task::JoinSet::new();
+    let mut settle = |r: Result<Result<(), String>, tokio::task::JoinError>| {
+        match r {
+            Ok(Ok(())) => moved += 1,
+            Ok(Err(e)) => {
+                failed += 1;
+                warn!("hand-over: {e}");
+            }
+            Err(_) => failed += 1,
+        }
+        slave.mover.pending.fetch_sub(1, Ordering::Relaxed);
+    };
+    for user in leaving {
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = slave.shutdown.cancelled() => return,
+        }
+        next += gap;
+        while running.len() >= IN_FLIGHT {
+            if let Some(r) = running.join_next().await {
+                settle(r);
+            }
+        }
+        // Asked again per user: a newer change may have given the user back to us.
+        let owner = slave.sessions.topology.load().owner(&user).to_owned();
+        let s = slave.clone();
+        running.spawn(async move {
+            if owner == s.sessions.node {
+                return Ok(());
+            }
+            handover::hand_over(&s, &user, &owner)
+                .await
+                .map_err(|e| format!("{user} to {owner}: {e}"))
+        });
+    }
+    while let Some(r) = running.join_next().await {
+        settle(r);
+    }
+    info!(
+        "topology epoch {epoch}: {moved} user(s) handed over with their data in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    if failed > 0 {
+        warn!(
+            "topology epoch {epoch}: {failed} user(s) not handed over yet: tried again when a \
+             link comes up, or in {} s",
+            RETRY.as_secs()
+        );
+        let s = slave.clone();
+        slave.tasks.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(RETRY) => s.mover.wake(),
+                _ = s.shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// Hand-overs under way at once.
+const IN_FLIGHT: usize = 32;
+/// When hand-overs that failed are tried again (if no link came up before).
+const RETRY: Duration = Duration::from_secs(10);
 
 /// Whether the topology in force has left this slave out (docs/rebalancing.md, "A slave
 /// leaves").

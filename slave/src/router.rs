@@ -126,6 +126,9 @@ impl Slave {
             };
             let Some(ev) = ev else { break };
             match ev {
+                LinkEvent::Stanza { stanza, from_node } if crate::handover::is_handover(&stanza) => {
+                    self.handover.take(from_node, stanza);
+                }
                 LinkEvent::Stanza { mut stanza, .. } => {
                     // Relayed from another server by the master: our sessions speak jabber:client.
                     set_stanza_ns(&mut stanza, ns::SERVER, ns::CLIENT);
@@ -163,7 +166,8 @@ impl Slave {
                     }
                     im::presence::node_down(self, &node);
                 }
-                LinkEvent::Up(_) => {}
+                // A link back: hand-overs that failed while it was down go again.
+                LinkEvent::Up(_) => self.mover.wake(),
                 LinkEvent::Topology(_) => self.mover.wake(),
             }
         }

@@ -239,7 +239,7 @@ impl Topology {
 
 /// What a farm running `current` cannot take from `next` without a restart, each said with
 /// the reason; empty when `next` can be applied live (docs/rebalancing.md). Routing (ranges,
-/// weights, `other`; with central data only, until data moves with its users), `advertise`
+/// weights, `other`; with data on the slaves it moves with its users), `advertise`
 /// and the `[rebalance]` rate change live; the domain, the secret, where data lives, which
 /// node is the master and a running node's own role and listening addresses do not.
 pub fn live_change_refusals(current: &FarmConfig, next: &FarmConfig) -> Vec<String> {
@@ -262,20 +262,6 @@ pub fn live_change_refusals(current: &FarmConfig, next: &FarmConfig) -> Vec<Stri
         refused.push(
             "storage: where accounts and IM data live cannot change under running nodes; \
              migrate the data, then restart"
-                .to_owned(),
-        );
-    }
-    let per_node_data = current.slaves().any(|n| {
-        current
-            .storage
-            .sqlite_path(&current.data_dir, &n.name)
-            .is_some()
-    });
-    if per_node_data && current.routing != next.routing {
-        refused.push(
-            "routing: the data lives on the slaves (one SQLite file each), and moving a user's \
-             account, roster and offline messages to its new slave is not built yet, so the \
-             users a new table moves could not log in; `jabberfarm plan` shows who they are"
                 .to_owned(),
         );
     }
@@ -421,16 +407,17 @@ mod tests {
         .expect("a bigger farm loads");
         assert_eq!(live_change_refusals(&current, &grown), Vec::<String>::new());
         assert_eq!(live_change_refusals(&grown, &current), Vec::<String>::new());
-        // With the data on the slaves the users a new table moves would be stranded.
+        // With the data on the slaves too: it moves with its users.
         let on_slaves = parse(&format!("{HEAD}{NODES}")).expect("the sample farm loads");
         let reweighted = parse(&format!(
             "{HEAD}{}",
             NODES.replace("weight = 2", "weight = 3")
         ))
         .expect("a reweighted farm loads");
-        let refused = live_change_refusals(&on_slaves, &reweighted);
-        assert_eq!(refused.len(), 1, "{refused:#?}");
-        assert!(refused[0].starts_with("routing: the data lives on the slaves"));
+        assert_eq!(
+            live_change_refusals(&on_slaves, &reweighted),
+            Vec::<String>::new()
+        );
         let current = on_slaves;
 
         let moved = parse(&format!(

@@ -210,7 +210,9 @@ impl FarmLinks {
             heartbeat: cfg.farm.heartbeat,
             dead_after: cfg.farm.dead_after,
             queue: cfg.farm.queue,
-            max_frame: cfg.limits.max_stanza + FRAME_SLACK,
+            // Twice a stanza: a user's data moving to another slave travels as base64 parts,
+            // a part at most one stored stanza (4/3 of it) with its tags.
+            max_frame: 2 * cfg.limits.max_stanza + FRAME_SLACK,
             tls,
             masters: now
                 .nodes

@@ -13,6 +13,8 @@
 //! The tables and their columns are the list below, never names from the element: what a peer
 //! sends can only fill these columns, with the value types SQLite stores.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use jabberfarm_proto::link::LINK_NS;
 use jabberfarm_proto::xml::Element;
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
@@ -124,8 +126,8 @@ impl Value {
             Value::Null => Element::new("n", LINK_NS),
             Value::Int(v) => Element::new("i", LINK_NS).with_text(v.to_string()),
             Value::Real(v) => Element::new("f", LINK_NS).with_text(v.to_string()),
-            Value::Text(v) => Element::new("s", LINK_NS).with_text(v.clone()),
-            Value::Blob(v) => Element::new("b", LINK_NS).with_text(hex::encode(v)),
+            Value::Text(v) => Element::new("s", LINK_NS).with_text(B64.encode(v)),
+            Value::Blob(v) => Element::new("b", LINK_NS).with_text(B64.encode(v)),
         }
     }
 
@@ -136,10 +138,24 @@ impl Value {
             "n" => Value::Null,
             "i" => Value::Int(text.parse().map_err(|_| bad())?),
             "f" => Value::Real(text.parse().map_err(|_| bad())?),
-            "s" => Value::Text(text),
-            "b" => Value::Blob(hex::decode(&text).map_err(|_| bad())?),
+            "s" => Value::Text(
+                B64.decode(&text)
+                    .ok()
+                    .and_then(|t| String::from_utf8(t).ok())
+                    .ok_or_else(bad)?,
+            ),
+            "b" => Value::Blob(B64.decode(&text).map_err(|_| bad())?),
             _ => return Err(bad()),
         })
+    }
+
+    /// About what the value costs in a frame: its base64 and the tags around it.
+    fn size(&self) -> usize {
+        16 + match self {
+            Value::Text(v) => v.len() * 4 / 3 + 4,
+            Value::Blob(v) => v.len() * 4 / 3 + 4,
+            _ => 24,
+        }
     }
 
     fn bind(self, args: &mut SqliteArguments) -> Result<(), String> {
@@ -160,12 +176,20 @@ pub fn user_of(el: &Element) -> Option<&str> {
 }
 
 impl SqliteStore {
-    /// Every row `user` has here, as `<user-data user>`, read in one transaction; `None` when
-    /// the user has no account here.
-    pub async fn export_user(&self, user: &str) -> Result<Option<Element>, StoreError> {
+    /// Every row `user` has here, read in one transaction, as `<user-data user part parts>`
+    /// elements of at most about `budget` bytes each (a row bigger than that gets a part of
+    /// its own); `None` when the user has no account here. Text and bytes travel as base64,
+    /// so a part's size is known before it is written: a row of `n` bytes takes about
+    /// `4n/3`, whatever characters it holds.
+    pub async fn export_user(
+        &self,
+        user: &str,
+        budget: usize,
+    ) -> Result<Option<Vec<Element>>, StoreError> {
         let err = |e: sqlx::Error| self.db_error(&format!("exporting {user:?}"), e);
         let mut tx = self.pool().begin().await.map_err(err)?;
-        let mut out = Element::new("user-data", LINK_NS).with_attr("user", user);
+        let mut parts: Vec<Vec<(&'static str, Element)>> = vec![Vec::new()];
+        let mut used = 0;
         for t in TABLES {
             let sql = format!(
                 "SELECT {} FROM {} WHERE username = ? ORDER BY {}",
@@ -182,27 +206,81 @@ impl SqliteStore {
             if t.name == "accounts" && rows.is_empty() {
                 return Ok(None);
             }
-            let mut table = Element::new("table", LINK_NS).with_attr("name", t.name);
             for row in &rows {
                 // The username is the element's: not repeated per row.
                 let mut r = Element::new("row", LINK_NS);
+                let mut size = 32;
                 for i in 1..t.columns.len() {
-                    r = r.with_child(Value::of(row, i).map_err(err)?.to_element());
+                    let v = Value::of(row, i).map_err(err)?;
+                    size += v.size();
+                    r = r.with_child(v.to_element());
                 }
-                table = table.with_child(r);
-            }
-            if !rows.is_empty() {
-                out = out.with_child(table);
+                if used + size > budget && used > 0 {
+                    parts.push(Vec::new());
+                    used = 0;
+                }
+                used += size;
+                if let Some(p) = parts.last_mut() {
+                    p.push((t.name, r));
+                }
             }
         }
         tx.commit().await.map_err(err)?;
-        Ok(Some(out))
+        let n = parts.len();
+        Ok(Some(
+            parts
+                .into_iter()
+                .enumerate()
+                .map(|(i, rows)| {
+                    let mut part = Element::new("user-data", LINK_NS)
+                        .with_attr("user", user)
+                        .with_attr("part", i.to_string())
+                        .with_attr("parts", n.to_string());
+                    // Consecutive rows of one table share its element.
+                    let mut table: Option<Element> = None;
+                    for (name, row) in rows {
+                        match table {
+                            Some(ref mut t) if t.attr("name") == Some(name) => {
+                                *t = std::mem::replace(t, Element::new("table", LINK_NS))
+                                    .with_child(row);
+                            }
+                            _ => {
+                                if let Some(t) = table.take() {
+                                    part = part.with_child(t);
+                                }
+                                table = Some(
+                                    Element::new("table", LINK_NS)
+                                        .with_attr("name", name)
+                                        .with_child(row),
+                                );
+                            }
+                        }
+                    }
+                    if let Some(t) = table {
+                        part = part.with_child(t);
+                    }
+                    part
+                })
+                .collect(),
+        ))
     }
 
-    /// Writes the rows of an [`Self::export_user`] element in one transaction, unless the
-    /// account is here already. An element that does not fit the tables is refused whole.
-    pub async fn import_user(&self, data: &Element) -> Result<Imported, StoreError> {
-        let user = user_of(data).ok_or_else(|| self.refused("?", "not a <user-data/>"))?;
+    /// Writes the rows of the parts [`Self::export_user`] made, all in one transaction,
+    /// unless the account is here already. Parts that do not fit the tables, or do not make
+    /// one whole export, are refused whole.
+    pub async fn import_user(&self, parts: &[Element]) -> Result<Imported, StoreError> {
+        let user = parts
+            .first()
+            .and_then(user_of)
+            .ok_or_else(|| self.refused("?", "not a <user-data/>"))?;
+        for (i, p) in parts.iter().enumerate() {
+            let whole = user_of(p) == Some(user)
+                && p.attr("part") == Some(&*i.to_string())
+                && p.attr("parts") == Some(&*parts.len().to_string());
+            if !whole {
+                return Err(self.refused(user, "the parts do not make one export"));
+            }
+        }
         let err = |e: sqlx::Error| self.db_error(&format!("importing {user:?}"), e);
         let mut tx = self.pool().begin().await.map_err(err)?;
         let here: Option<i64> = sqlx::query_scalar("SELECT 1 FROM accounts WHERE username = ?")
@@ -215,7 +293,7 @@ impl SqliteStore {
         }
         let mut written = 0;
         let mut has_account = false;
-        for el in data.children() {
+        for el in parts.iter().flat_map(Element::children) {
             let name = el.attr("name").unwrap_or("");
             let t = TABLES
                 .iter()
@@ -329,11 +407,29 @@ mod tests {
             .unwrap();
         let sqlite = |s: &AccountStore| s.sqlite().unwrap().clone();
 
-        assert!(sqlite(&old).export_user("tybalt").await.unwrap().is_none());
-        let data = sqlite(&old).export_user("juliet").await.unwrap().unwrap();
-        // Through the wire format, as the farm link carries it.
-        let data = jabberfarm_proto::xml::parse_element(&data.to_xml(), LINK_NS).unwrap();
-        assert_eq!(user_of(&data), Some("juliet"));
+        assert!(
+            sqlite(&old)
+                .export_user("tybalt", 1 << 20)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // Small parts: about one row each, through the wire format as the link carries them.
+        let data: Vec<Element> = sqlite(&old)
+            .export_user("juliet", 100)
+            .await
+            .unwrap()
+            .unwrap()
+            .iter()
+            .map(|p| jabberfarm_proto::xml::parse_element(&p.to_xml(), LINK_NS).unwrap())
+            .collect();
+        assert_eq!(data.len(), 9, "{data:#?}");
+        assert_eq!(user_of(&data[8]), Some("juliet"));
+        // Not all of them, or out of order: refused.
+        assert!(sqlite(&new).import_user(&data[..8]).await.is_err());
+        let mut shuffled = data.clone();
+        shuffled.swap(0, 1);
+        assert!(sqlite(&new).import_user(&shuffled).await.is_err());
         assert_eq!(
             sqlite(&new).import_user(&data).await.unwrap(),
             Imported::Written(9)
@@ -374,17 +470,25 @@ mod tests {
         );
 
         sqlite(&old).remove_user("juliet").await.unwrap();
-        assert!(sqlite(&old).export_user("juliet").await.unwrap().is_none());
+        assert!(
+            sqlite(&old)
+                .export_user("juliet", 1 << 20)
+                .await
+                .unwrap()
+                .is_none()
+        );
         assert!(old_im.roster("juliet").await.unwrap().1.is_empty());
         assert!(old_im.peek("juliet", 10).await.unwrap().is_empty());
         assert!(old.credentials("romeo", ScramHash::Sha256).await.unwrap().is_some());
 
         // Only the known tables and columns: a forged table or row is refused, nothing written.
-        let romeo = sqlite(&old).export_user("romeo").await.unwrap().unwrap();
+        let romeo = sqlite(&old).export_user("romeo", 1 << 20).await.unwrap().unwrap();
+        assert_eq!(romeo.len(), 1);
+        let romeo = romeo[0].clone();
         let forged = romeo.clone().with_child(
             Element::new("table", LINK_NS).with_attr("name", "sqlite_master"),
         );
-        assert!(sqlite(&new).import_user(&forged).await.is_err());
+        assert!(sqlite(&new).import_user(&[forged]).await.is_err());
         let wide = romeo.clone().with_child(
             Element::new("table", LINK_NS)
                 .with_attr("name", "vcards")
@@ -394,7 +498,7 @@ mod tests {
                         .with_child(Element::new("s", LINK_NS)),
                 ),
         );
-        assert!(sqlite(&new).import_user(&wide).await.is_err());
+        assert!(sqlite(&new).import_user(&[wide]).await.is_err());
         assert!(new.credentials("romeo", ScramHash::Sha256).await.unwrap().is_none());
         old.close().await;
         new.close().await;

@@ -50,12 +50,17 @@ pub async fn deliver_or_store(
 async fn store(slave: &Slave, user: &str, msg: Element) -> Option<Element> {
     // No enumeration through offline storage either: an unknown user is service-unavailable,
     // as for a user who is merely offline with storage full.
-    let exists = match slave.store.exists(user).await {
+    let mut exists = match slave.store.exists(user).await {
         // LDAP bind mode: only a login shows that the account exists.
         Ok(Existence::Unknown) => slave.im.is_known(user).await,
         Ok(e) => Ok(e == Existence::Yes),
         Err(e) => Err(e),
     };
+    // A user the routing table gave to this slave a moment ago: its data may still be on its
+    // old slave (data on the slaves), and comes when asked.
+    if matches!(exists, Ok(false)) && crate::handover::pull(slave, user).await {
+        exists = Ok(true);
+    }
     match exists {
         Ok(true) => {}
         Ok(false) => {

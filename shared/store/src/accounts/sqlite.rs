@@ -195,7 +195,7 @@ impl SqliteStore {
         user_touched(done.rows_affected(), username)
     }
 
-    pub(crate) async fn list_users(&self) -> Result<Vec<String>, StoreError> {
+    pub async fn list_users(&self) -> Result<Vec<String>, StoreError> {
         // BINARY collation: byte order of the UTF-8, the same order as Rust's `str`.
         sqlx::query_scalar("SELECT username FROM accounts ORDER BY username")
             .fetch_all(&self.pool)

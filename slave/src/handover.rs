@@ -1,0 +1,374 @@
+//! Data follows its user (issue 13; docs/rebalancing.md, "Data follows its user"). On a farm
+//! whose data lives on the slaves (one SQLite file each), a user the routing table gives to
+//! another slave takes its account, roster, pending requests, offline messages, vCard and
+//! last activity along, over the farm link:
+//!
+//! - **push**: the old owner's mover hands each such user over at `[rebalance]
+//!   users_per_second` ([`hand_over`]): its sessions here are closed first (with
+//!   `<see-other-host/>` to the new owner), then its rows go as `<user-data part parts/>`
+//!   frames, and the new owner imports them in one transaction and answers
+//!   `<user-data-taken/>`; only then does the old owner delete them.
+//! - **pull**: a login or a message for a user the new owner does not have yet makes it ask
+//!   the other slaves (`<user-data-wanted/>`) and wait for the data ([`pull`]); the one that
+//!   has the user hands it over at once, the others answer `<user-data-none/>`.
+//!
+//! At every moment one node serves the user: the old owner never serves a user its table
+//! gives away (it redirects), and the new owner serves it once the rows are in. A node that
+//! dies between import and delete leaves the rows on both sides: the old owner hands them over
+//! again when it comes back, the new owner says it has them already (the first copy wins), and
+//! the old copy goes.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use jabberfarm_net::farm::LINK_NS;
+use jabberfarm_proto::xml::{Element, StreamError};
+use jabberfarm_store::Existence;
+use jabberfarm_store::moving::Imported;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::Slave;
+
+/// How long a pull waits for the data (the old owner may first wait for the user's sessions
+/// to close there).
+const PULL_WAIT: Duration = Duration::from_secs(10);
+/// How long the old owner waits for `<user-data-taken/>` before it tries again later.
+const ACK_WAIT: Duration = Duration::from_secs(30);
+/// How long the old owner waits for a moved user's sessions to close before it copies.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// A name nobody had is not asked for again for this long (messages to names that do not
+/// exist would otherwise ask every slave each time).
+const NOBODY_TTL: Duration = Duration::from_secs(30);
+/// Names remembered as nobody's, at most.
+const NOBODY_MAX: usize = 10_000;
+/// Users whose parts are arriving at once, at most; and the bytes of one user's parts.
+const INCOMING_MAX: usize = 64;
+const INCOMING_BYTES: usize = 256 << 20;
+/// Frames waiting for the hand-over worker.
+const QUEUE: usize = 1024;
+
+/// The hand-over state of a slave.
+pub struct Handover {
+    queue: mpsc::Sender<(String, Element)>,
+    rx: Mutex<Option<mpsc::Receiver<(String, Element)>>>,
+    /// Pulls waiting for a user's data.
+    pulls: Mutex<HashMap<String, Pull>>,
+    /// Hand-overs waiting for the new owner's `<user-data-taken/>`.
+    acks: Mutex<HashMap<String, oneshot::Sender<()>>>,
+    /// Parts arriving, by user.
+    incoming: Mutex<HashMap<String, Incoming>>,
+    /// Names no slave had, and when.
+    nobody: Mutex<HashMap<String, Instant>>,
+}
+
+struct Pull {
+    waiters: Vec<oneshot::Sender<bool>>,
+    /// Slaves asked that have not answered yet.
+    outstanding: usize,
+}
+
+struct Incoming {
+    from: String,
+    parts: Vec<Element>,
+    bytes: usize,
+}
+
+impl Default for Handover {
+    fn default() -> Self {
+        let (queue, rx) = mpsc::channel(QUEUE);
+        Handover {
+            queue,
+            rx: Mutex::new(Some(rx)),
+            pulls: Mutex::default(),
+            acks: Mutex::default(),
+            incoming: Mutex::default(),
+            nobody: Mutex::default(),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether a farm-link element is the hand-over's.
+pub fn is_handover(el: &Element) -> bool {
+    el.ns == LINK_NS
+        && matches!(
+            &*el.name,
+            "user-data" | "user-data-taken" | "user-data-wanted" | "user-data-none"
+        )
+}
+
+impl Handover {
+    /// A frame from `from` for the worker; dropped (the sender tries again) when it is full.
+    pub fn take(&self, from: String, el: Element) {
+        if self.queue.try_send((from, el)).is_err() {
+            warn!("hand-over queue full: a frame dropped (it is sent again)");
+        }
+    }
+}
+
+/// Handles hand-over frames in order (the parts of a user arrive in order), until the slave
+/// stops. What waits on other nodes (an export, which may wait for sessions to close) runs on
+/// its own task.
+pub async fn run(slave: std::sync::Arc<Slave>) {
+    let Some(mut rx) = lock(&slave.handover.rx).take() else {
+        return;
+    };
+    loop {
+        let next = tokio::select! {
+            n = rx.recv() => n,
+            _ = slave.shutdown.cancelled() => None,
+        };
+        let Some((from, el)) = next else { return };
+        let Some(user) = el.attr("user").map(str::to_owned) else {
+            continue;
+        };
+        match &*el.name {
+            "user-data" => on_part(&slave, &from, &user, el).await,
+            "user-data-taken" => on_taken(&slave, &from, &user).await,
+            "user-data-none" => on_none(&slave, &user),
+            "user-data-wanted" => {
+                let s = slave.clone();
+                slave
+                    .tasks
+                    .spawn(async move { on_wanted(&s, &from, &user).await });
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The sqlite file, when the data lives on the slaves.
+fn db(slave: &Slave) -> Option<&jabberfarm_store::accounts::SqliteStore> {
+    slave.store.sqlite()
+}
+
+fn answer(name: &'static str, user: &str) -> Element {
+    Element::new(name, LINK_NS).with_attr("user", user)
+}
+
+/// The new owner: one part of a user's data; the last one imports them all.
+async fn on_part(slave: &Slave, from: &str, user: &str, part: Element) {
+    let Some(db) = db(slave) else { return };
+    let n: usize = part.attr("parts").and_then(|n| n.parse().ok()).unwrap_or(0);
+    let i: usize = part.attr("part").and_then(|n| n.parse().ok()).unwrap_or(usize::MAX);
+    let parts = {
+        let mut incoming = lock(&slave.handover.incoming);
+        if i == 0 {
+            if incoming.len() >= INCOMING_MAX && !incoming.contains_key(user) {
+                warn!(user, "too many users arriving at once: {user}'s data is sent again later");
+                return;
+            }
+            incoming.insert(
+                user.to_owned(),
+                Incoming {
+                    from: from.to_owned(),
+                    parts: Vec::with_capacity(n.min(1024)),
+                    bytes: 0,
+                },
+            );
+        }
+        let Some(inc) = incoming.get_mut(user).filter(|inc| inc.from == from) else {
+            return;
+        };
+        inc.bytes += part.weight();
+        if inc.bytes > INCOMING_BYTES {
+            warn!(user, "{user}'s data is over {} MiB: refused", INCOMING_BYTES >> 20);
+            incoming.remove(user);
+            return;
+        }
+        inc.parts.push(part);
+        if inc.parts.len() < n {
+            return;
+        }
+        incoming.remove(user).map(|inc| inc.parts).unwrap_or_default()
+    };
+    let topology = slave.sessions.topology.load_full();
+    if topology.owner(user) != slave.sessions.node {
+        // A stale hand-over (the table changed again): the sender keeps the user.
+        warn!(user, "{from} handed over {user}, whom the table gives to {}: not taken", topology.owner(user));
+        return;
+    }
+    match db.import_user(&parts).await {
+        Ok(done) => {
+            match done {
+                Imported::Written(rows) => {
+                    debug!(user, "{user} arrived from {from} with {rows} row(s)");
+                }
+                Imported::AlreadyHere => debug!(user, "{user} from {from}: here already"),
+            }
+            resolve_pull(slave, user, true);
+            let _ = slave.links.send(from, &answer("user-data-taken", user)).await;
+        }
+        Err(e) => warn!(user, "{user}'s data from {from} not taken: {e}"),
+    }
+}
+
+/// The old owner: the new one has the user's rows; ours go.
+async fn on_taken(slave: &Slave, from: &str, user: &str) {
+    let Some(db) = db(slave) else { return };
+    let topology = slave.sessions.topology.load_full();
+    if topology.owner(user) != from {
+        warn!(user, "{from} took {user}, whom the table gives to {}: kept here", topology.owner(user));
+        return;
+    }
+    match db.remove_user(user).await {
+        Ok(()) => {
+            if let Some(done) = lock(&slave.handover.acks).remove(user) {
+                let _ = done.send(());
+            }
+        }
+        Err(e) => warn!(user, "{user} is on {from} now, but its rows here stay: {e}"),
+    }
+}
+
+/// The new owner: one slave asked does not have the user.
+fn on_none(slave: &Slave, user: &str) {
+    let mut pulls = lock(&slave.handover.pulls);
+    if let Some(p) = pulls.get_mut(user) {
+        p.outstanding = p.outstanding.saturating_sub(1);
+        if p.outstanding == 0 {
+            drop(pulls);
+            remember_nobody(slave, user);
+            resolve_pull(slave, user, false);
+        }
+    }
+}
+
+/// The old owner: the new one wants the user now.
+async fn on_wanted(slave: &Slave, from: &str, user: &str) {
+    let has = db(slave).is_some()
+        && matches!(slave.store.exists(user).await, Ok(Existence::Yes));
+    let owner = slave.sessions.topology.load().owner(user).to_owned();
+    if !has || owner != from {
+        let _ = slave.links.send(from, &answer("user-data-none", user)).await;
+        return;
+    }
+    if let Err(e) = hand_over(slave, user, from).await {
+        warn!(user, "{user} not handed to {from}: {e}");
+    }
+}
+
+fn remember_nobody(slave: &Slave, user: &str) {
+    let mut nobody = lock(&slave.handover.nobody);
+    if nobody.len() >= NOBODY_MAX {
+        nobody.retain(|_, at| at.elapsed() < NOBODY_TTL);
+        if nobody.len() >= NOBODY_MAX {
+            nobody.clear();
+        }
+    }
+    nobody.insert(user.to_owned(), Instant::now());
+}
+
+fn resolve_pull(slave: &Slave, user: &str, found: bool) {
+    if let Some(p) = lock(&slave.handover.pulls).remove(user) {
+        for w in p.waiters {
+            let _ = w.send(found);
+        }
+    }
+}
+
+/// The old owner: sends `user` and its rows to `to` (its sessions here closed first) and waits
+/// until `to` has them; the rows here are deleted when it says so.
+pub async fn hand_over(slave: &Slave, user: &str, to: &str) -> Result<(), String> {
+    let db = db(slave).ok_or("no data here to hand over")?;
+    if slave.sessions.is_connected(user) {
+        let topology = slave.sessions.topology.load_full();
+        let node = topology.node(to).ok_or("no such node")?;
+        slave
+            .sessions
+            .close_user(user, &StreamError::see_other_host(node.advertise.clone()));
+        let deadline = Instant::now() + CLOSE_WAIT;
+        while slave.sessions.is_connected(user) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let Some(parts) = db
+        .export_user(user, slave.config.limits.max_stanza)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(()); // gone already
+    };
+    let (tx, rx) = oneshot::channel();
+    lock(&slave.handover.acks).insert(user.to_owned(), tx);
+    for p in &parts {
+        if let Err(e) = slave.links.send(to, p).await {
+            lock(&slave.handover.acks).remove(user);
+            return Err(format!("link to {to}: {e}"));
+        }
+    }
+    match tokio::time::timeout(ACK_WAIT, rx).await {
+        Ok(Ok(())) => Ok(()),
+        _ => {
+            lock(&slave.handover.acks).remove(user);
+            Err(format!("{to} did not say it took the data"))
+        }
+    }
+}
+
+/// The new owner: `user` belongs here but has no account here. If the data lives on the
+/// slaves, ask the others for it and wait until it is here; `true` when it arrived.
+pub async fn pull(slave: &Slave, user: &str) -> bool {
+    if db(slave).is_none() {
+        return false;
+    }
+    let topology = slave.sessions.topology.load_full();
+    if topology.owner(user) != slave.sessions.node {
+        return false;
+    }
+    if lock(&slave.handover.nobody)
+        .get(user)
+        .is_some_and(|at| at.elapsed() < NOBODY_TTL)
+    {
+        return false;
+    }
+    let (tx, rx) = oneshot::channel();
+    let first = {
+        let mut pulls = lock(&slave.handover.pulls);
+        let p = pulls.entry(user.to_owned()).or_insert(Pull {
+            waiters: Vec::new(),
+            outstanding: 0,
+        });
+        p.waiters.push(tx);
+        p.waiters.len() == 1
+    };
+    if first {
+        let mut asked = 0;
+        for n in topology
+            .nodes
+            .iter()
+            .filter(|n| n.role == jabberfarm_config::Role::Slave && n.name != slave.sessions.node)
+        {
+            if slave.links.try_send(&n.name, &answer("user-data-wanted", user)).is_ok() {
+                asked += 1;
+            }
+        }
+        let mut pulls = lock(&slave.handover.pulls);
+        match pulls.get_mut(user) {
+            Some(p) if asked > 0 => p.outstanding += asked,
+            Some(_) => {
+                drop(pulls);
+                resolve_pull(slave, user, false);
+            }
+            None => {}
+        }
+    }
+    let found = match tokio::time::timeout(PULL_WAIT, rx).await {
+        Ok(answer) => answer.unwrap_or(false),
+        Err(_) => {
+            // Nobody answered in time: the next login or message asks again.
+            lock(&slave.handover.pulls).remove(user);
+            warn!(user, "{user}'s data did not arrive in {} s", PULL_WAIT.as_secs());
+            false
+        }
+    };
+    if found {
+        info!(user, "{user}'s data arrived on first use");
+    }
+    found
+}

@@ -115,6 +115,7 @@ fn plan_counts_users_and_their_data_from_the_stores() {
     std::fs::copy(&new, &farm.config).unwrap();
     let (ok, said) = jabberfarm(&farm, &["reload"]);
     assert!(ok, "{said}");
+    farm.wait_log("slave2 runs topology epoch 1", 10);
     let got = alice.wait_closed(10);
     let slave2 = farm.slaves[1].c2s;
     assert!(got.contains(&format!("{slave2}</see-other-host>")), "{got}");
@@ -560,4 +561,59 @@ fn slaves_join_and_leave_while_users_are_online() {
         "<message to='tina@localhost' type='chat' id='j2'><body>moved to slave2</body></message>",
     );
     tina.wait_for("moved to slave2", 5);
+}
+
+/// Data on the slaves (SQLite): the slave that receives users is killed (-9) in the middle of
+/// the move and restarted; the move completes, every user on its new slave with its offline
+/// messages, each message once, and no account left on the old slave.
+#[test]
+fn a_data_move_survives_a_killed_target() {
+    let mut farm = TestFarm::start_processes_edited(2, |text| {
+        text.replace(HASH, OLD_RANGES) + "\n[relay]\nredirect = \"always\"\n"
+    });
+    // a-m on slave1; the new table gives every m-name and alice to slave2, 2 a second.
+    let users: Vec<String> = (0..8).map(|i| format!("m{i}")).collect();
+    for u in &users {
+        farm.add_user(u, "pw");
+    }
+    farm.add_user("nina", "pw");
+    let mut nina = Raw::login(farm.slaves[1].c2s, "nina", "pw", "r");
+    for u in &users {
+        nina.send(&format!(
+            "<message to='{u}@localhost' type='chat'><body>for {u}</body></message>"
+        ));
+    }
+    nina.sync("localhost");
+    drop(nina);
+
+    farm.edit_config(|text| text.replace(OLD_RANGES, NEW_RANGES));
+    let (ok, said) = jabberfarm(&farm, &["reload"]);
+    assert!(ok, "{said}");
+    wait_node_log(&farm, "slave1", "handing 8 user(s) and their data", 1);
+    std::thread::sleep(Duration::from_millis(1200));
+    farm.kill_node("slave2");
+    farm.start_node("slave2");
+    wait_node_log(&farm, "slave2", "topology epoch 1 from master", 1);
+    let slave2 = farm.slaves[1].c2s;
+    for u in &users {
+        let mut c = Raw::login(slave2, u, "pw", "r");
+        c.send("<presence/>");
+        let got = c.wait_for(&format!("for {u}"), 15);
+        c.sync("localhost");
+        let got = got + &c.wait_for("sync", 5);
+        assert_eq!(got.matches(&format!("for {u}<")).count(), 1, "{got}");
+    }
+    // Nothing left behind: a plan of the new table from the files moves nobody.
+    let out = Command::new(BIN)
+        .args(["plan", "--config"])
+        .arg(&farm.config)
+        .arg("--from")
+        .arg(&farm.config)
+        .arg("--data-dir")
+        .arg(farm.data_dir())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("9 accounts: 0 move"), "{text}");
+    assert!(!text.contains("misplaced"), "{text}");
 }

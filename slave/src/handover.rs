@@ -55,8 +55,9 @@ pub struct Handover {
     rx: Mutex<Option<mpsc::Receiver<(String, Element)>>>,
     /// Pulls waiting for a user's data.
     pulls: Mutex<HashMap<String, Pull>>,
-    /// Hand-overs waiting for the new owner's `<user-data-taken/>`.
-    acks: Mutex<HashMap<String, oneshot::Sender<()>>>,
+    /// Hand-overs waiting for the new owner's `<user-data-taken/>` (a push and a pull of the
+    /// same user may both be under way).
+    acks: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
     /// Parts arriving, by user.
     incoming: Mutex<HashMap<String, Incoming>>,
     /// Names no slave had, and when.
@@ -155,12 +156,18 @@ fn answer(name: &'static str, user: &str) -> Element {
 async fn on_part(slave: &Slave, from: &str, user: &str, part: Element) {
     let Some(db) = db(slave) else { return };
     let n: usize = part.attr("parts").and_then(|n| n.parse().ok()).unwrap_or(0);
-    let i: usize = part.attr("part").and_then(|n| n.parse().ok()).unwrap_or(usize::MAX);
+    let i: usize = part
+        .attr("part")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(usize::MAX);
     let parts = {
         let mut incoming = lock(&slave.handover.incoming);
         if i == 0 {
             if incoming.len() >= INCOMING_MAX && !incoming.contains_key(user) {
-                warn!(user, "too many users arriving at once: {user}'s data is sent again later");
+                warn!(
+                    user,
+                    "too many users arriving at once: {user}'s data is sent again later"
+                );
                 return;
             }
             incoming.insert(
@@ -177,7 +184,11 @@ async fn on_part(slave: &Slave, from: &str, user: &str, part: Element) {
         };
         inc.bytes += part.weight();
         if inc.bytes > INCOMING_BYTES {
-            warn!(user, "{user}'s data is over {} MiB: refused", INCOMING_BYTES >> 20);
+            warn!(
+                user,
+                "{user}'s data is over {} MiB: refused",
+                INCOMING_BYTES >> 20
+            );
             incoming.remove(user);
             return;
         }
@@ -185,12 +196,19 @@ async fn on_part(slave: &Slave, from: &str, user: &str, part: Element) {
         if inc.parts.len() < n {
             return;
         }
-        incoming.remove(user).map(|inc| inc.parts).unwrap_or_default()
+        incoming
+            .remove(user)
+            .map(|inc| inc.parts)
+            .unwrap_or_default()
     };
     let topology = slave.sessions.topology.load_full();
     if topology.owner(user) != slave.sessions.node {
         // A stale hand-over (the table changed again): the sender keeps the user.
-        warn!(user, "{from} handed over {user}, whom the table gives to {}: not taken", topology.owner(user));
+        warn!(
+            user,
+            "{from} handed over {user}, whom the table gives to {}: not taken",
+            topology.owner(user)
+        );
         return;
     }
     match db.import_user(&parts).await {
@@ -202,7 +220,10 @@ async fn on_part(slave: &Slave, from: &str, user: &str, part: Element) {
                 Imported::AlreadyHere => debug!(user, "{user} from {from}: here already"),
             }
             resolve_pull(slave, user, true);
-            let _ = slave.links.send(from, &answer("user-data-taken", user)).await;
+            let _ = slave
+                .links
+                .send(from, &answer("user-data-taken", user))
+                .await;
         }
         Err(e) => warn!(user, "{user}'s data from {from} not taken: {e}"),
     }
@@ -213,12 +234,16 @@ async fn on_taken(slave: &Slave, from: &str, user: &str) {
     let Some(db) = db(slave) else { return };
     let topology = slave.sessions.topology.load_full();
     if topology.owner(user) != from {
-        warn!(user, "{from} took {user}, whom the table gives to {}: kept here", topology.owner(user));
+        warn!(
+            user,
+            "{from} took {user}, whom the table gives to {}: kept here",
+            topology.owner(user)
+        );
         return;
     }
     match db.remove_user(user).await {
         Ok(()) => {
-            if let Some(done) = lock(&slave.handover.acks).remove(user) {
+            for done in lock(&slave.handover.acks).remove(user).unwrap_or_default() {
                 let _ = done.send(());
             }
         }
@@ -241,11 +266,13 @@ fn on_none(slave: &Slave, user: &str) {
 
 /// The old owner: the new one wants the user now.
 async fn on_wanted(slave: &Slave, from: &str, user: &str) {
-    let has = db(slave).is_some()
-        && matches!(slave.store.exists(user).await, Ok(Existence::Yes));
+    let has = db(slave).is_some() && matches!(slave.store.exists(user).await, Ok(Existence::Yes));
     let owner = slave.sessions.topology.load().owner(user).to_owned();
     if !has || owner != from {
-        let _ = slave.links.send(from, &answer("user-data-none", user)).await;
+        let _ = slave
+            .links
+            .send(from, &answer("user-data-none", user))
+            .await;
         return;
     }
     if let Err(e) = hand_over(slave, user, from).await {
@@ -295,17 +322,26 @@ pub async fn hand_over(slave: &Slave, user: &str, to: &str) -> Result<(), String
         return Ok(()); // gone already
     };
     let (tx, rx) = oneshot::channel();
-    lock(&slave.handover.acks).insert(user.to_owned(), tx);
+    lock(&slave.handover.acks)
+        .entry(user.to_owned())
+        .or_default()
+        .push(tx);
+    let forget = || {
+        if let Some(waiting) = lock(&slave.handover.acks).get_mut(user) {
+            waiting.retain(|w| !w.is_closed());
+        }
+    };
     for p in &parts {
         if let Err(e) = slave.links.send(to, p).await {
-            lock(&slave.handover.acks).remove(user);
+            drop(rx);
+            forget();
             return Err(format!("link to {to}: {e}"));
         }
     }
     match tokio::time::timeout(ACK_WAIT, rx).await {
         Ok(Ok(())) => Ok(()),
         _ => {
-            lock(&slave.handover.acks).remove(user);
+            forget();
             Err(format!("{to} did not say it took the data"))
         }
     }
@@ -344,7 +380,11 @@ pub async fn pull(slave: &Slave, user: &str) -> bool {
             .iter()
             .filter(|n| n.role == jabberfarm_config::Role::Slave && n.name != slave.sessions.node)
         {
-            if slave.links.try_send(&n.name, &answer("user-data-wanted", user)).is_ok() {
+            if slave
+                .links
+                .try_send(&n.name, &answer("user-data-wanted", user))
+                .is_ok()
+            {
                 asked += 1;
             }
         }
@@ -363,7 +403,11 @@ pub async fn pull(slave: &Slave, user: &str) -> bool {
         Err(_) => {
             // Nobody answered in time: the next login or message asks again.
             lock(&slave.handover.pulls).remove(user);
-            warn!(user, "{user}'s data did not arrive in {} s", PULL_WAIT.as_secs());
+            warn!(
+                user,
+                "{user}'s data did not arrive in {} s",
+                PULL_WAIT.as_secs()
+            );
             false
         }
     };

@@ -9,8 +9,8 @@
 //! (DESIGN.md D1b) arrives on the farm port instead ([`FarmLinks::accept_relays`]) and joins
 //! at [`jabberfarm_net::c2s::negotiate_relayed`].
 
-pub mod im;
 pub mod handover;
+pub mod im;
 pub mod mover;
 pub mod router;
 pub mod server;
@@ -107,7 +107,11 @@ impl c2s::Accounts for Slave {
         })
     }
 
-    fn verify_password<'a>(&'a self, user: &'a str, password: &'a str) -> c2s::AccountsFuture<'a, bool> {
+    fn verify_password<'a>(
+        &'a self,
+        user: &'a str,
+        password: &'a str,
+    ) -> c2s::AccountsFuture<'a, bool> {
         c2s::Accounts::verify_password(&self.store, user, password)
     }
 }

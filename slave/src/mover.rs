@@ -57,9 +57,20 @@ pub async fn run(slave: Arc<Slave>) {
             _ = slave.mover.wake.notified() => {}
             _ = slave.shutdown.cancelled() => return,
         }
+        // Every node takes a change within milliseconds of the others (one frame per link):
+        // moving users only after that sends nobody to a slave that would still send them
+        // back.
+        tokio::select! {
+            _ = tokio::time::sleep(SETTLE) => {}
+            _ = slave.shutdown.cancelled() => return,
+        }
         let epoch = slave.sessions.topology.load().epoch;
         if per_node_data {
-            move_data(&slave, epoch, gap, rate).await;
+            // A removed slave stops once its file has handed every user over.
+            if move_data(&slave, epoch, gap, rate).await && removed(&slave) {
+                stop_when_empty(&slave, epoch).await;
+                return;
+            }
             continue;
         }
         let leaving = slave.sessions.owned_elsewhere();
@@ -109,14 +120,18 @@ pub async fn run(slave: Arc<Slave>) {
 /// Data on the slaves: every user in this slave's file that the table gives to another slave
 /// goes there with its rows ([`handover::hand_over`]: its sessions here closed first), at
 /// most `rate` a second and [`IN_FLIGHT`] at once. Those that fail (a link down, a node that
-/// does not answer) go again when a link comes up, or after [`RETRY`].
-async fn move_data(slave: &Arc<Slave>, epoch: u64, gap: Duration, rate: u32) {
+/// does not answer) go again when a link comes up, or after [`RETRY`]. `true` when no user
+/// here belongs elsewhere any more.
+async fn move_data(slave: &Arc<Slave>, epoch: u64, gap: Duration, rate: u32) -> bool {
     let Some(db) = slave.store.sqlite() else {
-        return;
+        return true;
     };
     let users = match db.list_users().await {
         Ok(u) => u,
-        Err(e) => return warn!("cannot list the users to hand over: {e}"),
+        Err(e) => {
+            warn!("cannot list the users to hand over: {e}");
+            return false;
+        }
     };
     let topology = slave.sessions.topology.load_full();
     let me = slave.sessions.node.clone();
@@ -125,7 +140,7 @@ async fn move_data(slave: &Arc<Slave>, epoch: u64, gap: Duration, rate: u32) {
         .filter(|u| topology.owner(u) != me)
         .collect();
     if leaving.is_empty() {
-        return;
+        return true;
     }
     info!(
         "topology epoch {epoch}: handing {} user(s) and their data to their new slaves, {rate}/s",
@@ -150,7 +165,7 @@ async fn move_data(slave: &Arc<Slave>, epoch: u64, gap: Duration, rate: u32) {
     for user in leaving {
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
-            _ = slave.shutdown.cancelled() => return,
+            _ = slave.shutdown.cancelled() => return false,
         }
         next += gap;
         while running.len() >= IN_FLIGHT {
@@ -191,12 +206,15 @@ async fn move_data(slave: &Arc<Slave>, epoch: u64, gap: Duration, rate: u32) {
             }
         });
     }
+    failed == 0
 }
 
 /// Hand-overs under way at once.
 const IN_FLIGHT: usize = 32;
 /// When hand-overs that failed are tried again (if no link came up before).
-const RETRY: Duration = Duration::from_secs(10);
+const RETRY: Duration = Duration::from_secs(5);
+/// How long after a topology change the moves start.
+const SETTLE: Duration = Duration::from_millis(500);
 
 /// Whether the topology in force has left this slave out (docs/rebalancing.md, "A slave
 /// leaves").

@@ -126,7 +126,9 @@ impl Slave {
             };
             let Some(ev) = ev else { break };
             match ev {
-                LinkEvent::Stanza { stanza, from_node } if crate::handover::is_handover(&stanza) => {
+                LinkEvent::Stanza { stanza, from_node }
+                    if crate::handover::is_handover(&stanza) =>
+                {
                     self.handover.take(from_node, stanza);
                 }
                 LinkEvent::Stanza { mut stanza, .. } => {

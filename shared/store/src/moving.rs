@@ -172,7 +172,9 @@ impl Value {
 
 /// The user an element carries, if it is a `<user-data/>`.
 pub fn user_of(el: &Element) -> Option<&str> {
-    el.is("user-data", LINK_NS).then(|| el.attr("user")).flatten()
+    el.is("user-data", LINK_NS)
+        .then(|| el.attr("user"))
+        .flatten()
 }
 
 impl SqliteStore {
@@ -479,15 +481,24 @@ mod tests {
         );
         assert!(old_im.roster("juliet").await.unwrap().1.is_empty());
         assert!(old_im.peek("juliet", 10).await.unwrap().is_empty());
-        assert!(old.credentials("romeo", ScramHash::Sha256).await.unwrap().is_some());
+        assert!(
+            old.credentials("romeo", ScramHash::Sha256)
+                .await
+                .unwrap()
+                .is_some()
+        );
 
         // Only the known tables and columns: a forged table or row is refused, nothing written.
-        let romeo = sqlite(&old).export_user("romeo", 1 << 20).await.unwrap().unwrap();
+        let romeo = sqlite(&old)
+            .export_user("romeo", 1 << 20)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(romeo.len(), 1);
         let romeo = romeo[0].clone();
-        let forged = romeo.clone().with_child(
-            Element::new("table", LINK_NS).with_attr("name", "sqlite_master"),
-        );
+        let forged = romeo
+            .clone()
+            .with_child(Element::new("table", LINK_NS).with_attr("name", "sqlite_master"));
         assert!(sqlite(&new).import_user(&[forged]).await.is_err());
         let wide = romeo.clone().with_child(
             Element::new("table", LINK_NS)
@@ -499,7 +510,12 @@ mod tests {
                 ),
         );
         assert!(sqlite(&new).import_user(&[wide]).await.is_err());
-        assert!(new.credentials("romeo", ScramHash::Sha256).await.unwrap().is_none());
+        assert!(
+            new.credentials("romeo", ScramHash::Sha256)
+                .await
+                .unwrap()
+                .is_none()
+        );
         old.close().await;
         new.close().await;
     }

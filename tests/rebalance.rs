@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::agents::Agent;
 use common::{BIN, HEADER, Raw, TestFarm, plain_auth};
 
 /// `a-m` on slave1, `n-z` on slave2, the rest on slave1.
@@ -616,4 +617,70 @@ fn a_data_move_survives_a_killed_target() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("9 accounts: 0 move"), "{text}");
     assert!(!text.contains("misplaced"), "{text}");
+}
+
+/// Real clients move with their data (SQLite on each slave, the default; `[relay] redirect =
+/// "auto"`): xmpp.js, which follows redirects, is sent to its new slave with
+/// `<see-other-host/>` and logs in there by itself; slixmpp, which came in through the master's
+/// relay, gets `<reset/>`, reconnects to the master as an application does, and is relayed to
+/// its new slave. Both find their roster there; a user who was offline finds the message kept
+/// for it on its old slave.
+#[test]
+fn real_clients_move_with_their_data() {
+    let mut farm = TestFarm::start_edited(2, |text| text.replace(HASH, OLD_RANGES));
+    for user in ["mia", "max", "mo", "nina"] {
+        farm.add_user(user, "pw");
+    }
+    let (slave2, master) = (farm.slaves[1].c2s, farm.master.c2s);
+    let mut mia = Agent::xmppjs(&farm, "mia", "mia", "pw", "js");
+    let mut max = Agent::slixmpp_at(&farm, "max", "max", "pw", "slix", master, &["--reconnect"]);
+    for a in [&mut mia, &mut max] {
+        a.cmd("roster_add", &[("jid", "nina@localhost"), ("name", "Nina")]);
+    }
+    let mut nina = Raw::login(slave2, "nina", "pw", "r");
+    nina.send("<message to='mo@localhost' type='chat' id='o1'><body>kept for mo</body></message>");
+    nina.sync("localhost");
+
+    farm.edit_config(|text| text.replace(OLD_RANGES, NEW_RANGES));
+    let (ok, said) = jabberfarm(&farm, &["reload"]);
+    assert!(ok, "{said}");
+    let again = mia.expect("mia online again", |e| e.kind() == "reconnected");
+    assert_eq!(
+        again.num("port"),
+        Some(f64::from(slave2.port())),
+        "mia on slave2: {again:?}"
+    );
+    let again = max.expect("max online again", |e| e.kind() == "reconnected");
+    assert_eq!(
+        again.num("port"),
+        Some(f64::from(master.port())),
+        "{again:?}"
+    );
+    for a in [&mut mia, &mut max] {
+        let roster = a.roster();
+        assert_eq!(
+            roster,
+            vec![("nina@localhost".to_owned(), "none".to_owned(), None)],
+            "the roster came along"
+        );
+        a.cmd("presence", &[]);
+    }
+    // Both are served by slave2 now: messages from nina reach them there.
+    for (a, to) in [(&mut mia, "mia"), (&mut max, "max")] {
+        nina.send(&format!(
+            "<message to='{to}@localhost' type='chat'><body>hello {to}</body></message>"
+        ));
+        a.expect("nina's message", |e| {
+            e.kind() == "message" && e.get("body") == Some(&*format!("hello {to}"))
+        });
+    }
+    let (_, status) = jabberfarm(&farm, &["status"]);
+    assert_eq!(row(&status, "slave1")[6], "0", "{status}");
+    assert_eq!(row(&status, "slave2")[6], "3", "{status}");
+    // mo was offline: the message waiting on slave1 waits on slave2 now.
+    let mut mo = Agent::xmppjs(&farm, "mo", "mo", "pw", "js");
+    mo.cmd("presence", &[]);
+    let got = mo.expect("mo's offline message", |e| e.kind() == "message");
+    assert_eq!(got.get("body"), Some("kept for mo"), "{got:?}");
+    assert!(!got.null("delay_stamp"), "delivered from storage: {got:?}");
 }

@@ -2,6 +2,8 @@
 //! directory; the raw-socket XMPP client for exact wire assertions comes from the testkit.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod agents;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -14,7 +14,8 @@
 //
 // (`port` is the remote port of the TCP connection holding the session, `services` every service
 // connected to, in order) and then one JSON object per line for every message, presence and
-// roster push it receives. Commands arrive as JSON lines on stdin, each with an "id", and are
+// roster push it receives; {"event":"reconnected","jid":...,"port":...,"services":...} when the
+// server moved the session (<see-other-host/> after login) and xmpp.js logged in again. Commands arrive as JSON lines on stdin, each with an "id", and are
 // answered in order by {"event":"done","id":ID,"ok":true|false,...}:
 //   roster_get {ver}, roster_add {jid,name}, presence {show,status,priority},
 //   subscribe|subscribed|unsubscribe|unsubscribed {jid}, message {to,body,type}, ping {to},
@@ -92,6 +93,17 @@ xmpp.on("status", (status, arg) => {
   if (status === "disconnect" && online && !closing) emit("closed", { reason: "disconnect" });
 });
 xmpp.on("error", (err) => verbose("error", err?.stack || String(err)));
+// A session moved by the server (a <see-other-host/> after login, which xmpp.js follows by
+// itself): online again, maybe elsewhere.
+xmpp.on("online", (address) => {
+  if (!online) return;
+  const raw = xmpp.socket?.socket;
+  emit("reconnected", {
+    jid: address?.toString() ?? null,
+    port: raw?.remotePort ?? null,
+    services: services.join(" "),
+  });
+});
 if (args.verbose) {
   xmpp.on("send", (el) => verbose("out", el.toString()));
   xmpp.on("element", (el) => verbose("in", el.toString()));

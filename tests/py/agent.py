@@ -25,6 +25,9 @@ anything; every wait is bounded by a 10 s timeout):
      "delay_stamp": ..., "delay_from": ..., "error": condition}
     {"event": "roster_push", "ver": ..., "jid": ..., "subscription": ..., "ask": ..., "name": ...}
     {"event": "closed", "reason": ...}      the connection ended without a `disconnect` command
+    {"event": "reconnected", "jid": ..., "port": PORT}   with --reconnect: logged in again after
+                                       the connection ended (as an application's automatic
+                                       reconnect does), at the same --host/--port
 
 Commands are JSON objects on stdin, one per line, each with an "id"; every command is answered by
 {"event": "done", "id": ID, "ok": true|false, ...} ("error" says what went wrong):
@@ -117,6 +120,8 @@ class Agent(slixmpp.ClientXMPP):
         self.online = asyncio.get_event_loop().create_future()
         self.closing = False
         self.redirected = False
+        # With --reconnect: how to connect again when the server ends the session.
+        self.again = None
         # Every message and presence, whatever slixmpp's own handlers think of it.
         self.register_handler(
             Callback("agent message", MatchXPath(f"{{{NS_CLIENT}}}message"), self.on_message)
@@ -140,6 +145,8 @@ class Agent(slixmpp.ClientXMPP):
     def on_session_start(self, _event):
         if not self.online.done():
             self.online.set_result(str(self.boundjid))
+        elif self.again is not None:
+            emit("reconnected", jid=str(self.boundjid), port=self.again[0][1])
 
     def on_stream_error(self, err):
         emit("stream_error", condition=err["condition"], text=err["text"])
@@ -156,6 +163,9 @@ class Agent(slixmpp.ClientXMPP):
         self.fail(f"disconnected before the session started: {reason}")
         if not self.closing:
             emit("closed", reason=str(reason))
+            if self.again is not None and self.online.done():
+                address, kwargs = self.again
+                self.connect(address, **kwargs)
 
     def on_message(self, msg):
         xml = msg.xml
@@ -283,6 +293,7 @@ async def main():
     parser.add_argument("--resource")
     parser.add_argument("--ca")
     parser.add_argument("--debug", action="store_true")
+    parser.add_argument("--reconnect", action="store_true")
     args = parser.parse_args()
     if args.debug:
         logging.basicConfig(
@@ -296,10 +307,13 @@ async def main():
     agent.use_ipv6 = False
     if args.ca:
         agent.ca_certs = args.ca
-        agent.connect((args.host, args.port), force_starttls=True)
+        how = {"force_starttls": True}
     else:
         agent["feature_mechanisms"].unencrypted_plain = True
-        agent.connect((args.host, args.port), force_starttls=False, disable_starttls=True)
+        how = {"force_starttls": False, "disable_starttls": True}
+    if args.reconnect:
+        agent.again = ((args.host, args.port), how)
+    agent.connect((args.host, args.port), **how)
     try:
         bound = await asyncio.wait_for(agent.online, TIMEOUT)
     except Exception as e:

@@ -6,10 +6,11 @@
 #   bash bench/rebalance.sh [OUT_DIR]   # default OUT_DIR: /tmp/jabberfarm-rebalance/<date-time>
 #
 # From conf/farm.toml (ports 5222-5223, 5322-5323, 5422-5423, 7100-7102 must be free) it writes
-# OUT/old.toml, ranges `a-bench4` on slave1 and `bench5-z` on slave2, and OUT/new.toml, the
-# same with the bench4… names on slave2 (11,111 of 100,000: bench4, bench40…, bench49999),
-# both with [rebalance] users_per_second = RATE. It creates USERS users (bench0…) in the old
-# table's files, gives each one a roster item in a group, an offline message and a vCard
+# OUT/old.toml, ranges `a-m` on slave1 and `n-z` on slave2, and OUT/new.toml, `a-j` and `k-z`:
+# the names that start with k, l or m move (3 of 26 first letters: 11.5 %), both with
+# [rebalance] users_per_second = RATE. It creates USERS users in the old table's files (four
+# letters each, the first one cycling through a-z: aaaa, baaa, …; password "bench") and gives
+# each one a roster item in a group, an offline message and a vCard
 # (sqlite3, straight into the files: the farm's own tables), starts every node as its own
 # process (`jabberfarm run --node`), prints `jabberfarm plan`, reloads with new.toml and waits
 # for slave1 to say it handed everyone over. Then it checks the result with `jabberfarm plan`
@@ -33,24 +34,31 @@ mkdir -p "$out"
 data="$out/data"
 machine_info "$out/machine.txt"
 
-# ranges_config FIRST_ON_SLAVE2 OUT: the demo config in ranges mode, names up to the one before
-# FIRST_ON_SLAVE2 on slave1, the rest on slave2.
+# ranges_config LAST OUT: the demo config in ranges mode, names from a to LAST on slave1, the
+# rest on slave2.
 ranges_config() {
-  local split=$1 out=$2 last
-  last="bench$(( ${split#bench} - 1 ))"
+  local last=$1 out=$2 first
+  first=$(echo "$last" | tr 'a-y' 'b-z')
   demo_config always "$out.tmp"
   sed -e '/^hash_key = /d' \
-      -e "s/^mode = \"hash\"/mode = \"ranges\"\nother = \"slave1\"\n[[routing.ranges]]\nletters = \"a-$last\"\nnode = \"slave1\"\n[[routing.ranges]]\nletters = \"$split-z\"\nnode = \"slave2\"/" \
+      -e "s/^mode = \"hash\"/mode = \"ranges\"\nother = \"slave1\"\n[[routing.ranges]]\nletters = \"a-$last\"\nnode = \"slave1\"\n[[routing.ranges]]\nletters = \"$first-z\"\nnode = \"slave2\"/" \
       "$out.tmp" >"$out"
   rm "$out.tmp"
   printf '\n[rebalance]\nusers_per_second = %s\n' "$rate" >>"$out"
   "$bin/jabberfarm" check --config "$out" >/dev/null
 }
-ranges_config bench5 "$out/old.toml"
-ranges_config bench4 "$out/new.toml"
+ranges_config m "$out/old.toml"
+ranges_config j "$out/new.toml"
 
 echo "== $users users, each with a roster item, an offline message and a vCard"
-CONFIG="$out/old.toml" DATA_DIR="$data" JABBERFARM="$bin/jabberfarm" bash bench/setup-users.sh "$users"
+awk -v n="$users" 'BEGIN {
+  split("abcdefghijklmnopqrstuvwxyz", l, "")
+  for (i = 0; i < n; i++) {
+    s = ""; x = i
+    for (k = 0; k < 4; k++) { s = s l[x % 26 + 1]; x = int(x / 26) }
+    print s ":bench"
+  }
+}' | "$bin/jabberfarm" user import --config "$out/old.toml" --data-dir "$data" - | tail -n 1
 for node in slave1 slave2; do
   sqlite3 "$data/$node.sqlite" <<'SQL'
 BEGIN;
@@ -87,8 +95,9 @@ for node in master slave1 slave2; do
   pid_of[$node]=$!
 done
 for p in 5222 5322 5422; do wait_port "$p"; done
-for _ in $(seq 1 100); do
-  "$bin/jabberfarm" status --config "$out/farm.toml" >/dev/null 2>&1 && break
+# Every node up and linked (the master's row says 2/2) before the change.
+for _ in $(seq 1 200); do
+  "$bin/jabberfarm" status --config "$out/farm.toml" 2>/dev/null | grep -q '^master .* 2/2 ' && break
   sleep 0.1
 done
 

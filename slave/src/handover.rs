@@ -48,11 +48,18 @@ const INCOMING_MAX: usize = 64;
 const INCOMING_BYTES: usize = 256 << 20;
 /// Frames waiting for the hand-over worker.
 const QUEUE: usize = 1024;
+/// Users written in one transaction on arrival, at most.
+const IMPORT_BATCH: usize = 256;
+/// Users whose rows go in one transaction, at most.
+const REMOVE_BATCH: usize = 256;
 
 /// The hand-over state of a slave.
 pub struct Handover {
     queue: mpsc::Sender<(String, Element)>,
     rx: Mutex<Option<mpsc::Receiver<(String, Element)>>>,
+    /// Users the new owner has taken (`from`, user): their rows here go, many at a time.
+    taken: mpsc::Sender<(String, String)>,
+    taken_rx: Mutex<Option<mpsc::Receiver<(String, String)>>>,
     /// Pulls waiting for a user's data.
     pulls: Mutex<HashMap<String, Pull>>,
     /// Hand-overs waiting for the new owner's `<user-data-taken/>` (a push and a pull of the
@@ -79,9 +86,12 @@ struct Incoming {
 impl Default for Handover {
     fn default() -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
+        let (taken, taken_rx) = mpsc::channel(QUEUE);
         Handover {
             queue,
             rx: Mutex::new(Some(rx)),
+            taken,
+            taken_rx: Mutex::new(Some(taken_rx)),
             pulls: Mutex::default(),
             acks: Mutex::default(),
             incoming: Mutex::default(),
@@ -119,27 +129,113 @@ pub async fn run(slave: std::sync::Arc<Slave>) {
     let Some(mut rx) = lock(&slave.handover.rx).take() else {
         return;
     };
+    if let Some(taken) = lock(&slave.handover.taken_rx).take() {
+        slave.tasks.spawn(remove_taken(slave.clone(), taken));
+    }
+    // Users whose parts are all here, imported together: one transaction for all that came
+    // in one go.
+    let mut ready: Vec<(String, Vec<Element>)> = Vec::new();
     loop {
         let next = tokio::select! {
             n = rx.recv() => n,
             _ = slave.shutdown.cancelled() => None,
         };
-        let Some((from, el)) = next else { return };
-        let Some(user) = el.attr("user").map(str::to_owned) else {
+        let Some(mut frame) = next else { return };
+        loop {
+            handle(&slave, frame, &mut ready).await;
+            if ready.len() >= IMPORT_BATCH {
+                break;
+            }
+            match rx.try_recv() {
+                Ok(f) => frame = f,
+                Err(_) => break,
+            }
+        }
+        if !ready.is_empty() {
+            import(&slave, std::mem::take(&mut ready)).await;
+        }
+    }
+}
+
+/// One hand-over frame from `from`; a user whose last part arrived goes to `ready`.
+async fn handle(
+    slave: &std::sync::Arc<Slave>,
+    (from, el): (String, Element),
+    ready: &mut Vec<(String, Vec<Element>)>,
+) {
+    let Some(user) = el.attr("user").map(str::to_owned) else {
+        return;
+    };
+    match &*el.name {
+        "user-data" => {
+            if let Some(parts) = on_part(slave, &from, &user, el) {
+                ready.push((from, parts));
+            }
+        }
+        "user-data-taken" => {
+            let _ = slave.handover.taken.send((from, user)).await;
+        }
+        "user-data-none" => on_none(slave, &user),
+        "user-data-wanted" => {
+            let s = slave.clone();
+            slave
+                .tasks
+                .spawn(async move { on_wanted(&s, &from, &user).await });
+        }
+        _ => {}
+    }
+}
+
+/// The new owner: users whose data arrived whole, written in one transaction; each sender is
+/// told which ones it can forget.
+async fn import(slave: &Slave, ready: Vec<(String, Vec<Element>)>) {
+    let Some(db) = db(slave) else { return };
+    let topology = slave.sessions.topology.load_full();
+    let mut senders: HashMap<String, String> = HashMap::new();
+    let mut batch = Vec::with_capacity(ready.len());
+    for (from, parts) in ready {
+        let Some(user) = parts
+            .first()
+            .and_then(|p| p.attr("user"))
+            .map(str::to_owned)
+        else {
             continue;
         };
-        match &*el.name {
-            "user-data" => on_part(&slave, &from, &user, el).await,
-            "user-data-taken" => on_taken(&slave, &from, &user).await,
-            "user-data-none" => on_none(&slave, &user),
-            "user-data-wanted" => {
-                let s = slave.clone();
-                slave
-                    .tasks
-                    .spawn(async move { on_wanted(&s, &from, &user).await });
-            }
-            _ => {}
+        if topology.owner(&user) != slave.sessions.node {
+            // A stale hand-over (the table changed again): the sender keeps the user.
+            warn!(
+                user,
+                "{from} handed over {user}, whom the table gives to {}: not taken",
+                topology.owner(&user)
+            );
+            continue;
         }
+        senders.insert(user, from);
+        batch.push(parts);
+    }
+    let n = batch.len();
+    match db.import_users(batch).await {
+        Ok(done) => {
+            for (user, result) in done {
+                let from = senders.get(&user).map_or("?", String::as_str);
+                match result {
+                    Ok(Imported::Written(rows)) => {
+                        debug!(user, "{user} arrived from {from} with {rows} row(s)");
+                    }
+                    Ok(Imported::AlreadyHere) => debug!(user, "{user} from {from}: here already"),
+                    Err(e) => {
+                        warn!(user, "{user}'s data from {from} not taken: {e}");
+                        continue;
+                    }
+                }
+                resolve_pull(slave, &user, true);
+                let _ = slave
+                    .links
+                    .send(from, &answer("user-data-taken", &user))
+                    .await;
+            }
+        }
+        Err(e) => warn!("the data of {n} user(s) not taken: {e}"),
     }
 }
 
@@ -152,9 +248,9 @@ fn answer(name: &'static str, user: &str) -> Element {
     Element::new(name, LINK_NS).with_attr("user", user)
 }
 
-/// The new owner: one part of a user's data; the last one imports them all.
-async fn on_part(slave: &Slave, from: &str, user: &str, part: Element) {
-    let Some(db) = db(slave) else { return };
+/// The new owner: one part of a user's data; all of them once the last one is here.
+fn on_part(slave: &Slave, from: &str, user: &str, part: Element) -> Option<Vec<Element>> {
+    db(slave)?;
     let n: usize = part.attr("parts").and_then(|n| n.parse().ok()).unwrap_or(0);
     let i: usize = part
         .attr("part")
@@ -168,7 +264,7 @@ async fn on_part(slave: &Slave, from: &str, user: &str, part: Element) {
                     user,
                     "too many users arriving at once: {user}'s data is sent again later"
                 );
-                return;
+                return None;
             }
             incoming.insert(
                 user.to_owned(),
@@ -179,9 +275,7 @@ async fn on_part(slave: &Slave, from: &str, user: &str, part: Element) {
                 },
             );
         }
-        let Some(inc) = incoming.get_mut(user).filter(|inc| inc.from == from) else {
-            return;
-        };
+        let inc = incoming.get_mut(user).filter(|inc| inc.from == from)?;
         inc.bytes += part.weight();
         if inc.bytes > INCOMING_BYTES {
             warn!(
@@ -190,64 +284,60 @@ async fn on_part(slave: &Slave, from: &str, user: &str, part: Element) {
                 INCOMING_BYTES >> 20
             );
             incoming.remove(user);
-            return;
+            return None;
         }
         inc.parts.push(part);
         if inc.parts.len() < n {
-            return;
+            return None;
         }
-        incoming
-            .remove(user)
-            .map(|inc| inc.parts)
-            .unwrap_or_default()
+        incoming.remove(user).map(|inc| inc.parts)?
     };
-    let topology = slave.sessions.topology.load_full();
-    if topology.owner(user) != slave.sessions.node {
-        // A stale hand-over (the table changed again): the sender keeps the user.
-        warn!(
-            user,
-            "{from} handed over {user}, whom the table gives to {}: not taken",
-            topology.owner(user)
-        );
-        return;
-    }
-    match db.import_user(&parts).await {
-        Ok(done) => {
-            match done {
-                Imported::Written(rows) => {
-                    debug!(user, "{user} arrived from {from} with {rows} row(s)");
-                }
-                Imported::AlreadyHere => debug!(user, "{user} from {from}: here already"),
-            }
-            resolve_pull(slave, user, true);
-            let _ = slave
-                .links
-                .send(from, &answer("user-data-taken", user))
-                .await;
-        }
-        Err(e) => warn!(user, "{user}'s data from {from} not taken: {e}"),
-    }
+    Some(parts)
 }
 
-/// The old owner: the new one has the user's rows; ours go.
-async fn on_taken(slave: &Slave, from: &str, user: &str) {
-    let Some(db) = db(slave) else { return };
-    let topology = slave.sessions.topology.load_full();
-    if topology.owner(user) != from {
-        warn!(
-            user,
-            "{from} took {user}, whom the table gives to {}: kept here",
-            topology.owner(user)
-        );
-        return;
-    }
-    match db.remove_user(user).await {
-        Ok(()) => {
-            for done in lock(&slave.handover.acks).remove(user).unwrap_or_default() {
-                let _ = done.send(());
-            }
+/// The old owner: users the new owners have taken; their rows here go, up to
+/// [`REMOVE_BATCH`] in one transaction, and the hand-overs waiting for them are done.
+async fn remove_taken(slave: std::sync::Arc<Slave>, mut taken: mpsc::Receiver<(String, String)>) {
+    let Some(db) = db(&slave) else { return };
+    let mut batch = Vec::with_capacity(REMOVE_BATCH);
+    loop {
+        let n = tokio::select! {
+            n = taken.recv_many(&mut batch, REMOVE_BATCH) => n,
+            _ = slave.shutdown.cancelled() => 0,
+        };
+        if n == 0 {
+            return;
         }
-        Err(e) => warn!(user, "{user} is on {from} now, but its rows here stay: {e}"),
+        let topology = slave.sessions.topology.load_full();
+        let users: Vec<String> = batch
+            .drain(..)
+            .filter_map(|(from, user)| {
+                if topology.owner(&user) == from {
+                    Some(user)
+                } else {
+                    warn!(
+                        user,
+                        "{from} took {user}, whom the table gives to {}: kept here",
+                        topology.owner(&user)
+                    );
+                    None
+                }
+            })
+            .collect();
+        match db.remove_users(&users).await {
+            Ok(()) => {
+                let mut acks = lock(&slave.handover.acks);
+                for user in &users {
+                    for done in acks.remove(user).unwrap_or_default() {
+                        let _ = done.send(());
+                    }
+                }
+            }
+            Err(e) => warn!(
+                "{} user(s) are on their new slaves, but their rows here stay: {e}",
+                users.len()
+            ),
+        }
     }
 }
 

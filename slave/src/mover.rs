@@ -210,7 +210,7 @@ async fn move_data(slave: &Arc<Slave>, epoch: u64, gap: Duration, rate: u32) -> 
 }
 
 /// Hand-overs under way at once.
-const IN_FLIGHT: usize = 32;
+const IN_FLIGHT: usize = 128;
 /// When hand-overs that failed are tried again (if no link came up before).
 const RETRY: Duration = Duration::from_secs(5);
 /// How long after a topology change the moves start.

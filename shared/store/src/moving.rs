@@ -6,7 +6,7 @@
 //! and writes them as one `<user-data/>` element for the farm link;
 //! [`SqliteStore::import_user`] writes them in one transaction on the new owner (or does
 //! nothing when the account is already there: the first copy wins, a repeated one is a
-//! no-op); [`SqliteStore::remove_user`] deletes them in one transaction on the old owner once
+//! no-op); [`SqliteStore::remove_users`] deletes them in one transaction on the old owner once
 //! the new one has said it has them. So a node that dies anywhere in between leaves the rows
 //! on at least one side, and the move is done again from the start.
 //!
@@ -17,8 +17,6 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use jabberfarm_proto::link::LINK_NS;
 use jabberfarm_proto::xml::Element;
-use sqlx::sqlite::{SqliteArguments, SqliteRow};
-use sqlx::{Arguments as _, Row as _, TypeInfo as _, ValueRef as _};
 
 use crate::accounts::StoreError;
 use crate::accounts::sqlite::SqliteStore;
@@ -89,6 +87,119 @@ const TABLES: &[Table] = &[
     },
 ];
 
+/// One statement that reads every row of a user (`?1`), in [`TABLES`] order and each
+/// table's order: `(table index, JSON array of the columns after username)`, text tagged
+/// `t`, bytes as `x` and hex, numbers and NULL as they are.
+fn export_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let parts: Vec<String> = TABLES
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let cols: Vec<String> = t.columns[1..]
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "CASE typeof({c}) WHEN 'blob' THEN 'x' || hex({c}) \
+                             WHEN 'text' THEN 't' || {c} ELSE {c} END"
+                        )
+                    })
+                    .collect();
+                format!(
+                    "SELECT {i} AS t, row_number() OVER (ORDER BY {}) AS k, json_array({}) AS v \
+                     FROM {} WHERE username = ?1",
+                    t.order,
+                    cols.join(", "),
+                    t.name
+                )
+            })
+            .collect();
+        format!(
+            "SELECT t, v FROM ({}) ORDER BY t, k",
+            parts.join(" UNION ALL ")
+        )
+    })
+}
+
+/// The rows of one user's parts as JSON arrays per table (`[username, values…]`, tagged as
+/// [`export_sql`] tags them), and how many; or the user and why its parts are refused.
+#[allow(clippy::type_complexity)]
+fn rows_of(parts: &[Element]) -> Result<(String, Vec<Vec<String>>, usize), (String, String)> {
+    let user = parts.first().and_then(user_of).unwrap_or("?").to_owned();
+    let refuse = |why: &str| (user.clone(), why.to_owned());
+    for (i, p) in parts.iter().enumerate() {
+        let whole = user_of(p) == Some(&*user)
+            && p.attr("part") == Some(&*i.to_string())
+            && p.attr("parts") == Some(&*parts.len().to_string());
+        if !whole {
+            return Err(refuse("the parts do not make one export"));
+        }
+    }
+    let mut by_table: Vec<Vec<String>> = vec![Vec::new(); TABLES.len()];
+    let mut n = 0;
+    for el in parts.iter().flat_map(Element::children) {
+        let name = el.attr("name").unwrap_or("");
+        let t = TABLES
+            .iter()
+            .position(|t| el.is("table", LINK_NS) && t.name == name)
+            .ok_or_else(|| refuse(&format!("no table {name:?} moves")))?;
+        for row in el.children() {
+            let values: Vec<&Element> = row.children().collect();
+            if values.len() + 1 != TABLES[t].columns.len() {
+                return Err(refuse(&format!("a {name} row of the wrong width")));
+            }
+            let mut json = vec![serde_json::Value::String(format!("t{user}"))];
+            for v in values {
+                json.push(Value::from_element(v).map_err(|e| refuse(&e))?.into_json());
+            }
+            by_table[t].push(serde_json::Value::Array(json).to_string());
+            n += 1;
+        }
+    }
+    if by_table[0].is_empty() {
+        return Err(refuse("no account row"));
+    }
+    Ok((user, by_table, n))
+}
+
+/// One statement that writes the rows of table `t` given as one JSON array (`?1`) of rows,
+/// each row an array of the columns tagged as [`export_sql`] tags them, in array order.
+fn import_sql(t: &Table) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        TABLES
+            .iter()
+            .map(|t| {
+                let values: Vec<String> = (0..t.columns.len())
+                    .map(|i| {
+                        let v = format!("json_extract(value, '$[{i}]')");
+                        format!(
+                            "CASE json_type(value, '$[{i}]') WHEN 'text' THEN \
+                             CASE substr({v}, 1, 1) WHEN 'x' THEN unhex(substr({v}, 2)) \
+                             ELSE substr({v}, 2) END ELSE {v} END"
+                        )
+                    })
+                    .collect();
+                format!(
+                    "INSERT OR REPLACE INTO {} ({}) SELECT {} FROM json_each(?1) ORDER BY key",
+                    t.name,
+                    t.columns.join(", "),
+                    values.join(", ")
+                )
+            })
+            .collect()
+    });
+    let i = TABLES
+        .iter()
+        .position(|x| x.name == t.name)
+        .unwrap_or_default();
+    &all[i]
+}
+
+/// Users per `DELETE … IN (…)` (SQLite takes up to 32,766 parameters).
+const REMOVE_BATCH: usize = 256;
+
 /// What [`SqliteStore::import_user`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Imported {
@@ -108,19 +219,6 @@ enum Value {
 }
 
 impl Value {
-    fn of(row: &SqliteRow, i: usize) -> Result<Value, sqlx::Error> {
-        let raw = row.try_get_raw(i)?;
-        if raw.is_null() {
-            return Ok(Value::Null);
-        }
-        Ok(match raw.type_info().name() {
-            "INTEGER" => Value::Int(row.try_get(i)?),
-            "REAL" => Value::Real(row.try_get(i)?),
-            "BLOB" => Value::Blob(row.try_get(i)?),
-            _ => Value::Text(row.try_get(i)?),
-        })
-    }
-
     fn to_element(&self) -> Element {
         match self {
             Value::Null => Element::new("n", LINK_NS),
@@ -149,6 +247,33 @@ impl Value {
         })
     }
 
+    /// The values of one row as [`export_sql`] writes them: a JSON array whose text values
+    /// start with `t` and whose byte values are `x` and hex.
+    fn from_json(json: &str) -> Result<Vec<Value>, String> {
+        let row: Vec<serde_json::Value> =
+            serde_json::from_str(json).map_err(|e| format!("a row is not JSON: {e}"))?;
+        row.into_iter()
+            .map(|v| match v {
+                serde_json::Value::Null => Ok(Value::Null),
+                serde_json::Value::Number(n) => match n.as_i64() {
+                    Some(i) => Ok(Value::Int(i)),
+                    None => n
+                        .as_f64()
+                        .map(Value::Real)
+                        .ok_or("a number out of range".into()),
+                },
+                serde_json::Value::String(s) => match s.split_at_checked(1) {
+                    Some(("t", text)) => Ok(Value::Text(text.to_owned())),
+                    Some(("x", hex)) => hex::decode(hex)
+                        .map(Value::Blob)
+                        .map_err(|_| "bad hex".to_owned()),
+                    _ => Err(format!("an untagged value {s:?}")),
+                },
+                other => Err(format!("an unexpected value {other}")),
+            })
+            .collect()
+    }
+
     /// About what the value costs in a frame: its base64 and the tags around it.
     fn size(&self) -> usize {
         16 + match self {
@@ -158,15 +283,15 @@ impl Value {
         }
     }
 
-    fn bind(self, args: &mut SqliteArguments) -> Result<(), String> {
-        let r = match self {
-            Value::Null => args.add(None::<i64>),
-            Value::Int(v) => args.add(v),
-            Value::Real(v) => args.add(v),
-            Value::Text(v) => args.add(v),
-            Value::Blob(v) => args.add(v),
-        };
-        r.map_err(|e| e.to_string())
+    /// The value as [`export_sql`] writes it: text tagged `t`, bytes as `x` and hex.
+    fn into_json(self) -> serde_json::Value {
+        match self {
+            Value::Null => serde_json::Value::Null,
+            Value::Int(v) => v.into(),
+            Value::Real(v) => v.into(),
+            Value::Text(v) => format!("t{v}").into(),
+            Value::Blob(v) => format!("x{}", hex::encode(v)).into(),
+        }
     }
 }
 
@@ -178,56 +303,49 @@ pub fn user_of(el: &Element) -> Option<&str> {
 }
 
 impl SqliteStore {
-    /// Every row `user` has here, read in one transaction, as `<user-data user part parts>`
-    /// elements of at most about `budget` bytes each (a row bigger than that gets a part of
-    /// its own); `None` when the user has no account here. Text and bytes travel as base64,
-    /// so a part's size is known before it is written: a row of `n` bytes takes about
-    /// `4n/3`, whatever characters it holds.
+    /// Every row `user` has here, as `<user-data user part parts>` elements of at most about
+    /// `budget` bytes each (a row bigger than that gets a part of its own); `None` when the
+    /// user has no account here. One statement reads every table ([`export_sql`]), so the rows
+    /// are one snapshot. Text and bytes travel as base64, so a part's size is known before it
+    /// is written: a row of `n` bytes takes about `4n/3`, whatever characters it holds.
     pub async fn export_user(
         &self,
         user: &str,
         budget: usize,
     ) -> Result<Option<Vec<Element>>, StoreError> {
         let err = |e: sqlx::Error| self.db_error(&format!("exporting {user:?}"), e);
-        let mut tx = self.pool().begin().await.map_err(err)?;
+        let rows: Vec<(i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(export_sql()))
+            .bind(user)
+            .fetch_all(self.pool())
+            .await
+            .map_err(err)?;
+        if rows.first().is_none_or(|(t, _)| *t != 0) {
+            return Ok(None); // no account row
+        }
         let mut parts: Vec<Vec<(&'static str, Element)>> = vec![Vec::new()];
         let mut used = 0;
-        for t in TABLES {
-            let sql = format!(
-                "SELECT {} FROM {} WHERE username = ? ORDER BY {}",
-                t.columns.join(", "),
-                t.name,
-                t.order
-            );
-            // Names from `TABLES` only.
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                .bind(user)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(err)?;
-            if t.name == "accounts" && rows.is_empty() {
-                return Ok(None);
+        for (t, json) in rows {
+            let table = usize::try_from(t)
+                .ok()
+                .and_then(|t| TABLES.get(t))
+                .ok_or_else(|| self.refused(user, "a row of no table"))?;
+            let values = Value::from_json(&json).map_err(|e| self.refused(user, &e))?;
+            // The username is the element's: not repeated per row.
+            let mut r = Element::new("row", LINK_NS);
+            let mut size = 32;
+            for v in values {
+                size += v.size();
+                r = r.with_child(v.to_element());
             }
-            for row in &rows {
-                // The username is the element's: not repeated per row.
-                let mut r = Element::new("row", LINK_NS);
-                let mut size = 32;
-                for i in 1..t.columns.len() {
-                    let v = Value::of(row, i).map_err(err)?;
-                    size += v.size();
-                    r = r.with_child(v.to_element());
-                }
-                if used + size > budget && used > 0 {
-                    parts.push(Vec::new());
-                    used = 0;
-                }
-                used += size;
-                if let Some(p) = parts.last_mut() {
-                    p.push((t.name, r));
-                }
+            if used + size > budget && used > 0 {
+                parts.push(Vec::new());
+                used = 0;
+            }
+            used += size;
+            if let Some(p) = parts.last_mut() {
+                p.push((table.name, r));
             }
         }
-        tx.commit().await.map_err(err)?;
         let n = parts.len();
         Ok(Some(
             parts
@@ -271,82 +389,87 @@ impl SqliteStore {
     /// unless the account is here already. Parts that do not fit the tables, or do not make
     /// one whole export, are refused whole.
     pub async fn import_user(&self, parts: &[Element]) -> Result<Imported, StoreError> {
-        let user = parts
-            .first()
-            .and_then(user_of)
-            .ok_or_else(|| self.refused("?", "not a <user-data/>"))?;
-        for (i, p) in parts.iter().enumerate() {
-            let whole = user_of(p) == Some(user)
-                && p.attr("part") == Some(&*i.to_string())
-                && p.attr("parts") == Some(&*parts.len().to_string());
-            if !whole {
-                return Err(self.refused(user, "the parts do not make one export"));
-            }
+        let user = parts.first().and_then(user_of).unwrap_or("?").to_owned();
+        let mut done = self.import_users(vec![parts.to_vec()]).await?;
+        match done.pop() {
+            Some((_, Ok(imported))) => Ok(imported),
+            Some((_, Err(why))) => Err(self.refused(&user, &why)),
+            None => Err(self.refused(&user, "nothing imported")),
         }
-        let err = |e: sqlx::Error| self.db_error(&format!("importing {user:?}"), e);
-        let mut tx = self.pool().begin().await.map_err(err)?;
-        let here: Option<i64> = sqlx::query_scalar("SELECT 1 FROM accounts WHERE username = ?")
-            .bind(user)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(err)?;
-        if here.is_some() {
-            return Ok(Imported::AlreadyHere);
-        }
-        let mut written = 0;
-        let mut has_account = false;
-        for el in parts.iter().flat_map(Element::children) {
-            let name = el.attr("name").unwrap_or("");
-            let t = TABLES
-                .iter()
-                .find(|t| el.is("table", LINK_NS) && t.name == name)
-                .ok_or_else(|| self.refused(user, &format!("no table {name:?} moves")))?;
-            has_account |= t.name == "accounts";
-            let sql = format!(
-                "INSERT OR REPLACE INTO {} ({}) VALUES ({})",
-                t.name,
-                t.columns.join(", "),
-                vec!["?"; t.columns.len()].join(", ")
-            );
-            for row in el.children() {
-                let values: Vec<&Element> = row.children().collect();
-                if values.len() + 1 != t.columns.len() {
-                    return Err(self.refused(user, &format!("a {name} row of the wrong width")));
-                }
-                let mut args = SqliteArguments::default();
-                let fill = |args: &mut SqliteArguments| -> Result<(), String> {
-                    args.add(user).map_err(|e| e.to_string())?;
-                    for v in &values {
-                        Value::from_element(v)?.bind(args)?;
-                    }
-                    Ok(())
-                };
-                fill(&mut args).map_err(|e| self.refused(user, &e))?;
-                sqlx::query_with(sqlx::AssertSqlSafe(sql.as_str()), args)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(err)?;
-                written += 1;
-            }
-        }
-        if !has_account {
-            return Err(self.refused(user, "no account row"));
-        }
-        tx.commit().await.map_err(err)?;
-        Ok(Imported::Written(written))
     }
 
-    /// Deletes every row of `user` in one transaction (its data lives on another node now).
-    pub async fn remove_user(&self, user: &str) -> Result<(), StoreError> {
-        let err = |e: sqlx::Error| self.db_error(&format!("removing {user:?}"), e);
+    /// [`Self::import_user`] for many users in one transaction, one statement per table
+    /// (the rows go in as one JSON array, [`import_sql`]): what happened to each user, by
+    /// name. A user whose parts are refused is left out, the others are written.
+    pub async fn import_users(
+        &self,
+        users: Vec<Vec<Element>>,
+    ) -> Result<Vec<(String, Result<Imported, String>)>, StoreError> {
+        let mut out = Vec::with_capacity(users.len());
+        // Per table, the JSON rows of every user to write.
+        let mut rows: Vec<Vec<String>> = vec![Vec::new(); TABLES.len()];
+        let mut candidates: Vec<(String, Vec<Vec<String>>, usize)> = Vec::new();
+        for parts in users {
+            match rows_of(&parts) {
+                Ok((user, by_table, n)) => candidates.push((user, by_table, n)),
+                Err((user, why)) => out.push((user, Err(why))),
+            }
+        }
+        let names: Vec<String> = candidates.iter().map(|(u, _, _)| u.clone()).collect();
+        let err = |e: sqlx::Error| self.db_error(&format!("importing {} user(s)", names.len()), e);
         let mut tx = self.pool().begin().await.map_err(err)?;
-        for t in TABLES.iter().rev() {
-            let sql = format!("DELETE FROM {} WHERE username = ?", t.name);
-            sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                .bind(user)
+        let mut here = std::collections::HashSet::new();
+        for chunk in names.chunks(REMOVE_BATCH) {
+            let sql = format!(
+                "SELECT username FROM accounts WHERE username IN ({})",
+                vec!["?"; chunk.len()].join(", ")
+            );
+            let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql.as_str()));
+            for u in chunk {
+                q = q.bind(u);
+            }
+            here.extend(q.fetch_all(&mut *tx).await.map_err(err)?);
+        }
+        for (user, by_table, n) in candidates {
+            if here.contains(&user) {
+                out.push((user, Ok(Imported::AlreadyHere)));
+                continue;
+            }
+            for (t, r) in by_table.into_iter().enumerate() {
+                rows[t].extend(r);
+            }
+            here.insert(user.clone());
+            out.push((user, Ok(Imported::Written(n))));
+        }
+        for (t, r) in TABLES.iter().zip(rows) {
+            if r.is_empty() {
+                continue;
+            }
+            let json = format!("[{}]", r.join(","));
+            sqlx::query(sqlx::AssertSqlSafe(import_sql(t)))
+                .bind(json)
                 .execute(&mut *tx)
                 .await
                 .map_err(err)?;
+        }
+        tx.commit().await.map_err(err)?;
+        Ok(out)
+    }
+
+    /// Deletes every row of `users` in one transaction (their data lives on other nodes now).
+    pub async fn remove_users(&self, users: &[String]) -> Result<(), StoreError> {
+        let err = |e: sqlx::Error| self.db_error(&format!("removing {} user(s)", users.len()), e);
+        let mut tx = self.pool().begin().await.map_err(err)?;
+        for chunk in users.chunks(REMOVE_BATCH) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            for t in TABLES.iter().rev() {
+                let sql = format!("DELETE FROM {} WHERE username IN ({marks})", t.name);
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+                for u in chunk {
+                    q = q.bind(u);
+                }
+                q.execute(&mut *tx).await.map_err(err)?;
+            }
         }
         tx.commit().await.map_err(err)
     }
@@ -471,7 +594,10 @@ mod tests {
             old_im.vcard("juliet").await.unwrap()
         );
 
-        sqlite(&old).remove_user("juliet").await.unwrap();
+        sqlite(&old)
+            .remove_users(&["juliet".to_owned()])
+            .await
+            .unwrap();
         assert!(
             sqlite(&old)
                 .export_user("juliet", 1 << 20)

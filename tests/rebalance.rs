@@ -62,6 +62,10 @@ fn plan_counts_users_and_their_data_from_the_stores() {
         ));
     }
     alice.sync("localhost");
+    // zoe (slave2) asks to see alice's presence: a request waiting for alice's answer.
+    let mut zoe = Raw::login(farm.slaves[1].c2s, "zoe", "pw", "r");
+    zoe.send("<presence to='alice@localhost' type='subscribe'/>");
+    zoe.sync("alice@localhost");
 
     let new = farm.config.with_file_name("new.toml");
     let text = std::fs::read_to_string(&farm.config).unwrap();
@@ -91,8 +95,8 @@ fn plan_counts_users_and_their_data_from_the_stores() {
         "{text}"
     );
     assert!(text.contains("data lives on the slaves"), "{text}");
-    // alice, max and mike go from slave1 to slave2 with their roster item, vCard and the two
-    // offline messages.
+    // alice, max and mike go from slave1 to slave2 with their roster item, zoe's request, the
+    // vCard and the two offline messages.
     let row = text
         .lines()
         .find(|l| l.starts_with("slave1 "))
@@ -100,7 +104,7 @@ fn plan_counts_users_and_their_data_from_the_stores() {
     let cells: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(
         cells[..8],
-        ["slave1", "slave2", "3", "-", "1", "0", "2", "1"],
+        ["slave1", "slave2", "3", "-", "1", "1", "2", "1"],
         "{text}"
     );
     assert!(text.contains("stay: slave1 1, slave2 2"), "{text}");
@@ -130,6 +134,9 @@ fn plan_counts_users_and_their_data_from_the_stores() {
     alice.send("<iq type='get' id='v2'><vCard xmlns='vcard-temp'/></iq>");
     let vcard = alice.wait_for("id='v2'", 5);
     assert!(vcard.contains("<FN>Alice</FN>"), "{vcard}");
+    // zoe's request is still waiting for an answer: it comes again at alice's presence.
+    alice.send("<presence/>");
+    alice.wait_for("<presence from='zoe@localhost' to='alice@localhost' type='subscribe'/>", 5);
     let mut mike = Raw::login(slave2, "mike", "pw", "r");
     mike.send("<presence/>");
     let got = mike.wait_for("later", 5);

@@ -77,7 +77,7 @@ SQL
 done
 
 echo "== the plan"
-"$bin/jabberfarm" plan --config "$out/new.toml" --from "$out/old.toml" --data-dir "$data" | tee "$out/plan.txt"
+"$bin/jabberfarm" plan --offline --config "$out/new.toml" --from "$out/old.toml" --data-dir "$data" | tee "$out/plan.txt"
 
 cp "$out/old.toml" "$out/farm.toml"
 pids=()
@@ -133,7 +133,7 @@ grep -h 'not handed over yet\|hand-over:' "$out"/slave*.log | head -5 || true
 
 echo "== the files afterwards: nothing left to move, nothing misplaced"
 cleanup
-"$bin/jabberfarm" plan --config "$out/new.toml" --from "$out/new.toml" --data-dir "$data" \
+"$bin/jabberfarm" plan --offline --config "$out/new.toml" --from "$out/new.toml" --data-dir "$data" \
   | tee "$out/after.txt" | head -4
 if grep -q misplaced "$out/after.txt" || ! grep -q ' 0 move' "$out/after.txt"; then
   echo "the move left users behind" >&2

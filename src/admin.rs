@@ -18,7 +18,7 @@ const STATUS_WAIT: Duration = Duration::from_secs(5);
 const RELOAD_WAIT: Duration = Duration::from_secs(30);
 
 /// The client side of farm-link TLS, when the links use it.
-fn link_client(cfg: &FarmConfig) -> Result<Option<Arc<rustls::ClientConfig>>> {
+pub(crate) fn link_client(cfg: &FarmConfig) -> Result<Option<Arc<rustls::ClientConfig>>> {
     if !cfg.farm.tls {
         return Ok(None);
     }

@@ -90,6 +90,9 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Do not ask the running farm how many of the users who move are online now.
+        #[arg(long)]
+        offline: bool,
     },
     /// Ask the master to read its config file again and apply it live (as SIGHUP does):
     /// prints the new epoch, or every reason it refused (exit status 1).
@@ -238,10 +241,14 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
             from,
             data_dir,
             json,
+            offline,
         } => {
             let old = load(&from, data_dir.as_deref())?;
             let new = load(&config, data_dir.as_deref())?;
-            let plan = plan::plan(&old, &new).await?;
+            let mut plan = plan::plan(&old, &new).await?;
+            if !offline {
+                plan::count_online(&mut plan, &old, &new).await?;
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&plan)?);
             } else {

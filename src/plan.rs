@@ -12,6 +12,9 @@ use jabberfarm_config::{FarmConfig, StorageBackend, live_change_refusals};
 use jabberfarm_store::im::{Holding, ImStore};
 use serde::Serialize;
 
+use jabberfarm_net::farm::{LINK_NS, admin_request};
+use jabberfarm_proto::xml::Element;
+
 use crate::open_store;
 
 /// Everything `plan` found, as printed (text) or serialised (`--json`).
@@ -39,6 +42,10 @@ pub struct Plan {
     pub seconds: f64,
     /// What a running farm would refuse to take from the new config, and why.
     pub refused: Vec<String>,
+    /// The slaves that counted their online users for the `online` column, and the ones
+    /// that did not answer (with why): empty both for a plan that did not ask (`--offline`).
+    pub online_from: Vec<String>,
+    pub online_missing: Vec<String>,
 }
 
 /// The users that go from one node to another, and what they take along.
@@ -80,6 +87,8 @@ pub async fn plan(from: &FarmConfig, to: &FarmConfig) -> Result<Plan> {
         users_per_second: to.rebalance.users_per_second,
         seconds: 0.0,
         refused: live_change_refusals(from, to),
+        online_from: Vec::new(),
+        online_missing: Vec::new(),
     };
     let mut moves: BTreeMap<(String, String), Move> = BTreeMap::new();
     // Per-node files: each slave's own; central: one store, read once.
@@ -137,6 +146,42 @@ pub async fn plan(from: &FarmConfig, to: &FarmConfig) -> Result<Plan> {
     plan.seconds = busiest as f64 / f64::from(plan.users_per_second.max(1));
     Ok(plan)
 }
+
+/// Asks every slave of the running farm (`from`, the config it runs) how many of its users
+/// online now `to` would move, and where: the `online` column. A slave that does not answer
+/// leaves its moves at `-`, named in [`Plan::online_missing`].
+pub async fn count_online(plan: &mut Plan, from: &FarmConfig, to: &FarmConfig) -> Result<()> {
+    let client = crate::admin::link_client(from)?;
+    let request = Element::new("online-moves", LINK_NS)
+        .with_child(jabberfarm_config::Topology::of(to).to_element());
+    for slave in from.slaves() {
+        let answer = admin_request(from, &slave.name, client.as_ref(), &request, ONLINE_WAIT)
+            .await
+            .and_then(|a| match a.attr("error") {
+                Some(e) => Err(e.to_owned()),
+                None if a.is("online-moves", LINK_NS) => Ok(a),
+                None => Err(format!("answered <{}/>", a.name)),
+            });
+        match answer {
+            Ok(a) => {
+                for m in plan.moves.iter_mut().filter(|m| m.from == slave.name) {
+                    let n = a
+                        .children()
+                        .find(|c| c.attr("to") == Some(&m.to))
+                        .and_then(|c| c.attr("users")?.parse().ok())
+                        .unwrap_or(0);
+                    m.online = Some(n);
+                }
+                plan.online_from.push(slave.name.clone());
+            }
+            Err(e) => plan.online_missing.push(format!("{} ({e})", slave.name)),
+        }
+    }
+    Ok(())
+}
+
+/// How long a slave has to count its online users.
+const ONLINE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The users `node`'s store holds, sorted, and what each keeps when data is per node.
 async fn read_users(
@@ -243,7 +288,17 @@ pub fn print(plan: &Plan, from: &Path, to: &Path) {
         plan.users_per_second,
         plan.seconds.ceil()
     );
-    println!("online now: not counted by a plan from files (`-`)");
+    match (plan.online_from.is_empty(), plan.online_missing.is_empty()) {
+        (true, true) => println!("online now: not asked (--offline)"),
+        (false, true) => println!(
+            "online now: counted by the running farm ({})",
+            plan.online_from.join(", ")
+        ),
+        (_, false) => println!(
+            "online now: not counted where `-`: {} did not answer",
+            plan.online_missing.join("; ")
+        ),
+    }
     for r in &plan.refused {
         println!("refused live: {r}");
     }

@@ -104,7 +104,7 @@ fn plan_counts_users_and_their_data_from_the_stores() {
     let cells: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(
         cells[..8],
-        ["slave1", "slave2", "3", "-", "1", "1", "2", "1"],
+        ["slave1", "slave2", "3", "1", "1", "1", "2", "1"],
         "{text}"
     );
     assert!(text.contains("stay: slave1 1, slave2 2"), "{text}");
@@ -115,7 +115,17 @@ fn plan_counts_users_and_their_data_from_the_stores() {
     let json = run(&["--json"]);
     assert!(json.contains("\"users\": 6"), "{json}");
     assert!(json.contains("\"offline_messages\": 2"), "{json}");
-    assert!(json.contains("\"online\": null"), "{json}");
+    // alice is online: the running farm counts her.
+    assert!(json.contains("\"online\": 1"), "{json}");
+    assert!(
+        text.contains("online now: counted by the running farm (slave1, slave2)"),
+        "{text}"
+    );
+    let offline = run(&["--offline"]);
+    assert!(
+        offline.contains("online now: not asked (--offline)"),
+        "{offline}"
+    );
     assert!(json.contains("\"refused\": []"), "{json}");
 
     // The running farm takes it, and the users go with their data: alice, online, is sent to
@@ -136,7 +146,10 @@ fn plan_counts_users_and_their_data_from_the_stores() {
     assert!(vcard.contains("<FN>Alice</FN>"), "{vcard}");
     // zoe's request is still waiting for an answer: it comes again at alice's presence.
     alice.send("<presence/>");
-    alice.wait_for("<presence from='zoe@localhost' to='alice@localhost' type='subscribe'/>", 5);
+    alice.wait_for(
+        "<presence from='zoe@localhost' to='alice@localhost' type='subscribe'/>",
+        5,
+    );
     let mut mike = Raw::login(slave2, "mike", "pw", "r");
     mike.send("<presence/>");
     let got = mike.wait_for("later", 5);

@@ -138,6 +138,32 @@ impl LoginPolicy for Slave {
     }
 }
 
+/// `jabberfarm plan`'s question: how many users online here the topology in `request` would
+/// move, by node: `<online-moves><move to users/>…</online-moves>`, or `<online-moves
+/// error/>` for a topology that does not read.
+fn online_moves(slave: &Slave, request: &Element) -> Element {
+    let answer = Element::new("online-moves", LINK_NS);
+    let table = request
+        .children()
+        .next()
+        .ok_or_else(|| "no topology".to_owned())
+        .and_then(jabberfarm_config::Topology::from_element);
+    match table {
+        Ok(t) => slave
+            .sessions
+            .moved_by(&t)
+            .into_iter()
+            .fold(answer, |a, (to, n)| {
+                a.with_child(
+                    Element::new("move", LINK_NS)
+                        .with_attr("to", to)
+                        .with_attr("users", n.to_string()),
+                )
+            }),
+        Err(e) => answer.with_attr("error", e),
+    }
+}
+
 /// Run the slave node `node` until `shutdown` is cancelled.
 pub async fn run(
     cfg: Arc<FarmConfig>,
@@ -194,6 +220,9 @@ pub async fn run(
     rt.links.answer_admin(Arc::new(move |request, status| {
         let slave = s6.clone();
         Box::pin(async move {
+            if request.is("online-moves", LINK_NS) {
+                return Some(online_moves(&slave, &request));
+            }
             request.is("status", LINK_NS).then(|| {
                 status
                     .with_attr("users", slave.sessions.user_count().to_string())

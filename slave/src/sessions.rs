@@ -3,7 +3,7 @@
 //! [`Sessions::deliver_local`]). [`Sessions::destination`] says where an address lives (here,
 //! another node, another domain: the table in `docs/routing.md`); [`crate::router`] acts on it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -489,6 +489,20 @@ impl Sessions {
             r.closer.close(e.clone());
         }
         list.len()
+    }
+
+    /// How many of the users with a session here `table` gives to each other node (what a
+    /// change to `table` would move: `jabberfarm plan`'s online count).
+    pub fn moved_by(&self, table: &jabberfarm_config::Topology) -> BTreeMap<String, usize> {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut by_node = BTreeMap::new();
+        for user in sessions.keys() {
+            let owner = table.owner(user);
+            if owner != self.node {
+                *by_node.entry(owner.to_owned()).or_insert(0) += 1;
+            }
+        }
+        by_node
     }
 
     /// Users with at least one session here.

@@ -47,3 +47,14 @@ demo_config() {
     && grep -q '^session_bytes_per_second = 0\b' "$out" \
     || { echo "conf/farm.toml: no [relay] redirect or [limits] session_* lines to set" >&2; exit 1; }
 }
+
+# The processes a script starts: `pids+=($!)` (and `pid_of[NAME]=$!`) after each; `cleanup`
+# stops them all (SIGTERM, then waits), and runs on exit once the script sets
+# `trap cleanup EXIT`.
+pids=()
+declare -A pid_of
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  pids=()
+}

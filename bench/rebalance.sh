@@ -80,13 +80,6 @@ echo "== the plan"
 "$bin/jabberfarm" plan --offline --config "$out/new.toml" --from "$out/old.toml" --data-dir "$data" | tee "$out/plan.txt"
 
 cp "$out/old.toml" "$out/farm.toml"
-pids=()
-declare -A pid_of
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  pids=()
-}
 trap cleanup EXIT
 for node in master slave1 slave2; do
   "$bin/jabberfarm" run --config "$out/farm.toml" --node "$node" --data-dir "$data" \

@@ -40,13 +40,6 @@ for mode in always never; do
   "$bin/jabberfarm" check --config "$out/$name.toml" >/dev/null
 done
 
-pids=()
-declare -A pid_of
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  pids=()
-}
 trap cleanup EXIT
 
 

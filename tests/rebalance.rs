@@ -512,9 +512,22 @@ fn status_until(farm: &TestFarm, what: &str, ready: impl Fn(&str) -> bool) -> St
 fn slaves_join_and_leave_while_users_are_online() {
     let db = jabberfarm_testkit::servers::shared_mariadb();
     let url = db.create_database("grow");
-    let mut farm = TestFarm::start_processes_edited(2, |text| {
+    join_and_leave(TestFarm::start_processes_edited(2, |text| {
         central(text, &url, OLD_RANGES) + "\n[relay]\nredirect = \"always\"\n"
-    });
+    }));
+}
+
+/// The same with the data on the slaves (SQLite): the users go with their accounts, and the
+/// slave that leaves has handed all of its over before it stops (they log in on their new
+/// slave with their password, which only the moved account knows).
+#[test]
+fn slaves_join_and_leave_with_their_data() {
+    join_and_leave(TestFarm::start_processes_edited(2, |text| {
+        text.replace(HASH, OLD_RANGES) + "\n[relay]\nredirect = \"always\"\n"
+    }));
+}
+
+fn join_and_leave(mut farm: TestFarm) {
     for user in ["mike", "tina", "nina"] {
         farm.add_user(user, "pw");
     }
@@ -837,4 +850,33 @@ fn messages_arrive_once(mut farm: TestFarm) {
         );
     }
     assert_eq!(redirect_of(slave1, "m0"), Some(slave2.to_string()));
+}
+
+/// A user who logs in at its new slave before the old one has pushed it there is pulled on the
+/// spot (data on the slaves): with one user a second to hand over, the last of eight logs in
+/// at once, with its offline message, and its data is where it logged in.
+#[test]
+fn a_user_is_pulled_on_first_login() {
+    let mut farm = TestFarm::start_processes_edited(2, |text| {
+        text.replace(HASH, OLD_RANGES) + "\n[relay]\nredirect = \"always\"\n"
+    });
+    for i in 0..8 {
+        farm.add_user(&format!("m{i}"), "pw");
+    }
+    farm.add_user("nina", "pw");
+    let slave2 = farm.slaves[1].c2s;
+    let mut nina = Raw::login(slave2, "nina", "pw", "r");
+    nina.send("<message to='m7@localhost' type='chat'><body>pulled along</body></message>");
+    nina.sync("localhost");
+    farm.edit_config(|text| {
+        text.replace(OLD_RANGES, NEW_RANGES)
+            .replace("users_per_second = 2", "users_per_second = 1")
+    });
+    let (ok, said) = jabberfarm(&farm, &["reload"]);
+    assert!(ok, "{said}");
+    wait_node_log(&farm, "slave2", "topology epoch 1 from master", 1);
+    let mut m7 = Raw::login(slave2, "m7", "pw", "r");
+    m7.send("<presence/>");
+    m7.wait_for("pulled along", 5);
+    wait_node_log(&farm, "slave2", "m7's data arrived on first use", 1);
 }

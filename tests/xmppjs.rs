@@ -16,6 +16,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::TestFarm;
+use common::agents::require_xmppjs;
 
 const PASSWORD_SUFFIX: &str = "-pw!";
 /// Node processes at once (2-core machine).
@@ -27,25 +28,6 @@ fn js_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
         .join("js")
-}
-
-/// Fails (never skips) when the npm packages are not installed.
-fn require_xmppjs() {
-    let marker = js_dir()
-        .join("node_modules")
-        .join("@xmpp")
-        .join("client")
-        .join("package.json");
-    assert!(
-        marker.is_file(),
-        "xmpp.js is not installed ({} is missing): run `npm ci --prefix tests/js` first",
-        marker.display()
-    );
-    match Command::new("node").arg("--version").output() {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => panic!("`node --version` failed: {out:?}"),
-        Err(e) => panic!("node (v20+) is needed for this test and was not found in PATH: {e}"),
-    }
 }
 
 struct Login {

@@ -104,6 +104,11 @@ enum Scenario {
         /// (bench/scale.sh).
         #[arg(long, value_name = "FILE")]
         ready_file: Option<PathBuf>,
+        /// A session the server moves (`<see-other-host/>` after login, as live rebalancing
+        /// does) logs in again where it is sent; the report counts the moves and times them
+        /// (docs/rebalancing.md).
+        #[arg(long)]
+        follow_moves: bool,
     },
     /// Pairs of users on the same server exchanging messages: closed loop (default) or open
     /// loop at --rate: delivered/s, latency, CPU per message.
@@ -377,6 +382,7 @@ async fn run(s: Scenario) -> Result<Option<(Report, Option<PathBuf>)>> {
             concurrency,
             hold,
             ready_file,
+            follow_moves,
         } => {
             check_cap("--count", count, MAX_CONNECTIONS)?;
             check_cap("--concurrency", concurrency, MAX_CONNECTIONS)?;
@@ -388,6 +394,7 @@ async fn run(s: Scenario) -> Result<Option<(Report, Option<PathBuf>)>> {
                 count,
                 Duration::from_secs(hold),
                 ready_file.as_deref(),
+                follow_moves,
             )
             .await?;
             (r, t.json)

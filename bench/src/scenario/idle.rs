@@ -2,6 +2,11 @@
 //! server in memory: RSS before the logins and with every session open, per session. Run it
 //! on a freshly started server: memory freed by earlier runs stays in the process's heap and
 //! would hide what new sessions take.
+//!
+//! With `--follow-moves`, a session the server ends with `<see-other-host/>` (live
+//! rebalancing moving its user) logs in again at the address it names; the report counts the
+//! moves, how long each client took from the redirect to its new session, and the window from
+//! the first redirect to the last new session.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -29,7 +34,9 @@ pub async fn run(
     count: u64,
     hold: Duration,
     ready_file: Option<&Path>,
+    follow_moves: bool,
 ) -> Result<Report> {
+    let moves = follow_moves.then(|| Arc::new(Moves::default()));
     let mut rep = ctx.report("idle", "login");
     rep.param("concurrency", concurrency);
     rep.param("sessions", count);
@@ -44,24 +51,32 @@ pub async fn run(
     let done = CancellationToken::new();
     let holders = Arc::new(Mutex::new(Vec::new()));
     let (cfg, start, users) = (ctx.cfg.clone(), ctx.start, ctx.users.clone());
-    let (d, h) = (done.clone(), holders.clone());
+    let (d, h, m) = (done.clone(), holders.clone(), moves.clone());
     let me = SelfCpu::start();
     let cpu0 = ctx.cpu()?;
     let pool = run_pool(concurrency, count, ctx.deadline(), move |i, _| {
-        let (cfg, users, routes, done, holders) = (
+        let (cfg, users, routes, done, holders, moves) = (
             cfg.clone(),
             users.clone(),
             routes.clone(),
             d.clone(),
             h.clone(),
+            m.clone(),
         );
         async move {
             let user = users.name(i);
             let addr = routes.get(&user).copied().unwrap_or(start);
             let t0 = Instant::now();
-            let session = client::login(&cfg, addr, &user, &format!("idle{i}")).await?;
+            let resource = format!("idle{i}");
+            let session = client::login(&cfg, addr, &user, &resource).await?;
             let lat = t0.elapsed();
-            let task = tokio::spawn(hold_session(session, done));
+            let again = moves.map(|moves| Again {
+                cfg,
+                user,
+                resource,
+                moves,
+            });
+            let task = tokio::spawn(hold_session(session, done, again));
             holders
                 .lock()
                 .map_err(|_| BenchError::Setup("holder list poisoned".into()))?
@@ -92,6 +107,9 @@ pub async fn run(
             rep.param("released_by_signal", u64::from(released));
         }
         None => tokio::time::sleep(hold).await,
+    }
+    if let Some(m) = &moves {
+        m.report(&mut rep);
     }
     let alive = open_count(&holders);
     let hold_s = held_since.elapsed().as_secs_f64();
@@ -135,13 +153,87 @@ fn rss(ctx: &Ctx) -> Result<Option<u64>> {
     ctx.servers.rss_kib().map(Some)
 }
 
+/// What a moved session needs to log in again, and where its figures go.
+struct Again {
+    cfg: Arc<client::ClientConfig>,
+    user: String,
+    resource: String,
+    moves: Arc<Moves>,
+}
+
+/// The sessions the server moved (`--follow-moves`).
+#[derive(Default)]
+struct Moves {
+    /// Redirect to new session, per move, in nanoseconds.
+    latencies: Mutex<Vec<u64>>,
+    failed: std::sync::atomic::AtomicU64,
+    first_redirect: Mutex<Option<Instant>>,
+    last_session: Mutex<Option<Instant>>,
+}
+
+impl Moves {
+    fn report(&self, rep: &mut Report) {
+        let lat = self.latencies.lock().map(|l| l.clone()).unwrap_or_default();
+        rep.param("moved", lat.len() as u64);
+        rep.param(
+            "move_failed",
+            self.failed.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        let first = self.first_redirect.lock().ok().and_then(|t| *t);
+        let last = self.last_session.lock().ok().and_then(|t| *t);
+        if let (Some(a), Some(b)) = (first, last) {
+            let window = b.saturating_duration_since(a).as_secs_f64();
+            rep.param("move_window_s", (window * 1000.0).round() / 1000.0);
+        }
+        let s = crate::measure::summarize(lat);
+        rep.param("move_p50_ms", (s.p50_us / 10.0).round() / 100.0);
+        rep.param("move_p99_ms", (s.p99_us / 10.0).round() / 100.0);
+    }
+}
+
+/// The address a `<stream:error><see-other-host>HOST:PORT</see-other-host>` names.
+fn moved_to(el: &Element) -> Option<String> {
+    (el.name.as_ref() == "error")
+        .then(|| el.child("see-other-host", ns::STREAMS))
+        .flatten()
+        .map(|h| h.text())
+}
+
 /// Keep a session open: answer the server's pings (XEP-0199), ignore everything else, log
-/// out when told.
-async fn hold_session(mut s: Session, done: CancellationToken) {
+/// out when told; with `again`, log in again where the server sends a moved session.
+async fn hold_session(mut s: Session, done: CancellationToken, again: Option<Again>) {
     loop {
         tokio::select! {
             ev = s.conn.next() => match ev {
                 Ok(StreamEvent::Element(el)) => {
+                    if let (Some(to), Some(a)) = (moved_to(&el), again.as_ref()) {
+                        let t0 = Instant::now();
+                        if let Ok(mut first) = a.moves.first_redirect.lock() {
+                            first.get_or_insert(t0);
+                        }
+                        let addr = a.cfg.resolver.resolve_host_port(&to).await;
+                        let moved = match addr {
+                            Ok(addr) => client::login(&a.cfg, addr, &a.user, &a.resource).await,
+                            Err(e) => Err(e),
+                        };
+                        match moved {
+                            Ok(new) => {
+                                s = new;
+                                let now = Instant::now();
+                                if let Ok(mut l) = a.moves.latencies.lock() {
+                                    l.push(now.duration_since(t0).as_nanos() as u64);
+                                }
+                                if let Ok(mut last) = a.moves.last_session.lock() {
+                                    *last = Some(now);
+                                }
+                                continue;
+                            }
+                            Err(_) => {
+                                a.moves.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                return;
+                            }
+                        }
+                    }
                     if is_ping(&el) {
                         let id = el.attr("id").unwrap_or("");
                         let from = el.attr("from").unwrap_or("");

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Live rebalancing with central data (MariaDB; issue 13, docs/rebalancing.md): SESSIONS users
+# online on slave1 are all given to slave2 by a reload; how fast the farm sends them over and
+# they log in again there, and what the nodes spend on it.
+#
+#   bash bench/rebalance-central.sh [OUT_DIR]   # default: /tmp/jabberfarm-rebalance-central/<date-time>
+#
+# It starts a throwaway MariaDB (tests/servers/mariadb.sh, on 127.0.0.1:DB_PORT, data under
+# OUT), writes OUT/old.toml from conf/farm.toml with the data in it and ranges `a-m` on slave1,
+# `n-z` on slave2, and OUT/new.toml with `a` on slave1 and `b-z` on slave2 (every bench user
+# moves), both with [rebalance] users_per_second = RATE. It creates the users bench0… (SCRAM
+# keys in MariaDB), starts every node as its own process, logs SESSIONS sessions in with
+# `jabberfarm-bench idle --follow-moves` (SCRAM-SHA-256, following the master's redirect),
+# reloads with new.toml, and waits until slave2 holds every session. The bench process reports
+# how many sessions were moved, each one's time from `<see-other-host/>` to its new session
+# (p50, p99) and the window from the first redirect to the last new session; the script prints
+# each node's CPU time during the move.
+# Environment: SESSIONS (default 5000), RATE (default 100000), DB_PORT (default 3399),
+# SKIP_BUILD=1. Takes about a minute. Needs mariadb-server (the programs only).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/lib.sh
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/jabberfarm-target}"
+sessions="${SESSIONS:-5000}"
+rate="${RATE:-100000}"
+db_port="${DB_PORT:-3399}"
+out="${1:-${TMPDIR:-/tmp}/jabberfarm-rebalance-central/$(date +%Y%m%d-%H%M%S)}"
+bin="$CARGO_TARGET_DIR/release"
+
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release -p jabberfarm -p jabberfarm-bench
+ports_free "a farm" 5222 5322 5422 7100 "$db_port"
+mkdir -p "$out"
+data="$out/data"
+machine_info "$out/machine.txt"
+
+db_stop() { bash tests/servers/mariadb.sh stop "$out/db" >/dev/null 2>&1 || true; }
+url=$(bash tests/servers/mariadb.sh start "$out/db" "$db_port" $$ | sed -n 's/^url=//p')
+[ -n "$url" ] || { echo "MariaDB did not start" >&2; exit 1; }
+bash tests/servers/mariadb.sh sql "$out/db" 'CREATE DATABASE jf_bench'
+trap 'cleanup; db_stop' EXIT
+
+# ranges_config SLAVE1_RANGE SLAVE2_RANGE OUT: the demo config with the data in MariaDB and
+# these two ranges.
+ranges_config() {
+  local one=$1 two=$2 out=$3
+  demo_config always "$out.tmp"
+  sed -e '/^hash_key = /d' \
+      -e 's/^backend = "sqlite" .*/backend = "mysql"/' \
+      -e "s/^mode = \"hash\"/mode = \"ranges\"\nother = \"slave1\"\n[[routing.ranges]]\nletters = \"$one\"\nnode = \"slave1\"\n[[routing.ranges]]\nletters = \"$two\"\nnode = \"slave2\"/" \
+      "$out.tmp" >"$out"
+  rm "$out.tmp"
+  printf '\n[storage.mysql]\nurl = "%s/jf_bench"\nmax_connections = 16\n\n[rebalance]\nusers_per_second = %s\n' \
+    "$url" "$rate" >>"$out"
+  grep -q '^backend = "mysql"' "$out" || { echo "conf/farm.toml: no backend line to set" >&2; exit 1; }
+  "$bin/jabberfarm" check --config "$out" >/dev/null
+}
+ranges_config a-m n-z "$out/old.toml"
+ranges_config a b-z "$out/new.toml"
+
+echo "== $sessions users in MariaDB"
+CONFIG="$out/old.toml" DATA_DIR="$data" JABBERFARM="$bin/jabberfarm" bash bench/setup-users.sh "$sessions"
+
+cp "$out/old.toml" "$out/farm.toml"
+for node in master slave1 slave2; do
+  "$bin/jabberfarm" run --config "$out/farm.toml" --node "$node" --data-dir "$data" \
+    >>"$out/$node.log" 2>&1 &
+  pids+=($!)
+  pid_of[$node]=$!
+done
+for p in 5222 5322 5422; do wait_port "$p"; done
+for _ in $(seq 1 200); do
+  "$bin/jabberfarm" status --config "$out/farm.toml" 2>/dev/null | grep -q '^master .* 2/2 ' && break
+  sleep 0.1
+done
+
+echo "== $sessions sessions on slave1"
+"$bin/jabberfarm-bench" idle --port 5222 --follow-redirects --follow-moves \
+  --tls starttls --ca "$data/tls/ca.pem" --mechanism SCRAM-SHA-256 \
+  --user-count "$sessions" --count "$sessions" --concurrency 50 --duration 300 --timeout 60 \
+  --hold 600 --ready-file "$out/ready" --json "$out/idle.json" >"$out/idle.txt" 2>&1 &
+bench_pid=$!
+for _ in $(seq 1 3000); do
+  [ -s "$out/ready" ] && break
+  kill -0 "$bench_pid" 2>/dev/null || { echo "the bench ended early:" >&2; tail -20 "$out/idle.txt" >&2; exit 1; }
+  sleep 0.1
+done
+echo "in: $(cat "$out/ready") sessions"
+
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+declare -A before
+for node in master slave1 slave2; do before[$node]=$(cpu_ticks "${pid_of[$node]}"); done
+
+echo "== reload with new.toml: every session moves to slave2"
+cp "$out/new.toml" "$out/farm.toml"
+start=$(date +%s.%N)
+"$bin/jabberfarm" reload --config "$out/farm.toml"
+moved=""
+for _ in $(seq 1 3000); do
+  # slave2's sessions column: every session is there.
+  if "$bin/jabberfarm" status --config "$out/farm.toml" 2>/dev/null \
+      | awk -v n="$sessions" '$1 == "slave2" && $8 == n { found = 1 } END { exit !found }'; then
+    moved=1
+    break
+  fi
+  sleep 0.05
+done
+end=$(date +%s.%N)
+[ -n "$moved" ] || { echo "not every session reached slave2:" >&2; "$bin/jabberfarm" status --config "$out/farm.toml" >&2; exit 1; }
+hz=$(getconf CLK_TCK)
+{
+  grep -h 'session(s) sent to their new slaves' "$out/slave1.log" | sed 's/.*INFO /slave1: /' | tail -1
+  awk -v s="$start" -v e="$end" 'BEGIN { printf "from reload to every session on slave2: %.2f s\n", e - s }'
+  for node in master slave1 slave2; do
+    after=$(cpu_ticks "${pid_of[$node]}")
+    awk -v n="$node" -v b="${before[$node]}" -v a="$after" -v hz="$hz" \
+      'BEGIN { printf "CPU %-7s %.2f s\n", n, (a - b) / hz }'
+  done
+} | tee "$out/result.txt"
+# A session is counted on slave2 once bound; its client's login ends a round trip later
+# (presence and its acknowledgment): give the last ones time before the bench reports.
+sleep 3
+kill -USR1 "$bench_pid"
+wait "$bench_pid" || true
+grep -E 'moved|move_' "$out/idle.txt" | tee -a "$out/result.txt" || tail -20 "$out/idle.txt"
+echo "results in $out"

@@ -81,17 +81,20 @@ enum Command {
         /// The new config.
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
-        /// The config the farm runs now (its stores are read, never written).
+        /// The config the farm runs now, to plan from files (its stores are read, never
+        /// written). Without it the running farm is asked: the master for the topology in
+        /// force, each slave for what the change moves out of its own store.
         #[arg(long)]
-        from: PathBuf,
+        from: Option<PathBuf>,
         /// Overrides `data_dir` of both configs.
         #[arg(long)]
         data_dir: Option<PathBuf>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
-        /// Do not ask the running farm how many of the users who move are online now.
-        #[arg(long)]
+        /// With --from: do not ask the running farm how many of the users who move are
+        /// online now.
+        #[arg(long, requires = "from")]
         offline: bool,
     },
     /// Ask the master to read its config file again and apply it live (as SIGHUP does):
@@ -243,12 +246,22 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
             json,
             offline,
         } => {
-            let old = load(&from, data_dir.as_deref())?;
             let new = load(&config, data_dir.as_deref())?;
-            let mut plan = plan::plan(&old, &new).await?;
-            if !offline {
-                plan::count_online(&mut plan, &old, &new).await?;
-            }
+            let (plan, from) = match from {
+                Some(from) => {
+                    let old = load(&from, data_dir.as_deref())?;
+                    let mut plan = plan::plan(&old, &new).await?;
+                    if !offline {
+                        plan::count_online(&mut plan, &old, &new).await?;
+                    }
+                    (plan, from)
+                }
+                None => {
+                    let old = plan::running(&new).await?;
+                    let plan = plan::plan_live(&old, &new).await?;
+                    (plan, PathBuf::from("the running farm"))
+                }
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&plan)?);
             } else {

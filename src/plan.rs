@@ -63,17 +63,111 @@ pub struct Move {
     pub bytes: u64,
 }
 
-/// Counts the users of `from`'s stores and where `to` puts them.
-pub async fn plan(from: &FarmConfig, to: &FarmConfig) -> Result<Plan> {
-    let data_moves = from
-        .slaves()
-        .any(|n| from.storage.sqlite_path(&from.data_dir, &n.name).is_some());
+/// Whether each slave keeps its users' data in its own file (so data moves with them).
+fn data_on_slaves(cfg: &FarmConfig) -> bool {
+    cfg.slaves()
+        .any(|n| cfg.storage.sqlite_path(&cfg.data_dir, &n.name).is_some())
+}
+
+/// The config the running farm runs, as far as a plan needs it: `new` with the master's
+/// topology in force (its table and nodes), asked over the master's farm port.
+pub async fn running(new: &FarmConfig) -> Result<FarmConfig> {
+    let client = crate::admin::link_client(new)?;
+    let master = new.master().name.clone();
+    let answer = admin_request(
+        new,
+        &master,
+        client.as_ref(),
+        &Element::new("topology", LINK_NS),
+        ONLINE_WAIT,
+    )
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{master} (the master, {}) does not answer: {e}; plan from files with --from OLD",
+            new.master().farm
+        )
+    })?;
+    let t = jabberfarm_config::Topology::from_element(&answer)
+        .map_err(|e| anyhow::anyhow!("{master} answered a topology that does not read: {e}"))?;
+    let mut old = new.clone();
+    old.routing = t.table;
+    old.nodes = t.nodes;
+    Ok(old)
+}
+
+/// The plan asked of the running farm (`running`) when the data is on the slaves: each slave
+/// counts what `to` moves out of its own file, and who of those is online
+/// (`<plan-count/>`). A slave that does not answer is named in [`Plan::online_missing`].
+pub async fn plan_live(from: &FarmConfig, to: &FarmConfig) -> Result<Plan> {
+    if !data_on_slaves(from) {
+        let mut plan = plan(from, to).await?;
+        count_online(&mut plan, from, to).await?;
+        return Ok(plan);
+    }
+    let mut plan = empty(from, to, true);
+    let client = crate::admin::link_client(from)?;
+    let request = Element::new("plan-count", LINK_NS)
+        .with_child(jabberfarm_config::Topology::of(to).to_element());
+    let mut moves: BTreeMap<(String, String), Move> = BTreeMap::new();
+    for slave in from.slaves() {
+        let answer = admin_request(from, &slave.name, client.as_ref(), &request, COUNT_WAIT)
+            .await
+            .and_then(|a| match a.attr("error") {
+                Some(e) => Err(e.to_owned()),
+                None if a.is("plan-count", LINK_NS) => Ok(a),
+                None => Err(format!("answered <{}/>", a.name)),
+            });
+        let a = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                plan.online_missing.push(format!("{} ({e})", slave.name));
+                continue;
+            }
+        };
+        let num = |el: &Element, name: &str| -> u64 {
+            el.attr(name).and_then(|v| v.parse().ok()).unwrap_or(0)
+        };
+        let stay = num(&a, "stay");
+        plan.users += stay;
+        plan.misplaced += num(&a, "misplaced");
+        if stay > 0 {
+            plan.stay.insert(slave.name.clone(), stay);
+        }
+        for m in a.children() {
+            let next = m.attr("to").unwrap_or("?").to_owned();
+            let users = num(m, "users");
+            plan.users += users;
+            moves.insert(
+                (slave.name.clone(), next.clone()),
+                Move {
+                    from: slave.name.clone(),
+                    to: next,
+                    users,
+                    online: Some(num(m, "online")),
+                    roster_items: num(m, "roster"),
+                    pending_in: num(m, "pending"),
+                    offline_messages: num(m, "offline"),
+                    vcards: num(m, "vcards"),
+                    bytes: num(m, "bytes"),
+                },
+            );
+        }
+        plan.online_from.push(slave.name.clone());
+    }
+    plan.moves = moves.into_values().collect();
+    finish(&mut plan);
+    Ok(plan)
+}
+
+/// A plan with nothing counted yet.
+fn empty(from: &FarmConfig, to: &FarmConfig, data_moves: bool) -> Plan {
     let counted = match from.storage.backend {
         StorageBackend::Ldap(_) => "known users",
         _ if from.storage.accounts_managed_elsewhere().is_some() => "known users",
         _ => "accounts",
     };
-    let mut plan = Plan {
+    Plan {
         from_fingerprint: from.routing.fingerprint().to_owned(),
         to_fingerprint: to.routing.fingerprint().to_owned(),
         counted,
@@ -89,7 +183,23 @@ pub async fn plan(from: &FarmConfig, to: &FarmConfig) -> Result<Plan> {
         refused: live_change_refusals(from, to),
         online_from: Vec::new(),
         online_missing: Vec::new(),
-    };
+    }
+}
+
+/// The time the moves take at the rate: the node with the most users to hand over sets it.
+fn finish(plan: &mut Plan) {
+    let mut out_of: BTreeMap<&str, u64> = BTreeMap::new();
+    for m in &plan.moves {
+        *out_of.entry(&m.from).or_default() += m.users;
+    }
+    let busiest = out_of.values().copied().max().unwrap_or(0);
+    plan.seconds = busiest as f64 / f64::from(plan.users_per_second.max(1));
+}
+
+/// Counts the users of `from`'s stores and where `to` puts them.
+pub async fn plan(from: &FarmConfig, to: &FarmConfig) -> Result<Plan> {
+    let data_moves = data_on_slaves(from);
+    let mut plan = empty(from, to, data_moves);
     let mut moves: BTreeMap<(String, String), Move> = BTreeMap::new();
     // Per-node files: each slave's own; central: one store, read once.
     let sources: Vec<&str> = if data_moves {
@@ -138,12 +248,7 @@ pub async fn plan(from: &FarmConfig, to: &FarmConfig) -> Result<Plan> {
         }
     }
     plan.moves = moves.into_values().collect();
-    let mut out_of: BTreeMap<&str, u64> = BTreeMap::new();
-    for m in &plan.moves {
-        *out_of.entry(&m.from).or_default() += m.users;
-    }
-    let busiest = out_of.values().copied().max().unwrap_or(0);
-    plan.seconds = busiest as f64 / f64::from(plan.users_per_second.max(1));
+    finish(&mut plan);
     Ok(plan)
 }
 
@@ -180,8 +285,10 @@ pub async fn count_online(plan: &mut Plan, from: &FarmConfig, to: &FarmConfig) -
     Ok(())
 }
 
-/// How long a slave has to count its online users.
+/// How long a slave has to count its online users (and the master to say its topology).
 const ONLINE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long a slave has to count the users of its file.
+const COUNT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The users `node`'s store holds, sorted, and what each keeps when data is per node.
 async fn read_users(

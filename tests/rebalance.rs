@@ -126,6 +126,27 @@ fn plan_counts_users_and_their_data_from_the_stores() {
         offline.contains("online now: not asked (--offline)"),
         "{offline}"
     );
+    // Without --from the running farm is asked: the master for its table, each slave for what
+    // leaves its own file. The same counts, from the nodes themselves.
+    let out = Command::new(BIN)
+        .args(["plan", "--config"])
+        .arg(&new)
+        .output()
+        .unwrap();
+    let live = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{live}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(live.contains("(the running farm) → "), "{live}");
+    let live_row = live
+        .lines()
+        .find(|l| l.starts_with("slave1 "))
+        .expect("a row for slave1 → slave2");
+    assert_eq!(live_row, row, "{live}");
+    assert!(live.contains("stay: slave1 1, slave2 2"), "{live}");
+    assert!(live.contains("6 accounts: 3 move"), "{live}");
     assert!(json.contains("\"refused\": []"), "{json}");
 
     // The running farm takes it, and the users go with their data: alice, online, is sent to
@@ -436,6 +457,16 @@ fn connected_users_move_to_their_new_slave() {
     assert_eq!(row(&status, "slave1")[6..8], ["2", "2"], "{status}");
 
     farm.edit_config(|text| text.replace(OLD_RANGES, NEW_RANGES));
+    // The plan, asked of the running farm (central data: counted from the database, the
+    // online users by their slaves): mike and max move, both online.
+    let (ok, plan) = jabberfarm(&farm, &["plan"]);
+    assert!(ok, "{plan}");
+    assert!(plan.contains("data is central"), "{plan}");
+    assert_eq!(
+        row(&plan, "slave1")[..4],
+        ["slave1", "slave2", "2", "2"],
+        "{plan}"
+    );
     let (ok, said) = jabberfarm(&farm, &["reload"]);
     assert!(ok, "{said}");
     let got = direct.wait_closed(10);

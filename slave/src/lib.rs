@@ -164,6 +164,74 @@ fn online_moves(slave: &Slave, request: &Element) -> Element {
     }
 }
 
+/// `jabberfarm plan`'s question when the data is on the slaves and the plan is asked of the
+/// running farm: what the topology in `request` would move out of this slave's file, by new
+/// owner — `<plan-count stay misplaced><move to users online roster pending offline vcards
+/// bytes/>…</plan-count>` — counted from the file and the sessions, or `<plan-count error/>`.
+async fn plan_count(slave: &Slave, request: &Element) -> Element {
+    let answer = Element::new("plan-count", LINK_NS);
+    let counted = async {
+        let next = request
+            .children()
+            .next()
+            .ok_or_else(|| "no topology".to_owned())
+            .and_then(jabberfarm_config::Topology::from_element)?;
+        let db = slave
+            .store
+            .sqlite()
+            .ok_or("the data is central: the plan counts it from the database")?;
+        let users = db.list_users().await.map_err(|e| e.to_string())?;
+        let holdings = slave.im.holdings().await.map_err(|e| e.to_string())?;
+        let current = slave.sessions.topology.load_full();
+        let me = slave.sessions.node.as_str();
+        let online = slave.sessions.moved_by(&next);
+        let (mut stay, mut misplaced) = (0u64, 0u64);
+        let mut moves: std::collections::BTreeMap<String, [u64; 6]> = Default::default();
+        for user in users {
+            misplaced += u64::from(current.owner(&user) != me);
+            let to = next.owner(&user);
+            if to == me {
+                stay += 1;
+                continue;
+            }
+            let m = moves.entry(to.to_owned()).or_default();
+            m[0] += 1;
+            if let Some(h) = holdings.as_ref().and_then(|all| all.get(&user)) {
+                m[1] += h.roster_items;
+                m[2] += h.pending_in;
+                m[3] += h.offline_messages;
+                m[4] += u64::from(h.vcard);
+                m[5] += h.bytes;
+            }
+        }
+        Ok::<_, String>(
+            moves.into_iter().fold(
+                answer
+                    .clone()
+                    .with_attr("stay", stay.to_string())
+                    .with_attr("misplaced", misplaced.to_string()),
+                |a, (to, m)| {
+                    let online = online.get(&to).copied().unwrap_or(0);
+                    a.with_child(
+                        Element::new("move", LINK_NS)
+                            .with_attr("to", to)
+                            .with_attr("users", m[0].to_string())
+                            .with_attr("online", online.to_string())
+                            .with_attr("roster", m[1].to_string())
+                            .with_attr("pending", m[2].to_string())
+                            .with_attr("offline", m[3].to_string())
+                            .with_attr("vcards", m[4].to_string())
+                            .with_attr("bytes", m[5].to_string()),
+                    )
+                },
+            ),
+        )
+    };
+    counted
+        .await
+        .unwrap_or_else(|e| answer.with_attr("error", e))
+}
+
 /// Run the slave node `node` until `shutdown` is cancelled.
 pub async fn run(
     cfg: Arc<FarmConfig>,
@@ -222,6 +290,9 @@ pub async fn run(
         Box::pin(async move {
             if request.is("online-moves", LINK_NS) {
                 return Some(online_moves(&slave, &request));
+            }
+            if request.is("plan-count", LINK_NS) {
+                return Some(plan_count(&slave, &request).await);
             }
             request.is("status", LINK_NS).then(|| {
                 status

@@ -72,6 +72,9 @@ impl FarmLinks {
         let answer = answer.unwrap_or_else(|| {
             if request.is("status", LINK_NS) {
                 status
+            } else if request.is("topology", LINK_NS) {
+                // The topology this node runs (`jabberfarm plan` without `--from`).
+                self.topology.load().to_element()
             } else {
                 Element::new("error", LINK_NS)
                     .with_attr("reason", format!("unknown request <{}/>", request.name))

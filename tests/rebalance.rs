@@ -911,3 +911,55 @@ fn a_user_is_pulled_on_first_login() {
     m7.wait_for("pulled along", 5);
     wait_node_log(&farm, "slave2", "m7's data arrived on first use", 1);
 }
+
+/// A stanza sent by a node that is behind on the table is sent on, not bounced: slave3 runs
+/// the old table (it refused the change: it was restarted with its own listener moved), so
+/// it sends a message for mike to slave1, which no longer owns him and passes it to slave2.
+#[test]
+fn a_node_behind_on_the_table_is_not_bounced() {
+    const OLD3: &str = "mode = \"ranges\"\nother = \"slave3\"\n\
+         [[routing.ranges]]\nletters = \"a-m\"\nnode = \"slave1\"\n\
+         [[routing.ranges]]\nletters = \"n-z\"\nnode = \"slave2\"\n";
+    const NEW3: &str = "mode = \"ranges\"\nother = \"slave3\"\n\
+         [[routing.ranges]]\nletters = \"a-l\"\nnode = \"slave1\"\n\
+         [[routing.ranges]]\nletters = \"m-z\"\nnode = \"slave2\"\n";
+    let mut farm = TestFarm::start_processes_edited(3, |text| {
+        text.replace(HASH, OLD3) + "\n[relay]\nredirect = \"always\"\n"
+    });
+    for user in ["mike", "007"] {
+        farm.add_user(user, "pw");
+    }
+    // slave3 comes back with its c2s listener elsewhere: it will refuse the change.
+    let moved = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let own = farm.config.with_file_name("slave3.toml");
+    let text = std::fs::read_to_string(&farm.config).unwrap();
+    let c2s = format!("c2s = \"{}\"", farm.slaves[2].c2s);
+    assert!(text.contains(&c2s), "{text}");
+    std::fs::write(&own, text.replace(&c2s, &format!("c2s = \"{moved}\""))).unwrap();
+    farm.term_node("slave3");
+    farm.slaves[2].c2s = moved;
+    farm.start_node_with_config("slave3", &own);
+
+    farm.edit_config(|text| text.replace(OLD3, NEW3));
+    let (ok, said) = jabberfarm(&farm, &["reload"]);
+    assert!(ok, "{said}");
+    wait_node_log(&farm, "slave3", "refused", 1);
+    // Its links are up again at its old epoch (the others run epoch 1).
+    for link in ["slave1 <-> slave3 up", "slave2 <-> slave3 up"] {
+        wait_node_log(&farm, "slave3", link, 2);
+    }
+    wait_node_log(&farm, "slave2", "topology epoch 1 from master", 1);
+    wait_node_log(&farm, "slave1", "topology epoch 1 from master", 1);
+    let mut mike = Raw::login(farm.slaves[1].c2s, "mike", "pw", "r");
+    mike.send("<presence/>");
+    mike.wait_for("<presence", 5);
+    let mut bond = Raw::login(moved, "007", "pw", "r");
+    bond.send(
+        "<message to='mike@localhost' type='chat' id='b1'><body>still routed</body></message>",
+    );
+    bond.sync("localhost");
+    mike.wait_for("still routed", 5);
+    bond.sync("localhost");
+    let back = bond.wait_until("nothing else", 1, |_| true);
+    assert!(!back.contains("type='error'"), "{back}");
+}

@@ -20,12 +20,12 @@ use crate::server;
 use crate::sessions::Destination;
 
 /// Where a stanza entered this slave.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Origin {
     /// A session on this slave (its `from` was stamped by the session).
     Local,
-    /// A farm link from another node (trusted: the link is authenticated).
-    Link,
+    /// A farm link from the node named (trusted: the link is authenticated).
+    Link(Arc<str>),
 }
 
 impl Slave {
@@ -86,16 +86,32 @@ impl Slave {
                     }
                 }
             }
-            // A peer thinks we own this user and we think someone else does: the routing tables
-            // disagree (links check fingerprints, so only during a table change). Never bounce
-            // stanzas between nodes.
-            Destination::Node(node) => {
-                info!(to = %to, node, "stanza from a link for a user we do not own");
-                StanzaError::new(ErrorCondition::ServiceUnavailable)
-                    .typed(ErrorType::Wait)
-                    .text("the farm's routing is changing; try again")
-                    .answer(&el)
-            }
+            // A peer thinks we own this user and we think another node does: the routing
+            // tables disagree for the moment a change takes to cross the farm. The stanza
+            // goes on to the owner in our table, unless that is where it came from (then the
+            // two tables point at each other, and it is refused rather than sent back).
+            Destination::Node(node) => match origin {
+                Origin::Link(from) if *from != *node => {
+                    debug!(to = %to, node, %from, "a stanza from {from} for {node}'s user: sent on");
+                    match self.links.send(&node, &el).await {
+                        Ok(()) => None,
+                        Err(e) => {
+                            debug!(to = %to, node, "cannot route: {e}");
+                            StanzaError::new(ErrorCondition::ServiceUnavailable)
+                                .typed(ErrorType::Wait)
+                                .text("the recipient's server is not reachable")
+                                .answer(&el)
+                        }
+                    }
+                }
+                _ => {
+                    info!(to = %to, node, "stanza from a link for a user we do not own");
+                    StanzaError::new(ErrorCondition::ServiceUnavailable)
+                        .typed(ErrorType::Wait)
+                        .text("the farm's routing is changing; try again")
+                        .answer(&el)
+                }
+            },
             // DESIGN.md D4: out from this slave, in the public domain's name.
             Destination::Remote(_) => self.outbound.send(el),
         }
@@ -131,16 +147,19 @@ impl Slave {
                 {
                     self.handover.take(from_node, stanza);
                 }
-                LinkEvent::Stanza { mut stanza, .. } => {
+                LinkEvent::Stanza {
+                    mut stanza,
+                    from_node,
+                } => {
                     // Relayed from another server by the master: our sessions speak jabber:client.
                     set_stanza_ns(&mut stanza, ns::SERVER, ns::CLIENT);
                     let worker = &workers[worker_of(&stanza)];
                     let refused = match worker
-                        .send_timeout(Inbound::Stanza(stanza), INBOUND_WAIT)
+                        .send_timeout(Inbound::Stanza(stanza, from_node.into()), INBOUND_WAIT)
                         .await
                     {
                         Ok(()) => None,
-                        Err(mpsc::error::SendTimeoutError::Timeout(Inbound::Stanza(el))) => {
+                        Err(mpsc::error::SendTimeoutError::Timeout(Inbound::Stanza(el, _))) => {
                             Some(el)
                         }
                         Err(_) => break,
@@ -179,7 +198,7 @@ impl Slave {
     async fn inbound_worker(&self, mut rx: mpsc::Receiver<Inbound>) {
         while let Some(work) = rx.recv().await {
             match work {
-                Inbound::Stanza(el) => self.route(el, Origin::Link).await,
+                Inbound::Stanza(el, from) => self.route(el, Origin::Link(from)).await,
                 Inbound::Barrier(done) => {
                     let _ = done.send(());
                 }
@@ -196,7 +215,8 @@ const INBOUND_QUEUE: usize = 256;
 const INBOUND_WAIT: Duration = Duration::from_secs(2);
 
 enum Inbound {
-    Stanza(Element),
+    /// A stanza and the node whose link it came over.
+    Stanza(Element, Arc<str>),
     /// Answered once everything queued before it was handled.
     Barrier(tokio::sync::oneshot::Sender<()>),
 }

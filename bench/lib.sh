@@ -58,3 +58,38 @@ cleanup() {
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   pids=()
 }
+
+# start_demo_nodes BIN CONFIG DATA OUT: the demo farm (master, slave1, slave2) as one process
+# each (`jabberfarm run --node`, logs in OUT/NODE.log, pids in pid_of), waiting until every
+# node listens and the master's links are up (its status row says 2/2).
+start_demo_nodes() {
+  local bin=$1 config=$2 data=$3 out=$4 node
+  for node in master slave1 slave2; do
+    "$bin/jabberfarm" run --config "$config" --node "$node" --data-dir "$data" \
+      >>"$out/$node.log" 2>&1 &
+    pids+=($!)
+    pid_of[$node]=$!
+  done
+  for p in 5222 5322 5422; do wait_port "$p"; done
+  for _ in $(seq 1 200); do
+    "$bin/jabberfarm" status --config "$config" 2>/dev/null | grep -q '^master .* 2/2 ' && return 0
+    sleep 0.1
+  done
+  echo "the farm's links did not come up; see $out/*.log" >&2
+  return 1
+}
+
+# cpu_ticks PID: the process's CPU time so far (utime + stime), in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# cpu_report BEFORE_ASSOC: for each of master, slave1, slave2, the CPU seconds since the
+# ticks in the named associative array (filled with cpu_ticks before).
+cpu_report() {
+  local -n since=$1
+  local hz node
+  hz=$(getconf CLK_TCK)
+  for node in master slave1 slave2; do
+    awk -v n="$node" -v b="${since[$node]}" -v a="$(cpu_ticks "${pid_of[$node]}")" -v hz="$hz" \
+      'BEGIN { printf "CPU %-7s %.2f s\n", n, (a - b) / hz }'
+  done
+}

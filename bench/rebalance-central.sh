@@ -61,17 +61,8 @@ echo "== $sessions users in MariaDB"
 CONFIG="$out/old.toml" DATA_DIR="$data" JABBERFARM="$bin/jabberfarm" bash bench/setup-users.sh "$sessions"
 
 cp "$out/old.toml" "$out/farm.toml"
-for node in master slave1 slave2; do
-  "$bin/jabberfarm" run --config "$out/farm.toml" --node "$node" --data-dir "$data" \
-    >>"$out/$node.log" 2>&1 &
-  pids+=($!)
-  pid_of[$node]=$!
-done
-for p in 5222 5322 5422; do wait_port "$p"; done
-for _ in $(seq 1 200); do
-  "$bin/jabberfarm" status --config "$out/farm.toml" 2>/dev/null | grep -q '^master .* 2/2 ' && break
-  sleep 0.1
-done
+# Every node up and linked before the change.
+start_demo_nodes "$bin" "$out/farm.toml" "$data" "$out"
 
 echo "== $sessions sessions on slave1"
 "$bin/jabberfarm-bench" idle --port 5222 --follow-redirects --follow-moves \
@@ -86,7 +77,6 @@ for _ in $(seq 1 3000); do
 done
 echo "in: $(cat "$out/ready") sessions"
 
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 declare -A before
 for node in master slave1 slave2; do before[$node]=$(cpu_ticks "${pid_of[$node]}"); done
 
@@ -106,15 +96,10 @@ for _ in $(seq 1 3000); do
 done
 end=$(date +%s.%N)
 [ -n "$moved" ] || { echo "not every session reached slave2:" >&2; "$bin/jabberfarm" status --config "$out/farm.toml" >&2; exit 1; }
-hz=$(getconf CLK_TCK)
 {
   grep -h 'session(s) sent to their new slaves' "$out/slave1.log" | sed 's/.*INFO /slave1: /' | tail -1
   awk -v s="$start" -v e="$end" 'BEGIN { printf "from reload to every session on slave2: %.2f s\n", e - s }'
-  for node in master slave1 slave2; do
-    after=$(cpu_ticks "${pid_of[$node]}")
-    awk -v n="$node" -v b="${before[$node]}" -v a="$after" -v hz="$hz" \
-      'BEGIN { printf "CPU %-7s %.2f s\n", n, (a - b) / hz }'
-  done
+  cpu_report before
 } | tee "$out/result.txt"
 # A session is counted on slave2 once bound; its client's login ends a round trip later
 # (presence and its acknowledgment): give the last ones time before the bench reports.

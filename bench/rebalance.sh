@@ -81,22 +81,9 @@ echo "== the plan"
 
 cp "$out/old.toml" "$out/farm.toml"
 trap cleanup EXIT
-for node in master slave1 slave2; do
-  "$bin/jabberfarm" run --config "$out/farm.toml" --node "$node" --data-dir "$data" \
-    >>"$out/$node.log" 2>&1 &
-  pids+=($!)
-  pid_of[$node]=$!
-done
-for p in 5222 5322 5422; do wait_port "$p"; done
-# Every node up and linked (the master's row says 2/2) before the change.
-for _ in $(seq 1 200); do
-  "$bin/jabberfarm" status --config "$out/farm.toml" 2>/dev/null | grep -q '^master .* 2/2 ' && break
-  sleep 0.1
-done
+# Every node up and linked before the change.
+start_demo_nodes "$bin" "$out/farm.toml" "$data" "$out"
 
-cpu_ticks() { # PID: utime+stime in clock ticks
-  awk '{ print $14 + $15 }' "/proc/$1/stat"
-}
 declare -A before
 for node in master slave1 slave2; do before[$node]=$(cpu_ticks "${pid_of[$node]}"); done
 
@@ -112,15 +99,10 @@ for _ in $(seq 1 6000); do
 done
 end=$(date +%s.%N)
 [ -n "$done_line" ] || { echo "slave1 never finished the move; see $out/slave1.log" >&2; exit 1; }
-hz=$(getconf CLK_TCK)
 echo "slave1: ${done_line#*INFO }" | tee "$out/result.txt"
 {
   awk -v s="$start" -v e="$end" 'BEGIN { printf "from reload to the end of the move: %.2f s\n", e - s }'
-  for node in master slave1 slave2; do
-    after=$(cpu_ticks "${pid_of[$node]}")
-    awk -v n="$node" -v b="${before[$node]}" -v a="$after" -v hz="$hz" \
-      'BEGIN { printf "CPU %-7s %.2f s\n", n, (a - b) / hz }'
-  done
+  cpu_report before
 } | tee -a "$out/result.txt"
 grep -h 'not handed over yet\|hand-over:' "$out"/slave*.log | head -5 || true
 

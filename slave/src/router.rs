@@ -72,19 +72,7 @@ impl Slave {
                 _ => self.sessions.deliver_local(el, &user, resource.as_deref()),
             },
             Destination::Node(node) if origin == Origin::Local => {
-                match self.links.send(&node, &el).await {
-                    Ok(()) => None,
-                    Err(SendError::Full) => StanzaError::new(ErrorCondition::ResourceConstraint)
-                        .text("the farm link to the recipient's server is congested")
-                        .answer(&el),
-                    Err(e) => {
-                        debug!(to = %to, node, "cannot route: {e}");
-                        StanzaError::new(ErrorCondition::ServiceUnavailable)
-                            .typed(ErrorType::Wait)
-                            .text("the recipient's server is not reachable")
-                            .answer(&el)
-                    }
-                }
+                self.send_to_node(&node, &to, el).await
             }
             // A peer thinks we own this user and we think another node does: the routing
             // tables disagree for the moment a change takes to cross the farm. The stanza
@@ -93,16 +81,7 @@ impl Slave {
             Destination::Node(node) => match origin {
                 Origin::Link(from) if *from != *node => {
                     debug!(to = %to, node, %from, "a stanza from {from} for {node}'s user: sent on");
-                    match self.links.send(&node, &el).await {
-                        Ok(()) => None,
-                        Err(e) => {
-                            debug!(to = %to, node, "cannot route: {e}");
-                            StanzaError::new(ErrorCondition::ServiceUnavailable)
-                                .typed(ErrorType::Wait)
-                                .text("the recipient's server is not reachable")
-                                .answer(&el)
-                        }
-                    }
+                    self.send_to_node(&node, &to, el).await
                 }
                 _ => {
                     info!(to = %to, node, "stanza from a link for a user we do not own");
@@ -114,6 +93,24 @@ impl Slave {
             },
             // DESIGN.md D4: out from this slave, in the public domain's name.
             Destination::Remote(_) => self.outbound.send(el),
+        }
+    }
+
+    /// Sends `el` (for `to`) over the link to `node`; the error for its sender when it cannot
+    /// go.
+    async fn send_to_node(&self, node: &str, to: &Jid, el: Element) -> Option<Element> {
+        match self.links.send(node, &el).await {
+            Ok(()) => None,
+            Err(SendError::Full) => StanzaError::new(ErrorCondition::ResourceConstraint)
+                .text("the farm link to the recipient's server is congested")
+                .answer(&el),
+            Err(e) => {
+                debug!(to = %to, node, "cannot route: {e}");
+                StanzaError::new(ErrorCondition::ServiceUnavailable)
+                    .typed(ErrorType::Wait)
+                    .text("the recipient's server is not reachable")
+                    .answer(&el)
+            }
         }
     }
 

@@ -922,11 +922,12 @@ fn a_node_behind_on_the_table_is_not_bounced() {
          [[routing.ranges]]\nletters = \"n-z\"\nnode = \"slave2\"\n";
     const NEW3: &str = "mode = \"ranges\"\nother = \"slave3\"\n\
          [[routing.ranges]]\nletters = \"a-l\"\nnode = \"slave1\"\n\
-         [[routing.ranges]]\nletters = \"m-z\"\nnode = \"slave2\"\n";
+         [[routing.ranges]]\nletters = \"m-s\"\nnode = \"slave2\"\n\
+         [[routing.ranges]]\nletters = \"t-z\"\nnode = \"slave3\"\n";
     let mut farm = TestFarm::start_processes_edited(3, |text| {
         text.replace(HASH, OLD3) + "\n[relay]\nredirect = \"always\"\n"
     });
-    for user in ["mike", "007"] {
+    for user in ["mike", "007", "tom"] {
         farm.add_user(user, "pw");
     }
     // slave3 comes back with its c2s listener elsewhere: it will refuse the change.
@@ -962,4 +963,13 @@ fn a_node_behind_on_the_table_is_not_bounced() {
     bond.sync("localhost");
     let back = bond.wait_until("nothing else", 1, |_| true);
     assert!(!back.contains("type='error'"), "{back}");
+    // tom: slave2 in slave3's old table, slave3 in the new one. slave2 sends the message
+    // back to slave3 once; slave3, still on its old table, does not pass it on again: the
+    // sender is told, and the two never bounce it between them.
+    bond.send("<message to='tom@localhost' type='chat' id='b2'><body>ping-pong</body></message>");
+    let got = bond.wait_for("id='b2'", 5);
+    let got = got + &bond.wait_for("</message>", 5);
+    assert!(got.contains("type='error'"), "{got}");
+    assert!(got.contains("routing is changing"), "{got}");
+    wait_node_log(&farm, "slave2", "for slave3's user: sent on", 1);
 }

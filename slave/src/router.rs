@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jabberfarm_net::farm::{LinkEvent, SendError};
+use jabberfarm_net::farm::{LINK_NS, LinkEvent, SendError};
 use jabberfarm_proto::dialback::set_stanza_ns;
 use jabberfarm_proto::ns;
 use jabberfarm_proto::stanza::{ErrorCondition, ErrorType, Kind, StanzaError};
@@ -26,7 +26,15 @@ pub enum Origin {
     Local,
     /// A farm link from the node named (trusted: the link is authenticated).
     Link(Arc<str>),
+    /// A farm link, sent on by a node whose table gave the user to us while the sender's
+    /// did not ([`REROUTED`]): it is not sent on again.
+    Rerouted,
 }
+
+/// The wrapper of a stanza one node sends on to another because their tables disagreed
+/// (`<rerouted xmlns=LINK_NS>stanza</rerouted>`): at most one more hop, so two nodes whose
+/// tables point at each other never pass a stanza back and forth.
+const REROUTED: &str = "rerouted";
 
 impl Slave {
     /// Route `el` (with `from` and `to` set) to its destination; error replies go back the
@@ -76,12 +84,24 @@ impl Slave {
             }
             // A peer thinks we own this user and we think another node does: the routing
             // tables disagree for the moment a change takes to cross the farm. The stanza
-            // goes on to the owner in our table, unless that is where it came from (then the
-            // two tables point at each other, and it is refused rather than sent back).
+            // goes on once to the owner in our table (back to the sender too: by now it may
+            // have the new table); a stanza already sent on is refused rather than passed on
+            // again.
             Destination::Node(node) => match origin {
-                Origin::Link(from) if *from != *node => {
+                Origin::Link(from) => {
                     debug!(to = %to, node, %from, "a stanza from {from} for {node}'s user: sent on");
-                    self.send_to_node(&node, &to, el).await
+                    let wrapped = Element::new(REROUTED, LINK_NS).with_child(el);
+                    match self.links.send(&node, &wrapped).await {
+                        Ok(()) => None,
+                        Err(e) => {
+                            debug!(to = %to, node, "cannot route: {e}");
+                            let el = wrapped.children().next()?;
+                            StanzaError::new(ErrorCondition::ServiceUnavailable)
+                                .typed(ErrorType::Wait)
+                                .text("the recipient's server is not reachable")
+                                .answer(el)
+                        }
+                    }
                 }
                 _ => {
                     info!(to = %to, node, "stanza from a link for a user we do not own");
@@ -148,11 +168,19 @@ impl Slave {
                     mut stanza,
                     from_node,
                 } => {
+                    let mut origin = Origin::Link(from_node.into());
+                    if stanza.is(REROUTED, LINK_NS) {
+                        let Some(inner) = stanza.children().next().cloned() else {
+                            continue;
+                        };
+                        stanza = inner;
+                        origin = Origin::Rerouted;
+                    }
                     // Relayed from another server by the master: our sessions speak jabber:client.
                     set_stanza_ns(&mut stanza, ns::SERVER, ns::CLIENT);
                     let worker = &workers[worker_of(&stanza)];
                     let refused = match worker
-                        .send_timeout(Inbound::Stanza(stanza, from_node.into()), INBOUND_WAIT)
+                        .send_timeout(Inbound::Stanza(stanza, origin), INBOUND_WAIT)
                         .await
                     {
                         Ok(()) => None,
@@ -195,7 +223,7 @@ impl Slave {
     async fn inbound_worker(&self, mut rx: mpsc::Receiver<Inbound>) {
         while let Some(work) = rx.recv().await {
             match work {
-                Inbound::Stanza(el, from) => self.route(el, Origin::Link(from)).await,
+                Inbound::Stanza(el, origin) => self.route(el, origin).await,
                 Inbound::Barrier(done) => {
                     let _ = done.send(());
                 }
@@ -212,8 +240,8 @@ const INBOUND_QUEUE: usize = 256;
 const INBOUND_WAIT: Duration = Duration::from_secs(2);
 
 enum Inbound {
-    /// A stanza and the node whose link it came over.
-    Stanza(Element, Arc<str>),
+    /// A stanza and how it came (a link, or sent on by another node).
+    Stanza(Element, Origin),
     /// Answered once everything queued before it was handled.
     Barrier(tokio::sync::oneshot::Sender<()>),
 }

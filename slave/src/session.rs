@@ -16,7 +16,7 @@ use jabberfarm_proto::stanza::{
 use jabberfarm_proto::xml::{Condition, Element, StreamError, StreamEvent};
 use jid::{BareJid, FullJid, Jid, ResourcePart};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::Slave;
 use crate::router::Origin;
@@ -130,6 +130,18 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
     slave
         .sessions
         .unbind(&session.user, session.jid.resource().as_str(), conn);
+    if let End::Error(e) = &end {
+        // The client is there and reading (moved, replaced, the server stopping): what was
+        // queued for it before the close goes out before the error (unbound now, nothing more
+        // comes). A client that stopped reading has `limits.write_timeout`.
+        let mut buf = String::new();
+        while let Ok(Outgoing::Stanza(el)) = rx.try_recv() {
+            stream.serialize_into(&el, &mut buf);
+        }
+        if !buf.is_empty() && stream.send_raw(&buf).await.is_err() {
+            debug!(jid = %session.jid, "queued stanzas not written before {:?}", e.condition);
+        }
+    }
     match end {
         End::PeerClosed => stream.close().await,
         // A relayed client reconnects to the master, which relays it to the new owner; it

@@ -15,7 +15,10 @@
 # how many sessions were moved, each one's time from `<see-other-host/>` to its new session
 # (p50, p99) and the window from the first redirect to the last new session; the script prints
 # each node's CPU time during the move.
+# Then a chat runs (PAIRS pairs, CHAT_RATE messages a second, `chat --follow-moves`) while
+# old.toml gives every user back to slave1: delivered, lost and duplicated messages.
 # Environment: SESSIONS (default 5000), RATE (default 100000), DB_PORT (default 3399),
+# PAIRS (default 100), CHAT_RATE (default 1000),
 # SKIP_BUILD=1. Takes about a minute. Needs mariadb-server (the programs only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +27,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/jabberfarm-target}"
 sessions="${SESSIONS:-5000}"
 rate="${RATE:-100000}"
 db_port="${DB_PORT:-3399}"
+PAIRS="${PAIRS:-100}"
+CHAT_RATE="${CHAT_RATE:-1000}"
 out="${1:-${TMPDIR:-/tmp}/jabberfarm-rebalance-central/$(date +%Y%m%d-%H%M%S)}"
 bin="$CARGO_TARGET_DIR/release"
 
@@ -107,4 +112,26 @@ sleep 3
 kill -USR1 "$bench_pid"
 wait "$bench_pid" || true
 grep -E 'moved|move_' "$out/idle.txt" | tee -a "$out/result.txt" || tail -20 "$out/idle.txt"
+
+echo "== messages during a move: $PAIRS pairs at $CHAT_RATE msg/s, every user moved back to slave1"
+# The chat's users log in (on slave2 now), then old.toml gives them all back to slave1 while
+# they send; `chat --follow-moves` counts what arrived, duplicates, and what a moved sender
+# had sent without an acknowledgment.
+"$bin/jabberfarm-bench" chat --port 5222 --follow-redirects --follow-moves \
+  --tls starttls --ca "$data/tls/ca.pem" --mechanism SCRAM-SHA-256 \
+  --pairs "$PAIRS" --rate "$CHAT_RATE" --duration 12 --timeout 60 \
+  --json "$out/chat.json" >"$out/chat.txt" 2>&1 &
+chat_pid=$!
+for _ in $(seq 1 600); do
+  if "$bin/jabberfarm" status --config "$out/farm.toml" 2>/dev/null \
+      | awk -v n="$(( 2 * PAIRS ))" '$1 == "slave2" && $8 >= n { found = 1 } END { exit !found }'; then
+    break
+  fi
+  sleep 0.05
+done
+sleep 2   # the chat under way
+cp "$out/old.toml" "$out/farm.toml"
+"$bin/jabberfarm" reload --config "$out/farm.toml"
+wait "$chat_pid" || true
+grep -E 'delivered|lost|parameters' "$out/chat.txt" | tee -a "$out/result.txt"
 echo "results in $out"

@@ -439,6 +439,36 @@ pub struct Session {
     pub conn: Conn,
     /// The full JID the server bound.
     pub jid: String,
+    /// Messages that arrived during the login (offline messages), in order.
+    pub early: Vec<Element>,
+}
+
+/// What a session the server moves needs to log in again where it is sent.
+#[derive(Clone)]
+pub struct Relogin {
+    pub cfg: std::sync::Arc<ClientConfig>,
+    pub user: String,
+    pub resource: String,
+    /// Where to log in again when a session ends without saying where to go (`HOST:PORT`,
+    /// the address the run started at), as a client's automatic reconnect does.
+    pub home: String,
+}
+
+impl Relogin {
+    /// The address `el` sends the session to, when it is the server's
+    /// `<stream:error><see-other-host>HOST:PORT</see-other-host>` (a move).
+    pub fn moved_to(el: &Element) -> Option<String> {
+        (el.name.as_ref() == "error")
+            .then(|| el.child("see-other-host", ns::STREAMS))
+            .flatten()
+            .map(|h| h.text())
+    }
+
+    /// A full login at `to` (`HOST:PORT`), as the first one was.
+    pub async fn login_at(&self, to: &str) -> Result<Session> {
+        let addr = self.cfg.resolver.resolve_host_port(to).await?;
+        login(&self.cfg, addr, &self.user, &self.resource).await
+    }
 }
 
 /// Follow redirects from `start` while `attempt` answers `Redirect` (at most [`MAX_HOPS`]).
@@ -533,8 +563,18 @@ async fn login_at(
     escape_into(&mut out, &cfg.domain);
     out.push_str("'><ping xmlns='urn:xmpp:ping'/></iq>");
     conn.send(&out).await?;
-    wait_iq(&mut conn, "ack", "presence acknowledgment").await?;
-    Ok(Session { conn, jid })
+    let mut early = Vec::new();
+    loop {
+        let el = conn.element("presence acknowledgment").await?;
+        if el.is("iq", ns::CLIENT) && el.attr("id") == Some("ack") {
+            // A ping answered with an error still acknowledges everything before it.
+            break;
+        }
+        if el.is("message", ns::CLIENT) {
+            early.push(el);
+        }
+    }
+    Ok(Session { conn, jid, early })
 }
 
 /// Skip what arrives (our own presence, offline messages…) until the reply to IQ `id`.

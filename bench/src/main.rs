@@ -141,6 +141,11 @@ enum Scenario {
         farm_config: Option<PathBuf>,
         #[command(flatten)]
         peer: PeerArgs,
+        /// Open loop: a session the server moves (live rebalancing) logs in again where it is
+        /// sent; duplicates are counted, and messages a moved sender had not seen
+        /// acknowledged are counted apart (docs/benchmarks.md).
+        #[arg(long, requires = "rate")]
+        follow_moves: bool,
     },
     /// Client of the bare-TCP floor (see floor-server): exchanges/s and server CPU per
     /// exchange, the yardstick for `redirect`.
@@ -409,6 +414,7 @@ async fn run(s: Scenario) -> Result<Option<(Report, Option<PathBuf>)>> {
             across,
             farm_config,
             peer,
+            follow_moves,
         } => {
             check_cap("--pairs", pairs.saturating_mul(2), MAX_CONNECTIONS)?;
             check_cap("--count", count, MAX_COUNT)?;
@@ -461,6 +467,7 @@ async fn run(s: Scenario) -> Result<Option<(Report, Option<PathBuf>)>> {
                 _ => None,
             };
             let args = scenario::chat::ChatArgs {
+                follow_moves,
                 pairs: usize_of(pairs),
                 rate,
                 count,

@@ -3,7 +3,7 @@
 //! the session's full JID and routed; output from the router is written to the client.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use jabberfarm_net::c2s::Authenticated;
 use jabberfarm_net::shaper::Shaper;
@@ -309,11 +309,18 @@ impl Session {
                                 Err(_) => break,
                             }
                         }
-                        // A client that reads slowly (or not at all) is not waited for once the
-                        // session is told to close: the connection is dropped mid-write.
+                        // A client that reads slowly (or not at all) is not waited for long
+                        // once the session is told to close: after CLOSE_WRITE_GRACE the
+                        // connection is dropped mid-write. A client that reads gets what was
+                        // being written (a move must not lose it).
                         let sent = tokio::select! {
+                            biased;
                             r = stream.send_raw(&buf) => r,
-                            e = closer.closed() => {
+                            e = async {
+                                let e = closer.closed().await;
+                                tokio::time::sleep(CLOSE_WRITE_GRACE).await;
+                                e
+                            } => {
                                 info!(jid = %self.jid, "dropping the session while a write waits: {e}");
                                 return End::Gone;
                             }
@@ -405,3 +412,6 @@ impl Session {
 async fn send_to_client(stream: &mut XmlStream, el: Element) -> Result<(), End> {
     stream.send(&el).await.map_err(|_| End::Gone)
 }
+
+/// How long a write to a client may still take once its session is told to close.
+const CLOSE_WRITE_GRACE: Duration = Duration::from_secs(2);

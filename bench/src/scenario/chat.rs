@@ -11,6 +11,15 @@
 //!
 //! Each body starts with the send time (nanoseconds since the run started), so latency is
 //! measured by the receiver from the message alone, whatever the server.
+//!
+//! `--follow-moves` (open loop; live rebalancing, docs/rebalancing.md): a session the server
+//! moves (`<see-other-host/>` after login) logs in again where it is sent and goes on. Each
+//! message's id carries its number, so the receivers count duplicates; each sender pings its
+//! server after every message, and the answer acknowledges everything sent before it (a
+//! session handles its stanzas in order). Messages sent and not yet acknowledged when the
+//! sender is moved are counted apart (`unacked_at_move`: without stream management a client
+//! cannot know whether the server read them); every other message must arrive, once:
+//! `lost` is what is neither delivered nor among those.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,6 +38,9 @@ use crate::error::{BenchError, Result};
 use crate::measure::{SelfCpu, nanos, summarize};
 use crate::report::{ChatFigures, Report};
 use crate::runner::run_pool;
+
+/// The resource every chat session binds.
+const CHAT_RESOURCE: &str = "chat";
 
 /// How long messages still in flight at the end of the measured phase may take to arrive.
 const GRACE: Duration = Duration::from_secs(2);
@@ -50,6 +62,8 @@ pub struct ChatArgs {
     pub owners: Option<jabberfarm_proto::routing::RoutingTable>,
     /// Pair each user with one of another server (federation).
     pub peer: Option<Peer>,
+    /// Sessions the server moves log in again where it sends them (open loop only).
+    pub follow_moves: bool,
 }
 
 /// The other server of federated pairs.
@@ -68,6 +82,14 @@ struct Shared {
     count: u64,
     epoch: std::time::Instant,
     pad: String,
+    /// `--follow-moves`: the message numbers received, to count duplicates.
+    seen: Option<Mutex<std::collections::HashSet<u64>>>,
+    duplicates: AtomicU64,
+    moved: AtomicU64,
+    move_failed: AtomicU64,
+    unacked_at_move: AtomicU64,
+    /// The numbers of those messages.
+    unacked: Mutex<Vec<u64>>,
 }
 
 impl Shared {
@@ -77,14 +99,24 @@ impl Shared {
 
     /// Send the next message to `to` unless the run is over. Returns whether it was sent.
     async fn send(&self, conn: &mut Conn, to: &str, out: &mut String) -> Result<bool> {
+        Ok(self.send_numbered(conn, to, out).await?.is_some())
+    }
+
+    /// [`Self::send`], returning the message's number.
+    async fn send_numbered(
+        &self,
+        conn: &mut Conn,
+        to: &str,
+        out: &mut String,
+    ) -> Result<Option<u64>> {
         if self.stop.load(Ordering::Relaxed) {
-            return Ok(false);
+            return Ok(None);
         }
         let seq = self.sent.fetch_add(1, Ordering::Relaxed);
         if seq >= self.count {
             self.sent.fetch_sub(1, Ordering::Relaxed);
             self.stop.store(true, Ordering::Relaxed);
-            return Ok(false);
+            return Ok(None);
         }
         out.clear();
         out.push_str("<message type='chat' to='");
@@ -97,7 +129,21 @@ impl Shared {
         out.push_str(&self.pad);
         out.push_str("</body></message>");
         conn.send(out).await?;
-        Ok(true)
+        Ok(Some(seq))
+    }
+
+    /// The session was moved to `at`: log in there. `None` (counted) when that fails.
+    async fn moved(&self, again: &client::Relogin, at: &str) -> Option<Session> {
+        match again.login_at(at).await {
+            Ok(s) => {
+                self.moved.fetch_add(1, Ordering::Relaxed);
+                Some(s)
+            }
+            Err(_) => {
+                self.move_failed.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
     }
 
     /// A message from the partner: its latency. Bounces are counted.
@@ -108,6 +154,13 @@ impl Shared {
         if el.attr("type") == Some("error") {
             self.bounced.fetch_add(1, Ordering::Relaxed);
             return None;
+        }
+        if let Some(seen) = &self.seen {
+            let seq: u64 = el.attr("id")?.strip_prefix('m')?.parse().ok()?;
+            if !seen.lock().is_ok_and(|mut s| s.insert(seq)) {
+                self.duplicates.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
         }
         let body = el.child("body", ns::CLIENT)?.text();
         let sent: u64 = body.split(' ').next()?.parse().ok()?;
@@ -142,6 +195,9 @@ pub async fn run(ctx: &Ctx, a: ChatArgs) -> Result<Report> {
     };
     let sessions = login_all(&pairs, a.concurrency).await?;
 
+    let period = a
+        .rate
+        .map(|r| Duration::from_secs_f64(a.pairs as f64 / r.max(1e-3)));
     let sh = Arc::new(Shared {
         stop: AtomicBool::new(false),
         sent: AtomicU64::new(0),
@@ -150,7 +206,18 @@ pub async fn run(ctx: &Ctx, a: ChatArgs) -> Result<Report> {
         count: a.count,
         epoch: std::time::Instant::now(),
         pad: "x".repeat(a.body_size.saturating_sub(20)),
+        seen: a.follow_moves.then(Default::default),
+        duplicates: AtomicU64::new(0),
+        moved: AtomicU64::new(0),
+        move_failed: AtomicU64::new(0),
+        unacked_at_move: AtomicU64::new(0),
+        unacked: Mutex::default(),
     });
+    if a.follow_moves && period.is_none() {
+        return Err(BenchError::Setup(
+            "--follow-moves needs the open loop (--rate)".into(),
+        ));
+    }
     let done = CancellationToken::new();
     let mut receivers = Vec::new();
     let mut senders = Vec::new();
@@ -158,11 +225,16 @@ pub async fn run(ctx: &Ctx, a: ChatArgs) -> Result<Report> {
     let cpu0 = ctx.cpu()?;
     let t0 = Instant::now();
     let deadline = t0 + ctx.duration;
-    let period = a
-        .rate
-        .map(|r| Duration::from_secs_f64(a.pairs as f64 / r.max(1e-3)));
-    for (k, (sa, sb)) in sessions.into_iter().enumerate() {
+    for (k, ((sa, sb), (la, lb))) in sessions.into_iter().zip(&pairs).enumerate() {
         let (ja, jb) = (esc(&sa.jid), esc(&sb.jid));
+        let again = |l: &Login| {
+            a.follow_moves.then(|| client::Relogin {
+                cfg: l.2.clone(),
+                user: l.0.clone(),
+                resource: CHAT_RESOURCE.to_owned(),
+                home: ctx.start.to_string(),
+            })
+        };
         match period {
             None => {
                 receivers.push(tokio::spawn(peer(
@@ -172,6 +244,7 @@ pub async fn run(ctx: &Ctx, a: ChatArgs) -> Result<Report> {
                     true,
                     sh.clone(),
                     done.clone(),
+                    None,
                 )));
                 receivers.push(tokio::spawn(peer(
                     sb,
@@ -180,6 +253,7 @@ pub async fn run(ctx: &Ctx, a: ChatArgs) -> Result<Report> {
                     true,
                     sh.clone(),
                     done.clone(),
+                    None,
                 )));
             }
             Some(p) => {
@@ -192,6 +266,7 @@ pub async fn run(ctx: &Ctx, a: ChatArgs) -> Result<Report> {
                     p,
                     sh.clone(),
                     done.clone(),
+                    again(la),
                 )));
                 receivers.push(tokio::spawn(peer(
                     sb,
@@ -200,6 +275,7 @@ pub async fn run(ctx: &Ctx, a: ChatArgs) -> Result<Report> {
                     false,
                     sh.clone(),
                     done.clone(),
+                    again(lb),
                 )));
             }
         }
@@ -252,6 +328,38 @@ pub async fn run(ctx: &Ctx, a: ChatArgs) -> Result<Report> {
     }
     rep.fill(delivered, window);
     rep.latency_us = summarize(lats);
+    let mut lost = sent.saturating_sub(received_total);
+    if let Some(seen) = &sh.seen {
+        // Exactly: every number sent that did not arrive and was acknowledged (or sent by a
+        // sender that was never moved).
+        let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        let unacked: std::collections::HashSet<u64> = sh
+            .unacked
+            .lock()
+            .map(|u| u.iter().copied().collect())
+            .unwrap_or_default();
+        let missing: Vec<u64> = (0..sent)
+            .filter(|n| !seen.contains(n) && !unacked.contains(n))
+            .collect();
+        lost = missing.len() as u64;
+        if !missing.is_empty() {
+            // Their ids (`m` and the number), to look for in the servers' logs.
+            rep.param(
+                "lost_ids",
+                missing
+                    .iter()
+                    .take(10)
+                    .map(|n| format!("m{n}"))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        let unacked_arrived = unacked.iter().filter(|n| seen.contains(n)).count();
+        rep.param("moved", sh.moved.load(Ordering::Relaxed));
+        rep.param("move_failed", sh.move_failed.load(Ordering::Relaxed));
+        rep.param("duplicates", sh.duplicates.load(Ordering::Relaxed));
+        rep.param("unacked_at_move", unacked.len() as u64);
+        rep.param("unacked_at_move_arrived", unacked_arrived as u64);
+    }
     let secs = window.as_secs_f64().max(1e-9);
     rep.chat = Some(ChatFigures {
         mode: mode.into(),
@@ -259,7 +367,7 @@ pub async fn run(ctx: &Ctx, a: ChatArgs) -> Result<Report> {
         offered_per_s: a.rate,
         sent,
         delivered: received_total,
-        lost: sent.saturating_sub(received_total),
+        lost,
         sent_per_s: sent as f64 / secs,
         send_lag_us: period.map(|_| summarize(lags)),
     });
@@ -360,7 +468,7 @@ async fn login_all(
             let Some((user, addr, cfg)) = n.get(idx) else {
                 return Err(BenchError::Setup("no such user slot".into()));
             };
-            let session = client::login(cfg, *addr, user, "chat").await?;
+            let session = client::login(cfg, *addr, user, CHAT_RESOURCE).await?;
             if let Ok(mut slots) = s.lock()
                 && let Some(slot) = slots.get_mut(idx)
             {
@@ -396,6 +504,7 @@ async fn login_all(
 /// A user that answers every message from its partner with the next one (closed loop,
 /// `reply`), or only receives (open loop). `first`: sends the pair's first message.
 /// Returns the latencies it measured and whether the server closed the session early.
+#[allow(clippy::too_many_arguments)]
 async fn peer(
     mut s: Session,
     to: String,
@@ -403,6 +512,7 @@ async fn peer(
     reply: bool,
     sh: Arc<Shared>,
     done: CancellationToken,
+    again: Option<client::Relogin>,
 ) -> (Vec<u64>, bool) {
     let mut lats = Vec::new();
     let mut out = String::with_capacity(256);
@@ -414,6 +524,21 @@ async fn peer(
         tokio::select! {
             ev = s.conn.next() => match ev {
                 Ok(StreamEvent::Element(el)) => {
+                    if let (Some(at), Some(again)) = (client::Relogin::moved_to(&el), &again) {
+                        match sh.moved(again, &at).await {
+                            Some(new) => {
+                                s = new;
+                                for el in std::mem::take(&mut s.early) {
+                                    lats.extend(sh.receive(&el));
+                                }
+                                continue;
+                            }
+                            None => {
+                                early = true;
+                                break;
+                            }
+                        }
+                    }
                     if let Some(lat) = sh.receive(&el) {
                         lats.push(lat);
                         if reply && sh.send(&mut s.conn, &to, &mut out).await.is_err() {
@@ -423,6 +548,16 @@ async fn peer(
                     }
                 }
                 Ok(_) | Err(_) => {
+                    // Ended without saying where to go: log in again from the start.
+                    if let Some(again) = &again
+                        && let Some(new) = sh.moved(again, &again.home).await
+                    {
+                        s = new;
+                        for el in std::mem::take(&mut s.early) {
+                            lats.extend(sh.receive(&el));
+                        }
+                        continue;
+                    }
                     early = true;
                     break;
                 }
@@ -438,6 +573,7 @@ async fn peer(
 
 /// Open loop: send on schedule (period `period`, from `start`) until the run stops; drain
 /// whatever the server sends. Returns how late each send was against its schedule.
+#[allow(clippy::too_many_arguments)]
 async fn open_sender(
     mut s: Session,
     to: String,
@@ -445,9 +581,12 @@ async fn open_sender(
     period: Duration,
     sh: Arc<Shared>,
     done: CancellationToken,
+    again: Option<client::Relogin>,
 ) -> Vec<u64> {
     let mut lags = Vec::new();
     let mut out = String::with_capacity(256);
+    // --follow-moves: numbers sent and not yet acknowledged by a ping's answer.
+    let mut unacked: std::collections::VecDeque<u64> = Default::default();
     let mut iv = tokio::time::interval_at(start, period);
     // Catch up after a stall: the offered rate stays what was asked.
     iv.set_missed_tick_behavior(MissedTickBehavior::Burst);
@@ -456,17 +595,86 @@ async fn open_sender(
         tokio::select! {
             t = iv.tick(), if sending => {
                 lags.push(nanos(t.elapsed()));
-                match sh.send(&mut s.conn, &to, &mut out).await {
-                    Ok(true) => {}
-                    Ok(false) => sending = false,
-                    Err(_) => return lags,
+                let sent = match sh.send_numbered(&mut s.conn, &to, &mut out).await {
+                    Ok(Some(seq)) if again.is_some() => {
+                        unacked.push_back(seq);
+                        // The answer acknowledges the message (stanzas are handled in order).
+                        let ping = format!(
+                            "<iq type='get' id='a{seq}'><ping xmlns='urn:xmpp:ping'/></iq>"
+                        );
+                        s.conn.send(&ping).await.map_err(|_| ())
+                    }
+                    Ok(Some(_)) => Ok(()),
+                    Ok(None) => {
+                        sending = false;
+                        Ok(())
+                    }
+                    Err(_) => Err(()),
+                };
+                if sent.is_err() {
+                    // The server closed: moved (its error is still to be read), or gone.
+                    let Some(again) = &again else { return lags };
+                    let mut at = again.home.clone();
+                    while let Ok(StreamEvent::Element(el)) = s.conn.next().await {
+                        if let Some(to) = client::Relogin::moved_to(&el) {
+                            at = to;
+                            break;
+                        }
+                        sh.receive(&el);
+                    }
+                    sh.unacked_at_move
+                        .fetch_add(unacked.len() as u64, Ordering::Relaxed);
+                    if let Ok(mut all) = sh.unacked.lock() {
+                        all.extend(unacked.drain(..));
+                    }
+                    match sh.moved(again, &at).await {
+                        Some(new) => s = new,
+                        None => return lags,
+                    }
                 }
             }
             ev = s.conn.next() => match ev {
                 Ok(StreamEvent::Element(el)) => {
+                    if let (Some(at), Some(again)) = (client::Relogin::moved_to(&el), &again) {
+                        // What the server may not have read before it moved us.
+                        sh.unacked_at_move
+                            .fetch_add(unacked.len() as u64, Ordering::Relaxed);
+                        if let Ok(mut all) = sh.unacked.lock() {
+                            all.extend(unacked.drain(..));
+                        }
+                        match sh.moved(again, &at).await {
+                            Some(new) => {
+                                s = new;
+                                continue;
+                            }
+                            None => return lags,
+                        }
+                    }
+                    if el.is("iq", ns::CLIENT)
+                        && let Some(acked) = el
+                            .attr("id")
+                            .and_then(|id| id.strip_prefix('a')?.parse::<u64>().ok())
+                    {
+                        while unacked.front().is_some_and(|&n| n <= acked) {
+                            unacked.pop_front();
+                        }
+                        continue;
+                    }
                     sh.receive(&el);
                 }
-                Ok(_) | Err(_) => return lags,
+                Ok(_) | Err(_) => {
+                    // Ended without saying where to go: log in again from the start.
+                    let Some(again) = &again else { return lags };
+                    sh.unacked_at_move
+                        .fetch_add(unacked.len() as u64, Ordering::Relaxed);
+                    if let Ok(mut all) = sh.unacked.lock() {
+                        all.extend(unacked.drain(..));
+                    }
+                    match sh.moved(again, &again.home).await {
+                        Some(new) => s = new,
+                        None => return lags,
+                    }
+                }
             },
             _ = done.cancelled() => break,
         }

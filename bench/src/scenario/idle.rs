@@ -71,9 +71,12 @@ pub async fn run(
             let session = client::login(&cfg, addr, &user, &resource).await?;
             let lat = t0.elapsed();
             let again = moves.map(|moves| Again {
-                cfg,
-                user,
-                resource,
+                relogin: client::Relogin {
+                    cfg,
+                    user,
+                    resource,
+                    home: start.to_string(),
+                },
                 moves,
             });
             let task = tokio::spawn(hold_session(session, done, again));
@@ -155,9 +158,7 @@ fn rss(ctx: &Ctx) -> Result<Option<u64>> {
 
 /// What a moved session needs to log in again, and where its figures go.
 struct Again {
-    cfg: Arc<client::ClientConfig>,
-    user: String,
-    resource: String,
+    relogin: client::Relogin,
     moves: Arc<Moves>,
 }
 
@@ -191,14 +192,6 @@ impl Moves {
     }
 }
 
-/// The address a `<stream:error><see-other-host>HOST:PORT</see-other-host>` names.
-fn moved_to(el: &Element) -> Option<String> {
-    (el.name.as_ref() == "error")
-        .then(|| el.child("see-other-host", ns::STREAMS))
-        .flatten()
-        .map(|h| h.text())
-}
-
 /// Keep a session open: answer the server's pings (XEP-0199), ignore everything else, log
 /// out when told; with `again`, log in again where the server sends a moved session.
 async fn hold_session(mut s: Session, done: CancellationToken, again: Option<Again>) {
@@ -206,17 +199,12 @@ async fn hold_session(mut s: Session, done: CancellationToken, again: Option<Aga
         tokio::select! {
             ev = s.conn.next() => match ev {
                 Ok(StreamEvent::Element(el)) => {
-                    if let (Some(to), Some(a)) = (moved_to(&el), again.as_ref()) {
+                    if let (Some(to), Some(a)) = (client::Relogin::moved_to(&el), again.as_ref()) {
                         let t0 = Instant::now();
                         if let Ok(mut first) = a.moves.first_redirect.lock() {
                             first.get_or_insert(t0);
                         }
-                        let addr = a.cfg.resolver.resolve_host_port(&to).await;
-                        let moved = match addr {
-                            Ok(addr) => client::login(&a.cfg, addr, &a.user, &a.resource).await,
-                            Err(e) => Err(e),
-                        };
-                        match moved {
+                        match a.relogin.login_at(&to).await {
                             Ok(new) => {
                                 s = new;
                                 let now = Instant::now();

@@ -152,6 +152,11 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
                 "your account moved to another server of this service; reconnect",
             );
             stream.fail(&e, &domain).await;
+            session.read_after_close(&mut stream).await;
+        }
+        End::Error(e) if e.condition == Condition::SeeOtherHost => {
+            stream.fail(&e, &domain).await;
+            session.read_after_close(&mut stream).await;
         }
         End::Error(e) => stream.fail(&e, &domain).await,
         End::Gone => {}
@@ -349,6 +354,37 @@ impl Session {
     }
 
     /// One stanza from the client (RFC 6120 §8.1.2.1: `from` is always ours).
+    /// The user was moved and our closing error is out (RFC 6120 §4.4: the client may still
+    /// send what it wrote before it read our close). Its messages — what it would resend
+    /// only with stream management — are routed, until its own `</stream:stream>`, at most
+    /// [`AFTER_CLOSE_MESSAGES`] of them or for [`AFTER_CLOSE`]; the rest is dropped (the
+    /// session is gone: no presence, no IQ answers).
+    async fn read_after_close(&self, stream: &mut XmlStream) {
+        let deadline = tokio::time::Instant::now() + AFTER_CLOSE;
+        let mut routed = 0;
+        while routed < AFTER_CLOSE_MESSAGES {
+            let Ok(Ok(StreamEvent::Element(mut el))) =
+                tokio::time::timeout_at(deadline, stream.next()).await
+            else {
+                break;
+            };
+            if Kind::of(&el) != Some(Kind::Message) {
+                continue;
+            }
+            el.set_attr("from", self.from.as_str());
+            match el.attr("to").map(Jid::new) {
+                Some(Ok(_)) => {}
+                None => el.set_attr("to", self.jid.to_bare().to_string()),
+                Some(Err(_)) => continue,
+            }
+            self.slave.route(el, Origin::Local).await;
+            routed += 1;
+        }
+        if routed > 0 {
+            debug!(jid = %self.jid, "{routed} message(s) read after the close");
+        }
+    }
+
     async fn handle_input(&mut self, mut el: Element, stream: &mut XmlStream) -> Result<(), End> {
         let Some(kind) = Kind::of(&el) else {
             if el.ns == ns::CLIENT {
@@ -415,3 +451,8 @@ async fn send_to_client(stream: &mut XmlStream, el: Element) -> Result<(), End> 
 
 /// How long a write to a client may still take once its session is told to close.
 const CLOSE_WRITE_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a moved session's client may still be read after our closing error, and how many
+/// of its messages are routed then.
+const AFTER_CLOSE: Duration = Duration::from_secs(2);
+const AFTER_CLOSE_MESSAGES: usize = 1000;

@@ -107,17 +107,10 @@ pub async fn plan_live(from: &FarmConfig, to: &FarmConfig) -> Result<Plan> {
     }
     let mut plan = empty(from, to, true);
     let client = crate::admin::link_client(from)?;
-    let request = Element::new("plan-count", LINK_NS)
-        .with_child(jabberfarm_config::Topology::of(to).to_element());
+    let request = with_table("plan-count", to);
     let mut moves: BTreeMap<(String, String), Move> = BTreeMap::new();
     for slave in from.slaves() {
-        let answer = admin_request(from, &slave.name, client.as_ref(), &request, COUNT_WAIT)
-            .await
-            .and_then(|a| match a.attr("error") {
-                Some(e) => Err(e.to_owned()),
-                None if a.is("plan-count", LINK_NS) => Ok(a),
-                None => Err(format!("answered <{}/>", a.name)),
-            });
+        let answer = ask(from, &slave.name, client.as_ref(), &request, COUNT_WAIT).await;
         let a = match answer {
             Ok(a) => a,
             Err(e) => {
@@ -257,16 +250,9 @@ pub async fn plan(from: &FarmConfig, to: &FarmConfig) -> Result<Plan> {
 /// leaves its moves at `-`, named in [`Plan::online_missing`].
 pub async fn count_online(plan: &mut Plan, from: &FarmConfig, to: &FarmConfig) -> Result<()> {
     let client = crate::admin::link_client(from)?;
-    let request = Element::new("online-moves", LINK_NS)
-        .with_child(jabberfarm_config::Topology::of(to).to_element());
+    let request = with_table("online-moves", to);
     for slave in from.slaves() {
-        let answer = admin_request(from, &slave.name, client.as_ref(), &request, ONLINE_WAIT)
-            .await
-            .and_then(|a| match a.attr("error") {
-                Some(e) => Err(e.to_owned()),
-                None if a.is("online-moves", LINK_NS) => Ok(a),
-                None => Err(format!("answered <{}/>", a.name)),
-            });
+        let answer = ask(from, &slave.name, client.as_ref(), &request, ONLINE_WAIT).await;
         match answer {
             Ok(a) => {
                 for m in plan.moves.iter_mut().filter(|m| m.from == slave.name) {
@@ -283,6 +269,28 @@ pub async fn count_online(plan: &mut Plan, from: &FarmConfig, to: &FarmConfig) -
         }
     }
     Ok(())
+}
+
+/// A plan's question to a slave: `<name>` with the topology of `to` inside.
+fn with_table(name: &'static str, to: &FarmConfig) -> Element {
+    Element::new(name, LINK_NS).with_child(jabberfarm_config::Topology::of(to).to_element())
+}
+
+/// `request` to `node` of `cfg`: its answer, an element of the request's own name; the
+/// node's `error` attribute, or any other answer, is an error.
+async fn ask(
+    cfg: &FarmConfig,
+    node: &str,
+    client: Option<&std::sync::Arc<rustls::ClientConfig>>,
+    request: &Element,
+    wait: std::time::Duration,
+) -> Result<Element, String> {
+    let a = admin_request(cfg, node, client, request, wait).await?;
+    match a.attr("error") {
+        Some(e) => Err(e.to_owned()),
+        None if a.is(&request.name, LINK_NS) => Ok(a),
+        None => Err(format!("answered <{}/>", a.name)),
+    }
 }
 
 /// How long a slave has to count its online users (and the master to say its topology).

@@ -23,7 +23,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use jabberfarm_net::farm::LINK_NS;
-use jabberfarm_proto::xml::{Element, StreamError};
+use jabberfarm_proto::xml::Element;
 use jabberfarm_store::Existence;
 use jabberfarm_store::moving::Imported;
 use tokio::sync::{mpsc, oneshot};
@@ -393,12 +393,7 @@ fn resolve_pull(slave: &Slave, user: &str, found: bool) {
 /// until `to` has them; the rows here are deleted when it says so.
 pub async fn hand_over(slave: &Slave, user: &str, to: &str) -> Result<(), String> {
     let db = db(slave).ok_or("no data here to hand over")?;
-    if slave.sessions.is_connected(user) {
-        let topology = slave.sessions.topology.load_full();
-        let node = topology.node(to).ok_or("no such node")?;
-        slave
-            .sessions
-            .close_user(user, &StreamError::see_other_host(node.advertise.clone()));
+    if crate::mover::send_sessions_to(slave, user, to) > 0 {
         let deadline = Instant::now() + CLOSE_WAIT;
         while slave.sessions.is_connected(user) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;

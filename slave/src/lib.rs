@@ -138,17 +138,21 @@ impl LoginPolicy for Slave {
     }
 }
 
+/// The topology a plan's question carries (its first child).
+fn requested_table(request: &Element) -> Result<jabberfarm_config::Topology, String> {
+    request
+        .children()
+        .next()
+        .ok_or_else(|| "no topology".to_owned())
+        .and_then(jabberfarm_config::Topology::from_element)
+}
+
 /// `jabberfarm plan`'s question: how many users online here the topology in `request` would
 /// move, by node: `<online-moves><move to users/>…</online-moves>`, or `<online-moves
 /// error/>` for a topology that does not read.
 fn online_moves(slave: &Slave, request: &Element) -> Element {
     let answer = Element::new("online-moves", LINK_NS);
-    let table = request
-        .children()
-        .next()
-        .ok_or_else(|| "no topology".to_owned())
-        .and_then(jabberfarm_config::Topology::from_element);
-    match table {
+    match requested_table(request) {
         Ok(t) => slave
             .sessions
             .moved_by(&t)
@@ -171,11 +175,7 @@ fn online_moves(slave: &Slave, request: &Element) -> Element {
 async fn plan_count(slave: &Slave, request: &Element) -> Element {
     let answer = Element::new("plan-count", LINK_NS);
     let counted = async {
-        let next = request
-            .children()
-            .next()
-            .ok_or_else(|| "no topology".to_owned())
-            .and_then(jabberfarm_config::Topology::from_element)?;
+        let next = requested_table(request)?;
         let db = slave
             .store
             .sqlite()

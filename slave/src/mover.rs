@@ -45,11 +45,7 @@ impl Mover {
 
 /// Moves users after each topology change, until the slave stops.
 pub async fn run(slave: Arc<Slave>) {
-    let per_node_data = slave
-        .config
-        .storage
-        .sqlite_path(&slave.config.data_dir, &slave.sessions.node)
-        .is_some();
+    let per_node_data = slave.store.sqlite().is_some();
     let rate = slave.config.rebalance.users_per_second.max(1);
     let gap = Duration::from_secs(1) / rate;
     loop {
@@ -96,13 +92,9 @@ pub async fn run(slave: Arc<Slave>) {
             }
             next += gap;
             // Asked again per user: a newer change may have given the user back to us.
-            let topology = slave.sessions.topology.load();
-            let owner = topology.owner(&user);
-            if owner != slave.sessions.node
-                && let Some(node) = topology.node(owner)
-            {
-                let e = StreamError::see_other_host(node.advertise.clone());
-                moved += slave.sessions.close_user(&user, &e);
+            let owner = slave.sessions.topology.load().owner(&user).to_owned();
+            if owner != slave.sessions.node {
+                moved += send_sessions_to(&slave, &user, &owner);
             }
             slave.mover.pending.fetch_sub(1, Ordering::Relaxed);
         }
@@ -115,6 +107,16 @@ pub async fn run(slave: Arc<Slave>) {
             return;
         }
     }
+}
+
+/// Closes every session of `user` here with `<see-other-host/>` naming node `to`'s address;
+/// how many there were.
+pub(crate) fn send_sessions_to(slave: &Slave, user: &str, to: &str) -> usize {
+    let topology = slave.sessions.topology.load();
+    topology.node(to).map_or(0, |node| {
+        let e = StreamError::see_other_host(node.advertise.clone());
+        slave.sessions.close_user(user, &e)
+    })
 }
 
 /// Data on the slaves: every user in this slave's file that the table gives to another slave

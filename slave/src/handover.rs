@@ -10,7 +10,9 @@
 //!   `<user-data-taken/>`; only then does the old owner delete them.
 //! - **pull**: a login or a message for a user the new owner does not have yet makes it ask
 //!   the other slaves (`<user-data-wanted/>`) and wait for the data ([`pull`]); the one that
-//!   has the user hands it over at once, the others answer `<user-data-none/>`.
+//!   has the user hands it over at once, the others answer `<user-data-none/>`. One that has
+//!   the user but has not taken the new table yet answers `<user-data-later/>`, and the new
+//!   owner asks again shortly.
 //!
 //! At every moment one node serves the user: the old owner never serves a user its table
 //! gives away (it redirects), and the new owner serves it once the rows are in. A node that
@@ -72,10 +74,24 @@ pub struct Handover {
 }
 
 struct Pull {
-    waiters: Vec<oneshot::Sender<bool>>,
+    waiters: Vec<oneshot::Sender<Pulled>>,
     /// Slaves asked that have not answered yet.
     outstanding: usize,
+    /// One of them has the user, but its table does not give it here yet.
+    later: bool,
 }
+
+/// How a pull ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pulled {
+    Found,
+    Nobody,
+    /// The slave holding the user is behind on the table: ask again.
+    Later,
+}
+
+/// How long a pull waits before asking again a slave that is behind on the table.
+const LATER: Duration = Duration::from_millis(100);
 
 struct Incoming {
     from: String,
@@ -109,7 +125,11 @@ pub fn is_handover(el: &Element) -> bool {
     el.ns == LINK_NS
         && matches!(
             &*el.name,
-            "user-data" | "user-data-taken" | "user-data-wanted" | "user-data-none"
+            "user-data"
+                | "user-data-taken"
+                | "user-data-wanted"
+                | "user-data-none"
+                | "user-data-later"
         )
 }
 
@@ -175,7 +195,8 @@ async fn handle(
         "user-data-taken" => {
             let _ = slave.handover.taken.send((from, user)).await;
         }
-        "user-data-none" => on_none(slave, &user),
+        "user-data-none" => on_none(slave, &user, false),
+        "user-data-later" => on_none(slave, &user, true),
         "user-data-wanted" => {
             let s = slave.clone();
             slave
@@ -228,7 +249,7 @@ async fn import(slave: &Slave, ready: Vec<(String, Vec<Element>)>) {
                         continue;
                     }
                 }
-                resolve_pull(slave, &user, true);
+                resolve_pull(slave, &user, Pulled::Found);
                 let _ = slave
                     .links
                     .send(from, &answer("user-data-taken", &user))
@@ -341,15 +362,22 @@ async fn remove_taken(slave: std::sync::Arc<Slave>, mut taken: mpsc::Receiver<(S
     }
 }
 
-/// The new owner: one slave asked does not have the user.
-fn on_none(slave: &Slave, user: &str) {
+/// The new owner: one slave asked does not have the user (`later`: has it, but is behind on
+/// the table).
+fn on_none(slave: &Slave, user: &str, later: bool) {
     let mut pulls = lock(&slave.handover.pulls);
     if let Some(p) = pulls.get_mut(user) {
         p.outstanding = p.outstanding.saturating_sub(1);
+        p.later |= later;
         if p.outstanding == 0 {
+            let later = p.later;
             drop(pulls);
-            remember_nobody(slave, user);
-            resolve_pull(slave, user, false);
+            if later {
+                resolve_pull(slave, user, Pulled::Later);
+            } else {
+                remember_nobody(slave, user);
+                resolve_pull(slave, user, Pulled::Nobody);
+            }
         }
     }
 }
@@ -359,10 +387,13 @@ async fn on_wanted(slave: &Slave, from: &str, user: &str) {
     let has = db(slave).is_some() && matches!(slave.store.exists(user).await, Ok(Existence::Yes));
     let owner = slave.sessions.topology.load().owner(user).to_owned();
     if !has || owner != from {
-        let _ = slave
-            .links
-            .send(from, &answer("user-data-none", user))
-            .await;
+        // Has it, but our table does not give it to the asker (yet): it asks again.
+        let reply = if has {
+            "user-data-later"
+        } else {
+            "user-data-none"
+        };
+        let _ = slave.links.send(from, &answer(reply, user)).await;
         return;
     }
     if let Err(e) = hand_over(slave, user, from).await {
@@ -381,10 +412,10 @@ fn remember_nobody(slave: &Slave, user: &str) {
     nobody.insert(user.to_owned(), Instant::now());
 }
 
-fn resolve_pull(slave: &Slave, user: &str, found: bool) {
+fn resolve_pull(slave: &Slave, user: &str, how: Pulled) {
     if let Some(p) = lock(&slave.handover.pulls).remove(user) {
         for w in p.waiters {
-            let _ = w.send(found);
+            let _ = w.send(how);
         }
     }
 }
@@ -433,20 +464,47 @@ pub async fn hand_over(slave: &Slave, user: &str, to: &str) -> Result<(), String
 }
 
 /// The new owner: `user` belongs here but has no account here. If the data lives on the
-/// slaves, ask the others for it and wait until it is here; `true` when it arrived.
+/// slaves, ask the others for it and wait until it is here (asking again while the slave that
+/// has it is behind on the table); `true` when it arrived.
 pub async fn pull(slave: &Slave, user: &str) -> bool {
     if db(slave).is_none() {
         return false;
     }
+    let deadline = tokio::time::Instant::now() + PULL_WAIT;
+    loop {
+        match ask_once(slave, user, deadline).await {
+            Pulled::Found => {
+                info!(user, "{user}'s data arrived on first use");
+                return true;
+            }
+            Pulled::Nobody => return false,
+            Pulled::Later if tokio::time::Instant::now() + LATER < deadline => {
+                tokio::time::sleep(LATER).await;
+            }
+            Pulled::Later => {
+                warn!(
+                    user,
+                    "{user}'s slave did not take the new table in {} s",
+                    PULL_WAIT.as_secs()
+                );
+                return false;
+            }
+        }
+    }
+}
+
+/// One round of [`pull`]: ask every other slave (or join a round under way) and wait, until
+/// `deadline`, for how it ends.
+async fn ask_once(slave: &Slave, user: &str, deadline: tokio::time::Instant) -> Pulled {
     let topology = slave.sessions.topology.load_full();
     if topology.owner(user) != slave.sessions.node {
-        return false;
+        return Pulled::Nobody;
     }
     if lock(&slave.handover.nobody)
         .get(user)
         .is_some_and(|at| at.elapsed() < NOBODY_TTL)
     {
-        return false;
+        return Pulled::Nobody;
     }
     let (tx, rx) = oneshot::channel();
     let first = {
@@ -454,6 +512,7 @@ pub async fn pull(slave: &Slave, user: &str) -> bool {
         let p = pulls.entry(user.to_owned()).or_insert(Pull {
             waiters: Vec::new(),
             outstanding: 0,
+            later: false,
         });
         p.waiters.push(tx);
         p.waiters.len() == 1
@@ -478,13 +537,13 @@ pub async fn pull(slave: &Slave, user: &str) -> bool {
             Some(p) if asked > 0 => p.outstanding += asked,
             Some(_) => {
                 drop(pulls);
-                resolve_pull(slave, user, false);
+                resolve_pull(slave, user, Pulled::Nobody);
             }
             None => {}
         }
     }
-    let found = match tokio::time::timeout(PULL_WAIT, rx).await {
-        Ok(answer) => answer.unwrap_or(false),
+    match tokio::time::timeout_at(deadline, rx).await {
+        Ok(answer) => answer.unwrap_or(Pulled::Nobody),
         Err(_) => {
             // Nobody answered in time: the next login or message asks again.
             lock(&slave.handover.pulls).remove(user);
@@ -493,11 +552,7 @@ pub async fn pull(slave: &Slave, user: &str) -> bool {
                 "{user}'s data did not arrive in {} s",
                 PULL_WAIT.as_secs()
             );
-            false
+            Pulled::Nobody
         }
-    };
-    if found {
-        info!(user, "{user}'s data arrived on first use");
     }
-    found
 }

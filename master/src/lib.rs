@@ -246,6 +246,7 @@ pub async fn run(
         .await;
     }
     let (sd, p2, mut link_events) = (rt.shutdown.clone(), policy.clone(), events.links);
+    let m2 = master.clone();
     rt.tracker.spawn(async move {
         loop {
             let ev = tokio::select! {
@@ -258,6 +259,13 @@ pub async fn run(
                 // The master makes the changes; it hears of none.
                 LinkEvent::Topology(_) => {}
                 LinkEvent::Down(n) => warn!("slave {n} is down: its users cannot log in"),
+                LinkEvent::Lost(_) => {}
+                // A stanza from another server that its slave never got: the sender hears.
+                LinkEvent::Undelivered { stanza, .. } => {
+                    if let Some(error) = s2s::unreachable(&stanza) {
+                        m2.outbound.send(error);
+                    }
+                }
                 // A slave saw a login: the redirect worked, or the relay did.
                 LinkEvent::Stanza { stanza, .. } if stanza.is("login", LINK_NS) => {
                     if let Some(user) = stanza.attr("user") {

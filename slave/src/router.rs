@@ -8,7 +8,7 @@ use std::time::Duration;
 use jabberfarm_net::farm::{LINK_NS, LinkEvent, SendError};
 use jabberfarm_proto::dialback::set_stanza_ns;
 use jabberfarm_proto::ns;
-use jabberfarm_proto::stanza::{ErrorCondition, ErrorType, Kind, StanzaError};
+use jabberfarm_proto::stanza::{ErrorCondition, ErrorType, Kind, StanzaError, worth_holding};
 use jabberfarm_proto::xml::Element;
 use jid::Jid;
 use tokio::sync::mpsc;
@@ -95,11 +95,7 @@ impl Slave {
                         Ok(()) => None,
                         Err(e) => {
                             debug!(to = %to, node, "cannot route: {e}");
-                            let el = wrapped.children().next()?;
-                            StanzaError::new(ErrorCondition::ServiceUnavailable)
-                                .typed(ErrorType::Wait)
-                                .text("the recipient's server is not reachable")
-                                .answer(el)
+                            unreachable(wrapped.children().next()?)
                         }
                     }
                 }
@@ -116,21 +112,42 @@ impl Slave {
         }
     }
 
-    /// Sends `el` (for `to`) over the link to `node`; the error for its sender when it cannot
-    /// go.
+    /// Sends `el` (for `to`) over the link to `node` (held while `node` is down, if it is
+    /// worth holding); the error for its sender when it cannot go.
     async fn send_to_node(&self, node: &str, to: &Jid, el: Element) -> Option<Element> {
-        match self.links.send(node, &el).await {
+        let sent = if worth_holding(&el) {
+            self.links.send_or_hold(node, &el).await
+        } else {
+            self.links.send(node, &el).await
+        };
+        match sent {
             Ok(()) => None,
             Err(SendError::Full) => StanzaError::new(ErrorCondition::ResourceConstraint)
                 .text("the farm link to the recipient's server is congested")
                 .answer(&el),
             Err(e) => {
                 debug!(to = %to, node, "cannot route: {e}");
-                StanzaError::new(ErrorCondition::ServiceUnavailable)
-                    .typed(ErrorType::Wait)
-                    .text("the recipient's server is not reachable")
-                    .answer(&el)
+                unreachable(&el)
             }
+        }
+    }
+
+    /// A stanza the link to `node` kept and could not deliver: its sender gets the error
+    /// it would have got had the link been down when it was sent.
+    async fn undelivered(&self, node: &str, mut el: Element) {
+        if el.is(REROUTED, LINK_NS) {
+            let Some(inner) = el.children().next().cloned() else {
+                return;
+            };
+            el = inner;
+        }
+        if Kind::of(&el).is_none() {
+            // The links' own elements (hand-overs, notices) have their own retries.
+            return debug!(node, "not delivered to {node}: <{}/>", el.name);
+        }
+        set_stanza_ns(&mut el, ns::SERVER, ns::CLIENT);
+        if let Some(error) = unreachable(&el) {
+            self.route(error, Origin::Local).await;
         }
     }
 
@@ -140,8 +157,9 @@ impl Slave {
     /// order per user is kept, and one slow user (a database write, a full session queue, a
     /// congested link to answer on) holds up only the users of its worker. A worker that
     /// stays full for [`INBOUND_WAIT`] gets no more: the stanza is answered
-    /// `resource-constraint`. A link going down waits for the workers to finish what they
-    /// hold, so "gone" presences never overtake that node's last stanzas.
+    /// `resource-constraint`. A peer lost (restarted, not running, or away for `farm.hold`)
+    /// waits for the workers to finish what they hold, so "gone" presences never overtake
+    /// that node's last stanzas.
     pub async fn link_events(self: &Arc<Self>, mut rx: mpsc::Receiver<LinkEvent>) {
         let workers: Vec<mpsc::Sender<Inbound>> = (0..INBOUND_WORKERS)
             .map(|_| {
@@ -199,7 +217,10 @@ impl Slave {
                         }
                     }
                 }
-                LinkEvent::Down(node) => {
+                // The link may come back to the same process: nothing is lost yet.
+                LinkEvent::Down(_) => {}
+                LinkEvent::Undelivered { node, stanza } => self.undelivered(&node, stanza).await,
+                LinkEvent::Lost(node) => {
                     let mut done = Vec::new();
                     for w in &workers {
                         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -230,6 +251,14 @@ impl Slave {
             }
         }
     }
+}
+
+/// The error for a stanza whose recipient's server cannot be reached.
+fn unreachable(el: &Element) -> Option<Element> {
+    StanzaError::new(ErrorCondition::ServiceUnavailable)
+        .typed(ErrorType::Wait)
+        .text("the recipient's server is not reachable")
+        .answer(el)
 }
 
 /// Workers for stanzas from farm links.

@@ -18,8 +18,15 @@ pub struct FarmLinkConfig {
     pub heartbeat: Duration,
     /// A link that has been silent this long is declared dead.
     pub dead_after: Duration,
-    /// Frames queued per peer before senders get `resource-constraint`.
+    /// Frames kept per peer (queued, or sent and not yet acknowledged) before senders get
+    /// `resource-constraint`.
     pub queue: usize,
+    /// Bytes kept per peer, the same way.
+    pub queue_bytes: usize,
+    /// How long a link that is down keeps what was sent to its peer, to write it when the
+    /// link is back; then each frame goes back to its sender as an error. A peer down this
+    /// long is taken for gone (its users' presence ends).
+    pub hold: Duration,
     /// The CA that signed the nodes' certificates, trusted on TLS links (`farm.ca`; with
     /// `tls.generate`, the demo CA).
     pub ca: Option<PathBuf>,
@@ -32,6 +39,8 @@ impl Default for FarmLinkConfig {
             heartbeat: Duration::from_secs(5),
             dead_after: Duration::from_secs(15),
             queue: 4096,
+            queue_bytes: 32 << 20,
+            hold: Duration::from_secs(30),
             ca: None,
         }
     }
@@ -43,6 +52,8 @@ pub(crate) struct RawFarm {
     heartbeat: Option<u64>,
     dead_after: Option<u64>,
     queue: Option<u64>,
+    queue_bytes: Option<u64>,
+    hold: Option<u64>,
     ca: Option<PathBuf>,
 }
 
@@ -110,6 +121,8 @@ pub(crate) fn farm_links(
     let heartbeat = positive("heartbeat", raw.heartbeat, d.heartbeat.as_secs());
     let dead_after = positive("dead_after", raw.dead_after, d.dead_after.as_secs());
     let queue = positive("queue", raw.queue, d.queue as u64);
+    let queue_bytes = positive("queue_bytes", raw.queue_bytes, d.queue_bytes as u64);
+    let hold = positive("hold", raw.hold, d.hold.as_secs());
     if dead_after <= heartbeat {
         problems.push(Problem::new(
             "farm.dead_after",
@@ -137,6 +150,8 @@ pub(crate) fn farm_links(
         heartbeat: Duration::from_secs(heartbeat),
         dead_after: Duration::from_secs(dead_after),
         queue: usize::try_from(queue).unwrap_or(usize::MAX),
+        queue_bytes: usize::try_from(queue_bytes).unwrap_or(usize::MAX),
+        hold: Duration::from_secs(hold),
     }
 }
 

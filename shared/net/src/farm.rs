@@ -33,12 +33,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
@@ -46,6 +46,7 @@ use tracing::{debug, error, info, warn};
 use crate::relay::Handoff;
 use crate::stream::Io;
 use jabberfarm_config::{FarmConfig, Role, SharedTopology};
+use jabberfarm_proto::link::outbox::{self, Inbox, Outbox};
 use jabberfarm_proto::link::{
     ADMIN_NAME, Acceptor, Connector, Failure, PeerTable, Table, frame_of, frame_parser, link_key,
     new_nonce, parse_frame, push_frame, refuse,
@@ -73,6 +74,17 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long [`FarmLinks::send`] waits for room in a full queue.
 pub const SEND_WAIT: Duration = Duration::from_secs(2);
+/// A receiver acknowledges at least every this many frames…
+const ACK_EVERY: u64 = 128;
+/// …and at most this long after a frame it has not acknowledged yet.
+const ACK_DELAY: Duration = Duration::from_millis(20);
+/// How often a link that is down is looked after: frames kept too long go back to their
+/// senders, and the peer's port is tried (refused: the process is not running).
+const KEEPER_TICK: Duration = Duration::from_secs(1);
+/// What reading a frame says of a connection closed before it.
+const EARLY_EOF: &str = "closed by the peer";
+/// Bytes written to a link at once.
+const WRITE_BATCH: usize = 64 * 1024;
 
 /// What the links tell the node.
 #[derive(Debug)]
@@ -87,6 +99,16 @@ pub enum LinkEvent {
     /// This node now runs topology epoch N (handed over by the master): users it served may
     /// belong elsewhere now.
     Topology(u64),
+    /// What `node` held is gone: it was restarted, its process is not running, or it stayed
+    /// unreachable for `farm.hold`. Its users' sessions ended (a link that drops and comes
+    /// back to the same process loses nothing, and says only [`LinkEvent::Down`]).
+    Lost(String),
+    /// A stanza sent to `node` that was never delivered (the link stayed down for
+    /// `farm.hold`, or the peer left the farm): its sender gets an error.
+    Undelivered {
+        node: String,
+        stanza: Element,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -116,11 +138,25 @@ pub type RelayHandler = Arc<
 
 struct Peer {
     addr: SocketAddr,
-    /// Frames for the current connection; `None` while down.
-    tx: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
+    /// What we sent it (or will) and it has not acknowledged: outlives connections.
+    outbox: Mutex<Outbox>,
+    /// What we took from it, and the connection whose frames count. Locked while a frame is
+    /// counted and handed on, so a new connection's sync sees every frame an older one
+    /// handed on, and the older one hands on nothing more.
+    inbox: tokio::sync::Mutex<(Inbox, u64)>,
+    /// The inbox's count, for the writer (which acknowledges it).
+    received: AtomicU64,
+    /// What the writer last acknowledged.
+    acked_sent: AtomicU64,
+    /// Wakes the writer: frames to write, or frames to acknowledge.
+    wake: Notify,
+    /// Wakes senders waiting for room.
+    room: Notify,
     up: AtomicBool,
-    /// Bumped per connection, so a stale connection's teardown does not clear a newer one.
-    generation: Mutex<u64>,
+    /// The link's state while it is down.
+    down: Mutex<Down>,
+    /// The current connection: its number, and what ends it (a newer one ends it).
+    conn: Mutex<(u64, CancellationToken)>,
     /// Cancelled when the peer leaves the farm: its link and its reconnect loop end.
     gone: CancellationToken,
     /// The topology no longer has this peer, but its link was up: it is emptying itself
@@ -128,16 +164,74 @@ struct Peer {
     leaving: AtomicBool,
 }
 
+/// A peer's link while it is down.
+struct Down {
+    /// Since when (at start: since the node started).
+    since: Instant,
+    /// The link was up at least once since this node started.
+    ever_up: bool,
+    /// Its process is not running (its port refuses connections): only what is worth
+    /// holding ([`FarmLinks::send_or_hold`]) is still taken for it.
+    dead: bool,
+    /// [`LinkEvent::Lost`] was said for this time down.
+    lost: bool,
+}
+
 impl Peer {
-    fn new(addr: SocketAddr) -> Peer {
+    fn new(addr: SocketAddr, queue: usize, queue_bytes: usize) -> Peer {
         Peer {
             addr,
-            tx: Mutex::new(None),
+            outbox: Mutex::new(Outbox::new(queue, queue_bytes)),
+            inbox: tokio::sync::Mutex::new((Inbox::default(), 0)),
+            received: AtomicU64::new(0),
+            acked_sent: AtomicU64::new(0),
+            wake: Notify::new(),
+            room: Notify::new(),
             up: AtomicBool::new(false),
-            generation: Mutex::new(0),
+            down: Mutex::new(Down {
+                since: Instant::now(),
+                ever_up: false,
+                dead: false,
+                lost: false,
+            }),
+            conn: Mutex::new((0, CancellationToken::new())),
             gone: CancellationToken::new(),
             leaving: AtomicBool::new(false),
         }
+    }
+
+    fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn down(&self) -> std::sync::MutexGuard<'_, Down> {
+        self.down.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a frame may be queued for this peer now (`held`: it is worth holding while the
+    /// peer's process is not running).
+    fn admits(&self, held: bool, hold: Duration) -> Result<(), SendError> {
+        if self.up.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let down = self.down();
+        if down.since.elapsed() >= hold || (down.dead && !held) {
+            return Err(SendError::Down);
+        }
+        Ok(())
+    }
+
+    /// Queue `frame` if there is room; it comes back when there is none.
+    fn push(&self, frame: Vec<u8>) -> Result<(), Vec<u8>> {
+        {
+            let mut out = self.outbox();
+            if !out.has_room(frame.len()) {
+                return Err(frame);
+            }
+            out.push(frame, Instant::now());
+        }
+        self.wake.notify_waiters();
+        Ok(())
     }
 }
 
@@ -159,6 +253,10 @@ pub struct FarmLinks {
     heartbeat: Duration,
     dead_after: Duration,
     queue: usize,
+    queue_bytes: usize,
+    hold: Duration,
+    /// This process, as its peers tell it from an earlier one (a restart).
+    incarnation: String,
     max_frame: usize,
     tls: Option<LinkTls>,
     /// Nodes that may relay clients to us.
@@ -197,7 +295,10 @@ impl FarmLinks {
             .nodes
             .iter()
             .filter(|n| n.name != me)
-            .map(|n| (n.name.clone(), Arc::new(Peer::new(n.farm))))
+            .map(|n| {
+                let peer = Peer::new(n.farm, cfg.farm.queue, cfg.farm.queue_bytes);
+                (n.name.clone(), Arc::new(peer))
+            })
             .collect();
         let links = Arc::new_cyclic(|this| FarmLinks {
             this: this.clone(),
@@ -210,6 +311,9 @@ impl FarmLinks {
             heartbeat: cfg.farm.heartbeat,
             dead_after: cfg.farm.dead_after,
             queue: cfg.farm.queue,
+            queue_bytes: cfg.farm.queue_bytes,
+            hold: cfg.farm.hold,
+            incarnation: format!("{:016x}", rand::random::<u64>()),
             // Twice a stanza: a user's data moving to another slave travels as base64 parts,
             // a part at most one stored stanza (4/3 of it) with its tags.
             max_frame: 2 * cfg.limits.max_stanza + FRAME_SLACK,
@@ -271,16 +375,12 @@ impl FarmLinks {
         let _ = self.relay_handler.set(handler);
     }
 
-    /// Queue an element for `node` if there is room right now (for notices that may be
-    /// lost: nobody waits for them).
+    /// Queue an element for `node` if there is room right now (for notices nobody waits
+    /// for).
     pub fn try_send(&self, node: &str, el: &Element) -> Result<(), SendError> {
         let peer = self.peer(node).ok_or(SendError::Unknown)?;
-        let guard = peer.tx.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = guard.as_ref().ok_or(SendError::Down)?;
-        tx.try_send(frame_of(el)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SendError::Full,
-            mpsc::error::TrySendError::Closed(_) => SendError::Down,
-        })
+        peer.admits(false, self.hold)?;
+        peer.push(frame_of(el)).map_err(|_| SendError::Full)
     }
 
     /// Open a relay connection to `node` for one client and hand it over: on success the
@@ -293,19 +393,47 @@ impl FarmLinks {
     }
 
     /// Queue a stanza for `node`, waiting at most [`SEND_WAIT`] for room: a busy link slows
-    /// its senders down before it refuses them.
+    /// its senders down before it refuses them. The link keeps it until the peer has it,
+    /// across reconnects, for at most `farm.hold` while the link is down (then
+    /// [`LinkEvent::Undelivered`]). Refused at once when the peer's process is known not to
+    /// run, or the link has been down for `farm.hold`.
     pub async fn send(&self, node: &str, stanza: &Element) -> Result<(), SendError> {
+        self.queue_for(node, stanza, false).await
+    }
+
+    /// [`Self::send`] for what is worth holding while the peer's process is not running
+    /// (messages, subscription requests: the peer stores them when it is back); refused only
+    /// when the link has been down for `farm.hold`.
+    pub async fn send_or_hold(&self, node: &str, stanza: &Element) -> Result<(), SendError> {
+        self.queue_for(node, stanza, true).await
+    }
+
+    async fn queue_for(&self, node: &str, stanza: &Element, held: bool) -> Result<(), SendError> {
         let peer = self.peer(node).ok_or(SendError::Unknown)?;
-        let tx = {
-            let guard = peer.tx.lock().unwrap_or_else(|p| p.into_inner());
-            guard.clone().ok_or(SendError::Down)?
-        };
-        tx.send_timeout(frame_of(stanza), SEND_WAIT)
-            .await
-            .map_err(|e| match e {
-                mpsc::error::SendTimeoutError::Timeout(_) => SendError::Full,
-                mpsc::error::SendTimeoutError::Closed(_) => SendError::Down,
-            })
+        peer.admits(held, self.hold)?;
+        let mut frame = frame_of(stanza);
+        let deadline = tokio::time::Instant::now() + SEND_WAIT;
+        loop {
+            let room = peer.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match peer.push(frame) {
+                Ok(()) => return Ok(()),
+                Err(back) => frame = back,
+            }
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return Err(SendError::Full);
+            }
+            peer.admits(held, self.hold)?;
+        }
+    }
+
+    /// Frames kept for `node` (queued or not yet acknowledged), and their bytes.
+    pub fn queued(&self, node: &str) -> (usize, usize) {
+        self.peer(node).map_or((0, 0), |p| {
+            let out = p.outbox();
+            (out.len(), out.bytes())
+        })
     }
 
     /// Accept links on `listener` and keep links to the peers we connect to, until `shutdown`.
@@ -325,11 +453,14 @@ impl FarmLinks {
     }
 
     /// Reconnects to `peer` for as long as it is in the farm, if we are the side that
-    /// connects (the name that sorts first).
+    /// connects (the name that sorts first); looks after its link while it is down.
     fn keep_linked(self: &Arc<Self>, name: &str, peer: &Arc<Peer>) {
         let Some((shutdown, tracker)) = self.running.get() else {
             return;
         };
+        let me = self.clone();
+        let (n, p, sd) = (name.to_owned(), peer.clone(), shutdown.clone());
+        tracker.spawn(async move { me.keep(n, p, sd).await });
         if self.me.as_str() < name {
             let me = self.clone();
             let (name, addr) = (name.to_owned(), peer.addr);
@@ -362,7 +493,7 @@ impl FarmLinks {
                     p.clone()
                 }
                 _ => {
-                    let p = Arc::new(Peer::new(n.farm));
+                    let p = Arc::new(Peer::new(n.farm, self.queue, self.queue_bytes));
                     joined.push((n.name.clone(), p.clone()));
                     p
                 }
@@ -453,6 +584,10 @@ impl FarmLinks {
                         let acceptor = tokio_rustls::TlsAcceptor::from(t.server.clone());
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
                             Ok(Ok(s)) => Box::new(s),
+                            // Closed before a byte: a peer checking whether we run.
+                            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                                return debug!(%peer_addr, "farm port: closed before TLS");
+                            }
                             _ => {
                                 warn!(%peer_addr, "farm link: TLS handshake failed");
                                 return;
@@ -471,6 +606,8 @@ impl FarmLinks {
                     Ok(Ok((peer, Purpose::Link, table))) => me.serve(peer, table, link, sd).await,
                     Ok(Ok((peer, Purpose::Relay, _))) => me.take_relay(peer, link).await,
                     Ok(Ok((_, Purpose::Admin, _))) => me.serve_admin(link).await,
+                    // Closed before its hello: a peer checking whether we run.
+                    Ok(Err(e)) if e == EARLY_EOF => debug!(%peer_addr, "farm port: closed at once"),
                     Ok(Err(e)) => warn!(%peer_addr, "farm link refused: {e}"),
                     Err(_) => warn!(%peer_addr, "farm link: handshake timed out"),
                 }
@@ -626,34 +763,134 @@ impl FarmLinks {
         .await;
     }
 
-    /// Run an authenticated link until it fails or we stop.
+    /// Run an authenticated link until it fails, a newer connection to the same peer takes
+    /// over, or we stop.
     async fn serve(
         &self,
         peer_name: String,
         table: PeerTable,
-        link: Framed,
+        mut link: Framed,
         shutdown: CancellationToken,
     ) {
         let Some(peer) = self.peer(&peer_name) else {
             return;
         };
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(self.queue);
+        // A newer connection ends an older one (a link that came back before the old
+        // connection noticed it was dead).
+        let conn = CancellationToken::new();
         let generation = {
-            let mut g = peer.generation.lock().unwrap_or_else(|p| p.into_inner());
-            *g += 1;
-            *g
+            let mut c = peer.conn.lock().unwrap_or_else(|p| p.into_inner());
+            c.0 += 1;
+            std::mem::replace(&mut c.1, conn.clone()).cancel();
+            c.0
         };
-        *peer.tx.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        if let Some((resend_from, restarted)) =
+            self.sync(&peer_name, &peer, generation, &mut link).await
+        {
+            if restarted {
+                self.lost(&peer_name, &peer, "it was restarted").await;
+            }
+            self.run_link(
+                &peer_name,
+                &peer,
+                generation,
+                resend_from,
+                table,
+                link,
+                &conn,
+                &shutdown,
+            )
+            .await;
+        }
+        let current = peer.conn.lock().unwrap_or_else(|p| p.into_inner()).0 == generation;
+        if current && peer.up.swap(false, Ordering::AcqRel) {
+            {
+                let mut down = peer.down();
+                down.since = Instant::now();
+                down.dead = false;
+                down.lost = false;
+            }
+            if !shutdown.is_cancelled() && !peer.leaving.load(Ordering::Acquire) {
+                let (n, bytes) = self.queued(&peer_name);
+                warn!(
+                    peer = %peer_name,
+                    "farm link to {peer_name} down; {n} frames ({bytes} bytes) kept for it, \
+                     written when it is back (at most {} s)",
+                    self.hold.as_secs()
+                );
+            }
+            self.forget_if_left(&peer_name, &peer);
+            let _ = self.events.try_send(LinkEvent::Down(peer_name));
+        }
+    }
+
+    /// A connection's first frames: our `<sync/>`, then the peer's (`jabberfarm_proto::link::
+    /// outbox`). Under the inbox lock, so no older connection hands anything on after it.
+    /// Where our writing starts, and whether the peer is another process than last time.
+    async fn sync(
+        &self,
+        name: &str,
+        peer: &Peer,
+        generation: u64,
+        link: &mut Framed,
+    ) -> Option<(u64, bool)> {
+        let mut inbox = peer.inbox.lock().await;
+        inbox.1 = generation;
+        let ours = inbox.0.sync(&self.incarnation, &peer.outbox());
+        let exchange = async {
+            link.send_el(&ours.to_element()).await?;
+            outbox::Sync::from_element(&link.recv_el().await?)
+        };
+        let theirs = match tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange).await {
+            Ok(Ok(sync)) => sync,
+            Ok(Err(e)) => {
+                warn!(peer = %name, "farm link to {name}: {e}");
+                return None;
+            }
+            Err(_) => {
+                warn!(peer = %name, "farm link to {name}: no <sync/> in time");
+                return None;
+            }
+        };
+        let outcome = inbox
+            .0
+            .on_sync(&self.incarnation, &theirs, &mut peer.outbox());
+        peer.received.store(inbox.0.received(), Ordering::Release);
+        peer.acked_sent.store(ours.h, Ordering::Release);
+        Some((outcome.resend_from, outcome.restarted))
+    }
+
+    /// A synced connection, until it fails or is ended: the writer writes what the outbox
+    /// keeps (from `resend_from`) and acknowledges what the reader took; the reader hands
+    /// frames on, counting them, and releases what the peer acknowledges.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_link(
+        &self,
+        peer_name: &str,
+        peer: &Peer,
+        generation: u64,
+        resend_from: u64,
+        table: PeerTable,
+        link: Framed,
+        conn: &CancellationToken,
+        shutdown: &CancellationToken,
+    ) {
+        {
+            let mut down = peer.down();
+            down.ever_up = true;
+            down.dead = false;
+            down.lost = false;
+        }
         peer.up.store(true, Ordering::Release);
-        let (a, b) = if self.me < peer_name {
-            (self.me.as_str(), peer_name.as_str())
+        let (a, b) = if self.me.as_str() < peer_name {
+            (self.me.as_str(), peer_name)
         } else {
-            (peer_name.as_str(), self.me.as_str())
+            (peer_name, self.me.as_str())
         };
         info!("farm link {a} <-> {b} up");
-        let _ = self.events.send(LinkEvent::Up(peer_name.clone())).await;
+        let _ = self.events.send(LinkEvent::Up(peer_name.to_owned())).await;
         if self.is_master() {
-            self.reconcile(&peer_name, &table).await;
+            self.reconcile(peer_name, &table).await;
         }
 
         let Framed {
@@ -666,34 +903,43 @@ impl FarmLinks {
         // read too (instead of two reads per frame: its length, then its bytes).
         let mut rd = tokio::io::BufReader::with_capacity(64 * 1024, rd);
         let heartbeat = self.heartbeat;
-        let writer = async move {
+        let writer = async {
             let mut buf = Vec::with_capacity(16 * 1024);
+            let mut next = resend_from;
             loop {
-                let first = tokio::time::timeout(heartbeat, rx.recv()).await;
+                let wake = peer.wake.notified();
+                tokio::pin!(wake);
+                wake.as_mut().enable();
                 buf.clear();
-                match first {
-                    Err(_) => buf.extend_from_slice(&0u32.to_be_bytes()),
-                    Ok(None) => return,
-                    Ok(Some(frame)) => {
-                        push_frame(&mut buf, &frame);
-                        // Batch whatever else is queued into one write.
-                        while buf.len() < 64 * 1024 {
-                            match rx.try_recv() {
-                                Ok(f) => push_frame(&mut buf, &f),
-                                Err(_) => break,
-                            }
-                        }
+                next = peer.outbox().write_from(next, &mut buf, WRITE_BATCH);
+                let pending = peer
+                    .received
+                    .load(Ordering::Acquire)
+                    .saturating_sub(peer.acked_sent.load(Ordering::Acquire));
+                if buf.is_empty() && pending < ACK_EVERY {
+                    // Nothing to write yet: wait for frames, then acknowledge what came in
+                    // meanwhile, or say we are alive.
+                    let wait = if pending > 0 { ACK_DELAY } else { heartbeat };
+                    if tokio::time::timeout(wait, wake).await.is_ok() {
+                        continue;
                     }
+                    if pending == 0 {
+                        buf.extend_from_slice(&0u32.to_be_bytes());
+                    }
+                }
+                let received = peer.received.load(Ordering::Acquire);
+                if received > peer.acked_sent.load(Ordering::Acquire) {
+                    push_frame(&mut buf, &frame_of(&outbox::ack(received)));
+                    peer.acked_sent.store(received, Ordering::Release);
                 }
                 if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
                     return;
                 }
             }
         };
-        let events = self.events.clone();
         let dead_after = self.dead_after;
-        let name = peer_name.clone();
-        let reader = async move {
+        let name = peer_name;
+        let reader = async {
             loop {
                 let frame = match tokio::time::timeout(dead_after, read_frame(&mut rd, max_frame))
                     .await
@@ -711,44 +957,161 @@ impl FarmLinks {
                 if frame.is_empty() {
                     continue; // heartbeat
                 }
-                match parse_frame(&mut parser, &frame) {
-                    Ok(el) if topology::is_control(&el) => self.on_control(&name, &el).await,
-                    Ok(stanza) => {
-                        if events
-                            .send(LinkEvent::Stanza {
-                                from_node: name.clone(),
-                                stanza,
-                            })
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
+                let el = match parse_frame(&mut parser, &frame) {
+                    Ok(el) => el,
                     Err(e) => {
                         warn!(peer = %name, "farm link to {name}: bad frame ({e}), dropping the link");
                         return;
                     }
+                };
+                if let Some(h) = outbox::parse_ack(&el) {
+                    let released = {
+                        let mut out = peer.outbox();
+                        (h < out.end()).then(|| out.acked(h))
+                    };
+                    match released {
+                        None => {
+                            warn!(peer = %name, "farm link to {name}: it acknowledged frame {h}, never sent; dropping the link");
+                            return;
+                        }
+                        Some(0) => {}
+                        Some(_) => peer.room.notify_waiters(),
+                    }
+                    continue;
+                }
+                if outbox::is_sequence_element(&el) {
+                    warn!(peer = %name, "farm link to {name}: <{}/> after the sync; dropping the link", el.name);
+                    return;
+                }
+                let mut inbox = peer.inbox.lock().await;
+                if inbox.1 != generation {
+                    return;
+                }
+                let h = inbox.0.took();
+                if topology::is_control(&el) {
+                    self.on_control(name, &el).await;
+                } else if self
+                    .events
+                    .send(LinkEvent::Stanza {
+                        from_node: name.to_owned(),
+                        stanza: el,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                peer.received.store(h, Ordering::Release);
+                drop(inbox);
+                let pending = h.saturating_sub(peer.acked_sent.load(Ordering::Acquire));
+                if pending == 1 || pending % ACK_EVERY == 0 {
+                    peer.wake.notify_waiters();
                 }
             }
         };
         tokio::select! {
-            _ = writer => {}
-            _ = reader => {}
+            biased;
+            _ = conn.cancelled() => {}
             _ = shutdown.cancelled() => {}
             _ = peer.gone.cancelled() => {}
-        }
-        let current = *peer.generation.lock().unwrap_or_else(|p| p.into_inner()) == generation;
-        if current {
-            *peer.tx.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            peer.up.store(false, Ordering::Release);
-            if !shutdown.is_cancelled() && !peer.leaving.load(Ordering::Acquire) {
-                warn!(peer = %peer_name, "farm link to {peer_name} down");
-            }
-            self.forget_if_left(&peer_name, &peer);
-            let _ = self.events.try_send(LinkEvent::Down(peer_name));
+            _ = writer => {}
+            _ = reader => {}
         }
     }
+
+    /// Looks after `peer`'s link while it is down, until the peer leaves the farm or we stop:
+    /// frames kept longer than `farm.hold` go back to their senders; a peer whose port
+    /// refuses connections (its process is not running), or that stays unreachable for
+    /// `farm.hold`, is lost. When the peer leaves, what is still kept for it goes back.
+    async fn keep(self: Arc<Self>, name: String, peer: Arc<Peer>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = peer.gone.cancelled() => break,
+                _ = tokio::time::sleep(KEEPER_TICK) => {}
+            }
+            if peer.up.load(Ordering::Acquire) {
+                continue;
+            }
+            if let Some(cutoff) = Instant::now().checked_sub(self.hold) {
+                let expired = peer.outbox().expire(cutoff);
+                self.undelivered(&name, &peer, expired).await;
+            }
+            let (since, dead, lost) = {
+                let d = peer.down();
+                (d.since, d.dead, d.lost)
+            };
+            if lost {
+                continue;
+            }
+            if since.elapsed() >= self.hold {
+                let why = format!("unreachable for {} s", self.hold.as_secs());
+                self.lost(&name, &peer, &why).await;
+            } else if !dead && refused(peer.addr).await {
+                peer.down().dead = true;
+                self.lost(
+                    &name,
+                    &peer,
+                    "its farm port refuses connections: not running",
+                )
+                .await;
+            }
+        }
+        let all = peer.outbox().expire(Instant::now() + KEEPER_TICK);
+        self.undelivered(&name, &peer, all).await;
+    }
+
+    /// What `peer` held is gone (once per time down; said only of a peer that was linked).
+    async fn lost(&self, name: &str, peer: &Peer, why: &str) {
+        let say = {
+            let mut down = peer.down();
+            let say = !down.lost && down.ever_up;
+            down.lost = true;
+            say
+        };
+        if say {
+            warn!(peer = %name, "{name} is lost ({why}): its users' sessions ended");
+            let _ = self.events.send(LinkEvent::Lost(name.to_owned())).await;
+        }
+    }
+
+    /// Frames that will not be delivered: each goes back to the node as
+    /// [`LinkEvent::Undelivered`] (whose sender gets an error).
+    async fn undelivered(&self, name: &str, peer: &Peer, frames: Vec<Vec<u8>>) {
+        if frames.is_empty() {
+            return;
+        }
+        peer.room.notify_waiters();
+        warn!(
+            peer = %name,
+            "{} frames for {name} not delivered within {} s: back to their senders",
+            frames.len(),
+            self.hold.as_secs()
+        );
+        let mut parser = frame_parser(self.max_frame);
+        for frame in frames {
+            let Ok(stanza) = parse_frame(&mut parser, &frame) else {
+                continue;
+            };
+            let node = name.to_owned();
+            if self
+                .events
+                .send(LinkEvent::Undelivered { node, stanza })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// Whether nothing listens at `addr` (the connection is refused: the node is not running).
+async fn refused(addr: SocketAddr) -> bool {
+    matches!(
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr)).await,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    )
 }
 
 /// A connection to a farm port; with TLS when given a client config and the name the
@@ -783,7 +1146,10 @@ async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
     max: usize,
 ) -> Result<Vec<u8>, String> {
     let mut len = [0u8; 4];
-    rd.read_exact(&mut len).await.map_err(|e| e.to_string())?;
+    rd.read_exact(&mut len).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => EARLY_EOF.to_owned(),
+        _ => e.to_string(),
+    })?;
     let len = u32::from_be_bytes(len) as usize;
     if len > max {
         return Err(format!("frame of {len} bytes exceeds {max}"));

@@ -32,6 +32,8 @@ use crate::ns;
 use crate::scram::{ScramHash, hmac};
 use crate::xml::{Element, ParserLimits, StreamEvent, StreamParser};
 
+pub mod outbox;
+
 pub const LINK_NS: &str = "urn:jabberfarm:link:0";
 
 /// Why a connection is opened: a link, one relayed client, or one admin request (the

@@ -433,7 +433,8 @@ pub async fn gone(slave: &Slave, me: &FullJid, user: &str) {
     }
 }
 
-/// A farm link dropped: local sessions are told that the contacts they saw there are gone.
+/// A peer node is lost (`LinkEvent::Lost`): local sessions are told that the contacts they
+/// saw there are gone.
 pub fn node_down(slave: &Slave, node: &str) {
     for (tx, to, gone) in slave.sessions.forget_seen_on(node) {
         for from in gone {

@@ -43,6 +43,19 @@ pub fn is_error_or_result(el: &Element) -> bool {
     matches!(el.attr("type"), Some("error") | Some("result"))
 }
 
+/// Whether a stanza is worth holding for a recipient whose server is down, to deliver when it
+/// is back: messages (stored offline there if the recipient is away by then) and subscription
+/// requests and answers (RFC 6121 §3: the server keeps those). Presence broadcasts and IQs
+/// keep their RFC semantics: a presence to a server that is gone is moot, an IQ gets its
+/// error at once.
+pub fn worth_holding(el: &Element) -> bool {
+    match Kind::of(el) {
+        Some(Kind::Message) => true,
+        Some(Kind::Presence) => PresenceType::of(el).is_some_and(PresenceType::is_subscription),
+        _ => false,
+    }
+}
+
 /// An empty IQ result for `iq`, optionally carrying a payload.
 pub fn iq_result(iq: &Element, payload: Option<Element>) -> Element {
     let mut r = Element::new("iq", iq.ns.clone())
@@ -54,4 +67,23 @@ pub fn iq_result(iq: &Element, payload: Option<Element>) -> Element {
         r = r.with_child(p);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_and_subscriptions_are_worth_holding() {
+        let el =
+            |name: &str, t: Option<&str>| Element::new(name, ns::CLIENT).with_opt_attr("type", t);
+        assert!(worth_holding(&el("message", None)));
+        assert!(worth_holding(&el("message", Some("chat"))));
+        assert!(worth_holding(&el("presence", Some("subscribe"))));
+        assert!(worth_holding(&el("presence", Some("unsubscribed"))));
+        assert!(!worth_holding(&el("presence", None)));
+        assert!(!worth_holding(&el("presence", Some("unavailable"))));
+        assert!(!worth_holding(&el("iq", Some("get"))));
+        assert!(!worth_holding(&Element::new("message", "urn:other")));
+    }
 }

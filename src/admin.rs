@@ -88,7 +88,7 @@ pub async fn status(cfg: Arc<FarmConfig>) -> Result<ExitCode> {
         .map(|(i, answer)| (&cfg.nodes[i], answer))
         .collect();
     println!(
-        "{:<12} {:<7} {:<6} {:>6} {:<17} {:>6} {:>7} {:>9} {:>8} {:>7}",
+        "{:<12} {:<7} {:<6} {:>6} {:<17} {:>6} {:>7} {:>9} {:>8} {:>7} {:>7}",
         "node",
         "role",
         "state",
@@ -98,7 +98,8 @@ pub async fn status(cfg: Arc<FarmConfig>) -> Result<ExitCode> {
         "users",
         "sessions",
         "relayed",
-        "moving"
+        "moving",
+        "queued"
     );
     let mut down = 0;
     let mut tables = std::collections::BTreeSet::new();
@@ -111,9 +112,13 @@ pub async fn status(cfg: Arc<FarmConfig>) -> Result<ExitCode> {
                     .iter()
                     .filter(|l| l.attr("up") == Some("true"))
                     .count();
+                let queued: u64 = links
+                    .iter()
+                    .filter_map(|l| l.attr("queued")?.parse::<u64>().ok())
+                    .sum();
                 tables.insert((get("epoch").to_owned(), get("fingerprint").to_owned()));
                 println!(
-                    "{:<12} {:<7} {:<6} {:>6} {:<17} {:>6} {:>7} {:>9} {:>8} {:>7}",
+                    "{:<12} {:<7} {:<6} {:>6} {:<17} {:>6} {:>7} {:>9} {:>8} {:>7} {:>7}",
                     node.name,
                     get("role"),
                     "up",
@@ -123,14 +128,15 @@ pub async fn status(cfg: Arc<FarmConfig>) -> Result<ExitCode> {
                     get("users"),
                     get("sessions"),
                     get("relayed"),
-                    get("moving")
+                    get("moving"),
+                    queued
                 );
             }
             Err(e) => {
                 down += 1;
                 println!(
-                    "{:<12} {:<7} {:<6} {:>6} {:<17} {:>6} {:>7} {:>9} {:>8} {:>7}  ({e})",
-                    node.name, node.role, "down", "-", "-", "-", "-", "-", "-", "-"
+                    "{:<12} {:<7} {:<6} {:>6} {:<17} {:>6} {:>7} {:>9} {:>8} {:>7} {:>7}  ({e})",
+                    node.name, node.role, "down", "-", "-", "-", "-", "-", "-", "-", "-"
                 );
             }
         }
@@ -148,8 +154,8 @@ pub async fn status(cfg: Arc<FarmConfig>) -> Result<ExitCode> {
                 continue;
             };
             println!(
-                "{:<12} {:<7} {:<6} {:>6} {:<17} {:>6} {:>7} {:>9} {:>8} {:>7}",
-                name, "slave", "leaving", "-", "-", "-", "-", "-", "-", "-"
+                "{:<12} {:<7} {:<6} {:>6} {:<17} {:>6} {:>7} {:>9} {:>8} {:>7} {:>7}",
+                name, "slave", "leaving", "-", "-", "-", "-", "-", "-", "-", "-"
             );
         }
     }

@@ -316,3 +316,137 @@ fn the_farm_port_bounds_what_comes_before_the_handshake() {
     assert!(r.contains(&format!("from='{a}@localhost/r'")), "{r}");
     drop(held);
 }
+
+/// `user` logs in at its slave and shows itself to `to` (so `to` would hear of its going).
+fn shown_to(farm: &TestFarm, user: &str, password: &str, to: &str) -> Raw {
+    let mut c = Raw::login(farm.owner(user).c2s, user, password, "r");
+    c.send("<presence/>");
+    c.wait_for("<presence", 5);
+    c.send(&format!("<presence to='{to}@localhost/r'/>"));
+    c.sync("localhost");
+    c
+}
+
+/// Waits until the farm's log holds `needle` `times` times.
+fn wait_log_times(farm: &TestFarm, needle: &str, times: usize, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while farm.log().matches(needle).count() < times {
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} ×{times}:\n{}",
+            farm.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Issue 14: a slave killed with -9 is known gone at once (its port refuses), so its users'
+/// contacts see them offline and IQs to them fail at once — while messages to its users are
+/// held by the sending slave's link and written to the restarted slave, which stores them for
+/// the users: each arrives once, in order, and no sender got an error.
+#[test]
+fn messages_for_a_killed_slave_are_held_until_it_is_back() {
+    let mut farm = TestFarm::start_processes(2);
+    let users = farm.users_on_every_slave("held", 1);
+    let a = users.iter().find(|(_, o)| o == "slave1").unwrap().0.clone();
+    let c = users.iter().find(|(_, o)| o == "slave2").unwrap().0.clone();
+    farm.add_user(&a, "pw-a");
+    farm.add_user(&c, "pw-c");
+    let mut ca = Raw::login(farm.owner(&a).c2s, &a, "pw-a", "r");
+    ca.send("<presence/>");
+    ca.wait_for("<presence", 5);
+    let _cc = shown_to(&farm, &c, "pw-c", &a);
+    ca.wait_for(&format!("from='{c}@localhost/r'"), 5);
+
+    farm.kill_node("slave2");
+    let killed = Instant::now();
+    let gone = ca.wait_for("type='unavailable'", 10);
+    assert!(gone.contains(&format!("from='{c}@localhost/r'")), "{gone}");
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        killed.elapsed()
+    );
+    farm.wait_log("slave2 is lost (its farm port refuses connections", 5);
+
+    ca.send(&format!(
+        "<iq to='{c}@localhost/r' type='get' id='q1'><ping xmlns='urn:xmpp:ping'/></iq>"
+    ));
+    let r = ca.wait_for("id='q1'", 5);
+    assert!(
+        r.contains("type='error'") && r.contains("service-unavailable"),
+        "{r}"
+    );
+    for i in 0..20 {
+        ca.send(&format!(
+            "<message to='{c}@localhost' type='chat' id='h{i}'><body>held-{i:02}</body></message>"
+        ));
+    }
+    ca.sync("localhost");
+    assert!(!ca.got.contains("held-"), "a message came back: {}", ca.got);
+
+    farm.start_node("slave2");
+    wait_log_times(&farm, "farm link slave1 <-> slave2 up", 2, 20);
+    wait_log_times(&farm, "farm link master <-> slave2 up", 2, 20);
+    let mut cc = Raw::login(farm.owner(&c).c2s, &c, "pw-c", "r");
+    cc.send("<presence/>");
+    cc.wait_for("held-19", 10);
+    cc.sync("localhost");
+    let at: Vec<usize> = (0..20)
+        .map(|i| {
+            let body = format!(">held-{i:02}<");
+            assert_eq!(cc.got.matches(&body).count(), 1, "{body}: {}", cc.got);
+            cc.got.find(&body).unwrap()
+        })
+        .collect();
+    assert!(
+        at.windows(2).all(|w| w[0] < w[1]),
+        "out of order: {}",
+        cc.got
+    );
+    ca.sync("localhost");
+    assert!(!ca.got.contains("held-"), "a message came back: {}", ca.got);
+}
+
+/// What a link holds for a slave that does not come back within `farm.hold` goes back to its
+/// senders as errors (never silence); after that, messages for it are refused at once.
+#[test]
+fn what_a_dead_slave_never_takes_goes_back_to_its_senders() {
+    let mut farm = TestFarm::start_processes_edited(2, |t| {
+        t.replacen("[routing]", "[farm]\nhold = 2\n\n[routing]", 1)
+    });
+    let users = farm.users_on_every_slave("gone", 1);
+    let a = users.iter().find(|(_, o)| o == "slave1").unwrap().0.clone();
+    let c = users.iter().find(|(_, o)| o == "slave2").unwrap().0.clone();
+    farm.add_user(&a, "pw-a");
+    let mut ca = Raw::login(farm.owner(&a).c2s, &a, "pw-a", "r");
+    farm.kill_node("slave2");
+    farm.wait_log("slave2 is lost", 10);
+    for i in 0..3 {
+        ca.send(&format!(
+            "<message to='{c}@localhost' type='chat' id='g{i}'><body>lost-{i}</body></message>"
+        ));
+    }
+    let sent = Instant::now();
+    for i in 0..3 {
+        let r = ca.wait_for(&format!("id='g{i}'"), 10);
+        let r = r + &ca.wait_for("</message>", 5);
+        assert!(
+            r.contains("type='error'") && r.contains("service-unavailable"),
+            "{r}"
+        );
+    }
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        sent.elapsed()
+    );
+    farm.wait_log("frames for slave2 not delivered within 2 s", 5);
+    // Past the hold: refused at once.
+    ca.send(&format!(
+        "<message to='{c}@localhost' type='chat' id='late'><body>late</body></message>"
+    ));
+    let r = ca.wait_for("id='late'", 2);
+    let r = r + &ca.wait_for("</message>", 2);
+    assert!(r.contains("type='error'"), "{r}");
+}

@@ -362,7 +362,10 @@ fn a_slave_cut_off_and_plugged_back() {
     ca.sync("localhost");
     cc.sync("localhost");
     assert!(!ca.got.contains("type='error'"), "{}", ca.got);
-    assert!(!cc.got.contains("across-29"), "delivered through a cut cable?");
+    assert!(
+        !cc.got.contains("across-29"),
+        "delivered through a cut cable?"
+    );
 
     // Plug it back: the links come back by themselves, and write what they kept.
     net.cable(2, true);
@@ -371,7 +374,11 @@ fn a_slave_cut_off_and_plugged_back() {
     cc.wait_for("across-29", 10);
     ca.wait_for("during-c-to-a", 10);
     let order: Vec<usize> = (0..30)
-        .map(|i| cc.got.find(&format!(">across-{i:02}<")).expect("every message arrives"))
+        .map(|i| {
+            cc.got
+                .find(&format!(">across-{i:02}<"))
+                .expect("every message arrives")
+        })
         .collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "out of order");
     assert!(!ca.got.contains("type='error'"), "{}", ca.got);
@@ -380,7 +387,11 @@ fn a_slave_cut_off_and_plugged_back() {
         "a was told c went offline: {}",
         ca.got
     );
-    assert!(farm.log("slave1").contains("kept for it"), "{}", tail(&farm.log("slave1")));
+    assert!(
+        farm.log("slave1").contains("kept for it"),
+        "{}",
+        tail(&farm.log("slave1"))
+    );
     ca.send(&msg(&c, "x4", "after-a-to-c"));
     cc.wait_for("after-a-to-c", 10);
     cc.send(&msg(&a, "x5", "after-c-to-a"));

@@ -32,7 +32,7 @@ impl FarmLinks {
     }
 
     /// This node as the links see it: `<status node role epoch fingerprint>` with one
-    /// `<link node up/>` per peer.
+    /// `<link node up queued/>` per peer (`queued`: frames its outbox keeps).
     pub fn status(&self) -> Element {
         let topology = self.topology.load();
         let role = topology
@@ -51,7 +51,8 @@ impl FarmLinks {
                 el.with_child(
                     Element::new("link", LINK_NS)
                         .with_attr("node", peer)
-                        .with_attr("up", self.is_up(peer).to_string()),
+                        .with_attr("up", self.is_up(peer).to_string())
+                        .with_attr("queued", self.queued(peer).0.to_string()),
                 )
             },
         )

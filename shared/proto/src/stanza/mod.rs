@@ -75,8 +75,9 @@ mod tests {
 
     #[test]
     fn messages_and_subscriptions_are_worth_holding() {
-        let el =
-            |name: &str, t: Option<&str>| Element::new(name, ns::CLIENT).with_opt_attr("type", t);
+        let el = |name: &'static str, t: Option<&str>| {
+            Element::new(name, ns::CLIENT).with_opt_attr("type", t)
+        };
         assert!(worth_holding(&el("message", None)));
         assert!(worth_holding(&el("message", Some("chat"))));
         assert!(worth_holding(&el("presence", Some("subscribe"))));

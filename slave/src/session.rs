@@ -9,6 +9,7 @@ use jabberfarm_net::c2s::Authenticated;
 use jabberfarm_net::shaper::Shaper;
 use jabberfarm_net::stream::{ReadError, XmlStream, new_id};
 use jabberfarm_proto::ns;
+use jabberfarm_proto::sm::{self, Acks};
 use jabberfarm_proto::stanza::{
     ErrorCondition, ErrorType, Iq, IqError, IqType, Kind, StanzaError, iq_result,
     is_error_or_result,
@@ -26,7 +27,8 @@ const TOO_MANY_RESOURCES: &str =
     "this account has as many resources bound as it may have (limits.max_resources)";
 
 /// The stream features after authentication (RFC 6120 §7, RFC 6121 §2.6 roster versioning,
-/// RFC 3921's session establishment marked optional as RFC 6121 Appendix E allows).
+/// RFC 3921's session establishment marked optional as RFC 6121 Appendix E allows, XEP-0198
+/// stream management).
 pub fn features() -> Element {
     Element::new("features", ns::STREAM)
         .with_child(Element::new("bind", ns::BIND))
@@ -34,6 +36,7 @@ pub fn features() -> Element {
         .with_child(
             Element::new("session", ns::SESSION).with_child(Element::new("optional", ns::SESSION)),
         )
+        .with_child(Element::new("sm", sm::NS))
 }
 
 /// Serve one authenticated client until it leaves or the slave stops.
@@ -118,6 +121,7 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
         from: jid.to_string(),
         jid,
         user: username,
+        sm: None,
     };
     let end = session.serve(&mut stream, &mut rx, &closer).await;
     // Contacts see the session go, however it ended (RFC 6121 §4.5.2).
@@ -136,8 +140,9 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
         // comes). A client that stopped reading has `limits.write_timeout`.
         let mut buf = String::new();
         while let Ok(Outgoing::Stanza(el)) = rx.try_recv() {
-            stream.serialize_into(&el, &mut buf);
+            let _ = session.serialize(&stream, *el, &mut buf);
         }
+        session.ask(&stream, &mut buf);
         if !buf.is_empty() && stream.send_raw(&buf).await.is_err() {
             debug!(jid = %session.jid, "queued stanzas not written before {:?}", e.condition);
         }
@@ -161,6 +166,9 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
         End::Error(e) => stream.fail(&e, &domain).await,
         End::Gone => {}
     }
+    if let Some(mut acks) = session.sm.take() {
+        session.requeue(acks.take_unacked()).await;
+    }
     info!(jid = %session.jid, "session ended");
 }
 
@@ -180,6 +188,16 @@ async fn bind(
             .await?;
         let iq = match ev {
             StreamEvent::Element(el) if el.is("iq", ns::CLIENT) => el,
+            // XEP-0198 §3: stream management is enabled after binding; no session of this
+            // server can be resumed yet.
+            StreamEvent::Element(el) if el.ns == sm::NS => {
+                let condition = match &*el.name {
+                    "resume" => ErrorCondition::ItemNotFound,
+                    _ => ErrorCondition::UnexpectedRequest,
+                };
+                stream.send(&sm::failed(condition)).await.ok()?;
+                continue;
+            }
             StreamEvent::Close => {
                 stream.close().await;
                 return None;
@@ -265,6 +283,8 @@ struct Session {
     /// `jid` as a string, stamped on every stanza the client sends.
     from: String,
     user: String,
+    /// XEP-0198, once the client enabled it.
+    sm: Option<Box<Acks<Element>>>,
 }
 
 impl Session {
@@ -307,13 +327,17 @@ impl Session {
                     Some(Outgoing::Stanza(el)) => {
                         // Write whatever else is queued in the same write.
                         let mut buf = String::with_capacity(512);
-                        stream.serialize_into(&el, &mut buf);
-                        while buf.len() < 64 * 1024 {
+                        let mut kept = self.serialize(stream, *el, &mut buf);
+                        while buf.len() < 64 * 1024 && kept.is_ok() {
                             match rx.try_recv() {
-                                Ok(Outgoing::Stanza(el)) => stream.serialize_into(&el, &mut buf),
+                                Ok(Outgoing::Stanza(el)) => kept = self.serialize(stream, *el, &mut buf),
                                 Err(_) => break,
                             }
                         }
+                        if let Err(e) = kept {
+                            return e;
+                        }
+                        self.ask(stream, &mut buf);
                         // A client that reads slowly (or not at all) is not waited for long
                         // once the session is told to close: after CLOSE_WRITE_GRACE the
                         // connection is dropped mid-write. A client that reads gets what was
@@ -353,13 +377,120 @@ impl Session {
         }
     }
 
+    /// `el` into `buf`, for the client; with stream management it is kept until the client
+    /// acknowledges it. Past `limits.max_unacked` kept, the session ends.
+    fn serialize(&mut self, stream: &XmlStream, el: Element, buf: &mut String) -> Result<(), End> {
+        stream.serialize_into(&el, buf);
+        let Some(acks) = &mut self.sm else {
+            return Ok(());
+        };
+        if acks.sent(el) {
+            return Ok(());
+        }
+        Err(End::Error(StreamError::new(
+            Condition::ResourceConstraint,
+            "too many stanzas left unacknowledged (XEP-0198)",
+        )))
+    }
+
+    /// After stanzas in `buf`: an `<r/>`, if the client has something to acknowledge and no
+    /// request of ours is open.
+    fn ask(&mut self, stream: &XmlStream, buf: &mut String) {
+        if let Some(acks) = &mut self.sm
+            && acks.should_ask()
+        {
+            stream.serialize_into(&sm::request(), buf);
+        }
+    }
+
+    /// Stanzas for the client, in one write.
+    async fn write(&mut self, stream: &mut XmlStream, stanzas: Vec<Element>) -> Result<(), End> {
+        let mut buf = String::new();
+        for el in stanzas {
+            self.serialize(stream, el, &mut buf)?;
+        }
+        self.ask(stream, &mut buf);
+        stream.send_raw(&buf).await.map_err(|_| End::Gone)
+    }
+
+    /// XEP-0198 elements after binding: `<enable/>` (no resumption offered), `<r/>` and
+    /// `<a/>`.
+    async fn stream_management(&mut self, el: &Element, stream: &mut XmlStream) -> Result<(), End> {
+        let reply = match (&*el.name, &mut self.sm) {
+            ("enable", None) => {
+                let max = self.slave.config.limits.max_unacked;
+                self.sm = Some(Box::new(Acks::new(max)));
+                debug!(jid = %self.jid, "stream management enabled");
+                sm::enabled()
+            }
+            // Enabled twice, or a resumption inside a session.
+            ("enable" | "resume", _) => sm::failed(ErrorCondition::UnexpectedRequest),
+            ("r", Some(acks)) => sm::answer(acks.h()),
+            ("a", Some(acks)) => {
+                let Some(h) = sm::h_of(el) else {
+                    return Err(End::Error(StreamError::new(
+                        Condition::InvalidXml,
+                        "<a/> without a number in 'h'",
+                    )));
+                };
+                return match acks.on_ack(h) {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(End::Error(StreamError::new(
+                        Condition::UndefinedCondition,
+                        format!(
+                            "handled count too high: {} acknowledged, {} sent (XEP-0198)",
+                            e.h, e.sent
+                        ),
+                    ))),
+                };
+            }
+            // Without stream management enabled an ack means nothing.
+            ("r" | "a", None) => return Ok(()),
+            (other, _) => {
+                return Err(End::Error(StreamError::new(
+                    Condition::UnsupportedStanzaType,
+                    format!("<{other}/> of stream management is not supported"),
+                )));
+            }
+        };
+        stream.send(&reply).await.map_err(|_| End::Gone)
+    }
+
+    /// What the client never acknowledged, its session gone (XEP-0198 §5): as for a
+    /// resource that went away (RFC 6121 §8.5.3.2), messages go to the resource if it is
+    /// bound again, else to the user's other resources or offline storage; IQ requests get
+    /// `service-unavailable` for their senders; the rest (presence, errors, results) is moot.
+    async fn requeue(&self, unacked: std::collections::VecDeque<Element>) {
+        let (mut messages, mut iqs) = (0, 0);
+        for el in unacked {
+            match Kind::of(&el) {
+                Some(Kind::Message) if crate::im::offline::wants_storage(&el) => {
+                    messages += 1;
+                    self.slave.route(el, Origin::Local).await;
+                }
+                Some(Kind::Iq) if matches!(IqType::of(&el), Some(IqType::Get | IqType::Set)) => {
+                    iqs += 1;
+                    if let Some(e) =
+                        StanzaError::new(ErrorCondition::ServiceUnavailable).answer(&el)
+                    {
+                        self.slave.route(e, Origin::Local).await;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if messages + iqs > 0 {
+            info!(jid = %self.jid, messages, iqs, "unacknowledged when the session ended: delivered again / answered");
+        }
+    }
+
     /// One stanza from the client (RFC 6120 §8.1.2.1: `from` is always ours).
     /// The user was moved and our closing error is out (RFC 6120 §4.4: the client may still
     /// send what it wrote before it read our close). Its messages — what it would resend
     /// only with stream management — are routed, until its own `</stream:stream>`, at most
     /// [`AFTER_CLOSE_MESSAGES`] of them or for [`AFTER_CLOSE`]; the rest is dropped (the
     /// session is gone: no presence, no IQ answers).
-    async fn read_after_close(&self, stream: &mut XmlStream) {
+    async fn read_after_close(&mut self, stream: &mut XmlStream) {
         let deadline = tokio::time::Instant::now() + AFTER_CLOSE;
         let mut routed = 0;
         while routed < AFTER_CLOSE_MESSAGES {
@@ -368,6 +499,12 @@ impl Session {
             else {
                 break;
             };
+            // What the client acknowledges now is not delivered again.
+            if el.is("a", sm::NS)
+                && let (Some(acks), Some(h)) = (&mut self.sm, sm::h_of(&el))
+            {
+                let _ = acks.on_ack(h);
+            }
             if Kind::of(&el) != Some(Kind::Message) {
                 continue;
             }
@@ -386,6 +523,9 @@ impl Session {
     }
 
     async fn handle_input(&mut self, mut el: Element, stream: &mut XmlStream) -> Result<(), End> {
+        if el.ns == sm::NS {
+            return self.stream_management(&el, stream).await;
+        }
         let Some(kind) = Kind::of(&el) else {
             if el.ns == ns::CLIENT {
                 return Err(End::Error(StreamError::new(
@@ -398,6 +538,9 @@ impl Session {
                 format!("unexpected element in namespace {}", el.ns),
             )));
         };
+        if let Some(acks) = &mut self.sm {
+            acks.received();
+        }
         el.set_attr("from", self.from.as_str());
         let to = match el.attr("to").map(Jid::new) {
             None => None,
@@ -405,7 +548,7 @@ impl Session {
             Some(Err(_)) => {
                 if !is_error_or_result(&el) {
                     let e = StanzaError::new(ErrorCondition::JidMalformed).reply_to(&el);
-                    send_to_client(stream, e).await?;
+                    self.write(stream, vec![e]).await?;
                 }
                 return Ok(());
             }
@@ -419,7 +562,7 @@ impl Session {
                     let e = StanzaError::new(ErrorCondition::BadRequest)
                         .text(text)
                         .reply_to(&el);
-                    return send_to_client(stream, e).await;
+                    return self.write(stream, vec![e]).await;
                 }
             }
         }
@@ -428,11 +571,7 @@ impl Session {
             let for_me =
                 crate::im::presence::outbound(&self.slave, &self.jid, &self.user, el).await;
             if !for_me.is_empty() {
-                let mut buf = String::new();
-                for m in &for_me {
-                    stream.serialize_into(m, &mut buf);
-                }
-                stream.send_raw(&buf).await.map_err(|_| End::Gone)?;
+                self.write(stream, for_me).await?;
             }
             return Ok(());
         }
@@ -443,10 +582,6 @@ impl Session {
         self.slave.route(el, Origin::Local).await;
         Ok(())
     }
-}
-
-async fn send_to_client(stream: &mut XmlStream, el: Element) -> Result<(), End> {
-    stream.send(&el).await.map_err(|_| End::Gone)
 }
 
 /// How long a write to a client may still take once its session is told to close.

@@ -30,6 +30,10 @@ pub struct Limits {
     /// Resources one account may have bound at once (ejabberd's `max_user_sessions`); one
     /// more is refused with `resource-constraint` (RFC 6120 §7.6.2.2).
     pub max_resources: usize,
+    /// Stanzas a session with stream management (XEP-0198) may leave unacknowledged; one more
+    /// ends it with `resource-constraint` (what it never acknowledged goes to the user's other
+    /// resources or offline storage).
+    pub max_unacked: usize,
     /// What one client session may send: stanzas and bytes per second, with bursts; past
     /// them the session stops reading for a while (`jabberfarm_net::shaper`). A rate of 0: no limit.
     pub session: ShaperConfig,
@@ -48,6 +52,7 @@ impl Default for Limits {
             write_timeout: Duration::from_secs(60),
             offline_quota: 1000,
             max_resources: 10,
+            max_unacked: 1000,
             session: ShaperConfig {
                 stanzas_per_second: 100,
                 stanza_burst: 1000,
@@ -79,6 +84,7 @@ pub(crate) struct RawLimits {
     write_timeout: Option<u64>,
     offline_quota: Option<u64>,
     max_resources: Option<u64>,
+    max_unacked: Option<u64>,
     session_stanzas_per_second: Option<u64>,
     session_stanza_burst: Option<u64>,
     session_bytes_per_second: Option<u64>,
@@ -124,6 +130,7 @@ pub(crate) fn limits(raw: RawLimits, problems: &mut Vec<Problem>) -> Limits {
         d.write_timeout.as_secs(),
     );
     let max_resources = positive("max_resources", raw.max_resources, d.max_resources as u64);
+    let max_unacked = positive("max_unacked", raw.max_unacked, d.max_unacked as u64);
     let session = ShaperConfig {
         // 0 is fine: no limit.
         stanzas_per_second: raw
@@ -178,6 +185,7 @@ pub(crate) fn limits(raw: RawLimits, problems: &mut Vec<Problem>) -> Limits {
             usize::try_from(q).unwrap_or(usize::MAX)
         }),
         max_resources: size(max_resources),
+        max_unacked: size(max_unacked),
         session,
     }
 }

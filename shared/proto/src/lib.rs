@@ -10,7 +10,9 @@
 //! - [`scram`]: SCRAM key derivation and proof checks (RFC 5802, RFC 7677).
 //! - [`sasl`]: the server side of SASL PLAIN and SCRAM-SHA-1/-256 as a state machine.
 //! - [`dialback`]: server dialback keys (XEP-0185), the from-rewrite at the farm's edge.
-//! - [`link`]: farm-link frames and the link handshake as two state machines.
+//! - [`link`]: farm-link frames and the link handshake as two state machines; what a link
+//!   keeps until its peer acknowledges it ([`link::outbox`]).
+//! - [`sm`]: XEP-0198 stream management's counts and unacknowledged queue.
 //!
 //! Data flow: bytes → [`xml::StreamParser`] → [`xml::Element`] → the runtime
 //! (`jabberfarm-net`) and the roles (`jabberfarm-master`, `jabberfarm-slave`), which decide with
@@ -22,5 +24,6 @@ pub mod ns;
 pub mod routing;
 pub mod sasl;
 pub mod scram;
+pub mod sm;
 pub mod stanza;
 pub mod xml;

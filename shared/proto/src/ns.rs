@@ -19,6 +19,7 @@ pub const ROSTER: &str = "jabber:iq:roster";
 pub const ROSTER_VER_FEATURE: &str = "urn:xmpp:features:rosterver";
 pub const VCARD: &str = "vcard-temp";
 pub const DELAY: &str = "urn:xmpp:delay";
+pub const SM: &str = "urn:xmpp:sm:3";
 pub const MSGOFFLINE: &str = "msgoffline";
 pub const VERSION: &str = "jabber:iq:version";
 pub const LAST: &str = "jabber:iq:last";

@@ -125,16 +125,26 @@ pub async fn take(slave: &Slave, user: &str, me: &FullJid) -> Vec<Element> {
             continue;
         };
         el.set_attr("to", me.to_string());
-        el = el.with_child(
-            Element::new("delay", ns::DELAY)
-                .with_attr("from", &slave.sessions.domain)
-                .with_attr("stamp", rfc3339(m.stamp_ms))
-                .with_text("Offline storage"),
-        );
+        // One stamp: a message stored again (a session that never acknowledged it) keeps the
+        // time it was first stored.
+        let domain = &slave.sessions.domain;
+        let stamped = el
+            .children()
+            .any(|c| c.is("delay", ns::DELAY) && c.attr("from") == Some(domain.as_str()));
+        if !stamped {
+            el = el.with_child(
+                Element::new("delay", ns::DELAY)
+                    .with_attr("from", domain)
+                    .with_attr("stamp", rfc3339(m.stamp_ms))
+                    .with_text("Offline storage"),
+            );
+        }
         out.push(el);
     }
-    // The session writes them before reading anything else; a crash in between would lose
-    // them, so deletion is last. TODO(no-loss issue): delete after the client acks (XEP-0198).
+    // The session writes them before reading anything else; deletion is last. A session with
+    // stream management keeps them until the client acknowledges them, and stores again what
+    // it never acknowledged (session.rs, `requeue`); a crash of this slave in between still
+    // loses them (issue 14: durable hand-over to the session is the next step).
     if let Err(e) = slave.im.delete_up_to(user, last).await {
         warn!(user, "cannot delete delivered offline messages: {e}");
     }

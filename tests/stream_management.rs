@@ -1,0 +1,154 @@
+//! XEP-0198 stream management at the slaves (issue 14): acknowledgements both ways, and what
+//! a session with stream management never acknowledged is not lost when it ends.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{Raw, TestFarm};
+
+const SM: &str = "urn:xmpp:sm:3";
+
+/// A user on each slave, `a` and `b`, with accounts.
+fn users(farm: &TestFarm) -> (String, String) {
+    let users = farm.users_on_every_slave("sm", 1);
+    let a = users.iter().find(|(_, o)| o == "slave1").unwrap().0.clone();
+    let b = users.iter().find(|(_, o)| o == "slave2").unwrap().0.clone();
+    farm.add_user(&a, "pw");
+    farm.add_user(&b, "pw");
+    (a, b)
+}
+
+/// `user` logged in at its slave with stream management enabled; the features offered it.
+fn with_sm(farm: &TestFarm, user: &str, resource: &str) -> Raw {
+    let mut c = Raw::login(farm.owner(user).c2s, user, "pw", resource);
+    assert!(c.got.contains(&format!("<sm xmlns='{SM}'/>")), "{}", c.got);
+    c.send(&format!("<enable xmlns='{SM}' resume='true'/>"));
+    let r = c.wait_for("<enabled", 5);
+    // No resumption offered (yet): no id, no resume attribute.
+    assert!(!r.contains("resume=") && !r.contains(" id="), "{r}");
+    c
+}
+
+/// Stanzas (message, presence, iq) that arrived after `<enabled/>`: what the client's `h` is.
+fn stanzas_since_enabled(c: &Raw) -> usize {
+    let at = c.got.find("<enabled").unwrap();
+    let rest = &c.got[at..];
+    ["<message", "<presence", "<iq"]
+        .iter()
+        .map(|tag| rest.matches(tag).count())
+        .sum()
+}
+
+fn chat(to: &str, id: &str, body: &str) -> String {
+    format!("<message to='{to}' type='chat' id='{id}'><body>{body}</body></message>")
+}
+
+#[test]
+fn acks_count_both_ways_and_what_was_never_acknowledged_is_delivered_again() {
+    let farm = TestFarm::start(2);
+    let (a, b) = users(&farm);
+    let mut ca = Raw::login(farm.owner(&a).c2s, &a, "pw", "r");
+    let mut cb = with_sm(&farm, &b, "phone");
+    // The server counts what b sends: a presence and an IQ.
+    cb.send("<presence/>");
+    cb.sync("localhost");
+    cb.send(&format!("<r xmlns='{SM}'/>"));
+    let r = cb.wait_for(&format!("<a xmlns='{SM}'"), 5);
+    let r = r + &cb.wait_for("/>", 5);
+    assert!(r.contains("h='2'"), "{r}");
+
+    // a writes to b across the farm; b reads but never acknowledges, and its connection drops.
+    for i in 0..3 {
+        ca.send(&chat(
+            &format!("{b}@localhost/phone"),
+            &format!("m{i}"),
+            &format!("unacked-{i}"),
+        ));
+    }
+    let got = cb.wait_for("unacked-2", 5);
+    assert!(
+        cb.got.contains(&format!("<r xmlns='{SM}'/>")),
+        "the server asks: {got}"
+    );
+    drop(cb);
+
+    // What b never acknowledged was kept for it: its next session gets each message once.
+    let mut cb = with_sm(&farm, &b, "laptop");
+    cb.send("<presence/>");
+    cb.wait_for("unacked-2", 10);
+    cb.sync("localhost");
+    for i in 0..3 {
+        assert_eq!(
+            cb.got.matches(&format!(">unacked-{i}<")).count(),
+            1,
+            "{}",
+            cb.got
+        );
+    }
+    // This time b acknowledges everything: nothing comes again after its connection drops.
+    ca.send(&chat(&format!("{b}@localhost/laptop"), "m3", "acked-3"));
+    cb.wait_for("acked-3", 5);
+    cb.sync("localhost");
+    let h = stanzas_since_enabled(&cb);
+    cb.send(&format!("<a xmlns='{SM}' h='{h}'/>"));
+    cb.sync("localhost");
+    drop(cb);
+    let mut cb = Raw::login(farm.owner(&b).c2s, &b, "pw", "desk");
+    cb.send("<presence/>");
+    cb.sync("localhost");
+    ca.sync(&format!("{b}@localhost"));
+    cb.sync("localhost");
+    assert!(!cb.got.contains("acked-"), "{}", cb.got);
+
+    // An IQ b's session never answered nor acknowledged: its sender gets an error.
+    let mut cb = with_sm(&farm, &b, "tablet");
+    cb.send("<presence/>");
+    cb.sync("localhost");
+    ca.send(&format!(
+        "<iq to='{b}@localhost/tablet' type='get' id='q1'><query xmlns='jabber:iq:version'/></iq>"
+    ));
+    cb.wait_for("id='q1'", 5);
+    drop(cb);
+    let r = ca.wait_for("id='q1'", 10);
+    let r = r + &ca.wait_for("</iq>", 5);
+    assert!(
+        r.contains("type='error'") && r.contains("service-unavailable"),
+        "{r}"
+    );
+}
+
+#[test]
+fn stream_management_errors_are_xep_0198s() {
+    let farm = TestFarm::start(2);
+    let (a, _) = users(&farm);
+    // Before binding: enable fails, resume finds nothing to resume; the stream goes on.
+    let mut c = Raw::connect(farm.owner(&a).c2s);
+    c.open();
+    c.send(&common::plain_auth(&a, "pw"));
+    c.wait_for("<success", 5);
+    c.open();
+    c.send(&format!("<enable xmlns='{SM}'/>"));
+    let r = c.wait_for("</failed>", 5);
+    assert!(r.contains("unexpected-request"), "{r}");
+    c.send(&format!("<resume xmlns='{SM}' previd='x' h='0'/>"));
+    let r = c.wait_for("</failed>", 5);
+    assert!(r.contains("item-not-found"), "{r}");
+    c.send(
+        "<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
+         <resource>r</resource></bind></iq>",
+    );
+    c.wait_for("</jid>", 5);
+    // Enabled once; a second enable fails.
+    c.send(&format!("<enable xmlns='{SM}'/>"));
+    c.wait_for("<enabled", 5);
+    c.send(&format!("<enable xmlns='{SM}'/>"));
+    let r = c.wait_for("</failed>", 5);
+    assert!(r.contains("unexpected-request"), "{r}");
+    // Acknowledging more than was sent ends the stream.
+    c.send(&format!("<a xmlns='{SM}' h='1000'/>"));
+    let r = c.wait_closed(5);
+    assert!(
+        r.contains("undefined-condition") && r.contains("1000 acknowledged"),
+        "{r}"
+    );
+}

@@ -22,16 +22,21 @@ fn users(farm: &TestFarm) -> (String, String) {
 fn with_sm(farm: &TestFarm, user: &str, resource: &str) -> Raw {
     let mut c = Raw::login(farm.owner(user).c2s, user, "pw", resource);
     assert!(c.got.contains(&format!("<sm xmlns='{SM}'/>")), "{}", c.got);
-    c.send(&format!("<enable xmlns='{SM}' resume='true'/>"));
-    let r = c.wait_for("<enabled", 5);
-    // No resumption offered (yet): no id, no resume attribute.
+    c.send(&format!("<enable xmlns='{SM}'/>"));
+    let r = c.wait_for("<enabled", 5) + &c.wait_for("/>", 5);
+    // Not asked for: no resumption offered.
     assert!(!r.contains("resume=") && !r.contains(" id="), "{r}");
     c
 }
 
 /// Stanzas (message, presence, iq) that arrived after `<enabled/>`: what the client's `h` is.
 fn stanzas_since_enabled(c: &Raw) -> usize {
-    let at = c.got.find("<enabled").unwrap();
+    stanzas_after(c, "<enabled")
+}
+
+/// Stanzas that arrived after `marker`.
+fn stanzas_after(c: &Raw, marker: &str) -> usize {
+    let at = c.got.find(marker).unwrap();
     let rest = &c.got[at..];
     ["<message", "<presence", "<iq"]
         .iter()
@@ -151,4 +156,143 @@ fn stream_management_errors_are_xep_0198s() {
         r.contains("undefined-condition") && r.contains("1000 acknowledged"),
         "{r}"
     );
+}
+
+/// `(id, max)` of an `<enabled/>` that offers resumption.
+fn resumption_of(enabled: &str) -> (String, String) {
+    let attr = |name: &str| {
+        let at = enabled
+            .find(&format!(" {name}='"))
+            .unwrap_or_else(|| panic!("{enabled}"));
+        let rest = &enabled[at + name.len() + 3..];
+        rest[..rest.find('\'').unwrap()].to_owned()
+    };
+    assert!(enabled.contains("resume='true'"), "{enabled}");
+    (attr("id"), attr("max"))
+}
+
+/// A new connection for `user` at `addr` that asks to resume `previd` having handled `h`.
+fn resume_at(addr: std::net::SocketAddr, user: &str, previd: &str, h: usize) -> Raw {
+    let mut c = Raw::connect(addr);
+    c.open();
+    c.send(&common::plain_auth(user, "pw"));
+    c.wait_for("<success", 5);
+    c.open();
+    c.send(&format!("<resume xmlns='{SM}' previd='{previd}' h='{h}'/>"));
+    c
+}
+
+/// Issue 14: a client whose connection drops resumes its session through the master (relayed
+/// here): what it had not received is written again, what was sent to it meanwhile follows,
+/// each once and in order, and its contacts never saw it go offline.
+#[test]
+fn a_dropped_connection_resumes_through_the_master_losing_and_repeating_nothing() {
+    let farm = TestFarm::start_edited(2, |t| format!("{t}\n[relay]\nredirect = \"never\"\n"));
+    let (a, b) = users(&farm);
+    let mut ca = Raw::login(farm.owner(&a).c2s, &a, "pw", "r");
+    ca.send("<presence/>");
+    ca.sync("localhost");
+    let mut cb = Raw::login(farm.master.c2s, &b, "pw", "phone");
+    cb.send(&format!("<enable xmlns='{SM}' resume='true'/>"));
+    let enabled = cb.wait_for("/>", 5);
+    let (id, max) = resumption_of(&enabled);
+    assert_eq!(max, "300");
+    cb.send("<presence/>");
+    cb.send(&format!("<presence to='{a}@localhost/r'/>"));
+    cb.sync("localhost");
+    ca.wait_for(&format!("from='{b}@localhost/phone'"), 5);
+    for i in 0..5 {
+        ca.send(&chat(
+            &format!("{b}@localhost/phone"),
+            &format!("m{i}"),
+            &format!("msg-{i}"),
+        ));
+    }
+    cb.wait_for("msg-4", 5);
+    // The client says it handled all but the last three (they were lost with the connection).
+    let h = stanzas_since_enabled(&cb) - 3;
+    drop(cb);
+    // Sent while the connection is down: kept for the session.
+    for i in 5..7 {
+        ca.send(&chat(
+            &format!("{b}@localhost/phone"),
+            &format!("m{i}"),
+            &format!("msg-{i}"),
+        ));
+    }
+    ca.sync(&format!("{b}@localhost"));
+
+    // Another user cannot take the session; a wrong id finds nothing.
+    let mut other = resume_at(farm.master.c2s, &a, &id, 0);
+    let r = other.wait_for("</failed>", 5);
+    assert!(r.contains("item-not-found"), "{r}");
+    let mut cb = resume_at(farm.master.c2s, &b, &id, h);
+    let r = cb.wait_for("<resumed", 5) + &cb.wait_for("/>", 5);
+    // The server handled b's two presences and its ping.
+    assert!(
+        r.contains(&format!("previd='{id}'")) && r.contains("h='3'"),
+        "{r}"
+    );
+    cb.wait_for("msg-6", 5);
+    cb.sync("localhost");
+    let after = &cb.got[cb.got.find("<resumed").unwrap()..];
+    assert!(
+        !after.contains(">msg-1<"),
+        "handled before the drop, written again: {after}"
+    );
+    let at: Vec<usize> = (2..7)
+        .map(|i| {
+            let body = format!(">msg-{i}<");
+            assert_eq!(after.matches(&body).count(), 1, "{body}: {after}");
+            after.find(&body).unwrap()
+        })
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "out of order: {after}");
+    // The session goes on: a message now arrives as before.
+    ca.send(&chat(&format!("{b}@localhost/phone"), "m7", "msg-7"));
+    cb.wait_for("msg-7", 5);
+    ca.sync("localhost");
+    assert!(
+        !ca.got.contains("type='unavailable'"),
+        "a saw b go: {}",
+        ca.got
+    );
+    // The session can be resumed again after the next drop; the client's count goes on
+    // from the first connection's. Everything was handled: nothing is written again.
+    let h = h + stanzas_after(&cb, "<resumed");
+    drop(cb);
+    let mut cb = resume_at(farm.master.c2s, &b, &id, h);
+    let r = cb.wait_for("<resumed", 5) + &cb.wait_for("/>", 5);
+    assert!(r.contains("h='4'"), "{r}");
+    cb.sync("localhost");
+    assert!(!cb.got.contains("msg-"), "{}", cb.got);
+}
+
+/// A session whose client does not resume within `limits.resume_timeout` ends: its contacts
+/// see it go, and what it never acknowledged is stored for the user's next login.
+#[test]
+fn a_session_not_resumed_in_time_ends_and_keeps_what_was_unacknowledged() {
+    let farm = TestFarm::start_edited(2, |t| {
+        t.replace("[limits]\n", "[limits]\nresume_timeout = 1\n")
+    });
+    let (a, b) = users(&farm);
+    let mut ca = Raw::login(farm.owner(&a).c2s, &a, "pw", "r");
+    ca.send("<presence/>");
+    ca.sync("localhost");
+    let mut cb = Raw::login(farm.owner(&b).c2s, &b, "pw", "phone");
+    cb.send(&format!("<enable xmlns='{SM}' resume='1'/>"));
+    let r = cb.wait_for("<enabled", 5) + &cb.wait_for("/>", 5);
+    assert_eq!(resumption_of(&r).1, "1");
+    cb.send("<presence/>");
+    cb.send(&format!("<presence to='{a}@localhost/r'/>"));
+    cb.sync("localhost");
+    ca.wait_for(&format!("from='{b}@localhost/phone'"), 5);
+    ca.send(&chat(&format!("{b}@localhost/phone"), "u1", "unacked"));
+    cb.wait_for(">unacked<", 5);
+    drop(cb);
+    let r = ca.wait_for("type='unavailable'", 10);
+    assert!(r.contains(&format!("{b}@localhost/phone")), "{r}");
+    let mut cb = Raw::login(farm.owner(&b).c2s, &b, "pw", "laptop");
+    cb.send("<presence/>");
+    cb.wait_for(">unacked<", 5);
 }

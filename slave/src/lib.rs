@@ -57,6 +57,8 @@ pub struct Slave {
     pub mover: mover::Mover,
     /// Users' data on its way to or from other slaves (data on the slaves only).
     pub handover: handover::Handover,
+    /// Sessions a client may resume (XEP-0198).
+    pub resumable: session::Resumable,
 }
 
 impl Slave {
@@ -274,6 +276,7 @@ pub async fn run(
         tasks: rt.tracker.clone(),
         mover: mover::Mover::default(),
         handover: handover::Handover::default(),
+        resumable: session::Resumable::default(),
     });
     // Direct and relayed clients share one connection limit.
     let slots = Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_connections));

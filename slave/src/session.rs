@@ -2,7 +2,8 @@
 //! legacy session (RFC 3921 §3), then the stanza loop: input from the client is stamped with
 //! the session's full JID and routed; output from the router is written to the client.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jabberfarm_net::c2s::Authenticated;
@@ -60,9 +61,10 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
         Some(l) => match ResourcePart::new(&l.resource) {
             Ok(res) => {
                 let jid = bare.with_resource(&res);
-                let Some(conn) = slave
-                    .sessions
-                    .bind(&username, res.as_str(), tx, closer.clone())
+                let Some(conn) =
+                    slave
+                        .sessions
+                        .bind(&username, res.as_str(), tx.clone(), closer.clone())
                 else {
                     let e = StanzaError::new(ErrorCondition::ResourceConstraint)
                         .text(TOO_MANY_RESOURCES)
@@ -90,20 +92,39 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
         },
         // Boxed, like the other rare steps below: an idle session's task keeps only the size
         // of its stanza loop.
-        None => match Box::pin(bind(
-            &slave,
-            &mut stream,
-            &bare,
-            &username,
-            tx,
-            closer.clone(),
-        ))
-        .await
-        {
-            Some(b) => b,
-            None => return,
+        None => loop {
+            let bound = Box::pin(bind(
+                &slave,
+                &mut stream,
+                &bare,
+                &username,
+                tx.clone(),
+                closer.clone(),
+            ))
+            .await;
+            match bound {
+                Some(Bound::Session(jid, conn)) => break (jid, conn),
+                // XEP-0198 §5: the session waiting for this client takes the connection.
+                Some(Bound::Resume { previd, h }) => {
+                    match slave
+                        .resumable
+                        .hand_over(&previd, &username, Box::new(stream), h)
+                    {
+                        Ok(()) => return,
+                        Err(back) => {
+                            stream = *back;
+                            let failed = sm::failed(ErrorCondition::ItemNotFound);
+                            if stream.send(&failed).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                None => return,
+            }
         },
     };
+    drop(tx);
     info!(jid = %jid, "session started");
     if !slave.store.looks_up_users() {
         // The backend cannot say who exists (LDAP bind mode): remember that this user does,
@@ -122,8 +143,28 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
         jid,
         user: username,
         sm: None,
+        resume: None,
     };
-    let end = session.serve(&mut stream, &mut rx, &closer).await;
+    let end = loop {
+        let end = session.serve(&mut stream, &mut rx, &closer).await;
+        let resumption = match end {
+            End::Resume(r) => Some(*r),
+            End::Gone if session.resume.is_some() => session.detached(&mut rx, &closer).await,
+            end => break end,
+        };
+        let Some(r) = resumption else {
+            break End::Gone;
+        };
+        // The old connection (if it still lingers) goes; the client's new one serves on.
+        stream = *r.stream;
+        if let Err(end) = session.resumed(&mut stream, r.h).await {
+            break end;
+        }
+    };
+    // Not resumable any more: a client that tries now gets `item-not-found`.
+    if let Some(r) = session.resume.take() {
+        slave.resumable.remove(&r.id);
+    }
     // Contacts see the session go, however it ended (RFC 6121 §4.5.2).
     Box::pin(crate::im::presence::gone(
         &slave,
@@ -164,7 +205,7 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
             session.read_after_close(&mut stream).await;
         }
         End::Error(e) => stream.fail(&e, &domain).await,
-        End::Gone => {}
+        End::Gone | End::Dropped | End::Resume(_) => {}
     }
     if let Some(mut acks) = session.sm.take() {
         session.requeue(acks.take_unacked()).await;
@@ -172,7 +213,16 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
     info!(jid = %session.jid, "session ended");
 }
 
-/// RFC 6120 §7: wait for the bind request; only bind (and session) are allowed before it.
+/// What a freshly authenticated client asked for.
+enum Bound {
+    /// A new session, bound to this full JID (its `Sessions` connection number).
+    Session(FullJid, u64),
+    /// To resume an earlier session (XEP-0198 §5), having handled `h` of its stanzas.
+    Resume { previd: String, h: u32 },
+}
+
+/// RFC 6120 §7: wait for the bind request; only bind (and session), or a resumption
+/// (XEP-0198), are allowed before it.
 async fn bind(
     slave: &Slave,
     stream: &mut XmlStream,
@@ -180,7 +230,7 @@ async fn bind(
     user: &str,
     tx: mpsc::Sender<Outgoing>,
     closer: Arc<Closer>,
-) -> Option<(FullJid, u64)> {
+) -> Option<Bound> {
     let domain = &slave.sessions.domain;
     loop {
         let ev = stream
@@ -188,11 +238,15 @@ async fn bind(
             .await?;
         let iq = match ev {
             StreamEvent::Element(el) if el.is("iq", ns::CLIENT) => el,
-            // XEP-0198 §3: stream management is enabled after binding; no session of this
-            // server can be resumed yet.
+            // XEP-0198: a resumption comes instead of binding; stream management is enabled
+            // after binding.
             StreamEvent::Element(el) if el.ns == sm::NS => {
-                let condition = match &*el.name {
-                    "resume" => ErrorCondition::ItemNotFound,
+                let condition = match (&*el.name, el.attr("previd"), sm::h_of(&el)) {
+                    ("resume", Some(previd), Some(h)) => {
+                        let previd = previd.to_owned();
+                        return Some(Bound::Resume { previd, h });
+                    }
+                    ("resume", _, _) => ErrorCondition::BadRequest,
                     _ => ErrorCondition::UnexpectedRequest,
                 };
                 stream.send(&sm::failed(condition)).await.ok()?;
@@ -266,15 +320,108 @@ async fn bind(
             slave.sessions.unbind(user, res.as_str(), conn);
             return None;
         }
-        return Some((jid, conn));
+        return Some(Bound::Session(jid, conn));
     }
 }
 
 enum End {
     PeerClosed,
     Error(StreamError),
-    /// The connection is gone; nothing more to send.
+    /// The connection is gone; nothing more to send. A resumable session waits for its
+    /// client.
     Gone,
+    /// We dropped the connection, or the session was taken from it: the session ends.
+    Dropped,
+    /// The client resumed on a new connection while the old one still seemed alive.
+    Resume(Box<Resumption>),
+}
+
+/// A client's new connection, handed to the session it resumes (XEP-0198 §5), with the
+/// count of our stanzas it handled.
+pub struct Resumption {
+    stream: Box<XmlStream>,
+    h: u32,
+}
+
+/// A session's resumption: its id, and where a new connection arrives.
+struct Resume {
+    id: String,
+    rx: mpsc::Receiver<Resumption>,
+}
+
+/// The sessions a client may resume, by id; each for its own user only.
+#[derive(Default)]
+pub struct Resumable {
+    sessions: Mutex<HashMap<String, (String, mpsc::Sender<Resumption>)>>,
+}
+
+impl Resumable {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (String, mpsc::Sender<Resumption>)>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new resumable session of `user`: its id (96 random bits), and where resumptions come.
+    fn add(&self, user: &str) -> Resume {
+        let (tx, rx) = mpsc::channel(1);
+        let id = new_id();
+        self.lock().insert(id.clone(), (user.to_owned(), tx));
+        Resume { id, rx }
+    }
+
+    fn remove(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    /// Give `stream` (authenticated as `user`) to the session `id`; it comes back when there
+    /// is no such session of that user (ended, timed out, another user's id) or one
+    /// resumption is already on its way to it.
+    fn hand_over(
+        &self,
+        id: &str,
+        user: &str,
+        stream: Box<XmlStream>,
+        h: u32,
+    ) -> Result<(), Box<XmlStream>> {
+        let tx = match self.lock().get(id) {
+            Some((owner, tx)) if owner == user => tx.clone(),
+            _ => return Err(stream),
+        };
+        tx.try_send(Resumption { stream, h })
+            .map_err(|e| e.into_inner().stream)
+    }
+
+    /// Sessions that may be resumed now (connected or waiting).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The next resumption for a resumable session; never, for the others.
+async fn next_resumption(resume: &mut Option<Resume>) -> Resumption {
+    match resume {
+        Some(r) => match r.rx.recv().await {
+            Some(x) => x,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// The stream error for an `<a/>` or `<resume/>` that acknowledges more than was sent.
+fn too_high(e: sm::TooHigh) -> StreamError {
+    StreamError::new(
+        Condition::UndefinedCondition,
+        format!(
+            "handled count too high: {} acknowledged, {} sent (XEP-0198)",
+            e.h, e.sent
+        ),
+    )
 }
 
 struct Session {
@@ -285,6 +432,8 @@ struct Session {
     user: String,
     /// XEP-0198, once the client enabled it.
     sm: Option<Box<Acks<Element>>>,
+    /// Set when the client asked for resumption.
+    resume: Option<Resume>,
 }
 
 impl Session {
@@ -320,6 +469,12 @@ impl Session {
                     }
                     Ok(StreamEvent::Close) => return End::PeerClosed,
                     Ok(StreamEvent::Open(_)) => return End::Error(StreamError::bare(Condition::NotWellFormed)),
+                    // The master's relay ended (the client left, or the master stops): a
+                    // resumable session waits for its client to come back.
+                    Err(ReadError::Stream(e))
+                        if stream.relayed
+                            && e.condition == Condition::SystemShutdown
+                            && self.resume.is_some() => return End::Gone,
                     Err(ReadError::Stream(e)) => return End::Error(e),
                     Err(_) => return End::Gone,
                 },
@@ -351,7 +506,7 @@ impl Session {
                                 e
                             } => {
                                 info!(jid = %self.jid, "dropping the session while a write waits: {e}");
-                                return End::Gone;
+                                return End::Dropped;
                             }
                         };
                         if let Err(e) = sent {
@@ -364,9 +519,10 @@ impl Session {
                     }
                     // The router dropped our queue: the session was replaced (its closer has
                     // the reason, set before) or the slave is going away.
-                    None => return closer.take().map_or(End::Gone, End::Error),
+                    None => return closer.take().map_or(End::Dropped, End::Error),
                 },
                 e = closer.closed() => return End::Error(e),
+                r = next_resumption(&mut self.resume) => return End::Resume(Box::new(r)),
                 _ = tokio::time::sleep_until(paused.unwrap_or_else(tokio::time::Instant::now)), if paused.is_some() => {
                     paused = None;
                 }
@@ -418,10 +574,14 @@ impl Session {
     async fn stream_management(&mut self, el: &Element, stream: &mut XmlStream) -> Result<(), End> {
         let reply = match (&*el.name, &mut self.sm) {
             ("enable", None) => {
-                let max = self.slave.config.limits.max_unacked;
-                self.sm = Some(Box::new(Acks::new(max)));
-                debug!(jid = %self.jid, "stream management enabled");
-                sm::enabled()
+                let limits = &self.slave.config.limits;
+                self.sm = Some(Box::new(Acks::new(limits.max_unacked)));
+                if sm::wants_resume(el) {
+                    self.resume = Some(self.slave.resumable.add(&self.user));
+                }
+                debug!(jid = %self.jid, resumable = self.resume.is_some(), "stream management enabled");
+                let max = limits.resume_timeout.as_secs();
+                sm::enabled(self.resume.as_ref().map(|r| (r.id.as_str(), max)))
             }
             // Enabled twice, or a resumption inside a session.
             ("enable" | "resume", _) => sm::failed(ErrorCondition::UnexpectedRequest),
@@ -433,16 +593,10 @@ impl Session {
                         "<a/> without a number in 'h'",
                     )));
                 };
-                return match acks.on_ack(h) {
-                    Ok(_) => Ok(()),
-                    Err(e) => Err(End::Error(StreamError::new(
-                        Condition::UndefinedCondition,
-                        format!(
-                            "handled count too high: {} acknowledged, {} sent (XEP-0198)",
-                            e.h, e.sent
-                        ),
-                    ))),
-                };
+                return acks
+                    .on_ack(h)
+                    .map(|_| ())
+                    .map_err(|e| End::Error(too_high(e)));
             }
             // Without stream management enabled an ack means nothing.
             ("r" | "a", None) => return Ok(()),
@@ -454,6 +608,59 @@ impl Session {
             }
         };
         stream.send(&reply).await.map_err(|_| End::Gone)
+    }
+
+    /// The connection is lost but the client may resume (XEP-0198 §5): the session stays
+    /// bound and available; what comes for it is kept with what the client has not
+    /// acknowledged, to be written when it resumes — until `limits.resume_timeout`, a close
+    /// (replaced, moved, the slave stopping) or `limits.max_unacked` kept.
+    async fn detached(
+        &mut self,
+        rx: &mut mpsc::Receiver<Outgoing>,
+        closer: &Closer,
+    ) -> Option<Resumption> {
+        let wait = self.slave.config.limits.resume_timeout;
+        info!(jid = %self.jid, "connection lost; the session waits {} s to be resumed", wait.as_secs());
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            tokio::select! {
+                r = next_resumption(&mut self.resume) => return Some(r),
+                out = rx.recv() => match out {
+                    Some(Outgoing::Stanza(el)) => {
+                        if !self.sm.as_mut()?.sent(*el) {
+                            info!(jid = %self.jid, "too much kept for a client that does not resume; the session ends");
+                            return None;
+                        }
+                    }
+                    None => return None,
+                },
+                _ = closer.closed() => return None,
+                _ = tokio::time::sleep_until(deadline) => {
+                    info!(jid = %self.jid, "not resumed in {} s; the session ends", wait.as_secs());
+                    return None;
+                }
+                _ = self.slave.shutdown.cancelled() => return None,
+            }
+        }
+    }
+
+    /// The client's new connection took the session over (XEP-0198 §5): what it handled is
+    /// released, `<resumed/>` says what we handled, and the rest of what we kept is written
+    /// again, in order.
+    async fn resumed(&mut self, stream: &mut XmlStream, h: u32) -> Result<(), End> {
+        let (Some(acks), Some(resume)) = (&mut self.sm, &self.resume) else {
+            return Err(End::Dropped);
+        };
+        acks.on_ack(h).map_err(|e| End::Error(too_high(e)))?;
+        let mut buf = String::new();
+        stream.serialize_into(&sm::resumed(&resume.id, acks.h()), &mut buf);
+        for el in acks.kept() {
+            stream.serialize_into(el, &mut buf);
+        }
+        let again = acks.unacked();
+        self.ask(stream, &mut buf);
+        info!(jid = %self.jid, again, "session resumed");
+        stream.send_raw(&buf).await.map_err(|_| End::Gone)
     }
 
     /// What the client never acknowledged, its session gone (XEP-0198 §5): as for a

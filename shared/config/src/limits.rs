@@ -34,6 +34,9 @@ pub struct Limits {
     /// ends it with `resource-constraint` (what it never acknowledged goes to the user's other
     /// resources or offline storage).
     pub max_unacked: usize,
+    /// How long a session with resumable stream management (XEP-0198) waits for its client
+    /// to resume after its connection is lost; then it ends as any session does.
+    pub resume_timeout: Duration,
     /// What one client session may send: stanzas and bytes per second, with bursts; past
     /// them the session stops reading for a while (`jabberfarm_net::shaper`). A rate of 0: no limit.
     pub session: ShaperConfig,
@@ -53,6 +56,7 @@ impl Default for Limits {
             offline_quota: 1000,
             max_resources: 10,
             max_unacked: 1000,
+            resume_timeout: Duration::from_secs(300),
             session: ShaperConfig {
                 stanzas_per_second: 100,
                 stanza_burst: 1000,
@@ -85,6 +89,7 @@ pub(crate) struct RawLimits {
     offline_quota: Option<u64>,
     max_resources: Option<u64>,
     max_unacked: Option<u64>,
+    resume_timeout: Option<u64>,
     session_stanzas_per_second: Option<u64>,
     session_stanza_burst: Option<u64>,
     session_bytes_per_second: Option<u64>,
@@ -131,6 +136,11 @@ pub(crate) fn limits(raw: RawLimits, problems: &mut Vec<Problem>) -> Limits {
     );
     let max_resources = positive("max_resources", raw.max_resources, d.max_resources as u64);
     let max_unacked = positive("max_unacked", raw.max_unacked, d.max_unacked as u64);
+    let resume_timeout = positive(
+        "resume_timeout",
+        raw.resume_timeout,
+        d.resume_timeout.as_secs(),
+    );
     let session = ShaperConfig {
         // 0 is fine: no limit.
         stanzas_per_second: raw
@@ -186,6 +196,7 @@ pub(crate) fn limits(raw: RawLimits, problems: &mut Vec<Problem>) -> Limits {
         }),
         max_resources: size(max_resources),
         max_unacked: size(max_unacked),
+        resume_timeout: Duration::from_secs(resume_timeout),
         session,
     }
 }

@@ -94,15 +94,39 @@ impl<T> Acks<T> {
         self.unacked.len()
     }
 
+    /// What is kept, oldest first (written again after a resumption).
+    pub fn kept(&self) -> impl Iterator<Item = &T> {
+        self.unacked.iter()
+    }
+
     /// What the client never acknowledged, oldest first.
     pub fn take_unacked(&mut self) -> VecDeque<T> {
         std::mem::take(&mut self.unacked)
     }
 }
 
-/// `<enabled/>` (no resumption offered).
-pub fn enabled() -> Element {
-    Element::new("enabled", NS)
+/// `<enabled/>`; with `Some((id, max))`, resumable by that id for `max` seconds.
+pub fn enabled(resume: Option<(&str, u64)>) -> Element {
+    let el = Element::new("enabled", NS);
+    match resume {
+        Some((id, max)) => el
+            .with_attr("id", id)
+            .with_attr("resume", "true")
+            .with_attr("max", max.to_string()),
+        None => el,
+    }
+}
+
+/// `<resumed previd h/>`.
+pub fn resumed(previd: &str, h: u32) -> Element {
+    Element::new("resumed", NS)
+        .with_attr("previd", previd)
+        .with_attr("h", h.to_string())
+}
+
+/// Whether an `<enable/>` asks for resumption (`resume` is an xs:boolean).
+pub fn wants_resume(enable: &Element) -> bool {
+    matches!(enable.attr("resume"), Some("true" | "1"))
 }
 
 /// `<failed><condition/></failed>`.

@@ -180,14 +180,18 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
         // queued for it before the close goes out before the error (unbound now, nothing more
         // comes). A client that stopped reading has `limits.write_timeout`.
         let mut buf = String::new();
+        // No `<r/>` here: the answer would come after our close (a client that acknowledges
+        // on its own, as xmpp.js does before its close, is still read: `read_after_close`),
+        // and xmpp.js 0.14, busy answering it, writes its close after our FIN and then does
+        // not follow a `<see-other-host/>`.
         while let Ok(Outgoing::Stanza(el)) = rx.try_recv() {
             let _ = session.serialize(&stream, *el, &mut buf);
         }
-        session.ask(&stream, &mut buf);
         if !buf.is_empty() && stream.send_raw(&buf).await.is_err() {
             debug!(jid = %session.jid, "queued stanzas not written before {:?}", e.condition);
         }
     }
+    let closed_by_client = matches!(end, End::PeerClosed);
     match end {
         End::PeerClosed => stream.close().await,
         // A relayed client reconnects to the master, which relays it to the new owner; it
@@ -197,19 +201,33 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
                 Condition::Reset,
                 "your account moved to another server of this service; reconnect",
             );
-            stream.fail(&e, &domain).await;
+            stream.send_error(&e, &domain).await;
             session.read_after_close(&mut stream).await;
+            stream.end().await;
         }
         End::Error(e) if e.condition == Condition::SeeOtherHost => {
-            stream.fail(&e, &domain).await;
+            stream.send_error(&e, &domain).await;
             session.read_after_close(&mut stream).await;
+            stream.end().await;
         }
         End::Error(e) => stream.fail(&e, &domain).await,
         End::Gone | End::Dropped | End::Resume(_) => {}
     }
+    // What was never written (the session ended before it could be) and, with stream
+    // management, what the client never acknowledged, is not dropped. A client that closed
+    // its stream itself read until our close: what we wrote counts as handled (xmpp.js 0.14,
+    // for one, does not count the IQ results it consumes, so its last `h` is short).
+    let mut left: Vec<Element> = Vec::new();
     if let Some(mut acks) = session.sm.take() {
-        session.requeue(acks.take_unacked()).await;
+        debug!(jid = %session.jid, h = acks.h(), kept = acks.unacked(), closed_by_client, "stream management at the end");
+        if !closed_by_client {
+            left.extend(acks.take_unacked());
+        }
     }
+    while let Ok(Outgoing::Stanza(el)) = rx.try_recv() {
+        left.push(*el);
+    }
+    session.requeue(left).await;
     info!(jid = %session.jid, "session ended");
 }
 
@@ -593,10 +611,9 @@ impl Session {
                         "<a/> without a number in 'h'",
                     )));
                 };
-                return acks
-                    .on_ack(h)
-                    .map(|_| ())
-                    .map_err(|e| End::Error(too_high(e)));
+                let released = acks.on_ack(h).map_err(|e| End::Error(too_high(e)))?;
+                debug!(jid = %self.jid, h, released, kept = acks.unacked(), "acknowledged");
+                return Ok(());
             }
             // Without stream management enabled an ack means nothing.
             ("r" | "a", None) => return Ok(()),
@@ -663,11 +680,12 @@ impl Session {
         stream.send_raw(&buf).await.map_err(|_| End::Gone)
     }
 
-    /// What the client never acknowledged, its session gone (XEP-0198 §5): as for a
-    /// resource that went away (RFC 6121 §8.5.3.2), messages go to the resource if it is
-    /// bound again, else to the user's other resources or offline storage; IQ requests get
-    /// `service-unavailable` for their senders; the rest (presence, errors, results) is moot.
-    async fn requeue(&self, unacked: std::collections::VecDeque<Element>) {
+    /// What the client never got (never written, or never acknowledged with stream
+    /// management), its session gone (XEP-0198 §5): as for a resource that went away (RFC
+    /// 6121 §8.5.3.2), messages go to the resource if it is bound again, else to the user's
+    /// other resources or offline storage; IQ requests get `service-unavailable` for their
+    /// senders; the rest (presence, errors, results) is moot.
+    async fn requeue(&self, unacked: Vec<Element>) {
         let (mut messages, mut iqs) = (0, 0);
         for el in unacked {
             match Kind::of(&el) {
@@ -691,7 +709,6 @@ impl Session {
         }
     }
 
-    /// One stanza from the client (RFC 6120 §8.1.2.1: `from` is always ours).
     /// The user was moved and our closing error is out (RFC 6120 §4.4: the client may still
     /// send what it wrote before it read our close). Its messages — what it would resend
     /// only with stream management — are routed, until its own `</stream:stream>`, at most
@@ -729,6 +746,8 @@ impl Session {
         }
     }
 
+    /// One element from the client: a stanza (RFC 6120 §8.1.2.1: `from` is always ours), or
+    /// stream management's.
     async fn handle_input(&mut self, mut el: Element, stream: &mut XmlStream) -> Result<(), End> {
         if el.ns == sm::NS {
             return self.stream_management(&el, stream).await;

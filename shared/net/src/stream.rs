@@ -360,6 +360,15 @@ impl XmlStream {
     /// Send a stream error and close the stream (RFC 6120 §4.9.1.1). If our header is not out
     /// yet, it goes first, as §4.9.1.2 requires.
     pub async fn fail(&mut self, err: &StreamError, domain: &str) {
+        self.send_error(err, domain).await;
+        self.shutdown().await;
+    }
+
+    /// Send `err` and our closing tag, but leave the connection open: the caller still reads
+    /// what the peer sends before its own close (RFC 6120 §4.4: wait for the other party to
+    /// close), then calls [`Self::end`]. A client that answers an error by writing (an ack,
+    /// its own close) before it reconnects elsewhere is not cut off mid-write.
+    pub async fn send_error(&mut self, err: &StreamError, domain: &str) {
         if !self.header_sent {
             let _ = self.send_header(domain, None, &new_id(), true).await;
         }
@@ -367,6 +376,10 @@ impl XmlStream {
         err.to_element().write_to(&mut s, self.content_ns);
         s.push_str("</stream:stream>");
         let _ = self.send_raw(&s).await;
+    }
+
+    /// Close the connection after [`Self::send_error`] (TLS close_notify, then FIN).
+    pub async fn end(&mut self) {
         self.shutdown().await;
     }
 

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::agents::Agent;
 use common::{Raw, TestFarm};
 
 const SM: &str = "urn:xmpp:sm:3";
@@ -295,4 +296,112 @@ fn a_session_not_resumed_in_time_ends_and_keeps_what_was_unacknowledged() {
     let mut cb = Raw::login(farm.owner(&b).c2s, &b, "pw", "laptop");
     cb.send("<presence/>");
     cb.wait_for(">unacked<", 5);
+}
+
+/// A TCP proxy to `to` whose connections the test can cut (what a phone switching networks
+/// sees: the connection is gone, the server is still there); new ones are still taken.
+struct Cable {
+    addr: std::net::SocketAddr,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Cable {
+    fn to(target: std::net::SocketAddr) -> Cable {
+        use std::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let held = open.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let (Ok(client), Ok(server)) = (client, TcpStream::connect(target)) else {
+                    continue;
+                };
+                let mut conns = held.lock().unwrap();
+                conns.push(client.try_clone().unwrap());
+                conns.push(server.try_clone().unwrap());
+                drop(conns);
+                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
+                pipe(server, client);
+            }
+        });
+        Cable { addr, open }
+    }
+
+    /// Every connection through the cable is gone, both ways.
+    fn cut(&self) {
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+fn pipe(mut from: std::net::TcpStream, mut to: std::net::TcpStream) {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    });
+}
+
+/// Issue 14 with real clients: slixmpp (its xep_0198 plugin) and xmpp.js (@xmpp/client's
+/// stream management) lose their connection to the master, which relays them; they reconnect
+/// by themselves and resume: the messages sent while they were away arrive once, in order,
+/// and nothing they had is written again.
+fn a_real_client_resumes_through_the_master(which: &str) {
+    let farm = TestFarm::start_edited(2, |t| format!("{t}\n[relay]\nredirect = \"never\"\n"));
+    let (a, b) = users(&farm);
+    let cable = Cable::to(farm.master.c2s);
+    let mut ca = Raw::login(farm.owner(&a).c2s, &a, "pw", "r");
+    let mut agent = match which {
+        "slixmpp" => Agent::slixmpp_at(
+            &farm,
+            which,
+            &b,
+            "pw",
+            "res",
+            cable.addr,
+            &["--sm", "--reconnect"],
+        ),
+        _ => Agent::xmppjs_at(&farm, which, &b, "pw", "res", cable.addr, &["--reconnect"]),
+    };
+    agent.cmd("presence", &[]);
+    let to = format!("{b}@localhost/res");
+    let body_is = |body: &'static str| {
+        move |e: &common::agents::Ev| e.kind() == "message" && e.is("body", body)
+    };
+    ca.send(&chat(&to, "s1", "before the cut"));
+    agent.expect("the first message", body_is("before the cut"));
+
+    cable.cut();
+    agent.expect("the connection to drop", |e| e.kind() == "closed");
+    for (id, body) in [("s2", "while away 1"), ("s3", "while away 2")] {
+        ca.send(&chat(&to, id, body));
+    }
+    ca.sync(&format!("{b}@localhost"));
+    agent.expect_within("a resumption", std::time::Duration::from_secs(20), |e| {
+        e.kind() == "resumed"
+    });
+    agent.expect("what came meanwhile", body_is("while away 1"));
+    agent.expect("what came meanwhile", body_is("while away 2"));
+    // The session goes on, and nothing came twice.
+    ca.send(&chat(&to, "s4", "after"));
+    agent.expect("a message after", body_is("after"));
+    agent.cmd("ping", &[("to", "localhost")]);
+    let again = agent
+        .events
+        .iter()
+        .filter(|(e, _)| e.kind() == "message")
+        .count();
+    assert_eq!(again, 4, "every message once");
+    assert!(!ca.got.contains("type='error'"), "{}", ca.got);
+}
+
+#[test]
+fn slixmpp_resumes_through_the_master() {
+    a_real_client_resumes_through_the_master("slixmpp");
+}
+
+#[test]
+fn xmppjs_resumes_through_the_master() {
+    a_real_client_resumes_through_the_master("xmppjs");
 }

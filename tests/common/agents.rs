@@ -342,12 +342,26 @@ impl Agent {
         password: &str,
         resource: &str,
     ) -> Agent {
+        Agent::xmppjs_at(farm, label, user, password, resource, farm.master.c2s, &[])
+    }
+
+    /// xmpp.js connecting to `at`, with more chat.mjs options.
+    pub fn xmppjs_at(
+        farm: &TestFarm,
+        label: &str,
+        user: &str,
+        password: &str,
+        resource: &str,
+        at: std::net::SocketAddr,
+        more: &[&str],
+    ) -> Agent {
         require_xmppjs();
         let mut cmd = Command::new("node");
         cmd.arg(repo().join("tests/js/chat.mjs"))
-            .args(["--service", &format!("xmpp://{}", farm.master.c2s)])
+            .args(["--service", &format!("xmpp://{at}")])
             .args(["--domain", "localhost", "--user", user])
             .args(["--password", password, "--resource", resource, "--verbose"])
+            .args(more)
             .env("NODE_EXTRA_CA_CERTS", farm.ca());
         Agent::spawn(farm, label, cmd)
     }

@@ -3,7 +3,7 @@
 // speaks the same line protocol as tests/py/agent.py (see there for the full list):
 //
 //   node chat.mjs --service xmpp://127.0.0.1:MASTER --domain localhost --user NAME --password PW
-//                 [--resource RES] [--verbose]
+//                 [--resource RES] [--verbose] [--reconnect]
 //
 // The client connects to --service (the master), follows <see-other-host/> by itself to the
 // slave that owns the user, upgrades with STARTTLS (the demo CA comes from NODE_EXTRA_CA_CERTS),
@@ -15,7 +15,10 @@
 // (`port` is the remote port of the TCP connection holding the session, `services` every service
 // connected to, in order) and then one JSON object per line for every message, presence and
 // roster push it receives; {"event":"reconnected","jid":...,"port":...,"services":...} when the
-// server moved the session (<see-other-host/> after login) and xmpp.js logged in again. Commands arrive as JSON lines on stdin, each with an "id", and are
+// server moved the session (<see-other-host/> after login) and xmpp.js logged in again. With
+// --reconnect xmpp.js reconnects by itself after a dropped connection and resumes its session
+// (XEP-0198, which @xmpp/client enables whenever the server offers it): {"event":"resumed"}.
+// Commands arrive as JSON lines on stdin, each with an "id", and are
 // answered in order by {"event":"done","id":ID,"ok":true|false,...}:
 //   roster_get {ver}, roster_add {jid,name}, presence {show,status,priority},
 //   subscribe|subscribed|unsubscribe|unsubscribed {jid}, message {to,body,type}, ping {to},
@@ -54,6 +57,7 @@ try {
       password: { type: "string" },
       resource: { type: "string" },
       verbose: { type: "boolean", default: false },
+      reconnect: { type: "boolean", default: false },
     },
     strict: true,
   }));
@@ -80,8 +84,9 @@ const xmpp = client({
   password: args.password,
 });
 // Redirects are followed by @xmpp/connection itself; an automatic reconnect after a drop would
-// hide what the test looks for.
-xmpp.reconnect.stop();
+// hide what the test looks for, unless the test is about that.
+if (!args.reconnect) xmpp.reconnect.stop();
+xmpp.streamManagement.on("resumed", () => emit("resumed", { services: services.join(" ") }));
 
 const services = [];
 let closing = false;

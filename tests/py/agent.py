@@ -28,6 +28,8 @@ anything; every wait is bounded by a 10 s timeout):
     {"event": "reconnected", "jid": ..., "port": PORT}   with --reconnect: logged in again after
                                        the connection ended (as an application's automatic
                                        reconnect does), at the same --host/--port
+    {"event": "resumed", "jid": ...}   with --sm and --reconnect: the session was resumed
+                                       (XEP-0198, slixmpp's xep_0198 plugin) instead
 
 Commands are JSON objects on stdin, one per line, each with an "id"; every command is answered by
 {"event": "done", "id": ID, "ok": true|false, ...} ("error" says what went wrong):
@@ -137,6 +139,7 @@ class Agent(slixmpp.ClientXMPP):
         )
         self.add_event_handler("stream_error", self.on_stream_error)
         self.add_event_handler("disconnected", self.on_disconnected)
+        self.add_event_handler("session_resumed", self.on_session_resumed)
 
     def fail(self, message):
         if not self.online.done():
@@ -147,6 +150,9 @@ class Agent(slixmpp.ClientXMPP):
             self.online.set_result(str(self.boundjid))
         elif self.again is not None:
             emit("reconnected", jid=str(self.boundjid), port=self.again[0][1])
+
+    def on_session_resumed(self, _event):
+        emit("resumed", jid=str(self.boundjid))
 
     def on_stream_error(self, err):
         emit("stream_error", condition=err["condition"], text=err["text"])
@@ -294,6 +300,7 @@ async def main():
     parser.add_argument("--ca")
     parser.add_argument("--debug", action="store_true")
     parser.add_argument("--reconnect", action="store_true")
+    parser.add_argument("--sm", action="store_true", help="XEP-0198 stream management")
     args = parser.parse_args()
     if args.debug:
         logging.basicConfig(
@@ -302,6 +309,8 @@ async def main():
 
     jid = args.jid + (f"/{args.resource}" if args.resource else "")
     agent = Agent(jid, args.password)
+    if args.sm:
+        agent.register_plugin("xep_0198")
     # The JID's domain is not resolvable to our port: connect to exactly the address given.
     agent.default_port = args.port
     agent.use_ipv6 = False

@@ -40,6 +40,8 @@ pub struct ClientConfig {
     pub step_timeout: Duration,
     pub resolver: Resolver,
     pub keys: KeyCache,
+    /// Enable XEP-0198 after binding, and answer the server's `<r/>`.
+    pub sm: bool,
     /// Our stream header, written once.
     header: String,
 }
@@ -85,6 +87,7 @@ impl ClientConfig {
             mechanism,
             tls,
             follow_redirects,
+            sm: false,
             step_timeout,
             resolver: Resolver::default(),
             keys: KeyCache::default(),
@@ -441,6 +444,27 @@ pub struct Session {
     pub jid: String,
     /// Messages that arrived during the login (offline messages), in order.
     pub early: Vec<Element>,
+    /// With stream management: the stanzas handled since `<enabled/>` (our `h`).
+    pub sm: Option<u32>,
+}
+
+impl Session {
+    /// With stream management, every element from the server goes through here: a stanza is
+    /// counted, an `<r/>` gets its `<a h/>` (returned, to be sent).
+    pub fn handled(&mut self, el: &Element) -> Option<String> {
+        handled(&mut self.sm, el)
+    }
+}
+
+fn handled(sm: &mut Option<u32>, el: &Element) -> Option<String> {
+    let h = sm.as_mut()?;
+    if el.is("r", ns::SM) {
+        return Some(format!("<a xmlns='{}' h='{h}'/>", ns::SM));
+    }
+    if el.ns == ns::CLIENT && matches!(&*el.name, "message" | "presence" | "iq") {
+        *h = h.wrapping_add(1);
+    }
+    None
 }
 
 /// What a session the server moves needs to log in again where it is sent.
@@ -558,14 +582,28 @@ async fn login_at(
         .await?;
         wait_iq(&mut conn, "sess", "session").await?;
     }
-    let mut out = String::with_capacity(160);
+    let mut out = String::with_capacity(200);
+    if cfg.sm {
+        out.push_str("<enable xmlns='urn:xmpp:sm:3'/>");
+    }
     out.push_str("<presence/><iq type='get' id='ack' to='");
     escape_into(&mut out, &cfg.domain);
     out.push_str("'><ping xmlns='urn:xmpp:ping'/></iq>");
     conn.send(&out).await?;
     let mut early = Vec::new();
+    let mut sm = None;
     loop {
         let el = conn.element("presence acknowledgment").await?;
+        if el.is("enabled", ns::SM) {
+            sm = Some(0);
+            continue;
+        }
+        if el.is("failed", ns::SM) {
+            return Err(BenchError::Protocol("stream management refused".into()));
+        }
+        if let Some(a) = handled(&mut sm, &el) {
+            conn.send(&a).await?;
+        }
         if el.is("iq", ns::CLIENT) && el.attr("id") == Some("ack") {
             // A ping answered with an error still acknowledges everything before it.
             break;
@@ -574,7 +612,15 @@ async fn login_at(
             early.push(el);
         }
     }
-    Ok(Session { conn, jid, early })
+    if cfg.sm && sm.is_none() {
+        return Err(BenchError::Protocol("no <enabled/> before the ping's answer".into()));
+    }
+    Ok(Session {
+        conn,
+        jid,
+        early,
+        sm,
+    })
 }
 
 /// Skip what arrives (our own presence, offline messages…) until the reply to IQ `id`.

@@ -242,6 +242,10 @@ struct TargetArgs {
     /// On <see-other-host/>, reconnect to the HOST:PORT it names (at most 3 hops).
     #[arg(long)]
     follow_redirects: bool,
+    /// Enable XEP-0198 stream management after binding, and answer the server's ack
+    /// requests (what it costs the server: docs/benchmarks.md).
+    #[arg(long)]
+    sm: bool,
     /// A server process to measure (repeatable: a farm in separate processes).
     #[arg(long = "server-pid", value_name = "PID")]
     server_pid: Vec<u32>,
@@ -313,7 +317,7 @@ async fn ctx(t: &TargetArgs) -> Result<Ctx> {
             ));
         }
     };
-    let cfg = ClientConfig::new(
+    let mut cfg = ClientConfig::new(
         &t.domain,
         &t.password,
         t.mechanism,
@@ -322,6 +326,7 @@ async fn ctx(t: &TargetArgs) -> Result<Ctx> {
         t.follow_redirects,
         Duration::from_secs(t.timeout.max(1)),
     )?;
+    cfg.sm = t.sm;
     let start = cfg.resolver.resolve(&t.host, t.port).await?;
     Ok(Ctx {
         cfg: Arc::new(cfg),

@@ -144,6 +144,7 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
         user: username,
         sm: None,
         resume: None,
+        ask_at: None,
     };
     let end = loop {
         let end = session.serve(&mut stream, &mut rx, &closer).await;
@@ -452,6 +453,8 @@ struct Session {
     sm: Option<Box<Acks<Element>>>,
     /// Set when the client asked for resumption.
     resume: Option<Resume>,
+    /// When to ask the client for an acknowledgement ([`Session::ask`]).
+    ask_at: Option<tokio::time::Instant>,
 }
 
 impl Session {
@@ -541,6 +544,11 @@ impl Session {
                 },
                 e = closer.closed() => return End::Error(e),
                 r = next_resumption(&mut self.resume) => return End::Resume(Box::new(r)),
+                _ = tokio::time::sleep_until(self.ask_at.unwrap_or_else(tokio::time::Instant::now)), if self.ask_at.is_some() => {
+                    if let Err(e) = self.ask_now(stream).await {
+                        return e;
+                    }
+                }
                 _ = tokio::time::sleep_until(paused.unwrap_or_else(tokio::time::Instant::now)), if paused.is_some() => {
                     paused = None;
                 }
@@ -567,14 +575,34 @@ impl Session {
         )))
     }
 
-    /// After stanzas in `buf`: an `<r/>`, if the client has something to acknowledge and no
-    /// request of ours is open.
+    /// After stanzas in `buf`: an `<r/>` once [`ASK_EVERY`] stanzas wait for an
+    /// acknowledgement and no request of ours is open; fewer are asked for [`ASK_DELAY`]
+    /// later (`ask_at`), so a busy session does not ask after every write.
     fn ask(&mut self, stream: &XmlStream, buf: &mut String) {
+        let Some(acks) = &mut self.sm else {
+            return;
+        };
+        if acks.unacked() >= ASK_EVERY {
+            if acks.should_ask() {
+                stream.serialize_into(&sm::request(), buf);
+            }
+            self.ask_at = None;
+        } else if acks.unacked() > 0 && self.ask_at.is_none() {
+            self.ask_at = Some(tokio::time::Instant::now() + ASK_DELAY);
+        }
+    }
+
+    /// [`ASK_DELAY`] after a write: the `<r/>` for what it left unacknowledged.
+    async fn ask_now(&mut self, stream: &mut XmlStream) -> Result<(), End> {
+        self.ask_at = None;
         if let Some(acks) = &mut self.sm
             && acks.should_ask()
         {
-            stream.serialize_into(&sm::request(), buf);
+            let mut buf = String::new();
+            stream.serialize_into(&sm::request(), &mut buf);
+            return stream.send_raw(&buf).await.map_err(|_| End::Gone);
         }
+        Ok(())
     }
 
     /// Stanzas for the client, in one write.
@@ -809,6 +837,12 @@ impl Session {
         Ok(())
     }
 }
+
+/// With stream management, stanzas that wait for the client's acknowledgement before an
+/// `<r/>` goes out at once…
+const ASK_EVERY: usize = 16;
+/// …and how long after a write that left fewer.
+const ASK_DELAY: Duration = Duration::from_millis(100);
 
 /// How long a write to a client may still take once its session is told to close.
 const CLOSE_WRITE_GRACE: Duration = Duration::from_secs(2);

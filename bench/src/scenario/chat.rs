@@ -524,6 +524,12 @@ async fn peer(
         tokio::select! {
             ev = s.conn.next() => match ev {
                 Ok(StreamEvent::Element(el)) => {
+                    if let Some(a) = s.handled(&el)
+                        && s.conn.send(&a).await.is_err()
+                    {
+                        early = true;
+                        break;
+                    }
                     if let (Some(at), Some(again)) = (client::Relogin::moved_to(&el), &again) {
                         match sh.moved(again, &at).await {
                             Some(new) => {
@@ -635,6 +641,9 @@ async fn open_sender(
             }
             ev = s.conn.next() => match ev {
                 Ok(StreamEvent::Element(el)) => {
+                    if let Some(a) = s.handled(&el) {
+                        let _ = s.conn.send(&a).await;
+                    }
                     if let (Some(at), Some(again)) = (client::Relogin::moved_to(&el), &again) {
                         // What the server may not have read before it moved us.
                         sh.unacked_at_move

@@ -613,7 +613,9 @@ async fn login_at(
         }
     }
     if cfg.sm && sm.is_none() {
-        return Err(BenchError::Protocol("no <enabled/> before the ping's answer".into()));
+        return Err(BenchError::Protocol(
+            "no <enabled/> before the ping's answer".into(),
+        ));
     }
     Ok(Session {
         conn,

@@ -347,15 +347,11 @@ fn wait_log_times(farm: &TestFarm, needle: &str, times: usize, secs: u64) {
 #[test]
 fn messages_for_a_killed_slave_are_held_until_it_is_back() {
     let mut farm = TestFarm::start_processes(2);
-    let users = farm.users_on_every_slave("held", 1);
-    let a = users.iter().find(|(_, o)| o == "slave1").unwrap().0.clone();
-    let c = users.iter().find(|(_, o)| o == "slave2").unwrap().0.clone();
-    farm.add_user(&a, "pw-a");
-    farm.add_user(&c, "pw-c");
-    let mut ca = Raw::login(farm.owner(&a).c2s, &a, "pw-a", "r");
+    let (a, c) = farm.user_pair("held", "pw");
+    let mut ca = Raw::login(farm.owner(&a).c2s, &a, "pw", "r");
     ca.send("<presence/>");
     ca.wait_for("<presence", 5);
-    let _cc = shown_to(&farm, &c, "pw-c", &a);
+    let _cc = shown_to(&farm, &c, "pw", &a);
     ca.wait_for(&format!("from='{c}@localhost/r'"), 5);
 
     farm.kill_node("slave2");
@@ -388,7 +384,7 @@ fn messages_for_a_killed_slave_are_held_until_it_is_back() {
     farm.start_node("slave2");
     wait_log_times(&farm, "farm link slave1 <-> slave2 up", 2, 20);
     wait_log_times(&farm, "farm link master <-> slave2 up", 2, 20);
-    let mut cc = Raw::login(farm.owner(&c).c2s, &c, "pw-c", "r");
+    let mut cc = Raw::login(farm.owner(&c).c2s, &c, "pw", "r");
     cc.send("<presence/>");
     cc.wait_for("held-19", 10);
     cc.sync("localhost");
@@ -415,11 +411,8 @@ fn what_a_dead_slave_never_takes_goes_back_to_its_senders() {
     let mut farm = TestFarm::start_processes_edited(2, |t| {
         t.replacen("[routing]", "[farm]\nhold = 2\n\n[routing]", 1)
     });
-    let users = farm.users_on_every_slave("gone", 1);
-    let a = users.iter().find(|(_, o)| o == "slave1").unwrap().0.clone();
-    let c = users.iter().find(|(_, o)| o == "slave2").unwrap().0.clone();
-    farm.add_user(&a, "pw-a");
-    let mut ca = Raw::login(farm.owner(&a).c2s, &a, "pw-a", "r");
+    let (a, c) = farm.user_pair("gone", "pw");
+    let mut ca = Raw::login(farm.owner(&a).c2s, &a, "pw", "r");
     farm.kill_node("slave2");
     farm.wait_log("slave2 is lost", 10);
     for i in 0..3 {

@@ -8,12 +8,7 @@ use common::{Raw, TestFarm};
 
 /// A on slave1, B on slave2, both with accounts.
 fn users(farm: &TestFarm, prefix: &str) -> (String, String) {
-    let users = farm.users_on_every_slave(prefix, 1);
-    let a = users.iter().find(|(_, o)| o == "slave1").unwrap().0.clone();
-    let b = users.iter().find(|(_, o)| o == "slave2").unwrap().0.clone();
-    farm.add_user(&a, "pw");
-    farm.add_user(&b, "pw");
-    (a, b)
+    farm.user_pair(prefix, "pw")
 }
 
 fn login(farm: &TestFarm, user: &str, res: &str) -> Raw {

@@ -9,16 +9,6 @@ use common::{Raw, TestFarm};
 
 const SM: &str = "urn:xmpp:sm:3";
 
-/// A user on each slave, `a` and `b`, with accounts.
-fn users(farm: &TestFarm) -> (String, String) {
-    let users = farm.users_on_every_slave("sm", 1);
-    let a = users.iter().find(|(_, o)| o == "slave1").unwrap().0.clone();
-    let b = users.iter().find(|(_, o)| o == "slave2").unwrap().0.clone();
-    farm.add_user(&a, "pw");
-    farm.add_user(&b, "pw");
-    (a, b)
-}
-
 /// `user` logged in at its slave with stream management enabled; the features offered it.
 fn with_sm(farm: &TestFarm, user: &str, resource: &str) -> Raw {
     let mut c = Raw::login(farm.owner(user).c2s, user, "pw", resource);
@@ -52,7 +42,7 @@ fn chat(to: &str, id: &str, body: &str) -> String {
 #[test]
 fn acks_count_both_ways_and_what_was_never_acknowledged_is_delivered_again() {
     let farm = TestFarm::start(2);
-    let (a, b) = users(&farm);
+    let (a, b) = farm.user_pair("sm", "pw");
     let mut ca = Raw::login(farm.owner(&a).c2s, &a, "pw", "r");
     let mut cb = with_sm(&farm, &b, "phone");
     // The server counts what b sends: a presence and an IQ.
@@ -125,7 +115,7 @@ fn acks_count_both_ways_and_what_was_never_acknowledged_is_delivered_again() {
 #[test]
 fn stream_management_errors_are_xep_0198s() {
     let farm = TestFarm::start(2);
-    let (a, _) = users(&farm);
+    let (a, _) = farm.user_pair("sm", "pw");
     // Before binding: enable fails, resume finds nothing to resume; the stream goes on.
     let mut c = Raw::connect(farm.owner(&a).c2s);
     c.open();
@@ -188,7 +178,7 @@ fn resume_at(addr: std::net::SocketAddr, user: &str, previd: &str, h: usize) -> 
 #[test]
 fn a_dropped_connection_resumes_through_the_master_losing_and_repeating_nothing() {
     let farm = TestFarm::start_edited(2, |t| format!("{t}\n[relay]\nredirect = \"never\"\n"));
-    let (a, b) = users(&farm);
+    let (a, b) = farm.user_pair("sm", "pw");
     let mut ca = Raw::login(farm.owner(&a).c2s, &a, "pw", "r");
     ca.send("<presence/>");
     ca.sync("localhost");
@@ -275,7 +265,7 @@ fn a_session_not_resumed_in_time_ends_and_keeps_what_was_unacknowledged() {
     let farm = TestFarm::start_edited(2, |t| {
         t.replace("[limits]\n", "[limits]\nresume_timeout = 1\n")
     });
-    let (a, b) = users(&farm);
+    let (a, b) = farm.user_pair("sm", "pw");
     let mut ca = Raw::login(farm.owner(&a).c2s, &a, "pw", "r");
     ca.send("<presence/>");
     ca.sync("localhost");
@@ -348,7 +338,7 @@ fn pipe(mut from: std::net::TcpStream, mut to: std::net::TcpStream) {
 /// and nothing they had is written again.
 fn a_real_client_resumes_through_the_master(which: &str) {
     let farm = TestFarm::start_edited(2, |t| format!("{t}\n[relay]\nredirect = \"never\"\n"));
-    let (a, b) = users(&farm);
+    let (a, b) = farm.user_pair("sm", "pw");
     let cable = Cable::to(farm.master.c2s);
     let mut ca = Raw::login(farm.owner(&a).c2s, &a, "pw", "r");
     let mut agent = match which {

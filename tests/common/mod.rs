@@ -482,6 +482,23 @@ impl TestFarm {
         out
     }
 
+    /// Two users named `{prefix}N`, the first on slave1 and the second on slave2, with
+    /// accounts (password `password`).
+    pub fn user_pair(&self, prefix: &str, password: &str) -> (String, String) {
+        let users = self.users_on_every_slave(prefix, 1);
+        let on = |slave: &str| {
+            users
+                .iter()
+                .find(|(_, o)| o == slave)
+                .map(|(u, _)| u.clone())
+                .unwrap_or_else(|| panic!("no user of {slave}"))
+        };
+        let (a, b) = (on("slave1"), on("slave2"));
+        self.add_user(&a, password);
+        self.add_user(&b, password);
+        (a, b)
+    }
+
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
         let _ = Command::new("kill")

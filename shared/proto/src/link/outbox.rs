@@ -272,6 +272,7 @@ impl Inbox {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::link::{frame_parser, parse_frame};

@@ -10,6 +10,7 @@
 //! at [`jabberfarm_net::c2s::negotiate_relayed`].
 
 pub mod handover;
+pub mod held;
 pub mod im;
 pub mod mover;
 pub mod router;
@@ -59,6 +60,8 @@ pub struct Slave {
     pub handover: handover::Handover,
     /// Sessions a client may resume (XEP-0198).
     pub resumable: session::Resumable,
+    /// Nodes this slave holds messages for (they were down).
+    pub holding: held::Holding,
 }
 
 impl Slave {
@@ -253,6 +256,19 @@ pub async fn run(
         Arc::new(c)
     });
     let (mut rt, events) = NodeRuntime::bind(&cfg, &node, tls, link_tls, shutdown).await?;
+    let im = jabberfarm_store::im::ImStore::for_accounts(&store);
+    // What this slave held for nodes that were down when it stopped is still to be written.
+    let held_for = {
+        use jabberfarm_store::im::HeldStore;
+        im.held_for(&node.name).await.unwrap_or_else(|e| {
+            warn!(node = %node.name, "cannot read what is held for other nodes: {e}");
+            Vec::new()
+        })
+    };
+    if !held_for.is_empty() {
+        info!(node = %node.name, "holding messages for {}", held_for.join(", "));
+    }
+    let (holding, mut drains) = held::Holding::new(held_for);
     let slave = Arc::new(Slave {
         config: cfg.clone(),
         sessions: Sessions::new(
@@ -263,7 +279,7 @@ pub async fn run(
         ),
         links: rt.links.clone(),
         outbound: rt.outbound.clone(),
-        im: jabberfarm_store::im::ImStore::for_accounts(&store),
+        im,
         store,
         shutdown: rt.shutdown.clone(),
         login_timeout: cfg.limits.login_timeout,
@@ -277,6 +293,19 @@ pub async fn run(
         mover: mover::Mover::default(),
         handover: handover::Handover::default(),
         resumable: session::Resumable::default(),
+        holding,
+    });
+    let (s7, sd7) = (slave.clone(), rt.shutdown.clone());
+    rt.tracker.spawn(async move {
+        loop {
+            tokio::select! {
+                node = drains.recv() => match node {
+                    Some(node) => s7.drain(&node),
+                    None => break,
+                },
+                _ = sd7.cancelled() => break,
+            }
+        }
     });
     // Direct and relayed clients share one connection limit.
     let slots = Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_connections));

@@ -115,7 +115,13 @@ impl Slave {
     /// Sends `el` (for `to`) over the link to `node` (held while `node` is down, if it is
     /// worth holding); the error for its sender when it cannot go.
     async fn send_to_node(&self, node: &str, to: &Jid, el: Element) -> Option<Element> {
-        let sent = if worth_holding(&el) {
+        let holds = worth_holding(&el);
+        if holds && self.holds_for(node).await {
+            return self
+                .hold(node, to.node().map_or("", |n| n.as_str()), &el)
+                .await;
+        }
+        let sent = if holds {
             self.links.send_or_hold(node, &el).await
         } else {
             self.links.send(node, &el).await
@@ -132,8 +138,9 @@ impl Slave {
         }
     }
 
-    /// A stanza the link to `node` kept and could not deliver: its sender gets the error
-    /// it would have got had the link been down when it was sent.
+    /// A stanza the link to `node` kept and could not deliver: held in the store if it is
+    /// worth holding, else its sender gets the error it would have got had the link been
+    /// down when it was sent.
     async fn undelivered(&self, node: &str, mut el: Element) {
         if el.is(REROUTED, LINK_NS) {
             let Some(inner) = el.children().next().cloned() else {
@@ -146,7 +153,17 @@ impl Slave {
             return debug!(node, "not delivered to {node}: <{}/>", el.name);
         }
         set_stanza_ns(&mut el, ns::SERVER, ns::CLIENT);
-        if let Some(error) = unreachable(&el) {
+        let error = if worth_holding(&el) {
+            let user = el
+                .attr("to")
+                .and_then(|to| Jid::new(to).ok())
+                .and_then(|to| to.node().map(|n| n.as_str().to_owned()))
+                .unwrap_or_default();
+            self.hold(node, &user, &el).await
+        } else {
+            unreachable(&el)
+        };
+        if let Some(error) = error {
             self.route(error, Origin::Local).await;
         }
     }
@@ -233,8 +250,12 @@ impl Slave {
                     }
                     im::presence::node_down(self, &node);
                 }
-                // A link back: hand-overs that failed while it was down go again.
-                LinkEvent::Up(_) => self.mover.wake(),
+                // A link back: hand-overs that failed while it was down go again, and what
+                // was held for the node is written.
+                LinkEvent::Up(node) => {
+                    self.mover.wake();
+                    self.drain(&node);
+                }
                 LinkEvent::Topology(_) => self.mover.wake(),
             }
         }

@@ -27,6 +27,11 @@ pub struct FarmLinkConfig {
     /// link is back; then each frame goes back to its sender as an error. A peer down this
     /// long is taken for gone (its users' presence ends).
     pub hold: Duration,
+    /// Messages and subscription requests a slave holds in its store for a node that is
+    /// down, over all of that node's users, and for one user; one more gets
+    /// `resource-constraint`.
+    pub held_per_node: usize,
+    pub held_per_user: usize,
     /// The CA that signed the nodes' certificates, trusted on TLS links (`farm.ca`; with
     /// `tls.generate`, the demo CA).
     pub ca: Option<PathBuf>,
@@ -41,6 +46,8 @@ impl Default for FarmLinkConfig {
             queue: 4096,
             queue_bytes: 32 << 20,
             hold: Duration::from_secs(30),
+            held_per_node: 100_000,
+            held_per_user: 1_000,
             ca: None,
         }
     }
@@ -54,6 +61,8 @@ pub(crate) struct RawFarm {
     queue: Option<u64>,
     queue_bytes: Option<u64>,
     hold: Option<u64>,
+    held_per_node: Option<u64>,
+    held_per_user: Option<u64>,
     ca: Option<PathBuf>,
 }
 
@@ -123,6 +132,8 @@ pub(crate) fn farm_links(
     let queue = positive("queue", raw.queue, d.queue as u64);
     let queue_bytes = positive("queue_bytes", raw.queue_bytes, d.queue_bytes as u64);
     let hold = positive("hold", raw.hold, d.hold.as_secs());
+    let held_per_node = positive("held_per_node", raw.held_per_node, d.held_per_node as u64);
+    let held_per_user = positive("held_per_user", raw.held_per_user, d.held_per_user as u64);
     if dead_after <= heartbeat {
         problems.push(Problem::new(
             "farm.dead_after",
@@ -152,6 +163,8 @@ pub(crate) fn farm_links(
         queue: usize::try_from(queue).unwrap_or(usize::MAX),
         queue_bytes: usize::try_from(queue_bytes).unwrap_or(usize::MAX),
         hold: Duration::from_secs(hold),
+        held_per_node: usize::try_from(held_per_node).unwrap_or(usize::MAX),
+        held_per_user: usize::try_from(held_per_user).unwrap_or(usize::MAX),
     }
 }
 

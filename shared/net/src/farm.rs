@@ -421,6 +421,11 @@ impl FarmLinks {
                 Ok(()) => return Ok(()),
                 Err(back) => frame = back,
             }
+            // Only a link that is up makes room: for a peer that is down, a full outbox is
+            // an answer now, not in SEND_WAIT.
+            if !peer.up.load(Ordering::Acquire) {
+                return Err(SendError::Full);
+            }
             if tokio::time::timeout_at(deadline, room).await.is_err() {
                 return Err(SendError::Full);
             }

@@ -47,6 +47,7 @@ const SCHEMA_PROBES: &[(&str, &str)] = &[
     ("vcards", "username, xml"),
     ("last_activity", "username, stamp_ms, status"),
     ("known_users", "username, first_login_ms"),
+    ("held", "id, holder, node, username, stanza, stamp_ms"),
 ];
 
 const SELECT_SHA1: &str = "SELECT salt, iterations, sha1_stored AS stored, sha1_server AS server \

@@ -6,6 +6,7 @@
 //!   (XEP-0160).
 //! - [`vcard`]: [`VcardStore`], vCard-temp (XEP-0054).
 //! - [`last`]: [`LastStore`], each user's last logout (XEP-0012).
+//! - [`held`]: [`HeldStore`], messages a node holds for a farm node that is down.
 //! - [`sqlite`]: [`SqliteIm`], the embedded backend (`roster_sqlite.rs`, `offline_sqlite.rs`,
 //!   `vcard_sqlite.rs`, `last_sqlite.rs`), in the same file as the node's accounts.
 //! - [`mysql`]: [`MysqlIm`], the central backend (`roster_mysql.rs`, `offline_mysql.rs`,
@@ -17,6 +18,9 @@
 //! stanza XML), so a central backend can implement them too. Every failure of the backend is
 //! [`StoreError::Unavailable`].
 
+pub mod held;
+mod held_mysql;
+mod held_sqlite;
 pub mod last;
 mod last_mysql;
 mod last_sqlite;
@@ -40,6 +44,7 @@ use std::collections::BTreeMap;
 use crate::accounts::{AccountStore, ImDatabase, StoreError};
 use jid::BareJid;
 
+pub use held::{Held, HeldMessage, HeldStore, HoldLimits};
 pub use last::{LastLogout, LastStore};
 pub use mysql::MysqlIm;
 pub use offline::{OfflineMessage, OfflineStore, Stored};
@@ -216,6 +221,37 @@ impl VcardStore for ImStore {
 
     async fn set_vcard(&self, user: &str, xml: &str) -> Result<(), StoreError> {
         each!(self, s => s.set_vcard(user, xml).await)
+    }
+}
+
+impl HeldStore for ImStore {
+    async fn hold(
+        &self,
+        holder: &str,
+        node: &str,
+        user: &str,
+        stanza_xml: &str,
+        stamp_ms: i64,
+        limits: HoldLimits,
+    ) -> Result<Held, StoreError> {
+        each!(self, s => s.hold(holder, node, user, stanza_xml, stamp_ms, limits).await)
+    }
+
+    async fn held(
+        &self,
+        holder: &str,
+        node: &str,
+        limit: usize,
+    ) -> Result<Vec<HeldMessage>, StoreError> {
+        each!(self, s => s.held(holder, node, limit).await)
+    }
+
+    async fn release_up_to(&self, holder: &str, node: &str, up_to: i64) -> Result<u64, StoreError> {
+        each!(self, s => s.release_up_to(holder, node, up_to).await)
+    }
+
+    async fn held_for(&self, holder: &str) -> Result<Vec<String>, StoreError> {
+        each!(self, s => s.held_for(holder).await)
     }
 }
 

@@ -105,7 +105,59 @@ on_every_backend!(
     users_never_mix_survive_restart_and_delete_user,
     closed_database_is_unavailable,
     known_users_and_what_each_keeps,
+    held_in_order_bounded_per_node_and_user_and_apart_per_holder,
 );
+
+async fn held_in_order_bounded_per_node_and_user_and_apart_per_holder(backend: Backend) {
+    let place = Place::new(backend);
+    let (accounts, im) = place.open().await;
+    let limits = HoldLimits {
+        per_node: 4,
+        per_user: 3,
+    };
+    let msg = |n: i64| format!("<message to='juliet@localhost' id='h{n}'/>");
+    let hold = |holder: &'static str, user: &'static str, n: i64| {
+        let im = im.clone();
+        async move {
+            im.hold(holder, "slave2", user, &msg(n), n, limits)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(im.held_for("slave1").await.unwrap().is_empty());
+    for n in 1..=3 {
+        assert_eq!(hold("slave1", "juliet", n).await, Held::Held);
+    }
+    // Juliet's bound; Romeo still fits, then the node's bound.
+    assert_eq!(hold("slave1", "juliet", 4).await, Held::Full);
+    assert_eq!(hold("slave1", "romeo", 5).await, Held::Held);
+    assert_eq!(hold("slave1", "romeo", 6).await, Held::Full);
+    // Another holder's rows are its own (a central database shared by the slaves).
+    assert_eq!(hold("slave3", "juliet", 7).await, Held::Held);
+    assert_eq!(im.held_for("slave1").await.unwrap(), ["slave2"]);
+
+    let all = im.held("slave1", "slave2", 10).await.unwrap();
+    let xml: Vec<_> = all.iter().map(|m| m.stanza_xml.clone()).collect();
+    assert_eq!(xml, [msg(1), msg(2), msg(3), msg(5)]);
+    assert_eq!(im.held("slave1", "slave2", 2).await.unwrap(), all[..2]);
+    assert_eq!(
+        im.release_up_to("slave1", "slave2", all[1].id)
+            .await
+            .unwrap(),
+        2
+    );
+    let rest = im.held("slave1", "slave2", 10).await.unwrap();
+    assert_eq!(rest, all[2..]);
+    assert_eq!(
+        im.release_up_to("slave1", "slave2", all[3].id)
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(im.held_for("slave1").await.unwrap().is_empty());
+    assert_eq!(im.held("slave3", "slave2", 10).await.unwrap().len(), 1);
+    accounts.close().await;
+}
 
 fn item(jid: &str, name: Option<&str>, sub: Subscription, groups: &[&str]) -> RosterItem {
     RosterItem {

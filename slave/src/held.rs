@@ -1,0 +1,202 @@
+//! Messages and subscription requests held for a farm node that is down (issue 14): kept in
+//! this slave's store (`jabberfarm_store::im::HeldStore`), written to the node in order when
+//! its link is back, then deleted. While a node has anything held, what comes for it is held
+//! too, so nothing overtakes what waits. A held stanza goes to its recipient's owner at the
+//! time it is written (a routing change meanwhile sends it elsewhere).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jabberfarm_net::farm::SendError;
+use jabberfarm_proto::ns;
+use jabberfarm_proto::stanza::{ErrorCondition, ErrorType, StanzaError};
+use jabberfarm_proto::xml::{Element, parse_element};
+use jabberfarm_store::im::{Held, HeldStore, HoldLimits};
+use jid::Jid;
+use tracing::{info, warn};
+
+use crate::Slave;
+use crate::router::Origin;
+use crate::sessions::Destination;
+
+/// Held stanzas read at once when a node's link is back.
+const DRAIN_BATCH: usize = 64;
+
+/// Which nodes this slave holds something for.
+pub struct Holding {
+    /// Locked while a stanza is held and while a drain decides it is done: a stanza held
+    /// meanwhile is never left behind.
+    nodes: tokio::sync::Mutex<HashSet<String>>,
+    /// Nodes whose held stanzas are being written now.
+    draining: Mutex<HashSet<String>>,
+    /// Asks for a drain (of a node whose link is up) where one can be started.
+    wake: tokio::sync::mpsc::Sender<String>,
+}
+
+impl Holding {
+    /// `nodes`: those with stanzas held from before a restart. The receiver gets the nodes
+    /// to drain ([`Slave::drain`]).
+    pub fn new(nodes: Vec<String>) -> (Holding, tokio::sync::mpsc::Receiver<String>) {
+        let (wake, rx) = tokio::sync::mpsc::channel(64);
+        let holding = Holding {
+            nodes: tokio::sync::Mutex::new(nodes.into_iter().collect()),
+            draining: Mutex::default(),
+            wake,
+        };
+        (holding, rx)
+    }
+}
+
+impl Slave {
+    /// Whether a stanza worth holding for `node` is to be held rather than sent: its link is
+    /// down, or older ones are still held.
+    pub(crate) async fn holds_for(&self, node: &str) -> bool {
+        !self.links.is_up(node) || self.holding.nodes.lock().await.contains(node)
+    }
+
+    /// Keep `el` (for `user` of `node`) until the node's link is back; the error for its
+    /// sender when it cannot be kept.
+    pub(crate) async fn hold(&self, node: &str, user: &str, el: &Element) -> Option<Element> {
+        let mut xml = String::new();
+        el.write_to(&mut xml, ns::CLIENT);
+        let limits = HoldLimits {
+            per_node: self.config.farm.held_per_node,
+            per_user: self.config.farm.held_per_user,
+        };
+        let me = self.links.me();
+        let mut nodes = self.holding.nodes.lock().await;
+        let held = self
+            .im
+            .hold(me, node, user, &xml, crate::im::now_ms(), limits)
+            .await;
+        match held {
+            Ok(Held::Held) => {
+                if nodes.insert(node.to_owned()) {
+                    info!(
+                        peer = node,
+                        "{node} is down: holding messages for its users"
+                    );
+                }
+                drop(nodes);
+                if self.links.is_up(node) {
+                    // Full: a drain is asked for already.
+                    let _ = self.holding.wake.try_send(node.to_owned());
+                }
+                None
+            }
+            Ok(Held::Full) => StanzaError::new(ErrorCondition::ResourceConstraint)
+                .typed(ErrorType::Wait)
+                .text("the recipient's server is down and holds as much as it may for it")
+                .answer(el),
+            Err(e) => {
+                warn!(peer = node, user, "cannot hold a message for {node}: {e}");
+                StanzaError::new(ErrorCondition::InternalServerError)
+                    .typed(ErrorType::Wait)
+                    .text("the recipient's server is not reachable")
+                    .answer(el)
+            }
+        }
+    }
+
+    /// Start writing what is held for `node` (its link is up), unless that runs already or
+    /// nothing is held for it.
+    pub(crate) fn drain(self: &Arc<Self>, node: &str) {
+        let started = self
+            .holding
+            .draining
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.to_owned());
+        if started {
+            let (me, node) = (self.clone(), node.to_owned());
+            self.tasks.spawn(async move {
+                if me.holding.nodes.lock().await.contains(&node) {
+                    me.drain_now(&node).await;
+                }
+                me.holding
+                    .draining
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&node);
+            });
+        }
+    }
+
+    async fn drain_now(self: &Arc<Self>, node: &str) {
+        let me = self.links.me().to_owned();
+        let mut written = 0u64;
+        loop {
+            let rows = match self.im.held(&me, node, DRAIN_BATCH).await {
+                Ok(rows) => rows,
+                Err(e) => return warn!(peer = node, "cannot read what is held for {node}: {e}"),
+            };
+            if rows.is_empty() {
+                let mut nodes = self.holding.nodes.lock().await;
+                // Under the lock: what was held since the read is written first.
+                if matches!(self.im.held(&me, node, 1).await, Ok(r) if r.is_empty()) {
+                    nodes.remove(node);
+                    if written > 0 {
+                        info!(
+                            peer = node,
+                            written, "{node} is back: what was held for it is written"
+                        );
+                    }
+                    return;
+                }
+                continue;
+            }
+            let mut last = None;
+            for row in rows {
+                if let Ok(el) = parse_element(&row.stanza_xml, ns::CLIENT) {
+                    if !self.write_held(node, el).await {
+                        // The link dropped again: the next link-up goes on from here.
+                        break;
+                    }
+                    written += 1;
+                } else {
+                    warn!(
+                        peer = node,
+                        id = row.id,
+                        "an unreadable held stanza is dropped"
+                    );
+                }
+                last = Some(row.id);
+            }
+            let Some(last) = last else { return };
+            if let Err(e) = self.im.release_up_to(&me, node, last).await {
+                return warn!(
+                    peer = node,
+                    "cannot release what was written to {node}: {e}"
+                );
+            }
+            if !self.links.is_up(node) {
+                return;
+            }
+        }
+    }
+
+    /// One held stanza, to its recipient's owner now; false when `node`'s link is down.
+    async fn write_held(self: &Arc<Self>, node: &str, el: Element) -> bool {
+        let owner = match el.attr("to").map(Jid::new) {
+            Some(Ok(to)) => match self.sessions.destination(&to) {
+                Destination::Node(n) => Some(n),
+                _ => None,
+            },
+            _ => None,
+        };
+        if owner.as_deref() != Some(node) {
+            // The table changed while it was held.
+            self.route(el, Origin::Local).await;
+            return true;
+        }
+        loop {
+            match self.links.send(node, &el).await {
+                Ok(()) => return true,
+                // The link writes the backlog first: wait for room.
+                Err(SendError::Full) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(_) => return false,
+            }
+        }
+    }
+}

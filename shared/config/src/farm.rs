@@ -24,8 +24,9 @@ pub struct FarmLinkConfig {
     /// Bytes kept per peer, the same way.
     pub queue_bytes: usize,
     /// How long a link that is down keeps what was sent to its peer, to write it when the
-    /// link is back; then each frame goes back to its sender as an error. A peer down this
-    /// long is taken for gone (its users' presence ends).
+    /// link is back; then each frame goes back to the node (a slave holds messages in its
+    /// store, the rest is answered with an error). A peer down this long is taken for gone
+    /// (its users' presence ends).
     pub hold: Duration,
     /// Messages and subscription requests a slave holds in its store for a node that is
     /// down, over all of that node's users, and for one user; one more gets

@@ -394,3 +394,61 @@ fn slixmpp_resumes_through_the_master() {
 fn xmppjs_resumes_through_the_master() {
     a_real_client_resumes_through_the_master("xmppjs");
 }
+
+/// Issue 14: with stream management, offline messages are deleted only once the client
+/// acknowledged them. A session that drops before that leaves them stored for the next login
+/// (each still once, with its first stamp); another resource logging in meanwhile does not get
+/// them twice; an acknowledgement deletes them.
+#[test]
+fn offline_messages_stay_stored_until_the_client_acknowledges_them() {
+    let farm = TestFarm::start(2);
+    let (a, b) = farm.user_pair("off", "pw");
+    let mut ca = Raw::login(farm.owner(&a).c2s, &a, "pw", "r");
+    for i in 0..2 {
+        ca.send(&chat(
+            &format!("{b}@localhost"),
+            &format!("o{i}"),
+            &format!("stored-{i}"),
+        ));
+    }
+    ca.sync(&format!("{b}@localhost"));
+    // The first session gets them and drops without acknowledging.
+    let mut phone = with_sm(&farm, &b, "phone");
+    phone.send("<presence/>");
+    phone.wait_for("stored-1", 5);
+    drop(phone);
+    // Still stored: the next login gets them, once each, with one stamp.
+    let mut phone = with_sm(&farm, &b, "phone");
+    phone.send("<presence/>");
+    phone.wait_for("stored-1", 10);
+    phone.sync("localhost");
+    for i in 0..2 {
+        assert_eq!(
+            phone.got.matches(&format!(">stored-{i}<")).count(),
+            1,
+            "{}",
+            phone.got
+        );
+    }
+    assert_eq!(
+        phone.got.matches("Offline storage").count(),
+        2,
+        "{}",
+        phone.got
+    );
+    // Handed out and not yet acknowledged: another resource does not get them too.
+    let mut laptop = Raw::login(farm.owner(&b).c2s, &b, "pw", "laptop");
+    laptop.send("<presence/>");
+    laptop.sync("localhost");
+    assert!(!laptop.got.contains("stored-"), "{}", laptop.got);
+    drop(laptop);
+    // Acknowledged: deleted. A login after the session ends finds nothing.
+    let h = stanzas_since_enabled(&phone);
+    phone.send(&format!("<a xmlns='{SM}' h='{h}'/>"));
+    phone.sync("localhost");
+    drop(phone);
+    let mut desk = Raw::login(farm.owner(&b).c2s, &b, "pw", "desk");
+    desk.send("<presence/>");
+    desk.sync("localhost");
+    assert!(!desk.got.contains("stored-"), "{}", desk.got);
+}

@@ -145,6 +145,7 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
         sm: None,
         resume: None,
         ask_at: None,
+        offline: None,
     };
     let end = loop {
         let end = session.serve(&mut stream, &mut rx, &closer).await;
@@ -219,10 +220,32 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
     // its stream itself read until our close: what we wrote counts as handled (xmpp.js 0.14,
     // for one, does not count the IQ results it consumes, so its last `h` is short).
     let mut left: Vec<Element> = Vec::new();
+    let offline = session.offline.take();
     if let Some(mut acks) = session.sm.take() {
         debug!(jid = %session.jid, h = acks.h(), kept = acks.unacked(), closed_by_client, "stream management at the end");
-        if !closed_by_client {
-            left.extend(acks.take_unacked());
+        match offline {
+            // Handled, as the rest: they go.
+            Some((_, id)) if closed_by_client => {
+                crate::im::offline::release(&slave, &session.user, id).await;
+            }
+            // Never acknowledged: still stored, for the next login; not routed again.
+            Some((last, _)) => {
+                let first = acks.acked().wrapping_add(1);
+                let stored = &domain;
+                for (i, el) in acks.take_unacked().into_iter().enumerate() {
+                    let at = first.wrapping_add(i as u32);
+                    let from_storage = at.wrapping_sub(first) <= last.wrapping_sub(first)
+                        && el.children().any(|c| {
+                            c.is("delay", ns::DELAY) && c.attr("from") == Some(stored.as_str())
+                        });
+                    if !from_storage {
+                        left.push(el);
+                    }
+                }
+                crate::im::offline::give_back(&slave, &session.user);
+            }
+            None if !closed_by_client => left.extend(acks.take_unacked()),
+            None => {}
         }
     }
     while let Ok(Outgoing::Stanza(el)) = rx.try_recv() {
@@ -455,6 +478,10 @@ struct Session {
     resume: Option<Resume>,
     /// When to ask the client for an acknowledgement ([`Session::ask`]).
     ask_at: Option<tokio::time::Instant>,
+    /// With stream management: offline messages written and not yet acknowledged — the
+    /// `total` after the last one, and its id. They stay stored until the client's `h`
+    /// covers it (`im::offline::take`).
+    offline: Option<(u32, i64)>,
 }
 
 impl Session {
@@ -641,6 +668,7 @@ impl Session {
                 };
                 let released = acks.on_ack(h).map_err(|e| End::Error(too_high(e)))?;
                 debug!(jid = %self.jid, h, released, kept = acks.unacked(), "acknowledged");
+                self.release_offline().await;
                 return Ok(());
             }
             // Without stream management enabled an ack means nothing.
@@ -693,10 +721,14 @@ impl Session {
     /// released, `<resumed/>` says what we handled, and the rest of what we kept is written
     /// again, in order.
     async fn resumed(&mut self, stream: &mut XmlStream, h: u32) -> Result<(), End> {
-        let (Some(acks), Some(resume)) = (&mut self.sm, &self.resume) else {
+        let Some(acks) = &mut self.sm else {
             return Err(End::Dropped);
         };
         acks.on_ack(h).map_err(|e| End::Error(too_high(e)))?;
+        self.release_offline().await;
+        let (Some(acks), Some(resume)) = (&mut self.sm, &self.resume) else {
+            return Err(End::Dropped);
+        };
         let mut buf = String::new();
         stream.serialize_into(&sm::resumed(&resume.id, acks.h()), &mut buf);
         for el in acks.kept() {
@@ -706,6 +738,16 @@ impl Session {
         self.ask(stream, &mut buf);
         info!(jid = %self.jid, again, "session resumed");
         stream.send_raw(&buf).await.map_err(|_| End::Gone)
+    }
+
+    /// The offline messages the client got are deleted once its `h` covers them.
+    async fn release_offline(&mut self) {
+        if let (Some((last, id)), Some(acks)) = (self.offline, &self.sm)
+            && acks.covers(last)
+        {
+            self.offline = None;
+            crate::im::offline::release(&self.slave, &self.user, id).await;
+        }
     }
 
     /// What the client never got (never written, or never acknowledged with stream
@@ -756,6 +798,7 @@ impl Session {
                 && let (Some(acks), Some(h)) = (&mut self.sm, sm::h_of(&el))
             {
                 let _ = acks.on_ack(h);
+                self.release_offline().await;
             }
             if Kind::of(&el) != Some(Kind::Message) {
                 continue;
@@ -822,8 +865,14 @@ impl Session {
         }
         if kind == Kind::Presence {
             // RFC 6121 §4: broadcast, directed and subscription presence.
+            let mut offline = None;
+            let keep = self.sm.is_some().then_some(&mut offline);
             let for_me =
-                crate::im::presence::outbound(&self.slave, &self.jid, &self.user, el).await;
+                crate::im::presence::outbound(&self.slave, &self.jid, &self.user, el, keep).await;
+            // The offline messages are the last of `for_me`.
+            if let (Some(id), Some(acks)) = (offline, &self.sm) {
+                self.offline = Some((acks.total().wrapping_add(for_me.len() as u32), id));
+            }
             if !for_me.is_empty() {
                 self.write(stream, for_me).await?;
             }

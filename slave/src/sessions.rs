@@ -141,6 +141,9 @@ pub struct Sessions {
     pub started: std::time::Instant,
     /// `limits.max_resources`: resources one account may have bound at once.
     max_resources: usize,
+    /// Per user: the last offline message handed to a session with stream management that
+    /// has not acknowledged it yet (they stay stored until it does).
+    offline_handed: Mutex<HashMap<String, i64>>,
 }
 
 impl Sessions {
@@ -157,6 +160,7 @@ impl Sessions {
             sessions: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             roster_writes: AtomicU64::new(0),
+            offline_handed: Mutex::default(),
             offline_locks: (0..OFFLINE_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -238,6 +242,31 @@ impl Sessions {
             roster_empty: false,
         });
         Some(conn)
+    }
+
+    /// The last offline message of `user` handed out and not yet acknowledged (see
+    /// `im::offline::take`).
+    pub fn offline_handed(&self, user: &str) -> Option<i64> {
+        let handed = self
+            .offline_handed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        handed.get(user).copied()
+    }
+
+    pub fn set_offline_handed(&self, user: &str, id: Option<i64>) {
+        let mut handed = self
+            .offline_handed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match id {
+            Some(id) => {
+                handed.insert(user.to_owned(), id);
+            }
+            None => {
+                handed.remove(user);
+            }
+        }
     }
 
     pub fn is_bound(&self, user: &str, resource: &str) -> bool {

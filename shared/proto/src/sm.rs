@@ -94,6 +94,21 @@ impl<T> Acks<T> {
         self.unacked.len()
     }
 
+    /// The client's last `h`.
+    pub fn acked(&self) -> u32 {
+        self.acked
+    }
+
+    /// Stanzas sent so far (modulo 2^32): the `h` that will acknowledge the last one.
+    pub fn total(&self) -> u32 {
+        self.acked.wrapping_add(self.unacked.len() as u32)
+    }
+
+    /// Whether the client's `h` covers the stanza that `total` was after it was sent.
+    pub fn covers(&self, total: u32) -> bool {
+        total.wrapping_sub(self.acked) == 0 || self.acked.wrapping_sub(total) < 1 << 31
+    }
+
     /// What is kept, oldest first (written again after a resumption).
     pub fn kept(&self) -> impl Iterator<Item = &T> {
         self.unacked.iter()
@@ -181,6 +196,21 @@ mod tests {
         a.received = u32::MAX;
         a.received();
         assert_eq!(a.h(), 0);
+    }
+
+    #[test]
+    fn covering_counts_across_the_wrap() {
+        let mut a = Acks::new(10);
+        a.acked = u32::MAX - 1;
+        a.sent(1);
+        a.sent(2);
+        let last = a.total();
+        assert_eq!(last, 0);
+        assert!(!a.covers(last));
+        assert_eq!(a.on_ack(u32::MAX), Ok(1));
+        assert!(!a.covers(last));
+        assert_eq!(a.on_ack(0), Ok(1));
+        assert!(a.covers(last) && a.covers(u32::MAX - 5));
     }
 
     #[test]

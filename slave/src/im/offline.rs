@@ -105,21 +105,33 @@ async fn store(slave: &Slave, user: &str, msg: Element) -> Option<Element> {
     }
 }
 
-/// The user's stored messages, with `<delay/>`, addressed to `me`; removed from storage. Under
-/// the user's offline lock, so two resources logging in at once never both get them.
-pub async fn take(slave: &Slave, user: &str, me: &FullJid) -> Vec<Element> {
+/// The user's stored messages, with `<delay/>`, addressed to `me`, and the last one's id.
+/// Removed from storage, unless `keep` (a session with stream management): then they stay
+/// until [`release`] once the client acknowledged them, and other resources logging in
+/// meanwhile do not get them again ([`crate::sessions::Sessions::offline_handed`]; a session
+/// that ends first gives them back with [`give_back`]). Under the user's offline lock, so two
+/// resources logging in at once never both get them.
+pub async fn take(
+    slave: &Slave,
+    user: &str,
+    me: &FullJid,
+    keep: bool,
+) -> (Vec<Element>, Option<i64>) {
     let _order = slave.sessions.offline_lock(user).await;
     let msgs = match slave.im.peek(user, DELIVER_MAX).await {
         Ok(m) => m,
         Err(e) => {
             warn!(user, "offline messages unavailable: {e}");
-            return Vec::new();
+            return (Vec::new(), None);
         }
     };
+    let handed = slave.sessions.offline_handed(user);
+    let msgs: Vec<_> = msgs.into_iter().filter(|m| Some(m.id) > handed).collect();
     let Some(last) = msgs.last().map(|m| m.id) else {
-        return Vec::new();
+        return (Vec::new(), None);
     };
     let mut out = Vec::with_capacity(msgs.len());
+    let domain = &slave.sessions.domain;
     for m in msgs {
         let Ok(mut el) = parse_element(&m.stanza_xml, ns::CLIENT) else {
             continue;
@@ -127,7 +139,6 @@ pub async fn take(slave: &Slave, user: &str, me: &FullJid) -> Vec<Element> {
         el.set_attr("to", me.to_string());
         // One stamp: a message stored again (a session that never acknowledged it) keeps the
         // time it was first stored.
-        let domain = &slave.sessions.domain;
         let stamped = el
             .children()
             .any(|c| c.is("delay", ns::DELAY) && c.attr("from") == Some(domain.as_str()));
@@ -141,14 +152,29 @@ pub async fn take(slave: &Slave, user: &str, me: &FullJid) -> Vec<Element> {
         }
         out.push(el);
     }
-    // The session writes them before reading anything else; deletion is last. A session with
-    // stream management keeps them until the client acknowledges them, and stores again what
-    // it never acknowledged (session.rs, `requeue`); a crash of this slave in between still
-    // loses them (issue 14: durable hand-over to the session is the next step).
-    if let Err(e) = slave.im.delete_up_to(user, last).await {
+    if keep {
+        slave.sessions.set_offline_handed(user, Some(last));
+    } else if let Err(e) = slave.im.delete_up_to(user, last).await {
+        // The session writes them before reading anything else; deletion is last. A crash
+        // in between delivers them again at the next login.
         warn!(user, "cannot delete delivered offline messages: {e}");
     }
-    out
+    (out, Some(last))
+}
+
+/// The client acknowledged the offline messages up to id `up_to` it got: they go.
+pub async fn release(slave: &Slave, user: &str, up_to: i64) {
+    let _order = slave.sessions.offline_lock(user).await;
+    if let Err(e) = slave.im.delete_up_to(user, up_to).await {
+        warn!(user, "cannot delete delivered offline messages: {e}");
+    }
+    slave.sessions.set_offline_handed(user, None);
+}
+
+/// A session ended before its client acknowledged the offline messages it got: they are
+/// still stored, and the next login gets them.
+pub fn give_back(slave: &Slave, user: &str) {
+    slave.sessions.set_offline_handed(user, None);
 }
 
 /// XEP-0082 date-time in UTC with milliseconds, from Unix milliseconds.

@@ -32,8 +32,16 @@ pub const MAX_DIRECTED: usize = 1000;
 
 /// A presence stanza from a local session, already stamped with its full JID.
 /// Returns stanzas for the session itself (offline messages, pending subscription requests)
-/// after an initial presence.
-pub async fn outbound(slave: &Slave, me: &FullJid, user: &str, mut el: Element) -> Vec<Element> {
+/// after an initial presence. `keep_offline`: a session with stream management, which
+/// deletes the offline messages it gets only once its client acknowledged them: they stay
+/// stored, and the last one's id is written there ([`super::offline::take`]).
+pub async fn outbound(
+    slave: &Slave,
+    me: &FullJid,
+    user: &str,
+    mut el: Element,
+    keep_offline: Option<&mut Option<i64>>,
+) -> Vec<Element> {
     let Some(kind) = PresenceType::of(&el) else {
         // Not presence RFC 6121 defines.
         return Vec::new();
@@ -41,7 +49,7 @@ pub async fn outbound(slave: &Slave, me: &FullJid, user: &str, mut el: Element) 
     let to = el.attr("to").map(str::to_owned);
     match (kind, to) {
         (PresenceType::Available | PresenceType::Unavailable, None) => {
-            broadcast(slave, me, user, el).await
+            broadcast(slave, me, user, el, keep_offline).await
         }
         (PresenceType::Available | PresenceType::Unavailable, Some(to)) => {
             // Directed presence (§4.6): remembered so unavailable follows it.
@@ -88,7 +96,13 @@ pub async fn outbound(slave: &Slave, me: &FullJid, user: &str, mut el: Element) 
 /// presence first (§4.2.2, §4.4.2: the user's available resources include the sender), then,
 /// after initial presence, the other resources' presence, waiting subscription requests and
 /// offline messages.
-async fn broadcast(slave: &Slave, me: &FullJid, user: &str, el: Element) -> Vec<Element> {
+async fn broadcast(
+    slave: &Slave,
+    me: &FullJid,
+    user: &str,
+    el: Element,
+    keep_offline: Option<&mut Option<i64>>,
+) -> Vec<Element> {
     let available = el.attr("type").is_none();
     let resource = me.resource().as_str();
     let change = {
@@ -181,7 +195,11 @@ async fn broadcast(slave: &Slave, me: &FullJid, user: &str, el: Element) -> Vec<
             }
         }
         if crate::sessions::priority_of(&el) >= 0 && has(|s| s.offline) {
-            for_me.extend(super::offline::take(slave, user, me).await);
+            let (msgs, last) = super::offline::take(slave, user, me, keep_offline.is_some()).await;
+            for_me.extend(msgs);
+            if let Some(slot) = keep_offline {
+                *slot = last;
+            }
         }
     }
     for_me
@@ -429,7 +447,7 @@ pub async fn gone(slave: &Slave, me: &FullJid, user: &str) {
         let p = Element::new("presence", ns::CLIENT)
             .with_attr("type", "unavailable")
             .with_attr("from", me.to_string());
-        let _ = broadcast(slave, me, user, p).await;
+        let _ = broadcast(slave, me, user, p, None).await;
     }
 }
 

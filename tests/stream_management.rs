@@ -376,13 +376,87 @@ fn a_real_client_resumes_through_the_master(which: &str) {
     ca.send(&chat(&to, "s4", "after"));
     agent.expect("a message after", body_is("after"));
     agent.cmd("ping", &[("to", "localhost")]);
-    let again = agent
+    let messages = agent
         .events
         .iter()
         .filter(|(e, _)| e.kind() == "message")
         .count();
-    assert_eq!(again, 4, "every message once");
+    if messages != 4 {
+        agent.fail(&format!("{messages} messages, not each of the 4 once"));
+    }
     assert!(!ca.got.contains("type='error'"), "{}", ca.got);
+}
+
+/// The same for a client the master redirects (xmpp.js follows `<see-other-host/>`): its
+/// connection to the slave is aborted (`ss -K`, as a network change does); it reconnects to
+/// the master, is redirected again, and resumes at the slave.
+#[test]
+fn xmppjs_resumes_after_a_redirect() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test aborts a TCP connection with ss -K: it needs root (CI runs as root)"
+    );
+    let farm = TestFarm::start(2);
+    let (a, b) = farm.user_pair("redir", "pw");
+    let mut ca = Raw::login(farm.owner(&a).c2s, &a, "pw", "r");
+    let mut agent = Agent::xmppjs_at(
+        &farm,
+        "xmppjs",
+        &b,
+        "pw",
+        "res",
+        farm.master.c2s,
+        &["--reconnect"],
+    );
+    let slave = farm.owner(&b).c2s;
+    assert_eq!(
+        agent.online.num("port"),
+        Some(f64::from(slave.port())),
+        "redirected to its slave"
+    );
+    agent.cmd("presence", &[]);
+    let to = format!("{b}@localhost/res");
+    ca.send(&chat(&to, "r1", "before the drop"));
+    agent.expect("the first message", |e| {
+        e.kind() == "message" && e.is("body", "before the drop")
+    });
+
+    let killed = std::process::Command::new("ss")
+        .args([
+            "-K",
+            "dst",
+            "127.0.0.1",
+            "dport",
+            "=",
+            &format!(":{}", slave.port()),
+        ])
+        .output()
+        .expect("ss (iproute2)");
+    assert!(killed.status.success(), "{killed:?}");
+    agent.expect("the connection to drop", |e| e.kind() == "closed");
+    ca.send(&chat(&to, "r2", "while away"));
+    ca.sync(&format!("{b}@localhost"));
+    let resumed = agent.expect_within("a resumption", std::time::Duration::from_secs(20), |e| {
+        e.kind() == "resumed"
+    });
+    // Through the master, which redirected it again.
+    let services = resumed.get("services").unwrap_or_default().to_owned();
+    assert!(
+        services.matches(&farm.master.c2s.to_string()).count() >= 2,
+        "{services}"
+    );
+    agent.expect("what came meanwhile", |e| {
+        e.kind() == "message" && e.is("body", "while away")
+    });
+    agent.cmd("ping", &[("to", "localhost")]);
+    let messages = agent
+        .events
+        .iter()
+        .filter(|(e, _)| e.kind() == "message")
+        .count();
+    if messages != 2 {
+        agent.fail(&format!("{messages} messages, not each of the 2 once"));
+    }
 }
 
 #[test]

@@ -373,14 +373,7 @@ fn a_slave_cut_off_and_plugged_back() {
     farm.wait_log("slave1", "farm link slave1 <-> slave2 up", 2, 30);
     cc.wait_for("across-29", 10);
     ca.wait_for("during-c-to-a", 10);
-    let order: Vec<usize> = (0..30)
-        .map(|i| {
-            cc.got
-                .find(&format!(">across-{i:02}<"))
-                .expect("every message arrives")
-        })
-        .collect();
-    assert!(order.windows(2).all(|w| w[0] < w[1]), "out of order");
+    common::each_once_in_order(&cc.got, (0..30).map(|i| format!("across-{i:02}")));
     assert!(!ca.got.contains("type='error'"), "{}", ca.got);
     assert!(
         !ca.got.contains("type='unavailable'"),

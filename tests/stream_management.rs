@@ -72,14 +72,7 @@ fn acks_count_both_ways_and_what_was_never_acknowledged_is_delivered_again() {
     cb.send("<presence/>");
     cb.wait_for("unacked-2", 10);
     cb.sync("localhost");
-    for i in 0..3 {
-        assert_eq!(
-            cb.got.matches(&format!(">unacked-{i}<")).count(),
-            1,
-            "{}",
-            cb.got
-        );
-    }
+    common::each_once_in_order(&cb.got, (0..3).map(|i| format!("unacked-{i}")));
     // This time b acknowledges everything: nothing comes again after its connection drops.
     ca.send(&chat(&format!("{b}@localhost/laptop"), "m3", "acked-3"));
     cb.wait_for("acked-3", 5);
@@ -230,14 +223,7 @@ fn a_dropped_connection_resumes_through_the_master_losing_and_repeating_nothing(
         !after.contains(">msg-1<"),
         "handled before the drop, written again: {after}"
     );
-    let at: Vec<usize> = (2..7)
-        .map(|i| {
-            let body = format!(">msg-{i}<");
-            assert_eq!(after.matches(&body).count(), 1, "{body}: {after}");
-            after.find(&body).unwrap()
-        })
-        .collect();
-    assert!(at.windows(2).all(|w| w[0] < w[1]), "out of order: {after}");
+    common::each_once_in_order(after, (2..7).map(|i| format!("msg-{i}")));
     // The session goes on: a message now arrives as before.
     ca.send(&chat(&format!("{b}@localhost/phone"), "m7", "msg-7"));
     cb.wait_for("msg-7", 5);
@@ -496,14 +482,7 @@ fn offline_messages_stay_stored_until_the_client_acknowledges_them() {
     phone.send("<presence/>");
     phone.wait_for("stored-1", 10);
     phone.sync("localhost");
-    for i in 0..2 {
-        assert_eq!(
-            phone.got.matches(&format!(">stored-{i}<")).count(),
-            1,
-            "{}",
-            phone.got
-        );
-    }
+    common::each_once_in_order(&phone.got, (0..2).map(|i| format!("stored-{i}")));
     assert_eq!(
         phone.got.matches("Offline storage").count(),
         2,

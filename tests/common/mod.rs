@@ -536,6 +536,18 @@ impl Drop for TestFarm {
 #[allow(unused_imports)] // each test binary uses some of them
 pub use jabberfarm_testkit::{HEADER, Raw, plain_auth};
 
+/// Every one of `bodies` is in `got` as a message body exactly once, in this order.
+pub fn each_once_in_order(got: &str, bodies: impl IntoIterator<Item = String>) {
+    let mut after = 0;
+    for body in bodies {
+        let tag = format!(">{body}<");
+        assert_eq!(got.matches(&tag).count(), 1, "{body}: {got}");
+        let at = got.find(&tag).unwrap_or_default();
+        assert!(at >= after, "{body} out of order: {got}");
+        after = at;
+    }
+}
+
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }

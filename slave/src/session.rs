@@ -151,7 +151,11 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
         let end = session.serve(&mut stream, &mut rx, &closer).await;
         let resumption = match end {
             End::Resume(r) => Some(*r),
-            End::Gone if session.resume.is_some() => session.detached(&mut rx, &closer).await,
+            // Boxed, as every rare step here: an idle session's task keeps only the size of
+            // its stanza loop.
+            End::Gone if session.resume.is_some() => {
+                Box::pin(session.detached(&mut rx, &closer)).await
+            }
             end => break end,
         };
         let Some(r) = resumption else {
@@ -159,7 +163,7 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
         };
         // The old connection (if it still lingers) goes; the client's new one serves on.
         stream = *r.stream;
-        if let Err(end) = session.resumed(&mut stream, r.h).await {
+        if let Err(end) = Box::pin(session.resumed(&mut stream, r.h)).await {
             break end;
         }
     };
@@ -204,12 +208,12 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
                 "your account moved to another server of this service; reconnect",
             );
             stream.send_error(&e, &domain).await;
-            session.read_after_close(&mut stream).await;
+            Box::pin(session.read_after_close(&mut stream)).await;
             stream.end().await;
         }
         End::Error(e) if e.condition == Condition::SeeOtherHost => {
             stream.send_error(&e, &domain).await;
-            session.read_after_close(&mut stream).await;
+            Box::pin(session.read_after_close(&mut stream)).await;
             stream.end().await;
         }
         End::Error(e) => stream.fail(&e, &domain).await,
@@ -226,7 +230,7 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
         match offline {
             // Handled, as the rest: they go.
             Some((_, id)) if closed_by_client => {
-                crate::im::offline::release(&slave, &session.user, id).await;
+                Box::pin(crate::im::offline::release(&slave, &session.user, id)).await;
             }
             // Never acknowledged: still stored, for the next login; not routed again.
             Some((last, _)) => {
@@ -251,7 +255,9 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
     while let Ok(Outgoing::Stanza(el)) = rx.try_recv() {
         left.push(*el);
     }
-    session.requeue(left).await;
+    if !left.is_empty() {
+        Box::pin(session.requeue(left)).await;
+    }
     info!(jid = %session.jid, "session ended");
 }
 
@@ -498,6 +504,10 @@ impl Session {
         let mut paused: Option<tokio::time::Instant> = None;
         let mut throttled = false;
         loop {
+            let timer = match (paused, self.ask_at) {
+                (Some(p), Some(a)) => Some(p.min(a)),
+                (p, a) => p.or(a),
+            };
             tokio::select! {
                 ev = stream.next(), if paused.is_none() => match ev {
                     Ok(StreamEvent::Element(el)) => {
@@ -571,13 +581,18 @@ impl Session {
                 },
                 e = closer.closed() => return End::Error(e),
                 r = next_resumption(&mut self.resume) => return End::Resume(Box::new(r)),
-                _ = tokio::time::sleep_until(self.ask_at.unwrap_or_else(tokio::time::Instant::now)), if self.ask_at.is_some() => {
-                    if let Err(e) = self.ask_now(stream).await {
+                // One timer for both (a task's size is its stanza loop's): the end of a pause,
+                // and when to ask for an acknowledgement.
+                _ = tokio::time::sleep_until(timer.unwrap_or_else(tokio::time::Instant::now)), if timer.is_some() => {
+                    let now = tokio::time::Instant::now();
+                    if paused.is_some_and(|p| p <= now) {
+                        paused = None;
+                    }
+                    if self.ask_at.is_some_and(|a| a <= now)
+                        && let Err(e) = self.ask_now(stream).await
+                    {
                         return e;
                     }
-                }
-                _ = tokio::time::sleep_until(paused.unwrap_or_else(tokio::time::Instant::now)), if paused.is_some() => {
-                    paused = None;
                 }
                 _ = self.slave.shutdown.cancelled() => {
                     return End::Error(StreamError::new(Condition::SystemShutdown, "the server is stopping"));
@@ -746,7 +761,7 @@ impl Session {
             && acks.covers(last)
         {
             self.offline = None;
-            crate::im::offline::release(&self.slave, &self.user, id).await;
+            Box::pin(crate::im::offline::release(&self.slave, &self.user, id)).await;
         }
     }
 

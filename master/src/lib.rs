@@ -262,7 +262,9 @@ pub async fn run(
                 LinkEvent::Lost(_) => {}
                 // A stanza from another server that its slave never got: the sender hears.
                 LinkEvent::Undelivered { stanza, .. } => {
-                    if let Some(error) = s2s::unreachable(&stanza) {
+                    if let Some(error) =
+                        jabberfarm_proto::stanza::StanzaError::server_unreachable().answer(&stanza)
+                    {
                         m2.outbound.send(error);
                     }
                 }

@@ -21,7 +21,7 @@ use jabberfarm_proto::dialback::{dialback_key, domain_of, key_matches};
 use jabberfarm_proto::ns;
 use jabberfarm_proto::routing::normalize_localpart;
 use jabberfarm_proto::stanza::{
-    ErrorCondition, ErrorType, Iq, IqError, Kind, Payload, StanzaError, iq_result, worth_holding,
+    ErrorCondition, Iq, IqError, Kind, Payload, StanzaError, iq_result, worth_holding,
 };
 use jabberfarm_proto::xml::{Condition, Element, ParserLimits, StreamError, StreamEvent};
 use tracing::{debug, info, warn};
@@ -310,7 +310,7 @@ async fn stanza(
                     Ok(()) => None,
                     Err(e) => {
                         warn!(to, owner, "cannot relay to {owner}: {e}");
-                        unreachable(&el)
+                        StanzaError::server_unreachable().answer(&el)
                     }
                 }
             }
@@ -324,15 +324,6 @@ async fn stanza(
         m.outbound.send(r);
     }
     Ok(())
-}
-
-/// The error for a stanza from another server whose recipient's slave cannot be reached
-/// (at once, or when the link that kept it gave up: `LinkEvent::Undelivered`).
-pub(crate) fn unreachable(el: &Element) -> Option<Element> {
-    StanzaError::new(ErrorCondition::ServiceUnavailable)
-        .typed(ErrorType::Wait)
-        .text("the recipient's server is not reachable")
-        .answer(el)
 }
 
 /// What the master answers for the bare domain (XEP-0030, XEP-0199).

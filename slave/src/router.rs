@@ -95,7 +95,7 @@ impl Slave {
                         Ok(()) => None,
                         Err(e) => {
                             debug!(to = %to, node, "cannot route: {e}");
-                            unreachable(wrapped.children().next()?)
+                            StanzaError::server_unreachable().answer(wrapped.children().next()?)
                         }
                     }
                 }
@@ -133,7 +133,7 @@ impl Slave {
                 .answer(&el),
             Err(e) => {
                 debug!(to = %to, node, "cannot route: {e}");
-                unreachable(&el)
+                StanzaError::server_unreachable().answer(&el)
             }
         }
     }
@@ -161,7 +161,7 @@ impl Slave {
                 .unwrap_or_default();
             self.hold(node, &user, &el).await
         } else {
-            unreachable(&el)
+            StanzaError::server_unreachable().answer(&el)
         };
         if let Some(error) = error {
             self.route(error, Origin::Local).await;
@@ -272,14 +272,6 @@ impl Slave {
             }
         }
     }
-}
-
-/// The error for a stanza whose recipient's server cannot be reached.
-fn unreachable(el: &Element) -> Option<Element> {
-    StanzaError::new(ErrorCondition::ServiceUnavailable)
-        .typed(ErrorType::Wait)
-        .text("the recipient's server is not reachable")
-        .answer(el)
 }
 
 /// Workers for stanzas from farm links.

@@ -529,10 +529,8 @@ impl Session {
                     Ok(StreamEvent::Open(_)) => return End::Error(StreamError::bare(Condition::NotWellFormed)),
                     // The master's relay ended (the client left, or the master stops): a
                     // resumable session waits for its client to come back.
-                    Err(ReadError::Stream(e))
-                        if stream.relayed
-                            && e.condition == Condition::SystemShutdown
-                            && self.resume.is_some() => return End::Gone,
+                    Err(ReadError::RelayEnded) if self.resume.is_some() => return End::Gone,
+                    Err(ReadError::RelayEnded) => return End::Error(ReadError::relay_ended_error()),
                     Err(ReadError::Stream(e)) => return End::Error(e),
                     Err(_) => return End::Gone,
                 },

@@ -359,7 +359,7 @@ impl Outbound {
                     // Outbound streams carry nothing inbound but dialback answers (RFC 6120
                     // §4.1: unidirectional); anything else is ignored, the end ends us.
                     Ok(StreamEvent::Element(_)) => {}
-                    Ok(_) | Err(ReadError::Eof) | Err(ReadError::Io(_)) => break,
+                    Ok(_) | Err(ReadError::Eof | ReadError::Io(_) | ReadError::RelayEnded) => break,
                     Err(ReadError::Stream(e)) => {
                         warn!(remote, "s2s to {remote}: {e}");
                         break;

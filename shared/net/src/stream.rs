@@ -29,6 +29,18 @@ pub enum ReadError {
     /// The peer broke the protocol; send this stream error and close.
     #[error(transparent)]
     Stream(#[from] StreamError),
+    /// A relayed stream's master ended the relay (DESIGN.md D1b): the client left, or the
+    /// master stops. A client still there reads what is written now through the master:
+    /// [`ReadError::relay_ended_error`] tells it, unless its session waits to be resumed.
+    #[error("the master ended the relay")]
+    RelayEnded,
+}
+
+impl ReadError {
+    /// What a relayed client is told when its relay ended under it.
+    pub fn relay_ended_error() -> StreamError {
+        StreamError::new(Condition::SystemShutdown, "the server is stopping")
+    }
 }
 
 /// How long one write may wait for the peer to take data, unless the node's config says
@@ -184,15 +196,11 @@ impl XmlStream {
             .await?;
             self.bytes_in += n as u64;
             if n == 0 {
-                if self.relayed {
-                    // The master stopped (or the client left): a client still there reads
-                    // this through the master (DESIGN.md D1b).
-                    return Err(ReadError::Stream(StreamError::new(
-                        Condition::SystemShutdown,
-                        "the server is stopping",
-                    )));
-                }
-                return Err(ReadError::Eof);
+                return Err(if self.relayed {
+                    ReadError::RelayEnded
+                } else {
+                    ReadError::Eof
+                });
             }
         }
     }
@@ -230,6 +238,10 @@ impl XmlStream {
             Err(ReadError::Stream(e)) => {
                 tracing::debug!(peer = ?self.peer, "closing stream: {e}");
                 self.fail(&e, domain).await;
+                None
+            }
+            Err(ReadError::RelayEnded) => {
+                self.fail(&ReadError::relay_ended_error(), domain).await;
                 None
             }
             Err(ReadError::Eof | ReadError::Io(_)) => None,

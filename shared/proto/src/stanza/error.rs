@@ -128,6 +128,14 @@ impl<'a> StanzaError<'a> {
         }
     }
 
+    /// For a stanza whose recipient's server (a farm node, or the slave a master relays to)
+    /// cannot be reached now: `service-unavailable`, type `wait`.
+    pub fn server_unreachable() -> Self {
+        StanzaError::new(ErrorCondition::ServiceUnavailable)
+            .typed(ErrorType::Wait)
+            .text("the recipient's server is not reachable")
+    }
+
     /// The same error with another type than the condition's usual one.
     pub fn typed(mut self, etype: ErrorType) -> Self {
         self.etype = etype;

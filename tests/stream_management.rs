@@ -39,6 +39,13 @@ fn chat(to: &str, id: &str, body: &str) -> String {
     format!("<message to='{to}' type='chat' id='{id}'><body>{body}</body></message>")
 }
 
+/// `c` sends `to` the messages `{prefix}-{i}` for each `i` of `numbers` (ids `{prefix}{i}`).
+fn chats(c: &mut Raw, to: &str, prefix: &str, numbers: std::ops::Range<usize>) {
+    for i in numbers {
+        c.send(&chat(to, &format!("{prefix}{i}"), &format!("{prefix}-{i}")));
+    }
+}
+
 #[test]
 fn acks_count_both_ways_and_what_was_never_acknowledged_is_delivered_again() {
     let farm = TestFarm::start(2);
@@ -54,13 +61,7 @@ fn acks_count_both_ways_and_what_was_never_acknowledged_is_delivered_again() {
     assert!(r.contains("h='2'"), "{r}");
 
     // a writes to b across the farm; b reads but never acknowledges, and its connection drops.
-    for i in 0..3 {
-        ca.send(&chat(
-            &format!("{b}@localhost/phone"),
-            &format!("m{i}"),
-            &format!("unacked-{i}"),
-        ));
-    }
+    chats(&mut ca, &format!("{b}@localhost/phone"), "unacked", 0..3);
     cb.wait_for("unacked-2", 5);
     // The server asks for an acknowledgement (a moment after a write that leaves few
     // unacknowledged).
@@ -184,25 +185,13 @@ fn a_dropped_connection_resumes_through_the_master_losing_and_repeating_nothing(
     cb.send(&format!("<presence to='{a}@localhost/r'/>"));
     cb.sync("localhost");
     ca.wait_for(&format!("from='{b}@localhost/phone'"), 5);
-    for i in 0..5 {
-        ca.send(&chat(
-            &format!("{b}@localhost/phone"),
-            &format!("m{i}"),
-            &format!("msg-{i}"),
-        ));
-    }
+    chats(&mut ca, &format!("{b}@localhost/phone"), "msg", 0..5);
     cb.wait_for("msg-4", 5);
     // The client says it handled all but the last three (they were lost with the connection).
     let h = stanzas_since_enabled(&cb) - 3;
     drop(cb);
     // Sent while the connection is down: kept for the session.
-    for i in 5..7 {
-        ca.send(&chat(
-            &format!("{b}@localhost/phone"),
-            &format!("m{i}"),
-            &format!("msg-{i}"),
-        ));
-    }
+    chats(&mut ca, &format!("{b}@localhost/phone"), "msg", 5..7);
     ca.sync(&format!("{b}@localhost"));
 
     // Another user cannot take the session; a wrong id finds nothing.
@@ -464,13 +453,7 @@ fn offline_messages_stay_stored_until_the_client_acknowledges_them() {
     let farm = TestFarm::start(2);
     let (a, b) = farm.user_pair("off", "pw");
     let mut ca = Raw::login(farm.owner(&a).c2s, &a, "pw", "r");
-    for i in 0..2 {
-        ca.send(&chat(
-            &format!("{b}@localhost"),
-            &format!("o{i}"),
-            &format!("stored-{i}"),
-        ));
-    }
+    chats(&mut ca, &format!("{b}@localhost"), "stored", 0..2);
     ca.sync(&format!("{b}@localhost"));
     // The first session gets them and drops without acknowledging.
     let mut phone = with_sm(&farm, &b, "phone");

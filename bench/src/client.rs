@@ -446,6 +446,9 @@ pub struct Session {
     pub early: Vec<Element>,
     /// With stream management: the stanzas handled since `<enabled/>` (our `h`).
     pub sm: Option<u32>,
+    /// With stream management: the stanzas we sent since `<enabled/>` (the server's `h`
+    /// acknowledges them).
+    pub sm_sent: u32,
 }
 
 impl Session {
@@ -622,6 +625,8 @@ async fn login_at(
         jid,
         early,
         sm,
+        // The presence and the ping after the `<enable/>`.
+        sm_sent: 2,
     })
 }
 

@@ -280,7 +280,9 @@ pub async fn run(
                         }
                     }
                 }
-                LinkEvent::Stanza { from_node, stanza } => {
+                LinkEvent::Stanza {
+                    from_node, stanza, ..
+                } => {
                     tracing::debug!(from_node, "stanza for the master dropped: {}", stanza.name)
                 }
             }

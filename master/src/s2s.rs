@@ -302,7 +302,7 @@ async fn stanza(
             Ok(user) => {
                 let owner = m.topology.load().owner(&user).to_owned();
                 let sent = if worth_holding(&el) {
-                    m.links.send_or_hold(&owner, &el).await
+                    m.links.send_or_hold(&owner, &el, None).await
                 } else {
                     m.links.send(&owner, &el).await
                 };

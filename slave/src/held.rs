@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jabberfarm_net::farm::SendError;
+use jabberfarm_net::receipt::{Ledger, PATIENCE, Receipt};
 use jabberfarm_proto::ns;
 use jabberfarm_proto::stanza::{ErrorCondition, ErrorType, StanzaError};
 use jabberfarm_proto::xml::{Element, parse_element};
@@ -147,9 +148,12 @@ impl Slave {
                 continue;
             }
             let mut last = None;
+            // Rows are deleted once what was written is safe at the node (it acknowledged
+            // it): a node killed meanwhile gets it again from the link when it is back.
+            let batch = Ledger::new(format!("what was held for {node}"), 0, PATIENCE);
             for row in rows {
                 if let Ok(el) = parse_element(&row.stanza_xml, ns::CLIENT) {
-                    if !self.write_held(node, el).await {
+                    if !self.write_held(node, el, batch.track()).await {
                         // The link dropped again: the next link-up goes on from here.
                         break;
                     }
@@ -164,6 +168,11 @@ impl Slave {
                 last = Some(row.id);
             }
             let Some(last) = last else { return };
+            // Bounded: the ledger stops waiting for a receipt after its patience (the frame
+            // is still kept by the link then, and held again if it never goes).
+            while batch.done() < batch.taken() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             if let Err(e) = self.im.release_up_to(&me, node, last).await {
                 return warn!(
                     peer = node,
@@ -177,7 +186,8 @@ impl Slave {
     }
 
     /// One held stanza, to its recipient's owner now; false when `node`'s link is down.
-    async fn write_held(self: &Arc<Self>, node: &str, el: Element) -> bool {
+    /// `receipt` goes when it is safe.
+    async fn write_held(self: &Arc<Self>, node: &str, el: Element, receipt: Receipt) -> bool {
         let owner = match el.attr("to").map(Jid::new) {
             Some(Ok(to)) => match self.sessions.destination(&to) {
                 Destination::Node(n) => Some(n),
@@ -187,11 +197,11 @@ impl Slave {
         };
         if owner.as_deref() != Some(node) {
             // The table changed while it was held.
-            self.route(el, Origin::Local).await;
+            self.route_with(el, Origin::Local, Some(receipt)).await;
             return true;
         }
         loop {
-            match self.links.send(node, &el).await {
+            match self.links.send_tracked(node, &el, receipt.clone()).await {
                 Ok(()) => return true,
                 // The link writes the backlog first: wait for room.
                 Err(SendError::Full) => tokio::time::sleep(Duration::from_millis(100)).await,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jabberfarm_net::farm::{LINK_NS, LinkEvent, SendError};
+use jabberfarm_net::receipt::Receipt;
 use jabberfarm_proto::dialback::set_stanza_ns;
 use jabberfarm_proto::ns;
 use jabberfarm_proto::stanza::{ErrorCondition, ErrorType, Kind, StanzaError, worth_holding};
@@ -47,15 +48,33 @@ impl Slave {
         el: Element,
         origin: Origin,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        self.route_with(el, origin, None)
+    }
+
+    /// [`Self::route`] for a stanza whose sender waits until it is safe
+    /// (`jabberfarm_net::receipt`): `receipt` goes along into a session's queue, a link's
+    /// outbox or the store, and is dropped there once the stanza is written, acknowledged or
+    /// stored — or here, once it was answered with an error or needs nothing more.
+    pub fn route_with(
+        &self,
+        el: Element,
+        origin: Origin,
+        receipt: Option<Receipt>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
-            if let Some(reply) = self.route_once(el, origin).await {
+            if let Some(reply) = self.route_once(el, origin, receipt).await {
                 // A reply is an error or a result: it is never answered, so one more hop ends it.
-                let _ = self.route_once(reply, Origin::Local).await;
+                let _ = self.route_once(reply, Origin::Local, None).await;
             }
         })
     }
 
-    async fn route_once(&self, el: Element, origin: Origin) -> Option<Element> {
+    async fn route_once(
+        &self,
+        el: Element,
+        origin: Origin,
+        receipt: Option<Receipt>,
+    ) -> Option<Element> {
         let to = match el.attr("to").map(Jid::new) {
             Some(Ok(j)) => j,
             Some(Err(_)) => {
@@ -75,12 +94,15 @@ impl Slave {
                     im::presence::inbound(self, el, &user, resource.as_deref()).await
                 }
                 Some(Kind::Message) if im::offline::wants_storage(&el) => {
-                    im::offline::deliver_or_store(self, &user, resource.as_deref(), el).await
+                    im::offline::deliver_or_store(self, &user, resource.as_deref(), el, receipt)
+                        .await
                 }
-                _ => self.sessions.deliver_local(el, &user, resource.as_deref()),
+                _ => self
+                    .sessions
+                    .deliver_tracked(el, &user, resource.as_deref(), receipt),
             },
             Destination::Node(node) if origin == Origin::Local => {
-                self.send_to_node(&node, &to, el).await
+                self.send_to_node(&node, &to, el, receipt).await
             }
             // A peer thinks we own this user and we think another node does: the routing
             // tables disagree for the moment a change takes to cross the farm. The stanza
@@ -91,7 +113,11 @@ impl Slave {
                 Origin::Link(from) => {
                     debug!(to = %to, node, %from, "a stanza from {from} for {node}'s user: sent on");
                     let wrapped = Element::new(REROUTED, LINK_NS).with_child(el);
-                    match self.links.send(&node, &wrapped).await {
+                    let sent = match receipt {
+                        Some(r) => self.links.send_tracked(&node, &wrapped, r).await,
+                        None => self.links.send(&node, &wrapped).await,
+                    };
+                    match sent {
                         Ok(()) => None,
                         Err(e) => {
                             debug!(to = %to, node, "cannot route: {e}");
@@ -114,15 +140,22 @@ impl Slave {
 
     /// Sends `el` (for `to`) over the link to `node` (held while `node` is down, if it is
     /// worth holding); the error for its sender when it cannot go.
-    async fn send_to_node(&self, node: &str, to: &Jid, el: Element) -> Option<Element> {
+    async fn send_to_node(
+        &self,
+        node: &str,
+        to: &Jid,
+        el: Element,
+        receipt: Option<Receipt>,
+    ) -> Option<Element> {
         let holds = worth_holding(&el);
         if holds && self.holds_for(node).await {
+            // Safe once written to the store: the receipt goes when this returns.
             return self
                 .hold(node, to.node().map_or("", |n| n.as_str()), &el)
                 .await;
         }
         let sent = if holds {
-            self.links.send_or_hold(node, &el).await
+            self.links.send_or_hold(node, &el, receipt).await
         } else {
             self.links.send(node, &el).await
         };
@@ -141,7 +174,7 @@ impl Slave {
     /// A stanza the link to `node` kept and could not deliver: held in the store if it is
     /// worth holding, else its sender gets the error it would have got had the link been
     /// down when it was sent.
-    async fn undelivered(&self, node: &str, mut el: Element) {
+    async fn undelivered(&self, node: &str, mut el: Element, receipt: Option<Receipt>) {
         if el.is(REROUTED, LINK_NS) {
             let Some(inner) = el.children().next().cloned() else {
                 return;
@@ -163,6 +196,8 @@ impl Slave {
         } else {
             StanzaError::server_unreachable().answer(&el)
         };
+        // Held or answered: safe.
+        drop(receipt);
         if let Some(error) = error {
             self.route(error, Origin::Local).await;
         }
@@ -194,14 +229,15 @@ impl Slave {
             };
             let Some(ev) = ev else { break };
             match ev {
-                LinkEvent::Stanza { stanza, from_node }
-                    if crate::handover::is_handover(&stanza) =>
-                {
+                LinkEvent::Stanza {
+                    stanza, from_node, ..
+                } if crate::handover::is_handover(&stanza) => {
                     self.handover.take(from_node, stanza);
                 }
                 LinkEvent::Stanza {
                     mut stanza,
                     from_node,
+                    receipt,
                 } => {
                     let mut origin = Origin::Link(from_node.into());
                     if stanza.is(REROUTED, LINK_NS) {
@@ -215,11 +251,11 @@ impl Slave {
                     set_stanza_ns(&mut stanza, ns::SERVER, ns::CLIENT);
                     let worker = &workers[worker_of(&stanza)];
                     let refused = match worker
-                        .send_timeout(Inbound::Stanza(stanza, origin), INBOUND_WAIT)
+                        .send_timeout(Inbound::Stanza(stanza, origin, receipt), INBOUND_WAIT)
                         .await
                     {
                         Ok(()) => None,
-                        Err(mpsc::error::SendTimeoutError::Timeout(Inbound::Stanza(el, _))) => {
+                        Err(mpsc::error::SendTimeoutError::Timeout(Inbound::Stanza(el, ..))) => {
                             Some(el)
                         }
                         Err(_) => break,
@@ -236,7 +272,11 @@ impl Slave {
                 }
                 // The link may come back to the same process: nothing is lost yet.
                 LinkEvent::Down(_) => {}
-                LinkEvent::Undelivered { node, stanza } => self.undelivered(&node, stanza).await,
+                LinkEvent::Undelivered {
+                    node,
+                    stanza,
+                    receipt,
+                } => self.undelivered(&node, stanza, receipt).await,
                 LinkEvent::Lost(node) => {
                     let mut done = Vec::new();
                     for w in &workers {
@@ -265,7 +305,9 @@ impl Slave {
     async fn inbound_worker(&self, mut rx: mpsc::Receiver<Inbound>) {
         while let Some(work) = rx.recv().await {
             match work {
-                Inbound::Stanza(el, origin) => self.route(el, origin).await,
+                Inbound::Stanza(el, origin, receipt) => {
+                    self.route_with(el, origin, Some(receipt)).await
+                }
                 Inbound::Barrier(done) => {
                     let _ = done.send(());
                 }
@@ -282,8 +324,9 @@ const INBOUND_QUEUE: usize = 256;
 const INBOUND_WAIT: Duration = Duration::from_secs(2);
 
 enum Inbound {
-    /// A stanza and how it came (a link, or sent on by another node).
-    Stanza(Element, Origin),
+    /// A stanza, how it came (a link, or sent on by another node), and the link's receipt
+    /// for it.
+    Stanza(Element, Origin, Receipt),
     /// Answered once everything queued before it was handled.
     Barrier(tokio::sync::oneshot::Sender<()>),
 }

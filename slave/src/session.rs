@@ -7,13 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jabberfarm_net::c2s::Authenticated;
+use jabberfarm_net::receipt::{Ledger, PATIENCE, Receipt};
 use jabberfarm_net::shaper::Shaper;
 use jabberfarm_net::stream::{ReadError, XmlStream, new_id};
 use jabberfarm_proto::ns;
 use jabberfarm_proto::sm::{self, Acks};
 use jabberfarm_proto::stanza::{
     ErrorCondition, ErrorType, Iq, IqError, IqType, Kind, StanzaError, iq_result,
-    is_error_or_result,
+    is_error_or_result, worth_holding,
 };
 use jabberfarm_proto::xml::{Condition, Element, StreamError, StreamEvent};
 use jid::{BareJid, FullJid, Jid, ResourcePart};
@@ -22,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::Slave;
 use crate::router::Origin;
-use crate::sessions::{Closer, Outgoing, SESSION_QUEUE};
+use crate::sessions::{Closer, Outgoing, Queued, SESSION_QUEUE};
 
 const TOO_MANY_RESOURCES: &str =
     "this account has as many resources bound as it may have (limits.max_resources)";
@@ -143,6 +144,8 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
         jid,
         user: username,
         sm: None,
+        taken: None,
+        owed: None,
         resume: None,
         ask_at: None,
         offline: None,
@@ -190,11 +193,16 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
         // on its own, as xmpp.js does before its close, is still read: `read_after_close`),
         // and xmpp.js 0.14, busy answering it, writes its close after our FIN and then does
         // not follow a `<see-other-host/>`.
-        while let Ok(Outgoing::Stanza(el)) = rx.try_recv() {
-            let _ = session.serialize(&stream, *el, &mut buf);
+        let mut carried = Carried::default();
+        while let Ok(Outgoing::Stanza(q)) = rx.try_recv() {
+            let _ = session.serialize(&stream, *q, &mut buf, &mut carried);
         }
-        if !buf.is_empty() && stream.send_raw(&buf).await.is_err() {
-            debug!(jid = %session.jid, "queued stanzas not written before {:?}", e.condition);
+        if !buf.is_empty() {
+            if stream.send_raw(&buf).await.is_ok() {
+                session.written(carried);
+            } else {
+                debug!(jid = %session.jid, "queued stanzas not written before {:?}", e.condition);
+            }
         }
     }
     let closed_by_client = matches!(end, End::PeerClosed);
@@ -223,10 +231,11 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
     // management, what the client never acknowledged, is not dropped. A client that closed
     // its stream itself read until our close: what we wrote counts as handled (xmpp.js 0.14,
     // for one, does not count the IQ results it consumes, so its last `h` is short).
-    let mut left: Vec<Element> = Vec::new();
+    let mut left: Vec<Queued> = Vec::new();
     let offline = session.offline.take();
     if let Some(mut acks) = session.sm.take() {
-        debug!(jid = %session.jid, h = acks.h(), kept = acks.unacked(), closed_by_client, "stream management at the end");
+        let h = session.taken.as_ref().map(|l| l.taken());
+        debug!(jid = %session.jid, h, kept = acks.unacked(), closed_by_client, "stream management at the end");
         match offline {
             // Handled, as the rest: they go.
             Some((_, id)) if closed_by_client => {
@@ -236,14 +245,14 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
             Some((last, _)) => {
                 let first = acks.acked().wrapping_add(1);
                 let stored = &domain;
-                for (i, el) in acks.take_unacked().into_iter().enumerate() {
+                for (i, q) in acks.take_unacked().into_iter().enumerate() {
                     let at = first.wrapping_add(i as u32);
                     let from_storage = at.wrapping_sub(first) <= last.wrapping_sub(first)
-                        && el.children().any(|c| {
+                        && q.el.children().any(|c| {
                             c.is("delay", ns::DELAY) && c.attr("from") == Some(stored.as_str())
                         });
                     if !from_storage {
-                        left.push(el);
+                        left.push(q);
                     }
                 }
                 crate::im::offline::give_back(&slave, &session.user);
@@ -252,8 +261,8 @@ pub async fn run(slave: Arc<Slave>, auth: Authenticated) {
             None => {}
         }
     }
-    while let Ok(Outgoing::Stanza(el)) = rx.try_recv() {
-        left.push(*el);
+    while let Ok(Outgoing::Stanza(q)) = rx.try_recv() {
+        left.push(*q);
     }
     if !left.is_empty() {
         Box::pin(session.requeue(left)).await;
@@ -478,8 +487,14 @@ struct Session {
     /// `jid` as a string, stamped on every stanza the client sends.
     from: String,
     user: String,
-    /// XEP-0198, once the client enabled it.
-    sm: Option<Box<Acks<Element>>>,
+    /// XEP-0198, once the client enabled it: what we wrote and the client did not
+    /// acknowledge…
+    sm: Option<Box<Acks<Queued>>>,
+    /// …and what the client sent us, and which of it is safe (our `h`).
+    taken: Option<Arc<Ledger>>,
+    /// The client asked for our `h` while some of what it sent was not safe yet: when to
+    /// tell it again, and what we told it.
+    owed: Option<(tokio::time::Instant, u32)>,
     /// Set when the client asked for resumption.
     resume: Option<Resume>,
     /// When to ask the client for an acknowledgement ([`Session::ask`]).
@@ -504,10 +519,10 @@ impl Session {
         let mut paused: Option<tokio::time::Instant> = None;
         let mut throttled = false;
         loop {
-            let timer = match (paused, self.ask_at) {
-                (Some(p), Some(a)) => Some(p.min(a)),
-                (p, a) => p.or(a),
-            };
+            let timer = [paused, self.ask_at, self.owed.map(|o| o.0)]
+                .into_iter()
+                .flatten()
+                .min();
             tokio::select! {
                 ev = stream.next(), if paused.is_none() => match ev {
                     Ok(StreamEvent::Element(el)) => {
@@ -535,13 +550,14 @@ impl Session {
                     Err(_) => return End::Gone,
                 },
                 out = rx.recv() => match out {
-                    Some(Outgoing::Stanza(el)) => {
+                    Some(Outgoing::Stanza(q)) => {
                         // Write whatever else is queued in the same write.
                         let mut buf = String::with_capacity(512);
-                        let mut kept = self.serialize(stream, *el, &mut buf);
+                        let mut carried = Carried::default();
+                        let mut kept = self.serialize(stream, *q, &mut buf, &mut carried);
                         while buf.len() < 64 * 1024 && kept.is_ok() {
                             match rx.try_recv() {
-                                Ok(Outgoing::Stanza(el)) => kept = self.serialize(stream, *el, &mut buf),
+                                Ok(Outgoing::Stanza(q)) => kept = self.serialize(stream, *q, &mut buf, &mut carried),
                                 Err(_) => break,
                             }
                         }
@@ -572,6 +588,7 @@ impl Session {
                             }
                             return End::Gone;
                         }
+                        self.written(carried);
                     }
                     // The router dropped our queue: the session was replaced (its closer has
                     // the reason, set before) or the slave is going away.
@@ -591,6 +608,11 @@ impl Session {
                     {
                         return e;
                     }
+                    if self.owed.is_some_and(|o| o.0 <= now)
+                        && let Err(e) = self.answer_again(stream).await
+                    {
+                        return e;
+                    }
                 }
                 _ = self.slave.shutdown.cancelled() => {
                     return End::Error(StreamError::new(Condition::SystemShutdown, "the server is stopping"));
@@ -599,20 +621,68 @@ impl Session {
         }
     }
 
-    /// `el` into `buf`, for the client; with stream management it is kept until the client
-    /// acknowledges it. Past `limits.max_unacked` kept, the session ends.
-    fn serialize(&mut self, stream: &XmlStream, el: Element, buf: &mut String) -> Result<(), End> {
-        stream.serialize_into(&el, buf);
+    /// A stanza into `buf`, for the client; with stream management it is kept until the
+    /// client acknowledges it (with its receipt until [`Self::written`]), else its receipt
+    /// goes into `carried`. Past `limits.max_unacked` kept, the session ends.
+    fn serialize(
+        &mut self,
+        stream: &XmlStream,
+        q: Queued,
+        buf: &mut String,
+        carried: &mut Carried,
+    ) -> Result<(), End> {
+        stream.serialize_into(&q.el, buf);
         let Some(acks) = &mut self.sm else {
+            carried.receipts.extend(q.receipt);
             return Ok(());
         };
-        if acks.sent(el) {
+        carried.kept += 1;
+        carried.kept_receipts |= q.receipt.is_some();
+        if acks.sent(q) {
             return Ok(());
         }
         Err(End::Error(StreamError::new(
             Condition::ResourceConstraint,
             "too many stanzas left unacknowledged (XEP-0198)",
         )))
+    }
+
+    /// What was serialized is written to the client's connection: it is safe, and its
+    /// receipts go (with stream management, the newest kept stanzas hold them).
+    fn written(&mut self, carried: Carried) {
+        if let Some(acks) = &mut self.sm
+            && carried.kept_receipts
+        {
+            for q in acks.kept_mut().rev().take(carried.kept) {
+                q.receipt = None;
+            }
+        }
+    }
+
+    /// Our `h`: what the client sent that is safe (modulo 2^32), and whether some of it is
+    /// not yet.
+    fn safe_h(&self) -> (u32, bool) {
+        self.taken.as_ref().map_or((0, false), |l| {
+            let done = l.done();
+            (done as u32, done < l.taken())
+        })
+    }
+
+    /// The client asked for our `h` while some of its stanzas were not safe yet: it hears
+    /// again when more is safe (XEP-0198 §4 lets either side send `<a/>` unasked), every
+    /// [`ASK_DELAY`] until all of it is.
+    async fn answer_again(&mut self, stream: &mut XmlStream) -> Result<(), End> {
+        let Some((_, told)) = self.owed.take() else {
+            return Ok(());
+        };
+        let (h, behind) = self.safe_h();
+        if behind {
+            self.owed = Some((tokio::time::Instant::now() + ASK_DELAY, h));
+        }
+        if h != told {
+            stream.send(&sm::answer(h)).await.map_err(|_| End::Gone)?;
+        }
+        Ok(())
     }
 
     /// After stanzas in `buf`: an `<r/>` once [`ASK_EVERY`] stanzas wait for an
@@ -648,8 +718,10 @@ impl Session {
     /// Stanzas for the client, in one write.
     async fn write(&mut self, stream: &mut XmlStream, stanzas: Vec<Element>) -> Result<(), End> {
         let mut buf = String::new();
+        let mut carried = Carried::default();
         for el in stanzas {
-            self.serialize(stream, el, &mut buf)?;
+            let q = Queued { el, receipt: None };
+            self.serialize(stream, q, &mut buf, &mut carried)?;
         }
         self.ask(stream, &mut buf);
         stream.send_raw(&buf).await.map_err(|_| End::Gone)
@@ -662,6 +734,7 @@ impl Session {
             ("enable", None) => {
                 let limits = &self.slave.config.limits;
                 self.sm = Some(Box::new(Acks::new(limits.max_unacked)));
+                self.taken = Some(Ledger::new(self.from.as_str(), 0, PATIENCE));
                 if sm::wants_resume(el) {
                     self.resume = Some(self.slave.resumable.add(&self.user));
                 }
@@ -671,7 +744,11 @@ impl Session {
             }
             // Enabled twice, or a resumption inside a session.
             ("enable" | "resume", _) => sm::failed(ErrorCondition::UnexpectedRequest),
-            ("r", Some(acks)) => sm::answer(acks.h()),
+            ("r", Some(_)) => {
+                let (h, behind) = self.safe_h();
+                self.owed = behind.then(|| (tokio::time::Instant::now() + ASK_DELAY, h));
+                sm::answer(h)
+            }
             ("a", Some(acks)) => {
                 let Some(h) = sm::h_of(el) else {
                     return Err(End::Error(StreamError::new(
@@ -712,8 +789,8 @@ impl Session {
             tokio::select! {
                 r = next_resumption(&mut self.resume) => return Some(r),
                 out = rx.recv() => match out {
-                    Some(Outgoing::Stanza(el)) => {
-                        if !self.sm.as_mut()?.sent(*el) {
+                    Some(Outgoing::Stanza(q)) => {
+                        if !self.sm.as_mut()?.sent(*q) {
                             info!(jid = %self.jid, "too much kept for a client that does not resume; the session ends");
                             return None;
                         }
@@ -742,15 +819,24 @@ impl Session {
         let (Some(acks), Some(resume)) = (&mut self.sm, &self.resume) else {
             return Err(End::Dropped);
         };
+        // Everything read counts as handled, safe or not yet: this process has it, and a
+        // client told less would send it again.
+        let h = self.taken.as_ref().map_or(0, |l| l.taken() as u32);
         let mut buf = String::new();
-        stream.serialize_into(&sm::resumed(&resume.id, acks.h()), &mut buf);
-        for el in acks.kept() {
-            stream.serialize_into(el, &mut buf);
+        stream.serialize_into(&sm::resumed(&resume.id, h), &mut buf);
+        for q in acks.kept() {
+            stream.serialize_into(&q.el, &mut buf);
         }
         let again = acks.unacked();
         self.ask(stream, &mut buf);
         info!(jid = %self.jid, again, "session resumed");
-        stream.send_raw(&buf).await.map_err(|_| End::Gone)
+        stream.send_raw(&buf).await.map_err(|_| End::Gone)?;
+        self.written(Carried {
+            receipts: Vec::new(),
+            kept: again,
+            kept_receipts: true,
+        });
+        Ok(())
     }
 
     /// The offline messages the client got are deleted once its `h` covers them.
@@ -768,13 +854,13 @@ impl Session {
     /// 6121 §8.5.3.2), messages go to the resource if it is bound again, else to the user's
     /// other resources or offline storage; IQ requests get `service-unavailable` for their
     /// senders; the rest (presence, errors, results) is moot.
-    async fn requeue(&self, unacked: Vec<Element>) {
+    async fn requeue(&self, unacked: Vec<Queued>) {
         let (mut messages, mut iqs) = (0, 0);
-        for el in unacked {
+        for Queued { el, receipt } in unacked {
             match Kind::of(&el) {
                 Some(Kind::Message) if crate::im::offline::wants_storage(&el) => {
                     messages += 1;
-                    self.slave.route(el, Origin::Local).await;
+                    self.slave.route_with(el, Origin::Local, receipt).await;
                 }
                 Some(Kind::Iq) if matches!(IqType::of(&el), Some(IqType::Get | IqType::Set)) => {
                     iqs += 1;
@@ -848,9 +934,16 @@ impl Session {
                 format!("unexpected element in namespace {}", el.ns),
             )));
         };
-        if let Some(acks) = &mut self.sm {
-            acks.received();
-        }
+        // With stream management, a message (or subscription request) counts in our `h` once
+        // it is safe: written to its recipient, stored, or taken by the next node.
+        let receipt = match &self.taken {
+            Some(l) if worth_holding(&el) => Some(l.track()),
+            Some(l) => {
+                l.took();
+                None
+            }
+            None => None,
+        };
         el.set_attr("from", self.from.as_str());
         let to = match el.attr("to").map(Jid::new) {
             None => None,
@@ -895,9 +988,21 @@ impl Session {
             // RFC 6120 §10.3: no `to` means the user's own account.
             el.set_attr("to", self.jid.to_bare().to_string());
         }
-        self.slave.route(el, Origin::Local).await;
+        self.slave.route_with(el, Origin::Local, receipt).await;
         Ok(())
     }
+}
+
+/// The receipts of the stanzas one write carries (`jabberfarm_net::receipt`): they are safe
+/// once the write is done.
+#[derive(Default)]
+struct Carried {
+    /// Those of a session without stream management.
+    receipts: Vec<Receipt>,
+    /// With stream management: how many stanzas the write added to those kept, and whether
+    /// any of them holds a receipt.
+    kept: usize,
+    kept_receipts: bool,
 }
 
 /// With stream management, stanzas that wait for the client's acknowledgement before an

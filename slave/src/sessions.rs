@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use jabberfarm_config::SharedTopology;
+use jabberfarm_net::receipt::Receipt;
 use jabberfarm_proto::routing::normalize_localpart;
 use jabberfarm_proto::stanza::{
     ErrorCondition, Kind, MessageType, StanzaError, is_error_or_result,
@@ -22,7 +23,22 @@ use tracing::debug;
 pub enum Outgoing {
     /// Boxed, so a queue slot is 8 bytes: tokio's channel allocates its slots 32 at a time,
     /// at creation, for every session.
-    Stanza(Box<Element>),
+    Stanza(Box<Queued>),
+}
+
+impl Outgoing {
+    /// A stanza nobody waits for.
+    pub fn stanza(el: Element) -> Outgoing {
+        Outgoing::Stanza(Box::new(Queued { el, receipt: None }))
+    }
+}
+
+/// A stanza for a session, with its sender's receipt when the sender waits for it to be
+/// safe (`jabberfarm_net::receipt`): dropped once it is written to the client's connection.
+#[derive(Debug)]
+pub struct Queued {
+    pub el: Element,
+    pub receipt: Option<Receipt>,
 }
 
 /// Tells a session to close its stream with an error (replaced by a newer login, the slave
@@ -425,7 +441,7 @@ impl Sessions {
     /// for the roster (RFC 6121 §3.1.3, §3.1.6: available / interested resources).
     pub fn deliver_subscription(&self, user: &str, el: Element) {
         for s in self.sessions_where(user, |r| r.available || r.interested) {
-            let _ = s.tx.try_send(Outgoing::Stanza(Box::new(el.clone())));
+            let _ = s.tx.try_send(Outgoing::stanza(el.clone()));
         }
     }
 
@@ -564,6 +580,18 @@ impl Sessions {
         user: &str,
         resource: Option<&str>,
     ) -> Option<Element> {
+        self.deliver_tracked(stanza, user, resource, None)
+    }
+
+    /// [`Self::deliver_local`], with the sender's receipt going along to each session that
+    /// takes the stanza.
+    pub fn deliver_tracked(
+        &self,
+        stanza: Element,
+        user: &str,
+        resource: Option<&str>,
+        receipt: Option<Receipt>,
+    ) -> Option<Element> {
         let kind = Kind::of(&stanza)?;
         let targets: Vec<mpsc::Sender<Outgoing>> = {
             let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
@@ -637,9 +665,11 @@ impl Sessions {
                 stanza.clone()
             };
             let Some(el) = el else { break };
-            if let Err(mpsc::error::TrySendError::Full(Outgoing::Stanza(el))) =
-                tx.try_send(Outgoing::Stanza(Box::new(el)))
+            let receipt = receipt.clone();
+            if let Err(mpsc::error::TrySendError::Full(Outgoing::Stanza(q))) =
+                tx.try_send(Outgoing::Stanza(Box::new(Queued { el, receipt })))
             {
+                let el = q.el;
                 debug!(user, "session queue full");
                 if reply.is_none() && !is_error_or_result(&el) {
                     reply = Some(

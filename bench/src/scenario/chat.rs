@@ -19,7 +19,12 @@
 //! session handles its stanzas in order). Messages sent and not yet acknowledged when the
 //! sender is moved are counted apart (`unacked_at_move`: without stream management a client
 //! cannot know whether the server read them); every other message must arrive, once:
-//! `lost` is what is neither delivered nor among those.
+//! `lost` is what is neither delivered nor among those. With `--sm` the acknowledgement is
+//! the server's XEP-0198 `<a h/>` (asked for with an `<r/>` after every message) instead of a
+//! ping's answer: it says the message is safe (delivered, stored or with the next server), so
+//! a server killed with kill -9 may lose none of those. A session that ends without saying
+//! where to go logs in again from the start, retrying for [`RELOGIN_FOR`] (a server that is
+//! restarting). Receivers count messages that arrive after a later one (`out_of_order`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -44,6 +49,10 @@ const CHAT_RESOURCE: &str = "chat";
 
 /// How long messages still in flight at the end of the measured phase may take to arrive.
 const GRACE: Duration = Duration::from_secs(2);
+
+/// How long a session that lost its server keeps trying to log in again, and how often.
+const RELOGIN_FOR: Duration = Duration::from_secs(30);
+const RELOGIN_EVERY: Duration = Duration::from_millis(500);
 
 pub struct ChatArgs {
     pub pairs: usize,
@@ -85,6 +94,8 @@ struct Shared {
     /// `--follow-moves`: the message numbers received, to count duplicates.
     seen: Option<Mutex<std::collections::HashSet<u64>>>,
     duplicates: AtomicU64,
+    /// Messages that arrived after a later one from the same sender.
+    out_of_order: AtomicU64,
     moved: AtomicU64,
     move_failed: AtomicU64,
     unacked_at_move: AtomicU64,
@@ -132,18 +143,40 @@ impl Shared {
         Ok(Some(seq))
     }
 
-    /// The session was moved to `at`: log in there. `None` (counted) when that fails.
+    /// The session was moved to `at` (or lost its server): log in there, trying again for
+    /// [`RELOGIN_FOR`]. `None` (counted) when that fails.
     async fn moved(&self, again: &client::Relogin, at: &str) -> Option<Session> {
-        match again.login_at(at).await {
-            Ok(s) => {
-                self.moved.fetch_add(1, Ordering::Relaxed);
-                Some(s)
-            }
-            Err(_) => {
-                self.move_failed.fetch_add(1, Ordering::Relaxed);
-                None
+        let until = Instant::now() + RELOGIN_FOR;
+        loop {
+            match again.login_at(at).await {
+                Ok(s) => {
+                    self.moved.fetch_add(1, Ordering::Relaxed);
+                    return Some(s);
+                }
+                Err(_) if Instant::now() < until => tokio::time::sleep(RELOGIN_EVERY).await,
+                Err(_) => {
+                    self.move_failed.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
             }
         }
+    }
+
+    /// [`Self::receive`] for a receiver that remembers the last number it got from its
+    /// partner (`last`): one that comes after a later one is counted.
+    fn receive_in_order(&self, el: &Element, last: &mut Option<u64>) -> Option<u64> {
+        let seq = self
+            .seen
+            .as_ref()
+            .and_then(|_| el.attr("id")?.strip_prefix('m')?.parse::<u64>().ok());
+        let lat = self.receive(el)?;
+        if let Some(seq) = seq {
+            if last.is_some_and(|l| seq < l) {
+                self.out_of_order.fetch_add(1, Ordering::Relaxed);
+            }
+            *last = Some(last.map_or(seq, |l| l.max(seq)));
+        }
+        Some(lat)
     }
 
     /// A message from the partner: its latency. Bounces are counted.
@@ -208,6 +241,7 @@ pub async fn run(ctx: &Ctx, a: ChatArgs) -> Result<Report> {
         pad: "x".repeat(a.body_size.saturating_sub(20)),
         seen: a.follow_moves.then(Default::default),
         duplicates: AtomicU64::new(0),
+        out_of_order: AtomicU64::new(0),
         moved: AtomicU64::new(0),
         move_failed: AtomicU64::new(0),
         unacked_at_move: AtomicU64::new(0),
@@ -357,6 +391,7 @@ pub async fn run(ctx: &Ctx, a: ChatArgs) -> Result<Report> {
         rep.param("moved", sh.moved.load(Ordering::Relaxed));
         rep.param("move_failed", sh.move_failed.load(Ordering::Relaxed));
         rep.param("duplicates", sh.duplicates.load(Ordering::Relaxed));
+        rep.param("out_of_order", sh.out_of_order.load(Ordering::Relaxed));
         rep.param("unacked_at_move", unacked.len() as u64);
         rep.param("unacked_at_move_arrived", unacked_arrived as u64);
     }
@@ -517,6 +552,7 @@ async fn peer(
     let mut lats = Vec::new();
     let mut out = String::with_capacity(256);
     let mut early = false;
+    let mut last = None;
     if first && sh.send(&mut s.conn, &to, &mut out).await.is_err() {
         return (lats, true);
     }
@@ -535,7 +571,7 @@ async fn peer(
                             Some(new) => {
                                 s = new;
                                 for el in std::mem::take(&mut s.early) {
-                                    lats.extend(sh.receive(&el));
+                                    lats.extend(sh.receive_in_order(&el, &mut last));
                                 }
                                 continue;
                             }
@@ -545,7 +581,7 @@ async fn peer(
                             }
                         }
                     }
-                    if let Some(lat) = sh.receive(&el) {
+                    if let Some(lat) = sh.receive_in_order(&el, &mut last) {
                         lats.push(lat);
                         if reply && sh.send(&mut s.conn, &to, &mut out).await.is_err() {
                             early = true;
@@ -560,7 +596,7 @@ async fn peer(
                     {
                         s = new;
                         for el in std::mem::take(&mut s.early) {
-                            lats.extend(sh.receive(&el));
+                            lats.extend(sh.receive_in_order(&el, &mut last));
                         }
                         continue;
                     }
@@ -591,8 +627,9 @@ async fn open_sender(
 ) -> Vec<u64> {
     let mut lags = Vec::new();
     let mut out = String::with_capacity(256);
-    // --follow-moves: numbers sent and not yet acknowledged by a ping's answer.
-    let mut unacked: std::collections::VecDeque<u64> = Default::default();
+    // --follow-moves: numbers sent and not yet acknowledged (by a ping's answer, or with
+    // stream management by the server's `h`: each with the count of stanzas it made).
+    let mut unacked: std::collections::VecDeque<(u32, u64)> = Default::default();
     let mut iv = tokio::time::interval_at(start, period);
     // Catch up after a stall: the offered rate stays what was asked.
     iv.set_missed_tick_behavior(MissedTickBehavior::Burst);
@@ -602,8 +639,13 @@ async fn open_sender(
             t = iv.tick(), if sending => {
                 lags.push(nanos(t.elapsed()));
                 let sent = match sh.send_numbered(&mut s.conn, &to, &mut out).await {
+                    Ok(Some(seq)) if again.is_some() && s.sm.is_some() => {
+                        s.sm_sent = s.sm_sent.wrapping_add(1);
+                        unacked.push_back((s.sm_sent, seq));
+                        s.conn.send("<r xmlns='urn:xmpp:sm:3'/>").await.map_err(|_| ())
+                    }
                     Ok(Some(seq)) if again.is_some() => {
-                        unacked.push_back(seq);
+                        unacked.push_back((0, seq));
                         // The answer acknowledges the message (stanzas are handled in order).
                         let ping = format!(
                             "<iq type='get' id='a{seq}'><ping xmlns='urn:xmpp:ping'/></iq>"
@@ -631,7 +673,7 @@ async fn open_sender(
                     sh.unacked_at_move
                         .fetch_add(unacked.len() as u64, Ordering::Relaxed);
                     if let Ok(mut all) = sh.unacked.lock() {
-                        all.extend(unacked.drain(..));
+                        all.extend(unacked.drain(..).map(|u| u.1));
                     }
                     match sh.moved(again, &at).await {
                         Some(new) => s = new,
@@ -649,7 +691,7 @@ async fn open_sender(
                         sh.unacked_at_move
                             .fetch_add(unacked.len() as u64, Ordering::Relaxed);
                         if let Ok(mut all) = sh.unacked.lock() {
-                            all.extend(unacked.drain(..));
+                            all.extend(unacked.drain(..).map(|u| u.1));
                         }
                         match sh.moved(again, &at).await {
                             Some(new) => {
@@ -664,7 +706,19 @@ async fn open_sender(
                             .attr("id")
                             .and_then(|id| id.strip_prefix('a')?.parse::<u64>().ok())
                     {
-                        while unacked.front().is_some_and(|&n| n <= acked) {
+                        while unacked.front().is_some_and(|&(_, n)| n <= acked) {
+                            unacked.pop_front();
+                        }
+                        continue;
+                    }
+                    if el.is("a", ns::SM)
+                        && let Some(h) = el.attr("h").and_then(|h| h.parse::<u32>().ok())
+                    {
+                        // Counts wrap at 2^32: what lies at most half of that behind `h`.
+                        while unacked
+                            .front()
+                            .is_some_and(|&(k, _)| h.wrapping_sub(k) < 1 << 31)
+                        {
                             unacked.pop_front();
                         }
                         continue;
@@ -677,7 +731,7 @@ async fn open_sender(
                     sh.unacked_at_move
                         .fetch_add(unacked.len() as u64, Ordering::Relaxed);
                     if let Ok(mut all) = sh.unacked.lock() {
-                        all.extend(unacked.drain(..));
+                        all.extend(unacked.drain(..).map(|u| u.1));
                     }
                     match sh.moved(again, &again.home).await {
                         Some(new) => s = new,

@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
+use crate::receipt::{Ledger, PATIENCE, Receipt};
 use crate::relay::Handoff;
 use crate::stream::Io;
 use jabberfarm_config::{FarmConfig, Role, SharedTopology};
@@ -91,10 +92,13 @@ const WRITE_BATCH: usize = 64 * 1024;
 pub enum LinkEvent {
     Up(String),
     Down(String),
-    /// A stanza routed to us by `from_node`.
+    /// A stanza routed to us by `from_node`. The link acknowledges it (and everything after
+    /// it) only once `receipt` is dropped: keep it with the stanza until the stanza is safe
+    /// (`crate::receipt`).
     Stanza {
         from_node: String,
         stanza: Element,
+        receipt: Receipt,
     },
     /// This node now runs topology epoch N (handed over by the master): users it served may
     /// belong elsewhere now.
@@ -108,6 +112,8 @@ pub enum LinkEvent {
     Undelivered {
         node: String,
         stanza: Element,
+        /// Its sender's receipt, if it gave one ([`FarmLinks::send_or_hold`]).
+        receipt: Option<Receipt>,
     },
 }
 
@@ -138,14 +144,16 @@ pub type RelayHandler = Arc<
 
 struct Peer {
     addr: SocketAddr,
-    /// What we sent it (or will) and it has not acknowledged: outlives connections.
-    outbox: Mutex<Outbox>,
+    /// What we sent it (or will) and it has not acknowledged, with the receipts of their
+    /// senders: outlives connections.
+    outbox: Mutex<Outbox<Option<Receipt>>>,
     /// What we took from it, and the connection whose frames count. Locked while a frame is
     /// counted and handed on, so a new connection's sync sees every frame an older one
     /// handed on, and the older one hands on nothing more.
     inbox: tokio::sync::Mutex<(Inbox, u64)>,
-    /// The inbox's count, for the writer (which acknowledges it).
-    received: AtomicU64,
+    /// What of the inbox's frames is safe (the writer acknowledges it); replaced when the
+    /// peer is another process.
+    ledger: ArcSwap<Ledger>,
     /// What the writer last acknowledged.
     acked_sent: AtomicU64,
     /// Wakes the writer: frames to write, or frames to acknowledge.
@@ -183,7 +191,7 @@ impl Peer {
             addr,
             outbox: Mutex::new(Outbox::new(queue, queue_bytes)),
             inbox: tokio::sync::Mutex::new((Inbox::default(), 0)),
-            received: AtomicU64::new(0),
+            ledger: ArcSwap::new(Ledger::new(String::new(), 0, PATIENCE)),
             acked_sent: AtomicU64::new(0),
             wake: Notify::new(),
             room: Notify::new(),
@@ -200,7 +208,7 @@ impl Peer {
         }
     }
 
-    fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
+    fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox<Option<Receipt>>> {
         self.outbox.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -221,14 +229,20 @@ impl Peer {
         Ok(())
     }
 
-    /// Queue `frame` if there is room; it comes back when there is none.
-    fn push(&self, frame: Vec<u8>) -> Result<(), Vec<u8>> {
+    /// Queue `frame` (with its sender's receipt) if there is room; they come back when there
+    /// is none.
+    #[allow(clippy::result_large_err)]
+    fn push(
+        &self,
+        frame: Vec<u8>,
+        receipt: Option<Receipt>,
+    ) -> Result<(), (Vec<u8>, Option<Receipt>)> {
         {
             let mut out = self.outbox();
             if !out.has_room(frame.len()) {
-                return Err(frame);
+                return Err((frame, receipt));
             }
-            out.push(frame, Instant::now());
+            out.push(frame, Instant::now(), receipt);
         }
         self.wake.notify_waiters();
         Ok(())
@@ -380,7 +394,7 @@ impl FarmLinks {
     pub fn try_send(&self, node: &str, el: &Element) -> Result<(), SendError> {
         let peer = self.peer(node).ok_or(SendError::Unknown)?;
         peer.admits(false, self.hold)?;
-        peer.push(frame_of(el)).map_err(|_| SendError::Full)
+        peer.push(frame_of(el), None).map_err(|_| SendError::Full)
     }
 
     /// Open a relay connection to `node` for one client and hand it over: on success the
@@ -398,17 +412,41 @@ impl FarmLinks {
     /// [`LinkEvent::Undelivered`]). Refused at once when the peer's process is known not to
     /// run, or the link has been down for `farm.hold`.
     pub async fn send(&self, node: &str, stanza: &Element) -> Result<(), SendError> {
-        self.queue_for(node, stanza, false).await
+        self.queue_for(node, stanza, false, None).await
     }
 
     /// [`Self::send`] for what is worth holding while the peer's process is not running
     /// (messages, subscription requests: the peer stores them when it is back); refused only
-    /// when the link has been down for `farm.hold`.
-    pub async fn send_or_hold(&self, node: &str, stanza: &Element) -> Result<(), SendError> {
-        self.queue_for(node, stanza, true).await
+    /// when the link has been down for `farm.hold`. `receipt` (the sender's) is kept with the
+    /// frame until the peer acknowledges it — the stanza is safe there — or given back with
+    /// it in [`LinkEvent::Undelivered`].
+    pub async fn send_or_hold(
+        &self,
+        node: &str,
+        stanza: &Element,
+        receipt: Option<Receipt>,
+    ) -> Result<(), SendError> {
+        self.queue_for(node, stanza, true, receipt).await
     }
 
-    async fn queue_for(&self, node: &str, stanza: &Element, held: bool) -> Result<(), SendError> {
+    /// [`Self::send`] with its sender's receipt, kept with the frame until the peer
+    /// acknowledges it (the stanza is safe there).
+    pub async fn send_tracked(
+        &self,
+        node: &str,
+        stanza: &Element,
+        receipt: Receipt,
+    ) -> Result<(), SendError> {
+        self.queue_for(node, stanza, false, Some(receipt)).await
+    }
+
+    async fn queue_for(
+        &self,
+        node: &str,
+        stanza: &Element,
+        held: bool,
+        mut receipt: Option<Receipt>,
+    ) -> Result<(), SendError> {
         let peer = self.peer(node).ok_or(SendError::Unknown)?;
         peer.admits(held, self.hold)?;
         let mut frame = frame_of(stanza);
@@ -417,9 +455,9 @@ impl FarmLinks {
             let room = peer.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            match peer.push(frame) {
+            match peer.push(frame, receipt) {
                 Ok(()) => return Ok(()),
-                Err(back) => frame = back,
+                Err(back) => (frame, receipt) = back,
             }
             // Only a link that is up makes room: for a peer that is down, a full outbox is
             // an answer now, not in SEND_WAIT.
@@ -841,7 +879,8 @@ impl FarmLinks {
     ) -> Option<(u64, bool)> {
         let mut inbox = peer.inbox.lock().await;
         inbox.1 = generation;
-        let ours = inbox.0.sync(&self.incarnation, &peer.outbox());
+        let safe = peer.ledger.load().done();
+        let ours = inbox.0.sync(&self.incarnation, &peer.outbox(), safe);
         let exchange = async {
             link.send_el(&ours.to_element()).await?;
             outbox::Sync::from_element(&link.recv_el().await?)
@@ -860,8 +899,15 @@ impl FarmLinks {
         let outcome = inbox
             .0
             .on_sync(&self.incarnation, &theirs, &mut peer.outbox());
-        peer.received.store(inbox.0.received(), Ordering::Release);
-        peer.acked_sent.store(ours.h, Ordering::Release);
+        let got = inbox.0.received();
+        if outcome.fresh {
+            // What the frames of an earlier process still hold settles in its old ledger.
+            peer.ledger.store(Ledger::new(name, got, PATIENCE));
+            peer.acked_sent.store(got, Ordering::Release);
+        } else {
+            peer.ledger.load().skip_to(got);
+            peer.acked_sent.store(ours.h, Ordering::Release);
+        }
         Some((outcome.resend_from, outcome.restarted))
     }
 
@@ -911,32 +957,43 @@ impl FarmLinks {
         let writer = async {
             let mut buf = Vec::with_capacity(16 * 1024);
             let mut next = resend_from;
+            let mut last_write = tokio::time::Instant::now();
             loop {
                 let wake = peer.wake.notified();
                 tokio::pin!(wake);
                 wake.as_mut().enable();
                 buf.clear();
                 next = peer.outbox().write_from(next, &mut buf, WRITE_BATCH);
-                let pending = peer
-                    .received
-                    .load(Ordering::Acquire)
-                    .saturating_sub(peer.acked_sent.load(Ordering::Acquire));
-                if buf.is_empty() && pending < ACK_EVERY {
-                    // Nothing to write yet: wait for frames, then acknowledge what came in
-                    // meanwhile, or say we are alive.
-                    let wait = if pending > 0 { ACK_DELAY } else { heartbeat };
+                let ledger = peer.ledger.load();
+                let acked = peer.acked_sent.load(Ordering::Acquire);
+                let safe = ledger.done();
+                // Read and not acknowledged: safe now, or still on its way.
+                let unsafe_yet = ledger.taken().saturating_sub(safe);
+                let ready = safe.saturating_sub(acked);
+                if buf.is_empty() && ready < ACK_EVERY {
+                    // Nothing to write yet: wait for frames, then acknowledge what is safe by
+                    // then, or say we are alive.
+                    let wait = if ready > 0 || unsafe_yet > 0 {
+                        ACK_DELAY
+                    } else {
+                        heartbeat
+                    };
                     if tokio::time::timeout(wait, wake).await.is_ok() {
                         continue;
                     }
-                    if pending == 0 {
-                        buf.extend_from_slice(&0u32.to_be_bytes());
+                }
+                let safe = ledger.done();
+                if safe > peer.acked_sent.load(Ordering::Acquire) {
+                    push_frame(&mut buf, &frame_of(&outbox::ack(safe)));
+                    peer.acked_sent.store(safe, Ordering::Release);
+                } else if buf.is_empty() {
+                    if last_write.elapsed() < heartbeat {
+                        // Waiting for what is not safe yet.
+                        continue;
                     }
+                    buf.extend_from_slice(&0u32.to_be_bytes());
                 }
-                let received = peer.received.load(Ordering::Acquire);
-                if received > peer.acked_sent.load(Ordering::Acquire) {
-                    push_frame(&mut buf, &frame_of(&outbox::ack(received)));
-                    peer.acked_sent.store(received, Ordering::Release);
-                }
+                last_write = tokio::time::Instant::now();
                 if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
                     return;
                 }
@@ -993,6 +1050,7 @@ impl FarmLinks {
                     return;
                 }
                 let h = inbox.0.took();
+                let receipt = peer.ledger.load().track();
                 if topology::is_control(&el) {
                     self.on_control(name, &el).await;
                 } else if self
@@ -1000,13 +1058,13 @@ impl FarmLinks {
                     .send(LinkEvent::Stanza {
                         from_node: name.to_owned(),
                         stanza: el,
+                        receipt,
                     })
                     .await
                     .is_err()
                 {
                     return;
                 }
-                peer.received.store(h, Ordering::Release);
                 drop(inbox);
                 let pending = h.saturating_sub(peer.acked_sent.load(Ordering::Acquire));
                 if pending == 1 || pending % ACK_EVERY == 0 {
@@ -1082,7 +1140,12 @@ impl FarmLinks {
 
     /// Frames that will not be delivered: each goes back to the node as
     /// [`LinkEvent::Undelivered`] (whose sender gets an error).
-    async fn undelivered(&self, name: &str, peer: &Peer, frames: Vec<Vec<u8>>) {
+    async fn undelivered(
+        &self,
+        name: &str,
+        peer: &Peer,
+        frames: Vec<(Vec<u8>, Option<Receipt>)>,
+    ) {
         if frames.is_empty() {
             return;
         }
@@ -1094,14 +1157,18 @@ impl FarmLinks {
             self.hold.as_secs()
         );
         let mut parser = frame_parser(self.max_frame);
-        for frame in frames {
+        for (frame, receipt) in frames {
             let Ok(stanza) = parse_frame(&mut parser, &frame) else {
                 continue;
             };
             let node = name.to_owned();
             if self
                 .events
-                .send(LinkEvent::Undelivered { node, stanza })
+                .send(LinkEvent::Undelivered {
+                    node,
+                    stanza,
+                    receipt,
+                })
                 .await
                 .is_err()
             {

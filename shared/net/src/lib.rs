@@ -24,6 +24,7 @@ pub mod listen;
 pub mod login_guard;
 pub mod node;
 pub mod relay;
+pub mod receipt;
 pub mod s2s;
 pub mod shaper;
 pub mod stream;

@@ -1,11 +1,12 @@
-//! XEP-0198 stream management, without sockets: what each side has handled (`h`, counted
-//! modulo 2^32) and the stanzas sent to the client that it has not acknowledged yet.
+//! XEP-0198 stream management, without sockets: the stanzas sent to the client that it has
+//! not acknowledged yet (`h` counted modulo 2^32), and the elements.
 //!
-//! The session counts every stanza the client sends ([`Acks::received`]; the client asks with
-//! `<r/>`, we answer `<a h/>`) and keeps every stanza it writes ([`Acks::sent`]) until the
-//! client's `<a h/>` covers it; we ask with `<r/>` after a write when no request of ours is
-//! open ([`Acks::should_ask`]). What is still kept when the session ends goes to the user's
-//! other resources or offline storage (the slave's `session.rs`), not to the floor.
+//! The session keeps every stanza it writes ([`Acks::sent`]) until the client's `<a h/>`
+//! covers it; we ask with `<r/>` after a write when no request of ours is open
+//! ([`Acks::should_ask`]). What is still kept when the session ends goes to the user's other
+//! resources or offline storage (the slave's `session.rs`), not to the floor. Our own `h` —
+//! what the client sent that is safe with us — is the count of the net crate's `receipt`
+//! ledger.
 
 use std::collections::VecDeque;
 
@@ -22,8 +23,6 @@ pub struct Acks<T> {
     acked: u32,
     /// Sent after `acked`, oldest first.
     unacked: VecDeque<T>,
-    /// Stanzas the client sent us (our `h`).
-    received: u32,
     /// An `<r/>` of ours is not answered yet.
     asked: bool,
     max_unacked: usize,
@@ -41,20 +40,9 @@ impl<T> Acks<T> {
         Acks {
             acked: 0,
             unacked: VecDeque::new(),
-            received: 0,
             asked: false,
             max_unacked: max_unacked.max(1),
         }
-    }
-
-    /// The client sent one more stanza.
-    pub fn received(&mut self) {
-        self.received = self.received.wrapping_add(1);
-    }
-
-    /// Our `h`: stanzas handled from the client.
-    pub fn h(&self) -> u32 {
-        self.received
     }
 
     /// One more stanza written to the client, kept until it is acknowledged. False when more
@@ -112,6 +100,11 @@ impl<T> Acks<T> {
     /// What is kept, oldest first (written again after a resumption).
     pub fn kept(&self) -> impl Iterator<Item = &T> {
         self.unacked.iter()
+    }
+
+    /// [`Self::kept`], to change: the newest are at the back.
+    pub fn kept_mut(&mut self) -> impl DoubleEndedIterator<Item = &mut T> {
+        self.unacked.iter_mut()
     }
 
     /// What the client never acknowledged, oldest first.
@@ -193,9 +186,6 @@ mod tests {
         a.sent(3);
         assert_eq!(a.on_ack(0), Ok(2));
         assert_eq!(a.take_unacked(), [3]);
-        a.received = u32::MAX;
-        a.received();
-        assert_eq!(a.h(), 0);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::sessions::Outgoing;
 
 /// Send to one session's queue; a full queue drops it (the session is hopelessly behind).
 pub(crate) fn push(tx: &tokio::sync::mpsc::Sender<Outgoing>, el: Element) {
-    let _ = tx.try_send(Outgoing::Stanza(Box::new(el)));
+    let _ = tx.try_send(Outgoing::stanza(el));
 }
 
 /// `user@domain` for a normalised localpart.

@@ -3,6 +3,7 @@
 //! a XEP-0203 `<delay/>`, when the user next sends initial presence with non-negative
 //! priority.
 
+use jabberfarm_net::receipt::Receipt;
 use jabberfarm_proto::ns;
 use jabberfarm_proto::stanza::{ErrorCondition, ErrorType, MessageType, StanzaError};
 use jabberfarm_proto::xml::{Element, parse_element};
@@ -38,11 +39,15 @@ pub async fn deliver_or_store(
     user: &str,
     resource: Option<&str>,
     msg: Element,
+    receipt: Option<Receipt>,
 ) -> Option<Element> {
     let _order = slave.sessions.offline_lock(user).await;
     if slave.sessions.can_deliver_message(user, resource) {
-        return slave.sessions.deliver_local(msg, user, resource);
+        return slave
+            .sessions
+            .deliver_tracked(msg, user, resource, receipt);
     }
+    // Safe once stored: the receipt goes when this returns.
     store(slave, user, msg).await
 }
 

@@ -7,15 +7,22 @@
 //! the receiver counts what it took in its [`Inbox`].
 //!
 //! ```text
-//! <a h='N'/>                                        "I have taken every frame up to N"
-//! <sync incarnation='X' peer='Y' h='N' first='S'/>  first frame on every new connection
+//! <a h='N'/>                               "every frame up to N is safe with me"
+//! <sync incarnation='X' peer='Y' h='N' got='G' first='S'/>  first frame on every connection
 //! ```
 //!
+//! A receiver acknowledges a frame once its stanza is safe (delivered, stored, or taken the
+//! same way by the next node: the net crate's `receipt`), not when it reads it: a receiver
+//! killed before that leaves the frame with its sender, which writes it to the restarted
+//! process. So what the receiver has read (`got`) and what it acknowledges (`h`) differ.
+//!
 //! `incarnation` names the sending process (a random value per start); `peer` is the peer's
-//! incarnation as the sender last saw it, `h` what the sender took from that incarnation, and
-//! `first` the sequence number of the oldest frame the sender still keeps. Both sides send a
-//! sync, read the other's, and then:
-//! - the sender drops what `h` acknowledges and writes from `h + 1` — unless the peer's sync
+//! incarnation as the sender last saw it, `h` what the sender acknowledges of that
+//! incarnation, `got` what it read of it (at least `h`; `h` when absent), and `first` the
+//! sequence number of the oldest frame the sender still keeps. Both sides send a sync, read
+//! the other's, and then:
+//! - the sender drops what `h` acknowledges and writes from `got + 1` (keeping what lies
+//!   between for a later `<a/>`) — unless the peer's sync
 //!   names another incarnation than ours (the peer was restarted, or never heard of us), in
 //!   which case it writes everything it keeps;
 //! - the receiver counts on from what it had — unless the sender is a new incarnation, in which
@@ -57,8 +64,10 @@ pub struct Sync {
     pub incarnation: String,
     /// The receiver's incarnation as the sender knows it (empty: none yet).
     pub peer: String,
-    /// Frames the sender took from `peer`.
+    /// Frames from `peer` the sender acknowledges (they are safe).
     pub h: u64,
+    /// Frames the sender read from `peer` (at least `h`).
+    pub got: u64,
     /// The oldest frame the sender still keeps for the receiver.
     pub first: u64,
 }
@@ -69,6 +78,7 @@ impl Sync {
             .with_attr("incarnation", &self.incarnation)
             .with_attr("peer", &self.peer)
             .with_attr("h", self.h.to_string())
+            .with_attr("got", self.got.to_string())
             .with_attr("first", self.first.to_string())
     }
 
@@ -85,34 +95,45 @@ impl Sync {
         if incarnation.is_empty() {
             return Err("<sync/> without an incarnation".to_owned());
         }
+        let h = num("h")?;
+        // Older nodes acknowledge what they read.
+        let got = if el.attr("got").is_some() {
+            num("got")?.max(h)
+        } else {
+            h
+        };
         Ok(Sync {
             incarnation: incarnation.to_owned(),
             peer: el.attr("peer").unwrap_or("").to_owned(),
-            h: num("h")?,
+            h,
+            got,
             first: num("first")?.max(1),
         })
     }
 }
 
-/// A frame kept for the peer.
-struct Kept {
+/// A frame kept for the peer, with what its sender attached (dropped when the peer
+/// acknowledges it).
+struct Kept<T> {
     frame: Vec<u8>,
     since: Instant,
+    tag: T,
 }
 
 /// The frames sent to one peer and not yet acknowledged, oldest first; bounded in frames and
-/// bytes.
-pub struct Outbox {
+/// bytes. Each may carry a tag `T`, dropped when the frame is acknowledged, given back when it
+/// expires.
+pub struct Outbox<T = ()> {
     /// The sequence number of `frames[0]` (everything before it is acknowledged or expired).
     first: u64,
-    frames: VecDeque<Kept>,
+    frames: VecDeque<Kept<T>>,
     bytes: usize,
     max_frames: usize,
     max_bytes: usize,
 }
 
-impl Outbox {
-    pub fn new(max_frames: usize, max_bytes: usize) -> Outbox {
+impl<T> Outbox<T> {
+    pub fn new(max_frames: usize, max_bytes: usize) -> Outbox<T> {
         Outbox {
             first: 1,
             frames: VecDeque::new(),
@@ -128,10 +149,14 @@ impl Outbox {
             || (self.frames.len() < self.max_frames && self.bytes + len <= self.max_bytes)
     }
 
-    /// Keep `frame`; its sequence number.
-    pub fn push(&mut self, frame: Vec<u8>, now: Instant) -> u64 {
+    /// Keep `frame` (and `tag`); its sequence number.
+    pub fn push(&mut self, frame: Vec<u8>, now: Instant, tag: T) -> u64 {
         self.bytes += frame.len();
-        self.frames.push_back(Kept { frame, since: now });
+        self.frames.push_back(Kept {
+            frame,
+            since: now,
+            tag,
+        });
         self.end() - 1
     }
 
@@ -187,15 +212,15 @@ impl Outbox {
         next
     }
 
-    /// Takes out the frames kept since before `cutoff` (the oldest are at the front): the
-    /// caller tells their senders they were not delivered.
-    pub fn expire(&mut self, cutoff: Instant) -> Vec<Vec<u8>> {
+    /// Takes out the frames kept since before `cutoff` (the oldest are at the front), with
+    /// their tags: the caller tells their senders they were not delivered.
+    pub fn expire(&mut self, cutoff: Instant) -> Vec<(Vec<u8>, T)> {
         let mut out = Vec::new();
         while self.frames.front().is_some_and(|k| k.since < cutoff) {
             if let Some(k) = self.frames.pop_front() {
                 self.bytes -= k.frame.len();
                 self.first += 1;
-                out.push(k.frame);
+                out.push((k.frame, k.tag));
             }
         }
         out
@@ -224,24 +249,35 @@ pub struct SyncOutcome {
     /// The peer is another process than the last time: whatever it held (its sessions) is
     /// gone.
     pub restarted: bool,
+    /// The peer is another process than the one we counted (or the first we hear of): our
+    /// count of its frames starts again.
+    pub fresh: bool,
 }
 
 impl Inbox {
-    /// Our sync for this peer: who we are, who we think it is, what we took.
-    pub fn sync(&self, incarnation: &str, outbox: &Outbox) -> Sync {
+    /// Our sync for this peer: who we are, who we think it is, what of it is safe with us
+    /// (`safe`, at most what we took) and what we took.
+    pub fn sync<T>(&self, incarnation: &str, outbox: &Outbox<T>, safe: u64) -> Sync {
         Sync {
             incarnation: incarnation.to_owned(),
             peer: self.incarnation.clone(),
-            h: self.received,
+            h: safe.min(self.received),
+            got: self.received,
             first: outbox.first(),
         }
     }
 
     /// The peer's sync, read after ours was sent (`ours` is our incarnation): where our
     /// writing starts, and where our counting does.
-    pub fn on_sync(&mut self, ours: &str, theirs: &Sync, outbox: &mut Outbox) -> SyncOutcome {
+    pub fn on_sync<T>(
+        &mut self,
+        ours: &str,
+        theirs: &Sync,
+        outbox: &mut Outbox<T>,
+    ) -> SyncOutcome {
         let restarted = !self.incarnation.is_empty() && self.incarnation != theirs.incarnation;
-        if self.incarnation != theirs.incarnation {
+        let fresh = self.incarnation != theirs.incarnation;
+        if fresh {
             self.incarnation = theirs.incarnation.clone();
             self.received = theirs.first - 1;
         } else {
@@ -250,13 +286,14 @@ impl Inbox {
         }
         let resend_from = if theirs.peer == ours {
             outbox.acked(theirs.h);
-            outbox.first().max(theirs.h + 1)
+            outbox.first().max(theirs.got + 1)
         } else {
             outbox.first()
         };
         SyncOutcome {
             resend_from,
             restarted,
+            fresh,
         }
     }
 
@@ -296,8 +333,13 @@ mod tests {
             }
         }
 
+        /// Its sync: everything it took is safe.
+        fn sync(&self) -> Sync {
+            self.inbox.sync(&self.me, &self.out, self.inbox.received())
+        }
+
         fn send(&mut self, body: &str) {
-            self.out.push(body.as_bytes().to_vec(), Instant::now());
+            self.out.push(body.as_bytes().to_vec(), Instant::now(), ());
         }
     }
 
@@ -305,7 +347,7 @@ mod tests {
     /// the first `deliver` frames of it (the rest is lost with the connection) and acks
     /// `acked` of those. The frames written.
     fn connect(a: &mut End, b: &mut End, deliver: usize, acked: usize) -> usize {
-        let (sa, sb) = (a.inbox.sync(&a.me, &a.out), b.inbox.sync(&b.me, &b.out));
+        let (sa, sb) = (a.sync(), b.sync());
         let sa = Sync::from_element(&sa.to_element()).unwrap();
         let sb = Sync::from_element(&sb.to_element()).unwrap();
         let from = a.inbox.on_sync(&a.me, &sb, &mut a.out).resend_from;
@@ -355,17 +397,42 @@ mod tests {
         connect(&mut a, &mut b, 5, 3);
         // b is killed: a new process, which knows nothing of a.
         let mut b2 = End::new("B2");
-        let sb = b2.inbox.sync(&b2.me, &b2.out);
-        let sa = a.inbox.sync(&a.me, &a.out);
+        let sb = b2.sync();
+        let sa = a.sync();
         let back = b2.inbox.on_sync(&b2.me, &sa, &mut b2.out);
         assert!(!back.restarted, "b2 never knew a");
         let out = a.inbox.on_sync(&a.me, &sb, &mut a.out);
         assert_eq!(out.resend_from, 4, "the two unacknowledged frames go again");
         // And a notices b's restart when it had known b before.
         let mut a_in = Inbox::default();
-        a_in.on_sync("A1", &b.inbox.sync("B1", &b.out), &mut Outbox::new(1, 1));
-        let again = a_in.on_sync("A1", &sb, &mut Outbox::new(1, 1));
-        assert!(again.restarted);
+        let first = a_in.on_sync("A1", &b.sync(), &mut Outbox::<()>::new(1, 1));
+        assert!(first.fresh && !first.restarted);
+        let again = a_in.on_sync("A1", &sb, &mut Outbox::<()>::new(1, 1));
+        assert!(again.restarted && again.fresh);
+    }
+
+    #[test]
+    fn frames_read_but_not_yet_safe_are_kept_and_not_written_again() {
+        let (mut a, mut b) = (End::new("A1"), End::new("B1"));
+        for i in 0..6 {
+            a.send(&format!("m{i}"));
+        }
+        connect(&mut a, &mut b, 6, 0);
+        // b read all six; only the first two are safe (delivered, stored) when the
+        // connection drops.
+        let sb = b.inbox.sync(&b.me, &b.out, 2);
+        assert_eq!((sb.h, sb.got), (2, 6));
+        let sb = Sync::from_element(&sb.to_element()).unwrap();
+        let out = a.inbox.on_sync(&a.me, &sb, &mut a.out);
+        assert_eq!(out.resend_from, 7, "nothing is read twice");
+        assert_eq!(a.out.len(), 4, "m2..m5 are kept until b acknowledges them");
+        assert_eq!(a.out.acked(6), 4);
+        // A sync without `got` (an older node) acknowledges what it read.
+        let old = Element::new("sync", LINK_NS)
+            .with_attr("incarnation", "B0")
+            .with_attr("h", "3")
+            .with_attr("first", "1");
+        assert_eq!(Sync::from_element(&old).unwrap().got, 3);
     }
 
     #[test]
@@ -401,10 +468,10 @@ mod tests {
     fn the_outbox_is_bounded_in_frames_and_bytes() {
         let mut o = Outbox::new(2, 10);
         assert!(o.has_room(100), "one frame always fits an empty outbox");
-        o.push(vec![0; 6], Instant::now());
+        o.push(vec![0; 6], Instant::now(), ());
         assert!(!o.has_room(5));
         assert!(o.has_room(4));
-        o.push(vec![0; 4], Instant::now());
+        o.push(vec![0; 4], Instant::now(), ());
         assert!(!o.has_room(0));
         assert_eq!(o.acked(1), 1);
         assert!(o.has_room(6));

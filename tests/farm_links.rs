@@ -393,6 +393,86 @@ fn messages_for_a_killed_slave_are_held_until_it_is_back() {
     assert!(!ca.got.contains("held-"), "a message came back: {}", ca.got);
 }
 
+/// Issue 14: an acknowledgement means the message is safe. While the recipient's slave is
+/// frozen (SIGSTOP: its link looks up, nothing comes back), the sender's stream-management
+/// `h` does not cover the message; that slave is then killed with -9 and started again: the
+/// sending slave writes what it kept to the new process, which stores it for the recipient —
+/// and only now does the sender hear `h='1'`. The recipient gets the message once.
+#[test]
+fn a_message_is_acknowledged_once_the_next_slave_has_it_safe() {
+    let mut farm = TestFarm::start_processes(2);
+    let (a, c) = farm.user_pair("safe", "pw");
+    let mut ca = Raw::login(farm.owner(&a).c2s, &a, "pw", "r");
+    ca.send("<enable xmlns='urn:xmpp:sm:3'/>");
+    ca.wait_for("<enabled", 5);
+    farm.signal_node("slave2", "STOP");
+    ca.send(&format!(
+        "<message to='{c}@localhost' type='chat' id='s1'><body>kept-safe</body></message>\
+         <r xmlns='urn:xmpp:sm:3'/>"
+    ));
+    ca.wait_for("<a xmlns='urn:xmpp:sm:3'", 5);
+    let a0 = ca.wait_for("/>", 5);
+    assert!(a0.starts_with(" h='0'/>"), "{a0}");
+    std::thread::sleep(Duration::from_millis(500));
+    ca.send("<r xmlns='urn:xmpp:sm:3'/>");
+    ca.wait_for("<a xmlns='urn:xmpp:sm:3'", 5);
+    let still = ca.wait_for("/>", 5);
+    assert!(still.starts_with(" h='0'/>"), "acknowledged while frozen: {still}");
+
+    farm.kill_node("slave2");
+    farm.wait_log("slave2 is lost (its farm port refuses connections", 5);
+    assert!(!ca.got.contains("h='1'"), "{}", ca.got);
+    farm.start_node("slave2");
+    // Told unasked, once the restarted slave stored it.
+    ca.wait_for("<a xmlns='urn:xmpp:sm:3' h='1'/>", 9);
+    let mut cc = Raw::login(farm.owner(&c).c2s, &c, "pw", "r");
+    cc.send("<presence/>");
+    cc.wait_for("kept-safe", 10);
+    cc.sync("localhost");
+    common::each_once_in_order(&cc.got, ["kept-safe".to_owned()]);
+}
+
+/// A slave that comes back as a new process is acknowledged from its first frame: its peer's
+/// count of what it acknowledged starts again too (found by `bench/kill-slave.sh`: the peer
+/// kept the old process's count and acknowledged nothing until the new one had sent more, so
+/// the new one's outbox filled and its users' messages stopped). With `farm.queue = 8`, 30
+/// messages each way after the restart arrive, none refused.
+#[test]
+fn a_restarted_slave_s_link_is_acknowledged_from_its_first_frame() {
+    let mut farm = TestFarm::start_processes_edited(2, |t| {
+        t.replacen("[routing]", "[farm]\nqueue = 8\n\n[routing]", 1)
+    });
+    let (a, c) = farm.user_pair("again", "pw");
+    let chat = |from: &mut Raw, to: &str, tag: &str| {
+        for i in 0..30 {
+            from.send(&format!(
+                "<message to='{to}@localhost' type='chat'><body>{tag}-{i:02}</body></message>"
+            ));
+            if i % 4 == 3 {
+                // Never more than the link's queue in flight.
+                from.sync(&format!("{to}@localhost"));
+            }
+        }
+    };
+    let mut ca = Raw::login(farm.owner(&a).c2s, &a, "pw", "r");
+    ca.send("<presence/>");
+    let mut cc = Raw::login(farm.owner(&c).c2s, &c, "pw", "r");
+    cc.send("<presence/>");
+    chat(&mut cc, &a, "before");
+    ca.wait_for("before-29", 10);
+    farm.kill_node("slave2");
+    farm.wait_log("slave2 is lost (its farm port refuses connections", 5);
+    farm.start_node("slave2");
+    wait_log_times(&farm, "farm link slave1 <-> slave2 up", 2, 20);
+    let mut cc = Raw::login(farm.owner(&c).c2s, &c, "pw", "r");
+    cc.send("<presence/>");
+    chat(&mut cc, &a, "after");
+    ca.wait_for("after-29", 10);
+    common::each_once_in_order(&ca.got, (0..30).map(|i| format!("after-{i:02}")));
+    cc.sync("localhost");
+    assert!(!cc.got.contains("type='error'"), "{}", cc.got);
+}
+
 /// What a slave holds for a slave that is down is in its store: it survives a kill -9 of the
 /// holder too, and is written when both are back. It is bounded: past `farm.held_per_user`,
 /// the sender gets `resource-constraint` (never silence).

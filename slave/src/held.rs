@@ -1,6 +1,6 @@
 //! Messages and subscription requests held for a farm node that is down (issue 14): kept in
 //! this slave's store (`jabberfarm_store::im::HeldStore`), written to the node in order when
-//! its link is back, then deleted. While a node has anything held, what comes for it is held
+//! its link is back, then deleted once the node acknowledged them. While a node has anything held, what comes for it is held
 //! too, so nothing overtakes what waits. A held stanza goes to its recipient's owner at the
 //! time it is written (a routing change meanwhile sends it elsewhere).
 
@@ -21,8 +21,10 @@ use crate::Slave;
 use crate::router::Origin;
 use crate::sessions::Destination;
 
-/// Held stanzas read at once when a node's link is back.
+/// Held stanzas read at once when a node's link is back…
 const DRAIN_BATCH: usize = 64;
+/// …and batches written before the oldest is acknowledged by the node.
+const DRAIN_AHEAD: usize = 16;
 
 /// Which nodes this slave holds something for.
 pub struct Holding {
@@ -124,18 +126,34 @@ impl Slave {
         }
     }
 
+    /// Writes what is held for `node`, oldest first, in batches read one after the other
+    /// while the node's acknowledgements come back: a batch's rows are deleted once the node
+    /// acknowledged all of it (it is safe there; a node killed meanwhile gets it again from
+    /// the link when it is back), at most [`DRAIN_AHEAD`] batches ahead of that.
     async fn drain_now(self: &Arc<Self>, node: &str) {
         let me = self.links.me().to_owned();
         let mut written = 0u64;
+        // The last row written, and the batches written and not yet released.
+        let mut after = 0i64;
+        let mut unsafe_yet: std::collections::VecDeque<(i64, Arc<Ledger>)> = Default::default();
         loop {
-            let rows = match self.im.held(&me, node, DRAIN_BATCH).await {
+            if !self.release_safe(node, &mut unsafe_yet, DRAIN_AHEAD).await {
+                return;
+            }
+            let rows = match self.im.held(&me, node, after, DRAIN_BATCH).await {
                 Ok(rows) => rows,
                 Err(e) => return warn!(peer = node, "cannot read what is held for {node}: {e}"),
             };
             if rows.is_empty() {
+                if !unsafe_yet.is_empty() {
+                    if !self.release_safe(node, &mut unsafe_yet, 0).await {
+                        return;
+                    }
+                    continue;
+                }
                 let mut nodes = self.holding.nodes.lock().await;
                 // Under the lock: what was held since the read is written first.
-                if matches!(self.im.held(&me, node, 1).await, Ok(r) if r.is_empty()) {
+                if matches!(self.im.held(&me, node, 0, 1).await, Ok(r) if r.is_empty()) {
                     nodes.remove(node);
                     if written > 0 {
                         info!(
@@ -147,14 +165,13 @@ impl Slave {
                 }
                 continue;
             }
-            let mut last = None;
-            // Rows are deleted once what was written is safe at the node (it acknowledged
-            // it): a node killed meanwhile gets it again from the link when it is back.
             let batch = Ledger::new(format!("what was held for {node}"), 0, PATIENCE);
+            let mut down = false;
             for row in rows {
                 if let Ok(el) = parse_element(&row.stanza_xml, ns::CLIENT) {
                     if !self.write_held(node, el, batch.track()).await {
                         // The link dropped again: the next link-up goes on from here.
+                        down = true;
                         break;
                     }
                     written += 1;
@@ -165,23 +182,49 @@ impl Slave {
                         "an unreadable held stanza is dropped"
                     );
                 }
-                last = Some(row.id);
+                after = row.id;
             }
-            let Some(last) = last else { return };
-            // Bounded: the ledger stops waiting for a receipt after its patience (the frame
-            // is still kept by the link then, and held again if it never goes).
-            while batch.done() < batch.taken() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            if let Err(e) = self.im.release_up_to(&me, node, last).await {
-                return warn!(
-                    peer = node,
-                    "cannot release what was written to {node}: {e}"
-                );
-            }
-            if !self.links.is_up(node) {
+            unsafe_yet.push_back((after, batch));
+            if down || !self.links.is_up(node) {
+                // What was written is kept by the link (and held again if it never goes):
+                // released once safe or given up on, so a later drain does not write it twice.
+                if self.release_safe(node, &mut unsafe_yet, 0).await && self.links.is_up(node) {
+                    // Back meanwhile (its link-up found this drain running).
+                    continue;
+                }
                 return;
             }
+        }
+    }
+
+    /// Deletes the rows of the oldest batches in `unsafe_yet` that are safe at `node`, waiting
+    /// until at most `ahead` are left (bounded: a ledger stops waiting for a receipt after its
+    /// patience). False when the store fails.
+    async fn release_safe(
+        &self,
+        node: &str,
+        unsafe_yet: &mut std::collections::VecDeque<(i64, Arc<Ledger>)>,
+        ahead: usize,
+    ) -> bool {
+        loop {
+            let mut last = None;
+            while let Some((id, batch)) = unsafe_yet.front() {
+                if batch.done() < batch.taken() {
+                    break;
+                }
+                last = Some(*id);
+                unsafe_yet.pop_front();
+            }
+            if let Some(last) = last
+                && let Err(e) = self.im.release_up_to(self.links.me(), node, last).await
+            {
+                warn!(peer = node, "cannot release what was written to {node}: {e}");
+                return false;
+            }
+            if unsafe_yet.len() <= ahead {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

@@ -94,8 +94,10 @@ struct Shared {
     /// `--follow-moves`: the message numbers received, to count duplicates.
     seen: Option<Mutex<std::collections::HashSet<u64>>>,
     duplicates: AtomicU64,
-    /// Messages that arrived after a later one from the same sender.
+    /// Messages that arrived after a later one from the same sender…
     out_of_order: AtomicU64,
+    /// …the first few: the number, and the later one before it.
+    out_of_order_ids: Mutex<Vec<(u64, u64)>>,
     moved: AtomicU64,
     move_failed: AtomicU64,
     unacked_at_move: AtomicU64,
@@ -171,8 +173,15 @@ impl Shared {
             .and_then(|_| el.attr("id")?.strip_prefix('m')?.parse::<u64>().ok());
         let lat = self.receive(el)?;
         if let Some(seq) = seq {
-            if last.is_some_and(|l| seq < l) {
+            if let Some(l) = *last
+                && seq < l
+            {
                 self.out_of_order.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut ids) = self.out_of_order_ids.lock()
+                    && ids.len() < 10
+                {
+                    ids.push((seq, l));
+                }
             }
             *last = Some(last.map_or(seq, |l| l.max(seq)));
         }
@@ -242,6 +251,7 @@ pub async fn run(ctx: &Ctx, a: ChatArgs) -> Result<Report> {
         seen: a.follow_moves.then(Default::default),
         duplicates: AtomicU64::new(0),
         out_of_order: AtomicU64::new(0),
+        out_of_order_ids: Mutex::default(),
         moved: AtomicU64::new(0),
         move_failed: AtomicU64::new(0),
         unacked_at_move: AtomicU64::new(0),
@@ -392,6 +402,17 @@ pub async fn run(ctx: &Ctx, a: ChatArgs) -> Result<Report> {
         rep.param("move_failed", sh.move_failed.load(Ordering::Relaxed));
         rep.param("duplicates", sh.duplicates.load(Ordering::Relaxed));
         rep.param("out_of_order", sh.out_of_order.load(Ordering::Relaxed));
+        if let Ok(ids) = sh.out_of_order_ids.lock()
+            && !ids.is_empty()
+        {
+            // `m5 after m9`: to look for in the servers' logs.
+            rep.param(
+                "out_of_order_ids",
+                ids.iter()
+                    .map(|(n, l)| format!("m{n} after m{l}"))
+                    .collect::<Vec<_>>(),
+            );
+        }
         rep.param("unacked_at_move", unacked.len() as u64);
         rep.param("unacked_at_move_arrived", unacked_arrived as u64);
     }

@@ -45,11 +45,13 @@ pub trait HeldStore: Send + Sync {
         limits: HoldLimits,
     ) -> impl Future<Output = Result<Held, StoreError>> + Send;
 
-    /// At most `limit` of what `holder` holds for `node`, oldest first.
+    /// At most `limit` of what `holder` holds for `node` after id `after` (0: from the
+    /// start), oldest first.
     fn held(
         &self,
         holder: &str,
         node: &str,
+        after: i64,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<HeldMessage>, StoreError>> + Send;
 

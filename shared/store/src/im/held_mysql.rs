@@ -51,15 +51,17 @@ impl HeldStore for MysqlIm {
         &self,
         holder: &str,
         node: &str,
+        after: i64,
         limit: usize,
     ) -> Result<Vec<HeldMessage>, StoreError> {
         self.run("reading held messages", node, || async {
             sqlx::query_as(
                 "SELECT id, stanza AS stanza_xml FROM held WHERE holder = ? AND node = ? \
-                 ORDER BY id LIMIT ?",
+                 AND id > ? ORDER BY id LIMIT ?",
             )
             .bind(holder)
             .bind(node)
+            .bind(after)
             .bind(to_i64(limit))
             .fetch_all(&self.pool)
             .await

@@ -43,14 +43,16 @@ impl HeldStore for SqliteIm {
         &self,
         holder: &str,
         node: &str,
+        after: i64,
         limit: usize,
     ) -> Result<Vec<HeldMessage>, StoreError> {
         sqlx::query_as(
             "SELECT id, stanza AS stanza_xml FROM held WHERE holder = ?1 AND node = ?2 \
-             ORDER BY id LIMIT ?3",
+             AND id > ?3 ORDER BY id LIMIT ?4",
         )
         .bind(holder)
         .bind(node)
+        .bind(after)
         .bind(to_i64(limit))
         .fetch_all(&self.pool)
         .await

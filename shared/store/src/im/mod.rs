@@ -241,9 +241,10 @@ impl HeldStore for ImStore {
         &self,
         holder: &str,
         node: &str,
+        after: i64,
         limit: usize,
     ) -> Result<Vec<HeldMessage>, StoreError> {
-        each!(self, s => s.held(holder, node, limit).await)
+        each!(self, s => s.held(holder, node, after, limit).await)
     }
 
     async fn release_up_to(&self, holder: &str, node: &str, up_to: i64) -> Result<u64, StoreError> {

@@ -136,17 +136,22 @@ async fn held_in_order_bounded_per_node_and_user_and_apart_per_holder(backend: B
     assert_eq!(hold("slave3", "juliet", 7).await, Held::Held);
     assert_eq!(im.held_for("slave1").await.unwrap(), ["slave2"]);
 
-    let all = im.held("slave1", "slave2", 10).await.unwrap();
+    let all = im.held("slave1", "slave2", 0, 10).await.unwrap();
     let xml: Vec<_> = all.iter().map(|m| m.stanza_xml.clone()).collect();
     assert_eq!(xml, [msg(1), msg(2), msg(3), msg(5)]);
-    assert_eq!(im.held("slave1", "slave2", 2).await.unwrap(), all[..2]);
+    assert_eq!(im.held("slave1", "slave2", 0, 2).await.unwrap(), all[..2]);
+    // Read on from the last row read (written, not yet released).
+    assert_eq!(
+        im.held("slave1", "slave2", all[1].id, 10).await.unwrap(),
+        all[2..]
+    );
     assert_eq!(
         im.release_up_to("slave1", "slave2", all[1].id)
             .await
             .unwrap(),
         2
     );
-    let rest = im.held("slave1", "slave2", 10).await.unwrap();
+    let rest = im.held("slave1", "slave2", 0, 10).await.unwrap();
     assert_eq!(rest, all[2..]);
     assert_eq!(
         im.release_up_to("slave1", "slave2", all[3].id)
@@ -155,7 +160,7 @@ async fn held_in_order_bounded_per_node_and_user_and_apart_per_holder(backend: B
         2
     );
     assert!(im.held_for("slave1").await.unwrap().is_empty());
-    assert_eq!(im.held("slave3", "slave2", 10).await.unwrap().len(), 1);
+    assert_eq!(im.held("slave3", "slave2", 0, 10).await.unwrap().len(), 1);
     accounts.close().await;
 }
 

@@ -417,7 +417,10 @@ fn a_message_is_acknowledged_once_the_next_slave_has_it_safe() {
     ca.send("<r xmlns='urn:xmpp:sm:3'/>");
     ca.wait_for("<a xmlns='urn:xmpp:sm:3'", 5);
     let still = ca.wait_for("/>", 5);
-    assert!(still.starts_with(" h='0'/>"), "acknowledged while frozen: {still}");
+    assert!(
+        still.starts_with(" h='0'/>"),
+        "acknowledged while frozen: {still}"
+    );
 
     farm.kill_node("slave2");
     farm.wait_log("slave2 is lost (its farm port refuses connections", 5);

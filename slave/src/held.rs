@@ -218,7 +218,10 @@ impl Slave {
             if let Some(last) = last
                 && let Err(e) = self.im.release_up_to(self.links.me(), node, last).await
             {
-                warn!(peer = node, "cannot release what was written to {node}: {e}");
+                warn!(
+                    peer = node,
+                    "cannot release what was written to {node}: {e}"
+                );
                 return false;
             }
             if unsafe_yet.len() <= ahead {

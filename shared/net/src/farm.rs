@@ -1140,12 +1140,7 @@ impl FarmLinks {
 
     /// Frames that will not be delivered: each goes back to the node as
     /// [`LinkEvent::Undelivered`] (whose sender gets an error).
-    async fn undelivered(
-        &self,
-        name: &str,
-        peer: &Peer,
-        frames: Vec<(Vec<u8>, Option<Receipt>)>,
-    ) {
+    async fn undelivered(&self, name: &str, peer: &Peer, frames: Vec<(Vec<u8>, Option<Receipt>)>) {
         if frames.is_empty() {
             return;
         }

@@ -11,6 +11,8 @@
 //! - [`farm`]: farm links between nodes: framing, mutual authentication, liveness, and the
 //!   relay connections a master opens.
 //! - [`relay`]: the master relaying a client stream to its slave: the handoff, the byte pump.
+//! - [`receipt`]: when a stanza taken from a client or a link is safe (delivered, stored, or
+//!   taken the same way by the next node): what acknowledgements count.
 //! - [`s2s`]: streams to remote servers: resolution, STARTTLS, dialback, per-domain queues.
 //! - [`node`]: what every node runs — its listeners, topology, links, outbound s2s, task
 //!   tracker and drain — for the roles to put their handlers on.
@@ -23,8 +25,8 @@ pub mod farm;
 pub mod listen;
 pub mod login_guard;
 pub mod node;
-pub mod relay;
 pub mod receipt;
+pub mod relay;
 pub mod s2s;
 pub mod shaper;
 pub mod stream;

@@ -43,9 +43,7 @@ pub async fn deliver_or_store(
 ) -> Option<Element> {
     let _order = slave.sessions.offline_lock(user).await;
     if slave.sessions.can_deliver_message(user, resource) {
-        return slave
-            .sessions
-            .deliver_tracked(msg, user, resource, receipt);
+        return slave.sessions.deliver_tracked(msg, user, resource, receipt);
     }
     // Safe once stored: the receipt goes when this returns.
     store(slave, user, msg).await

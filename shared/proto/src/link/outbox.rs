@@ -269,12 +269,7 @@ impl Inbox {
 
     /// The peer's sync, read after ours was sent (`ours` is our incarnation): where our
     /// writing starts, and where our counting does.
-    pub fn on_sync<T>(
-        &mut self,
-        ours: &str,
-        theirs: &Sync,
-        outbox: &mut Outbox<T>,
-    ) -> SyncOutcome {
+    pub fn on_sync<T>(&mut self, ours: &str, theirs: &Sync, outbox: &mut Outbox<T>) -> SyncOutcome {
         let restarted = !self.incarnation.is_empty() && self.incarnation != theirs.incarnation;
         let fresh = self.incarnation != theirs.incarnation;
         if fresh {

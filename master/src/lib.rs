@@ -184,6 +184,14 @@ pub async fn run(
         tracker: rt.tracker.clone(),
         write_timeout: cfg.limits.write_timeout,
     });
+    relay::register_metrics(&rt.metrics, &relayer);
+    // A master with no slave to send logins to serves nobody: a load balancer in front of
+    // several masters takes it out.
+    let links = Arc::downgrade(&rt.links);
+    rt.metrics.health_check(move || {
+        let links = links.upgrade()?;
+        (!links.peer_states().iter().any(|p| p.up)).then(|| "no slave is reachable".to_owned())
+    });
     let reloader = Arc::new(reload::Reloader::new(cfg.clone(), rt.links.clone()));
     reloader.on_sighup(&rt.tracker, rt.shutdown.clone());
     let (re, r6) = (reloader.clone(), relayer.clone());

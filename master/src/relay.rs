@@ -355,6 +355,68 @@ impl Relayer {
     }
 }
 
+/// The relay's figures in the master's metrics: sessions relayed now, started by reason,
+/// failed, refused at the limit, bytes each way.
+pub fn register_metrics(m: &jabberfarm_net::metrics::Metrics, relayer: &std::sync::Arc<Relayer>) {
+    use jabberfarm_net::metrics::{Counters, label, mirror};
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::gauge::Gauge;
+    let open = Gauge::<i64>::default();
+    m.register(
+        "jabberfarm_relayed_sessions",
+        "Client sessions the master relays to their slave now",
+        open.clone(),
+    );
+    let started = Counters::default();
+    m.register(
+        "jabberfarm_relays_started",
+        "Relayed sessions started, by reason: never-redirect, came-back, remembered",
+        started.clone(),
+    );
+    let failed = Counter::<u64>::default();
+    m.register(
+        "jabberfarm_relays_failed",
+        "Relays that could not reach the slave",
+        failed.clone(),
+    );
+    let refused = Counter::<u64>::default();
+    m.register(
+        "jabberfarm_relays_refused",
+        "Relays refused at relay.max_sessions",
+        refused.clone(),
+    );
+    let bytes = Counters::default();
+    m.register(
+        "jabberfarm_relay_bytes",
+        "Bytes relayed, by direction: up (client to slave), down",
+        bytes.clone(),
+    );
+    let me = std::sync::Arc::downgrade(relayer);
+    m.on_scrape(move || {
+        let Some(r) = me.upgrade() else { return };
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        open.set(r.open() as i64);
+        for reason in [
+            RelayReason::Never,
+            RelayReason::CameBack,
+            RelayReason::Remembered,
+        ] {
+            let c = started.get_or_create(&label("reason", reason.name()));
+            mirror(&c, n(&r.stats.started[reason_index(reason)]));
+        }
+        mirror(&failed, n(&r.stats.failed));
+        mirror(&refused, n(&r.stats.refused_full));
+        mirror(
+            &bytes.get_or_create(&label("direction", "up")),
+            n(&r.stats.bytes_up),
+        );
+        mirror(
+            &bytes.get_or_create(&label("direction", "down")),
+            n(&r.stats.bytes_down),
+        );
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

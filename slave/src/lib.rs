@@ -295,6 +295,7 @@ pub async fn run(
         resumable: session::Resumable::default(),
         holding,
     });
+    register_metrics(&rt.metrics, &slave);
     let (s7, sd7) = (slave.clone(), rt.shutdown.clone());
     rt.tracker.spawn(async move {
         loop {
@@ -463,4 +464,34 @@ pub mod anyhow_like {
         }
     }
     pub type Result<T> = std::result::Result<T, Error>;
+}
+
+/// A slave's own figures in its metrics (MongooseIM's names where it has one).
+fn register_metrics(m: &jabberfarm_net::metrics::Metrics, slave: &Arc<Slave>) {
+    use prometheus_client::metrics::gauge::Gauge;
+    let sessions = Gauge::<i64>::default();
+    m.register(
+        "sm_node_sessions",
+        "Client sessions bound on this slave",
+        sessions.clone(),
+    );
+    let users = Gauge::<i64>::default();
+    m.register(
+        "sm_unique_sessions",
+        "Users with at least one session on this slave",
+        users.clone(),
+    );
+    let resumable = Gauge::<i64>::default();
+    m.register(
+        "sm_resumable_sessions",
+        "Sessions that enabled resumption (XEP-0198), connected or waiting for their client",
+        resumable.clone(),
+    );
+    let me = Arc::downgrade(slave);
+    m.on_scrape(move || {
+        let Some(slave) = me.upgrade() else { return };
+        sessions.set(slave.sessions.session_count() as i64);
+        users.set(slave.sessions.user_count() as i64);
+        resumable.set(slave.resumable.count() as i64);
+    });
 }

@@ -419,6 +419,11 @@ impl Resumable {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Sessions that may be resumed now (connected or waiting for their client).
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
     /// A new resumable session of `user`: its id (96 random bits), and where resumptions come.
     fn add(&self, user: &str) -> Resume {
         let (tx, rx) = mpsc::channel(1);

@@ -46,6 +46,8 @@ pub struct NodeConfig {
     pub redirect: Option<RedirectMode>,
     /// Master: redirect mode of the direct-TLS listener (`None`: as `redirect`).
     pub redirect_tls: Option<RedirectMode>,
+    /// Where this node serves its metrics and health over HTTP (`None`: it does not).
+    pub metrics: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -85,6 +87,7 @@ pub(crate) struct RawNode {
     pub(crate) weight: Option<u32>,
     redirect: Option<String>,
     redirect_tls: Option<String>,
+    metrics: Option<String>,
 }
 
 /// What a `[[node]]` says about itself, read before validating it, so that one broken
@@ -154,6 +157,7 @@ struct Binds {
     c2s_tls: Option<SocketAddr>,
     farm: Option<SocketAddr>,
     s2s: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
 }
 
 fn node(i: usize, raw: RawNode, problems: &mut Vec<Problem>) -> (Option<NodeConfig>, Binds) {
@@ -221,6 +225,7 @@ fn node(i: usize, raw: RawNode, problems: &mut Vec<Problem>) -> (Option<NodeConf
     let c2s_tls = addr("c2s_tls", raw.c2s_tls, false);
     let farm = addr("farm", raw.farm, true);
     let s2s = addr("s2s", raw.s2s, false);
+    let metrics = addr("metrics", raw.metrics, false);
 
     if let Some(farm) = farm.filter(|f| f.ip().is_unspecified()) {
         fail(
@@ -309,6 +314,7 @@ fn node(i: usize, raw: RawNode, problems: &mut Vec<Problem>) -> (Option<NodeConf
         c2s_tls,
         farm,
         s2s,
+        metrics,
     };
     let config = match (ok, role, c2s, advertise, farm) {
         (true, Some(role), Some(c2s), Some(advertise), Some(farm)) => Some(NodeConfig {
@@ -322,6 +328,7 @@ fn node(i: usize, raw: RawNode, problems: &mut Vec<Problem>) -> (Option<NodeConf
             weight,
             redirect,
             redirect_tls,
+            metrics,
         }),
         _ => None,
     };
@@ -391,6 +398,7 @@ fn address_conflicts(declared: &[Declared], binds: &[Binds], problems: &mut Vec<
             ("c2s_tls", binds.c2s_tls),
             ("farm", binds.farm),
             ("s2s", binds.s2s),
+            ("metrics", binds.metrics),
         ];
         for (field, addr) in fields {
             if let Some(addr) = addr {

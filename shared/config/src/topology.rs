@@ -105,7 +105,8 @@ impl Topology {
                     .with_opt_attr("s2s", n.s2s.map(|a| a.to_string()))
                     .with_attr("weight", n.weight.to_string())
                     .with_opt_attr("redirect", n.redirect.map(RedirectMode::name))
-                    .with_opt_attr("redirect_tls", n.redirect_tls.map(RedirectMode::name)),
+                    .with_opt_attr("redirect_tls", n.redirect_tls.map(RedirectMode::name))
+                    .with_opt_attr("metrics", n.metrics.map(|a| a.to_string())),
             );
         }
         el
@@ -202,6 +203,7 @@ impl Topology {
                         .map_err(|_| "a weight is not a number")?,
                     redirect: mode(n, "redirect")?,
                     redirect_tls: mode(n, "redirect_tls")?,
+                    metrics: addr(n, "metrics")?,
                 })
             })
             .collect::<Result<_, String>>()?;
@@ -300,6 +302,7 @@ fn node_refusals(current: &[NodeConfig], next: &[NodeConfig]) -> Vec<String> {
             ("c2s_tls", old.c2s_tls, new.c2s_tls),
             ("farm", Some(old.farm), Some(new.farm)),
             ("s2s", old.s2s, new.s2s),
+            ("metrics", old.metrics, new.metrics),
         ] {
             if a != b {
                 changed.push(format!("{key} {} → {}", addr(a), addr(b)));

@@ -282,6 +282,18 @@ pub struct FarmLinks {
     handshakes: Arc<tokio::sync::Semaphore>,
     /// Connections closed because every handshake slot was taken.
     refused: AtomicU64,
+    /// Times each peer was lost (restarted, not running, away for `farm.hold`), for the
+    /// node's metrics.
+    pub lost: crate::metrics::Counters,
+}
+
+/// One peer's link as the metrics show it.
+pub struct PeerState {
+    pub name: String,
+    pub up: bool,
+    /// Frames its outbox keeps (queued, or written and not acknowledged), and their bytes.
+    pub queued: usize,
+    pub queued_bytes: usize,
 }
 
 /// TLS on links: our server config for accepted links, a client config for the ones we open.
@@ -342,6 +354,7 @@ impl FarmLinks {
             admin_handler: OnceLock::new(),
             handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES)),
             refused: AtomicU64::new(0),
+            lost: Default::default(),
         });
         (links, rx)
     }
@@ -469,6 +482,26 @@ impl FarmLinks {
             }
             peer.admits(held, self.hold)?;
         }
+    }
+
+    /// Every peer's link: up or not, and what its outbox keeps.
+    pub fn peer_states(&self) -> Vec<PeerState> {
+        let mut v: Vec<PeerState> = self
+            .peers
+            .load()
+            .iter()
+            .map(|(name, p)| {
+                let out = p.outbox();
+                PeerState {
+                    name: name.clone(),
+                    up: p.up.load(Ordering::Acquire),
+                    queued: out.len(),
+                    queued_bytes: out.bytes(),
+                }
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
     }
 
     /// Frames kept for `node` (queued or not yet acknowledged), and their bytes.
@@ -1133,6 +1166,9 @@ impl FarmLinks {
             say
         };
         if say {
+            self.lost
+                .get_or_create(&crate::metrics::label("peer", name))
+                .inc();
             warn!(peer = %name, "{name} is lost ({why}): its users' sessions ended");
             let _ = self.events.send(LinkEvent::Lost(name.to_owned())).await;
         }

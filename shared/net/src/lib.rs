@@ -14,6 +14,7 @@
 //! - [`receipt`]: when a stanza taken from a client or a link is safe (delivered, stored, or
 //!   taken the same way by the next node): what acknowledgements count.
 //! - [`s2s`]: streams to remote servers: resolution, STARTTLS, dialback, per-domain queues.
+//! - [`metrics`]: `/metrics` (Prometheus) and `/health` over HTTP, per node.
 //! - [`node`]: what every node runs — its listeners, topology, links, outbound s2s, task
 //!   tracker and drain — for the roles to put their handlers on.
 //!
@@ -24,6 +25,7 @@ pub mod c2s;
 pub mod farm;
 pub mod listen;
 pub mod login_guard;
+pub mod metrics;
 pub mod node;
 pub mod receipt;
 pub mod relay;

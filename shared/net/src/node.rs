@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::c2s::C2sSettings;
 use crate::farm::{FarmLinks, LinkEvent, LinkTls};
 use crate::listen::{self, BoundListener, ServeOptions};
+use crate::metrics::{Gauges, Metrics, label};
 use crate::s2s::{Outbound, S2sSettings};
 use crate::stream::XmlStream;
 
@@ -42,6 +43,9 @@ pub struct NodeRuntime {
     pub outbound: Arc<Outbound>,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
+    /// What `/metrics` shows (the roles add theirs) and `/health` says.
+    pub metrics: Arc<Metrics>,
+    metrics_listener: Option<TcpListener>,
     c2s: Vec<BoundListener>,
     farm: Option<TcpListener>,
     domain: String,
@@ -79,13 +83,22 @@ impl NodeRuntime {
             });
         }
         let farm = listen::bind(node.farm, "farm links").await?;
+        let metrics_listener = match node.metrics {
+            Some(addr) => Some(listen::bind(addr, "metrics").await?),
+            None => None,
+        };
         let topology = SharedTopology::new(cfg.topology());
         let (links, link_events) = FarmLinks::new(cfg, &topology, &node.name, link_tls);
         let s2s_settings = Arc::new(S2sSettings::from_config(cfg, topology.clone()));
         let (bounce_tx, bounces) = mpsc::channel(BOUNCE_QUEUE);
+        let settings = Arc::new(C2sSettings::from_config(cfg, c2s_tls, shutdown.clone()));
+        let metrics = Metrics::new(&node.name, &node.role.to_string());
+        register_common(&metrics, &topology, &links, &settings);
         let runtime = NodeRuntime {
             name: node.name.clone(),
-            settings: Arc::new(C2sSettings::from_config(cfg, c2s_tls, shutdown.clone())),
+            settings,
+            metrics,
+            metrics_listener,
             outbound: Outbound::new(s2s_settings.clone(), bounce_tx),
             s2s_settings,
             topology,
@@ -126,10 +139,15 @@ impl NodeRuntime {
         })
     }
 
-    /// Accept links on the farm port and connect to the peers that sort after us.
+    /// Accept links on the farm port and connect to the peers that sort after us; serve
+    /// the metrics, if this node has an address for them.
     pub fn start_links(&mut self) {
         if let Some(farm) = self.farm.take() {
             self.links.start(farm, self.shutdown.clone(), &self.tracker);
+        }
+        if let Some(listener) = self.metrics_listener.take() {
+            self.metrics
+                .serve(listener, self.shutdown.clone(), &self.tracker);
         }
     }
 
@@ -158,4 +176,74 @@ impl NodeRuntime {
     pub async fn drain(&self) -> bool {
         listen::drain(&self.tracker, self.grace).await
     }
+}
+
+/// What every node shows: its topology epoch, its farm links (up, what they keep, times each
+/// peer was lost) and what its client logins came to.
+fn register_common(
+    m: &Metrics,
+    topology: &SharedTopology,
+    links: &Arc<FarmLinks>,
+    c2s: &C2sSettings,
+) {
+    let epoch = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+    m.register(
+        "jabberfarm_topology_epoch",
+        "The routing table's epoch this node runs (0: as configured; each reload adds one)",
+        epoch.clone(),
+    );
+    let up = Gauges::default();
+    m.register(
+        "jabberfarm_link_up",
+        "1 when the farm link to the peer is up",
+        up.clone(),
+    );
+    let frames = Gauges::default();
+    m.register(
+        "jabberfarm_link_queued_frames",
+        "Frames the link to the peer keeps: queued, or written and not yet acknowledged",
+        frames.clone(),
+    );
+    let bytes = Gauges::default();
+    m.register(
+        "jabberfarm_link_queued_bytes",
+        "Bytes of the frames the link to the peer keeps",
+        bytes.clone(),
+    );
+    m.register(
+        "jabberfarm_link_lost",
+        "Times the peer was lost: restarted, not running, or away for farm.hold",
+        links.lost.clone(),
+    );
+    // Every route from the start, at 0: a dashboard sees the series before the first login.
+    for route in ["here", "redirect", "relay", "unavailable"] {
+        let _ = c2s.counters.logins.get_or_create(&label("route", route));
+    }
+    m.register(
+        "c2s_logins",
+        "Client logins by route: here (authenticated at this node), redirect, relay, unavailable",
+        c2s.counters.logins.clone(),
+    );
+    m.register(
+        "c2s_auth_failed",
+        "Failed authentications (wrong password or unknown user)",
+        c2s.counters.auth_failed.clone(),
+    );
+    let (topology, links) = (topology.clone(), Arc::downgrade(links));
+    let lost = links.upgrade().map(|l| l.lost.clone()).unwrap_or_default();
+    m.on_scrape(move || {
+        epoch.set(i64::try_from(topology.load().epoch).unwrap_or(i64::MAX));
+        let Some(links) = links.upgrade() else { return };
+        // Peers that left the farm go from the figures.
+        up.clear();
+        frames.clear();
+        bytes.clear();
+        for p in links.peer_states() {
+            let peer = label("peer", &p.name);
+            up.get_or_create(&peer).set(i64::from(p.up));
+            frames.get_or_create(&peer).set(p.queued as i64);
+            bytes.get_or_create(&peer).set(p.queued_bytes as i64);
+            let _ = lost.get_or_create(&peer);
+        }
+    });
 }

@@ -100,6 +100,7 @@ pub(super) async fn sasl_auth(
         Ok(Some(_)) => s.guard.succeeded(&user),
         Err(AuthFail::Sasl(SaslError::NotAuthorized)) => {
             s.guard.failed(ip, &user, Instant::now());
+            s.counters.auth_failed.inc();
         }
         _ => {}
     }

@@ -135,7 +135,10 @@ pub(super) async fn legacy_auth(
             let checked = check_password(store, &user, password, s).await;
             match &checked {
                 Ok(true) => s.guard.succeeded(&user),
-                Ok(false) => s.guard.failed(ip, &user, Instant::now()),
+                Ok(false) => {
+                    s.guard.failed(ip, &user, Instant::now());
+                    s.counters.auth_failed.inc();
+                }
                 Err(_) => {}
             }
             match checked {

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::login_guard::LoginGuard;
+use crate::metrics::{Counters, label};
 use crate::relay::RelayReason;
 use crate::stream::{XmlStream, check_header, new_id};
 use jabberfarm_proto::ns;
@@ -29,6 +30,7 @@ use jabberfarm_proto::routing::normalize_localpart;
 use jabberfarm_proto::sasl::Mechanism;
 use jabberfarm_proto::scram::{ScramCredentials, ScramHash};
 use jabberfarm_proto::xml::{Condition, Element, ParserLimits, StreamError, StreamEvent};
+use prometheus_client::metrics::counter::Counter;
 
 /// What a listener needs to negotiate a client stream.
 pub struct C2sSettings {
@@ -60,6 +62,24 @@ pub struct C2sSettings {
     pub plain_only: bool,
     /// Cancelled when the node stops: streams still negotiating get `<system-shutdown/>`.
     pub shutdown: CancellationToken,
+    /// What logins came to (the node's metrics).
+    pub counters: C2sCounters,
+}
+
+/// What client logins at a node came to, for its metrics (`crate::metrics`).
+#[derive(Default)]
+pub struct C2sCounters {
+    /// By `route`: `here` (authenticated at this node), `redirect`, `relay` (the master
+    /// relays the client), `unavailable` (its node is not reachable).
+    pub logins: Counters,
+    /// Wrong passwords (and unknown users).
+    pub auth_failed: Counter,
+}
+
+impl C2sCounters {
+    fn login(&self, route: &str) {
+        self.logins.get_or_create(&label("route", route)).inc();
+    }
 }
 
 /// Where a login goes, decided from the username alone.
@@ -302,11 +322,13 @@ async fn negotiate_from(
                 Step::Asked => {}
                 Step::Closed => return None,
                 Step::Restart(u) => {
+                    s.counters.login("here");
                     stream.restart(s.post_auth);
                     user = Some(u);
                     break;
                 }
                 Step::Legacy(username, legacy) => {
+                    s.counters.login("here");
                     stream.set_limits(s.post_auth);
                     return Some(Negotiated::Authenticated(Authenticated {
                         stream,
@@ -315,6 +337,7 @@ async fn negotiate_from(
                     }));
                 }
                 Step::Relay(node, user, reason, first) => {
+                    s.counters.login("relay");
                     return Some(Negotiated::Relay(RelayLogin {
                         stream,
                         node,
@@ -469,6 +492,7 @@ async fn sasl_failure(stream: &mut XmlStream, condition: &str, text: Option<&str
 
 async fn redirect(stream: &mut XmlStream, s: &C2sSettings, user: &str, addr: &str) -> Step {
     info!(user, to = addr, peer = ?stream.peer, "redirecting login");
+    s.counters.login("redirect");
     stream
         .fail(&StreamError::see_other_host(addr), &s.domain)
         .await;
@@ -477,6 +501,7 @@ async fn redirect(stream: &mut XmlStream, s: &C2sSettings, user: &str, addr: &st
 
 async fn unavailable(stream: &mut XmlStream, s: &C2sSettings, user: &str, text: String) -> Step {
     warn!(user, "login refused: {text}");
+    s.counters.login("unavailable");
     stream
         .fail(
             &StreamError::new(Condition::RemoteConnectionFailed, text),
@@ -516,6 +541,7 @@ impl C2sSettings {
             guard: Arc::new(LoginGuard::new(cfg.auth_limits.clone())),
             plain_only: cfg.storage.plain_only(),
             shutdown,
+            counters: C2sCounters::default(),
         }
     }
 }
@@ -549,6 +575,7 @@ mod tests {
             weight: 1,
             redirect: None,
             redirect_tls: None,
+            metrics: None,
         };
         assert_eq!(redirect_address(&node, false), "[2001:db8::1]:5322");
         assert_eq!(redirect_address(&node, true), "[2001:db8::1]:5323");

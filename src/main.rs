@@ -282,6 +282,25 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
                             cfg.nodes.len(),
                             cfg.routing.fingerprint()
                         );
+                        let ranges = matches!(
+                            cfg.routing.mode(),
+                            jabberfarm_proto::routing::RoutingMode::Ranges { .. }
+                        );
+                        let failover = match (cfg.storage.central(), ranges) {
+                            (true, false) => {
+                                "on: a failed slave's users log in at the next \
+                                              slave of their ranking (central data)"
+                            }
+                            (true, true) => {
+                                "off: ranges mode has no fallback slaves yet; a \
+                                             failed slave's users cannot log in until it is back"
+                            }
+                            (false, _) => {
+                                "off: the users' data is on their slave (SQLite); a \
+                                           failed slave's users cannot log in until it is back"
+                            }
+                        };
+                        println!("failover {failover}");
                         ExitCode::SUCCESS
                     } else {
                         for p in problems {

@@ -52,22 +52,45 @@ pub struct Redirector {
     pub links: Arc<FarmLinks>,
     /// `redirect = "auto"`: who did not follow a redirect.
     pub memory: relay::RelayMemory,
+    /// Logins sent to another slave than the user's owner, which was failed.
+    pub failovers: prometheus_client::metrics::counter::Counter,
 }
 
 impl LoginPolicy for Redirector {
     fn route(&self, localpart: &str, direct_tls: bool) -> LoginRoute {
         let topology = self.topology.load();
         let owner = topology.owner(localpart);
-        let Some(node) = topology.node(owner) else {
+        // With central data, the users of a failed slave go to the next in their ranking.
+        let serving = self.links.serving(&topology, localpart);
+        let Some(node) = topology.node(serving) else {
             // Unreachable with a validated config; never redirect to ourselves.
-            return LoginRoute::Here;
+            return LoginRoute::Unavailable(format!("no node {serving} in the farm"));
         };
-        if !self.links.is_up(owner) {
-            // TODO(failover): the next live owner, once user data is central.
+        if !node.inservice {
             return LoginRoute::Unavailable(format!(
-                "the server for this account ({owner}) is not reachable right now; try again later"
+                "the server for this account ({serving}) is out of service; try again later"
             ));
         }
+        if !self.links.is_up(serving) {
+            let why = if self.links.fails_over() {
+                "not reachable right now (another slave takes its users once it is marked failed)"
+            } else {
+                "not reachable right now (its users' data is on it: no other slave can serve them)"
+            };
+            return LoginRoute::Unavailable(format!(
+                "the server for this account ({serving}) is {why}; try again later"
+            ));
+        }
+        if serving != owner {
+            self.failovers.inc();
+            info!(
+                user = localpart,
+                owner,
+                to = serving,
+                "failover: the owner is failed"
+            );
+        }
+        let owner = serving;
         let mode = topology.node(&self.me).map_or(self.relay.redirect, |me| {
             me.redirect_mode(&self.relay, direct_tls)
         });
@@ -159,7 +182,13 @@ pub async fn run(
             cfg.relay.remember,
             cfg.relay.max_remembered,
         ),
+        failovers: Default::default(),
     });
+    rt.metrics.register(
+        "jabberfarm_failovers",
+        "Logins sent to another slave than the user's owner because the owner was failed",
+        policy.failovers.clone(),
+    );
     // Who needed the relay, kept across restarts (redirect = "auto").
     let memory_file = cfg.data_dir.join(format!("{}.relayed", node.name));
     match policy.memory.load(&memory_file) {
@@ -266,7 +295,7 @@ pub async fn run(
                 LinkEvent::Up(n) => info!("slave {n} is up"),
                 // The master makes the changes; it hears of none.
                 LinkEvent::Topology(_) => {}
-                LinkEvent::Down(n) => warn!("slave {n} is down: its users cannot log in"),
+                LinkEvent::Down(n) => warn!("slave {n} is down: its users cannot log in until it is back or, with central data, marked failed (then the next slave takes them)"),
                 LinkEvent::Lost(_) => {}
                 // A stanza from another server that its slave never got: the sender hears.
                 LinkEvent::Undelivered { stanza, .. } => {

@@ -58,6 +58,7 @@ fn redirector(cfg: &FarmConfig, links: Arc<FarmLinks>, mode: RedirectMode) -> Re
         me: "master".into(),
         links,
         memory: relay::RelayMemory::new(Duration::from_secs(600), Duration::from_secs(3600), 100),
+        failovers: Default::default(),
     }
 }
 

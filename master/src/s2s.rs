@@ -300,7 +300,8 @@ async fn stanza(
     let reply = match localpart {
         Some(l) => match normalize_localpart(l) {
             Ok(user) => {
-                let owner = m.topology.load().owner(&user).to_owned();
+                // Its owner, or the slave that took its users over (failover).
+                let owner = m.links.serving(&m.topology.load(), &user).to_owned();
                 let sent = if worth_holding(&el) {
                     m.links.send_or_hold(&owner, &el, None).await
                 } else {

@@ -158,7 +158,8 @@ impl Slave {
                     if written > 0 {
                         info!(
                             peer = node,
-                            written, "{node} is back: what was held for it is written"
+                            written,
+                            "what was held for {node} is written (to it, or to the slaves serving its users)"
                         );
                     }
                     return;
@@ -185,7 +186,9 @@ impl Slave {
                 after = row.id;
             }
             unsafe_yet.push_back((after, batch));
-            if down || !self.links.is_up(node) {
+            // A failed node's users are served elsewhere (failover): its rows go there.
+            let elsewhere = self.links.fails_over() && self.links.is_failed(node);
+            if down || (!self.links.is_up(node) && !elsewhere) {
                 // What was written is kept by the link (and held again if it never goes):
                 // released once safe or given up on, so a later drain does not write it twice.
                 if self.release_safe(node, &mut unsafe_yet, 0).await && self.links.is_up(node) {

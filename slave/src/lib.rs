@@ -124,7 +124,8 @@ impl c2s::Accounts for Slave {
 impl LoginPolicy for Slave {
     fn route(&self, localpart: &str, direct_tls: bool) -> LoginRoute {
         let topology = self.sessions.topology.load();
-        let owner = topology.owner(localpart);
+        // Its owner, or this slave when the owner is failed and this one is next (failover).
+        let owner = self.links.serving_login(&topology, localpart);
         if owner == self.sessions.node {
             return LoginRoute::Here;
         }
@@ -295,6 +296,7 @@ pub async fn run(
         resumable: session::Resumable::default(),
         holding,
     });
+    slave.sessions.use_links(rt.links.clone());
     register_metrics(&rt.metrics, &slave);
     let (s7, sd7) = (slave.clone(), rt.shutdown.clone());
     rt.tracker.spawn(async move {

@@ -92,7 +92,8 @@ pub async fn run(slave: Arc<Slave>) {
             }
             next += gap;
             // Asked again per user: a newer change may have given the user back to us.
-            let owner = slave.sessions.topology.load().owner(&user).to_owned();
+            let topology = slave.sessions.topology.load();
+            let owner = slave.sessions.serving(&topology, &user).to_owned();
             if owner != slave.sessions.node {
                 moved += send_sessions_to(&slave, &user, &owner);
             }

@@ -289,6 +289,11 @@ impl Slave {
                         let _ = tokio::time::timeout(INBOUND_WAIT, rx).await;
                     }
                     im::presence::node_down(self, &node);
+                    if self.links.fails_over() && self.links.is_failed(&node) {
+                        // Its users are served by other slaves now: what was held for it
+                        // goes to them.
+                        self.drain(&node);
+                    }
                 }
                 // A link back: hand-overs that failed while it was down go again, and what
                 // was held for the node is written.

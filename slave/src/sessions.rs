@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use jabberfarm_config::SharedTopology;
+use jabberfarm_net::farm::FarmLinks;
 use jabberfarm_net::receipt::Receipt;
 use jabberfarm_proto::routing::normalize_localpart;
 use jabberfarm_proto::stanza::{
@@ -160,6 +161,9 @@ pub struct Sessions {
     /// Per user: the last offline message handed to a session with stream management that
     /// has not acknowledged it yet (they stay stored until it does).
     offline_handed: Mutex<HashMap<String, i64>>,
+    /// The farm links, which know which slaves are failed ([`Self::serving`]); unset in unit
+    /// tests (every user is then served by its owner).
+    links: std::sync::OnceLock<std::sync::Arc<FarmLinks>>,
 }
 
 impl Sessions {
@@ -177,11 +181,26 @@ impl Sessions {
             next_conn: AtomicU64::new(1),
             roster_writes: AtomicU64::new(0),
             offline_handed: Mutex::default(),
+            links: std::sync::OnceLock::new(),
             offline_locks: (0..OFFLINE_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             started: std::time::Instant::now(),
             max_resources,
+        }
+    }
+
+    /// Failover: who serves a user is asked of `links` from now on.
+    pub fn use_links(&self, links: std::sync::Arc<FarmLinks>) {
+        let _ = self.links.set(links);
+    }
+
+    /// Who serves `user` now: its owner, or with central data the next slave of its ranking
+    /// when the owner is failed (`FarmLinks::serving`).
+    pub fn serving<'t>(&self, topology: &'t jabberfarm_config::Topology, user: &str) -> &'t str {
+        match self.links.get() {
+            Some(links) => links.serving(topology, user),
+            None => topology.owner(user),
         }
     }
 
@@ -205,10 +224,11 @@ impl Sessions {
             normalize_localpart(node).unwrap_or_else(|_| node.to_owned())
         };
         let topology = self.topology.load();
-        let owner = topology.owner(&user);
-        // After a routing change (epoch > 0) a user the table gives to another node may still
-        // be connected here until it moves: this node serves it until then.
-        if owner != self.node && (topology.epoch == 0 || !self.is_connected(&user)) {
+        let owner = self.serving(&topology, &user);
+        // After a routing change, or once a failed slave is back, a user the table gives to
+        // another node may still be connected here until it moves: this node serves it until
+        // then.
+        if owner != self.node && !self.is_connected(&user) {
             return Destination::Node(owner.to_owned());
         }
         Destination::Local {
@@ -519,7 +539,7 @@ impl Sessions {
         let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let mut users: Vec<String> = sessions
             .keys()
-            .filter(|u| topology.owner(u) != self.node)
+            .filter(|u| self.serving(&topology, u) != self.node)
             .cloned()
             .collect();
         users.sort();

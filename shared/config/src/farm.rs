@@ -36,6 +36,18 @@ pub struct FarmLinkConfig {
     /// The CA that signed the nodes' certificates, trusted on TLS links (`farm.ca`; with
     /// `tls.generate`, the demo CA).
     pub ca: Option<PathBuf>,
+    /// Heartbeats a node's link may miss (down that long) before the node is marked failed
+    /// (a node whose port refuses connections is failed at once).
+    pub faildetect: u32,
+    /// How often a failed node is tried again.
+    pub retry: Duration,
+}
+
+impl FarmLinkConfig {
+    /// How long a link is down before its node is marked failed.
+    pub fn fail_after(&self) -> Duration {
+        self.heartbeat * self.faildetect
+    }
 }
 
 impl Default for FarmLinkConfig {
@@ -50,6 +62,8 @@ impl Default for FarmLinkConfig {
             held_per_node: 100_000,
             held_per_user: 1_000,
             ca: None,
+            faildetect: 3,
+            retry: Duration::from_secs(5),
         }
     }
 }
@@ -65,6 +79,8 @@ pub(crate) struct RawFarm {
     held_per_node: Option<u64>,
     held_per_user: Option<u64>,
     ca: Option<PathBuf>,
+    faildetect: Option<u64>,
+    retry: Option<u64>,
 }
 
 pub(crate) fn secret(
@@ -135,6 +151,8 @@ pub(crate) fn farm_links(
     let hold = positive("hold", raw.hold, d.hold.as_secs());
     let held_per_node = positive("held_per_node", raw.held_per_node, d.held_per_node as u64);
     let held_per_user = positive("held_per_user", raw.held_per_user, d.held_per_user as u64);
+    let faildetect = positive("faildetect", raw.faildetect, u64::from(d.faildetect));
+    let retry = positive("retry", raw.retry, d.retry.as_secs());
     if dead_after <= heartbeat {
         problems.push(Problem::new(
             "farm.dead_after",
@@ -166,6 +184,8 @@ pub(crate) fn farm_links(
         hold: Duration::from_secs(hold),
         held_per_node: usize::try_from(held_per_node).unwrap_or(usize::MAX),
         held_per_user: usize::try_from(held_per_user).unwrap_or(usize::MAX),
+        faildetect: u32::try_from(faildetect).unwrap_or(u32::MAX),
+        retry: Duration::from_secs(retry),
     }
 }
 

@@ -48,6 +48,9 @@ pub struct NodeConfig {
     pub redirect_tls: Option<RedirectMode>,
     /// Where this node serves its metrics and health over HTTP (`None`: it does not).
     pub metrics: Option<SocketAddr>,
+    /// A slave taken out of service (`inservice = false`): no new logins; with central data
+    /// its users go to the next slave in their ranking. It keeps running.
+    pub inservice: bool,
 }
 
 impl NodeConfig {
@@ -88,6 +91,7 @@ pub(crate) struct RawNode {
     redirect: Option<String>,
     redirect_tls: Option<String>,
     metrics: Option<String>,
+    inservice: Option<bool>,
 }
 
 /// What a `[[node]]` says about itself, read before validating it, so that one broken
@@ -283,6 +287,14 @@ fn node(i: usize, raw: RawNode, problems: &mut Vec<Problem>) -> (Option<NodeConf
         (None, Some(c2s)) => Some(c2s.to_string()),
         (None, None) => None,
     };
+    let inservice = raw.inservice.unwrap_or(true);
+    if !inservice && role == Some(Role::Master) {
+        problems.push(Problem::new(
+            key("inservice"),
+            "only a slave can be taken out of service",
+        ));
+        ok = false;
+    }
     let mut mode = |field: &str, value: Option<String>| {
         let text = value?;
         if role == Some(Role::Slave) {
@@ -329,6 +341,7 @@ fn node(i: usize, raw: RawNode, problems: &mut Vec<Problem>) -> (Option<NodeConf
             redirect,
             redirect_tls,
             metrics,
+            inservice,
         }),
         _ => None,
     };

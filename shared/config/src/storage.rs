@@ -48,6 +48,13 @@ pub enum ImDataConfig {
 }
 
 impl StorageConfig {
+    /// Every slave reads the same accounts and IM data (MySQL, or LDAP with its data in
+    /// MySQL): a user can be served by any slave, so the users of a failed slave can log in
+    /// at another one (failover, docs/operations.md).
+    pub fn central(&self) -> bool {
+        self.sqlite_path(Path::new(""), "x").is_none()
+    }
+
     /// The SQLite file of `node` (for the SQLite backend, or LDAP with its IM data in SQLite):
     /// the path template with `{node}` replaced, relative to `data_dir` unless absolute.
     /// `None` when no SQLite file is used.

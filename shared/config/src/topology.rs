@@ -45,6 +45,12 @@ impl Topology {
         self.table.owner(localpart)
     }
 
+    /// The slaves for a user, best first: the owner, then who serves it when the owner is
+    /// failed (hash mode: the rendezvous ranking; ranges mode: the owner only).
+    pub fn ranked(&self, localpart: &str) -> Vec<&str> {
+        self.table.ranked(localpart)
+    }
+
     /// The routing table's fingerprint: two nodes route alike iff theirs are equal.
     pub fn fingerprint(&self) -> &str {
         self.table.fingerprint()
@@ -106,7 +112,8 @@ impl Topology {
                     .with_attr("weight", n.weight.to_string())
                     .with_opt_attr("redirect", n.redirect.map(RedirectMode::name))
                     .with_opt_attr("redirect_tls", n.redirect_tls.map(RedirectMode::name))
-                    .with_opt_attr("metrics", n.metrics.map(|a| a.to_string())),
+                    .with_opt_attr("metrics", n.metrics.map(|a| a.to_string()))
+                    .with_opt_attr("inservice", (!n.inservice).then_some("false")),
             );
         }
         el
@@ -204,6 +211,7 @@ impl Topology {
                     redirect: mode(n, "redirect")?,
                     redirect_tls: mode(n, "redirect_tls")?,
                     metrics: addr(n, "metrics")?,
+                    inservice: n.attr("inservice") != Some("false"),
                 })
             })
             .collect::<Result<_, String>>()?;

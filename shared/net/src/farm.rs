@@ -72,7 +72,6 @@ pub const HANDSHAKE_FRAME: usize = 4096;
 /// closed as they come (and counted in the log).
 const MAX_HANDSHAKES: usize = 256;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long [`FarmLinks::send`] waits for room in a full queue.
 pub const SEND_WAIT: Duration = Duration::from_secs(2);
 /// A receiver acknowledges at least every this many frames…
@@ -269,6 +268,12 @@ pub struct FarmLinks {
     queue: usize,
     queue_bytes: usize,
     hold: Duration,
+    /// `farm.faildetect` heartbeats: a peer down this long is failed.
+    fail_after: Duration,
+    /// `farm.retry`: the longest wait between two connection attempts.
+    retry: Duration,
+    /// Users of a failed slave go to the next one in their ranking (central data).
+    failover: bool,
     /// This process, as its peers tell it from an earlier one (a restart).
     incarnation: String,
     max_frame: usize,
@@ -291,6 +296,8 @@ pub struct FarmLinks {
 pub struct PeerState {
     pub name: String,
     pub up: bool,
+    /// [`FarmLinks::is_failed`].
+    pub failed: bool,
     /// Frames its outbox keeps (queued, or written and not acknowledged), and their bytes.
     pub queued: usize,
     pub queued_bytes: usize,
@@ -339,6 +346,9 @@ impl FarmLinks {
             queue: cfg.farm.queue,
             queue_bytes: cfg.farm.queue_bytes,
             hold: cfg.farm.hold,
+            fail_after: cfg.farm.fail_after(),
+            retry: cfg.farm.retry.max(BACKOFF_MIN),
+            failover: cfg.storage.central(),
             incarnation: format!("{:016x}", rand::random::<u64>()),
             // Twice a stanza: a user's data moving to another slave travels as base64 parts,
             // a part at most one stored stanza (4/3 of it) with its tags.
@@ -484,6 +494,69 @@ impl FarmLinks {
         }
     }
 
+    /// Whether `node` is failed: a peer whose link is down and whose port refuses
+    /// connections, or that has been down for `farm.faildetect` heartbeats; or a slave taken
+    /// out of service (`inservice = false`, this node included).
+    pub fn is_failed(&self, node: &str) -> bool {
+        if self
+            .topology
+            .load()
+            .node(node)
+            .is_some_and(|n| !n.inservice)
+        {
+            return true;
+        }
+        let Some(peer) = self.peer(node) else {
+            return false;
+        };
+        if peer.up.load(Ordering::Acquire) {
+            return false;
+        }
+        let down = peer.down();
+        down.dead || down.since.elapsed() >= self.fail_after
+    }
+
+    /// Whether the users of a failed slave go to the next one in their ranking here (the
+    /// data is central).
+    pub fn fails_over(&self) -> bool {
+        self.failover
+    }
+
+    /// Who serves `user` (a normalized localpart) now: its owner in `topology`, or — with
+    /// central data, when the owner is failed — the first slave of its ranking that is not
+    /// (docs/operations.md, "Failover"). With every one failed, the owner.
+    pub fn serving<'t>(&self, topology: &'t jabberfarm_config::Topology, user: &str) -> &'t str {
+        let owner = topology.owner(user);
+        if !self.failover || !self.is_failed(owner) {
+            return owner;
+        }
+        topology
+            .ranked(user)
+            .into_iter()
+            .find(|n| !self.is_failed(n))
+            .unwrap_or(owner)
+    }
+
+    /// [`Self::serving`] for a login the master sent here: a slave whose link is down counts
+    /// as failed already (the master marked it failed; this node may take up to a probe
+    /// longer to see it).
+    pub fn serving_login<'t>(
+        &self,
+        topology: &'t jabberfarm_config::Topology,
+        user: &str,
+    ) -> &'t str {
+        let owner = topology.owner(user);
+        let gone = |n: &str| (n != self.me && !self.is_up(n)) || self.is_failed(n);
+        if !self.failover || !gone(owner) {
+            return owner;
+        }
+        topology
+            .ranked(user)
+            .into_iter()
+            .find(|n| !gone(n))
+            .unwrap_or(owner)
+    }
+
     /// Every peer's link: up or not, and what its outbox keeps.
     pub fn peer_states(&self) -> Vec<PeerState> {
         let mut v: Vec<PeerState> = self
@@ -493,6 +566,7 @@ impl FarmLinks {
             .map(|(name, p)| {
                 let out = p.outbox();
                 PeerState {
+                    failed: self.is_failed(name),
                     name: name.clone(),
                     up: p.up.load(Ordering::Acquire),
                     queued: out.len(),
@@ -715,7 +789,8 @@ impl FarmLinks {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(backoff + jitter) => {}
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            // A failed peer is tried every `farm.retry`.
+            backoff = (backoff * 2).min(self.retry);
         }
     }
 

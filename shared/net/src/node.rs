@@ -198,6 +198,13 @@ fn register_common(
         "1 when the farm link to the peer is up",
         up.clone(),
     );
+    let failed = Gauges::default();
+    m.register(
+        "jabberfarm_node_failed",
+        "1 when the peer is failed: down for farm.faildetect heartbeats, not running, or out of \
+         service (with central data its users go to the next slave of their ranking)",
+        failed.clone(),
+    );
     let frames = Gauges::default();
     m.register(
         "jabberfarm_link_queued_frames",
@@ -236,11 +243,13 @@ fn register_common(
         let Some(links) = links.upgrade() else { return };
         // Peers that left the farm go from the figures.
         up.clear();
+        failed.clear();
         frames.clear();
         bytes.clear();
         for p in links.peer_states() {
             let peer = label("peer", &p.name);
             up.get_or_create(&peer).set(i64::from(p.up));
+            failed.get_or_create(&peer).set(i64::from(p.failed));
             frames.get_or_create(&peer).set(p.queued as i64);
             bytes.get_or_create(&peer).set(p.queued_bytes as i64);
             let _ = lost.get_or_create(&peer);

@@ -576,6 +576,7 @@ mod tests {
             redirect: None,
             redirect_tls: None,
             metrics: None,
+            inservice: true,
         };
         assert_eq!(redirect_address(&node, false), "[2001:db8::1]:5322");
         assert_eq!(redirect_address(&node, true), "[2001:db8::1]:5323");

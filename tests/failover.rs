@@ -87,3 +87,67 @@ fn a_failed_slave_s_users_are_served_by_the_next_and_move_back_when_it_returns()
     ));
     home.wait_for("home-again", 10);
 }
+
+/// `inservice = false` on a slave, with `jabberfarm reload`: its connected users are moved to
+/// the next slave of their ranking (at `[rebalance] users_per_second`), new logins go there,
+/// and it keeps running; back in service, they are moved home.
+#[test]
+fn a_slave_taken_out_of_service_sends_its_users_to_the_next_and_gets_them_back() {
+    let db = servers::shared_mariadb();
+    let url = db.create_database("inservice");
+    let storage = format!(
+        "[storage]\nbackend = \"mysql\"\n[storage.mysql]\nurl = \"{url}\"\nmax_connections = 4\n\n"
+    );
+    let farm = TestFarm::start_processes_edited(3, |t| {
+        t.replacen("[storage]\nscram_iterations = 4096\n\n", &storage, 1)
+    });
+    let (x, _) = farm.user_pair("maint", "pw");
+    let owner = farm.owner(&x).name.clone();
+    let owner_c2s = farm.owner(&x).c2s;
+    let mut cx = Raw::login(owner_c2s, &x, "pw", "r");
+    cx.send("<presence/>");
+    cx.sync("localhost");
+
+    let service = |on: bool| {
+        let text = std::fs::read_to_string(&farm.config).unwrap();
+        let named = format!("name = \"{owner}\"\n");
+        let text = if on {
+            text.replacen(&format!("{named}inservice = false\n"), &named, 1)
+        } else {
+            text.replacen(&named, &format!("{named}inservice = false\n"), 1)
+        };
+        std::fs::write(&farm.config, text).unwrap();
+        let out = std::process::Command::new(common::BIN)
+            .args(["reload", "--config"])
+            .arg(&farm.config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    service(false);
+    let moved = cx.wait_for("see-other-host", 10);
+    let moved = moved + &cx.wait_for("</see-other-host>", 5);
+    let to: SocketAddr = redirect_of(&moved).parse().unwrap();
+    assert_ne!(to, owner_c2s);
+    // A new login goes there too, through the master or at the slave out of service.
+    for at in [farm.master.c2s, owner_c2s] {
+        let mut m = Raw::connect(at);
+        m.open();
+        m.send(&plain_auth(&x, "pw"));
+        let got = m.wait_closed(5);
+        assert_eq!(redirect_of(&got), to.to_string(), "{got}");
+    }
+    let mut away = Raw::login(to, &x, "pw", "r");
+    away.send("<presence/>");
+    away.sync("localhost");
+
+    service(true);
+    let home = away.wait_for("see-other-host", 10);
+    let home = home + &away.wait_for("</see-other-host>", 5);
+    assert_eq!(redirect_of(&home), owner_c2s.to_string(), "{home}");
+}

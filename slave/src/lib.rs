@@ -127,6 +127,12 @@ impl LoginPolicy for Slave {
         // Its owner, or this slave when the owner is failed and this one is next (failover).
         let owner = self.links.serving_login(&topology, localpart);
         if owner == self.sessions.node {
+            if topology.node(owner).is_some_and(|n| !n.inservice) {
+                // Out of service, and no other slave can take its users (data on the slaves).
+                return LoginRoute::Unavailable(format!(
+                    "this server ({owner}) is out of service; try again later"
+                ));
+            }
             return LoginRoute::Here;
         }
         match topology.node(owner) {

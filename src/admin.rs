@@ -87,8 +87,17 @@ pub async fn status(cfg: Arc<FarmConfig>) -> Result<ExitCode> {
         .into_iter()
         .map(|(i, answer)| (&cfg.nodes[i], answer))
         .collect();
+    // What the master believes of the nodes that do not answer: failed, or just down.
+    let master_says = |name: &str| -> Option<bool> {
+        answers.iter().find_map(|(n, a)| {
+            let s = a.as_ref().ok().filter(|_| n.role == Role::Master)?;
+            s.children()
+                .find(|l| l.name == "link" && l.attr("node") == Some(name))
+                .map(|l| l.attr("failed") == Some("true"))
+        })
+    };
     println!(
-        "{:<12} {:<7} {:<6} {:>6} {:<17} {:>6} {:>7} {:>9} {:>8} {:>7} {:>7}",
+        "{:<12} {:<7} {:<14} {:>6} {:<17} {:>6} {:>7} {:>9} {:>8} {:>7} {:>7}",
         "node",
         "role",
         "state",
@@ -118,10 +127,10 @@ pub async fn status(cfg: Arc<FarmConfig>) -> Result<ExitCode> {
                     .sum();
                 tables.insert((get("epoch").to_owned(), get("fingerprint").to_owned()));
                 println!(
-                    "{:<12} {:<7} {:<6} {:>6} {:<17} {:>6} {:>7} {:>9} {:>8} {:>7} {:>7}",
+                    "{:<12} {:<7} {:<14} {:>6} {:<17} {:>6} {:>7} {:>9} {:>8} {:>7} {:>7}",
                     node.name,
                     get("role"),
-                    "up",
+                    s.attr("state").unwrap_or("up"),
                     get("epoch"),
                     get("fingerprint"),
                     format!("{up}/{}", links.len()),
@@ -134,9 +143,14 @@ pub async fn status(cfg: Arc<FarmConfig>) -> Result<ExitCode> {
             }
             Err(e) => {
                 down += 1;
+                let state = if master_says(&node.name) == Some(true) {
+                    "failed"
+                } else {
+                    "down"
+                };
                 println!(
-                    "{:<12} {:<7} {:<6} {:>6} {:<17} {:>6} {:>7} {:>9} {:>8} {:>7} {:>7}  ({e})",
-                    node.name, node.role, "down", "-", "-", "-", "-", "-", "-", "-", "-"
+                    "{:<12} {:<7} {:<14} {:>6} {:<17} {:>6} {:>7} {:>9} {:>8} {:>7} {:>7}  ({e})",
+                    node.name, node.role, state, "-", "-", "-", "-", "-", "-", "-", "-"
                 );
             }
         }
@@ -154,9 +168,28 @@ pub async fn status(cfg: Arc<FarmConfig>) -> Result<ExitCode> {
                 continue;
             };
             println!(
-                "{:<12} {:<7} {:<6} {:>6} {:<17} {:>6} {:>7} {:>9} {:>8} {:>7} {:>7}",
+                "{:<12} {:<7} {:<14} {:>6} {:<17} {:>6} {:>7} {:>9} {:>8} {:>7} {:>7}",
                 name, "slave", "leaving", "-", "-", "-", "-", "-", "-", "-", "-"
             );
+        }
+    }
+    // What each node that answered believes of the others, when one of them is not up.
+    for (node, answer) in &answers {
+        let Ok(s) = answer else { continue };
+        let views: Vec<String> = s
+            .children()
+            .filter(|l| l.name == "link")
+            .map(|l| {
+                let state = match (l.attr("up"), l.attr("failed")) {
+                    (Some("true"), _) => "up",
+                    (_, Some("true")) => "failed",
+                    _ => "down",
+                };
+                format!("{} {state}", l.attr("node").unwrap_or("?"))
+            })
+            .collect();
+        if views.iter().any(|v| !v.ends_with(" up")) {
+            println!("{} sees: {}", node.name, views.join(", "));
         }
     }
     if tables.len() > 1 {

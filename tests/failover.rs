@@ -12,6 +12,22 @@ use std::net::SocketAddr;
 use common::{Raw, TestFarm, plain_auth};
 use jabberfarm_testkit::servers;
 
+/// `jabberfarm status` of `farm`: the line of `node`, and every line.
+fn status_of(farm: &TestFarm, node: &str) -> (String, String) {
+    let out = std::process::Command::new(common::BIN)
+        .args(["status", "--config"])
+        .arg(&farm.config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(node))
+        .unwrap_or_default()
+        .to_owned();
+    (line, text)
+}
+
 /// The `HOST:PORT` of a `<see-other-host/>` in `text`.
 fn redirect_of(text: &str) -> String {
     let start = text.find("<see-other-host").unwrap();
@@ -59,6 +75,13 @@ fn a_failed_slave_s_users_are_served_by_the_next_and_move_back_when_it_returns()
     assert!(
         farm.slaves.iter().any(|s| s.c2s == to),
         "{to} is not a slave"
+    );
+
+    let (line, all) = status_of(&farm, &owner);
+    assert_eq!(line.split_whitespace().nth(2), Some("failed"), "{all}");
+    assert!(
+        all.contains("master sees: ") && all.contains(&format!("{owner} failed")),
+        "{all}"
     );
 
     // The next slave takes the login and serves the user: messages both ways.
@@ -142,6 +165,12 @@ fn a_slave_taken_out_of_service_sends_its_users_to_the_next_and_gets_them_back()
         let got = m.wait_closed(5);
         assert_eq!(redirect_of(&got), to.to_string(), "{got}");
     }
+    let (line, all) = status_of(&farm, &owner);
+    assert_eq!(
+        line.split_whitespace().nth(2),
+        Some("out-of-service"),
+        "{all}"
+    );
     let mut away = Raw::login(to, &x, "pw", "r");
     away.send("<presence/>");
     away.sync("localhost");

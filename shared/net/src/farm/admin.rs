@@ -31,8 +31,9 @@ impl FarmLinks {
         let _ = self.admin_handler.set(handler);
     }
 
-    /// This node as the links see it: `<status node role epoch fingerprint>` with one
-    /// `<link node up queued/>` per peer (`queued`: frames its outbox keeps).
+    /// This node as the links see it: `<status node role state epoch fingerprint>` (`state`:
+    /// `up`, or `out-of-service`) with one `<link node up failed queued/>` per peer (`failed`:
+    /// this node counts it failed; `queued`: frames its outbox keeps).
     pub fn status(&self) -> Element {
         let topology = self.topology.load();
         let role = topology
@@ -45,6 +46,14 @@ impl FarmLinks {
             Element::new("status", LINK_NS)
                 .with_attr("node", &self.me)
                 .with_attr("role", role)
+                .with_attr(
+                    "state",
+                    if topology.node(&self.me).is_some_and(|n| !n.inservice) {
+                        "out-of-service"
+                    } else {
+                        "up"
+                    },
+                )
                 .with_attr("epoch", topology.epoch.to_string())
                 .with_attr("fingerprint", topology.fingerprint()),
             |el, peer| {
@@ -52,6 +61,7 @@ impl FarmLinks {
                     Element::new("link", LINK_NS)
                         .with_attr("node", peer)
                         .with_attr("up", self.is_up(peer).to_string())
+                        .with_attr("failed", self.is_failed(peer).to_string())
                         .with_attr("queued", self.queued(peer).0.to_string()),
                 )
             },

@@ -192,8 +192,15 @@ impl Moves {
     }
 }
 
+/// How long a session whose server went away (killed: no `<see-other-host/>`) keeps trying
+/// to log in again from the start, and how often — as a client's automatic reconnect does
+/// while the farm fails its users over to another slave.
+const RELOGIN_FOR: Duration = Duration::from_secs(60);
+const RELOGIN_EVERY: Duration = Duration::from_millis(500);
+
 /// Keep a session open: answer the server's pings (XEP-0199), ignore everything else, log
-/// out when told; with `again`, log in again where the server sends a moved session.
+/// out when told; with `again`, log in again where the server sends a moved session, or from
+/// the start (retrying for [`RELOGIN_FOR`]) when its connection ends without a word.
 async fn hold_session(mut s: Session, done: CancellationToken, again: Option<Again>) {
     loop {
         tokio::select! {
@@ -229,6 +236,36 @@ async fn hold_session(mut s: Session, done: CancellationToken, again: Option<Aga
                         if s.conn.send(&reply).await.is_err() {
                             return;
                         }
+                    }
+                }
+                // The connection ended without a word (its server was killed): from the start.
+                Err(_) if again.is_some() && !done.is_cancelled() => {
+                    let Some(a) = again.as_ref() else { return };
+                    let t0 = Instant::now();
+                    if let Ok(mut first) = a.moves.first_redirect.lock() {
+                        first.get_or_insert(t0);
+                    }
+                    let until = t0 + RELOGIN_FOR;
+                    let new = loop {
+                        match a.relogin.login_at(&a.relogin.home).await {
+                            Ok(new) => break Some(new),
+                            Err(_) if Instant::now() < until && !done.is_cancelled() => {
+                                tokio::time::sleep(RELOGIN_EVERY).await;
+                            }
+                            Err(_) => break None,
+                        }
+                    };
+                    let Some(new) = new else {
+                        a.moves.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        return;
+                    };
+                    s = new;
+                    let now = Instant::now();
+                    if let Ok(mut l) = a.moves.latencies.lock() {
+                        l.push(now.duration_since(t0).as_nanos() as u64);
+                    }
+                    if let Ok(mut last) = a.moves.last_session.lock() {
+                        *last = Some(now);
                     }
                 }
                 // The server ended the session.

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Failover with central data (MariaDB; issue 15, docs/operations.md): SESSIONS users online,
+# about half on each slave of the demo farm (hash mode); slave2 is killed with SIGKILL, and
+# every one of its clients logs in again through the master (as a client's automatic
+# reconnect does, every 0.5 s until it gets in), which sends them to slave1 once it has marked
+# slave2 failed. How long until every session is back, and what the nodes spend meanwhile;
+# then slave2 is started again and its users are sent home at [rebalance] users_per_second.
+#
+#   bash bench/failover.sh [OUT_DIR]   # default: /tmp/jabberfarm-failover/<date-time>
+#
+# It starts a throwaway MariaDB (tests/servers/mariadb.sh, 127.0.0.1:DB_PORT, data under OUT),
+# writes OUT/farm.toml from conf/farm.toml with the data in it, creates the users bench0…
+# (SCRAM keys in MariaDB), starts every node as its own process, and holds SESSIONS sessions
+# with `jabberfarm-bench idle --follow-moves` (SCRAM-SHA-256, following the master's
+# redirects; a session whose connection ends logs in again from the master). The bench
+# reports sessions back (`moved`), each one's time from losing its connection to its new
+# session (p50, p99), and the window from the first loss to the last new session; the script
+# prints the time from the kill to every session on slave1, and each node's CPU meanwhile.
+# Environment: SESSIONS (default 10000), RATE (users sent home per second, default 1000),
+# DB_PORT (default 3399), SKIP_BUILD=1. Needs mariadb-server (the programs only).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/lib.sh
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/jabberfarm-target}"
+sessions="${SESSIONS:-10000}"
+rate="${RATE:-1000}"
+db_port="${DB_PORT:-3399}"
+out="${1:-${TMPDIR:-/tmp}/jabberfarm-failover/$(date +%Y%m%d-%H%M%S)}"
+bin="$CARGO_TARGET_DIR/release"
+
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release -p jabberfarm -p jabberfarm-bench
+ports_free "a farm" 5222 5322 5422 7100 "$db_port"
+mkdir -p "$out"
+data="$out/data"
+machine_info "$out/machine.txt"
+
+db_stop() { bash tests/servers/mariadb.sh stop "$out/db" >/dev/null 2>&1 || true; }
+url=$(bash tests/servers/mariadb.sh start "$out/db" "$db_port" $$ | sed -n 's/^url=//p')
+[ -n "$url" ] || { echo "MariaDB did not start" >&2; exit 1; }
+bash tests/servers/mariadb.sh sql "$out/db" 'CREATE DATABASE jf_bench'
+trap 'cleanup; db_stop' EXIT
+
+demo_config always "$out/farm.tmp"
+sed -e 's/^backend = "sqlite" .*/backend = "mysql"/' "$out/farm.tmp" >"$out/farm.toml"
+rm "$out/farm.tmp"
+printf '\n[storage.mysql]\nurl = "%s/jf_bench"\nmax_connections = 16\n\n[rebalance]\nusers_per_second = %s\n' \
+  "$url" "$rate" >>"$out/farm.toml"
+grep -q '^backend = "mysql"' "$out/farm.toml" || { echo "conf/farm.toml: no backend line to set" >&2; exit 1; }
+"$bin/jabberfarm" check --config "$out/farm.toml"
+
+echo "== $sessions users in MariaDB"
+CONFIG="$out/farm.toml" DATA_DIR="$data" JABBERFARM="$bin/jabberfarm" bash bench/setup-users.sh "$sessions"
+start_demo_nodes "$bin" "$out/farm.toml" "$data" "$out"
+
+echo "== $sessions sessions"
+"$bin/jabberfarm-bench" idle --port 5222 --follow-redirects --follow-moves \
+  --tls starttls --ca "$data/tls/ca.pem" --mechanism SCRAM-SHA-256 \
+  --user-count "$sessions" --count "$sessions" --concurrency 50 --duration 300 --timeout 60 \
+  --hold 900 --ready-file "$out/ready" --json "$out/idle.json" >"$out/idle.txt" 2>&1 &
+bench_pid=$!
+for _ in $(seq 1 3000); do
+  [ -s "$out/ready" ] && break
+  kill -0 "$bench_pid" 2>/dev/null || { echo "the bench ended early:" >&2; tail -20 "$out/idle.txt" >&2; exit 1; }
+  sleep 0.1
+done
+on2=$("$bin/jabberfarm" status --config "$out/farm.toml" | awk '$1 == "slave2" { print $8 }')
+echo "in: $(cat "$out/ready") sessions, $on2 of them on slave2"
+
+declare -A before
+for node in master slave1; do before[$node]=$(cpu_ticks "${pid_of[$node]}"); done
+echo "== kill -9 slave2"
+start=$(date +%s.%N)
+kill -KILL "${pid_of[slave2]}"
+back=""
+for _ in $(seq 1 2400); do
+  if { "$bin/jabberfarm" status --config "$out/farm.toml" 2>/dev/null || true; } \
+      | awk -v n="$sessions" '$1 == "slave1" && $8 == n { found = 1 } END { exit !found }'; then
+    back=1
+    break
+  fi
+  sleep 0.05
+done
+end=$(date +%s.%N)
+[ -n "$back" ] || { echo "not every session reached slave1:" >&2; "$bin/jabberfarm" status --config "$out/farm.toml" >&2; exit 1; }
+{
+  awk -v s="$start" -v e="$end" -v n="$on2" \
+    'BEGIN { printf "from kill -9 to every session on slave1 (%d came from slave2): %.2f s\n", n, e - s }'
+  hz=$(getconf CLK_TCK)
+  for node in master slave1; do
+    awk -v n="$node" -v b="${before[$node]}" -v a="$(cpu_ticks "${pid_of[$node]}")" -v hz="$hz" \
+      'BEGIN { printf "CPU %-7s %.2f s\n", n, (a - b) / hz }'
+  done
+  grep -c 'failover: the owner is failed' "$out/master.log" | sed 's/^/logins failed over by the master: /'
+} | tee "$out/result.txt"
+
+echo "== slave2 started again: its users are sent home at $rate/s"
+"$bin/jabberfarm" run --config "$out/farm.toml" --node slave2 --data-dir "$data" >>"$out/slave2.log" 2>&1 &
+pids+=($!)
+pid_of[slave2]=$!
+start=$(date +%s.%N)
+home=""
+for _ in $(seq 1 2400); do
+  if { "$bin/jabberfarm" status --config "$out/farm.toml" 2>/dev/null || true; } \
+      | awk -v n="$on2" '$1 == "slave2" && $8 == n { found = 1 } END { exit !found }'; then
+    home=1
+    break
+  fi
+  sleep 0.05
+done
+end=$(date +%s.%N)
+if [ -n "$home" ]; then
+  awk -v s="$start" -v e="$end" -v n="$on2" \
+    'BEGIN { printf "from the restart to %d sessions home on slave2: %.2f s\n", n, e - s }' | tee -a "$out/result.txt"
+else
+  echo "not every session went home:" | tee -a "$out/result.txt"
+  "$bin/jabberfarm" status --config "$out/farm.toml" | tee -a "$out/result.txt"
+fi
+sleep 3
+kill -USR1 "$bench_pid"
+wait "$bench_pid" || true
+grep -E 'moved|move_' "$out/idle.txt" | tee -a "$out/result.txt" || tail -20 "$out/idle.txt"
+echo "results in $out"

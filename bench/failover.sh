@@ -40,6 +40,18 @@ url=$(bash tests/servers/mariadb.sh start "$out/db" "$db_port" $$ | sed -n 's/^u
 bash tests/servers/mariadb.sh sql "$out/db" 'CREATE DATABASE jf_bench'
 trap 'cleanup; db_stop' EXIT
 
+# wait_sessions NODE N: until NODE's sessions column of `status` says N (at most 120 s; a
+# node that is down makes status fail, which is expected here).
+wait_sessions() {
+  for _ in $(seq 1 2400); do
+    { "$bin/jabberfarm" status --config "$out/farm.toml" 2>/dev/null || true; } \
+      | awk -v node="$1" -v n="$2" '$1 == node && $8 == n { found = 1 } END { exit !found }' \
+      && return 0
+    sleep 0.05
+  done
+  return 1
+}
+
 demo_config always "$out/farm.tmp"
 sed -e 's/^backend = "sqlite" .*/backend = "mysql"/' "$out/farm.tmp" >"$out/farm.toml"
 rm "$out/farm.tmp"
@@ -72,14 +84,7 @@ echo "== kill -9 slave2"
 start=$(date +%s.%N)
 kill -KILL "${pid_of[slave2]}"
 back=""
-for _ in $(seq 1 2400); do
-  if { "$bin/jabberfarm" status --config "$out/farm.toml" 2>/dev/null || true; } \
-      | awk -v n="$sessions" '$1 == "slave1" && $8 == n { found = 1 } END { exit !found }'; then
-    back=1
-    break
-  fi
-  sleep 0.05
-done
+wait_sessions slave1 "$sessions" && back=1
 end=$(date +%s.%N)
 [ -n "$back" ] || { echo "not every session reached slave1:" >&2; "$bin/jabberfarm" status --config "$out/farm.toml" >&2; exit 1; }
 {
@@ -99,14 +104,7 @@ pids+=($!)
 pid_of[slave2]=$!
 start=$(date +%s.%N)
 home=""
-for _ in $(seq 1 2400); do
-  if { "$bin/jabberfarm" status --config "$out/farm.toml" 2>/dev/null || true; } \
-      | awk -v n="$on2" '$1 == "slave2" && $8 == n { found = 1 } END { exit !found }'; then
-    home=1
-    break
-  fi
-  sleep 0.05
-done
+wait_sessions slave2 "$on2" && home=1
 end=$(date +%s.%N)
 if [ -n "$home" ]; then
   awk -v s="$start" -v e="$end" -v n="$on2" \

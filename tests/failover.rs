@@ -12,6 +12,18 @@ use std::net::SocketAddr;
 use common::{Raw, TestFarm, plain_auth};
 use jabberfarm_testkit::servers;
 
+/// Three slaves, every node its own process, the data in a database of its own (`name`) in
+/// the shared MariaDB: central data, so failover is on.
+fn central_farm(name: &str) -> TestFarm {
+    let url = servers::shared_mariadb().create_database(name);
+    let storage = format!(
+        "[storage]\nbackend = \"mysql\"\n[storage.mysql]\nurl = \"{url}\"\nmax_connections = 4\n\n"
+    );
+    TestFarm::start_processes_edited(3, |t| {
+        t.replacen("[storage]\nscram_iterations = 4096\n\n", &storage, 1)
+    })
+}
+
 /// `jabberfarm status` of `farm`: the line of `node`, and every line.
 fn status_of(farm: &TestFarm, node: &str) -> (String, String) {
     let out = std::process::Command::new(common::BIN)
@@ -38,14 +50,7 @@ fn redirect_of(text: &str) -> String {
 
 #[test]
 fn a_failed_slave_s_users_are_served_by_the_next_and_move_back_when_it_returns() {
-    let db = servers::shared_mariadb();
-    let url = db.create_database("failover");
-    let storage = format!(
-        "[storage]\nbackend = \"mysql\"\n[storage.mysql]\nurl = \"{url}\"\nmax_connections = 4\n\n"
-    );
-    let mut farm = TestFarm::start_processes_edited(3, |t| {
-        t.replacen("[storage]\nscram_iterations = 4096\n\n", &storage, 1)
-    });
+    let mut farm = central_farm("failover");
     let (x, c) = farm.user_pair("fail", "pw");
     let owner = farm.owner(&x).name.clone();
     let owner_c2s = farm.owner(&x).c2s;
@@ -116,14 +121,7 @@ fn a_failed_slave_s_users_are_served_by_the_next_and_move_back_when_it_returns()
 /// and it keeps running; back in service, they are moved home.
 #[test]
 fn a_slave_taken_out_of_service_sends_its_users_to_the_next_and_gets_them_back() {
-    let db = servers::shared_mariadb();
-    let url = db.create_database("inservice");
-    let storage = format!(
-        "[storage]\nbackend = \"mysql\"\n[storage.mysql]\nurl = \"{url}\"\nmax_connections = 4\n\n"
-    );
-    let farm = TestFarm::start_processes_edited(3, |t| {
-        t.replacen("[storage]\nscram_iterations = 4096\n\n", &storage, 1)
-    });
+    let farm = central_farm("inservice");
     let (x, _) = farm.user_pair("maint", "pw");
     let owner = farm.owner(&x).name.clone();
     let owner_c2s = farm.owner(&x).c2s;

@@ -8,20 +8,23 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use common::{Raw, TestFarm, plain_auth};
-use jabberfarm_testkit::servers;
+use jabberfarm_testkit::servers::{self, MariaDb};
 
 /// Three slaves, every node its own process, the data in a database of its own (`name`) in
-/// the shared MariaDB: central data, so failover is on.
-fn central_farm(name: &str) -> TestFarm {
-    let url = servers::shared_mariadb().create_database(name);
+/// the shared MariaDB (kept running while the test holds it): central data, so failover is on.
+fn central_farm(name: &str) -> (TestFarm, Arc<MariaDb>) {
+    let db = servers::shared_mariadb();
+    let url = db.create_database(name);
     let storage = format!(
         "[storage]\nbackend = \"mysql\"\n[storage.mysql]\nurl = \"{url}\"\nmax_connections = 4\n\n"
     );
-    TestFarm::start_processes_edited(3, |t| {
+    let farm = TestFarm::start_processes_edited(3, |t| {
         t.replacen("[storage]\nscram_iterations = 4096\n\n", &storage, 1)
-    })
+    });
+    (farm, db)
 }
 
 /// `jabberfarm status` of `farm`: the line of `node`, and every line.
@@ -50,7 +53,7 @@ fn redirect_of(text: &str) -> String {
 
 #[test]
 fn a_failed_slave_s_users_are_served_by_the_next_and_move_back_when_it_returns() {
-    let mut farm = central_farm("failover");
+    let (mut farm, _db) = central_farm("failover");
     let (x, c) = farm.user_pair("fail", "pw");
     let owner = farm.owner(&x).name.clone();
     let owner_c2s = farm.owner(&x).c2s;
@@ -121,7 +124,7 @@ fn a_failed_slave_s_users_are_served_by_the_next_and_move_back_when_it_returns()
 /// and it keeps running; back in service, they are moved home.
 #[test]
 fn a_slave_taken_out_of_service_sends_its_users_to_the_next_and_gets_them_back() {
-    let farm = central_farm("inservice");
+    let (farm, _db) = central_farm("inservice");
     let (x, _) = farm.user_pair("maint", "pw");
     let owner = farm.owner(&x).name.clone();
     let owner_c2s = farm.owner(&x).c2s;

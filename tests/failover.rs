@@ -10,6 +10,7 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use common::agents::Agent;
 use common::{Raw, TestFarm, plain_auth};
 use jabberfarm_testkit::servers::{self, MariaDb};
 
@@ -180,4 +181,44 @@ fn a_slave_taken_out_of_service_sends_its_users_to_the_next_and_gets_them_back()
     let home = away.wait_for("see-other-host", 10);
     let home = home + &away.wait_for("</see-other-host>", 5);
     assert_eq!(redirect_of(&home), owner_c2s.to_string(), "{home}");
+}
+
+/// Real clients through the master after a failover: Debian's slixmpp (which does not follow
+/// `<see-other-host/>`; the master relays it once it comes back) and xmpp.js (which follows
+/// it), both users of the killed slave, get in at the next slave of their ranking and chat.
+#[test]
+fn real_clients_get_in_through_the_master_after_a_failover() {
+    let (mut farm, _db) = central_farm("clients");
+    let users: Vec<String> = farm
+        .users_on_every_slave("real", 2)
+        .into_iter()
+        .filter(|(_, o)| o == "slave2")
+        .map(|(u, _)| u)
+        .collect();
+    let (x, y) = (users[0].clone(), users[1].clone());
+    farm.add_user(&x, "pw");
+    farm.add_user(&y, "pw");
+    farm.kill_node("slave2");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while status_of(&farm, "slave2").0.split_whitespace().nth(2) != Some("failed") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            status_of(&farm, "slave2").1
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let master = farm.master.c2s;
+    let mut sx = Agent::slixmpp_at(&farm, "slixmpp", &x, "pw", "sx", master, &[]);
+    let mut js = Agent::xmppjs(&farm, "xmppjs", &y, "pw", "js");
+    farm.wait_log(&format!("failover: the owner is failed user=\"{x}\""), 5);
+    farm.wait_log(&format!("failover: the owner is failed user=\"{y}\""), 5);
+    sx.message(&js.jid.clone(), "from slixmpp");
+    js.expect("slixmpp's message", |e| {
+        e.kind() == "message" && e.is("body", "from slixmpp")
+    });
+    js.message(&sx.jid.clone(), "from xmpp.js");
+    sx.expect("xmpp.js's message", |e| {
+        e.kind() == "message" && e.is("body", "from xmpp.js")
+    });
 }

@@ -34,11 +34,7 @@ mkdir -p "$out"
 data="$out/data"
 machine_info "$out/machine.txt"
 
-db_stop() { bash tests/servers/mariadb.sh stop "$out/db" >/dev/null 2>&1 || true; }
-url=$(bash tests/servers/mariadb.sh start "$out/db" "$db_port" $$ | sed -n 's/^url=//p')
-[ -n "$url" ] || { echo "MariaDB did not start" >&2; exit 1; }
-bash tests/servers/mariadb.sh sql "$out/db" 'CREATE DATABASE jf_bench'
-trap 'cleanup; db_stop' EXIT
+start_bench_mariadb "$out/db" "$db_port"
 
 # wait_sessions NODE N: until NODE's sessions column of `status` says N (at most 120 s; a
 # node that is down makes status fail, which is expected here).
@@ -55,9 +51,7 @@ wait_sessions() {
 demo_config always "$out/farm.tmp"
 sed -e 's/^backend = "sqlite" .*/backend = "mysql"/' "$out/farm.tmp" >"$out/farm.toml"
 rm "$out/farm.tmp"
-printf '\n[storage.mysql]\nurl = "%s/jf_bench"\nmax_connections = 16\n\n[rebalance]\nusers_per_second = %s\n' \
-  "$url" "$rate" >>"$out/farm.toml"
-grep -q '^backend = "mysql"' "$out/farm.toml" || { echo "conf/farm.toml: no backend line to set" >&2; exit 1; }
+central_storage "$out/farm.toml" "$rate"
 "$bin/jabberfarm" check --config "$out/farm.toml"
 
 echo "== $sessions users in MariaDB"

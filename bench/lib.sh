@@ -93,3 +93,23 @@ cpu_report() {
       'BEGIN { printf "CPU %-7s %.2f s\n", n, (a - b) / hz }'
   done
 }
+
+# start_bench_mariadb DIR PORT: a throwaway MariaDB (tests/servers/mariadb.sh, data in DIR,
+# on 127.0.0.1:PORT) with an empty database jf_bench; sets db_url, and stops it (after the
+# nodes, `cleanup`) when the script exits.
+start_bench_mariadb() {
+  db_dir=$1
+  db_url=$(bash tests/servers/mariadb.sh start "$db_dir" "$2" $$ | sed -n 's/^url=//p')
+  [ -n "$db_url" ] || { echo "MariaDB did not start" >&2; exit 1; }
+  bash tests/servers/mariadb.sh sql "$db_dir" 'CREATE DATABASE jf_bench'
+  trap 'cleanup; bash tests/servers/mariadb.sh stop "$db_dir" >/dev/null 2>&1 || true' EXIT
+}
+
+# central_storage CONFIG RATE: CONFIG (from demo_config, its `backend` line set to "mysql"
+# already) gets its data in start_bench_mariadb's jf_bench and [rebalance] users_per_second =
+# RATE; checked.
+central_storage() {
+  printf '\n[storage.mysql]\nurl = "%s/jf_bench"\nmax_connections = 16\n\n[rebalance]\nusers_per_second = %s\n' \
+    "$db_url" "$2" >>"$1"
+  grep -q '^backend = "mysql"' "$1" || { echo "conf/farm.toml: no backend line to set" >&2; exit 1; }
+}

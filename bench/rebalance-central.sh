@@ -38,11 +38,7 @@ mkdir -p "$out"
 data="$out/data"
 machine_info "$out/machine.txt"
 
-db_stop() { bash tests/servers/mariadb.sh stop "$out/db" >/dev/null 2>&1 || true; }
-url=$(bash tests/servers/mariadb.sh start "$out/db" "$db_port" $$ | sed -n 's/^url=//p')
-[ -n "$url" ] || { echo "MariaDB did not start" >&2; exit 1; }
-bash tests/servers/mariadb.sh sql "$out/db" 'CREATE DATABASE jf_bench'
-trap 'cleanup; db_stop' EXIT
+start_bench_mariadb "$out/db" "$db_port"
 
 # ranges_config SLAVE1_RANGE SLAVE2_RANGE OUT: the demo config with the data in MariaDB and
 # these two ranges.
@@ -54,9 +50,7 @@ ranges_config() {
       -e "s/^mode = \"hash\"/mode = \"ranges\"\nother = \"slave1\"\n[[routing.ranges]]\nletters = \"$one\"\nnode = \"slave1\"\n[[routing.ranges]]\nletters = \"$two\"\nnode = \"slave2\"/" \
       "$out.tmp" >"$out"
   rm "$out.tmp"
-  printf '\n[storage.mysql]\nurl = "%s/jf_bench"\nmax_connections = 16\n\n[rebalance]\nusers_per_second = %s\n' \
-    "$url" "$rate" >>"$out"
-  grep -q '^backend = "mysql"' "$out" || { echo "conf/farm.toml: no backend line to set" >&2; exit 1; }
+  central_storage "$out" "$rate"
   "$bin/jabberfarm" check --config "$out" >/dev/null
 }
 ranges_config a-m n-z "$out/old.toml"

@@ -167,11 +167,7 @@ impl Shared {
     /// [`Self::receive`] for a receiver that remembers the last number it got from its
     /// partner (`last`): one that comes after a later one is counted.
     fn receive_in_order(&self, el: &Element, last: &mut Option<u64>) -> Option<u64> {
-        let seq = self
-            .seen
-            .as_ref()
-            .and_then(|_| el.attr("id")?.strip_prefix('m')?.parse::<u64>().ok());
-        let lat = self.receive(el)?;
+        let (lat, seq) = self.take(el)?;
         if let Some(seq) = seq {
             if let Some(l) = *last
                 && seq < l
@@ -190,6 +186,11 @@ impl Shared {
 
     /// A message from the partner: its latency. Bounces are counted.
     fn receive(&self, el: &Element) -> Option<u64> {
+        self.take(el).map(|(lat, _)| lat)
+    }
+
+    /// [`Self::receive`], with the message's number when duplicates are counted.
+    fn take(&self, el: &Element) -> Option<(u64, Option<u64>)> {
         if !el.is("message", ns::CLIENT) {
             return None;
         }
@@ -197,17 +198,19 @@ impl Shared {
             self.bounced.fetch_add(1, Ordering::Relaxed);
             return None;
         }
+        let mut number = None;
         if let Some(seen) = &self.seen {
             let seq: u64 = el.attr("id")?.strip_prefix('m')?.parse().ok()?;
             if !seen.lock().is_ok_and(|mut s| s.insert(seq)) {
                 self.duplicates.fetch_add(1, Ordering::Relaxed);
                 return None;
             }
+            number = Some(seq);
         }
         let body = el.child("body", ns::CLIENT)?.text();
         let sent: u64 = body.split(' ').next()?.parse().ok()?;
         self.received.fetch_add(1, Ordering::Relaxed);
-        Some(self.now_ns().saturating_sub(sent))
+        Some((self.now_ns().saturating_sub(sent), number))
     }
 }
 

@@ -526,15 +526,7 @@ impl FarmLinks {
     /// central data, when the owner is failed — the first slave of its ranking that is not
     /// (docs/operations.md, "Failover"). With every one failed, the owner.
     pub fn serving<'t>(&self, topology: &'t jabberfarm_config::Topology, user: &str) -> &'t str {
-        let owner = topology.owner(user);
-        if !self.failover || !self.is_failed(owner) {
-            return owner;
-        }
-        topology
-            .ranked(user)
-            .into_iter()
-            .find(|n| !self.is_failed(n))
-            .unwrap_or(owner)
+        self.first_of_ranking(topology, user, |n| self.is_failed(n))
     }
 
     /// [`Self::serving`] for a login the master sent here: a slave whose link is down counts
@@ -545,8 +537,20 @@ impl FarmLinks {
         topology: &'t jabberfarm_config::Topology,
         user: &str,
     ) -> &'t str {
+        self.first_of_ranking(topology, user, |n| {
+            (n != self.me && !self.is_up(n)) || self.is_failed(n)
+        })
+    }
+
+    /// The owner of `user`, unless failover applies and it is `gone`: then the first slave of
+    /// the user's ranking that is not (the owner when all are).
+    fn first_of_ranking<'t>(
+        &self,
+        topology: &'t jabberfarm_config::Topology,
+        user: &str,
+        gone: impl Fn(&str) -> bool,
+    ) -> &'t str {
         let owner = topology.owner(user);
-        let gone = |n: &str| (n != self.me && !self.is_up(n)) || self.is_failed(n);
         if !self.failover || !gone(owner) {
             return owner;
         }

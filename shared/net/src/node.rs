@@ -236,8 +236,8 @@ fn register_common(
         "Failed authentications (wrong password or unknown user)",
         c2s.counters.auth_failed.clone(),
     );
+    let lost = links.lost.clone();
     let (topology, links) = (topology.clone(), Arc::downgrade(links));
-    let lost = links.upgrade().map(|l| l.lost.clone()).unwrap_or_default();
     m.on_scrape(move || {
         epoch.set(i64::try_from(topology.load().epoch).unwrap_or(i64::MAX));
         let Some(links) = links.upgrade() else { return };

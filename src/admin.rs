@@ -1,4 +1,4 @@
-//! `jabberfarm status` and `jabberfarm reload`: admin requests to the running farm, over each
+//! `jabberfarm status`, `reload`, `drain` and `undrain`: admin requests to the running farm, over each
 //! node's farm port, authenticated with the farm secret from the config
 //! ([`jabberfarm_net::farm::admin_request`]).
 
@@ -31,12 +31,7 @@ pub(crate) fn link_client(cfg: &FarmConfig) -> Result<Option<Arc<rustls::ClientC
 }
 
 pub async fn reload(cfg: &FarmConfig) -> Result<ExitCode> {
-    let client = link_client(cfg)?;
-    let master = cfg.master().name.clone();
-    let request = Element::new("reload", LINK_NS);
-    let answer = admin_request(cfg, &master, client.as_ref(), &request, RELOAD_WAIT)
-        .await
-        .map_err(|e| anyhow::anyhow!("{master} (the master, {}): {e}", cfg.master().farm))?;
+    let answer = ask_master(cfg, &Element::new("reload", LINK_NS), RELOAD_WAIT).await?;
     if answer.is("reloaded", LINK_NS) {
         let get = |name| answer.attr(name).unwrap_or("?");
         if get("changed") == "true" {
@@ -63,10 +58,143 @@ pub async fn reload(cfg: &FarmConfig) -> Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     anyhow::bail!(
-        "{master} answered <{}/>: {}",
+        "the master answered <{}/>: {}",
         answer.name,
         answer.attr("reason").unwrap_or("")
     )
+}
+
+/// How long the master has to answer a drain (it hands the topology to every node).
+const DRAIN_WAIT: Duration = Duration::from_secs(30);
+
+/// `--over`: seconds (`90`), or a number with `s`, `m` or `h`.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: a number of seconds, or with s, m or h (90s, 10m, 1h)"))?;
+    let secs = match unit.trim() {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        other => return Err(format!("{text:?}: unknown unit {other:?} (s, m or h)")),
+    };
+    if secs == 0 {
+        return Err("a drain's window must be at least 1 s".to_owned());
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+/// Asks the master; what it answered, or an error naming it.
+async fn ask_master(cfg: &FarmConfig, request: &Element, wait: Duration) -> Result<Element> {
+    let client = link_client(cfg)?;
+    let master = cfg.master().name.clone();
+    admin_request(cfg, &master, client.as_ref(), request, wait)
+        .await
+        .map_err(|e| anyhow::anyhow!("{master} (the master, {}): {e}", cfg.master().farm))
+}
+
+pub async fn drain(
+    cfg: &FarmConfig,
+    node: &str,
+    over: Option<Duration>,
+    wait: bool,
+) -> Result<ExitCode> {
+    let request = Element::new("drain", LINK_NS)
+        .with_attr("node", node)
+        .with_opt_attr("over", over.map(|o| o.as_secs().to_string()));
+    let answer = ask_master(cfg, &request, DRAIN_WAIT).await?;
+    if answer.is("drain-refused", LINK_NS) {
+        println!(
+            "refused: {}",
+            answer.attr("reason").unwrap_or("no reason given")
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    if !answer.is("draining", LINK_NS) {
+        anyhow::bail!(
+            "the master answered <{}/>: {}",
+            answer.name,
+            answer.attr("reason").unwrap_or("")
+        );
+    }
+    let window = over.map_or_else(
+        || format!("at {} user(s) a second", cfg.rebalance.users_per_second),
+        |o| format!("over {} s", o.as_secs()),
+    );
+    println!(
+        "draining {node} (topology epoch {}): no new logins; its sessions move to their next          slave {window}",
+        answer.attr("epoch").unwrap_or("?")
+    );
+    if !wait {
+        println!("`jabberfarm status` says drained once its sessions are gone");
+        return Ok(ExitCode::SUCCESS);
+    }
+    wait_drained(cfg, node, over).await
+}
+
+/// Polls `node` until it reports drained (its sessions gone), printing what is left.
+async fn wait_drained(cfg: &FarmConfig, node: &str, over: Option<Duration>) -> Result<ExitCode> {
+    let client = link_client(cfg)?;
+    // The window, and as long again (at the configured rate when there is none), before
+    // giving up.
+    let patience = over.unwrap_or(Duration::from_secs(600)) * 2 + Duration::from_secs(30);
+    let started = std::time::Instant::now();
+    let mut said = None;
+    loop {
+        let request = Element::new("status", LINK_NS);
+        match admin_request(cfg, node, client.as_ref(), &request, STATUS_WAIT).await {
+            Ok(s) if s.attr("state") == Some("drained") => {
+                println!(
+                    "{node} is drained ({:.0} s)",
+                    started.elapsed().as_secs_f64()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            Ok(s) => {
+                let left = s.attr("sessions").unwrap_or("?").to_owned();
+                if said.as_ref() != Some(&left) {
+                    println!("{node}: {left} session(s) left");
+                    said = Some(left);
+                }
+            }
+            Err(e) => println!("{node} does not answer: {e}"),
+        }
+        if started.elapsed() > patience {
+            println!(
+                "{node} is not drained after {} s: see its log",
+                started.elapsed().as_secs()
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+pub async fn undrain(cfg: &FarmConfig, node: &str) -> Result<ExitCode> {
+    let request = Element::new("undrain", LINK_NS).with_attr("node", node);
+    let answer = ask_master(cfg, &request, DRAIN_WAIT).await?;
+    if !answer.is("undrained", LINK_NS) {
+        anyhow::bail!(
+            "the master answered <{}/>: {}",
+            answer.name,
+            answer.attr("reason").unwrap_or("")
+        );
+    }
+    if answer.attr("was") == Some("true") {
+        println!(
+            "{node} is back in service (topology epoch {}): its users are sent home at {} a              second",
+            answer.attr("epoch").unwrap_or("?"),
+            cfg.rebalance.users_per_second
+        );
+    } else {
+        println!("{node} was not drained: nothing to do");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn status(cfg: Arc<FarmConfig>) -> Result<ExitCode> {
@@ -209,4 +337,25 @@ pub async fn status(cfg: Arc<FarmConfig>) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drain_windows() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("0").unwrap_err().contains("at least 1 s"));
+        assert!(parse_duration("5d").unwrap_err().contains("unknown unit"));
+        assert!(
+            parse_duration("soon")
+                .unwrap_err()
+                .contains("a number of seconds")
+        );
+    }
 }

@@ -103,6 +103,30 @@ enum Command {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Drain a slave for maintenance: no new logins on it, and its sessions are moved to
+    /// their next slave (redirected, or relayed as they logged in), spread over --over; then
+    /// `status` says it is drained. Needs central data (MySQL). It stays drained, restarts
+    /// included, until `undrain`.
+    Drain {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The slave.
+        node: String,
+        /// Spread the moves over this long (`90`, `90s`, `10m`, `1h`); default: at
+        /// `[rebalance] users_per_second`.
+        #[arg(long, value_parser = admin::parse_duration)]
+        over: Option<std::time::Duration>,
+        /// Wait until the slave is drained, printing the sessions left.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Put a drained slave back in service: it takes logins again and its users are sent
+    /// home at `[rebalance] users_per_second`.
+    Undrain {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        node: String,
+    },
     /// The running farm as a table: every node's role, whether it answers, its topology epoch
     /// and routing fingerprint, its links, users and sessions (slaves), relayed clients
     /// (master). Asked over each node's farm port with the farm secret.
@@ -270,6 +294,15 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
         }
         Command::Reload { config } => return admin::reload(&*load(&config, None)?).await,
         Command::Status { config } => return admin::status(load(&config, None)?).await,
+        Command::Drain {
+            config,
+            node,
+            over,
+            wait,
+        } => return admin::drain(&*load(&config, None)?, &node, over, wait).await,
+        Command::Undrain { config, node } => {
+            return admin::undrain(&*load(&config, None)?, &node).await;
+        }
         Command::Check { config } => {
             return Ok(match FarmConfig::load(&config, None) {
                 Ok(cfg) => {
@@ -433,14 +466,22 @@ async fn run_nodes(cfg: Arc<FarmConfig>, names: &[String], demo: bool) -> Result
         None
     };
     let shutdown = CancellationToken::new();
+    // SIGTERM in a process without the master: its slaves drain first (docs/operations.md).
+    let term = CancellationToken::new();
     // Install the handlers before any listener exists, so a SIGTERM is never fatal.
-    let signals = Signals::install()?;
-    let stop = shutdown.clone();
+    let mut signals = Signals::install()?;
+    let (stop, term2) = (shutdown.clone(), term.clone());
     let has_master = names
         .iter()
         .any(|n| cfg.node(n).is_some_and(|n| n.role == Role::Master));
+    let drains = !has_master && !cfg.farm.drain_on_stop.is_zero() && cfg.storage.central();
     tokio::spawn(async move {
         signals.wait(has_master).await;
+        if drains {
+            info!("stopping: each slave drains first (a second signal stops at once)");
+            term2.cancel();
+            signals.wait(has_master).await;
+        }
         info!("stopping: closing every stream with <system-shutdown/>");
         stop.cancel();
     });
@@ -450,21 +491,24 @@ async fn run_nodes(cfg: Arc<FarmConfig>, names: &[String], demo: bool) -> Result
             continue;
         };
         // Each node stops with the process, or on its own (a slave removed from the farm).
-        let (cfg, tls, link_tls, shutdown, node_stop) = (
+        let (cfg, tls, link_tls, shutdown, node_stop, term) = (
             cfg.clone(),
             Some(tls.clone()),
             link_tls.clone(),
             shutdown.clone(),
             shutdown.child_token(),
+            term.clone(),
         );
         tasks.spawn(async move {
             let r = match node.role {
                 Role::Master => jabberfarm_master::run(cfg, node.clone(), tls, link_tls, node_stop)
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}")),
-                Role::Slave => jabberfarm_slave::run(cfg, node.clone(), tls, link_tls, node_stop)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}")),
+                Role::Slave => {
+                    jabberfarm_slave::run(cfg, node.clone(), tls, link_tls, node_stop, term)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))
+                }
             };
             if r.is_err() {
                 // One node failing to start takes the others down: no half farms.
@@ -517,7 +561,7 @@ impl Signals {
         })
     }
 
-    async fn wait(mut self, has_master: bool) {
+    async fn wait(&mut self, has_master: bool) {
         loop {
             tokio::select! {
                 _ = self.term.recv() => return,

@@ -66,7 +66,7 @@ impl LoginPolicy for Redirector {
             // Unreachable with a validated config; never redirect to ourselves.
             return LoginRoute::Unavailable(format!("no node {serving} in the farm"));
         };
-        if !node.inservice {
+        if !node.in_service() {
             return LoginRoute::Unavailable(format!(
                 "the server for this account ({serving}) is out of service; try again later"
             ));
@@ -221,7 +221,12 @@ pub async fn run(
         let links = links.upgrade()?;
         (!links.peer_states().iter().any(|p| p.up)).then(|| "no slave is reachable".to_owned())
     });
-    let reloader = Arc::new(reload::Reloader::new(cfg.clone(), rt.links.clone()));
+    let reloader = Arc::new(reload::Reloader::new(
+        cfg.clone(),
+        rt.links.clone(),
+        cfg.data_dir.join(format!("{}.drained", node.name)),
+    ));
+    reloader.start().await;
     reloader.on_sighup(&rt.tracker, rt.shutdown.clone());
     let (re, r6) = (reloader.clone(), relayer.clone());
     rt.links.answer_admin(Arc::new(move |request, status| {
@@ -229,6 +234,19 @@ pub async fn run(
         Box::pin(async move {
             if request.is("reload", LINK_NS) {
                 Some(reloader.answer().await)
+            } else if request.is("drain", LINK_NS) {
+                let node = request.attr("node").unwrap_or_default();
+                let over = request
+                    .attr("over")
+                    .and_then(|o| o.parse().ok())
+                    .map(Duration::from_secs);
+                Some(reloader.drain(node, over, false).await)
+            } else if request.is("undrain", LINK_NS) {
+                Some(
+                    reloader
+                        .undrain(request.attr("node").unwrap_or_default())
+                        .await,
+                )
             } else if request.is("status", LINK_NS) {
                 Some(status.with_attr("relayed", relayer.open().to_string()))
             } else {
@@ -283,7 +301,7 @@ pub async fn run(
         .await;
     }
     let (sd, p2, mut link_events) = (rt.shutdown.clone(), policy.clone(), events.links);
-    let m2 = master.clone();
+    let (m2, re2, tr2) = (master.clone(), reloader.clone(), rt.tracker.clone());
     rt.tracker.spawn(async move {
         loop {
             let ev = tokio::select! {
@@ -296,7 +314,25 @@ pub async fn run(
                 // The master makes the changes; it hears of none.
                 LinkEvent::Topology(_) => {}
                 LinkEvent::Down(n) => warn!("slave {n} is down: its users cannot log in until it is back or, with central data, marked failed (then the next slave takes them)"),
-                LinkEvent::Lost(_) => {}
+                // A slave that drained itself on SIGTERM is gone: its drain ends with it.
+                LinkEvent::Lost(n) => {
+                    let re = re2.clone();
+                    tr2.spawn(async move { re.lost(&n).await });
+                }
+                // A slave stopping on SIGTERM asks to be drained first.
+                LinkEvent::Stanza {
+                    from_node, stanza, ..
+                } if stanza.is("stopping", LINK_NS) => {
+                    let over = stanza
+                        .attr("over")
+                        .and_then(|o| o.parse().ok())
+                        .map(Duration::from_secs);
+                    info!("{from_node} is stopping: draining it first");
+                    let re = re2.clone();
+                    tr2.spawn(async move {
+                        re.drain(&from_node, over, true).await;
+                    });
+                }
                 // A stanza from another server that its slave never got: the sender hears.
                 LinkEvent::Undelivered { stanza, .. } => {
                     if let Some(error) =

@@ -5,27 +5,236 @@
 //! node. What it cannot take (another domain or secret, storage, the master, a node's role or
 //! listeners, nodes added or removed) is refused with the reason, and the config in force
 //! stays.
+//!
+//! The master also keeps the drains (`jabberfarm drain`, docs/operations.md): slaves taken out
+//! of service by command rather than by the file. They are laid over every topology it hands
+//! out, reloads included, and kept in `<data_dir>/<master>.drained` across its restarts; a
+//! drain a slave asked for itself on SIGTERM ends with that slave's process.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use jabberfarm_config::{FarmConfig, Topology, live_change_refusals};
+use jabberfarm_config::{Drain, FarmConfig, Role, Topology, live_change_refusals};
 use jabberfarm_net::farm::{FarmLinks, LINK_NS};
 use jabberfarm_proto::xml::Element;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-/// The config in force and the links that hand changes out; one reload at a time.
+/// The config in force, the drains laid over it, and the links that hand changes out; one
+/// change at a time.
 pub struct Reloader {
-    running: tokio::sync::Mutex<Arc<FarmConfig>>,
+    running: tokio::sync::Mutex<Running>,
     links: Arc<FarmLinks>,
+    /// Where the operators' drains are kept across restarts.
+    drains_file: PathBuf,
+}
+
+struct Running {
+    cfg: Arc<FarmConfig>,
+    /// Slaves drained, by name.
+    drains: BTreeMap<String, Drain>,
+}
+
+impl Running {
+    /// The topology `epoch` for the config in force with the drains laid over it.
+    fn topology(&self, epoch: u64) -> Topology {
+        Topology {
+            epoch,
+            table: self.cfg.routing.clone(),
+            nodes: with_drains(&self.cfg, &self.drains),
+        }
+    }
+}
+
+/// `cfg`'s nodes, each drained slave with its drain.
+fn with_drains(
+    cfg: &FarmConfig,
+    drains: &BTreeMap<String, Drain>,
+) -> Vec<jabberfarm_config::NodeConfig> {
+    cfg.nodes
+        .iter()
+        .map(|n| {
+            let mut n = n.clone();
+            n.drain = drains.get(&n.name).copied();
+            n
+        })
+        .collect()
 }
 
 impl Reloader {
-    pub fn new(cfg: Arc<FarmConfig>, links: Arc<FarmLinks>) -> Reloader {
+    /// The reloader of `cfg`, with the drains kept in `drains_file` from before a restart
+    /// (slaves the config still has).
+    pub fn new(cfg: Arc<FarmConfig>, links: Arc<FarmLinks>, drains_file: PathBuf) -> Reloader {
+        let drains = match load_drains(&drains_file) {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(
+                    "cannot read {}: {e}; no slave is drained",
+                    drains_file.display()
+                );
+                BTreeMap::new()
+            }
+        };
+        let drains: BTreeMap<String, Drain> = drains
+            .into_iter()
+            .filter(|(name, _)| cfg.node(name).is_some_and(|n| n.role == Role::Slave))
+            .collect();
+        if !drains.is_empty() {
+            let names: Vec<&str> = drains.keys().map(String::as_str).collect();
+            info!(
+                "still drained from before the restart: {} (`jabberfarm undrain` ends a drain)",
+                names.join(", ")
+            );
+        }
         Reloader {
-            running: tokio::sync::Mutex::new(cfg),
+            running: tokio::sync::Mutex::new(Running { cfg, drains }),
             links,
+            drains_file,
+        }
+    }
+
+    /// Lays the drains kept from before a restart over the topology (before the links start:
+    /// every node gets it as they come up).
+    pub async fn start(&self) {
+        let running = self.running.lock().await;
+        if running.drains.is_empty() {
+            return;
+        }
+        if let Err(e) = self.publish(&running).await {
+            warn!("the drains kept from before the restart are not in force: {e}");
+        }
+    }
+
+    /// Hands out the config in force with its drains as the next epoch; the epoch.
+    async fn publish(&self, running: &Running) -> Result<(u64, usize), String> {
+        // A link that comes up may re-stamp the topology meanwhile: take the epoch again.
+        let mut tries = 0;
+        loop {
+            let epoch = self.links.topology().load().epoch + 1;
+            match self.links.publish(running.topology(epoch)).await {
+                Ok(handed) => return Ok((epoch, handed)),
+                Err(e) if tries >= 3 => return Err(e),
+                Err(_) => tries += 1,
+            }
+        }
+    }
+
+    /// `jabberfarm drain NODE [--over]` (`stopping`: the slave itself, on SIGTERM): the slave
+    /// takes no new logins and its sessions move to their next slave. The answer:
+    /// `<draining node epoch/>`, or `<drain-refused reason/>`.
+    pub async fn drain(&self, node: &str, over: Option<Duration>, stopping: bool) -> Element {
+        let mut running = self.running.lock().await;
+        if let Err(reason) = drainable(&running, &self.links, node) {
+            warn!("drain {node} refused: {reason}");
+            return Element::new("drain-refused", LINK_NS)
+                .with_attr("node", node)
+                .with_attr("reason", reason);
+        }
+        let drain = match running.drains.get(node) {
+            // An operator's drain outlives the process: the slave stays drained when it
+            // comes back.
+            Some(d) if stopping && !d.stopping => *d,
+            _ => Drain { over, stopping },
+        };
+        let before = running.drains.insert(node.to_owned(), drain);
+        if before == Some(drain) {
+            let epoch = self.links.topology().load().epoch;
+            return draining(node, epoch);
+        }
+        match self.publish(&running).await {
+            Ok((epoch, _)) => {
+                let window = over.map_or("at [rebalance] users_per_second".to_owned(), |o| {
+                    format!("over {} s", o.as_secs())
+                });
+                info!(
+                    "topology epoch {epoch}: {node} drained{}: no new logins, its sessions                      move to their next slave {window}",
+                    if stopping { " (it is stopping)" } else { "" }
+                );
+                self.save(&running);
+                draining(node, epoch)
+            }
+            Err(e) => {
+                match before {
+                    Some(d) => running.drains.insert(node.to_owned(), d),
+                    None => running.drains.remove(node),
+                };
+                Element::new("drain-refused", LINK_NS)
+                    .with_attr("node", node)
+                    .with_attr("reason", e)
+            }
+        }
+    }
+
+    /// `jabberfarm undrain NODE`: back in service (its users are sent home at the
+    /// `[rebalance]` rate). `<undrained node epoch was/>` (`was`: whether it was drained).
+    pub async fn undrain(&self, node: &str) -> Element {
+        let mut running = self.running.lock().await;
+        let answer = |epoch: u64, was: bool| {
+            Element::new("undrained", LINK_NS)
+                .with_attr("node", node)
+                .with_attr("epoch", epoch.to_string())
+                .with_attr("was", was.to_string())
+        };
+        if running.cfg.node(node).is_none() {
+            return Element::new("error", LINK_NS)
+                .with_attr("reason", format!("no node {node} in the config in force"));
+        }
+        let Some(before) = running.drains.remove(node) else {
+            return answer(self.links.topology().load().epoch, false);
+        };
+        match self.publish(&running).await {
+            Ok((epoch, _)) => {
+                info!("topology epoch {epoch}: {node} is back in service");
+                self.save(&running);
+                answer(epoch, true)
+            }
+            Err(e) => {
+                running.drains.insert(node.to_owned(), before);
+                Element::new("error", LINK_NS).with_attr("reason", e)
+            }
+        }
+    }
+
+    /// A slave's sessions are gone (its process stopped): the drain it asked for on SIGTERM
+    /// ends with it. Its users stay with their next slave while it is failed.
+    pub async fn lost(&self, node: &str) {
+        let mut running = self.running.lock().await;
+        if !running.drains.get(node).is_some_and(|d| d.stopping) {
+            return;
+        }
+        running.drains.remove(node);
+        match self.publish(&running).await {
+            Ok((epoch, _)) => info!(
+                "topology epoch {epoch}: {node} stopped after its drain; it is back in                  service when it starts again"
+            ),
+            Err(e) => warn!("{node}'s drain not ended: {e}"),
+        }
+    }
+
+    /// Writes the operators' drains (not those of stopping slaves) to the drain file.
+    fn save(&self, running: &Running) {
+        let text: String = running
+            .drains
+            .iter()
+            .filter(|(_, d)| !d.stopping)
+            .map(|(name, d)| format!("{name} {}\n", d.to_text()))
+            .collect();
+        let result = if text.is_empty() {
+            match std::fs::remove_file(&self.drains_file) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        } else {
+            write_atomically(&self.drains_file, &text)
+        };
+        if let Err(e) = result {
+            warn!(
+                "cannot write {}: {e}; a restart of the master forgets the drains",
+                self.drains_file.display()
+            );
         }
     }
 
@@ -72,24 +281,18 @@ impl Reloader {
     /// Reads the file again and hands its topology out; every outcome logged.
     pub async fn reload(&self) -> Result<Reloaded, Vec<String>> {
         let mut running = self.running.lock().await;
-        info!("reloading {}", running.source.display());
-        let result = self.apply(&running).await;
+        info!("reloading {}", running.cfg.source.display());
+        let result = self.apply(&mut running).await;
         match &result {
-            Ok((next, done)) if done.changed => {
-                info!(
-                    "reload: topology epoch {}, routing {}, handed to {} node(s)",
-                    done.epoch, done.fingerprint, done.handed
-                );
-                *running = next.clone();
-            }
-            Ok((next, done)) => {
-                info!(
-                    "reload: the routing table and the nodes are unchanged (epoch {}, \
-                     fingerprint {})",
-                    done.epoch, done.fingerprint
-                );
-                *running = next.clone();
-            }
+            Ok(done) if done.changed => info!(
+                "reload: topology epoch {}, routing {}, handed to {} node(s)",
+                done.epoch, done.fingerprint, done.handed
+            ),
+            Ok(done) => info!(
+                "reload: the routing table and the nodes are unchanged (epoch {}, \
+                 fingerprint {})",
+                done.epoch, done.fingerprint
+            ),
             Err(reasons) => {
                 for reason in reasons {
                     error!("reload refused: {reason}");
@@ -98,22 +301,23 @@ impl Reloader {
                 error!("reload refused: the config in force stays (epoch {epoch})");
             }
         }
-        result.map(|(_, done)| done)
+        result
     }
 
-    async fn apply(
-        &self,
-        running: &FarmConfig,
-    ) -> Result<(Arc<FarmConfig>, Reloaded), Vec<String>> {
-        let next = FarmConfig::load(&running.source, Some(&running.data_dir))
+    /// Reads the file; on success `running` is the new config (its drains kept for the slaves
+    /// it still has).
+    async fn apply(&self, running: &mut Running) -> Result<Reloaded, Vec<String>> {
+        let next = FarmConfig::load(&running.cfg.source, Some(&running.cfg.data_dir))
             .map_err(|e| e.to_string().lines().map(str::to_owned).collect::<Vec<_>>())?;
         let current = self.links.topology().load_full();
+        let mut drains = running.drains.clone();
+        drains.retain(|name, _| next.node(name).is_some_and(|n| n.role == Role::Slave));
         let topology = Topology {
             epoch: current.epoch + 1,
             table: next.routing.clone(),
-            nodes: next.nodes.clone(),
+            nodes: with_drains(&next, &drains),
         };
-        let mut refused = live_change_refusals(running, &next);
+        let mut refused = live_change_refusals(&running.cfg, &next);
         for reason in current.refusals(&topology) {
             if !refused.contains(&reason) {
                 refused.push(reason);
@@ -124,26 +328,89 @@ impl Reloader {
         }
         let next = Arc::new(next);
         if topology.table == current.table && topology.nodes == current.nodes {
-            let done = Reloaded {
+            *running = Running { cfg: next, drains };
+            return Ok(Reloaded {
                 epoch: current.epoch,
                 fingerprint: current.fingerprint().to_owned(),
                 handed: 0,
                 changed: false,
-            };
-            return Ok((next, done));
+            });
         }
         let (epoch, fingerprint) = (topology.epoch, topology.fingerprint().to_owned());
         let handed = self.links.publish(topology).await.map_err(|e| vec![e])?;
-        Ok((
-            next,
-            Reloaded {
-                epoch,
-                fingerprint,
-                handed,
-                changed: true,
-            },
-        ))
+        *running = Running { cfg: next, drains };
+        self.save(running);
+        Ok(Reloaded {
+            epoch,
+            fingerprint,
+            handed,
+            changed: true,
+        })
     }
+}
+
+fn draining(node: &str, epoch: u64) -> Element {
+    Element::new("draining", LINK_NS)
+        .with_attr("node", node)
+        .with_attr("epoch", epoch.to_string())
+}
+
+/// Why `node` cannot be drained, if it cannot.
+fn drainable(running: &Running, links: &FarmLinks, node: &str) -> Result<(), String> {
+    let cfg = &running.cfg;
+    match cfg.node(node) {
+        None => return Err(format!("no node {node} in the config in force")),
+        Some(n) if n.role != Role::Slave => {
+            return Err(format!("{node} is the master; only a slave can be drained"));
+        }
+        Some(_) => {}
+    }
+    if !links.fails_over() {
+        return Err(format!(
+            "{node}'s users' data is on it (storage on the slaves): no other slave can serve \
+             them, so it cannot be drained. To empty it for good, remove it from the config \
+             and reload: its users and their data are handed to their new slaves"
+        ));
+    }
+    let others = cfg.nodes.iter().any(|n| {
+        n.role == Role::Slave
+            && n.name != node
+            && n.inservice
+            && !running.drains.contains_key(&n.name)
+    });
+    if !others {
+        return Err(format!(
+            "{node} is the last slave in service: drained, its users would have nowhere to go"
+        ));
+    }
+    Ok(())
+}
+
+fn load_drains(path: &std::path::Path) -> std::io::Result<BTreeMap<String, Drain>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(e),
+    };
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let (name, drain) = line.split_once(' ').unwrap_or((line, "rate"));
+            let drain = Drain::parse(drain.trim())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            Ok((name.to_owned(), drain))
+        })
+        .collect()
+}
+
+/// `text` to `path` through a temporary file, so a crash leaves the old file or the new.
+fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// What a reload did.

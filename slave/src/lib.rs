@@ -17,6 +17,7 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod sessions;
+pub mod stopping;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -127,7 +128,7 @@ impl LoginPolicy for Slave {
         // Its owner, or this slave when the owner is failed and this one is next (failover).
         let owner = self.links.serving_login(&topology, localpart);
         if owner == self.sessions.node {
-            if topology.node(owner).is_some_and(|n| !n.inservice) {
+            if topology.node(owner).is_some_and(|n| !n.in_service()) {
                 // Out of service, and no other slave can take its users (data on the slaves).
                 return LoginRoute::Unavailable(format!(
                     "this server ({owner}) is out of service; try again later"
@@ -245,12 +246,15 @@ async fn plan_count(slave: &Slave, request: &Element) -> Element {
 }
 
 /// Run the slave node `node` until `shutdown` is cancelled.
+/// Serves until `shutdown` is cancelled, or until `term` is (SIGTERM): then the slave drains
+/// first when it can ([`stopping`]) and stops.
 pub async fn run(
     cfg: Arc<FarmConfig>,
     node: NodeConfig,
     tls: Option<Arc<rustls::ServerConfig>>,
     link_tls: Option<LinkTls>,
     shutdown: CancellationToken,
+    term: CancellationToken,
 ) -> anyhow_like::Result<()> {
     let store = AccountStore::open(&cfg.storage, &cfg.data_dir, &node.name)
         .await
@@ -336,6 +340,14 @@ pub async fn run(
                 return Some(plan_count(&slave, &request).await);
             }
             request.is("status", LINK_NS).then(|| {
+                let drained = status.attr("state") == Some("draining")
+                    && slave.sessions.session_count() == 0
+                    && slave.mover.pending() == 0;
+                let status = if drained {
+                    status.with_attr("state", "drained")
+                } else {
+                    status
+                };
                 status
                     .with_attr("users", slave.sessions.user_count().to_string())
                     .with_attr("sessions", slave.sessions.session_count().to_string())
@@ -345,6 +357,18 @@ pub async fn run(
     }));
     rt.start_links();
     rt.tracker.spawn(mover::run(slave.clone()));
+    let s8 = slave.clone();
+    rt.tracker.spawn(async move {
+        tokio::select! {
+            _ = term.cancelled() => {}
+            _ = s8.shutdown.cancelled() => return,
+        }
+        tokio::select! {
+            _ = stopping::drain_before_stop(&s8) => {}
+            _ = s8.shutdown.cancelled() => {}
+        }
+        s8.shutdown.cancel();
+    });
     rt.tracker.spawn(handover::run(slave.clone()));
     let s3 = slave.clone();
     rt.tracker
@@ -489,6 +513,29 @@ fn register_metrics(m: &jabberfarm_net::metrics::Metrics, slave: &Arc<Slave>) {
         "Users with at least one session on this slave",
         users.clone(),
     );
+    m.register(
+        "jabberfarm_sessions_moved",
+        "Sessions sent to another slave: reason=drain (this slave drained or out of service), \
+         rebalance (the routing table changed), home (their slave is back after a failover)",
+        slave.mover.moved.clone(),
+    );
+    // A drained or out-of-service slave says so to whatever watches it.
+    let me = Arc::downgrade(slave);
+    m.health_check(move || {
+        let slave = me.upgrade()?;
+        let topology = slave.sessions.topology.load();
+        let node = topology.node(&slave.sessions.node)?;
+        if node.drain.is_some() {
+            Some(match slave.sessions.session_count() {
+                0 => "drained".to_owned(),
+                n => format!("draining: {n} session(s) left"),
+            })
+        } else if !node.inservice {
+            Some("out of service".to_owned())
+        } else {
+            None
+        }
+    });
     let resumable = Gauge::<i64>::default();
     m.register(
         "sm_resumable_sessions",

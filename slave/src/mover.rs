@@ -6,6 +6,10 @@
 //! relayed to the new owner). Messages for them meanwhile go to the new owner, which stores
 //! them offline until they log in there.
 //!
+//! The same moves empty a slave that is drained (`jabberfarm drain`, or SIGTERM; docs/
+//! operations.md) or out of service, spread over the drain's window, and send users home when
+//! the slave that owns them is back after a failover.
+//!
 //! A slave the new topology leaves out (removed from the config) moves every user it has this
 //! way, waits for their sessions to close, and stops: removing a slave empties it first.
 //!
@@ -17,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use jabberfarm_net::metrics::{Counters, label};
 use jabberfarm_proto::xml::StreamError;
 use tokio::sync::Notify;
 use tracing::{info, warn};
@@ -29,10 +34,12 @@ pub struct Mover {
     wake: Notify,
     /// Users still to send to their new owner in the current move.
     pending: AtomicUsize,
+    /// Sessions sent to another slave, by why (`jabberfarm_sessions_moved_total`).
+    pub moved: Counters,
 }
 
 impl Mover {
-    /// A topology change arrived: look again at who belongs here.
+    /// A topology change arrived, or a link came up: look again at who belongs here.
     pub fn wake(&self) {
         self.wake.notify_one();
     }
@@ -43,16 +50,42 @@ impl Mover {
     }
 }
 
+/// Why sessions leave this slave (the `reason` label of `jabberfarm_sessions_moved_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// The routing table changed.
+    Rebalance,
+    /// This slave is drained or out of service.
+    Drain,
+    /// Their slave is back after a failover.
+    Home,
+}
+
+impl Why {
+    fn label(self) -> &'static str {
+        match self {
+            Why::Rebalance => "rebalance",
+            Why::Drain => "drain",
+            Why::Home => "home",
+        }
+    }
+}
+
 /// Moves users after each topology change, until the slave stops.
 pub async fn run(slave: Arc<Slave>) {
     let per_node_data = slave.store.sqlite().is_some();
     let rate = slave.config.rebalance.users_per_second.max(1);
-    let gap = Duration::from_secs(1) / rate;
+    let mut last_epoch = slave.sessions.topology.load().epoch;
+    // Woken again while moving: start over at once with what is in force now.
+    let mut again = false;
     loop {
-        tokio::select! {
-            _ = slave.mover.wake.notified() => {}
-            _ = slave.shutdown.cancelled() => return,
+        if !again {
+            tokio::select! {
+                _ = slave.mover.wake.notified() => {}
+                _ = slave.shutdown.cancelled() => return,
+            }
         }
+        again = false;
         // Every node takes a change within milliseconds of the others (one frame per link):
         // moving users only after that sends nobody to a slave that would still send them
         // back.
@@ -60,8 +93,10 @@ pub async fn run(slave: Arc<Slave>) {
             _ = tokio::time::sleep(SETTLE) => {}
             _ = slave.shutdown.cancelled() => return,
         }
-        let epoch = slave.sessions.topology.load().epoch;
+        let topology = slave.sessions.topology.load_full();
+        let epoch = topology.epoch;
         if per_node_data {
+            let gap = Duration::from_secs(1) / rate;
             // A removed slave stops once its file has handed every user over.
             if move_data(&slave, epoch, gap, rate).await && removed(&slave) {
                 stop_when_empty(&slave, epoch).await;
@@ -69,6 +104,15 @@ pub async fn run(slave: Arc<Slave>) {
             }
             continue;
         }
+        let me = topology.node(&slave.sessions.node);
+        let why = if me.is_some_and(|n| !n.in_service()) {
+            Why::Drain
+        } else if epoch != last_epoch {
+            Why::Rebalance
+        } else {
+            Why::Home
+        };
+        last_epoch = epoch;
         let leaving = slave.sessions.owned_elsewhere();
         if leaving.is_empty() {
             if removed(&slave) {
@@ -77,17 +121,32 @@ pub async fn run(slave: Arc<Slave>) {
             }
             continue;
         }
+        let drain = me.and_then(|n| n.drain);
+        let gap = pace(rate, drain, leaving.len());
         info!(
-            "topology epoch {epoch}: moving {} connected user(s) to their new slaves, {rate}/s",
-            leaving.len()
+            "topology epoch {epoch}: moving {} connected user(s) to their next slaves ({}), \
+             one every {} ms",
+            leaving.len(),
+            why.label(),
+            gap.as_millis()
         );
         slave.mover.pending.store(leaving.len(), Ordering::Relaxed);
+        // Counters are shared handles: a clone, not the family's lock, across the awaits.
+        let moved_now = slave
+            .mover
+            .moved
+            .get_or_create(&label("reason", why.label()))
+            .clone();
         let started = Instant::now();
         let mut moved = 0;
         let mut next = tokio::time::Instant::now();
         for user in leaving {
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => {}
+                _ = slave.mover.wake.notified() => {
+                    again = true;
+                    break;
+                }
                 _ = slave.shutdown.cancelled() => return,
             }
             next += gap;
@@ -95,18 +154,73 @@ pub async fn run(slave: Arc<Slave>) {
             let topology = slave.sessions.topology.load();
             let owner = slave.sessions.serving(&topology, &user).to_owned();
             if owner != slave.sessions.node {
-                moved += send_sessions_to(&slave, &user, &owner);
+                let n = send_sessions_to(&slave, &user, &owner);
+                moved += n;
+                moved_now.inc_by(n as u64);
             }
             slave.mover.pending.fetch_sub(1, Ordering::Relaxed);
         }
+        slave.mover.pending.store(0, Ordering::Relaxed);
         info!(
-            "topology epoch {epoch}: {moved} session(s) sent to their new slaves in {:.1} s",
-            started.elapsed().as_secs_f64()
+            "topology epoch {epoch}: {moved} session(s) sent to their next slaves in {:.1} s{}",
+            started.elapsed().as_secs_f64(),
+            if again {
+                " (a newer change came: looking again)"
+            } else {
+                ""
+            }
         );
         if removed(&slave) {
             stop_when_empty(&slave, epoch).await;
             return;
         }
+        if drain.is_some() && !again {
+            let s = slave.clone();
+            slave
+                .tasks
+                .spawn(async move { say_drained(&s, epoch).await });
+        }
+    }
+}
+
+/// The gap between two users moved: `[rebalance] users_per_second`; a drain with a window
+/// spreads the `count` users over it; a slave stopping (SIGTERM) goes at least as fast as
+/// finishes within 80 % of its window.
+fn pace(rate: u32, drain: Option<jabberfarm_config::Drain>, count: usize) -> Duration {
+    let by_rate = Duration::from_secs(1) / rate;
+    let count = u32::try_from(count.max(1)).unwrap_or(u32::MAX);
+    match drain {
+        Some(d) => match d.over {
+            Some(over) if d.stopping => by_rate.min(over * 4 / 5 / count),
+            Some(over) => over / count,
+            None => by_rate,
+        },
+        None => by_rate,
+    }
+}
+
+/// Logs once the drained slave has no session left (the sessions it closed take a moment).
+async fn say_drained(slave: &Slave, epoch: u64) {
+    let deadline = tokio::time::Instant::now() + EMPTY_WAIT;
+    while slave.sessions.session_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = slave.shutdown.cancelled() => return,
+        }
+    }
+    let left = slave.sessions.session_count();
+    let topology = slave.sessions.topology.load();
+    if topology.epoch != epoch {
+        return;
+    }
+    if left == 0 {
+        info!("{} is drained: no session left", slave.sessions.node);
+    } else {
+        warn!(
+            "{} is drained but {left} session(s) did not close in {} s",
+            slave.sessions.node,
+            EMPTY_WAIT.as_secs()
+        );
     }
 }
 

@@ -41,6 +41,9 @@ pub struct FarmLinkConfig {
     pub faildetect: u32,
     /// How often a failed node is tried again.
     pub retry: Duration,
+    /// A slave stopped with SIGTERM first moves its sessions to their next slave (with
+    /// central data), within this long; zero: it stops at once.
+    pub drain_on_stop: Duration,
 }
 
 impl FarmLinkConfig {
@@ -64,6 +67,7 @@ impl Default for FarmLinkConfig {
             ca: None,
             faildetect: 3,
             retry: Duration::from_secs(5),
+            drain_on_stop: Duration::from_secs(30),
         }
     }
 }
@@ -81,6 +85,7 @@ pub(crate) struct RawFarm {
     ca: Option<PathBuf>,
     faildetect: Option<u64>,
     retry: Option<u64>,
+    drain_on_stop: Option<u64>,
 }
 
 pub(crate) fn secret(
@@ -186,6 +191,9 @@ pub(crate) fn farm_links(
         held_per_user: usize::try_from(held_per_user).unwrap_or(usize::MAX),
         faildetect: u32::try_from(faildetect).unwrap_or(u32::MAX),
         retry: Duration::from_secs(retry),
+        drain_on_stop: raw
+            .drain_on_stop
+            .map_or(d.drain_on_stop, Duration::from_secs),
     }
 }
 

@@ -65,7 +65,7 @@ mod topology;
 
 pub use farm::FarmLinkConfig;
 pub use limits::{AuthLimits, Limits, ShaperConfig};
-pub use nodes::{NodeConfig, Role};
+pub use nodes::{Drain, NodeConfig, Role};
 pub use rebalance::RebalanceConfig;
 pub use relay::{RedirectMode, RelayConfig};
 pub use s2s::S2sConfig;

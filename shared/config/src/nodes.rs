@@ -51,9 +51,59 @@ pub struct NodeConfig {
     /// A slave taken out of service (`inservice = false`): no new logins; with central data
     /// its users go to the next slave in their ranking. It keeps running.
     pub inservice: bool,
+    /// Set by `jabberfarm drain` (or by the slave itself when it stops on SIGTERM), never in
+    /// the file: the slave takes no new logins and its sessions move to their next slave.
+    pub drain: Option<Drain>,
+}
+
+/// A slave being drained (docs/operations.md, "Draining a slave").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drain {
+    /// The window its sessions are spread over (`None`: `[rebalance] users_per_second`).
+    pub over: Option<std::time::Duration>,
+    /// The slave asked for it on SIGTERM and stops once drained; the drain ends with its
+    /// process (an operator's drain lasts until `jabberfarm undrain`).
+    pub stopping: bool,
+}
+
+impl Drain {
+    /// As a topology's `drain` attribute (and a line of the master's drain file): `over=SECS`
+    /// or `rate`, then `;stopping` when the slave asked for it on SIGTERM.
+    pub fn to_text(&self) -> String {
+        let window = self
+            .over
+            .map_or("rate".to_owned(), |o| format!("over={}", o.as_secs()));
+        if self.stopping {
+            format!("{window};stopping")
+        } else {
+            window
+        }
+    }
+
+    /// The inverse of [`Self::to_text`].
+    pub fn parse(text: &str) -> Result<Drain, String> {
+        let (window, stopping) = match text.strip_suffix(";stopping") {
+            Some(w) => (w, true),
+            None => (text, false),
+        };
+        let over = match window {
+            "rate" => None,
+            w => Some(std::time::Duration::from_secs(
+                w.strip_prefix("over=")
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| format!("drain {text:?}: neither rate nor over=SECS"))?,
+            )),
+        };
+        Ok(Drain { over, stopping })
+    }
 }
 
 impl NodeConfig {
+    /// Whether the node takes logins: not out of service in the config, not drained.
+    pub fn in_service(&self) -> bool {
+        self.inservice && self.drain.is_none()
+    }
+
     /// Whether one of this node's c2s listeners uses `mode` (a master's; a slave has none).
     pub fn uses_redirect_mode(&self, relay: &RelayConfig, mode: RedirectMode) -> bool {
         self.role == Role::Master
@@ -342,6 +392,7 @@ fn node(i: usize, raw: RawNode, problems: &mut Vec<Problem>) -> (Option<NodeConf
             redirect_tls,
             metrics,
             inservice,
+            drain: None,
         }),
         _ => None,
     };

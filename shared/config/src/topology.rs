@@ -17,7 +17,7 @@ use jabberfarm_proto::routing::{PrefixRange, RoutingMode, RoutingTable, SlaveWei
 use jabberfarm_proto::xml::Element;
 
 use crate::nodes::parse_role;
-use crate::{FarmConfig, NodeConfig, RedirectMode, Role};
+use crate::{Drain, FarmConfig, NodeConfig, RedirectMode, Role};
 
 /// One version of the farm's shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,7 +113,8 @@ impl Topology {
                     .with_opt_attr("redirect", n.redirect.map(RedirectMode::name))
                     .with_opt_attr("redirect_tls", n.redirect_tls.map(RedirectMode::name))
                     .with_opt_attr("metrics", n.metrics.map(|a| a.to_string()))
-                    .with_opt_attr("inservice", (!n.inservice).then_some("false")),
+                    .with_opt_attr("inservice", (!n.inservice).then_some("false"))
+                    .with_opt_attr("drain", n.drain.map(|d| d.to_text())),
             );
         }
         el
@@ -212,6 +213,7 @@ impl Topology {
                     redirect_tls: mode(n, "redirect_tls")?,
                     metrics: addr(n, "metrics")?,
                     inservice: n.attr("inservice") != Some("false"),
+                    drain: n.attr("drain").map(Drain::parse).transpose()?,
                 })
             })
             .collect::<Result<_, String>>()?;
@@ -468,6 +470,15 @@ mod tests {
             t.epoch = 7;
             t.nodes[0].c2s_tls = Some("127.0.0.1:5223".parse().unwrap());
             t.nodes[0].redirect = Some(RedirectMode::Never);
+            t.nodes[1].drain = Some(Drain {
+                over: Some(std::time::Duration::from_secs(60)),
+                stopping: false,
+            });
+            t.nodes[2].drain = Some(Drain {
+                over: None,
+                stopping: true,
+            });
+            assert!(!t.nodes[1].in_service() && t.nodes[1].inservice);
             let el = t.to_element();
             let text = el.to_xml();
             let back = Topology::from_element(&el).unwrap_or_else(|e| panic!("{e}: {text}"));
@@ -479,6 +490,8 @@ mod tests {
         }
         let err = Topology::from_element(&Element::new("topology", LINK_NS)).unwrap_err();
         assert_eq!(err, "no epoch");
+        let err = Drain::parse("over=soon").unwrap_err();
+        assert!(err.contains("neither rate nor over=SECS"), "{err}");
     }
 
     #[test]

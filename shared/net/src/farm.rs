@@ -496,13 +496,13 @@ impl FarmLinks {
 
     /// Whether `node` is failed: a peer whose link is down and whose port refuses
     /// connections, or that has been down for `farm.faildetect` heartbeats; or a slave taken
-    /// out of service (`inservice = false`, this node included).
+    /// out of service (`inservice = false`) or drained, this node included.
     pub fn is_failed(&self, node: &str) -> bool {
         if self
             .topology
             .load()
             .node(node)
-            .is_some_and(|n| !n.inservice)
+            .is_some_and(|n| !n.in_service())
         {
             return true;
         }

@@ -577,6 +577,7 @@ mod tests {
             redirect_tls: None,
             metrics: None,
             inservice: true,
+            drain: None,
         };
         assert_eq!(redirect_address(&node, false), "[2001:db8::1]:5322");
         assert_eq!(redirect_address(&node, true), "[2001:db8::1]:5323");

@@ -32,7 +32,7 @@ impl FarmLinks {
     }
 
     /// This node as the links see it: `<status node role state epoch fingerprint>` (`state`:
-    /// `up`, or `out-of-service`) with one `<link node up failed queued/>` per peer (`failed`:
+    /// `up`, `out-of-service` or `draining`) with one `<link node up failed queued/>` per peer (`failed`:
     /// this node counts it failed; `queued`: frames its outbox keeps).
     pub fn status(&self) -> Element {
         let topology = self.topology.load();
@@ -48,10 +48,10 @@ impl FarmLinks {
                 .with_attr("role", role)
                 .with_attr(
                     "state",
-                    if topology.node(&self.me).is_some_and(|n| !n.inservice) {
-                        "out-of-service"
-                    } else {
-                        "up"
+                    match topology.node(&self.me) {
+                        Some(n) if n.drain.is_some() => "draining",
+                        Some(n) if !n.inservice => "out-of-service",
+                        _ => "up",
                     },
                 )
                 .with_attr("epoch", topology.epoch.to_string())

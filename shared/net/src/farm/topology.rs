@@ -6,9 +6,10 @@
 //! which the master logs.
 //!
 //! A master that restarts starts at epoch 0 with the table of its file. On each link that comes
-//! up it compares: the same table at a higher epoch on the peer, it takes the peer's count; a
-//! different table, its own is the one in force: re-stamped above the peer's epoch and handed
-//! to everyone. So epochs only grow, and the master's file is the truth.
+//! up it compares: at a higher epoch on the peer, its own topology — the file's table and nodes,
+//! with the drains it keeps — is re-stamped above the peer's epoch and handed to everyone (the
+//! same table too: what is in or out of service may have changed while it was down). So
+//! epochs only grow, and the master's file is the truth.
 
 use jabberfarm_config::Topology;
 use jabberfarm_proto::link::{LINK_NS, PeerTable};
@@ -63,12 +64,10 @@ impl FarmLinks {
     pub(super) async fn reconcile(&self, peer: &str, theirs: &PeerTable) {
         let mine = Topology::clone(&self.topology.load());
         let same_table = theirs.fingerprint == mine.fingerprint();
-        if same_table && theirs.epoch > mine.epoch {
-            // We restarted with the table the farm runs: keep counting from its epoch.
-            self.restamp(mine, theirs.epoch);
-        } else if !same_table && theirs.epoch >= mine.epoch {
-            // Our table (from our file) is the one in force; the peer's epoch is not below
-            // ours, so ours goes above it, and to everyone.
+        if theirs.epoch > mine.epoch || (theirs.epoch == mine.epoch && !same_table) {
+            // Our topology (from our file) is the one in force; the peer's epoch is not below
+            // ours, so ours goes above it, and to everyone. With the same table, the nodes may
+            // still differ (a slave taken out of service or drained while we were down).
             let epoch = theirs.epoch + 1;
             info!(
                 peer = %peer,

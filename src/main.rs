@@ -315,25 +315,7 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
                             cfg.nodes.len(),
                             cfg.routing.fingerprint()
                         );
-                        let ranges = matches!(
-                            cfg.routing.mode(),
-                            jabberfarm_proto::routing::RoutingMode::Ranges { .. }
-                        );
-                        let failover = match (cfg.storage.central(), ranges) {
-                            (true, false) => {
-                                "on: a failed slave's users log in at the next \
-                                              slave of their ranking (central data)"
-                            }
-                            (true, true) => {
-                                "off: ranges mode has no fallback slaves yet; a \
-                                             failed slave's users cannot log in until it is back"
-                            }
-                            (false, _) => {
-                                "off: the users' data is on their slave (SQLite); a \
-                                           failed slave's users cannot log in until it is back"
-                            }
-                        };
-                        println!("failover {failover}");
+                        println!("failover {}", failover_summary(&cfg));
                         ExitCode::SUCCESS
                     } else {
                         for p in problems {
@@ -350,6 +332,40 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `check` says of failover: on or off, and for ranges mode which ranges have no
+/// fallback list.
+fn failover_summary(cfg: &FarmConfig) -> String {
+    use jabberfarm_proto::routing::RoutingMode;
+    if !cfg.storage.central() {
+        return "off: the users' data is on their slave (SQLite); a failed slave's users \
+                cannot log in until it is back"
+            .to_owned();
+    }
+    if !matches!(cfg.routing.mode(), RoutingMode::Ranges { .. }) {
+        return "on: a failed slave's users log in at the next slave of their ranking \
+                (central data)"
+            .to_owned();
+    }
+    // The ranges that have nowhere to go whatever the state of the other slaves.
+    let bare: Vec<String> = cfg
+        .nodes
+        .iter()
+        .filter(|n| n.role == Role::Slave)
+        .flat_map(|n| cfg.routing.stranded(&n.name, |_| true))
+        .collect();
+    if bare.is_empty() {
+        "on: a failed slave's users log in at the first slave of their range's fallback list \
+         (central data)"
+            .to_owned()
+    } else {
+        format!(
+            "on for ranges with a fallback list; off for {}: no `fallback` (or \
+             `other_fallback`), so their users cannot log in while their slave is failed",
+            bare.join(", ")
+        )
+    }
 }
 
 fn load(path: &Path, data_dir: Option<&Path>) -> Result<Arc<FarmConfig>> {

@@ -22,6 +22,15 @@ use jabberfarm_testkit::servers::{self, MariaDb};
 /// Three slaves, each node its own process with its metrics on `ports` (master, slave1..3),
 /// the data in database `name` of the shared MariaDB (kept running while the test holds it).
 fn central_farm(name: &str, ports: &[u16]) -> (TestFarm, Arc<MariaDb>) {
+    central_farm_routed(name, ports, None)
+}
+
+/// [`central_farm`] with `routing` as the body of `[routing]` (else hash mode).
+fn central_farm_routed(
+    name: &str,
+    ports: &[u16],
+    routing: Option<&str>,
+) -> (TestFarm, Arc<MariaDb>) {
     let db = servers::shared_mariadb();
     let url = db.create_database(name);
     let storage = format!(
@@ -29,6 +38,13 @@ fn central_farm(name: &str, ports: &[u16]) -> (TestFarm, Arc<MariaDb>) {
     );
     let farm = TestFarm::start_processes_edited(3, |t| {
         let mut t = t.replacen("[storage]\nscram_iterations = 4096\n\n", &storage, 1);
+        if let Some(routing) = routing {
+            t = t.replacen(
+                "mode = \"hash\"\nhash_key = \"000102030405060708090a0b0c0d0e0f\"\n",
+                routing,
+                1,
+            );
+        }
         for (i, node) in ["master", "slave1", "slave2", "slave3"].iter().enumerate() {
             if let Some(port) = ports.get(i) {
                 t = t.replacen(
@@ -336,4 +352,41 @@ fn a_farm_with_data_on_the_slaves_refuses_to_drain() {
     assert!(!ok && out.contains("no node slave9"), "{out}");
     let (ok, out) = cli(&farm, &["drain", "slave1", "--over", "soon"]);
     assert!(!ok && out.contains("a number of seconds"), "{out}");
+}
+
+/// Ranges mode: a drained slave's users go to the first slave of their range's `fallback`
+/// list; a slave with a range that has no list cannot be drained, and `check` names it.
+#[test]
+fn ranges_mode_drains_to_each_range_s_fallback_list() {
+    let routing = "mode = \"ranges\"\nother = \"slave1\"\n\
+                   [[routing.ranges]]\nletters = \"a-m\"\nnode = \"slave1\"\nfallback = [\"slave2\"]\n\
+                   [[routing.ranges]]\nletters = \"n-z\"\nnode = \"slave2\"\n\
+                   fallback = [\"slave3\", \"slave1\"]\n";
+    let (farm, _db) = central_farm_routed("ranges", &[], Some(routing));
+    let (ok, out) = cli(&farm, &["check"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("failover on for ranges with a fallback list; off for other"),
+        "{out}"
+    );
+    farm.add_user("nina", "pw");
+    let slave2 = farm.owner("nina").c2s;
+    let mut c = Raw::login(slave2, "nina", "pw", "r");
+    c.send("<presence/>");
+    c.sync("localhost");
+
+    let (ok, out) = cli(&farm, &["drain", "slave1"]);
+    assert!(
+        !ok && out.contains("slave1's users in other have no fallback slave in service"),
+        "{out}"
+    );
+    let (ok, out) = cli(&farm, &["drain", "slave2", "--wait"]);
+    assert!(ok, "{out}");
+    let to = redirect_of(&c.wait_closed(10));
+    let slave3 = farm.slaves.iter().find(|s| s.name == "slave3").unwrap().c2s;
+    assert_eq!(to, slave3, "not the first of n-z's fallback list");
+    let mut c = Raw::login(to, "nina", "pw", "r");
+    c.send("<presence/>");
+    c.sync("localhost");
+    assert_eq!(login_goes_to(farm.master.c2s, "nina"), slave3);
 }

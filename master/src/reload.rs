@@ -372,18 +372,24 @@ fn drainable(running: &Running, links: &FarmLinks, node: &str) -> Result<(), Str
              and reload: its users and their data are handed to their new slaves"
         ));
     }
-    let others = cfg.nodes.iter().any(|n| {
-        n.role == Role::Slave
-            && n.name != node
-            && n.inservice
-            && !running.drains.contains_key(&n.name)
-    });
-    if !others {
-        return Err(format!(
+    let usable = |name: &str| {
+        cfg.node(name)
+            .is_some_and(|n| n.role == Role::Slave && n.inservice)
+            && !running.drains.contains_key(name)
+    };
+    let stranded = cfg.routing.stranded(node, usable);
+    match stranded.first().map(String::as_str) {
+        None => Ok(()),
+        Some("every user") => Err(format!(
             "{node} is the last slave in service: drained, its users would have nowhere to go"
-        ));
+        )),
+        Some(_) => Err(format!(
+            "{node}'s users in {} have no fallback slave in service: drained, they would have \
+             nowhere to go (give their [[routing.ranges]] a `fallback` list, `other_fallback` \
+             for other; docs/operations.md)",
+            stranded.join(", ")
+        )),
     }
-    Ok(())
 }
 
 fn load_drains(path: &std::path::Path) -> std::io::Result<BTreeMap<String, Drain>> {

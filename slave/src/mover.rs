@@ -124,7 +124,7 @@ pub async fn run(slave: Arc<Slave>) {
         let drain = me.and_then(|n| n.drain);
         let gap = pace(rate, drain, leaving.len());
         info!(
-            "topology epoch {epoch}: moving {} connected user(s) to their next slaves ({}), \
+            "topology epoch {epoch}: moving {} connected user(s) to their new slaves ({}), \
              one every {} ms",
             leaving.len(),
             why.label(),
@@ -162,7 +162,7 @@ pub async fn run(slave: Arc<Slave>) {
         }
         slave.mover.pending.store(0, Ordering::Relaxed);
         info!(
-            "topology epoch {epoch}: {moved} session(s) sent to their next slaves in {:.1} s{}",
+            "topology epoch {epoch}: {moved} session(s) sent to their new slaves in {:.1} s{}",
             started.elapsed().as_secs_f64(),
             if again {
                 " (a newer change came: looking again)"

@@ -14,6 +14,8 @@ pub(crate) struct RawRouting {
     hash_key: Option<String>,
     other: Option<String>,
     #[serde(default)]
+    other_fallback: Vec<String>,
+    #[serde(default)]
     ranges: Vec<RawRange>,
 }
 
@@ -21,6 +23,8 @@ pub(crate) struct RawRouting {
 pub(crate) struct RawRange {
     letters: Option<String>,
     node: Option<String>,
+    #[serde(default)]
+    fallback: Vec<String>,
 }
 
 pub(crate) fn routing(
@@ -110,8 +114,16 @@ pub(crate) fn routing(
                         Err(())
                     }
                 };
+                for name in &range.fallback {
+                    if let Err(message) = owner_check(name) {
+                        problems.push(Problem::new(key("fallback"), message));
+                    }
+                }
                 match parsed {
-                    Ok(range) if node.is_some() => ranges.push(range),
+                    Ok(mut r) if node.is_some() => {
+                        r.fallback = range.fallback;
+                        ranges.push(r);
+                    }
                     Ok(_) => {}
                     Err(()) => all_parsed = false,
                 }
@@ -132,10 +144,19 @@ pub(crate) fn routing(
                     String::new()
                 }
             };
+            for name in &raw.other_fallback {
+                if let Err(message) = owner_check(name) {
+                    problems.push(Problem::new("routing.other_fallback", message));
+                }
+            }
             if !all_parsed {
                 return None; // gaps would only echo the broken range
             }
-            RoutingMode::Ranges { ranges, other }
+            RoutingMode::Ranges {
+                ranges,
+                other,
+                other_fallback: raw.other_fallback,
+            }
         }
         Some(other) => {
             problems.push(Problem::new(
@@ -268,5 +289,43 @@ mod tests {
         let text = ranges(&[("a-z", "slave1")], "slave1").replace("other = \"slave1\"\n", "");
         assert_problem(&text, "routing.other", "missing");
         assert_eq!(problems(&text).len(), 1);
+    }
+
+    #[test]
+    fn ranges_fallback_lists() {
+        let text = ranges(&[("a-m", "slave1"), ("n-z", "slave2")], "slave2")
+            .replace(
+                "node = \"slave1\"\n",
+                "node = \"slave1\"\nfallback = [\"slave2\"]\n",
+            )
+            .replace(
+                "other = \"slave2\"\n",
+                "other = \"slave2\"\nother_fallback = [\"slave1\"]\n",
+            );
+        let config = parse(&text).unwrap();
+        assert_eq!(config.routing.ranked("mike"), ["slave1", "slave2"]);
+        assert_eq!(config.routing.ranked("nina"), ["slave2"]);
+        assert_eq!(config.routing.ranked("42"), ["slave2", "slave1"]);
+        assert_problem(
+            &text.replace(
+                "fallback = [\"slave2\"]",
+                "fallback = [\"master\", \"slave7\"]",
+            ),
+            "routing.ranges[0].fallback",
+            "\"master\" is the master",
+        );
+        assert_problem(
+            &text.replace("fallback = [\"slave2\"]", "fallback = [\"slave1\"]"),
+            "routing.ranges",
+            "a-m: its fallback lists its own node slave1",
+        );
+        assert_problem(
+            &text.replace(
+                "other_fallback = [\"slave1\"]",
+                "other_fallback = [\"nobody\"]",
+            ),
+            "routing.other_fallback",
+            "no [[node]] is named \"nobody\"",
+        );
     }
 }

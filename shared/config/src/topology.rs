@@ -81,16 +81,22 @@ impl Topology {
                     )
                 },
             ),
-            RoutingMode::Ranges { ranges, other } => ranges.iter().fold(
+            RoutingMode::Ranges {
+                ranges,
+                other,
+                other_fallback,
+            } => ranges.iter().fold(
                 Element::new("routing", LINK_NS)
                     .with_attr("mode", "ranges")
-                    .with_attr("other", other),
+                    .with_attr("other", other)
+                    .with_opt_attr("other_fallback", names_attr(other_fallback)),
                 |r, range| {
                     r.with_child(
                         Element::new("range", LINK_NS)
                             .with_attr("first", &range.first)
                             .with_attr("last", &range.last)
-                            .with_attr("node", &range.node),
+                            .with_attr("node", &range.node)
+                            .with_opt_attr("fallback", names_attr(&range.fallback)),
                     )
                 },
             ),
@@ -160,6 +166,7 @@ impl Topology {
             }
             Some("ranges") => RoutingMode::Ranges {
                 other: attr(routing, "other")?,
+                other_fallback: names_of(routing.attr("other_fallback")),
                 ranges: routing
                     .children()
                     .map(|r| {
@@ -167,6 +174,7 @@ impl Topology {
                             first: attr(r, "first")?,
                             last: attr(r, "last")?,
                             node: attr(r, "node")?,
+                            fallback: names_of(r.attr("fallback")),
                         })
                     })
                     .collect::<Result<_, String>>()?,
@@ -222,6 +230,7 @@ impl Topology {
         }
         if let Some(owner) = table
             .nodes()
+            .chain(fallbacks(&table))
             .find(|o| !nodes.iter().any(|n| n.name == *o && n.role == Role::Slave))
         {
             return Err(format!("{owner} owns users but is not a slave of it"));
@@ -375,6 +384,34 @@ impl std::fmt::Debug for SharedTopology {
     }
 }
 
+/// A fallback list as an attribute: names separated by spaces; `None` when empty.
+fn names_attr(names: &[String]) -> Option<String> {
+    (!names.is_empty()).then(|| names.join(" "))
+}
+
+fn names_of(attr: Option<&str>) -> Vec<String> {
+    attr.map_or_else(Vec::new, |a| {
+        a.split_whitespace().map(str::to_owned).collect()
+    })
+}
+
+/// Every node a ranges table names as a fallback.
+fn fallbacks(table: &RoutingTable) -> impl Iterator<Item = &str> {
+    let lists: Vec<&Vec<String>> = match table.mode() {
+        RoutingMode::Ranges {
+            ranges,
+            other_fallback,
+            ..
+        } => ranges
+            .iter()
+            .map(|r| &r.fallback)
+            .chain([other_fallback])
+            .collect(),
+        RoutingMode::Hash { .. } => Vec::new(),
+    };
+    lists.into_iter().flatten().map(String::as_str)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -460,8 +497,9 @@ mod tests {
             "{}{NODES}",
             HEAD.replace(
                 "mode = \"hash\"\nhash_key = \"000102030405060708090a0b0c0d0e0f\"\n",
-                "mode = \"ranges\"\nother = \"slave1\"\n[[routing.ranges]]\nletters = \"a-sm\"\n\
-                 node = \"slave1\"\n[[routing.ranges]]\nletters = \"sn-z\"\nnode = \"slave2\"\n"
+                "mode = \"ranges\"\nother = \"slave1\"\nother_fallback = [\"slave2\"]\n\
+                 [[routing.ranges]]\nletters = \"a-sm\"\nnode = \"slave1\"\nfallback = [\"slave2\"]\n\
+                 [[routing.ranges]]\nletters = \"sn-z\"\nnode = \"slave2\"\n"
             )
         ))
         .expect("the ranges farm loads");
@@ -483,6 +521,9 @@ mod tests {
             let text = el.to_xml();
             let back = Topology::from_element(&el).unwrap_or_else(|e| panic!("{e}: {text}"));
             assert_eq!(back, t);
+            if matches!(t.table.mode(), RoutingMode::Ranges { .. }) {
+                assert_eq!(back.ranked("alice"), ["slave1", "slave2"], "{text}");
+            }
 
             let forged = el.clone().with_attr("fingerprint", "0000000000000000");
             let err = Topology::from_element(&forged).unwrap_err();

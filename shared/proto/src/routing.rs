@@ -61,6 +61,9 @@ pub struct PrefixRange {
     pub first: String,
     pub last: String,
     pub node: String,
+    /// The slaves that serve the range's users, in this order, while `node` is failed,
+    /// drained or out of service (with central data).
+    pub fallback: Vec<String>,
 }
 
 /// Sorts after every name that starts with a..z (`{` follows `z` in ASCII): the end of the
@@ -85,7 +88,12 @@ impl PrefixRange {
                 "{text:?} is not a range of letters or prefixes like \"a-g\", \"x\" or \"s-sm\""
             ));
         };
-        let range = PrefixRange { first, last, node };
+        let range = PrefixRange {
+            first,
+            last,
+            node,
+            fallback: Vec::new(),
+        };
         if range.is_backwards() {
             return Err(format!(
                 "{text:?} runs backwards (write \"{}-{}\")",
@@ -146,10 +154,11 @@ pub enum RoutingMode {
         slaves: Vec<SlaveWeight>,
     },
     /// Prefix ranges covering every name that starts with `a..z` exactly once, plus `other`
-    /// for everything else.
+    /// for everything else (and `other_fallback`, as a range's `fallback`).
     Ranges {
         ranges: Vec<PrefixRange>,
         other: String,
+        other_fallback: Vec<String>,
     },
 }
 
@@ -202,13 +211,21 @@ impl RoutingTable {
                     }
                 }
             }
-            RoutingMode::Ranges { ranges, other } => {
+            RoutingMode::Ranges {
+                ranges,
+                other,
+                other_fallback,
+            } => {
                 check_ranges(ranges, &mut errors);
                 if other.is_empty() {
                     errors.push(
                         "no node for usernames that do not start with a..z (other)".to_owned(),
                     );
                 }
+                for r in ranges {
+                    check_fallback(&r.to_string(), &r.node, &r.fallback, &mut errors);
+                }
+                check_fallback("other", other, other_fallback, &mut errors);
                 spans = sorted_spans(ranges);
                 let sorted = spans.iter().filter_map(|s| ranges.get(s.range));
                 for name in sorted.map(|r| &r.node).chain([other]) {
@@ -253,16 +270,9 @@ impl RoutingTable {
                 }
                 best.map_or("", |(_, name)| name)
             }
-            RoutingMode::Ranges { ranges, other } => {
-                // The last span that starts at or before the name, if the name is before
-                // its end (after validation, always: the spans tile a..z).
-                let user = normalized_localpart;
-                let at = self.spans.partition_point(|s| s.start.as_str() <= user);
-                let span = at.checked_sub(1).and_then(|i| self.spans.get(i));
-                span.filter(|s| user < s.end.as_str())
-                    .and_then(|s| ranges.get(s.range))
-                    .map_or(other.as_str(), |r| r.node.as_str())
-            }
+            RoutingMode::Ranges { other, .. } => self
+                .range_of(normalized_localpart)
+                .map_or(other.as_str(), |r| r.node.as_str()),
         }
     }
 
@@ -285,7 +295,7 @@ impl RoutingTable {
     }
 
     /// Hash mode: every slave, best first — the owner, then the fallback if it is down, and so
-    /// on. Ranges mode: just the owner.
+    /// on. Ranges mode: the owner, then its range's `fallback` list.
     pub fn ranked(&self, normalized_localpart: &str) -> Vec<&str> {
         match &self.mode {
             RoutingMode::Hash { key, slaves } => {
@@ -296,8 +306,64 @@ impl RoutingTable {
                 scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
                 scored.into_iter().map(|(_, name)| name).collect()
             }
-            RoutingMode::Ranges { .. } => vec![self.owner(normalized_localpart)],
+            RoutingMode::Ranges { other_fallback, .. } => {
+                let owner = self.owner(normalized_localpart);
+                let fallback = self
+                    .range_of(normalized_localpart)
+                    .map_or(other_fallback, |r| &r.fallback);
+                std::iter::once(owner)
+                    .chain(fallback.iter().map(String::as_str))
+                    .collect()
+            }
         }
+    }
+
+    /// Ranges mode: the ranges `node` owns (as written, `other` for the names outside them)
+    /// whose fallback list has no node that `usable` accepts — users nobody else can serve
+    /// while `node` is away. Hash mode: none while another slave is usable, else `every user`.
+    pub fn stranded(&self, node: &str, usable: impl Fn(&str) -> bool) -> Vec<String> {
+        let none_usable = |list: &[String]| !list.iter().any(|n| n != node && usable(n));
+        match &self.mode {
+            RoutingMode::Hash { slaves, .. } => {
+                let names: Vec<String> = slaves.iter().map(|s| s.name.clone()).collect();
+                if none_usable(&names) {
+                    vec!["every user".to_owned()]
+                } else {
+                    Vec::new()
+                }
+            }
+            RoutingMode::Ranges {
+                ranges,
+                other,
+                other_fallback,
+            } => {
+                let mut out: Vec<String> = self
+                    .spans
+                    .iter()
+                    .filter_map(|s| ranges.get(s.range))
+                    .filter(|r| r.node == node && none_usable(&r.fallback))
+                    .map(|r| r.to_string())
+                    .collect();
+                if other == node && none_usable(other_fallback) {
+                    out.push("other".to_owned());
+                }
+                out
+            }
+        }
+    }
+
+    /// Ranges mode: the range `normalized_localpart` falls in (`None`: `other`, or hash mode):
+    /// the last span that starts at or before the name, if the name is before its end (after
+    /// validation, always: the spans tile a..z). Allocates nothing.
+    fn range_of(&self, normalized_localpart: &str) -> Option<&PrefixRange> {
+        let RoutingMode::Ranges { ranges, .. } = &self.mode else {
+            return None;
+        };
+        let user = normalized_localpart;
+        let at = self.spans.partition_point(|s| s.start.as_str() <= user);
+        let span = at.checked_sub(1).and_then(|i| self.spans.get(i));
+        span.filter(|s| user < s.end.as_str())
+            .and_then(|s| ranges.get(s.range))
     }
 }
 
@@ -419,6 +485,29 @@ fn names(start: &str, end: &str) -> String {
     }
 }
 
+/// A fallback list in a fingerprint: ` fallback 6:slave2 6:slave3` (order matters), or
+/// nothing.
+fn fallback_text(fallback: &[String]) -> String {
+    fallback.iter().fold(String::new(), |mut t, n| {
+        if t.is_empty() {
+            t.push_str(" fallback");
+        }
+        t.push_str(&format!(" {}:{n}", n.len()));
+        t
+    })
+}
+
+/// A fallback list names other slaves than the owner, each once.
+fn check_fallback(what: &str, owner: &str, fallback: &[String], errors: &mut Vec<String>) {
+    for (i, n) in fallback.iter().enumerate() {
+        if n == owner {
+            errors.push(format!("{what}: its fallback lists its own node {n}"));
+        } else if fallback[..i].contains(n) {
+            errors.push(format!("{what}: its fallback lists {n} twice"));
+        }
+    }
+}
+
 /// SHA-256 of a canonical, order-independent description of the rule, 16 hex digits.
 fn fingerprint_of(mode: &RoutingMode, spans: &[Span]) -> String {
     let mut text = format!("{RULE_VERSION}\n");
@@ -432,14 +521,24 @@ fn fingerprint_of(mode: &RoutingMode, spans: &[Span]) -> String {
                 text.push_str(&format!("slave {}:{} {}\n", s.name.len(), s.name, s.weight));
             }
         }
-        RoutingMode::Ranges { ranges, other } => {
+        RoutingMode::Ranges {
+            ranges,
+            other,
+            other_fallback,
+        } => {
             text.push_str("mode ranges\n");
             // One line per maximal run of names with the same owner, so that `a-m` and
             // `a-f` + `g-m` on one node (the same rule) have the same fingerprint. Whole
             // letters keep the form `a-g` of the first-letter tables, whose fingerprints
             // therefore did not change when prefixes came.
-            let owner = |s: &Span| ranges.get(s.range).map_or("", |r| r.node.as_str());
-            let mut runs: Vec<(&str, &str, &str)> = Vec::new();
+            // A fallback list is part of the run (and written only when there is one, so
+            // tables without fallbacks kept their fingerprints when fallbacks came).
+            let owner = |s: &Span| {
+                ranges.get(s.range).map_or(("", String::new()), |r| {
+                    (r.node.as_str(), fallback_text(&r.fallback))
+                })
+            };
+            let mut runs: Vec<(&str, &str, (&str, String))> = Vec::new();
             for span in spans {
                 match runs.last_mut() {
                     Some((_, end, node)) if *end == span.start && *node == owner(span) => {
@@ -448,7 +547,7 @@ fn fingerprint_of(mode: &RoutingMode, spans: &[Span]) -> String {
                     _ => runs.push((&span.start, &span.end, owner(span))),
                 }
             }
-            for (start, end, node) in runs {
+            for (start, end, (node, fallback)) in runs {
                 let run = if start.len() == 1 && end.len() == 1 {
                     names(start, end).replace("..", "-")
                 } else {
@@ -459,9 +558,14 @@ fn fingerprint_of(mode: &RoutingMode, spans: &[Span]) -> String {
                 } else {
                     run
                 };
-                text.push_str(&format!("range {run} {}:{node}\n", node.len()));
+                text.push_str(&format!("range {run} {}:{node}{fallback}\n", node.len()));
             }
-            text.push_str(&format!("other {}:{}\n", other.len(), other));
+            text.push_str(&format!(
+                "other {}:{}{}\n",
+                other.len(),
+                other,
+                fallback_text(other_fallback)
+            ));
         }
     }
     let digest = Sha256::digest(text.as_bytes());
@@ -494,6 +598,7 @@ mod tests {
             first: first.to_owned(),
             last: last.to_owned(),
             node: node.to_owned(),
+            fallback: Vec::new(),
         }
     }
 
@@ -501,6 +606,7 @@ mod tests {
         RoutingMode::Ranges {
             ranges: specs.iter().map(|(s, n)| range(s, n)).collect(),
             other: other.to_owned(),
+            other_fallback: Vec::new(),
         }
     }
 
@@ -600,6 +706,48 @@ mod tests {
             sorted.sort_unstable();
             assert_eq!(sorted, ["s1", "s2", "s3"]);
         }
+    }
+
+    #[test]
+    fn ranges_rank_the_owner_then_its_range_s_fallback_list() {
+        let mut mode = ranges_mode(&[("a-m", "s1"), ("n-z", "s2")], "s1");
+        let RoutingMode::Ranges {
+            ranges,
+            other_fallback,
+            ..
+        } = &mut mode
+        else {
+            unreachable!()
+        };
+        ranges[0].fallback = vec!["s3".to_owned(), "s2".to_owned()];
+        *other_fallback = vec!["s2".to_owned()];
+        let plain = RoutingTable::new(ranges_mode(&[("a-m", "s1"), ("n-z", "s2")], "s1")).unwrap();
+        let table = RoutingTable::new(mode.clone()).unwrap();
+        assert_eq!(table.ranked("alice"), ["s1", "s3", "s2"]);
+        assert_eq!(table.ranked("zoe"), ["s2"]);
+        assert_eq!(table.ranked("1st"), ["s1", "s2"]);
+        assert_eq!(plain.ranked("alice"), ["s1"]);
+        // The owners are the same; the fallbacks are part of the rule all the same.
+        assert_eq!(table.owner("alice"), plain.owner("alice"));
+        assert_ne!(table.fingerprint(), plain.fingerprint());
+        // Who has nowhere to go while a slave is away.
+        assert_eq!(table.stranded("s1", |_| true), Vec::<String>::new());
+        assert_eq!(table.stranded("s1", |n| n != "s2"), ["other"]);
+        assert_eq!(table.stranded("s1", |_| false), ["a-m", "other"]);
+        assert_eq!(table.stranded("s2", |_| true), ["n-z"]);
+        assert_eq!(plain.stranded("s1", |_| true), ["a-m", "other"]);
+        let RoutingMode::Ranges { ranges, .. } = &mut mode else {
+            unreachable!()
+        };
+        ranges[1].fallback = vec!["s2".to_owned(), "s1".to_owned(), "s1".to_owned()];
+        let errors = RoutingTable::new(mode).unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "n-z: its fallback lists its own node s2",
+                "n-z: its fallback lists s1 twice"
+            ]
+        );
     }
 
     #[test]

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Draining a slave (central data, MariaDB; issue 15, docs/operations.md "Draining a slave"):
+# SESSIONS users online, nearly all on slave2 (the demo farm with slave2 at weight 1000 to
+# slave1's 1, hash mode); `jabberfarm drain slave2 --over OVER --wait` moves every session to
+# slave1 (the next of each user's ranking) spread over the window: each client gets
+# `<see-other-host/>` and logs in at slave1. How long the drain takes, sessions moved per
+# second, what each node spends meanwhile, and that every session is on slave1 at the end
+# (none lost); then `undrain` sends them home at [rebalance] users_per_second.
+#
+#   bash bench/drain.sh [OUT_DIR]   # default: /tmp/jabberfarm-drain/<date-time>
+#
+# It starts a throwaway MariaDB (tests/servers/mariadb.sh, 127.0.0.1:DB_PORT, data under OUT),
+# writes OUT/farm.toml from conf/farm.toml with the data in it, creates the users bench0…
+# (SCRAM keys in MariaDB), starts every node as its own process, and holds SESSIONS sessions
+# with `jabberfarm-bench idle --follow-moves` (SCRAM-SHA-256, following redirects and moves).
+# Environment: SESSIONS (default 10000), OVER (default 60s), RATE (users sent home per second
+# after undrain, default 1000), DB_PORT (default 3399), SKIP_BUILD=1. Needs mariadb-server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/lib.sh
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/jabberfarm-target}"
+sessions="${SESSIONS:-10000}"
+over="${OVER:-60s}"
+rate="${RATE:-1000}"
+db_port="${DB_PORT:-3399}"
+out="${1:-${TMPDIR:-/tmp}/jabberfarm-drain/$(date +%Y%m%d-%H%M%S)}"
+bin="$CARGO_TARGET_DIR/release"
+
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release -p jabberfarm -p jabberfarm-bench
+ports_free "a farm" 5222 5322 5422 7100 "$db_port"
+mkdir -p "$out"
+data="$out/data"
+machine_info "$out/machine.txt"
+
+start_bench_mariadb "$out/db" "$db_port"
+
+# sessions_on NODE: its sessions column in `status`.
+sessions_on() {
+  { "$bin/jabberfarm" status --config "$out/farm.toml" 2>/dev/null || true; } \
+    | awk -v node="$1" '$1 == node { print $8 }'
+}
+
+demo_config always "$out/farm.tmp"
+# slave2 owns nearly everyone: the drain moves a whole slave's worth of sessions.
+awk '/^name = "slave2"/ { print; getline; print; getline; print "weight = 1000"; next } { print }' \
+  "$out/farm.tmp" | sed -e 's/^backend = "sqlite" .*/backend = "mysql"/' >"$out/farm.toml"
+rm "$out/farm.tmp"
+grep -q '^weight = 1000' "$out/farm.toml" || { echo "conf/farm.toml: slave2's weight not set" >&2; exit 1; }
+central_storage "$out/farm.toml" "$rate"
+"$bin/jabberfarm" check --config "$out/farm.toml"
+
+echo "== $sessions users in MariaDB"
+CONFIG="$out/farm.toml" DATA_DIR="$data" JABBERFARM="$bin/jabberfarm" bash bench/setup-users.sh "$sessions"
+start_demo_nodes "$bin" "$out/farm.toml" "$data" "$out"
+
+echo "== $sessions sessions"
+"$bin/jabberfarm-bench" idle --port 5222 --follow-redirects --follow-moves \
+  --tls starttls --ca "$data/tls/ca.pem" --mechanism SCRAM-SHA-256 \
+  --user-count "$sessions" --count "$sessions" --concurrency 50 --duration 300 --timeout 60 \
+  --hold 900 --ready-file "$out/ready" --json "$out/idle.json" >"$out/idle.txt" 2>&1 &
+bench_pid=$!
+for _ in $(seq 1 3000); do
+  [ -s "$out/ready" ] && break
+  kill -0 "$bench_pid" 2>/dev/null || { echo "the bench ended early:" >&2; tail -20 "$out/idle.txt" >&2; exit 1; }
+  sleep 0.1
+done
+on1=$(sessions_on slave1)
+on2=$(sessions_on slave2)
+echo "in: $(cat "$out/ready") sessions, $on2 on slave2, $on1 on slave1"
+
+declare -A before
+for node in master slave1 slave2; do before[$node]=$(cpu_ticks "${pid_of[$node]}"); done
+echo "== jabberfarm drain slave2 --over $over --wait"
+start=$(date +%s.%N)
+"$bin/jabberfarm" drain slave2 --over "$over" --wait --config "$out/farm.toml" | tail -3
+end=$(date +%s.%N)
+# Every session on slave1: none lost on the way.
+all=""
+for _ in $(seq 1 600); do
+  [ "$(sessions_on slave1)" = "$sessions" ] && { all=1; break; }
+  sleep 0.1
+done
+{
+  awk -v s="$start" -v e="$end" -v n="$on2" -v o="$over" \
+    'BEGIN { printf "drain of %d sessions over %s: drained after %.2f s, %.0f sessions moved per second\n", n, o, e - s, n / (e - s) }'
+  echo "sessions on slave1 after the drain: $(sessions_on slave1) of $sessions ($([ -n "$all" ] && echo "none lost" || echo "SOME MISSING"))"
+  hz=$(getconf CLK_TCK)
+  for node in master slave1 slave2; do
+    awk -v n="$node" -v b="${before[$node]}" -v a="$(cpu_ticks "${pid_of[$node]}")" -v hz="$hz" \
+      'BEGIN { printf "CPU %-7s %.2f s\n", n, (a - b) / hz }'
+  done
+  curl -s http://127.0.0.1:9122/metrics | grep '^jabberfarm_sessions_moved_total' || true
+} | tee "$out/result.txt"
+
+echo "== undrain: its users are sent home at $rate/s"
+start=$(date +%s.%N)
+"$bin/jabberfarm" undrain slave2 --config "$out/farm.toml"
+home=""
+for _ in $(seq 1 1200); do
+  [ "$(sessions_on slave2)" = "$on2" ] && { home=1; break; }
+  sleep 0.1
+done
+end=$(date +%s.%N)
+if [ -n "$home" ]; then
+  awk -v s="$start" -v e="$end" -v n="$on2" \
+    'BEGIN { printf "from undrain to %d sessions home on slave2: %.2f s\n", n, e - s }' | tee -a "$out/result.txt"
+else
+  echo "not every session went home:" | tee -a "$out/result.txt"
+  "$bin/jabberfarm" status --config "$out/farm.toml" | tee -a "$out/result.txt"
+fi
+sleep 3
+kill -USR1 "$bench_pid"
+wait "$bench_pid" || true
+grep -E 'moved|move_' "$out/idle.txt" | tee -a "$out/result.txt" || tail -20 "$out/idle.txt"
+echo "results in $out"

@@ -41,11 +41,10 @@ sessions_on() {
 }
 
 demo_config always "$out/farm.tmp"
-# slave2 owns nearly everyone: the drain moves a whole slave's worth of sessions.
-awk '/^name = "slave2"/ { print; getline; print; getline; print "weight = 1000"; next } { print }' \
-  "$out/farm.tmp" | sed -e 's/^backend = "sqlite" .*/backend = "mysql"/' >"$out/farm.toml"
+sed -e 's/^backend = "sqlite" .*/backend = "mysql"/' "$out/farm.tmp" >"$out/farm.toml"
 rm "$out/farm.tmp"
-grep -q '^weight = 1000' "$out/farm.toml" || { echo "conf/farm.toml: slave2's weight not set" >&2; exit 1; }
+# slave2 owns nearly everyone: the drain moves a whole slave's worth of sessions.
+weigh_slave2 "$out/farm.toml" 1000
 central_storage "$out/farm.toml" "$rate"
 "$bin/jabberfarm" check --config "$out/farm.toml"
 

@@ -17,6 +17,7 @@
 # session (p50, p99), and the window from the first loss to the last new session; the script
 # prints the time from the kill to every session on slave1, and each node's CPU meanwhile.
 # Environment: SESSIONS (default 10000), RATE (users sent home per second, default 1000),
+# WEIGHT2 (slave2's weight: 1000 puts nearly every session on it; default 1, about half),
 # DB_PORT (default 3399), SKIP_BUILD=1. Needs mariadb-server (the programs only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,6 +52,8 @@ wait_sessions() {
 demo_config always "$out/farm.tmp"
 sed -e 's/^backend = "sqlite" .*/backend = "mysql"/' "$out/farm.tmp" >"$out/farm.toml"
 rm "$out/farm.tmp"
+# WEIGHT2=1000: slave2 holds nearly every session, so the storm is a whole slave's worth.
+[ -z "${WEIGHT2:-}" ] || weigh_slave2 "$out/farm.toml" "$WEIGHT2"
 central_storage "$out/farm.toml" "$rate"
 "$bin/jabberfarm" check --config "$out/farm.toml"
 

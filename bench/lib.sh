@@ -113,3 +113,12 @@ central_storage() {
     "$db_url" "$2" >>"$1"
   grep -q '^backend = "mysql"' "$1" || { echo "conf/farm.toml: no backend line to set" >&2; exit 1; }
 }
+
+# weigh_slave2 CONFIG WEIGHT: slave2's `weight` in CONFIG (from demo_config) set to WEIGHT, so
+# that it owns that many times slave1's share of the users in hash mode; checked.
+weigh_slave2() {
+  awk -v w="$2" '/^name = "slave2"/ { print; getline; print; getline; print "weight = " w; next } { print }' \
+    "$1" >"$1.weighed"
+  mv "$1.weighed" "$1"
+  grep -q "^weight = $2\$" "$1" || { echo "conf/farm.toml: slave2's weight not set" >&2; exit 1; }
+}

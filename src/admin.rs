@@ -89,13 +89,19 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
-/// Asks the master; what it answered, or an error naming it.
+/// Asks the (primary) master, which hands out every change; what it answered, or an error
+/// naming it.
 async fn ask_master(cfg: &FarmConfig, request: &Element, wait: Duration) -> Result<Element> {
     let client = link_client(cfg)?;
     let master = cfg.master().name.clone();
+    let which = if cfg.masters().count() > 1 {
+        "the primary master, which hands out every change"
+    } else {
+        "the master"
+    };
     admin_request(cfg, &master, client.as_ref(), request, wait)
         .await
-        .map_err(|e| anyhow::anyhow!("{master} (the master, {}): {e}", cfg.master().farm))
+        .map_err(|e| anyhow::anyhow!("{master} ({which}, {}): {e}", cfg.master().farm))
 }
 
 pub async fn drain(
@@ -187,7 +193,7 @@ pub async fn undrain(cfg: &FarmConfig, node: &str) -> Result<ExitCode> {
     }
     if answer.attr("was") == Some("true") {
         println!(
-            "{node} is back in service (topology epoch {}): its users are sent home at {} a              second",
+            "{node} is back in service (topology epoch {}): its users are sent home at {} a second",
             answer.attr("epoch").unwrap_or("?"),
             cfg.rebalance.users_per_second
         );

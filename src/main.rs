@@ -316,6 +316,16 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
                             cfg.routing.fingerprint()
                         );
                         println!("failover {}", failover_summary(&cfg));
+                        let masters: Vec<&str> = cfg.masters().map(|m| m.name.as_str()).collect();
+                        if let [primary, others @ ..] = masters.as_slice()
+                            && !others.is_empty()
+                        {
+                            println!(
+                                "masters: {} take logins and remote servers alike; {primary}, \
+                                 the primary, hands out changes (reload, drain)",
+                                masters.join(", ")
+                            );
+                        }
                         ExitCode::SUCCESS
                     } else {
                         for p in problems {
@@ -491,12 +501,15 @@ async fn run_nodes(cfg: Arc<FarmConfig>, names: &[String], demo: bool) -> Result
         .iter()
         .any(|n| cfg.node(n).is_some_and(|n| n.role == Role::Master));
     let drains = !has_master && !cfg.farm.drain_on_stop.is_zero() && cfg.storage.central();
+    // SIGHUP reloads at the primary master only.
+    let primary = cfg.master().name.clone();
+    let hup = (!names.contains(&primary)).then_some(primary);
     tokio::spawn(async move {
-        signals.wait(has_master).await;
+        signals.wait(hup.as_deref()).await;
         if drains {
             info!("stopping: each slave drains first (a second signal stops at once)");
             term2.cancel();
-            signals.wait(has_master).await;
+            signals.wait(hup.as_deref()).await;
         }
         info!("stopping: closing every stream with <system-shutdown/>");
         stop.cancel();
@@ -577,15 +590,17 @@ impl Signals {
         })
     }
 
-    async fn wait(&mut self, has_master: bool) {
+    /// Until SIGTERM or SIGINT. `primary`: the primary master when this process does not run
+    /// it (a SIGHUP here is then only logged).
+    async fn wait(&mut self, primary: Option<&str>) {
         loop {
             tokio::select! {
                 _ = self.term.recv() => return,
                 _ = self.int.recv() => return,
-                _ = self.hup.recv() => if !has_master {
+                _ = self.hup.recv() => if let Some(primary) = primary {
                     tracing::warn!(
-                        "SIGHUP: this process runs no master; send it to the master, which \
-                         reloads the config and hands the change to every node"
+                        "SIGHUP: this process does not run the primary master; send it to \
+                         {primary}, which reloads the config and hands the change to every node"
                     );
                 },
             }

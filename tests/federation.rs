@@ -22,6 +22,8 @@ const FARM_DOMAIN: &str = "farm.test";
 const FARM_S2S_IP: &str = "127.0.0.2";
 const REMOTE_DOMAIN: &str = "remote.test";
 const REMOTE_IP: &str = "127.0.0.3";
+/// The second master's s2s address (a farm with two masters).
+const FARM_S2S_IP2: &str = "127.0.0.4";
 
 /// The tests share port 5269 on fixed loopback addresses and /etc/hosts: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -215,18 +217,35 @@ fn which(cmd: &str) -> PathBuf {
 
 /// A farm for `farm.test` whose master takes s2s on 127.0.0.2:5269.
 fn federated_farm() -> TestFarm {
-    TestFarm::start_edited(2, |text| {
-        text.replace(
-            "domain = \"localhost\"",
-            &format!("domain = \"{FARM_DOMAIN}\""),
-        )
-        .replace(
-            "name = \"master\"\nrole = \"master\"\n",
-            &format!("name = \"master\"\nrole = \"master\"\ns2s = \"{FARM_S2S_IP}:5269\"\n"),
-        ) + &format!(
-            "\n[s2s]\nconnect_timeout = 3\nidle_timeout = 3\n\n[s2s.routes]\n\"{REMOTE_DOMAIN}\" = \"{REMOTE_IP}:5269\"\n"
-        )
-    })
+    TestFarm::start_edited(2, federated_config)
+}
+
+/// The test farm's config for `farm.test`: the master's s2s on 127.0.0.2:5269, `remote.test`
+/// pinned to Prosody.
+fn federated_config(text: String) -> String {
+    text.replace(
+        "domain = \"localhost\"",
+        &format!("domain = \"{FARM_DOMAIN}\""),
+    )
+    .replace(
+        "name = \"master\"\nrole = \"master\"\n",
+        &format!("name = \"master\"\nrole = \"master\"\ns2s = \"{FARM_S2S_IP}:5269\"\n"),
+    ) + &format!(
+        "\n[s2s]\nconnect_timeout = 3\nidle_timeout = 3\n\n[s2s.routes]\n\"{REMOTE_DOMAIN}\" = \"{REMOTE_IP}:5269\"\n"
+    )
+}
+
+/// Where a login for `user` at `at` is sent (`<see-other-host/>`).
+fn redirected_by(at: SocketAddr, user: &str) -> String {
+    let mut c = Raw::connect(at);
+    c.open_at(FARM_DOMAIN);
+    c.send(&common::plain_auth(user, "pw"));
+    let got = c.wait_closed(5);
+    let start = got
+        .find("<see-other-host")
+        .unwrap_or_else(|| panic!("not redirected: {got}"));
+    let from = start + got[start..].find('>').unwrap() + 1;
+    got[from..from + got[from..].find('<').unwrap()].to_owned()
 }
 
 /// Everything a federation test needs, torn down in reverse order when dropped: a farm for
@@ -462,4 +481,111 @@ fn messages_for_a_server_that_went_away_bounce() {
         "<message to='juliet@{FARM_DOMAIN}/balcony' type='chat'><body>still here</body></message>"
     ));
     j.wait_for("still here", 5);
+}
+
+/// Two masters and three slaves, each its own process, the data in MariaDB, both masters
+/// published for `farm.test` (two addresses, as an ISP publishes two SRV targets): both send a
+/// login to the same slave; kill -9 the first, and logins go on at the second, Prosody's
+/// messages come in through it (it reconnects to the address that answers), the farm's go
+/// out, their dialback keys checked by the second, and its metrics show the first one lost.
+#[test]
+fn a_second_master_takes_logins_and_federation_when_the_first_dies() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _hosts = Hosts::add(&[
+        format!("{FARM_S2S_IP} {FARM_DOMAIN}"),
+        format!("{FARM_S2S_IP2} {FARM_DOMAIN}"),
+        format!("{REMOTE_IP} {REMOTE_DOMAIN}"),
+    ]);
+    let prosody = Prosody::start(&[("romeo", "pw")]);
+    let db = jabberfarm_testkit::servers::shared_mariadb();
+    let storage = format!(
+        "[storage]\nbackend = \"mysql\"\n[storage.mysql]\nurl = \"{}\"\nmax_connections = 4\n\n",
+        db.create_database("masters")
+    );
+    let metrics = common::free_port();
+    let mut farm =
+        TestFarm::start_processes_masters(3, &[Some(&format!("{FARM_S2S_IP2}:5269"))], |text| {
+            federated_config(text)
+                .replacen("[storage]\nscram_iterations = 4096\n\n", &storage, 1)
+                .replacen(
+                    "name = \"master2\"\n",
+                    &format!("name = \"master2\"\nmetrics = \"127.0.0.1:{metrics}\"\n"),
+                    1,
+                )
+        });
+    farm.add_user("juliet", "pw");
+    let owner = farm.owner("juliet").c2s.to_string();
+    let master2 = farm.more_masters[0].c2s;
+    assert_eq!(redirected_by(farm.master.c2s, "juliet"), owner);
+    assert_eq!(redirected_by(master2, "juliet"), owner);
+
+    let mut j = farm_login(&farm, "juliet", "balcony");
+    j.send("<presence/>");
+    j.sync(FARM_DOMAIN);
+    let mut r = Raw::login_at(prosody.c2s, REMOTE_DOMAIN, "romeo", "pw", "garden");
+    r.send("<presence/>");
+    let (rj, jj) = (
+        format!("romeo@{REMOTE_DOMAIN}"),
+        format!("juliet@{FARM_DOMAIN}"),
+    );
+    r.send(&format!(
+        "<message to='{jj}' type='chat'><body>before the fall</body></message>"
+    ));
+    j.wait_for("before the fall", 30);
+
+    farm.kill_node("master");
+    assert_eq!(redirected_by(master2, "juliet"), owner);
+    // Changes wait for the primary; the operator is told which node that is.
+    let out = Command::new(common::BIN)
+        .args(["reload", "--config"])
+        .arg(&farm.config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("master (the primary master, which hands out every change"),
+        "{err}"
+    );
+    r.send(&format!(
+        "<message to='{jj}' type='chat'><body>after the fall</body></message>"
+    ));
+    let m = j.wait_for("after the fall", 40);
+    assert!(m.contains(&format!("from='{rj}/garden'")), "{m}");
+    j.send(&format!(
+        "<message to='{rj}/garden' type='chat'><body>still here</body></message>"
+    ));
+    r.wait_for("still here", 40);
+    // Prosody came in at the second master once the first was gone.
+    let log = std::fs::read_to_string(farm.dir.path().join("node-master2.log")).unwrap();
+    assert!(
+        log.contains("s2s from remote.test authenticated (dialback)"),
+        "{log}"
+    );
+    // What the second master's metrics say of the first (it probes the port once a second).
+    let scrape = || {
+        let mut m = TcpStream::connect(("127.0.0.1", metrics)).unwrap();
+        std::io::Write::write_all(
+            &mut m,
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut m, &mut text).unwrap();
+        text
+    };
+    let want = [
+        "jabberfarm_link_up{peer=\"master\"} 0",
+        "jabberfarm_node_failed{peer=\"master\"} 1",
+        "jabberfarm_link_lost_total{peer=\"master\"} 1",
+        "jabberfarm_link_up{peer=\"slave3\"} 1",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut text = scrape();
+    while !want.iter().all(|l| text.contains(l)) {
+        assert!(Instant::now() < deadline, "{want:?} not all in {text}");
+        std::thread::sleep(Duration::from_millis(100));
+        text = scrape();
+    }
+    drop(db);
 }

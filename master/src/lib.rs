@@ -23,6 +23,7 @@ use jabberfarm_net::node::NodeRuntime;
 use jabberfarm_net::relay::RelayReason;
 use jabberfarm_net::s2s::{Outbound, S2sSettings};
 use jabberfarm_proto::ns;
+use jabberfarm_proto::xml::Element;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -226,13 +227,31 @@ pub async fn run(
         rt.links.clone(),
         cfg.data_dir.join(format!("{}.drained", node.name)),
     ));
-    reloader.start().await;
-    reloader.on_sighup(&rt.tracker, rt.shutdown.clone());
-    let (re, r6) = (reloader.clone(), relayer.clone());
+    // Several masters answer logins and remote servers alike; the primary (the first in the
+    // config) is the one that hands out changes: reloads and drains go to it.
+    let primary = cfg.master().name.clone();
+    let is_primary = primary == node.name;
+    if is_primary {
+        reloader.start().await;
+        reloader.on_sighup(&rt.tracker, rt.shutdown.clone());
+    } else {
+        info!(
+            node = %node.name,
+            "a secondary master: {primary}, the primary, hands out changes (reload, drain); \
+             this one takes logins and remote servers as it does"
+        );
+    }
+    let (re, r6, p6) = (reloader.clone(), relayer.clone(), primary.clone());
     rt.links.answer_admin(Arc::new(move |request, status| {
-        let (reloader, relayer) = (re.clone(), r6.clone());
+        let (reloader, relayer, primary) = (re.clone(), r6.clone(), p6.clone());
         Box::pin(async move {
-            if request.is("reload", LINK_NS) {
+            let changes = ["reload", "drain", "undrain"];
+            if !is_primary && changes.iter().any(|c| request.is(c, LINK_NS)) {
+                Some(Element::new("error", LINK_NS).with_attr(
+                    "reason",
+                    format!("a secondary master: send it to the primary master, {primary}"),
+                ))
+            } else if request.is("reload", LINK_NS) {
                 Some(reloader.answer().await)
             } else if request.is("drain", LINK_NS) {
                 let node = request.attr("node").unwrap_or_default();
@@ -315,14 +334,15 @@ pub async fn run(
                 LinkEvent::Topology(_) => {}
                 LinkEvent::Down(n) => warn!("slave {n} is down: its users cannot log in until it is back or, with central data, marked failed (then the next slave takes them)"),
                 // A slave that drained itself on SIGTERM is gone: its drain ends with it.
-                LinkEvent::Lost(n) => {
+                LinkEvent::Lost(n) if is_primary => {
                     let re = re2.clone();
                     tr2.spawn(async move { re.lost(&n).await });
                 }
+                LinkEvent::Lost(_) => {}
                 // A slave stopping on SIGTERM asks to be drained first.
                 LinkEvent::Stanza {
                     from_node, stanza, ..
-                } if stanza.is("stopping", LINK_NS) => {
+                } if is_primary && stanza.is("stopping", LINK_NS) => {
                     let over = stanza
                         .attr("over")
                         .and_then(|o| o.parse().ok())

@@ -23,6 +23,8 @@ pub struct TestFarm {
     pub config: PathBuf,
     pub master: Node,
     pub slaves: Vec<Node>,
+    /// Masters after the first (`start_processes_masters`): `master2`, …
+    pub more_masters: Vec<Node>,
     child: Option<Child>,
     /// One process per node (`start_processes`), by node name.
     nodes: std::collections::HashMap<String, Child>,
@@ -107,6 +109,7 @@ impl TestFarm {
             config,
             master,
             slaves,
+            more_masters: Vec::new(),
             child: None,
             nodes: Default::default(),
         };
@@ -177,8 +180,51 @@ impl TestFarm {
         farm
     }
 
+    /// [`TestFarm::start_processes_edited`] with `s2s.len()` more masters, `master2`, …, each
+    /// taking s2s on its address in `s2s` (`None`: no s2s listener).
+    pub fn start_processes_masters(
+        slaves: usize,
+        s2s: &[Option<&str>],
+        edit: impl Fn(String) -> String,
+    ) -> TestFarm {
+        let mut farm = TestFarm::start_with_mode(
+            slaves,
+            false,
+            "stream_open_timeout = 3\nlogin_timeout = 10\nshutdown_grace = 2",
+            false,
+        );
+        let mut text = std::fs::read_to_string(&farm.config).unwrap();
+        for (i, s2s) in s2s.iter().enumerate() {
+            let n = node(&format!("master{}", i + 2));
+            text.push_str(&format!(
+                "[[node]]\nname = \"{}\"\nrole = \"master\"\nc2s = \"{}\"\nc2s_tls = \"{}\"\nfarm = \"127.0.0.1:{}\"\n{}\n",
+                n.name,
+                n.c2s,
+                n.c2s_tls,
+                free_port(),
+                s2s.map(|a| format!("s2s = \"{a}\"\n")).unwrap_or_default()
+            ));
+            farm.more_masters.push(n);
+        }
+        std::fs::write(&farm.config, edit(text)).unwrap();
+        let names: Vec<String> = farm.all_nodes().map(|n| n.name.clone()).collect();
+        for n in names {
+            farm.start_node(&n);
+        }
+        farm.wait_links_up(Instant::now() + Duration::from_secs(20));
+        farm
+    }
+
+    /// Every node: the master, the other masters, the slaves.
+    pub fn all_nodes(&self) -> impl Iterator<Item = &Node> {
+        std::iter::once(&self.master)
+            .chain(&self.more_masters)
+            .chain(&self.slaves)
+    }
+
     fn node_by_name(&self, name: &str) -> &Node {
         std::iter::once(&self.master)
+            .chain(&self.more_masters)
             .chain(&self.slaves)
             .find(|n| n.name == name)
             .unwrap()
@@ -382,10 +428,7 @@ impl TestFarm {
 
     /// Every node's farm links are up (the log names each pair).
     pub fn wait_links_up(&self, deadline: Instant) {
-        let mut names: Vec<&str> = std::iter::once(&self.master)
-            .chain(&self.slaves)
-            .map(|n| n.name.as_str())
-            .collect();
+        let mut names: Vec<&str> = self.all_nodes().map(|n| n.name.as_str()).collect();
         names.sort();
         let mut pairs = Vec::new();
         for (i, a) in names.iter().enumerate() {

@@ -177,7 +177,7 @@ mod tests {
 
     #[test]
     fn field_probe_reads_the_serde_field_names() {
-        assert_eq!(fields_of::<RawRange>(), ["letters", "node"],);
+        assert_eq!(fields_of::<RawRange>(), ["letters", "node", "fallback"],);
         assert_eq!(
             fields_of::<RawTls>(),
             ["cert", "key", "generate", "required"],

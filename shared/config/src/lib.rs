@@ -228,15 +228,22 @@ impl FarmConfig {
         Topology::of(self)
     }
 
-    /// The master node.
+    /// The primary master: the first `[[node]]` with role master. Every master takes logins
+    /// and remote servers alike; the primary is the one that hands out topology changes
+    /// (`reload`, `drain`).
     ///
     /// # Panics
-    /// If `nodes` is empty, which a loaded config never is (it has exactly one master).
+    /// If `nodes` is empty, which a loaded config never is (it has a master).
     pub fn master(&self) -> &NodeConfig {
         self.nodes
             .iter()
             .find(|n| n.role == Role::Master)
             .unwrap_or(&self.nodes[0])
+    }
+
+    /// Every master, the primary first.
+    pub fn masters(&self) -> impl Iterator<Item = &NodeConfig> {
+        self.nodes.iter().filter(|n| n.role == Role::Master)
     }
 
     pub fn slaves(&self) -> impl Iterator<Item = &NodeConfig> {

@@ -60,7 +60,8 @@ impl Topology {
         self.nodes.iter().find(|n| n.name == name)
     }
 
-    /// The master's name (a topology has exactly one).
+    /// The primary master (the first), which hands out changes; a topology has at least one
+    /// master.
     pub fn master(&self) -> Option<&NodeConfig> {
         self.nodes.iter().find(|n| n.role == Role::Master)
     }
@@ -225,8 +226,8 @@ impl Topology {
                 })
             })
             .collect::<Result<_, String>>()?;
-        if nodes.iter().filter(|n| n.role == Role::Master).count() != 1 {
-            return Err("not exactly one master".to_owned());
+        if !nodes.iter().any(|n| n.role == Role::Master) {
+            return Err("no master".to_owned());
         }
         if let Some(owner) = table
             .nodes()
@@ -290,21 +291,23 @@ pub fn live_change_refusals(current: &FarmConfig, next: &FarmConfig) -> Vec<Stri
     refused
 }
 
-/// The master changed, or a node in both lists changed its role or its own listeners.
+/// The masters changed, or a node in both lists changed its role or its own listeners.
 fn node_refusals(current: &[NodeConfig], next: &[NodeConfig]) -> Vec<String> {
     let mut refused = Vec::new();
-    let master = |nodes: &[NodeConfig]| {
+    let masters = |nodes: &[NodeConfig]| {
         nodes
             .iter()
-            .find(|n| n.role == Role::Master)
-            .map_or(String::new(), |n| n.name.clone())
+            .filter(|n| n.role == Role::Master)
+            .map(|n| n.name.clone())
+            .collect::<Vec<_>>()
+            .join(", ")
     };
-    if master(current) != master(next) {
+    if masters(current) != masters(next) {
         refused.push(format!(
-            "the master {} → {}: the master is where every login and every remote domain \
-             comes in; change it with a restart",
-            master(current),
-            master(next)
+            "the masters {} → {}: the masters are where every login and every remote domain \
+             comes in, the first hands out every change; change them with a restart",
+            masters(current),
+            masters(next)
         ));
     }
     for old in current {
@@ -554,7 +557,7 @@ mod tests {
         next.nodes[0].name = "master2".to_owned();
         let refused = now.refusals(&next);
         assert_eq!(refused.len(), 2, "{refused:#?}");
-        assert!(refused[0].starts_with("the master master → master2: "));
+        assert!(refused[0].starts_with("the masters master → master2: "));
         assert!(refused[1].starts_with("node slave1: farm 127.0.0.1:7101 → 127.0.0.1:7999"));
     }
 

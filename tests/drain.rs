@@ -164,6 +164,19 @@ fn a_drained_slave_hands_every_session_on_over_its_window_and_gets_them_back() {
     let mut tx = Raw::login(farm.owner(&sender).c2s, &sender, "pw", "r");
     tx.send("<presence/>");
     tx.sync("localhost");
+    // One more of slave2's users comes through the master's relay: a client that did not
+    // follow its redirect (`redirect = "auto"` relays it when it comes back).
+    let relayed = farm
+        .users_on_every_slave("rl", 1)
+        .into_iter()
+        .find(|(_, o)| o == "slave2")
+        .map(|(u, _)| u)
+        .unwrap();
+    farm.add_user(&relayed, "pw");
+    assert_eq!(login_goes_to(farm.master.c2s, &relayed), slave2);
+    let mut rc = Raw::login(farm.master.c2s, &relayed, "pw", "r");
+    rc.send("<presence/>");
+    rc.sync("localhost");
     assert_eq!(get(metrics(2), "/health"), (200, "ok\n".to_owned()));
 
     // Under load: a message to each of them every 20 ms, all through the drain.
@@ -222,7 +235,17 @@ fn a_drained_slave_hands_every_session_on_over_its_window_and_gets_them_back() {
         c.send("<presence/>");
         after.push((u.clone(), to, text, c));
     }
-    // Spread over the window (3 s for 6 users: one every 500 ms), not all at once.
+    // The relayed one is told to reconnect (`<reset/>`) and the master relays it to its next
+    // slave.
+    let text = rc.wait_closed(15);
+    assert!(
+        text.contains("<reset xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"),
+        "{text}"
+    );
+    let mut rc = Raw::login(farm.master.c2s, &relayed, "pw", "r");
+    rc.send("<presence/>");
+    rc.sync("localhost");
+    // Spread over the window (3 s for 7 users: one every 430 ms), not all at once.
     let first = moved_at.iter().min().unwrap();
     let last = moved_at.iter().max().unwrap();
     assert!(
@@ -257,7 +280,7 @@ fn a_drained_slave_hands_every_session_on_over_its_window_and_gets_them_back() {
     assert!(
         text.contains(&format!(
             "jabberfarm_sessions_moved_total{{reason=\"drain\"}} {}",
-            drained.len()
+            drained.len() + 1
         )),
         "{text}"
     );

@@ -7,6 +7,8 @@
 
 mod common;
 
+use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -17,15 +19,58 @@ use jabberfarm_testkit::servers::{self, MariaDb};
 /// Three slaves, every node its own process, the data in a database of its own (`name`) in
 /// the shared MariaDB (kept running while the test holds it): central data, so failover is on.
 fn central_farm(name: &str) -> (TestFarm, Arc<MariaDb>) {
+    let (farm, db, _) = central_farm_with_metrics(name);
+    (farm, db)
+}
+
+/// [`central_farm`], every node serving its metrics: their addresses by node name.
+fn central_farm_with_metrics(name: &str) -> (TestFarm, Arc<MariaDb>, HashMap<String, SocketAddr>) {
     let db = servers::shared_mariadb();
     let url = db.create_database(name);
     let storage = format!(
         "[storage]\nbackend = \"mysql\"\n[storage.mysql]\nurl = \"{url}\"\nmax_connections = 4\n\n"
     );
+    let metrics: HashMap<String, SocketAddr> = ["master", "slave1", "slave2", "slave3"]
+        .iter()
+        .map(|n| {
+            (
+                (*n).to_owned(),
+                SocketAddr::from(([127, 0, 0, 1], common::free_port())),
+            )
+        })
+        .collect();
     let farm = TestFarm::start_processes_edited(3, |t| {
-        t.replacen("[storage]\nscram_iterations = 4096\n\n", &storage, 1)
+        let mut t = t.replacen("[storage]\nscram_iterations = 4096\n\n", &storage, 1);
+        for (node, addr) in &metrics {
+            t = t.replacen(
+                &format!("name = \"{node}\"\n"),
+                &format!("name = \"{node}\"\nmetrics = \"{addr}\"\n"),
+                1,
+            );
+        }
+        t
     });
-    (farm, db)
+    (farm, db, metrics)
+}
+
+/// Waits (at most 10 s) until `addr`'s metrics have the line `line`.
+fn wait_metric(addr: SocketAddr, line: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        if text.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{line} not in {text}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// `jabberfarm status` of `farm`: the line of `node`, and every line.
@@ -54,7 +99,7 @@ fn redirect_of(text: &str) -> String {
 
 #[test]
 fn a_failed_slave_s_users_are_served_by_the_next_and_move_back_when_it_returns() {
-    let (mut farm, _db) = central_farm("failover");
+    let (mut farm, _db, metrics) = central_farm_with_metrics("failover");
     let (x, c) = farm.user_pair("fail", "pw");
     let owner = farm.owner(&x).name.clone();
     let owner_c2s = farm.owner(&x).c2s;
@@ -81,6 +126,7 @@ fn a_failed_slave_s_users_are_served_by_the_next_and_move_back_when_it_returns()
     };
     let to: SocketAddr = to.parse().unwrap();
     assert_ne!(to, owner_c2s, "sent to the failed owner");
+    wait_metric(metrics["master"], "jabberfarm_failovers_total 1");
     assert!(
         farm.slaves.iter().any(|s| s.c2s == to),
         "{to} is not a slave"
@@ -118,6 +164,17 @@ fn a_failed_slave_s_users_are_served_by_the_next_and_move_back_when_it_returns()
         "<message to='{x}@localhost' type='chat'><body>home-again</body></message>"
     ));
     home.wait_for("home-again", 10);
+    let fallback = farm
+        .slaves
+        .iter()
+        .find(|s| s.c2s == to)
+        .unwrap()
+        .name
+        .clone();
+    wait_metric(
+        metrics[&fallback],
+        "jabberfarm_sessions_moved_total{reason=\"home\"} 1",
+    );
 }
 
 /// `inservice = false` on a slave, with `jabberfarm reload`: its connected users are moved to

@@ -49,12 +49,9 @@ wait_sessions() {
   return 1
 }
 
-demo_config always "$out/farm.tmp"
-sed -e 's/^backend = "sqlite" .*/backend = "mysql"/' "$out/farm.tmp" >"$out/farm.toml"
-rm "$out/farm.tmp"
+central_demo_config "$out" "$rate"
 # WEIGHT2=1000: slave2 holds nearly every session, so the storm is a whole slave's worth.
 [ -z "${WEIGHT2:-}" ] || weigh_slave2 "$out/farm.toml" "$WEIGHT2"
-central_storage "$out/farm.toml" "$rate"
 "$bin/jabberfarm" check --config "$out/farm.toml"
 
 echo "== $sessions users in MariaDB"
@@ -62,16 +59,7 @@ CONFIG="$out/farm.toml" DATA_DIR="$data" JABBERFARM="$bin/jabberfarm" bash bench
 start_demo_nodes "$bin" "$out/farm.toml" "$data" "$out"
 
 echo "== $sessions sessions"
-"$bin/jabberfarm-bench" idle --port 5222 --follow-redirects --follow-moves \
-  --tls starttls --ca "$data/tls/ca.pem" --mechanism SCRAM-SHA-256 \
-  --user-count "$sessions" --count "$sessions" --concurrency 50 --duration 300 --timeout 60 \
-  --hold 900 --ready-file "$out/ready" --json "$out/idle.json" >"$out/idle.txt" 2>&1 &
-bench_pid=$!
-for _ in $(seq 1 3000); do
-  [ -s "$out/ready" ] && break
-  kill -0 "$bench_pid" 2>/dev/null || { echo "the bench ended early:" >&2; tail -20 "$out/idle.txt" >&2; exit 1; }
-  sleep 0.1
-done
+hold_idle_sessions "$out" "$data" "$sessions" 900
 on2=$("$bin/jabberfarm" status --config "$out/farm.toml" | awk '$1 == "slave2" { print $8 }')
 echo "in: $(cat "$out/ready") sessions, $on2 of them on slave2"
 

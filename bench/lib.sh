@@ -122,3 +122,33 @@ weigh_slave2() {
   mv "$1.weighed" "$1"
   grep -q "^weight = $2\$" "$1" || { echo "conf/farm.toml: slave2's weight not set" >&2; exit 1; }
 }
+
+# central_demo_config OUT RATE: OUT/farm.toml, the demo config with its data in
+# start_bench_mariadb's database (failover with central data) and [rebalance] users_per_second =
+# RATE (the caller checks it).
+central_demo_config() {
+  demo_config always "$1/farm.tmp"
+  sed -e 's/^backend = "sqlite" .*/backend = "mysql"/' "$1/farm.tmp" >"$1/farm.toml"
+  rm "$1/farm.tmp"
+  central_storage "$1/farm.toml" "$2"
+}
+
+# hold_idle_sessions OUT DATA SESSIONS HOLD_S: SESSIONS idle sessions through the master
+# (`jabberfarm-bench idle --follow-redirects --follow-moves`, SCRAM-SHA-256 over STARTTLS; a
+# moved session logs in where it is sent, one whose connection ends logs in again from the
+# master), held HOLD_S seconds or until SIGUSR1; returns once they are all in, with the bench's
+# pid in bench_pid, its report in OUT/idle.txt and OUT/idle.json.
+hold_idle_sessions() {
+  "$bin/jabberfarm-bench" idle --port 5222 --follow-redirects --follow-moves \
+    --tls starttls --ca "$2/tls/ca.pem" --mechanism SCRAM-SHA-256 \
+    --user-count "$3" --count "$3" --concurrency 50 --duration 300 --timeout 60 \
+    --hold "$4" --ready-file "$1/ready" --json "$1/idle.json" >"$1/idle.txt" 2>&1 &
+  bench_pid=$!
+  for _ in $(seq 1 3000); do
+    [ -s "$1/ready" ] && return 0
+    kill -0 "$bench_pid" 2>/dev/null || { echo "the bench ended early:" >&2; tail -20 "$1/idle.txt" >&2; exit 1; }
+    sleep 0.1
+  done
+  echo "the sessions did not all log in within 300 s" >&2
+  exit 1
+}

@@ -64,16 +64,7 @@ cp "$out/old.toml" "$out/farm.toml"
 start_demo_nodes "$bin" "$out/farm.toml" "$data" "$out"
 
 echo "== $sessions sessions on slave1"
-"$bin/jabberfarm-bench" idle --port 5222 --follow-redirects --follow-moves \
-  --tls starttls --ca "$data/tls/ca.pem" --mechanism SCRAM-SHA-256 \
-  --user-count "$sessions" --count "$sessions" --concurrency 50 --duration 300 --timeout 60 \
-  --hold 600 --ready-file "$out/ready" --json "$out/idle.json" >"$out/idle.txt" 2>&1 &
-bench_pid=$!
-for _ in $(seq 1 3000); do
-  [ -s "$out/ready" ] && break
-  kill -0 "$bench_pid" 2>/dev/null || { echo "the bench ended early:" >&2; tail -20 "$out/idle.txt" >&2; exit 1; }
-  sleep 0.1
-done
+hold_idle_sessions "$out" "$data" "$sessions" 600
 echo "in: $(cat "$out/ready") sessions"
 
 declare -A before

@@ -9,14 +9,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Raw, TestFarm, free_port, plain_auth};
+use common::{Raw, TestFarm, free_port, http, plain_auth};
 use jabberfarm_testkit::servers::{self, MariaDb};
 
 /// Three slaves, each node its own process with its metrics on `ports` (master, slave1..3),
@@ -89,18 +88,7 @@ fn state_of(farm: &TestFarm, node: &str) -> (String, String) {
 
 /// `GET path` at `addr`: status code and body.
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let code = text.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = text.split_once("\r\n\r\n").unwrap().1.to_owned();
-    (code, body)
+    http(addr, "GET", path)
 }
 
 /// The `HOST:PORT` of the `<see-other-host/>` in `text`.

@@ -8,12 +8,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use common::agents::Agent;
-use common::{Raw, TestFarm, plain_auth};
+use common::{Raw, TestFarm, plain_auth, wait_metrics};
 use jabberfarm_testkit::servers::{self, MariaDb};
 
 /// Three slaves, every node its own process, the data in a database of its own (`name`) in
@@ -51,26 +50,6 @@ fn central_farm_with_metrics(name: &str) -> (TestFarm, Arc<MariaDb>, HashMap<Str
         t
     });
     (farm, db, metrics)
-}
-
-/// Waits (at most 10 s) until `addr`'s metrics have the line `line`.
-fn wait_metric(addr: SocketAddr, line: &str) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        if text.lines().any(|l| l == line) {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "{line} not in {text}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
 }
 
 /// `jabberfarm status` of `farm`: the line of `node`, and every line.
@@ -126,7 +105,7 @@ fn a_failed_slave_s_users_are_served_by_the_next_and_move_back_when_it_returns()
     };
     let to: SocketAddr = to.parse().unwrap();
     assert_ne!(to, owner_c2s, "sent to the failed owner");
-    wait_metric(metrics["master"], "jabberfarm_failovers_total 1");
+    wait_metrics(metrics["master"], &["jabberfarm_failovers_total 1"]);
     assert!(
         farm.slaves.iter().any(|s| s.c2s == to),
         "{to} is not a slave"
@@ -171,9 +150,9 @@ fn a_failed_slave_s_users_are_served_by_the_next_and_move_back_when_it_returns()
         .unwrap()
         .name
         .clone();
-    wait_metric(
+    wait_metrics(
         metrics[&fallback],
-        "jabberfarm_sessions_moved_total{reason=\"home\"} 1",
+        &["jabberfarm_sessions_moved_total{reason=\"home\"} 1"],
     );
 }
 

@@ -563,29 +563,14 @@ fn a_second_master_takes_logins_and_federation_when_the_first_dies() {
         "{log}"
     );
     // What the second master's metrics say of the first (it probes the port once a second).
-    let scrape = || {
-        let mut m = TcpStream::connect(("127.0.0.1", metrics)).unwrap();
-        std::io::Write::write_all(
-            &mut m,
-            b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        )
-        .unwrap();
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut m, &mut text).unwrap();
-        text
-    };
-    let want = [
-        "jabberfarm_link_up{peer=\"master\"} 0",
-        "jabberfarm_node_failed{peer=\"master\"} 1",
-        "jabberfarm_link_lost_total{peer=\"master\"} 1",
-        "jabberfarm_link_up{peer=\"slave3\"} 1",
-    ];
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut text = scrape();
-    while !want.iter().all(|l| text.contains(l)) {
-        assert!(Instant::now() < deadline, "{want:?} not all in {text}");
-        std::thread::sleep(Duration::from_millis(100));
-        text = scrape();
-    }
+    common::wait_metrics(
+        SocketAddr::from(([127, 0, 0, 1], metrics)),
+        &[
+            "jabberfarm_link_up{peer=\"master\"} 0",
+            "jabberfarm_node_failed{peer=\"master\"} 1",
+            "jabberfarm_link_lost_total{peer=\"master\"} 1",
+            "jabberfarm_link_up{peer=\"slave3\"} 1",
+        ],
+    );
     drop(db);
 }

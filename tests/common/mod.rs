@@ -161,23 +161,7 @@ impl TestFarm {
 
     /// [`TestFarm::start_processes`] with the config text passed through `edit` first.
     pub fn start_processes_edited(slaves: usize, edit: impl Fn(String) -> String) -> TestFarm {
-        let mut farm = TestFarm::start_with_mode(
-            slaves,
-            false,
-            "stream_open_timeout = 3\nlogin_timeout = 10\nshutdown_grace = 2",
-            false,
-        );
-        let text = std::fs::read_to_string(&farm.config).unwrap();
-        std::fs::write(&farm.config, edit(text)).unwrap();
-        let names: Vec<String> = std::iter::once(&farm.master)
-            .chain(&farm.slaves)
-            .map(|n| n.name.clone())
-            .collect();
-        for n in names {
-            farm.start_node(&n);
-        }
-        farm.wait_links_up(Instant::now() + Duration::from_secs(20));
-        farm
+        TestFarm::start_processes_masters(slaves, &[], edit)
     }
 
     /// [`TestFarm::start_processes_edited`] with `s2s.len()` more masters, `master2`, …, each
@@ -578,6 +562,44 @@ impl Drop for TestFarm {
 /// the benchmark.
 #[allow(unused_imports)] // each test binary uses some of them
 pub use jabberfarm_testkit::{HEADER, Raw, plain_auth};
+
+/// `METHOD path` at `addr` over plain HTTP (a node's metrics and health): the status code
+/// and the body.
+pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Waits (at most 10 s) until every line of `want` is a line of `addr`'s `/metrics`.
+pub fn wait_metrics(addr: SocketAddr, want: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, text) = http(addr, "GET", "/metrics");
+        if want.iter().all(|w| text.lines().any(|l| l == *w)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{want:?} not all in {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
 
 /// Every one of `bodies` is in `got` as a message body exactly once, in this order.
 pub fn each_once_in_order(got: &str, bodies: impl IntoIterator<Item = String>) {

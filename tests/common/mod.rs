@@ -292,7 +292,9 @@ impl TestFarm {
         }
     }
 
-    /// Send `signal` (`"HUP"`, …) to one node's process.
+    /// Send `signal` (`"HUP"`, …) to one node's process. `"STOP"` returns once every thread
+    /// of it is stopped: the signal is queued at once, but a thread running on another core
+    /// goes on until it next enters the kernel, and can still take a frame meanwhile.
     pub fn signal_node(&self, name: &str, signal: &str) {
         let child = &self.nodes[name];
         let status = Command::new("kill")
@@ -300,6 +302,13 @@ impl TestFarm {
             .status()
             .unwrap();
         assert!(status.success(), "kill -{signal} {name}");
+        if signal == "STOP" {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !all_threads_stopped(child.id()) {
+                assert!(Instant::now() < deadline, "{name} did not stop");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
     }
 
     /// Start (or restart) one node's process with another config file than the farm's.
@@ -562,6 +571,21 @@ impl Drop for TestFarm {
 /// the benchmark.
 #[allow(unused_imports)] // each test binary uses some of them
 pub use jabberfarm_testkit::{HEADER, Raw, plain_auth};
+
+/// Whether every thread of process `pid` is stopped (state `T` in /proc; Linux).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.filter_map(|t| t.ok()).all(|t| {
+        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the command name, which is in parentheses.
+            stat.rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next())
+                .is_some_and(|state| state == 'T' || state == 't')
+        })
+    })
+}
 
 /// `METHOD path` at `addr` over plain HTTP (a node's metrics and health): the status code
 /// and the body.

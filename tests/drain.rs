@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::agents::Agent;
 use common::{Raw, TestFarm, free_port, http, plain_auth};
 use jabberfarm_testkit::servers::{self, MariaDb};
 
@@ -400,4 +401,54 @@ fn ranges_mode_drains_to_each_range_s_fallback_list() {
     c.send("<presence/>");
     c.sync("localhost");
     assert_eq!(login_goes_to(farm.master.c2s, "nina"), slave3);
+}
+
+/// Real clients through the master, both users of the drained slave: xmpp.js (which follows
+/// `<see-other-host/>`) is sent to the next slave and reconnects there; Debian's slixmpp (which
+/// does not, so the master relays it) gets `<reset/>`, reconnects to the master and is relayed
+/// to the next slave. Both are back online and chat.
+#[test]
+fn real_clients_follow_a_drain_through_the_master() {
+    let (farm, _db) = central_farm("realdrain", &[]);
+    let users: Vec<String> = farm
+        .users_on_every_slave("real", 2)
+        .into_iter()
+        .filter(|(_, o)| o == "slave2")
+        .map(|(u, _)| u)
+        .collect();
+    let (x, y) = (users[0].clone(), users[1].clone());
+    farm.add_user(&x, "pw");
+    farm.add_user(&y, "pw");
+    let (master, slave2) = (farm.master.c2s, farm.owner(&x).c2s);
+    let mut js = Agent::xmppjs(&farm, "xmppjs", &x, "pw", "js");
+    let mut sx = Agent::slixmpp_at(&farm, "slixmpp", &y, "pw", "sx", master, &["--reconnect"]);
+
+    let (ok, out) = cli(&farm, &["drain", "slave2", "--wait"]);
+    assert!(ok && out.contains("slave2 is drained"), "{out}");
+    let again = js.expect("xmpp.js online again", |e| e.kind() == "reconnected");
+    let port = again.num("port").unwrap_or_default();
+    assert!(
+        port != f64::from(slave2.port())
+            && farm.slaves.iter().any(|s| f64::from(s.c2s.port()) == port),
+        "xmpp.js not at another slave: {again:?}"
+    );
+    let again = sx.expect("slixmpp online again", |e| e.kind() == "reconnected");
+    assert_eq!(
+        again.num("port"),
+        Some(f64::from(master.port())),
+        "{again:?}"
+    );
+    for a in [&mut js, &mut sx] {
+        a.cmd("presence", &[]);
+    }
+    sx.message(&js.jid.clone(), "from slixmpp");
+    js.expect("slixmpp's message", |e| {
+        e.kind() == "message" && e.is("body", "from slixmpp")
+    });
+    js.message(&sx.jid.clone(), "from xmpp.js");
+    sx.expect("xmpp.js's message", |e| {
+        e.kind() == "message" && e.is("body", "from xmpp.js")
+    });
+    let (state, table) = state_of(&farm, "slave2");
+    assert_eq!(state, "drained", "{table}");
 }

@@ -258,3 +258,35 @@ fn real_clients_get_in_through_the_master_after_a_failover() {
         e.kind() == "message" && e.is("body", "from xmpp.js")
     });
 }
+
+/// Two masters: the first is killed with -9, and real clients log in through the second —
+/// Debian's slixmpp (which does not follow `<see-other-host/>`: the second master relays it
+/// when it comes back) and xmpp.js (which follows it) — and chat across slaves.
+#[test]
+fn real_clients_get_in_through_the_second_master_when_the_first_dies() {
+    let mut farm = TestFarm::start_processes_masters(2, &[None], |t| t);
+    let (x, y) = farm.user_pair("twin", "pw");
+    farm.kill_node("master");
+    let master2 = farm.more_masters[0].c2s;
+    let mut sx = Agent::slixmpp_at(&farm, "slixmpp", &x, "pw", "sx", master2, &[]);
+    let mut js = Agent::xmppjs_at(&farm, "xmppjs", &y, "pw", "js", master2, &[]);
+    sx.message(&js.jid.clone(), "from slixmpp");
+    js.expect("slixmpp's message", |e| {
+        e.kind() == "message" && e.is("body", "from slixmpp")
+    });
+    js.message(&sx.jid.clone(), "from xmpp.js");
+    sx.expect("xmpp.js's message", |e| {
+        e.kind() == "message" && e.is("body", "from xmpp.js")
+    });
+    // The second master relayed the one and redirected the other.
+    let log = std::fs::read_to_string(farm.dir.path().join("node-master2.log")).unwrap();
+    let said = |what: &str, user: &str| {
+        log.lines()
+            .any(|l| l.contains(what) && l.contains(&format!("user=\"{user}\"")))
+    };
+    assert!(said("relaying login", &x), "slixmpp not relayed:\n{log}");
+    assert!(
+        said("redirecting login", &y),
+        "xmpp.js not redirected:\n{log}"
+    );
+}

@@ -29,13 +29,7 @@ db_port="${DB_PORT:-3399}"
 out="${1:-${TMPDIR:-/tmp}/jabberfarm-failover/$(date +%Y%m%d-%H%M%S)}"
 bin="$CARGO_TARGET_DIR/release"
 
-[ -n "${SKIP_BUILD:-}" ] || cargo build --release -p jabberfarm -p jabberfarm-bench
-ports_free "a farm" 5222 5322 5422 7100 "$db_port"
-mkdir -p "$out"
-data="$out/data"
-machine_info "$out/machine.txt"
-
-start_bench_mariadb "$out/db" "$db_port"
+central_bench_start
 
 # wait_sessions NODE N: until NODE's sessions column of `status` says N (at most 120 s; a
 # node that is down makes status fail, which is expected here).

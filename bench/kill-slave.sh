@@ -19,15 +19,8 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release}
 PAIRS=${PAIRS:-100} RATE=${RATE:-1000} DURATION=${DURATION:-30} KILL_AT=${KILL_AT:-8}
 DOWN=${DOWN:-10}
-ports_free "a farm" 5222 5322 5422 7100 7101 7102
 out=/tmp/jabberfarm-kill-slave/$(date -u +%Y%m%dT%H%M%SZ)
-mkdir -p "$out"
-machine_info "$out/machine.txt"
-demo_config always "$out/farm.toml"
-CONFIG="$out/farm.toml" DATA_DIR="$out/data" JABBERFARM="$BIN/jabberfarm" \
-  bash bench/setup-users.sh 2000 >/dev/null
-trap cleanup EXIT
-start_demo_nodes "$BIN" "$out/farm.toml" "$out/data" "$out"
+demo_chat_farm_start "$out" "$BIN"
 "$BIN/jabberfarm-bench" chat --pairs "$PAIRS" --rate "$RATE" --duration "$DURATION" --across \
   --follow-redirects --follow-moves --sm >"$out/bench.txt" 2>&1 &
 bench=$!

@@ -152,3 +152,29 @@ hold_idle_sessions() {
   echo "the sessions did not all log in within 300 s" >&2
   exit 1
 }
+
+# central_bench_start: what the central-data benches do first, from their $out, $db_port
+# and $bin: the release build (unless SKIP_BUILD=1), the demo ports and DB_PORT free, $out
+# with machine.txt, $data set, and a throwaway MariaDB (start_bench_mariadb) in $out/db.
+central_bench_start() {
+  [ -n "${SKIP_BUILD:-}" ] || cargo build --release -p jabberfarm -p jabberfarm-bench
+  ports_free "a farm" 5222 5322 5422 7100 "$db_port"
+  mkdir -p "$out"
+  data="$out/data"
+  machine_info "$out/machine.txt"
+  start_bench_mariadb "$out/db" "$db_port"
+}
+
+# demo_chat_farm_start OUT BIN: the demo farm (SQLite), every node its own process, with the
+# users bench0… a chat bench needs, its files in OUT (made, with machine.txt); nodes stopped
+# when the script exits.
+demo_chat_farm_start() {
+  ports_free "a farm" 5222 5322 5422 7100 7101 7102
+  mkdir -p "$1"
+  machine_info "$1/machine.txt"
+  demo_config always "$1/farm.toml"
+  CONFIG="$1/farm.toml" DATA_DIR="$1/data" JABBERFARM="$2/jabberfarm" \
+    bash bench/setup-users.sh 2000 >/dev/null
+  trap cleanup EXIT
+  start_demo_nodes "$2" "$1/farm.toml" "$1/data" "$1"
+}

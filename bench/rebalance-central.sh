@@ -32,13 +32,7 @@ CHAT_RATE="${CHAT_RATE:-1000}"
 out="${1:-${TMPDIR:-/tmp}/jabberfarm-rebalance-central/$(date +%Y%m%d-%H%M%S)}"
 bin="$CARGO_TARGET_DIR/release"
 
-[ -n "${SKIP_BUILD:-}" ] || cargo build --release -p jabberfarm -p jabberfarm-bench
-ports_free "a farm" 5222 5322 5422 7100 "$db_port"
-mkdir -p "$out"
-data="$out/data"
-machine_info "$out/machine.txt"
-
-start_bench_mariadb "$out/db" "$db_port"
+central_bench_start
 
 # ranges_config SLAVE1_RANGE SLAVE2_RANGE OUT: the demo config with the data in MariaDB and
 # these two ranges.

@@ -10,13 +10,14 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::agents::Agent;
-use common::{Raw, TestFarm, free_port, http, plain_auth};
+use common::{
+    HASH_ROUTING, Raw, TestFarm, free_port, http, plain_auth, with_central_data, with_metrics,
+};
 use jabberfarm_testkit::servers::{self, MariaDb};
 
 /// Three slaves, each node its own process with its metrics on `ports` (master, slave1..3),
@@ -33,46 +34,22 @@ fn central_farm_routed(
 ) -> (TestFarm, Arc<MariaDb>) {
     let db = servers::shared_mariadb();
     let url = db.create_database(name);
-    let storage = format!(
-        "[storage]\nbackend = \"mysql\"\n[storage.mysql]\nurl = \"{url}\"\nmax_connections = 4\n\n"
-    );
     let farm = TestFarm::start_processes_edited(3, |t| {
-        let mut t = t.replacen("[storage]\nscram_iterations = 4096\n\n", &storage, 1);
+        let mut t = with_central_data(&t, &url);
         if let Some(routing) = routing {
-            t = t.replacen(
-                "mode = \"hash\"\nhash_key = \"000102030405060708090a0b0c0d0e0f\"\n",
-                routing,
-                1,
-            );
+            t = t.replacen(HASH_ROUTING, routing, 1);
         }
-        for (i, node) in ["master", "slave1", "slave2", "slave3"].iter().enumerate() {
-            if let Some(port) = ports.get(i) {
-                t = t.replacen(
-                    &format!("name = \"{node}\"\n"),
-                    &format!("name = \"{node}\"\nmetrics = \"127.0.0.1:{port}\"\n"),
-                    1,
-                );
-            }
+        for (node, port) in ["master", "slave1", "slave2", "slave3"].iter().zip(ports) {
+            t = with_metrics(&t, node, SocketAddr::from(([127, 0, 0, 1], *port)));
         }
         t
     });
     (farm, db)
 }
 
-/// `jabberfarm ARGS --config <farm's>`: exit success, and stdout.
+/// `jabberfarm ARGS --config <farm's>`: exit success, and what it printed.
 fn cli(farm: &TestFarm, args: &[&str]) -> (bool, String) {
-    let out = Command::new(common::BIN)
-        .args(args)
-        .arg("--config")
-        .arg(&farm.config)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    farm.admin(args)
 }
 
 /// The state column of `node` in `jabberfarm status`, and the whole table.

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use common::agents::Agent;
-use common::{Raw, TestFarm, plain_auth, wait_metrics};
+use common::{Raw, TestFarm, plain_auth, wait_metrics, with_central_data, with_metrics};
 use jabberfarm_testkit::servers::{self, MariaDb};
 
 /// Three slaves, every node its own process, the data in a database of its own (`name`) in
@@ -26,9 +26,6 @@ fn central_farm(name: &str) -> (TestFarm, Arc<MariaDb>) {
 fn central_farm_with_metrics(name: &str) -> (TestFarm, Arc<MariaDb>, HashMap<String, SocketAddr>) {
     let db = servers::shared_mariadb();
     let url = db.create_database(name);
-    let storage = format!(
-        "[storage]\nbackend = \"mysql\"\n[storage.mysql]\nurl = \"{url}\"\nmax_connections = 4\n\n"
-    );
     let metrics: HashMap<String, SocketAddr> = ["master", "slave1", "slave2", "slave3"]
         .iter()
         .map(|n| {
@@ -39,27 +36,18 @@ fn central_farm_with_metrics(name: &str) -> (TestFarm, Arc<MariaDb>, HashMap<Str
         })
         .collect();
     let farm = TestFarm::start_processes_edited(3, |t| {
-        let mut t = t.replacen("[storage]\nscram_iterations = 4096\n\n", &storage, 1);
-        for (node, addr) in &metrics {
-            t = t.replacen(
-                &format!("name = \"{node}\"\n"),
-                &format!("name = \"{node}\"\nmetrics = \"{addr}\"\n"),
-                1,
-            );
-        }
-        t
+        metrics
+            .iter()
+            .fold(with_central_data(&t, &url), |t, (node, addr)| {
+                with_metrics(&t, node, *addr)
+            })
     });
     (farm, db, metrics)
 }
 
 /// `jabberfarm status` of `farm`: the line of `node`, and every line.
 fn status_of(farm: &TestFarm, node: &str) -> (String, String) {
-    let out = std::process::Command::new(common::BIN)
-        .args(["status", "--config"])
-        .arg(&farm.config)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (_, text) = farm.admin(&["status"]);
     let line = text
         .lines()
         .find(|l| l.split_whitespace().next() == Some(node))
@@ -178,17 +166,8 @@ fn a_slave_taken_out_of_service_sends_its_users_to_the_next_and_gets_them_back()
             text.replacen(&named, &format!("{named}inservice = false\n"), 1)
         };
         std::fs::write(&farm.config, text).unwrap();
-        let out = std::process::Command::new(common::BIN)
-            .args(["reload", "--config"])
-            .arg(&farm.config)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (ok, said) = farm.admin(&["reload"]);
+        assert!(ok, "{said}");
     };
     service(false);
     let moved = cx.wait_for("see-other-host", 10);

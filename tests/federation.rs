@@ -498,20 +498,12 @@ fn a_second_master_takes_logins_and_federation_when_the_first_dies() {
     ]);
     let prosody = Prosody::start(&[("romeo", "pw")]);
     let db = jabberfarm_testkit::servers::shared_mariadb();
-    let storage = format!(
-        "[storage]\nbackend = \"mysql\"\n[storage.mysql]\nurl = \"{}\"\nmax_connections = 4\n\n",
-        db.create_database("masters")
-    );
-    let metrics = common::free_port();
+    let url = db.create_database("masters");
+    let metrics = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
     let mut farm =
         TestFarm::start_processes_masters(3, &[Some(&format!("{FARM_S2S_IP2}:5269"))], |text| {
-            federated_config(text)
-                .replacen("[storage]\nscram_iterations = 4096\n\n", &storage, 1)
-                .replacen(
-                    "name = \"master2\"\n",
-                    &format!("name = \"master2\"\nmetrics = \"127.0.0.1:{metrics}\"\n"),
-                    1,
-                )
+            let text = common::with_central_data(&federated_config(text), &url);
+            common::with_metrics(&text, "master2", metrics)
         });
     farm.add_user("juliet", "pw");
     let owner = farm.owner("juliet").c2s.to_string();
@@ -536,15 +528,9 @@ fn a_second_master_takes_logins_and_federation_when_the_first_dies() {
     farm.kill_node("master");
     assert_eq!(redirected_by(master2, "juliet"), owner);
     // Changes wait for the primary; the operator is told which node that is.
-    let out = Command::new(common::BIN)
-        .args(["reload", "--config"])
-        .arg(&farm.config)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, err) = farm.admin(&["reload"]);
     assert!(
-        !out.status.success()
-            && err.contains("master (the primary master, which hands out every change"),
+        !ok && err.contains("master (the primary master, which hands out every change"),
         "{err}"
     );
     r.send(&format!(
@@ -564,7 +550,7 @@ fn a_second_master_takes_logins_and_federation_when_the_first_dies() {
     );
     // What the second master's metrics say of the first (it probes the port once a second).
     common::wait_metrics(
-        SocketAddr::from(([127, 0, 0, 1], metrics)),
+        metrics,
         &[
             "jabberfarm_link_up{peer=\"master\"} 0",
             "jabberfarm_node_failed{peer=\"master\"} 1",

@@ -9,7 +9,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{Raw, TestFarm, free_port, http, plain_auth};
+use common::{Raw, TestFarm, free_port, http, plain_auth, with_metrics};
 
 /// The sample `name` (with its labels, as written) in `addr`'s metrics.
 fn sample(addr: SocketAddr, name: &str) -> Option<f64> {
@@ -41,15 +41,10 @@ fn metrics_and_health_show_logins_sessions_links_and_a_lost_slave() {
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let addr = |i: usize| SocketAddr::from(([127, 0, 0, 1], ports[i]));
     let mut farm = TestFarm::start_processes_edited(2, |t| {
-        let mut t = t;
-        for (i, name) in ["master", "slave1", "slave2"].iter().enumerate() {
-            t = t.replacen(
-                &format!("name = \"{name}\"\n"),
-                &format!("name = \"{name}\"\nmetrics = \"127.0.0.1:{}\"\n", ports[i]),
-                1,
-            );
-        }
-        t
+        ["master", "slave1", "slave2"]
+            .iter()
+            .enumerate()
+            .fold(t, |t, (i, name)| with_metrics(&t, name, addr(i)))
     });
     let (master, s1, s2) = (addr(0), addr(1), addr(2));
 

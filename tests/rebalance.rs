@@ -28,18 +28,12 @@ const NEW_RANGES: &str = "mode = \"ranges\"\nother = \"slave1\"\n\
      [[routing.ranges]]\nletters = \"m-z\"\nnode = \"slave2\"\n\
      [rebalance]\nusers_per_second = 2\n";
 
-const HASH: &str = "mode = \"hash\"\nhash_key = \"000102030405060708090a0b0c0d0e0f\"\n";
+use common::HASH_ROUTING as HASH;
 
 /// The test farm's config with its data in the MariaDB database `url` (central: users can
 /// move without their data) and `routing` for its hash table.
 fn central(text: String, url: &str, routing: &str) -> String {
-    let default = "[storage]\nscram_iterations = 4096\n";
-    assert!(text.contains(default), "{text}");
-    text.replace(
-        default,
-        &format!("[storage]\nbackend = \"mysql\"\n[storage.mysql]\nurl = \"{url}\"\nmax_connections = 4\n"),
-    )
-    .replace(HASH, routing)
+    common::with_central_data(&text, url).replace(HASH, routing)
 }
 
 #[test]
@@ -315,17 +309,9 @@ fn sighup_reloads_the_table_on_every_node() {
     );
 }
 
-/// `jabberfarm ARGS --config <the farm's>`: exit success and stdout.
+/// `jabberfarm ARGS --config <the farm's>`: exit success and what it printed.
 fn jabberfarm(farm: &TestFarm, args: &[&str]) -> (bool, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .arg("--config")
-        .arg(&farm.config)
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), format!("{text}{err}"))
+    farm.admin(args)
 }
 
 /// The status row of `node`, split into cells.
@@ -433,10 +419,7 @@ fn status_and_reload_commands() {
 fn connected_users_move_to_their_new_slave() {
     let server = jabberfarm_testkit::servers::shared_mariadb();
     let url = server.create_database("move");
-    let mut farm = TestFarm::start_with_storage(
-        2,
-        &format!("backend = \"mysql\"\n[storage.mysql]\nurl = \"{url}\"\nmax_connections = 4\n"),
-    );
+    let mut farm = TestFarm::start_with_storage(2, &common::mysql_storage(&url));
     farm.restart_with_config(|text| {
         text.replace(HASH, OLD_RANGES) + "\n[relay]\nredirect = \"never\"\n"
     });

@@ -456,6 +456,23 @@ impl TestFarm {
             .join("\n")
     }
 
+    /// `jabberfarm <args> --config <ours>` (the admin commands: status, reload, drain, …):
+    /// whether it succeeded, and what it printed (stdout, then stderr).
+    pub fn admin(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
     /// `jabberfarm <args> --config <ours> --data-dir <ours>`; returns stdout, panics on failure.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new(BIN)
@@ -571,6 +588,30 @@ impl Drop for TestFarm {
 /// the benchmark.
 #[allow(unused_imports)] // each test binary uses some of them
 pub use jabberfarm_testkit::{HEADER, Raw, plain_auth};
+
+/// The test farms' routing table (hash mode), to replace with another.
+pub const HASH_ROUTING: &str = "mode = \"hash\"\nhash_key = \"000102030405060708090a0b0c0d0e0f\"\n";
+
+/// The `[storage]` body of a farm whose data is in MySQL at `url` (a database of the shared
+/// MariaDB).
+pub fn mysql_storage(url: &str) -> String {
+    format!("backend = \"mysql\"\n[storage.mysql]\nurl = \"{url}\"\nmax_connections = 4\n")
+}
+
+/// A test farm's config text with its data in MySQL at `url`: central data, so users can be
+/// served by any slave (failover, drain, moves without data).
+pub fn with_central_data(text: &str, url: &str) -> String {
+    let default = "[storage]\nscram_iterations = 4096\n";
+    assert!(text.contains(default), "{text}");
+    text.replacen(default, &format!("[storage]\n{}", mysql_storage(url)), 1)
+}
+
+/// A test farm's config text with `node` serving its metrics and health at `addr`.
+pub fn with_metrics(text: &str, node: &str, addr: SocketAddr) -> String {
+    let named = format!("name = \"{node}\"\n");
+    assert!(text.contains(&named), "no node {node}: {text}");
+    text.replacen(&named, &format!("{named}metrics = \"{addr}\"\n"), 1)
+}
 
 /// Whether every thread of process `pid` is stopped (state `T` in /proc; Linux).
 fn all_threads_stopped(pid: u32) -> bool {

@@ -133,7 +133,7 @@ pub async fn drain(
         |o| format!("over {} s", o.as_secs()),
     );
     println!(
-        "draining {node} (topology epoch {}): no new logins; its sessions move to their next          slave {window}",
+        "draining {node} (topology epoch {}): no new logins; its sessions move to their next slave {window}",
         answer.attr("epoch").unwrap_or("?")
     );
     if !wait {

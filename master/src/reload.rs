@@ -126,12 +126,15 @@ impl Reloader {
     /// takes no new logins and its sessions move to their next slave. The answer:
     /// `<draining node epoch/>`, or `<drain-refused reason/>`.
     pub async fn drain(&self, node: &str, over: Option<Duration>, stopping: bool) -> Element {
+        let refused = |reason: String| {
+            Element::new("drain-refused", LINK_NS)
+                .with_attr("node", node)
+                .with_attr("reason", reason)
+        };
         let mut running = self.running.lock().await;
         if let Err(reason) = drainable(&running, &self.links, node) {
             warn!("drain {node} refused: {reason}");
-            return Element::new("drain-refused", LINK_NS)
-                .with_attr("node", node)
-                .with_attr("reason", reason);
+            return refused(reason);
         }
         let drain = match running.drains.get(node) {
             // An operator's drain outlives the process: the slave stays drained when it
@@ -139,32 +142,20 @@ impl Reloader {
             Some(d) if stopping && !d.stopping => *d,
             _ => Drain { over, stopping },
         };
-        let before = running.drains.insert(node.to_owned(), drain);
-        if before == Some(drain) {
-            let epoch = self.links.topology().load().epoch;
-            return draining(node, epoch);
-        }
-        match self.publish(&running).await {
-            Ok((epoch, _)) => {
+        match self.set_drain(&mut running, node, Some(drain)).await {
+            Ok(Some(epoch)) => {
                 let window = over.map_or("at [rebalance] users_per_second".to_owned(), |o| {
                     format!("over {} s", o.as_secs())
                 });
                 info!(
-                    "topology epoch {epoch}: {node} drained{}: no new logins, its sessions                      move to their next slave {window}",
+                    "topology epoch {epoch}: {node} drained{}: no new logins, its sessions \
+                     move to their next slave {window}",
                     if stopping { " (it is stopping)" } else { "" }
                 );
-                self.save(&running);
                 draining(node, epoch)
             }
-            Err(e) => {
-                match before {
-                    Some(d) => running.drains.insert(node.to_owned(), d),
-                    None => running.drains.remove(node),
-                };
-                Element::new("drain-refused", LINK_NS)
-                    .with_attr("node", node)
-                    .with_attr("reason", e)
-            }
+            Ok(None) => draining(node, self.links.topology().load().epoch),
+            Err(e) => refused(e),
         }
     }
 
@@ -172,30 +163,22 @@ impl Reloader {
     /// `[rebalance]` rate). `<undrained node epoch was/>` (`was`: whether it was drained).
     pub async fn undrain(&self, node: &str) -> Element {
         let mut running = self.running.lock().await;
-        let answer = |epoch: u64, was: bool| {
-            Element::new("undrained", LINK_NS)
-                .with_attr("node", node)
-                .with_attr("epoch", epoch.to_string())
-                .with_attr("was", was.to_string())
-        };
         if running.cfg.node(node).is_none() {
             return Element::new("error", LINK_NS)
                 .with_attr("reason", format!("no node {node} in the config in force"));
         }
-        let Some(before) = running.drains.remove(node) else {
-            return answer(self.links.topology().load().epoch, false);
-        };
-        match self.publish(&running).await {
-            Ok((epoch, _)) => {
+        let (epoch, was) = match self.set_drain(&mut running, node, None).await {
+            Ok(Some(epoch)) => {
                 info!("topology epoch {epoch}: {node} is back in service");
-                self.save(&running);
-                answer(epoch, true)
+                (epoch, true)
             }
-            Err(e) => {
-                running.drains.insert(node.to_owned(), before);
-                Element::new("error", LINK_NS).with_attr("reason", e)
-            }
-        }
+            Ok(None) => (self.links.topology().load().epoch, false),
+            Err(e) => return Element::new("error", LINK_NS).with_attr("reason", e),
+        };
+        Element::new("undrained", LINK_NS)
+            .with_attr("node", node)
+            .with_attr("epoch", epoch.to_string())
+            .with_attr("was", was.to_string())
     }
 
     /// A slave's sessions are gone (its process stopped): the drain it asked for on SIGTERM
@@ -205,12 +188,43 @@ impl Reloader {
         if !running.drains.get(node).is_some_and(|d| d.stopping) {
             return;
         }
-        running.drains.remove(node);
-        match self.publish(&running).await {
-            Ok((epoch, _)) => info!(
-                "topology epoch {epoch}: {node} stopped after its drain; it is back in                  service when it starts again"
+        match self.set_drain(&mut running, node, None).await {
+            Ok(Some(epoch)) => info!(
+                "topology epoch {epoch}: {node} stopped after its drain; it is back in service \
+                 when it starts again"
             ),
+            Ok(None) => {}
             Err(e) => warn!("{node}'s drain not ended: {e}"),
+        }
+    }
+
+    /// `node`'s drain becomes `drain` (`None`: none) and the topology goes out with it; the
+    /// drain file follows. `Ok(None)`: nothing changed; on an error nothing did either.
+    async fn set_drain(
+        &self,
+        running: &mut Running,
+        node: &str,
+        drain: Option<Drain>,
+    ) -> Result<Option<u64>, String> {
+        let before = match drain {
+            Some(d) => running.drains.insert(node.to_owned(), d),
+            None => running.drains.remove(node),
+        };
+        if before == drain {
+            return Ok(None);
+        }
+        match self.publish(running).await {
+            Ok((epoch, _)) => {
+                self.save(running);
+                Ok(Some(epoch))
+            }
+            Err(e) => {
+                match before {
+                    Some(d) => running.drains.insert(node.to_owned(), d),
+                    None => running.drains.remove(node),
+                };
+                Err(e)
+            }
         }
     }
 

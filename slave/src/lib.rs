@@ -74,6 +74,16 @@ impl Slave {
         self.tasks.spawn(session::run(slave, auth));
     }
 
+    /// Whether this slave is drained and done: no session left, nobody still to move.
+    fn drained(&self) -> bool {
+        let topology = self.sessions.topology.load();
+        topology
+            .node(&self.sessions.node)
+            .is_some_and(|n| n.drain.is_some())
+            && self.sessions.session_count() == 0
+            && self.mover.pending() == 0
+    }
+
     /// Tell the masters that need to know that `user` logged in here (best effort: a notice
     /// lost only means one more relayed login).
     fn login_notice(&self, user: &str, relayed_by: Option<&str>) {
@@ -340,10 +350,7 @@ pub async fn run(
                 return Some(plan_count(&slave, &request).await);
             }
             request.is("status", LINK_NS).then(|| {
-                let drained = status.attr("state") == Some("draining")
-                    && slave.sessions.session_count() == 0
-                    && slave.mover.pending() == 0;
-                let status = if drained {
+                let status = if slave.drained() {
                     status.with_attr("state", "drained")
                 } else {
                     status
@@ -525,11 +532,11 @@ fn register_metrics(m: &jabberfarm_net::metrics::Metrics, slave: &Arc<Slave>) {
         let slave = me.upgrade()?;
         let topology = slave.sessions.topology.load();
         let node = topology.node(&slave.sessions.node)?;
-        if node.drain.is_some() {
-            Some(match slave.sessions.session_count() {
-                0 => "drained".to_owned(),
-                n => format!("draining: {n} session(s) left"),
-            })
+        if slave.drained() {
+            Some("drained".to_owned())
+        } else if node.drain.is_some() {
+            let n = slave.sessions.session_count();
+            Some(format!("draining: {n} session(s) left"))
         } else if !node.inservice {
             Some("out of service".to_owned())
         } else {

@@ -201,14 +201,9 @@ fn pace(rate: u32, drain: Option<jabberfarm_config::Drain>, count: usize) -> Dur
 
 /// Logs once the drained slave has no session left (the sessions it closed take a moment).
 async fn say_drained(slave: &Slave, epoch: u64) {
-    let deadline = tokio::time::Instant::now() + EMPTY_WAIT;
-    while slave.sessions.session_count() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-            _ = slave.shutdown.cancelled() => return,
-        }
-    }
-    let left = slave.sessions.session_count();
+    let Some(left) = wait_empty(slave, EMPTY_WAIT).await else {
+        return;
+    };
     let topology = slave.sessions.topology.load();
     if topology.epoch != epoch {
         return;
@@ -222,6 +217,19 @@ async fn say_drained(slave: &Slave, epoch: u64) {
             EMPTY_WAIT.as_secs()
         );
     }
+}
+
+/// Waits until no session is left here, at most `within`: how many are left then (`None`: the
+/// slave is stopping).
+pub(crate) async fn wait_empty(slave: &Slave, within: Duration) -> Option<usize> {
+    let deadline = tokio::time::Instant::now() + within;
+    while slave.sessions.session_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = slave.shutdown.cancelled() => return None,
+        }
+    }
+    Some(slave.sessions.session_count())
 }
 
 /// Closes every session of `user` here with `<see-other-host/>` naming node `to`'s address;
@@ -343,14 +351,9 @@ fn removed(slave: &Slave) -> bool {
 /// This slave was removed from the farm and its users were sent on: once their sessions have
 /// closed (at most [`EMPTY_WAIT`]), the node stops, and its links with it.
 async fn stop_when_empty(slave: &Slave, epoch: u64) {
-    let deadline = tokio::time::Instant::now() + EMPTY_WAIT;
-    while slave.sessions.user_count() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-            _ = slave.shutdown.cancelled() => return,
-        }
-    }
-    let left = slave.sessions.session_count();
+    let Some(left) = wait_empty(slave, EMPTY_WAIT).await else {
+        return;
+    };
     if left > 0 {
         warn!(
             "{left} session(s) did not close in {} s",

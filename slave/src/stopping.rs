@@ -72,13 +72,10 @@ pub async fn drain_before_stop(slave: &Slave) {
             tokio::time::sleep(POLL).await;
         }
     }
-    let deadline = Instant::now() + grace;
-    while slave.sessions.session_count() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(POLL).await;
-    }
-    match slave.sessions.session_count() {
-        0 => info!("{node} is drained: stopping"),
-        left => warn!(
+    match crate::mover::wait_empty(slave, grace).await {
+        None => {}
+        Some(0) => info!("{node} is drained: stopping"),
+        Some(left) => warn!(
             "{node}: {left} session(s) still here after {} s (farm.drain_on_stop): stopping",
             grace.as_secs()
         ),

@@ -325,11 +325,10 @@ impl RoutingTable {
         let none_usable = |list: &[String]| !list.iter().any(|n| n != node && usable(n));
         match &self.mode {
             RoutingMode::Hash { slaves, .. } => {
-                let names: Vec<String> = slaves.iter().map(|s| s.name.clone()).collect();
-                if none_usable(&names) {
-                    vec!["every user".to_owned()]
-                } else {
+                if slaves.iter().any(|s| s.name != node && usable(&s.name)) {
                     Vec::new()
+                } else {
+                    vec!["every user".to_owned()]
                 }
             }
             RoutingMode::Ranges {

@@ -18,11 +18,12 @@
 //! - **Liveness**: heartbeats every `farm.heartbeat`; a link silent for `farm.dead_after` is
 //!   dropped; the connector reconnects with backoff. [`FarmLinks::is_up`] is what the master
 //!   uses to know which slaves are alive.
-//! - **Relayed clients** (DESIGN.md D1b): the master also opens short-lived connections to
-//!   a slave's farm port with `purpose='relay'` in its hello (proofs under their own labels);
-//!   after the handshake one `<relay/>` frame ([`crate::relay::Handoff`]) follows, and the
-//!   connection becomes the client's stream, raw bytes both ways. Only a master may open one,
-//!   and only to a node that takes relayed clients ([`FarmLinks::accept_relays`]).
+//! - **Relayed clients** (DESIGN.md D1b): a master also opens one relay connection to each
+//!   slave's farm port, with `purpose='relay'` in its hello (proofs under their own labels),
+//!   on its first relayed client there; every client it relays to that slave is a channel of
+//!   it ([`crate::mux`]: an `OPEN` with the [`crate::relay::Handoff`], then the client's
+//!   bytes both ways, flow-controlled per channel). Only a master may open one, and only to a
+//!   node that takes relayed clients ([`FarmLinks::accept_relays`]).
 //! - **Bounded**: one queue of `farm.queue` frames per peer; [`FarmLinks::send`] waits a
 //!   little for room, then gives [`SendError::Full`] (the caller answers `resource-constraint`).
 //!   Before the handshake is done a frame may hold 4 KiB (then `limits.max_stanza` + 4 KiB),
@@ -43,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
+use crate::mux::{self, Mux, MuxStream};
 use crate::receipt::{Ledger, PATIENCE, Receipt};
 use crate::relay::Handoff;
 use crate::stream::Io;
@@ -281,6 +283,9 @@ pub struct FarmLinks {
     /// Nodes that may relay clients to us.
     masters: Vec<String>,
     relay_handler: OnceLock<RelayHandler>,
+    /// A master's relay connection to each slave ([`crate::mux`]), opened on its first
+    /// relayed client.
+    relays: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Mux>>>>>,
     /// What this node answers to admin requests beyond the links' own status.
     admin_handler: OnceLock<AdminHandler>,
     /// One permit per accepted connection still in its TLS or link handshake.
@@ -361,6 +366,7 @@ impl FarmLinks {
                 .map(|n| n.name.clone())
                 .collect(),
             relay_handler: OnceLock::new(),
+            relays: Mutex::new(HashMap::new()),
             admin_handler: OnceLock::new(),
             handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES)),
             refused: AtomicU64::new(0),
@@ -420,13 +426,63 @@ impl FarmLinks {
         peer.push(frame_of(el), None).map_err(|_| SendError::Full)
     }
 
-    /// Open a relay connection to `node` for one client and hand it over: on success the
-    /// returned connection is the client's stream at the slave.
+    /// Hand one client over to `node` on the relay connection to it (opened if there is
+    /// none, or it is gone): the returned stream is the client's at the slave
+    /// ([`crate::mux`]).
     pub async fn open_relay(&self, node: &str, handoff: &Handoff) -> Result<Box<dyn Io>, String> {
         let peer = self.peer(node).ok_or("no such node")?;
-        let (mut link, _) = self.connect_once(node, peer.addr, Purpose::Relay).await?;
-        link.send_el(&handoff.to_element()).await?;
-        Ok(link.io)
+        let cell = lock(&self.relays)
+            .entry(node.to_owned())
+            .or_default()
+            .clone();
+        // One dial at a time per slave; the others wait for it and share it.
+        let mut mux = cell.lock().await;
+        if mux.as_ref().is_none_or(Mux::is_closed) {
+            let (stop, tracker) = self.running.get().ok_or("the links are not running")?;
+            let (link, _) = self.connect_once(node, peer.addr, Purpose::Relay).await?;
+            let (m, reader) = Mux::start(
+                link.io,
+                mux::End::Opener,
+                self.mux_timing(),
+                stop.clone(),
+                tracker,
+                0,
+                |_, _| Err("a slave opened a channel".to_owned()),
+            );
+            let name = node.to_owned();
+            tracker.spawn(async move {
+                match reader.await {
+                    Ok(()) => debug!(peer = %name, "relay connection to {name} closed"),
+                    Err(e) => warn!(peer = %name, "relay connection to {name} lost: {e}"),
+                }
+            });
+            info!(peer = %node, "relay connection to {node} open");
+            *mux = Some(m);
+        }
+        let m = mux.as_ref().ok_or("no relay connection")?;
+        let s = m
+            .open(&frame_of(&handoff.to_element()))
+            .ok_or("the relay connection closed")?;
+        Ok(Box::new(s))
+    }
+
+    fn mux_timing(&self) -> mux::Timing {
+        mux::Timing {
+            heartbeat: self.heartbeat,
+            dead_after: self.dead_after,
+        }
+    }
+
+    /// Clients relayed on our relay connections now (a master: to every slave).
+    pub fn relay_channels(&self) -> usize {
+        lock(&self.relays)
+            .values()
+            .filter_map(|c| {
+                c.try_lock()
+                    .ok()
+                    .and_then(|m| m.as_ref().map(Mux::channels))
+            })
+            .sum()
     }
 
     /// Queue a stanza for `node`, waiting at most [`SEND_WAIT`] for room: a busy link slows
@@ -888,34 +944,46 @@ impl FarmLinks {
         }
     }
 
-    /// An authenticated relay connection: read the handoff, give the client to the handler.
-    async fn take_relay(&self, peer: String, mut link: Framed) {
-        let Some(handler) = self.relay_handler.get() else {
+    /// An authenticated relay connection from a master: every `OPEN` on it is a client,
+    /// given to the handler on a task of its own.
+    async fn take_relay(&self, peer: String, link: Framed) {
+        let (Some(handler), Some((stop, tracker))) = (self.relay_handler.get(), self.running.get())
+        else {
             return;
         };
-        let handoff = match tokio::time::timeout(HANDSHAKE_TIMEOUT, link.recv_el()).await {
-            Ok(Ok(el)) => match Handoff::from_element(&el) {
-                Ok(h) => h,
-                Err(e) => {
-                    warn!(peer = %peer, "relay from {peer}: {e}");
-                    return;
+        let (handler, t2, from) = (handler.clone(), tracker.clone(), peer.clone());
+        let mut parser = frame_parser(self.max_frame);
+        let on_open = move |io: MuxStream, payload: &[u8]| {
+            let handoff =
+                parse_frame(&mut parser, payload).and_then(|el| Handoff::from_element(&el));
+            match handoff {
+                Ok(handoff) => {
+                    let client = RelayedClient {
+                        io: Box::new(io),
+                        from_node: from.clone(),
+                        handoff,
+                    };
+                    t2.spawn(handler(client));
                 }
-            },
-            Ok(Err(e)) => {
-                debug!(peer = %peer, "relay from {peer}: {e}");
-                return;
+                // The stream is dropped: the master's end reads as closed.
+                Err(e) => warn!(peer = %from, "relay from {from}: {e}"),
             }
-            Err(_) => {
-                warn!(peer = %peer, "relay from {peer}: no handoff in time");
-                return;
-            }
+            Ok(())
         };
-        handler(RelayedClient {
-            io: link.io,
-            from_node: peer,
-            handoff,
-        })
-        .await;
+        let (_, reader) = Mux::start(
+            link.io,
+            mux::End::Taker,
+            self.mux_timing(),
+            stop.clone(),
+            tracker,
+            self.max_frame,
+            on_open,
+        );
+        info!(peer = %peer, "relay connection from {peer} open");
+        match reader.await {
+            Ok(()) => info!(peer = %peer, "relay connection from {peer} closed"),
+            Err(e) => warn!(peer = %peer, "relay connection from {peer} lost: {e}"),
+        }
     }
 
     /// Run an authenticated link until it fails, a newer connection to the same peer takes
@@ -1394,6 +1462,10 @@ async fn failed(link: &mut Framed, peer: &str, f: Failure) -> String {
         let _ = link.send_el(&refuse(reason)).await;
     }
     f.reason
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

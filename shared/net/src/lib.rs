@@ -10,6 +10,8 @@
 //! - [`shaper`]: token buckets for what one client session may send.
 //! - [`farm`]: farm links between nodes: framing, mutual authentication, liveness, and the
 //!   relay connections a master opens.
+//! - [`mux`]: the one connection from a master to a slave that carries every client it relays
+//!   there.
 //! - [`relay`]: the master relaying a client stream to its slave: the handoff, the byte pump.
 //! - [`receipt`]: when a stanza taken from a client or a link is safe (delivered, stored, or
 //!   taken the same way by the next node): what acknowledgements count.
@@ -26,6 +28,7 @@ pub mod farm;
 pub mod listen;
 pub mod login_guard;
 pub mod metrics;
+pub mod mux;
 pub mod node;
 pub mod receipt;
 pub mod relay;

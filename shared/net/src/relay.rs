@@ -6,9 +6,10 @@
 //!
 //! ```text
 //! client ──TLS── master: stream header, STARTTLS, features, first SASL message (username)
-//!                master ──farm port── slave: link handshake (farm secret, purpose "relay"),
-//!                                            one frame <relay/> = this Handoff
-//! client ◀═════ pump (bytes, no parsing) ═════▶ slave: SASL goes on, restart, bind, session
+//!                master ══relay connection══ slave: one per master and slave (crate::mux),
+//!                                            a channel per client: OPEN = this Handoff
+//! client ◀═════ pump (bytes, no parsing) ═════▶ channel ═▶ slave: SASL goes on, restart, bind,
+//!                                                              session
 //! ```
 //!
 //! The slave picks the stream up where the master left it (header and features already
@@ -17,7 +18,7 @@
 //! backpressure from the slower side (it reads no more until what it read is written), and no
 //! buffer held while the stream is idle.
 //!
-//! Ending: the client leaves → the pump half-closes the slave's connection; the slave ends
+//! Ending: the client leaves → the pump half-closes its channel to the slave; the slave ends
 //! the session. The master stops → the same half-close; a slave that reads end-of-file on a
 //! relayed stream answers `<system-shutdown/>`, which the pump still carries to the client.
 //! The slave ends the stream → the pump closes the client's (TLS close_notify, FIN). Either

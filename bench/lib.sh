@@ -59,13 +59,16 @@ cleanup() {
   pids=()
 }
 
-# start_demo_nodes BIN CONFIG DATA OUT: the demo farm (master, slave1, slave2) as one process
-# each (`jabberfarm run --node`, logs in OUT/NODE.log, pids in pid_of), waiting until every
-# node listens and the master's links are up (its status row says 2/2).
+# start_demo_nodes BIN CONFIG DATA OUT [CPUS]: the demo farm (master, slave1, slave2) as one
+# process each (`jabberfarm run --node`, logs in OUT/NODE.log, pids in pid_of), on the CPUs
+# CPUS if given (taskset -c), waiting until every node listens and the master's links are up
+# (its status row says 2/2).
 start_demo_nodes() {
-  local bin=$1 config=$2 data=$3 out=$4 node
+  local bin=$1 config=$2 data=$3 out=$4 cpus=${5:-} node
+  local on=()
+  [ -z "$cpus" ] || on=(taskset -c "$cpus")
   for node in master slave1 slave2; do
-    "$bin/jabberfarm" run --config "$config" --node "$node" --data-dir "$data" \
+    "${on[@]}" "$bin/jabberfarm" run --config "$config" --node "$node" --data-dir "$data" \
       >>"$out/$node.log" 2>&1 &
     pids+=($!)
     pid_of[$node]=$!

@@ -248,11 +248,14 @@ impl Relayer {
     /// session is only the relay's state (the pump, the two connections).
     pub fn start(self: &std::sync::Arc<Self>, login: RelayLogin) {
         let me = self.clone();
+        // Boxed, and handed over by a boxed future: the task's own future is sized for the
+        // pump alone, not for the login's stream (that was 2 KiB per idle relayed session).
+        let login = Box::new(login);
         self.tracker.spawn(async move { me.run(login).await });
     }
 
     /// Hand `login` over to its slave and carry the stream until it ends.
-    pub async fn run(&self, login: RelayLogin) {
+    pub async fn run(&self, login: Box<RelayLogin>) {
         let Ok(_permit) = self.slots.clone().try_acquire_owned() else {
             self.stats.refused_full.fetch_add(1, Ordering::Relaxed);
             warn!(
@@ -263,14 +266,14 @@ impl Relayer {
                 Condition::ResourceConstraint,
                 "this server is full; try again later",
             );
-            let mut stream = login.stream;
-            stream.fail(&e, &self.domain).await;
+            let mut login = login;
+            Box::pin(login.stream.fail(&e, &self.domain)).await;
             return;
         };
         let (user, node) = (login.user.clone(), login.node.clone());
         // Boxed: what the handoff needs (the stream, the first element) is freed before the
         // long part, so an idle relayed session keeps only the pump's state.
-        let Some((client, slave)) = Box::pin(self.hand_over(login)).await else {
+        let Some((client, slave)) = Box::pin(self.hand_over(*login)).await else {
             return;
         };
         // Held until the stream ends: a relayed client is a connection of this node.

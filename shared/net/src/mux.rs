@@ -434,6 +434,9 @@ async fn write_loop(
                 _ = stop.cancelled(), if !stopping => {}
                 _ = shared.closed.cancelled() => break,
             }
+            // Let the other tasks that are ready run first: what they write joins this
+            // batch (one write for many channels under load; at rest, one more poll).
+            tokio::task::yield_now().await;
             continue;
         }
         wr.write_all(&batch).await.map_err(|e| e.to_string())?;

@@ -9,6 +9,9 @@
 //! - `redirect = "always"`: redirected, however often it comes back.
 //! - Ends: the master stopping closes relayed streams with `<system-shutdown/>`; a slave
 //!   killed closes them.
+//! - One relay connection per slave carries all its relayed clients: a relayed client costs
+//!   the master one socket; a killed slave ends only its own clients, and the next relayed
+//!   login after its restart opens a new connection.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -212,4 +215,74 @@ fn a_restarted_master_still_relays_the_users_it_relayed() {
     }
     let c = try_login(farm.master.c2s, &a, "r").expect("relayed at once after the restart");
     drop(c);
+}
+
+/// Sockets a process holds open.
+fn sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
+#[test]
+fn relayed_clients_share_one_connection_per_slave_and_outlive_another_slave() {
+    let mut farm = TestFarm::start_processes_edited(2, with_relay("never"));
+    let users = farm.users_on_every_slave("m", 8);
+    for (u, _) in &users {
+        farm.add_user(&format!("{u}@localhost"), "pw");
+    }
+    let master = farm.pid("master");
+    let before = sockets(master);
+    let mut clients: Vec<(Raw, String, String)> = users
+        .iter()
+        .map(|(u, n)| {
+            let c = try_login(farm.master.c2s, u, "r").expect("relayed, not redirected");
+            (c, u.clone(), n.clone())
+        })
+        .collect();
+    // Each relayed client is one socket at the master (its own); the relay connections are
+    // one per slave, whatever the number of clients.
+    let grown = sockets(master) - before;
+    assert!(
+        (users.len()..=users.len() + 2).contains(&grown),
+        "{} relayed clients took {grown} sockets at the master",
+        users.len()
+    );
+    for (c, _, _) in clients.iter_mut() {
+        c.send("<presence/>");
+    }
+    // slave1 dies: its relayed clients are closed, slave2's go on chatting.
+    farm.kill_node("slave1");
+    let (on1, on2): (Vec<_>, Vec<_>) = clients.into_iter().partition(|(_, _, n)| n == "slave1");
+    for (mut c, _, _) in on1 {
+        c.wait_closed(10);
+    }
+    let mut on2 = on2.into_iter();
+    let (mut a, _, _) = on2.next().unwrap();
+    let (mut b, bu, _) = on2.next().unwrap();
+    a.send(&format!(
+        "<message to='{bu}@localhost' type='chat' id='x1'><body>still relayed</body></message>"
+    ));
+    b.wait_for("still relayed", 10);
+    // Back: the next relayed login to it opens a new relay connection.
+    farm.start_node("slave1");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while farm.log().matches("slave slave1 is up").count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "{}", farm.log());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (u1, _) = users.iter().find(|(_, n)| n == "slave1").unwrap();
+    let mut c = try_login(farm.master.c2s, u1, "again").expect("relayed after the restart");
+    c.send("<presence/>");
+    c.send(&format!(
+        "<message to='{bu}@localhost' type='chat' id='x2'><body>on a new connection</body></message>"
+    ));
+    b.wait_for("on a new connection", 10);
+    assert!(
+        farm.log().contains("relay connection to slave1 lost"),
+        "{}",
+        farm.log()
+    );
 }

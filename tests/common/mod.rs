@@ -292,6 +292,11 @@ impl TestFarm {
         }
     }
 
+    /// The process id of a node started as its own process.
+    pub fn pid(&self, name: &str) -> u32 {
+        self.nodes[name].id()
+    }
+
     /// Send `signal` (`"HUP"`, …) to one node's process. `"STOP"` returns once every thread
     /// of it is stopped: the signal is queued at once, but a thread running on another core
     /// goes on until it next enters the kernel, and can still take a frame meanwhile.

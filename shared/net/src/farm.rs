@@ -452,7 +452,7 @@ impl FarmLinks {
             let name = node.to_owned();
             tracker.spawn(async move {
                 match reader.await {
-                    Ok(()) => debug!(peer = %name, "relay connection to {name} closed"),
+                    Ok(()) => info!(peer = %name, "relay connection to {name} closed"),
                     Err(e) => warn!(peer = %name, "relay connection to {name} lost: {e}"),
                 }
             });
@@ -473,17 +473,6 @@ impl FarmLinks {
         }
     }
 
-    /// Clients relayed on our relay connections now (a master: to every slave).
-    pub fn relay_channels(&self) -> usize {
-        lock(&self.relays)
-            .values()
-            .filter_map(|c| {
-                c.try_lock()
-                    .ok()
-                    .and_then(|m| m.as_ref().map(Mux::channels))
-            })
-            .sum()
-    }
 
     /// Queue a stanza for `node`, waiting at most [`SEND_WAIT`] for room: a busy link slows
     /// its senders down before it refuses them. The link keeps it until the peer has it,

@@ -397,11 +397,6 @@ impl Mux {
     pub fn channels(&self) -> usize {
         lock(&self.shared.chans).len()
     }
-
-    /// End the connection now: every channel ends.
-    pub fn close(&self) {
-        self.shared.kill();
-    }
 }
 
 async fn write_loop(

@@ -245,7 +245,7 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
                     known.join(", ")
                 );
             }
-            warn_if_files_short(&cfg, &node);
+            warn_if_files_short(&cfg);
             run_nodes(cfg, &[node], false).await?;
         }
         Command::User { action } => return user(action).await,
@@ -417,36 +417,28 @@ fn tls_setup(cfg: &FarmConfig) -> Result<(Arc<rustls::ServerConfig>, Option<Path
     }
 }
 
-/// Files a node needs besides its client connections: listeners, farm links, s2s streams,
-/// SQLite, logs.
+/// Files a node needs besides its client connections: listeners, farm links and a master's
+/// relay connection to each slave (all its relayed clients share it), s2s streams, SQLite,
+/// logs.
 const FILES_RESERVE: u64 = 256;
 
-/// Open files node `name` may need: a file per client connection, and on a master that can
-/// relay, one more per relayed session (its connection to the slave).
-fn files_wanted(cfg: &FarmConfig, name: &str) -> (u64, String) {
+/// Open files node `name` may need: a file per client connection (relayed or not), and the
+/// reserve.
+fn files_wanted(cfg: &FarmConfig) -> (u64, String) {
     let conns = cfg.limits.max_connections as u64;
-    let relays = match cfg.node(name) {
-        Some(n) if n.may_relay(&cfg.relay) => (cfg.relay.max_sessions as u64).min(conns),
-        _ => 0,
-    };
-    let what = if relays > 0 {
-        format!(
-            "limits.max_connections ({conns}) plus relay.max_sessions ({relays}, a connection to \
-             a slave each)"
-        )
-    } else {
-        format!("limits.max_connections ({conns})")
-    };
-    (conns + relays + FILES_RESERVE, what)
+    (
+        conns + FILES_RESERVE,
+        format!("limits.max_connections ({conns})"),
+    )
 }
 
 /// A node whose connections do not fit under the process's open-file limit fails accepts
 /// ("too many open files") before it reaches its limits: say so at start, with the fix.
-fn warn_if_files_short(cfg: &FarmConfig, name: &str) {
+fn warn_if_files_short(cfg: &FarmConfig) {
     let Some(soft) = open_files_limit() else {
         return;
     };
-    let (wanted, what) = files_wanted(cfg, name);
+    let (wanted, what) = files_wanted(cfg);
     if wanted > soft {
         tracing::warn!(
             "{what} need about {wanted} open files, but this process may open only {soft} \

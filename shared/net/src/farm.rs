@@ -473,7 +473,6 @@ impl FarmLinks {
         }
     }
 
-
     /// Queue a stanza for `node`, waiting at most [`SEND_WAIT`] for room: a busy link slows
     /// its senders down before it refuses them. The link keeps it until the peer has it,
     /// across reconnects, for at most `farm.hold` while the link is down (then

@@ -138,7 +138,21 @@ impl Shared {
         self.wake_writer.notify_one();
     }
 
-    fn add(self: &Arc<Self>, id: u32) -> MuxStream {
+    /// A new channel: `id` (the taker's end, from an `OPEN`; `None` if it is in use), or the
+    /// next free number (the opener's end: numbers wrap after 2³² channels, and skip 0 and
+    /// the channels still open).
+    fn add(self: &Arc<Self>, id: Option<u32>) -> Option<MuxStream> {
+        let mut chans = lock(&self.chans);
+        let id = match id {
+            Some(id) if chans.contains_key(&id) => return None,
+            Some(id) => id,
+            None => loop {
+                let id = self.next.fetch_add(1, Ordering::Relaxed);
+                if id != 0 && !chans.contains_key(&id) {
+                    break id;
+                }
+            },
+        };
         let chan = Arc::new(Chan {
             id,
             st: Mutex::new(ChanState {
@@ -147,11 +161,11 @@ impl Shared {
                 ..Default::default()
             }),
         });
-        lock(&self.chans).insert(id, chan.clone());
-        MuxStream {
+        chans.insert(id, chan.clone());
+        Some(MuxStream {
             shared: self.clone(),
             chan,
-        }
+        })
     }
 
     fn chan(&self, id: u32) -> Option<Arc<Chan>> {
@@ -379,9 +393,8 @@ impl Mux {
         if self.is_closed() || self.shared.end != End::Opener {
             return None;
         }
-        let id = self.shared.next.fetch_add(1, Ordering::Relaxed).max(1);
-        let s = self.shared.add(id);
-        self.shared.push(id, OPEN, payload);
+        let s = self.shared.add(None)?;
+        self.shared.push(s.chan.id, OPEN, payload);
         // The connection may have gone in between: the channel then reads as ended.
         if self.is_closed() {
             s.chan.reset();
@@ -513,10 +526,13 @@ fn dispatch(
         return Ok(());
     }
     if kind == OPEN {
-        if shared.end != End::Taker || id == 0 || shared.chan(id).is_some() {
+        let taken = (shared.end == End::Taker && id != 0)
+            .then(|| shared.add(Some(id)))
+            .flatten();
+        let Some(s) = taken else {
             return Err(format!("unexpected OPEN of channel {id}"));
-        }
-        return on_open(shared.add(id), payload);
+        };
+        return on_open(s, payload);
     }
     // A channel we dropped already: what was on its way is dropped too.
     let Some(chan) = shared.chan(id) else {
@@ -669,6 +685,33 @@ mod tests {
         .await
         .unwrap();
         assert!(mux.open(b"late").is_none());
+    }
+
+    #[tokio::test]
+    async fn channel_numbers_wrap_around_the_ones_still_open() {
+        let stop = CancellationToken::new();
+        let (mux, mut taken) = pair(&stop);
+        let mut first = mux.open(b"1").unwrap();
+        let (mut first_far, _) = taken.recv().await.unwrap();
+        mux.shared.next.store(u32::MAX, Ordering::Relaxed);
+        let last = mux.open(b"max").unwrap();
+        // 0 is skipped, and so is 1, still open.
+        let mut wrapped = mux.open(b"wrapped").unwrap();
+        assert_eq!(
+            (first.chan.id, last.chan.id, wrapped.chan.id),
+            (1, u32::MAX, 2)
+        );
+        let (_, p) = taken.recv().await.unwrap();
+        assert_eq!(p, b"max");
+        let (mut wrapped_far, p) = taken.recv().await.unwrap();
+        assert_eq!(p, b"wrapped");
+        first.write_all(b"one").await.unwrap();
+        wrapped.write_all(b"two").await.unwrap();
+        let mut b = [0u8; 3];
+        first_far.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"one");
+        wrapped_far.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"two");
     }
 
     #[tokio::test]

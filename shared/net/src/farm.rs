@@ -440,15 +440,7 @@ impl FarmLinks {
         if mux.as_ref().is_none_or(Mux::is_closed) {
             let (stop, tracker) = self.running.get().ok_or("the links are not running")?;
             let (link, _) = self.connect_once(node, peer.addr, Purpose::Relay).await?;
-            let (m, reader) = Mux::start(
-                link.io,
-                mux::End::Opener,
-                self.mux_timing(),
-                stop.clone(),
-                tracker,
-                0,
-                |_, _| Err("a slave opened a channel".to_owned()),
-            );
+            let (m, reader) = Mux::opener(link.io, self.mux_timing(), stop.clone(), tracker);
             let name = node.to_owned();
             tracker.spawn(async move {
                 match reader.await {
@@ -958,9 +950,8 @@ impl FarmLinks {
             }
             Ok(())
         };
-        let (_, reader) = Mux::start(
+        let reader = Mux::taker(
             link.io,
-            mux::End::Taker,
             self.mux_timing(),
             stop.clone(),
             tracker,

@@ -76,7 +76,7 @@ fn frame(buf: &mut Vec<u8>, chan: u32, kind: u8, payload: &[u8]) {
 
 /// Which end of the connection this is: the master opens channels, the slave takes them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
+enum End {
     Opener,
     Taker,
 }
@@ -342,11 +342,37 @@ pub struct Mux {
 }
 
 impl Mux {
-    /// Run the connection `io` (handshake done). The writer runs on a task of its own; the
-    /// returned future reads (run it, or spawn it): it ends when the connection does, and
-    /// calls `on_open` with each `OPEN`'s channel and payload (only at the taker's end).
-    /// Once `stop` is cancelled, the connection closes when its last channel is gone.
-    pub fn start(
+    /// The opener's end (a master) of the connection `io`, its handshake done: channels come
+    /// from [`Self::open`]. The writer runs on a task of its own; the returned future reads
+    /// (run it, or spawn it) and ends when the connection does. Once `stop` is cancelled, the
+    /// connection closes when its last channel is gone.
+    pub fn opener(
+        io: Box<dyn Io>,
+        timing: Timing,
+        stop: CancellationToken,
+        tracker: &tokio_util::task::TaskTracker,
+    ) -> (
+        Mux,
+        impl std::future::Future<Output = Result<(), String>> + Send + 'static,
+    ) {
+        let refuse = |_, _: &[u8]| Err("the other end opened a channel".to_owned());
+        Self::start(io, End::Opener, timing, stop, tracker, 0, refuse)
+    }
+
+    /// The taker's end (a slave): [`Self::opener`], but the reader calls `on_open` with each
+    /// channel the other end opens and its `OPEN` payload (at most `max_open` bytes).
+    pub fn taker(
+        io: Box<dyn Io>,
+        timing: Timing,
+        stop: CancellationToken,
+        tracker: &tokio_util::task::TaskTracker,
+        max_open: usize,
+        on_open: impl FnMut(MuxStream, &[u8]) -> Result<(), String> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
+        Self::start(io, End::Taker, timing, stop, tracker, max_open, on_open).1
+    }
+
+    fn start(
         io: Box<dyn Io>,
         end: End,
         timing: Timing,
@@ -595,18 +621,9 @@ mod tests {
         let (a, b) = tokio::io::duplex(256 * 1024);
         let tracker = TaskTracker::new();
         let (tx, rx) = mpsc::unbounded_channel();
-        let (opener, r1) = Mux::start(
-            Box::new(a),
-            End::Opener,
-            TIMING,
-            stop.clone(),
-            &tracker,
-            0,
-            |_, _| Err("no".into()),
-        );
-        let (_, r2) = Mux::start(
+        let (opener, r1) = Mux::opener(Box::new(a), TIMING, stop.clone(), &tracker);
+        let r2 = Mux::taker(
             Box::new(b),
-            End::Taker,
             TIMING,
             stop.clone(),
             &tracker,
@@ -756,15 +773,7 @@ mod tests {
         let (a, b) = tokio::io::duplex(64 * 1024);
         let tracker = TaskTracker::new();
         let stop = CancellationToken::new();
-        let (mux, reader) = Mux::start(
-            Box::new(a),
-            End::Opener,
-            TIMING,
-            stop.clone(),
-            &tracker,
-            0,
-            |_, _| Err("no".into()),
-        );
+        let (mux, reader) = Mux::opener(Box::new(a), TIMING, stop.clone(), &tracker);
         let r = tokio::spawn(reader);
         let mut s = mux.open(b"x").unwrap();
         drop(b);
@@ -796,21 +805,13 @@ mod tests {
             },
         ] {
             let (a, mut b) = tokio::io::duplex(256 * 1024);
-            let (_taker, reader) = Mux::start(
-                Box::new(a),
-                End::Taker,
-                TIMING,
-                stop.clone(),
-                &tracker,
-                4096,
-                {
-                    let mut kept = Vec::new();
-                    move |s, _| {
-                        kept.push(s);
-                        Ok(())
-                    }
-                },
-            );
+            let reader = Mux::taker(Box::new(a), TIMING, stop.clone(), &tracker, 4096, {
+                let mut kept = Vec::new();
+                move |s, _| {
+                    kept.push(s);
+                    Ok(())
+                }
+            });
             let r = tokio::spawn(reader);
             b.write_all(&bad).await.unwrap();
             let e = r.await.unwrap().unwrap_err();
@@ -825,15 +826,7 @@ mod tests {
     async fn a_silent_connection_is_dead_after_dead_after() {
         let (a, _b) = tokio::io::duplex(1024);
         let tracker = TaskTracker::new();
-        let (mux, reader) = Mux::start(
-            Box::new(a),
-            End::Opener,
-            TIMING,
-            CancellationToken::new(),
-            &tracker,
-            0,
-            |_, _| Err("no".into()),
-        );
+        let (mux, reader) = Mux::opener(Box::new(a), TIMING, CancellationToken::new(), &tracker);
         let e = reader.await.unwrap_err();
         assert!(e.contains("silent"), "{e}");
         assert!(mux.is_closed());

@@ -12,7 +12,8 @@ the owning slave there is no redirect at all. With --ca the client requires STAR
 certificate for the JID's domain against that CA; without it the stream stays in clear text
 (PLAIN is then allowed in clear as well).
 
-The agent connects, authenticates and binds, then prints
+The agent connects, authenticates and binds (with --sm: and has stream management enabled), then
+prints
 
     {"event": "online", "jid": "user@localhost/res", "port": PORT, "encrypted": true}
 
@@ -122,6 +123,8 @@ class Agent(slixmpp.ClientXMPP):
         self.online = asyncio.get_event_loop().create_future()
         self.closing = False
         self.redirected = False
+        # --sm: stream management (xep_0198) is on.
+        self.sm = False
         # With --reconnect: how to connect again when the server ends the session.
         self.again = None
         # Every message and presence, whatever slixmpp's own handlers think of it.
@@ -147,9 +150,17 @@ class Agent(slixmpp.ClientXMPP):
 
     def on_session_start(self, _event):
         if not self.online.done():
-            self.online.set_result(str(self.boundjid))
+            # With --sm: online once the server's <enabled/> is in (on_sm_enabled), as the
+            # xmpp.js agent does; a connection cut before it ends the session in slixmpp
+            # instead of leaving it to resume, so a test that cuts must not race it.
+            if not self.sm:
+                self.online.set_result(str(self.boundjid))
         elif self.again is not None:
             emit("reconnected", jid=str(self.boundjid), port=self.again[0][1])
+
+    def on_sm_enabled(self, _event):
+        if not self.online.done():
+            self.online.set_result(str(self.boundjid))
 
     def on_session_resumed(self, _event):
         emit("resumed", jid=str(self.boundjid))
@@ -311,6 +322,8 @@ async def main():
     agent = Agent(jid, args.password)
     if args.sm:
         agent.register_plugin("xep_0198")
+        agent.sm = True
+        agent.add_event_handler("sm_enabled", agent.on_sm_enabled)
     # The JID's domain is not resolvable to our port: connect to exactly the address given.
     agent.default_port = args.port
     agent.use_ipv6 = False

@@ -90,11 +90,23 @@ start)
     --innodb-buffer-pool-size=32M --innodb-log-file-size=16M \
     --innodb-flush-log-at-trx-commit=0 --innodb-doublewrite=0 \
     --max-connections=200 >/dev/null 2>&1 </dev/null &
+  started=$!
   for _ in $(seq 1 300); do
     if client -e 'SELECT 1' >/dev/null 2>&1; then break; fi
+    # Gone already (it could not bind, …): no use waiting.
+    kill -0 "$started" 2>/dev/null || break
     sleep 0.1
   done
   if ! client -e 'SELECT 1' >/dev/null 2>&1; then
+    if grep -q "Address already in use" "$log" 2>/dev/null; then
+      # The port was free when the caller chose it and taken since (an outgoing connection's
+      # ephemeral port, another test's server): exit 3, so that it tries another; a fresh
+      # data directory goes with this attempt, so the next one sets its user up again.
+      echo "mariadb.sh: port $port was taken before the server could bind it" >&2
+      [ "$fresh" = 0 ] || rm -rf "$dir/data"
+      rm -f "$log"
+      exit 3
+    fi
     echo "mariadb.sh: the server did not come up within 30 s; its log ($log):" >&2
     cat "$log" >&2 2>/dev/null || true
     exit 1

@@ -53,6 +53,17 @@ fn value<'a>(stdout: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key}= in {stdout:?}"))
 }
 
+/// The URL `mariadb.sh start` printed; panics with what it said if the server did not start.
+fn launched(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "MariaDB did not start (tests/servers/mariadb.sh):\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    value(&String::from_utf8_lossy(&out.stdout), "url").to_owned()
+}
+
 /// A MariaDB server; the user `jabberfarm` may create and use databases named `jf_*`.
 pub struct MariaDb {
     pub dir: tempfile::TempDir,
@@ -63,19 +74,27 @@ pub struct MariaDb {
 
 impl MariaDb {
     pub fn start() -> MariaDb {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let mut db = MariaDb {
-            dir,
-            port,
+            dir: tempfile::tempdir().unwrap(),
+            port: 0,
             base_url: String::new(),
         };
-        db.base_url = db.launch();
-        db
+        // A port free when chosen may be taken before the server binds it (by an outgoing
+        // connection's ephemeral port, say): mariadb.sh then says so (exit 3), and another
+        // one is tried.
+        for _ in 0..5 {
+            db.port = free_port();
+            let out = db.try_launch();
+            if out.status.code() != Some(3) {
+                db.base_url = launched(out);
+                return db;
+            }
+        }
+        panic!("MariaDB could not bind a free port in 5 attempts");
     }
 
-    fn launch(&self) -> String {
-        let out = run(
+    fn try_launch(&self) -> Output {
+        run(
             "mariadb.sh",
             &[
                 "start",
@@ -83,14 +102,11 @@ impl MariaDb {
                 &self.port.to_string(),
                 &std::process::id().to_string(),
             ],
-        );
-        assert!(
-            out.status.success(),
-            "MariaDB did not start (tests/servers/mariadb.sh):\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        value(&String::from_utf8_lossy(&out.stdout), "url").to_owned()
+        )
+    }
+
+    fn launch(&self) -> String {
+        launched(self.try_launch())
     }
 
     fn dir_str(&self) -> &str {

@@ -132,7 +132,8 @@ start)
   for _ in $(seq 1 200); do
     if ! kill -0 "$server_pid" 2>/dev/null; then break; fi
     # Any LDAP answer will do (anonymous sees nothing, which is an answer).
-    if "$(find_bin ldapsearch)" -x -H "ldap://127.0.0.1:$port" -b "" -s base -LLL \
+    # Bounded: whatever else may hold the port must not hold this loop.
+    if timeout 2 "$(find_bin ldapsearch)" -x -H "ldap://127.0.0.1:$port" -b "" -s base -LLL \
         >/dev/null 2>&1; then
       ok=1
       break
@@ -140,6 +141,13 @@ start)
     sleep 0.1
   done
   if [ "$ok" != 1 ]; then
+    kill "$server_pid" 2>/dev/null || true
+    if grep -q "Address already in use" "$log" 2>/dev/null; then
+      # A port was free when the caller chose it and taken since (an outgoing connection's
+      # ephemeral port, another test's server): exit 3, so that it tries others.
+      echo "slapd.sh: port $port or $tls_port was taken before slapd could bind it" >&2
+      exit 3
+    fi
     echo "slapd.sh: slapd did not come up within 20 s; its log ($log):" >&2
     cat "$log" >&2 2>/dev/null || true
     kill "$server_pid" 2>/dev/null || true

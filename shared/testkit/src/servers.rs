@@ -64,6 +64,17 @@ fn launched(out: Output) -> String {
     value(&String::from_utf8_lossy(&out.stdout), "url").to_owned()
 }
 
+/// What `slapd.sh start` printed; panics with what it said if slapd did not start.
+fn launched_slapd(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "slapd did not start (tests/servers/slapd.sh):\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A MariaDB server; the user `jabberfarm` may create and use databases named `jf_*`.
 pub struct MariaDb {
     pub dir: tempfile::TempDir,
@@ -204,9 +215,19 @@ impl Slapd {
             ldap_url: String::new(),
             ldaps_url: String::new(),
             ca: PathBuf::new(),
-            ports: (free_port(), free_port()),
+            ports: (0, 0),
         };
-        let out = s.launch();
+        // As for MariaDB: ports taken before slapd binds them are replaced (exit 3).
+        let mut out = None;
+        for _ in 0..5 {
+            s.ports = (free_port(), free_port());
+            let o = s.try_launch();
+            if o.status.code() != Some(3) {
+                out = Some(o);
+                break;
+            }
+        }
+        let out = launched_slapd(out.expect("slapd could not bind free ports in 5 attempts"));
         s.ldap_url = value(&out, "ldap").to_owned();
         s.ldaps_url = value(&out, "ldaps").to_owned();
         s.ca = PathBuf::from(value(&out, "ca"));
@@ -214,9 +235,13 @@ impl Slapd {
     }
 
     fn launch(&self) -> String {
+        launched_slapd(self.try_launch())
+    }
+
+    fn try_launch(&self) -> Output {
         let root = self.dir.path();
         let seed = root.join("seed.ldif");
-        let out = run(
+        run(
             "slapd.sh",
             &[
                 "start",
@@ -226,14 +251,7 @@ impl Slapd {
                 &std::process::id().to_string(),
                 seed.to_str().unwrap(),
             ],
-        );
-        assert!(
-            out.status.success(),
-            "slapd did not start (tests/servers/slapd.sh):\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        )
     }
 
     pub fn stop(&self) {

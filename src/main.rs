@@ -422,7 +422,7 @@ fn tls_setup(cfg: &FarmConfig) -> Result<(Arc<rustls::ServerConfig>, Option<Path
 /// logs.
 const FILES_RESERVE: u64 = 256;
 
-/// Open files node `name` may need: a file per client connection (relayed or not), and the
+/// Open files a node may need: a file per client connection (relayed or not), and the
 /// reserve.
 fn files_wanted(cfg: &FarmConfig) -> (u64, String) {
     let conns = cfg.limits.max_connections as u64;

@@ -111,12 +111,6 @@ impl NodeConfig {
                 || (self.c2s_tls.is_some() && self.redirect_mode(relay, true) == mode))
     }
 
-    /// Whether one of this node's c2s listeners may relay (`auto` or `never`).
-    pub fn may_relay(&self, relay: &RelayConfig) -> bool {
-        self.uses_redirect_mode(relay, RedirectMode::Auto)
-            || self.uses_redirect_mode(relay, RedirectMode::Never)
-    }
-
     /// What this node's c2s listener (`direct_tls`: the direct-TLS one) does with logins.
     pub fn redirect_mode(&self, relay: &RelayConfig, direct_tls: bool) -> RedirectMode {
         let plain = self.redirect.unwrap_or(relay.redirect);

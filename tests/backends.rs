@@ -313,24 +313,6 @@ fn setup(backend: Backend) -> Setup {
     setup_on(backend, None, None, "")
 }
 
-/// `jabberfarm <args> --config <farm's>`: (success, stdout + stderr).
-fn cli(farm: &TestFarm, args: &[&str]) -> (bool, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .arg("--config")
-        .arg(&farm.config)
-        .arg("--data-dir")
-        .arg(farm.data_dir())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 /// The c2s address of the slave that owns `name`, if `jabberfarm route` accepts the name.
 fn route(farm: &TestFarm, name: &str) -> Option<SocketAddr> {
     if name.contains('\0') {
@@ -509,7 +491,7 @@ fn hostile_usernames(s: &Setup) {
         }
     }
     if s.backend.scram() {
-        let (ok, list) = cli(farm, &["user", "list"]);
+        let (ok, list) = farm.try_cli(&["user", "list"]);
         assert!(ok, "{list}");
         for user in USERS {
             assert!(list.contains(&format!("{user}@localhost\t")), "{list}");
@@ -524,7 +506,7 @@ fn user_commands(s: &Setup) {
     match s.backend {
         Backend::Sqlite => {} // tests/cli.rs
         Backend::Mysql => {
-            let (ok, out) = cli(farm, &["user", "list"]);
+            let (ok, out) = farm.try_cli(&["user", "list"]);
             assert!(ok, "{out}");
             // One central table: each user once, with the slave that serves them now.
             for user in USERS {
@@ -535,14 +517,14 @@ fn user_commands(s: &Setup) {
                     "{out}"
                 );
             }
-            let (ok, out) = cli(farm, &["user", "add", "dave", "--password", "dave-1"]);
+            let (ok, out) = farm.try_cli(&["user", "add", "dave", "--password", "dave-1"]);
             assert!(
                 ok && out.contains("dave@localhost: added (served by slave"),
                 "{out}"
             );
-            let (ok, out) = cli(farm, &["user", "add", "dave", "--password", "other"]);
+            let (ok, out) = farm.try_cli(&["user", "add", "dave", "--password", "other"]);
             assert!(!ok && out.contains("user dave already exists"), "{out}");
-            let (ok, out) = cli(farm, &["user", "passwd", "dave", "--password", "dave-2"]);
+            let (ok, out) = farm.try_cli(&["user", "passwd", "dave", "--password", "dave-2"]);
             assert!(ok && out.contains("password changed"), "{out}");
             let (_, out) = attempt(
                 farm,
@@ -553,9 +535,9 @@ fn user_commands(s: &Setup) {
                 "dave-2",
             );
             assert!(out.contains("<success"), "{out}");
-            let (ok, out) = cli(farm, &["user", "del", "dave"]);
+            let (ok, out) = farm.try_cli(&["user", "del", "dave"]);
             assert!(ok && out.contains("deleted"), "{out}");
-            let (ok, out) = cli(farm, &["user", "del", "dave"]);
+            let (ok, out) = farm.try_cli(&["user", "del", "dave"]);
             assert!(!ok && out.contains("no such user dave"), "{out}");
         }
         Backend::MysqlLegacy | Backend::LdapBind | Backend::LdapSearch => {
@@ -569,13 +551,13 @@ fn user_commands(s: &Setup) {
                 &["user", "passwd", "alice", "--password", "x"][..],
                 &["user", "list"][..],
             ] {
-                let (ok, out) = cli(farm, args);
+                let (ok, out) = farm.try_cli(args);
                 assert!(!ok, "{args:?}: {out}");
                 assert!(out.contains(place), "{args:?}: {out}");
             }
             // del removes what the farm keeps (roster, offline messages, vCard) and says the
             // account itself is elsewhere.
-            let (ok, out) = cli(farm, &["user", "del", "alice"]);
+            let (ok, out) = farm.try_cli(&["user", "del", "alice"]);
             assert!(ok, "{out}");
             assert!(
                 out.contains("roster, offline messages and vCard deleted") && out.contains(place),

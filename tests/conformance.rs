@@ -16,14 +16,8 @@ fn login(farm: &TestFarm, user: &str, res: &str) -> Raw {
 
 /// `n` users on slave1 and one on slave2, with accounts: (same-slave users, the other one).
 fn users(farm: &TestFarm, prefix: &str, n: usize) -> (Vec<String>, String) {
-    let all = farm.users_on_every_slave(prefix, n);
-    let here: Vec<String> = all
-        .iter()
-        .filter(|(_, o)| o == "slave1")
-        .map(|(u, _)| u.clone())
-        .take(n)
-        .collect();
-    let there = all.iter().find(|(_, o)| o == "slave2").unwrap().0.clone();
+    let here = farm.users_on(prefix, "slave1", n);
+    let there = farm.users_on(prefix, "slave2", 1).remove(0);
     for u in here.iter().chain([&there]) {
         farm.add_user(u, "pw");
     }

@@ -103,17 +103,8 @@ fn a_drained_slave_hands_every_session_on_over_its_window_and_gets_them_back() {
     let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
     let metrics = |i: usize| SocketAddr::from(([127, 0, 0, 1], ports[i]));
     let (mut farm, _db) = central_farm("drain", &ports);
-    let owned = farm.users_on_every_slave("dr", 6);
-    let drained: Vec<String> = owned
-        .iter()
-        .filter(|(_, o)| o == "slave2")
-        .map(|(u, _)| u.clone())
-        .collect();
-    let sender = owned
-        .iter()
-        .find(|(_, o)| o == "slave1")
-        .map(|(u, _)| u.clone())
-        .unwrap();
+    let drained = farm.users_on("dr", "slave2", 6);
+    let sender = farm.users_on("dr", "slave1", 1).remove(0);
     for u in drained.iter().chain([&sender]) {
         farm.add_user(u, "pw");
     }
@@ -387,12 +378,7 @@ fn ranges_mode_drains_to_each_range_s_fallback_list() {
 #[test]
 fn real_clients_follow_a_drain_through_the_master() {
     let (farm, _db) = central_farm("realdrain", &[]);
-    let users: Vec<String> = farm
-        .users_on_every_slave("real", 2)
-        .into_iter()
-        .filter(|(_, o)| o == "slave2")
-        .map(|(u, _)| u)
-        .collect();
+    let users = farm.users_on("real", "slave2", 2);
     let (x, y) = (users[0].clone(), users[1].clone());
     farm.add_user(&x, "pw");
     farm.add_user(&y, "pw");
@@ -418,14 +404,7 @@ fn real_clients_follow_a_drain_through_the_master() {
     for a in [&mut js, &mut sx] {
         a.cmd("presence", &[]);
     }
-    sx.message(&js.jid.clone(), "from slixmpp");
-    js.expect("slixmpp's message", |e| {
-        e.kind() == "message" && e.is("body", "from slixmpp")
-    });
-    js.message(&sx.jid.clone(), "from xmpp.js");
-    sx.expect("xmpp.js's message", |e| {
-        e.kind() == "message" && e.is("body", "from xmpp.js")
-    });
+    sx.chat_both_ways(&mut js);
     let (state, table) = state_of(&farm, "slave2");
     assert_eq!(state, "drained", "{table}");
 }

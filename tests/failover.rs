@@ -204,12 +204,7 @@ fn a_slave_taken_out_of_service_sends_its_users_to_the_next_and_gets_them_back()
 #[test]
 fn real_clients_get_in_through_the_master_after_a_failover() {
     let (mut farm, _db) = central_farm("clients");
-    let users: Vec<String> = farm
-        .users_on_every_slave("real", 2)
-        .into_iter()
-        .filter(|(_, o)| o == "slave2")
-        .map(|(u, _)| u)
-        .collect();
+    let users = farm.users_on("real", "slave2", 2);
     let (x, y) = (users[0].clone(), users[1].clone());
     farm.add_user(&x, "pw");
     farm.add_user(&y, "pw");
@@ -228,14 +223,7 @@ fn real_clients_get_in_through_the_master_after_a_failover() {
     let mut js = Agent::xmppjs(&farm, "xmppjs", &y, "pw", "js");
     farm.wait_log(&format!("failover: the owner is failed user=\"{x}\""), 5);
     farm.wait_log(&format!("failover: the owner is failed user=\"{y}\""), 5);
-    sx.message(&js.jid.clone(), "from slixmpp");
-    js.expect("slixmpp's message", |e| {
-        e.kind() == "message" && e.is("body", "from slixmpp")
-    });
-    js.message(&sx.jid.clone(), "from xmpp.js");
-    sx.expect("xmpp.js's message", |e| {
-        e.kind() == "message" && e.is("body", "from xmpp.js")
-    });
+    sx.chat_both_ways(&mut js);
 }
 
 /// Two masters: the first is killed with -9, and real clients log in through the second —
@@ -249,14 +237,7 @@ fn real_clients_get_in_through_the_second_master_when_the_first_dies() {
     let master2 = farm.more_masters[0].c2s;
     let mut sx = Agent::slixmpp_at(&farm, "slixmpp", &x, "pw", "sx", master2, &[]);
     let mut js = Agent::xmppjs_at(&farm, "xmppjs", &y, "pw", "js", master2, &[]);
-    sx.message(&js.jid.clone(), "from slixmpp");
-    js.expect("slixmpp's message", |e| {
-        e.kind() == "message" && e.is("body", "from slixmpp")
-    });
-    js.message(&sx.jid.clone(), "from xmpp.js");
-    sx.expect("xmpp.js's message", |e| {
-        e.kind() == "message" && e.is("body", "from xmpp.js")
-    });
+    sx.chat_both_ways(&mut js);
     // The second master relayed the one and redirected the other.
     let log = std::fs::read_to_string(farm.dir.path().join("node-master2.log")).unwrap();
     let said = |what: &str, user: &str| {

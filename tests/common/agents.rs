@@ -584,6 +584,20 @@ impl Agent {
         self.cmd("message", &[("to", to), ("body", body), ("type", "chat")]);
     }
 
+    /// This agent and `other` each send the other a chat message ("from LABEL"), and each
+    /// gets the other's.
+    pub fn chat_both_ways(&mut self, other: &mut Agent) {
+        fn one_way(from: &mut Agent, to: &mut Agent) {
+            let body = format!("from {}", from.label);
+            from.message(&to.jid.clone(), &body);
+            to.expect(&format!("{}'s message", from.label), |e| {
+                e.kind() == "message" && e.is("body", &body)
+            });
+        }
+        one_way(self, other);
+        one_way(other, self);
+    }
+
     /// Clean logout; the agent exits afterwards.
     pub fn disconnect(mut self) {
         self.cmd("disconnect", &[]);

@@ -461,33 +461,31 @@ impl TestFarm {
             .join("\n")
     }
 
+    /// `jabberfarm <args> --config <ours>`, and `--data-dir <ours>` with `data_dir`.
+    fn jabberfarm_cli(&self, args: &[&str], data_dir: bool) -> std::process::Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).arg("--config").arg(&self.config);
+        if data_dir {
+            cmd.arg("--data-dir").arg(self.data_dir());
+        }
+        cmd.output().unwrap()
+    }
+
     /// `jabberfarm <args> --config <ours>` (the admin commands: status, reload, drain, …):
     /// whether it succeeded, and what it printed (stdout, then stderr).
     pub fn admin(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(BIN)
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        both(self.jabberfarm_cli(args, false))
+    }
+
+    /// `jabberfarm <args> --config <ours> --data-dir <ours>` (user and store commands):
+    /// whether it succeeded, and what it printed (stdout, then stderr).
+    pub fn try_cli(&self, args: &[&str]) -> (bool, String) {
+        both(self.jabberfarm_cli(args, true))
     }
 
     /// `jabberfarm <args> --config <ours> --data-dir <ours>`; returns stdout, panics on failure.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(BIN)
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .arg("--data-dir")
-            .arg(self.data_dir())
-            .output()
-            .unwrap();
+        let out = self.jabberfarm_cli(args, true);
         assert!(
             out.status.success(),
             "jabberfarm {args:?} failed: {}",
@@ -538,6 +536,15 @@ impl TestFarm {
             i += 1;
         }
         out
+    }
+
+    /// The first `n` usernames `prefix0..` that `slave` owns (no accounts made).
+    pub fn users_on(&self, prefix: &str, slave: &str, n: usize) -> Vec<String> {
+        (0..)
+            .map(|i| format!("{prefix}{i}"))
+            .filter(|u| self.owner(u).name == slave)
+            .take(n)
+            .collect()
     }
 
     /// Two users named `{prefix}N`, the first on slave1 and the second on slave2, with
@@ -598,6 +605,16 @@ pub use jabberfarm_testkit::{HEADER, Raw, plain_auth};
 pub const HASH_ROUTING: &str = "mode = \"hash\"\nhash_key = \"000102030405060708090a0b0c0d0e0f\"\n";
 
 /// The `[storage]` body of a farm whose data is in MySQL at `url` (a database of the shared
+/// A command's success and its output, stdout then stderr.
+fn both(out: std::process::Output) -> (bool, String) {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// MariaDB).
 pub fn mysql_storage(url: &str) -> String {
     format!("backend = \"mysql\"\n[storage.mysql]\nurl = \"{url}\"\nmax_connections = 4\n")

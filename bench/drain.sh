@@ -28,12 +28,6 @@ bin="$CARGO_TARGET_DIR/release"
 
 central_bench_start
 
-# sessions_on NODE: its sessions column in `status`.
-sessions_on() {
-  { "$bin/jabberfarm" status --config "$out/farm.toml" 2>/dev/null || true; } \
-    | awk -v node="$1" '$1 == node { print $8 }'
-}
-
 central_demo_config "$out" "$rate"
 # slave2 owns nearly everyone: the drain moves a whole slave's worth of sessions.
 weigh_slave2 "$out/farm.toml" 1000
@@ -57,40 +51,16 @@ start=$(date +%s.%N)
 end=$(date +%s.%N)
 # Every session on slave1: none lost on the way.
 all=""
-for _ in $(seq 1 600); do
-  [ "$(sessions_on slave1)" = "$sessions" ] && { all=1; break; }
-  sleep 0.1
-done
+wait_sessions slave1 "$sessions" 60 && all=1
 {
   awk -v s="$start" -v e="$end" -v n="$on2" -v o="$over" \
     'BEGIN { printf "drain of %d sessions over %s: drained after %.2f s, %.0f sessions moved per second\n", n, o, e - s, n / (e - s) }'
   echo "sessions on slave1 after the drain: $(sessions_on slave1) of $sessions ($([ -n "$all" ] && echo "none lost" || echo "SOME MISSING"))"
-  hz=$(getconf CLK_TCK)
-  for node in master slave1 slave2; do
-    awk -v n="$node" -v b="${before[$node]}" -v a="$(cpu_ticks "${pid_of[$node]}")" -v hz="$hz" \
-      'BEGIN { printf "CPU %-7s %.2f s\n", n, (a - b) / hz }'
-  done
+  cpu_report before
   curl -s http://127.0.0.1:9122/metrics | grep '^jabberfarm_sessions_moved_total' || true
 } | tee "$out/result.txt"
 
 echo "== undrain: its users are sent home at $rate/s"
 start=$(date +%s.%N)
 "$bin/jabberfarm" undrain slave2 --config "$out/farm.toml"
-home=""
-for _ in $(seq 1 1200); do
-  [ "$(sessions_on slave2)" = "$on2" ] && { home=1; break; }
-  sleep 0.1
-done
-end=$(date +%s.%N)
-if [ -n "$home" ]; then
-  awk -v s="$start" -v e="$end" -v n="$on2" \
-    'BEGIN { printf "from undrain to %d sessions home on slave2: %.2f s\n", n, e - s }' | tee -a "$out/result.txt"
-else
-  echo "not every session went home:" | tee -a "$out/result.txt"
-  "$bin/jabberfarm" status --config "$out/farm.toml" | tee -a "$out/result.txt"
-fi
-sleep 3
-kill -USR1 "$bench_pid"
-wait "$bench_pid" || true
-grep -E 'moved|move_' "$out/idle.txt" | tee -a "$out/result.txt" || tail -20 "$out/idle.txt"
-echo "results in $out"
+report_home undrain "$start" "$on2"

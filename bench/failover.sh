@@ -31,18 +31,6 @@ bin="$CARGO_TARGET_DIR/release"
 
 central_bench_start
 
-# wait_sessions NODE N: until NODE's sessions column of `status` says N (at most 120 s; a
-# node that is down makes status fail, which is expected here).
-wait_sessions() {
-  for _ in $(seq 1 2400); do
-    { "$bin/jabberfarm" status --config "$out/farm.toml" 2>/dev/null || true; } \
-      | awk -v node="$1" -v n="$2" '$1 == node && $8 == n { found = 1 } END { exit !found }' \
-      && return 0
-    sleep 0.05
-  done
-  return 1
-}
-
 central_demo_config "$out" "$rate"
 # WEIGHT2=1000: slave2 holds nearly every session, so the storm is a whole slave's worth.
 [ -z "${WEIGHT2:-}" ] || weigh_slave2 "$out/farm.toml" "$WEIGHT2"
@@ -54,7 +42,7 @@ start_demo_nodes "$bin" "$out/farm.toml" "$data" "$out"
 
 echo "== $sessions sessions"
 hold_idle_sessions "$out" "$data" "$sessions" 900
-on2=$("$bin/jabberfarm" status --config "$out/farm.toml" | awk '$1 == "slave2" { print $8 }')
+on2=$(sessions_on slave2)
 echo "in: $(cat "$out/ready") sessions, $on2 of them on slave2"
 
 declare -A before
@@ -69,11 +57,7 @@ end=$(date +%s.%N)
 {
   awk -v s="$start" -v e="$end" -v n="$on2" \
     'BEGIN { printf "from kill -9 to every session on slave1 (%d came from slave2): %.2f s\n", n, e - s }'
-  hz=$(getconf CLK_TCK)
-  for node in master slave1; do
-    awk -v n="$node" -v b="${before[$node]}" -v a="$(cpu_ticks "${pid_of[$node]}")" -v hz="$hz" \
-      'BEGIN { printf "CPU %-7s %.2f s\n", n, (a - b) / hz }'
-  done
+  cpu_report before master slave1
   grep -c 'failover: the owner is failed' "$out/master.log" | sed 's/^/logins failed over by the master: /'
 } | tee "$out/result.txt"
 
@@ -82,18 +66,4 @@ echo "== slave2 started again: its users are sent home at $rate/s"
 pids+=($!)
 pid_of[slave2]=$!
 start=$(date +%s.%N)
-home=""
-wait_sessions slave2 "$on2" && home=1
-end=$(date +%s.%N)
-if [ -n "$home" ]; then
-  awk -v s="$start" -v e="$end" -v n="$on2" \
-    'BEGIN { printf "from the restart to %d sessions home on slave2: %.2f s\n", n, e - s }' | tee -a "$out/result.txt"
-else
-  echo "not every session went home:" | tee -a "$out/result.txt"
-  "$bin/jabberfarm" status --config "$out/farm.toml" | tee -a "$out/result.txt"
-fi
-sleep 3
-kill -USR1 "$bench_pid"
-wait "$bench_pid" || true
-grep -E 'moved|move_' "$out/idle.txt" | tee -a "$out/result.txt" || tail -20 "$out/idle.txt"
-echo "results in $out"
+report_home "the restart" "$start" "$on2"

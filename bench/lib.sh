@@ -85,13 +85,15 @@ start_demo_nodes() {
 # cpu_ticks PID: the process's CPU time so far (utime + stime), in clock ticks.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
-# cpu_report BEFORE_ASSOC: for each of master, slave1, slave2, the CPU seconds since the
-# ticks in the named associative array (filled with cpu_ticks before).
+# cpu_report BEFORE_ASSOC [NODE…]: for each node (default master, slave1, slave2), the CPU
+# seconds since the ticks in the named associative array (filled with cpu_ticks before).
 cpu_report() {
   local -n since=$1
-  local hz node
+  shift
+  local hz node nodes=("$@")
+  [ "${#nodes[@]}" -gt 0 ] || nodes=(master slave1 slave2)
   hz=$(getconf CLK_TCK)
-  for node in master slave1 slave2; do
+  for node in "${nodes[@]}"; do
     awk -v n="$node" -v b="${since[$node]}" -v a="$(cpu_ticks "${pid_of[$node]}")" -v hz="$hz" \
       'BEGIN { printf "CPU %-7s %.2f s\n", n, (a - b) / hz }'
   done
@@ -154,6 +156,47 @@ hold_idle_sessions() {
   done
   echo "the sessions did not all log in within 300 s" >&2
   exit 1
+}
+
+# sessions_on NODE: NODE's sessions column in `status` of the farm in $out/farm.toml (empty if
+# status cannot say; a node that is down makes it fail, which the benches expect).
+sessions_on() {
+  { "$bin/jabberfarm" status --config "$out/farm.toml" 2>/dev/null || true; } \
+    | awk -v node="$1" '$1 == node { print $8 }'
+}
+
+# wait_sessions NODE N [SECONDS]: until NODE holds N sessions (sessions_on), at most SECONDS
+# (default 120); fails if it never does.
+wait_sessions() {
+  local until=$((SECONDS + ${3:-120}))
+  while [ "$SECONDS" -lt "$until" ]; do
+    [ "$(sessions_on "$1")" = "$2" ] && return 0
+    sleep 0.05
+  done
+  return 1
+}
+
+# report_home WHAT START N: the end of a bench that sends slave2's N users home (after WHAT,
+# at START, `date +%s.%N`): how long until slave2 holds them all again (or the status, if it
+# does not within 120 s), into $out/result.txt; then the idle bench (bench_pid) is released
+# and its move counts are added.
+report_home() {
+  local home="" end
+  wait_sessions slave2 "$3" && home=1
+  end=$(date +%s.%N)
+  if [ -n "$home" ]; then
+    awk -v s="$2" -v e="$end" -v n="$3" -v w="$1" \
+      'BEGIN { printf "from %s to %d sessions home on slave2: %.2f s\n", w, n, e - s }' \
+      | tee -a "$out/result.txt"
+  else
+    echo "not every session went home:" | tee -a "$out/result.txt"
+    "$bin/jabberfarm" status --config "$out/farm.toml" | tee -a "$out/result.txt"
+  fi
+  sleep 3
+  kill -USR1 "$bench_pid"
+  wait "$bench_pid" || true
+  grep -E 'moved|move_' "$out/idle.txt" | tee -a "$out/result.txt" || tail -20 "$out/idle.txt"
+  echo "results in $out"
 }
 
 # central_bench_start: what the central-data benches do first, from their $out, $db_port

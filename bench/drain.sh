@@ -31,14 +31,7 @@ central_bench_start
 central_demo_config "$out" "$rate"
 # slave2 owns nearly everyone: the drain moves a whole slave's worth of sessions.
 weigh_slave2 "$out/farm.toml" 1000
-"$bin/jabberfarm" check --config "$out/farm.toml"
-
-echo "== $sessions users in MariaDB"
-CONFIG="$out/farm.toml" DATA_DIR="$data" JABBERFARM="$bin/jabberfarm" bash bench/setup-users.sh "$sessions"
-start_demo_nodes "$bin" "$out/farm.toml" "$data" "$out"
-
-echo "== $sessions sessions"
-hold_idle_sessions "$out" "$data" "$sessions" 900
+central_sessions_up
 on1=$(sessions_on slave1)
 on2=$(sessions_on slave2)
 echo "in: $(cat "$out/ready") sessions, $on2 on slave2, $on1 on slave1"

@@ -34,14 +34,7 @@ central_bench_start
 central_demo_config "$out" "$rate"
 # WEIGHT2=1000: slave2 holds nearly every session, so the storm is a whole slave's worth.
 [ -z "${WEIGHT2:-}" ] || weigh_slave2 "$out/farm.toml" "$WEIGHT2"
-"$bin/jabberfarm" check --config "$out/farm.toml"
-
-echo "== $sessions users in MariaDB"
-CONFIG="$out/farm.toml" DATA_DIR="$data" JABBERFARM="$bin/jabberfarm" bash bench/setup-users.sh "$sessions"
-start_demo_nodes "$bin" "$out/farm.toml" "$data" "$out"
-
-echo "== $sessions sessions"
-hold_idle_sessions "$out" "$data" "$sessions" 900
+central_sessions_up
 on2=$(sessions_on slave2)
 echo "in: $(cat "$out/ready") sessions, $on2 of them on slave2"
 

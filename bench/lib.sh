@@ -211,6 +211,19 @@ central_bench_start() {
   start_bench_mariadb "$out/db" "$db_port"
 }
 
+# central_sessions_up: after central_bench_start and $out/farm.toml written, check it, create
+# $sessions users in MariaDB, start every node as its own process and hold $sessions idle
+# sessions (hold_idle_sessions, for up to 900 s or SIGUSR1).
+central_sessions_up() {
+  "$bin/jabberfarm" check --config "$out/farm.toml"
+  echo "== $sessions users in MariaDB"
+  CONFIG="$out/farm.toml" DATA_DIR="$data" JABBERFARM="$bin/jabberfarm" \
+    bash bench/setup-users.sh "$sessions"
+  start_demo_nodes "$bin" "$out/farm.toml" "$data" "$out"
+  echo "== $sessions sessions"
+  hold_idle_sessions "$out" "$data" "$sessions" 900
+}
+
 # demo_chat_farm_start OUT BIN: the demo farm (SQLite), every node its own process, with the
 # users bench0… a chat bench needs, its files in OUT (made, with machine.txt); nodes stopped
 # when the script exits.
